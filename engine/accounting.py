@@ -1,0 +1,200 @@
+"""Tensor accounting: every storage created while the mode is active is counted until it is freed.
+
+This is MemLens' CPU source of truth for the peak (CUDA uses the caching allocator's own counters)
+and, on every device, the source of *attribution*: each storage is tagged with the tracked module
+that was running when it was created (its owner) and a category, so the bytes live at the peak can
+be split per layer and per category.
+
+Why not PyTorch's ``MemTracker`` (``torch.distributed._tools.mem_tracker``)? It counts storages
+the same way but keeps only per-category totals at the global peak and per-module snapshots taken
+at each module's own peak; it does not record which module created a storage, so it cannot say
+which layer holds the bytes at the global peak. MemLens keeps MemTracker as an independent
+cross-check of the peak (see ``engine.memtracker`` and its pinned test).
+
+Known limitations (also shown in each run's ``limitations``):
+* memory allocated and freed inside one kernel (workspace, im2col buffers) never becomes a tensor
+  and is not seen on the CPU; on CUDA the allocator's peak includes it and the difference is
+  reported as unattributed;
+* storages resized in place through ``UntypedStorage.resize_`` keep the size they were created with;
+* tensors created under ``no_dispatch`` or by C++ extensions outside the dispatcher are invisible.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+_CUDA_BLOCK = 512
+_CREATION_OPS = ("zeros_like", "empty_like", "ones_like", "full_like", "zeros", "empty", "full",
+                 "scalar_tensor", "lift_fresh", "clone")  # the caching allocator rounds every block up to 512 bytes
+
+
+def storage_bytes(storage: torch.UntypedStorage, device_type: str) -> int:
+    n = storage.nbytes()
+    if device_type == "cuda" and n:
+        n = -(-n // _CUDA_BLOCK) * _CUDA_BLOCK
+    return n
+
+
+class _Info:
+    __slots__ = ("nbytes", "owner", "category")
+
+    def __init__(self, nbytes: int, owner: str | None, category: str) -> None:
+        self.nbytes = nbytes
+        self.owner = owner
+        self.category = category
+
+
+class TensorAccountant(TorchDispatchMode):
+    """Counts live tensor storages by (owner, category) and records the breakdown at the peak.
+
+    ``owner_fn()`` returns the fully qualified name of the module to charge a new storage to (or
+    ``None`` for unattributed); ``category_fn()`` returns its category. Tensors that existed before
+    the mode started (weights, inputs, optimizer state) are added with :meth:`track`.
+    """
+
+    def __init__(self, owner_fn: Callable[[], str | None] = lambda: None,
+                 category_fn: Callable[[], str] = lambda: "activations") -> None:
+        super().__init__()
+        self.owner_fn = owner_fn
+        self.category_fn = category_fn
+        self.live: dict[tuple[str | None, str], int] = {}
+        self.total = 0
+        self.peak = 0
+        self.peak_breakdown: dict[tuple[str | None, str], int] = {}
+        self.phase = ""
+        self.phase_peaks: dict[str, int] = {}
+        self.ops_seen: dict[Any, set[str | None]] = {}
+        # Optimizer phase: new storages are charged to the owner of an input tensor, and those
+        # made by creation ops (state initialisation: zeros_like(param)) get this category.
+        self.inherit_owner = False
+        self.creation_category: str | None = None
+        self._info: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._watchers: list[list[int]] = []  # [entry_total, max_total] per active module
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _add(self, key: tuple[str | None, str], n: int) -> None:
+        self.live[key] = self.live.get(key, 0) + n
+        self.total += n
+        total = self.total
+        if total > self.peak:
+            self.peak = total
+            self.peak_breakdown = dict(self.live)
+        if self.phase and total > self.phase_peaks.get(self.phase, 0):
+            self.phase_peaks[self.phase] = total
+        for w in self._watchers:
+            if total > w[1]:
+                w[1] = total
+
+    def _freed(self, info: _Info, _ref: Any = None) -> None:
+        key = (info.owner, info.category)
+        left = self.live.get(key, 0) - info.nbytes
+        if left:
+            self.live[key] = left
+        else:
+            self.live.pop(key, None)
+        self.total -= info.nbytes
+
+    def _register(self, st: torch.UntypedStorage, device_type: str, owner: str | None,
+                  category: str) -> _Info | None:
+        found = self._info.get(st)
+        if found is not None:
+            return found[0]
+        n = storage_bytes(st, device_type)
+        info = _Info(n, owner, category)
+        ref = weakref.ref(st, lambda r, info=info: self._freed(info, r))
+        self._info[st] = (info, ref)
+        if n:
+            self._add((owner, category), n)
+        return None
+
+    def track(self, tensor: torch.Tensor, owner: str | None, category: str) -> None:
+        """Count an existing tensor (once per storage) under ``owner``/``category``."""
+        if not isinstance(tensor, torch.Tensor) or tensor.is_meta:
+            return
+        st = tensor.untyped_storage()
+        info = self._register(st, tensor.device.type, owner, category)
+        if info is not None:
+            self.reclassify_info(info, owner, category)
+
+    def reclassify(self, tensor: torch.Tensor, owner: str | None, category: str) -> None:
+        """Move an already counted tensor's storage to another owner/category (or count it)."""
+        self.track(tensor, owner, category)
+
+    def reclassify_info(self, info: _Info, owner: str | None, category: str) -> None:
+        if info.owner == owner and info.category == category:
+            return
+        old = (info.owner, info.category)
+        left = self.live.get(old, 0) - info.nbytes
+        if left:
+            self.live[old] = left
+        else:
+            self.live.pop(old, None)
+        info.owner, info.category = owner, category
+        new = (owner, category)
+        self.live[new] = self.live.get(new, 0) + info.nbytes
+
+    def owner_of(self, tensor: torch.Tensor) -> tuple[str | None, str] | None:
+        found = self._info.get(tensor.untyped_storage())
+        return (found[0].owner, found[0].category) if found else None
+
+    def watch(self) -> list[int]:
+        """Start watching the high-water mark (for a module's transient peak)."""
+        w = [self.total, self.total]
+        self._watchers.append(w)
+        return w
+
+    def unwatch(self, w: list[int]) -> int:
+        """Stop watching; returns the highest live bytes seen minus the live bytes at entry."""
+        try:
+            self._watchers.remove(w)
+        except ValueError:
+            return 0
+        return w[1] - w[0]
+
+    def reset_peak(self) -> None:
+        self.peak = self.total
+        self.peak_breakdown = dict(self.live)
+        self.phase_peaks.clear()
+
+    # -- the dispatch hook ------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        out = func(*args, **(kwargs or {}))
+        owner = self.owner_fn()
+        packet = func._overloadpacket
+        seen = self.ops_seen.get(packet)
+        if seen is None:
+            self.ops_seen[packet] = {owner}
+        elif owner not in seen:
+            seen.add(owner)
+        category = None
+        flat, _ = tree_flatten(out)
+        for t in flat:
+            if not isinstance(t, torch.Tensor) or t.is_meta:
+                continue
+            st = t.untyped_storage()
+            if st in self._info:
+                continue
+            if category is None:
+                category = self.category_fn()
+                if self.inherit_owner:
+                    owner = self._input_owner(args, kwargs) or owner
+                    if self.creation_category and str(packet).endswith(_CREATION_OPS):
+                        category = self.creation_category
+            self._register(st, t.device.type, owner, category)
+        return out
+
+    def _input_owner(self, args: Any, kwargs: Any) -> str | None:
+        flat, _ = tree_flatten((args, kwargs))
+        for t in flat:
+            if isinstance(t, torch.Tensor):
+                found = self._info.get(t.untyped_storage())
+                if found is not None and found[0].owner is not None:
+                    return found[0].owner
+        return None

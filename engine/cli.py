@@ -1,0 +1,314 @@
+"""The ``memlens`` command: ``profile``, ``runs``, ``show``; bare ``memlens`` opens the window."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
+from .errors import MemLensError
+from .events import Event, Failed, Finished, LayerStatsReady, Progress
+from .format import MISSING, human_bytes, si_number
+from .results import RunResult
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="memlens",
+        description="Measure where a transformer model's working memory goes. "
+                    "Without a command, opens the desktop app.")
+    ap.add_argument("--store", type=Path, default=None,
+                    help="run store folder (default: $MEMLENS_HOME/runs or the user data dir)")
+    sub = ap.add_subparsers(dest="command")
+
+    p = sub.add_parser("profile", help="run a workload and print a per-layer memory table")
+    p.add_argument("--model", default="demo",
+                   help="demo | demo-encoder | PATH (folder or config.json) | HUB_ID | preset:NAME")
+    p.add_argument("--workload", choices=WORKLOADS, default="forward")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=128,
+                   help="sequence length (for generate: prompt length)")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--prompt", default=None, help="prompt text (default: sample text or random ids)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", choices=DTYPES, default="auto")
+    p.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
+                   dest="attention_impl", help="attention implementation")
+    p.add_argument("--attention-maps", action="store_true",
+                   help="capture attention maps (one extra forward with eager attention)")
+    p.add_argument("--detailed", action="store_true",
+                   help="CUDA: per-module allocator peaks (slower)")
+    p.add_argument("--repeats", type=int, default=3, help="timing passes (median)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--sample-hz", type=float, default=20.0)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a checkpoint's own Python code to run (only for sources you trust)")
+    p.add_argument("--label", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="also write the run JSON here")
+    p.add_argument("--no-save", action="store_true", help="do not add the run to the store")
+    p.add_argument("--json", action="store_true", help="print the run JSON instead of the table")
+
+    r = sub.add_parser("runs", help="list saved runs")
+    r.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("show", help="print a saved run's table (RUN_ID or path to a run JSON)")
+    s.add_argument("run")
+
+    g = sub.add_parser("gui", help="open the desktop app")
+    g.add_argument("--model", default="demo")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("--model") or argv[0] == "gui":
+        return _gui(argv[1:] if argv and argv[0] == "gui" else argv)
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        return _gui([])
+    from .store import RunStore
+
+    store = RunStore(args.store)
+    try:
+        if args.command == "profile":
+            return _profile(args, store)
+        if args.command == "runs":
+            return _runs(store, args.json)
+        if args.command == "show":
+            result = store.load(args.run)
+            print_report(result, sys.stdout)
+            return EXIT_OK
+    except MemLensError as exc:
+        _error(exc.message, exc.hint)
+        return EXIT_FAILED
+    return EXIT_USAGE
+
+
+def _gui(argv: list[str]) -> int:
+    try:
+        from gui.app import main as gui_main
+    except ImportError as exc:
+        _error(f"The desktop app cannot start: {exc}.",
+               "Install the GUI dependencies (pip install memlens) and, on Linux, the Qt system "
+               "libraries listed in README.md; the CLI (memlens profile) works without them.")
+        return EXIT_FAILED
+    return gui_main(argv)
+
+
+def _error(message: str, hint: str = "") -> None:
+    print(f"memlens: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+
+
+class _ProgressPrinter:
+    """Progress on stderr: one line per stage, rewritten in place on a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.stage = ""
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.failed: Failed | None = None
+        self.result: RunResult | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            now = time.perf_counter()
+            if event.stage != self.stage or (self.tty and now - self.last > 0.1):
+                self.last = now
+                frac = f" {event.fraction * 100:3.0f}%" if event.fraction is not None else ""
+                line = f"[{now - self.t0:6.1f}s] {event.stage:<9}{frac} {event.message}"
+                if self.tty:
+                    self.stream.write("\r\033[K" + line)
+                    if event.stage != self.stage and self.stage:
+                        pass
+                else:
+                    self.stream.write(line + "\n")
+                self.stream.flush()
+                self.stage = event.stage
+        elif isinstance(event, Failed):
+            self.failed = event
+        elif isinstance(event, Finished):
+            self.result = event.result
+            if self.tty:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+        elif isinstance(event, LayerStatsReady):
+            pass
+
+
+def _profile(args: argparse.Namespace, store) -> int:
+    from .runner import Runner
+
+    config = RunConfig(
+        model=args.model, workload=args.workload, batch=args.batch, seq=args.seq,
+        new_tokens=args.new_tokens, prompt=args.prompt, device=args.device, dtype=args.dtype,
+        attention_impl=args.attention_impl, attention_maps=args.attention_maps,
+        trust_remote_code=args.trust_remote_code, detailed=args.detailed, warmup=args.warmup,
+        repeats=args.repeats, sample_hz=args.sample_hz, label=args.label, seed=args.seed)
+    printer = _ProgressPrinter(sys.stderr)
+    runner = Runner(printer, store=None if args.no_save else store)
+    runner.start(config)
+    try:
+        while not runner.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        print("\nmemlens: cancelling…", file=sys.stderr)
+        runner.cancel()
+        runner.wait(10)
+    if printer.failed is not None:
+        f = printer.failed
+        _error(f.message, f.hint)
+        return EXIT_CANCELLED if f.kind == "cancelled" else EXIT_FAILED
+    result = printer.result
+    if result is None:
+        _error("The run ended without a result.", "See the messages above.")
+        return EXIT_FAILED
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout, indent=1)
+        print()
+    else:
+        print_report(result, sys.stdout)
+        if not args.no_save:
+            print(f"saved: {store.path_for(result.run_id)}")
+        if args.out is not None:
+            print(f"written: {args.out}")
+    return EXIT_OK
+
+
+def _runs(store, as_json: bool) -> int:
+    runs = store.list()
+    if as_json:
+        print(json.dumps([{**s.__dict__, "path": str(s.path)} for s in runs], indent=1))
+        return EXIT_OK
+    if not runs:
+        print(f"no saved runs in {store.root}")
+        return EXIT_OK
+    print(f"{len(runs)} run(s) in {store.root}")
+    print(f"{'run id':<52} {'workload':<9} {'peak':>11} {'latency':>10}  model")
+    for s in runs:
+        lat = f"{s.latency_ms:.1f} ms" if s.latency_ms is not None else MISSING
+        print(f"{s.run_id:<52} {s.workload:<9} {human_bytes(s.peak_bytes):>11} {lat:>10}  {s.model}")
+    return EXIT_OK
+
+
+def _cell(value, fmt=human_bytes) -> str:
+    return fmt(value) if value is not None else MISSING
+
+
+def print_report(result: RunResult, out: TextIO) -> None:
+    """The per-layer table, totals and the reconciliation line."""
+    cfg, t, info = result.config, result.totals, result.model_info
+    w = out.write
+    w(f"{info.get('name', cfg.model)} · {info.get('architecture', '?')} · "
+      f"{si_number(info.get('parameters'))} parameters · {info.get('dtype', '?')} · "
+      f"{info.get('device', cfg.device)} · attention {info.get('attn_implementation', '?')}"
+      f"{' · random weights' if info.get('random_weights') else ''}\n")
+    shape = result.inputs.get("shape") if result.inputs else None
+    w(f"workload {cfg.workload}: batch {cfg.batch}, "
+      f"{'prompt' if cfg.workload == 'generate' else 'seq'} "
+      f"{shape[1] if shape else cfg.seq} ({result.inputs.get('source', '?')})"
+      f"{f', {cfg.new_tokens} new tokens' if cfg.workload == 'generate' else ''}\n\n")
+    training = cfg.workload == "train"
+    cols = ["layer", "kind", "weights", "output", "saved bwd" if training else "KV cache",
+            "transient", "at peak", "ms", "FLOPs"]
+    rows = []
+    for layer in result.layers:
+        name = ("  " * layer.depth) + (layer.name.rsplit(".", 1)[-1] if layer.depth else layer.name)
+        flops = si_number(layer.flops) if layer.flops is not None else MISSING
+        if layer.flops_complete is False:
+            flops += "*"
+        rows.append([
+            name, layer.kind, human_bytes(layer.weights_bytes), _cell(layer.activation_bytes),
+            _cell(layer.saved_for_backward_bytes if training else layer.kv_cache_bytes),
+            _cell(layer.transient_peak_bytes), human_bytes(layer.at_peak_bytes),
+            f"{layer.latency_ms:.3f}" if layer.latency_ms is not None else MISSING, flops])
+    rows.append(["unattributed", "", "", "", "", "", human_bytes(t.unattributed_bytes), "", ""])
+    rows.append(["total at peak", "", human_bytes(t.model_weights_bytes), "", "", "",
+                 human_bytes(t.peak_bytes),
+                 f"{t.latency_ms:.3f}" if t.latency_ms is not None else MISSING,
+                 si_number(t.flops) if t.flops is not None else MISSING])
+    widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
+    line = "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(cols))
+    w(line + "\n" + "-" * len(line) + "\n")
+    for r in rows:
+        if r[0] == "unattributed":
+            w("-" * len(line) + "\n")
+        w("  ".join(str(c).ljust(widths[i]) if i < 2 else str(c).rjust(widths[i])
+                    for i, c in enumerate(r)) + "\n")
+    w("\n")
+    src = {"tensor_accounting": "tensor accounting", "cuda_allocator": "CUDA allocator"}.get(
+        t.peak_source, t.peak_source)
+    ok = "reconciles" if t.reconciles() else "DOES NOT RECONCILE"
+    w(f"peak {human_bytes(t.peak_bytes)} ({src}) = attributed {human_bytes(t.attributed_bytes)} "
+      f"+ unattributed {human_bytes(t.unattributed_bytes)}  [{ok}: {t.peak_bytes} = "
+      f"{t.attributed_bytes} + {t.unattributed_bytes} B]\n")
+    parts = [("weights", t.weights_bytes), ("activations", t.activation_bytes),
+             ("KV cache", t.kv_cache_bytes), ("gradients", t.gradient_bytes),
+             ("optimizer state", t.optimizer_state_bytes), ("temporaries", t.temporary_bytes)]
+    w("  at peak: " + " · ".join(f"{n} {human_bytes(v)}" for n, v in parts if v) + "\n")
+    if t.unattributed_detail:
+        w("  unattributed: " + ", ".join(f"{k} {human_bytes(v)}"
+                                         for k, v in t.unattributed_detail.items()) + "\n")
+    if t.latency_ms is not None:
+        w(f"latency {t.plain_latency_ms:.2f} ms plain, {t.latency_ms:.2f} ms instrumented "
+          f"(profiler overhead ×{t.instrumentation_overhead:.2f}, median of "
+          f"{cfg.repeats})")
+        if t.tokens_per_s:
+            w(f" · {t.tokens_per_s:,.0f} tokens/s")
+        w("\n")
+    if t.load_peak_bytes is not None or t.steady_bytes is not None:
+        w(f"load: peak {human_bytes(t.load_peak_bytes)}, steady {human_bytes(t.steady_bytes)} "
+          f"({t.load_source})\n")
+    if t.process_rss_peak_bytes is not None:
+        w(f"process RSS peak during the memory pass: {human_bytes(t.process_rss_peak_bytes)}\n")
+    if t.cuda_reserved_peak_bytes is not None:
+        w(f"CUDA reserved peak: {human_bytes(t.cuda_reserved_peak_bytes)}\n")
+    g = result.generation
+    if g:
+        w(f"generation: prefill {g.get('prefill_ms', 0):.2f} ms, decode "
+          f"{sum(g.get('decode_ms_per_step') or [0]):.2f} ms for {len(g.get('decode_ms_per_step') or [])}"
+          f" steps; KV cache {human_bytes(g.get('kv_cache_bytes'))} for "
+          f"{g.get('cached_positions')} positions (grew {human_bytes(g['kv_bytes_per_step'][0])}"
+          f" → {human_bytes(g['kv_bytes_per_step'][-1])}); peak prefill "
+          f"{human_bytes(g.get('prefill_peak_bytes'))}, decode {human_bytes(g.get('decode_peak_bytes'))}\n")
+        if g.get("text"):
+            w(f"  generated: {g['text']!r}\n")
+    tr = result.training
+    if tr:
+        w(f"training step: loss {tr['loss']:.4f}{' (synthetic)' if tr.get('synthetic_loss') else ''}"
+          f"; saved for backward {human_bytes(tr['saved_for_backward_bytes'])}, gradients "
+          f"{human_bytes(tr['gradient_bytes'])}, optimizer state "
+          f"{human_bytes(tr['optimizer_state_bytes'])}; phase peaks forward "
+          f"{human_bytes(tr.get('forward_peak_bytes'))}, backward "
+          f"{human_bytes(tr.get('backward_peak_bytes'))}, optimizer "
+          f"{human_bytes(tr.get('optimizer_peak_bytes'))}\n")
+    a = result.attention
+    if a and a.get("captured"):
+        c = a["cost"]
+        w(f"attention maps: {a['layers']} layers × {a['heads']} heads, {a['tokens']} tokens"
+          f"{' (stored downsampled to ' + str(a['stored_side']) + ')' if a.get('downsampled_from') else ''}"
+          f"; {c['note']}: {c['forward_ms']:.1f} ms vs {c['plain_forward_ms']:.1f} ms, peak "
+          f"{human_bytes(c['peak_bytes'])} vs {human_bytes(c['plain_peak_bytes'])}\n")
+    for warning in result.warnings:
+        w(f"warning: {warning}\n")
+    if any(layer.flops_complete is False for layer in result.layers):
+        w("* FLOPs incomplete in this module (see warning)\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

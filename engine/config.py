@@ -1,0 +1,82 @@
+"""What to run: the model, the workload and how to measure it, as a versioned dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ErrorKind, MemLensError
+
+CONFIG_SCHEMA_VERSION = 1
+
+WORKLOADS = ("forward", "generate", "train")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("auto", "eager", "sdpa", "flex_attention")
+
+
+@dataclass
+class RunConfig:
+    """A run's full description. JSON-serialisable; saved inside every run file.
+
+    ``model`` is ``demo``, ``demo-encoder``, a local folder, a ``config.json`` path, a Hub id, or
+    ``preset:ID``. For ``generate``, ``seq`` is the prompt length in tokens (ignored when ``prompt``
+    is given). ``dtype='auto'`` keeps the checkpoint's dtype (float32 for random-init builds).
+    """
+
+    model: str = "demo"
+    workload: str = "forward"
+    batch: int = 1
+    seq: int = 128
+    new_tokens: int = 32
+    prompt: str | None = None
+    device: str = "cpu"
+    dtype: str = "auto"
+    attention_impl: str = "auto"
+    attention_maps: bool = False
+    trust_remote_code: bool = False
+    detailed: bool = False  # CUDA: per-module allocator peaks (resets the peak at every boundary)
+    warmup: int = 1
+    repeats: int = 3
+    sample_hz: float = 20.0
+    lr: float = 1e-4
+    seed: int = 0
+    label: str = ""
+    optimizations: list[dict[str, Any]] = field(default_factory=list)
+    schema_version: int = CONFIG_SCHEMA_VERSION
+
+    def validate(self) -> None:
+        """Raise ``MemLensError(INVALID_WORKLOAD)`` naming the bad value and the fix."""
+
+        def bad(what: str, hint: str) -> MemLensError:
+            return MemLensError(ErrorKind.INVALID_WORKLOAD, what, hint)
+
+        if self.workload not in WORKLOADS:
+            raise bad(f"Unknown workload {self.workload!r}.", f"Choose one of {', '.join(WORKLOADS)}.")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise bad(f"Batch size must be at least 1 (got {self.batch}).", "Use --batch 1 or more.")
+        if self.prompt is None and (not isinstance(self.seq, int) or self.seq < 1):
+            raise bad(f"Sequence length must be at least 1 (got {self.seq}).", "Use --seq 1 or more.")
+        if self.workload == "generate" and (not isinstance(self.new_tokens, int) or self.new_tokens < 1):
+            raise bad(f"New tokens must be at least 1 for generation (got {self.new_tokens}).",
+                      "Use --new-tokens 1 or more.")
+        if self.dtype not in DTYPES:
+            raise bad(f"Unknown dtype {self.dtype!r}.", f"Choose one of {', '.join(DTYPES)}.")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise bad(f"Unknown attention implementation {self.attention_impl!r}.",
+                      f"Choose one of {', '.join(ATTENTION_IMPLS)}.")
+        if self.repeats < 1 or self.warmup < 0:
+            raise bad("Repeats must be ≥1 and warm-up ≥0.", "Use --repeats 1 or more.")
+        if not (0 < self.sample_hz <= 1000):
+            raise bad(f"Sampling rate {self.sample_hz} Hz is out of range.", "Use 1–1000 Hz.")
+        dev = self.device
+        if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise bad(f"Unknown device {dev!r}.", "Use cpu, cuda or cuda:N.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

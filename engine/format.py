@@ -1,0 +1,118 @@
+"""Text formatting for engine figures. Qt-free, so it is tested without a display.
+
+A value the engine did not measure is ``None`` and is shown as :data:`MISSING` ("—"), never as 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+MISSING = "—"
+
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+_SI_PREFIXES = ("", "K", "M", "G", "T", "P", "E")
+
+
+def _is_missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def _scaled(value: float) -> str:
+    """Three significant figures for a value in [1, 1024): 1.23, 12.3, 123."""
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def human_bytes(value: int | float | None) -> str:
+    """``1288490`` -> ``'1.23 MiB'``; ``None`` -> ``'—'``. Binary units; negative values keep a sign."""
+    if _is_missing(value):
+        return MISSING
+    sign = "-" if value < 0 else ""
+    size = float(abs(value))
+    if size < 1024:
+        return f"{sign}{int(size)} B"
+    for unit in _BINARY_UNITS[1:]:
+        size /= 1024.0
+        if size < 1024 or unit == _BINARY_UNITS[-1]:
+            return f"{sign}{_scaled(size)} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def si_number(value: int | float | None, unit: str = "") -> str:
+    """``1.5e9, 'FLOP'`` -> ``'1.50 GFLOP'``; decimal prefixes; ``None`` -> ``'—'``."""
+    if _is_missing(value):
+        return MISSING
+    sign = "-" if value < 0 else ""
+    size = float(abs(value))
+    index = 0
+    while size >= 1000 and index < len(_SI_PREFIXES) - 1:
+        size /= 1000.0
+        index += 1
+    if index == 0:
+        number = f"{size:.0f}" if size == int(size) else _scaled(size) if size >= 1 else f"{size:.3g}"
+    else:
+        number = _scaled(size)
+    space = " " if unit or _SI_PREFIXES[index] else ""
+    return f"{sign}{number}{space}{_SI_PREFIXES[index]}{unit}"
+
+
+def human_flops(value: int | float | None) -> str:
+    return si_number(value, "FLOP")
+
+
+def human_count(value: int | float | None) -> str:
+    """Parameter counts: ``22_000_000`` -> ``'22.0 M'``."""
+    return si_number(value)
+
+
+def human_ms(value: float | None) -> str:
+    """Latency in milliseconds: ``12.345`` -> ``'12.3 ms'``; ``None`` -> ``'—'``."""
+    if _is_missing(value):
+        return MISSING
+    if abs(value) >= 100:
+        return f"{value:.0f} ms"
+    if abs(value) >= 10:
+        return f"{value:.1f} ms"
+    return f"{value:.2f} ms"
+
+
+def human_seconds(value: float | None) -> str:
+    if _is_missing(value):
+        return MISSING
+    if value < 1:
+        return human_ms(value * 1000.0)
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(int(round(value)), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+def percent(fraction: float | None) -> str:
+    if _is_missing(fraction):
+        return MISSING
+    return f"{fraction * 100:.0f}%"
+
+
+def to_mib(value: int | float | None) -> float:
+    """Bytes to MiB for plotting; a missing value becomes NaN (a gap in the line, not a zero)."""
+    if _is_missing(value):
+        return math.nan
+    return float(value) / (1024.0 * 1024.0)
+
+
+def short_layer_label(name: str) -> str:
+    """A compact axis label for a fully qualified module name.
+
+    ``model.layers.3`` -> ``'3'``; ``model.embed_tokens`` -> ``'embed_tokens'``;
+    ``transformer.h.11.attn`` -> ``'11.attn'``.
+    """
+    if not name:
+        return "(root)"
+    parts = name.split(".")
+    last_digit = max((i for i, part in enumerate(parts) if part.isdigit()), default=None)
+    if last_digit is None:
+        return parts[-1]
+    return ".".join(parts[last_digit:])

@@ -1,0 +1,359 @@
+"""Per-module instrumentation: a memory pass (tensor accounting, saved tensors, KV, FLOPs) and a
+timing pass (latency only, cheap). Hooks live only inside the context managers and are removed on
+exit, also when the pass raises (cancel, out of memory)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .accounting import TensorAccountant, storage_bytes
+from .errors import Cancelled
+from .layers import TrackedModule, module_weight_tensors, weight_owners
+
+# Ops that do real arithmetic; when FlopCounterMode has no formula for one we say so.
+_HEAVY_OP_WORDS = ("attention", "mm", "matmul", "conv", "linear", "einsum", "baddbmm", "addmm")
+
+
+def cache_layer_tensors(cache: Any, index: int) -> list[torch.Tensor]:
+    """The key/value tensors of layer ``index`` of a transformers 5 cache (``cache.layers[i]``)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or index >= len(layers):
+        return []
+    layer = layers[index]
+    out = []
+    for attr in ("keys", "values"):
+        t = getattr(layer, attr, None)
+        if isinstance(t, torch.Tensor):
+            out.append(t)
+    # Quantized caches keep the bulk in other attributes; count every tensor the layer holds.
+    for name, value in vars(layer).items():
+        if name not in ("keys", "values") and isinstance(value, torch.Tensor):
+            out.append(value)
+    return out
+
+
+def cache_bytes_per_layer(cache: Any) -> list[int]:
+    """Bytes of each cache layer's tensors (distinct storages)."""
+    layers = getattr(cache, "layers", None) or []
+    result = []
+    for i in range(len(layers)):
+        seen: set[int] = set()
+        total = 0
+        for t in cache_layer_tensors(cache, i):
+            st = t.untyped_storage()
+            if st.data_ptr() in seen:
+                continue
+            seen.add(st.data_ptr())
+            total += t.untyped_storage().nbytes()
+        result.append(total)
+    return result
+
+
+def _find_cache(kwargs: dict[str, Any]) -> Any:
+    for key in ("cache", "past_key_values", "past_key_value", "layer_past"):
+        value = kwargs.get(key)
+        if value is not None and hasattr(value, "layers"):
+            return value
+    return None
+
+
+def _output_bytes(output: Any) -> int:
+    flat, _ = tree_flatten(output)
+    seen: set[int] = set()
+    total = 0
+    for t in flat:
+        if isinstance(t, torch.Tensor) and not t.is_meta:
+            st = t.untyped_storage()
+            if st.data_ptr() not in seen:
+                seen.add(st.data_ptr())
+                total += st.nbytes()
+    return total
+
+
+class MemoryProbe:
+    """The memory pass: counts every tensor by owner and category, and what each module keeps.
+
+    Use as a context manager around one workload pass. Set :attr:`phase` to ``forward``,
+    ``prefill``, ``decode``, ``backward`` or ``optimizer`` as the workload moves on.
+    """
+
+    def __init__(self, model: nn.Module, tracked: list[TrackedModule],
+                 cancel: threading.Event | None = None, training: bool = False,
+                 count_flops: bool = True, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.model = model
+        self.tracked = tracked
+        self.by_module = {id(t.module): t for t in tracked}
+        self.cancel = cancel
+        self.training = training
+        self.count_flops = count_flops
+        self.optimizer = optimizer
+        self.acc = TensorAccountant(self._owner, self._category)
+        self._stack: list[str] = []
+        self._handles: list[Any] = []
+        self._tracker: Any = None
+        self._flops: Any = None
+        self._saved_ctx: Any = None
+        self._saved_seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._tracked_names = {t.name for t in tracked}
+        self.output_bytes: dict[str, int] = {}
+        self.saved_bytes: dict[str, int] = {}
+        self.transient: dict[str, int] = {}
+        self.uncounted_flop_ops: dict[str, set[str]] = {}
+        self.flops: dict[str, int] = {}
+        self.total_flops: int | None = None
+        self.param_owner: dict[int, str | None] = {}
+        owners = weight_owners(model, tracked)
+        for pname, p in list(model.named_parameters()) + list(model.named_buffers()):
+            self.param_owner[id(p)] = owners.get(pname)
+
+    # -- owner and category of new storages --------------------------------------------------------
+    @property
+    def phase(self) -> str:
+        return self.acc.phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self.acc.phase = value
+        self.acc.inherit_owner = value == "optimizer"
+        self.acc.creation_category = "optimizer_state" if value == "optimizer" else None
+
+    def _owner(self) -> str | None:
+        if self.acc.phase == "backward" and self._tracker is not None:
+            best = None
+            for name in self._tracker.parents:
+                fqn = name.split(".", 1)[1] if "." in name else None
+                if fqn in self._tracked_names and (best is None or len(fqn) > len(best)):
+                    best = fqn
+            return best
+        if self.acc.phase == "optimizer":
+            return None
+        return self._stack[-1] if self._stack else None
+
+    def _category(self) -> str:
+        phase = self.acc.phase
+        if phase == "backward":
+            return "temporaries"
+        if phase == "optimizer":
+            return "temporaries"
+        return "activations"
+
+    # -- hooks --------------------------------------------------------------------------------------
+    def _pre(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled()
+        t = self.by_module[id(module)]
+        self._stack.append(t.name)
+        module._memlens_watch = self.acc.watch()  # type: ignore[attr-defined]
+
+    def _post(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        t = self.by_module[id(module)]
+        if self._stack and self._stack[-1] == t.name:
+            self._stack.pop()
+        watch = getattr(module, "_memlens_watch", None)
+        if watch is not None:
+            rise = self.acc.unwatch(watch)
+            self.transient[t.name] = max(self.transient.get(t.name, 0), rise)
+            del module._memlens_watch
+        self.output_bytes[t.name] = max(self.output_bytes.get(t.name, 0), _output_bytes(output))
+        if t.kind == "attention":
+            cache = _find_cache(kwargs)
+            if cache is not None:
+                idx = getattr(module, "layer_idx", None)
+                idx = t.layer_index if idx is None else idx
+                for kv in cache_layer_tensors(cache, idx):
+                    self.acc.reclassify(kv, t.name, "kv_cache")
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if isinstance(tensor, torch.Tensor) and not tensor.is_meta:
+            st = tensor.untyped_storage()
+            if st not in self._saved_seen:
+                self._saved_seen[st] = True
+                known = self.acc.owner_of(tensor)
+                if known is None or known[1] != "weights":
+                    owner = self._stack[-1] if self._stack else None
+                    self.saved_bytes[owner] = (self.saved_bytes.get(owner, 0)
+                                               + storage_bytes(st, tensor.device.type))
+        return tensor
+
+    @staticmethod
+    def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def _grad_hook(self, param: torch.Tensor) -> None:
+        if param.grad is not None:
+            self.acc.reclassify(param.grad, self.param_owner.get(id(param)), "gradients")
+
+    # -- context ------------------------------------------------------------------------------------
+    def __enter__(self) -> MemoryProbe:
+        acc = self.acc
+        for t in self.tracked:
+            for w in module_weight_tensors(t.module):
+                acc.track(w, t.name, "weights")
+        for pname, p in list(self.model.named_parameters()) + list(self.model.named_buffers()):
+            acc.track(p, self.param_owner.get(id(p)), "weights")
+            if self.training and isinstance(p, nn.Parameter) and p.requires_grad:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook))
+        if self.optimizer is not None:
+            self.track_optimizer_state()
+        for t in self.tracked:
+            self._handles.append(t.module.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self._handles.append(t.module.register_forward_hook(
+                self._post, with_kwargs=True, always_call=True))
+        if self.training:
+            from torch.utils.module_tracker import ModuleTracker
+
+            self._tracker = ModuleTracker().__enter__()
+            self._saved_ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+            self._saved_ctx.__enter__()
+        if self.count_flops:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            self._flops = FlopCounterMode(display=False, depth=None)
+            self._flops.__enter__()
+        acc.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.acc.__exit__(*exc)
+        finally:
+            if self._flops is not None:
+                self._flops.__exit__(*exc)
+                self._collect_flops()
+            if self._saved_ctx is not None:
+                self._saved_ctx.__exit__(*exc)
+            if self._tracker is not None:
+                self._tracker.__exit__(*exc)
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+            for t in self.tracked:
+                if hasattr(t.module, "_memlens_watch"):
+                    del t.module._memlens_watch
+
+    def track_input(self, tensor: torch.Tensor) -> None:
+        self.acc.track(tensor, None, "inputs")
+
+    def track_optimizer_state(self) -> None:
+        """Charge optimizer state tensors to the module that owns each parameter."""
+        if self.optimizer is None:
+            return
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for value in self.optimizer.state.get(p, {}).values():
+                    if isinstance(value, torch.Tensor):
+                        self.acc.reclassify(value, self.param_owner.get(id(p)), "optimizer_state")
+
+    def _collect_flops(self) -> None:
+        counts = self._flops.get_flop_counts()
+        root = type(self.model).__name__
+        for name, per_op in counts.items():
+            fqn = name[len(root) + 1:] if name.startswith(root + ".") else None
+            if fqn in self._tracked_names:
+                self.flops[fqn] = int(sum(per_op.values()))
+        if root in counts:
+            self.total_flops = int(sum(counts[root].values()))
+        elif "Global" in counts:
+            self.total_flops = int(sum(counts["Global"].values()))
+        else:
+            self.total_flops = 0
+        from torch.utils.flop_counter import flop_registry
+
+        for packet, owners in self.acc.ops_seen.items():
+            name = str(packet)
+            if packet in flop_registry:
+                continue
+            if any(word in name for word in _HEAVY_OP_WORDS):
+                for owner in owners:
+                    self.uncounted_flop_ops.setdefault(owner or "", set()).add(name)
+
+    # -- results --------------------------------------------------------------------------------------
+    def at_peak(self) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        """Bytes live at the peak: per owner and category, and the unowned rest by category."""
+        per_owner: dict[str, dict[str, int]] = {}
+        unowned: dict[str, int] = {}
+        for (owner, category), n in self.acc.peak_breakdown.items():
+            if not n:
+                continue
+            if owner is None:
+                unowned[category] = unowned.get(category, 0) + n
+            else:
+                d = per_owner.setdefault(owner, {})
+                d[category] = d.get(category, 0) + n
+        return per_owner, unowned
+
+
+class TimingProbe:
+    """The timing pass: inclusive wall time per tracked module (CUDA events on GPU, no sync)."""
+
+    def __init__(self, tracked: list[TrackedModule], device: torch.device,
+                 cancel: threading.Event | None = None) -> None:
+        self.tracked = tracked
+        self.names = {id(t.module): t.name for t in tracked}
+        self.cancel = cancel
+        self.cuda = device.type == "cuda"
+        self._handles: list[Any] = []
+        self._open: dict[int, list[Any]] = {}
+        self._spans: list[tuple[str, Any, Any]] = []
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled()
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._open.setdefault(id(module), []).append(ev)
+        else:
+            self._open.setdefault(id(module), []).append(time.perf_counter_ns())
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        stack = self._open.get(id(module))
+        if not stack:
+            return
+        start = stack.pop()
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+        else:
+            end = time.perf_counter_ns()
+        self._spans.append((self.names[id(module)], start, end))
+
+    def __enter__(self) -> TimingProbe:
+        for t in self.tracked:
+            self._handles.append(t.module.register_forward_pre_hook(self._pre))
+            self._handles.append(t.module.register_forward_hook(self._post, always_call=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def totals_ms(self) -> dict[str, float]:
+        """Inclusive milliseconds per module, summed over its calls in this pass."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict[str, float] = {}
+        for name, start, end in self._spans:
+            ms = start.elapsed_time(end) if self.cuda else (end - start) / 1e6
+            out[name] = out.get(name, 0.0) + ms
+        return out
+
+    def spans(self) -> Iterable[tuple[str, float, float]]:
+        """(name, start_ms, end_ms) relative to the first span (CPU clock or CUDA events)."""
+        if not self._spans:
+            return []
+        if self.cuda:
+            torch.cuda.synchronize()
+            first = self._spans[0][1]
+            return [(n, first.elapsed_time(s), first.elapsed_time(e)) for n, s, e in self._spans]
+        t0 = min(s for _, s, _ in self._spans)
+        return [(n, (s - t0) / 1e6, (e - t0) / 1e6) for n, s, e in self._spans]

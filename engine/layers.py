@@ -1,0 +1,152 @@
+"""Which modules MemLens reports on, and which tracked module owns each weight.
+
+Tracked: the embeddings, every transformer block with its attention and MLP sub-blocks, the final
+norm, the LM head, and any other top-level module that holds weights (rotary tables, poolers), so
+that every parameter and buffer of the model has an owner row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+_ATTN_NAMES = ("attn", "attention", "self_attn", "self_attention")
+_MLP_NAMES = ("mlp", "ffn", "feed_forward", "feedforward", "intermediate", "output", "block_sparse_moe")
+
+
+@dataclass
+class TrackedModule:
+    name: str
+    kind: str  # embedding | block | attention | mlp | norm | head | other
+    parent: str | None
+    depth: int
+    module: nn.Module
+    layer_index: int | None = None  # block index (attention: its KV-cache layer)
+
+
+def _blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The transformer's block list: the largest ModuleList of one repeated class."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            classes = {type(m) for m in mod}
+            if len(classes) == 1 and (best is None or len(mod) > len(best[1])):
+                n_params = sum(p.numel() for p in mod.parameters())
+                if n_params:
+                    best = (name, mod)
+    return best
+
+
+def _kind_of(name: str, mod: nn.Module) -> str:
+    leaf = name.rsplit(".", 1)[-1].lower()
+    cls = type(mod).__name__.lower()
+    if "rotary" in leaf or "rotary" in cls:
+        return "other"
+    if isinstance(mod, nn.Embedding) or "embed" in leaf or "embed" in cls or leaf in ("wte", "wpe"):
+        return "embedding"
+    if "norm" in cls or leaf.startswith("ln") or "norm" in leaf:
+        return "norm"
+    if leaf in ("lm_head", "head", "cls", "classifier", "score") or "head" in cls:
+        return "head"
+    return "other"
+
+
+def select_layers(model: nn.Module) -> list[TrackedModule]:
+    """The tracked modules of ``model`` in execution-like order (embeddings, blocks, head)."""
+    found = _blocks(model)
+    tracked: list[TrackedModule] = []
+    block_prefix = found[0] if found else None
+    block_ancestors: set[str] = set()
+    if block_prefix:
+        parts = block_prefix.split(".")
+        block_ancestors = {".".join(parts[:i]) for i in range(len(parts) + 1)}
+
+    def visit(prefix: str, mod: nn.Module) -> None:
+        for child_name, child in mod.named_children():
+            fqn = f"{prefix}.{child_name}" if prefix else child_name
+            if fqn == block_prefix:
+                for i, (bname, block) in enumerate(child.named_children()):
+                    bfqn = f"{fqn}.{bname}"
+                    tracked.append(TrackedModule(bfqn, "block", None, 0, block, i))
+                    for sub_name, sub in block.named_children():
+                        low = sub_name.lower()
+                        cls = type(sub).__name__.lower()
+                        if low in _ATTN_NAMES or "attention" in cls:
+                            kind = "attention"
+                        elif low in _MLP_NAMES or "mlp" in cls or "feedforward" in cls:
+                            kind = "mlp"
+                        else:
+                            continue
+                        if not any(True for _ in sub.parameters()):
+                            continue
+                        tracked.append(TrackedModule(f"{bfqn}.{sub_name}", kind, bfqn, 1, sub, i))
+            elif fqn in block_ancestors:
+                visit(fqn, child)
+            elif any(True for _ in child.parameters()) or any(True for _ in child.buffers()):
+                tracked.append(TrackedModule(fqn, _kind_of(fqn, child), None, 0, child))
+
+    visit("", model)
+    # Weights owned directly by the root or a block ancestor (rare) get an "other" row.
+    for anc in sorted(block_ancestors):
+        mod = model.get_submodule(anc) if anc else model
+        direct = list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False))
+        if direct:
+            tracked.append(TrackedModule(anc or "(root)", "other", None, 0, mod))
+    # Order: as the modules first appear in named_modules (embeddings before blocks before head).
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    tracked.sort(key=lambda t: order.get(t.name if t.name != "(root)" else "", -1))
+    return tracked
+
+
+def weight_owners(model: nn.Module, tracked: list[TrackedModule]) -> dict[str, str | None]:
+    """Map each parameter/buffer name to the innermost tracked module that holds it."""
+    names = sorted((t.name for t in tracked), key=len, reverse=True)
+    owners: dict[str, str | None] = {}
+    for pname, _ in list(model.named_parameters()) + list(model.named_buffers()):
+        owner = None
+        for n in names:
+            if n != "(root)" and pname.startswith(n + "."):
+                owner = n
+                break
+        if owner is None and "(root)" in names:
+            owner = "(root)"
+        owners[pname] = owner
+    return owners
+
+
+def module_weight_tensors(module: nn.Module, recurse: bool = False) -> list[torch.Tensor]:
+    """Parameters, buffers and tensors that are weights without being parameters.
+
+    Quantized modules keep packed weights outside ``parameters()`` (e.g. ``quantize_dynamic``'s
+    ``_packed_params``); they are unpacked here so their bytes are counted.
+    """
+    tensors = list(module.parameters(recurse=recurse)) + list(module.buffers(recurse=recurse))
+    mods = module.modules() if recurse else [module]
+    for m in mods:
+        packed = getattr(m, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            try:
+                w, b = packed._weight_bias()
+                tensors.extend(t for t in (w, b) if isinstance(t, torch.Tensor))
+            except Exception:  # noqa: BLE001 - an unknown packing: counted as missing, see warnings
+                pass
+    return tensors
+
+
+def unique_nbytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (shared storages counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if t.is_meta:
+            total += t.numel() * t.element_size()
+            continue
+        st = t.untyped_storage()
+        key = st.data_ptr() if st.data_ptr() else id(st)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += st.nbytes()
+    return total

@@ -1,0 +1,165 @@
+"""What a run measured: versioned, JSON-serialisable records that outlive the model.
+
+Field conventions (also in README.md, "Run files"):
+
+* Bytes are integers. A value that was not measured is ``None`` (JSON ``null``), never 0.
+* Per-layer ``weights_bytes``, ``saved_for_backward_bytes``, ``gradient_bytes``,
+  ``optimizer_state_bytes`` and every ``at_peak`` entry are *exclusive*: a block's row counts
+  only what its tracked children (attention, MLP) do not, so rows add up without double counting.
+* Per-layer ``activation_bytes`` (bytes of the module's output), ``transient_peak_bytes`` (the
+  highest live bytes during the module minus the live bytes at its entry), ``latency_ms`` and
+  ``flops`` are *inclusive*: a block's value contains its children's.
+* ``totals`` describe the moment of the measured peak: ``attributed_bytes`` is the sum of every
+  layer's ``at_peak`` bytes, and ``unattributed_bytes = peak_bytes - attributed_bytes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RunConfig
+
+SCHEMA_VERSION = 1
+
+# Categories of memory live at the peak (str values are saved in run files).
+CATEGORIES = ("weights", "activations", "kv_cache", "gradients", "optimizer_state", "temporaries")
+
+
+@dataclass
+class LayerStats:
+    """One tracked module, keyed by its fully qualified name."""
+
+    name: str
+    kind: str  # embedding | block | attention | mlp | norm | head | other
+    parent: str | None = None
+    depth: int = 0
+    parameters: int = 0
+    weights_bytes: int = 0
+    activation_bytes: int | None = None
+    saved_for_backward_bytes: int | None = None
+    kv_cache_bytes: int | None = None
+    gradient_bytes: int | None = None
+    optimizer_state_bytes: int | None = None
+    transient_peak_bytes: int | None = None
+    latency_ms: float | None = None
+    flops: int | None = None
+    flops_complete: bool | None = None  # False: an op without a FLOP formula ran here
+    at_peak: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def at_peak_bytes(self) -> int:
+        return sum(self.at_peak.values())
+
+
+@dataclass
+class Totals:
+    """Whole-run figures. Category figures are the bytes live at the measured peak."""
+
+    peak_bytes: int = 0
+    peak_source: str = ""  # cuda_allocator | tensor_accounting
+    attributed_bytes: int = 0
+    unattributed_bytes: int = 0
+    weights_bytes: int = 0
+    activation_bytes: int = 0
+    kv_cache_bytes: int = 0
+    gradient_bytes: int = 0
+    optimizer_state_bytes: int = 0
+    temporary_bytes: int = 0
+    parameters: int = 0
+    model_weights_bytes: int = 0  # all weights of the model, measured at rest
+    unattributed_detail: dict[str, int] = field(default_factory=dict)
+    flops: int | None = None
+    flops_uncounted_ops: list[str] = field(default_factory=list)
+    latency_ms: float | None = None
+    plain_latency_ms: float | None = None
+    instrumentation_overhead: float | None = None  # instrumented / plain pass time
+    tokens_per_s: float | None = None
+    load_peak_bytes: int | None = None
+    steady_bytes: int | None = None
+    load_source: str = ""
+    process_rss_peak_bytes: int | None = None
+    cuda_reserved_peak_bytes: int | None = None
+
+    def reconciles(self) -> bool:
+        return self.attributed_bytes + self.unattributed_bytes == self.peak_bytes
+
+
+@dataclass
+class RunResult:
+    """A finished run. ``to_dict``/``from_dict`` round-trip through JSON."""
+
+    config: RunConfig
+    run_id: str = ""
+    created: str = ""
+    status: str = "ok"
+    environment: dict[str, Any] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)
+    layers: list[LayerStats] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+    phases: list[dict[str, Any]] = field(default_factory=list)  # {name, start, end, peak_bytes}
+    timeline: dict[str, list[Any]] = field(default_factory=dict)  # columnar samples
+    generation: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    attention: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    phase_peaks: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    limitations: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def layer(self, name: str) -> LayerStats:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["config"] = self.config.to_dict()
+        return _clean(d)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        data = migrate(dict(data))
+        layer_fields = {f.name for f in dataclasses.fields(LayerStats)}
+        total_fields = {f.name for f in dataclasses.fields(Totals)}
+        own = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in own}
+        kwargs["config"] = RunConfig.from_dict(data.get("config") or {})
+        kwargs["layers"] = [LayerStats(**{k: v for k, v in layer.items() if k in layer_fields})
+                            for layer in data.get("layers") or []]
+        kwargs["totals"] = Totals(**{k: v for k, v in (data.get("totals") or {}).items()
+                                     if k in total_fields})
+        return cls(**kwargs)
+
+
+class SchemaError(ValueError):
+    """A run file this version cannot read."""
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older run dict to the current schema, or explain why it cannot be read."""
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        raise SchemaError("The file has no integer 'schema_version': it is not a MemLens run.")
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"The run was written by a newer MemLens (schema {version}; this "
+                          f"version reads up to {SCHEMA_VERSION}). Upgrade MemLens to open it.")
+    # Version 1 is the first schema: nothing to migrate yet. Later versions add steps here.
+    return data
+
+
+def _clean(obj: Any) -> Any:
+    """Make a value strict-JSON: NaN/inf become None (unmeasured), tuples become lists."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj

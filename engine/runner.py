@@ -1,0 +1,577 @@
+"""The runner: load, instrument, run the workload, assemble a :class:`RunResult`.
+
+``execute`` runs in the calling thread (the GUI's QThread worker, the CLI's main thread, a test)
+and reports through a plain callback; :class:`Runner` wraps it in a background thread. User errors,
+cancellation and out-of-memory end as a ``Failed`` event and a ``None`` return: the process, the
+runner and everything saved stay usable.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import re
+import secrets
+import statistics
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import procmem
+from .config import RunConfig
+from .errors import Cancelled, ErrorKind, MemLensError
+from .events import AttentionMaps, Event, Failed, Finished, LayerStatsReady, Progress
+from .instrument import MemoryProbe, TimingProbe
+from .layers import TrackedModule, module_weight_tensors, select_layers, unique_nbytes
+from .results import CATEGORIES, LayerStats, RunResult, Totals
+from . import workloads as wl
+
+Listener = Callable[[Event], None]
+
+LIMITATIONS_CPU = [
+    "CPU peak = live tensor storages counted by a dispatch mode; memory a kernel allocates and "
+    "frees internally (never a tensor) is not seen, nor is the Python heap or allocator caching "
+    "(see process RSS for those).",
+    "Unattributed = tensors alive at the peak that were created outside every tracked module "
+    "(inputs, masks, position ids, the loss) or before the pass.",
+]
+LIMITATIONS_CUDA = [
+    "Peak = the CUDA caching allocator's max_memory_allocated during the measured pass; "
+    "attribution comes from tensor accounting at its own peak. The difference (cuBLAS/cuDNN "
+    "workspaces, kernel scratch, block rounding) is reported as unattributed.",
+    "NVML device memory also includes the CUDA context and the allocator's reserved-but-free "
+    "cache, which no layer owns.",
+]
+
+
+def _emit(listener: Listener, event: Event) -> None:
+    try:
+        listener(event)
+    except Exception:  # noqa: BLE001 - a broken listener must not break the run
+        traceback.print_exc()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg
+                                              or "can't allocate memory" in msg
+                                              or "not enough memory" in msg)
+
+
+def _run_id(config: RunConfig, created: _dt.datetime) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", config.model.rsplit("/", 1)[-1]).strip("-")[:32] or "model"
+    return f"{created:%Y%m%d-%H%M%S}-{slug}-{config.workload}-{secrets.token_hex(2)}"
+
+
+def execute(config: RunConfig, listener: Listener = lambda e: None,
+            cancel: threading.Event | None = None, store: Any = None) -> RunResult | None:
+    """Run ``config`` in this thread. Returns the result, or None after a ``Failed`` event."""
+    cancel = cancel or threading.Event()
+    run = _Run(config, listener, cancel)
+    try:
+        result = run.go()
+    except Cancelled as exc:
+        run.cleanup()
+        _emit(listener, Failed(exc.kind.value, exc.message, exc.hint))
+        return None
+    except MemLensError as exc:
+        run.cleanup()
+        _emit(listener, Failed(exc.kind.value, exc.message, exc.hint))
+        return None
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes an event
+        run.cleanup()
+        if _is_oom(exc):
+            _emit(listener, Failed(
+                ErrorKind.OUT_OF_MEMORY.value,
+                f"Out of memory during {run.stage or 'the run'}: {str(exc).splitlines()[0][:300]}",
+                "Lower the batch size or sequence length, pick a smaller dtype, or use "
+                "estimation for models that do not fit."))
+            return None
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        _emit(listener, Failed(ErrorKind.INTERNAL.value,
+                               f"Unexpected error during {run.stage or 'the run'}: "
+                               f"{type(exc).__name__}: {exc}",
+                               "This is a MemLens bug; the details are in the log."))
+        traceback.print_exc()
+        return None
+    run.cleanup()
+    if store is not None:
+        _emit(listener, Progress("save", None, "saving the run"))
+        try:
+            store.save(result, attention=run.attention_event)
+        except MemLensError as exc:
+            result.warnings.append(f"The run was not saved: {exc.message} ({exc.hint})")
+        except OSError as exc:
+            result.warnings.append(f"The run was not saved: {exc}")
+    _emit(listener, Finished(result))
+    return result
+
+
+class Runner:
+    """Runs configs one at a time in a background thread; cancel is cooperative (≤1 s)."""
+
+    def __init__(self, listener: Listener, store: Any = None) -> None:
+        self.listener = listener
+        self.store = store
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+        self.result: RunResult | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, config: RunConfig) -> None:
+        if self.running:
+            raise RuntimeError("A run is already in progress; cancel it or wait for it first.")
+        self._cancel = threading.Event()
+        self.result = None
+
+        def target() -> None:
+            self.result = execute(config, self.listener, self._cancel, self.store)
+
+        self._thread = threading.Thread(target=target, name="memlens-runner", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class _Run:
+    """One run's state; ``go`` does the work, ``cleanup`` frees the model whatever happened."""
+
+    def __init__(self, config: RunConfig, listener: Listener, cancel: threading.Event) -> None:
+        self.config = config
+        self.listener = listener
+        self.cancel = cancel
+        self.stage = ""
+        self.loaded: Any = None
+        self.optimizer: Any = None
+        self.sampler: Any = None
+        self.attention_event: AttentionMaps | None = None
+        self.t_start = time.perf_counter()
+        self.phases: list[dict[str, Any]] = []
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def progress(self, stage: str, fraction: float | None = None, message: str = "") -> None:
+        if self.cancel.is_set():
+            raise Cancelled()
+        if stage != self.stage:
+            now = time.perf_counter() - self.t_start
+            if self.phases and self.phases[-1].get("end") is None:
+                self.phases[-1]["end"] = now
+            self.phases.append({"name": stage, "start": now, "end": None})
+            if self.sampler is not None:
+                self.sampler.set_phase(stage)
+        self.stage = stage
+        _emit(self.listener, Progress(stage, fraction, message))
+
+    def cleanup(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+        self.loaded = None
+        self.optimizer = None
+        gc.collect()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+    # -- the run ----------------------------------------------------------------------------------
+    def go(self) -> RunResult:
+        from .models import load_model, resolve_device
+        from .telemetry import Sampler, environment
+
+        cfg = self.config
+        cfg.validate()
+        if cfg.optimizations:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               "This version of MemLens applies no optimizations yet.",
+                               "Run without optimizations; they arrive with the optimization "
+                               "registry.")
+        device = resolve_device(cfg.device)
+        cuda = device.type == "cuda"
+        created = _dt.datetime.now(_dt.timezone.utc)
+        result = RunResult(config=cfg, run_id=_run_id(cfg, created),
+                           created=created.isoformat(timespec="seconds"))
+        torch.manual_seed(cfg.seed)
+        self.sampler = Sampler(hz=cfg.sample_hz, device=str(device),
+                               callback=lambda s: _emit(self.listener, s), t0=self.t_start)
+        self.sampler.start()
+        self.progress("load", None, f"loading {cfg.model}")
+
+        # -- load, with its peak against the state after loading --------------------------------
+        rss_before = procmem.rss_bytes()
+        hwm_ok = procmem.reset_rss_peak()
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            alloc_before = torch.cuda.memory_allocated(device)
+        self.loaded = load_model(cfg, progress=lambda m, f=None: self.progress("load", f, m),
+                                 cancel=self.cancel)
+        model = self.loaded.model
+        totals = result.totals
+        if cuda:
+            torch.cuda.synchronize(device)
+            totals.load_peak_bytes = torch.cuda.max_memory_allocated(device) - alloc_before
+            totals.steady_bytes = torch.cuda.memory_allocated(device) - alloc_before
+            totals.load_source = "cuda_allocator (above the allocation before loading)"
+        else:
+            peak = procmem.rss_peak_bytes() if hwm_ok else None
+            totals.steady_bytes = procmem.rss_bytes() - rss_before
+            if peak is not None:
+                totals.load_peak_bytes = max(peak - rss_before, totals.steady_bytes)
+                totals.load_source = "process RSS high-water mark (above RSS before loading)"
+            else:
+                totals.load_source = "process RSS (no high-water mark on this platform)"
+        result.warnings.extend(self.loaded.warnings)
+
+        tracked = select_layers(model)
+        inputs = self._inputs(model, device)
+        result.model_info = self._model_info(model, tracked, device)
+        result.environment = environment(str(device))
+        result.limitations = list(LIMITATIONS_CUDA if cuda else LIMITATIONS_CPU)
+        if not wl.is_causal_lm(model) and cfg.workload == "generate":
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               f"{self.loaded.architecture} is not a causal language model: it "
+                               "cannot generate.", "Use the forward or train workload.")
+        if cfg.workload == "train":
+            self.optimizer = wl.make_optimizer(model, cfg.lr)
+
+        # -- warm-up ------------------------------------------------------------------------------
+        for i in range(cfg.warmup):
+            self.progress("warmup", i / max(1, cfg.warmup), "warm-up pass")
+            self._plain_pass(model, inputs, device)
+
+        # -- memory pass --------------------------------------------------------------------------
+        self.progress("memory", None, "memory pass (tensor accounting)")
+        layers, mem_extra = self._memory_pass(model, tracked, inputs, device, result)
+        _emit(self.listener, LayerStatsReady(tuple(layers), final=False))
+
+        # -- timing passes ------------------------------------------------------------------------
+        self._timing(model, tracked, inputs, device, layers, result, mem_extra)
+
+        # -- attention maps -----------------------------------------------------------------------
+        if cfg.attention_maps:
+            self.progress("attention", None, "capturing attention maps (eager attention)")
+            self._attention(model, inputs, device, result)
+
+        end = time.perf_counter() - self.t_start
+        if self.phases and self.phases[-1].get("end") is None:
+            self.phases[-1]["end"] = end
+        self.sampler.stop()
+        result.layers = layers
+        result.phases = self.phases
+        result.timeline = self.sampler.columns()
+        if self.sampler.decimated:
+            result.warnings.append(f"The timeline was decimated {self.sampler.decimated} times to "
+                                   "stay bounded; peaks were kept.")
+        result.duration_s = round(end, 3)
+        _emit(self.listener, LayerStatsReady(tuple(layers), final=True))
+        return result
+
+    # -- pieces -------------------------------------------------------------------------------------
+    def _inputs(self, model: torch.nn.Module, device: torch.device) -> wl.Inputs:
+        cfg = self.config
+        inputs = wl.make_inputs(model, self.loaded.tokenizer, cfg.batch, cfg.seq, cfg.prompt,
+                                device, cfg.seed)
+        length = inputs.input_ids.shape[1]
+        if cfg.workload == "generate":
+            wl.check_positions(model, length + cfg.new_tokens, "Generation")
+        else:
+            wl.check_positions(model, length, "The input")
+        return inputs
+
+    def _plain_pass(self, model: torch.nn.Module, inputs: wl.Inputs, device: torch.device) -> Any:
+        cfg = self.config
+        if cfg.workload == "forward":
+            wl.forward(model, inputs)
+            wl.sync(device)
+            return None
+        if cfg.workload == "generate":
+            return wl.generate(model, inputs, cfg.new_tokens, device, self.cancel)
+        return wl.train_step(model, inputs, self.optimizer, device)
+
+    def _memory_pass(self, model, tracked, inputs, device, result):
+        cfg = self.config
+        cuda = device.type == "cuda"
+        totals = result.totals
+        training = cfg.workload == "train"
+        gc.collect()
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        hwm_ok = procmem.reset_rss_peak()
+        extra: dict[str, Any] = {}
+        probe = MemoryProbe(model, tracked, self.cancel, training=training,
+                            optimizer=self.optimizer)
+        with probe:
+            probe.track_input(inputs.input_ids)
+            probe.acc.reset_peak()
+            if cfg.workload == "forward":
+                out = wl.forward(model, inputs, probe)
+                del out
+            elif cfg.workload == "generate":
+                extra["generation"] = wl.generate(model, inputs, cfg.new_tokens, device,
+                                                  self.cancel, probe, timed=False)
+            else:
+                extra["step"] = wl.train_step(model, inputs, self.optimizer, device, probe)
+        if cuda:
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device)
+            totals.peak_source = "cuda_allocator"
+            totals.cuda_reserved_peak_bytes = torch.cuda.max_memory_reserved(device)
+        else:
+            peak = probe.acc.peak
+            totals.peak_source = "tensor_accounting"
+        totals.process_rss_peak_bytes = procmem.rss_peak_bytes() if hwm_ok else None
+        per_owner, unowned = probe.at_peak()
+        owners_by_name = {t.name for t in tracked}
+
+        # -- per layer ----------------------------------------------------------------------------
+        weights = self._weights_by_owner(model, tracked)
+        grads, opt_state = self._train_state_by_owner(model, probe) if training else ({}, {})
+        gen = extra.get("generation")
+        layers: list[LayerStats] = []
+        for t in tracked:
+            w_bytes, n_params = weights.get(t.name, (0, 0))
+            kv = None
+            if gen is not None and t.kind == "attention":
+                idx = getattr(t.module, "layer_idx", None)
+                idx = t.layer_index if idx is None else idx
+                if idx is not None and idx < len(gen.kv_bytes_per_layer):
+                    kv = gen.kv_bytes_per_layer[idx]
+            flops = probe.flops.get(t.name)
+            layers.append(LayerStats(
+                name=t.name, kind=t.kind, parent=t.parent, depth=t.depth,
+                parameters=n_params, weights_bytes=w_bytes,
+                activation_bytes=probe.output_bytes.get(t.name),
+                saved_for_backward_bytes=probe.saved_bytes.get(t.name, 0) if training else None,
+                kv_cache_bytes=kv,
+                gradient_bytes=grads.get(t.name, 0) if training else None,
+                optimizer_state_bytes=opt_state.get(t.name, 0) if training else None,
+                transient_peak_bytes=probe.transient.get(t.name),
+                flops=flops,
+                at_peak={c: per_owner.get(t.name, {}).get(c, 0) for c in CATEGORIES
+                         if per_owner.get(t.name, {}).get(c, 0)},
+            ))
+        stray = {o for o in per_owner if o not in owners_by_name}
+        for o in stray:  # owners that are not rows (should not happen): count as unattributed
+            for c, n in per_owner[o].items():
+                unowned[c] = unowned.get(c, 0) + n
+
+        # -- totals and the reconciliation ----------------------------------------------------
+        cat_sum = {c: sum(layer.at_peak.get(c, 0) for layer in layers) for c in CATEGORIES}
+        totals.peak_bytes = int(peak)
+        totals.weights_bytes = cat_sum["weights"]
+        totals.activation_bytes = cat_sum["activations"]
+        totals.kv_cache_bytes = cat_sum["kv_cache"]
+        totals.gradient_bytes = cat_sum["gradients"]
+        totals.optimizer_state_bytes = cat_sum["optimizer_state"]
+        totals.temporary_bytes = cat_sum["temporaries"]
+        totals.attributed_bytes = sum(cat_sum.values())
+        totals.unattributed_bytes = totals.peak_bytes - totals.attributed_bytes
+        detail = {f"untracked {c}": n for c, n in sorted(unowned.items()) if n}
+        if cuda:
+            detail["allocator only (not a tensor seen by accounting)"] = peak - probe.acc.peak
+        totals.unattributed_detail = detail
+        if totals.unattributed_bytes < 0:
+            result.warnings.append(
+                f"Tensor accounting saw {-totals.unattributed_bytes} B more than the allocator's "
+                "peak; attribution is approximate for this run.")
+        totals.parameters = sum(p.numel() for p in model.parameters())
+        totals.model_weights_bytes = unique_nbytes(module_weight_tensors(model, recurse=True))
+        totals.flops = probe.total_flops
+        result.phase_peaks = dict(probe.acc.phase_peaks)
+        uncounted = sorted({op for ops in probe.uncounted_flop_ops.values() for op in ops})
+        totals.flops_uncounted_ops = uncounted
+        if uncounted:
+            where = sorted(k for k in probe.uncounted_flop_ops if k)
+            result.warnings.append(
+                "FLOPs are under-counted: FlopCounterMode has no formula for "
+                f"{', '.join(uncounted)} (used in {len(where)} module(s), e.g. "
+                f"{', '.join(where[:2]) or 'outside tracked modules'}).")
+            for layer in layers:
+                if layer.name in probe.uncounted_flop_ops:
+                    layer.flops_complete = False
+        if gen is not None:
+            result.generation = {
+                "prompt_tokens": int(inputs.input_ids.shape[1]),
+                "new_tokens": cfg.new_tokens,
+                "cached_positions": gen.cached_positions,
+                "kv_cache_bytes": sum(gen.kv_bytes_per_layer),
+                "kv_bytes_per_layer": gen.kv_bytes_per_layer,
+                "kv_bytes_per_step": gen.kv_bytes_per_step,
+                "prefill_peak_bytes": probe.acc.phase_peaks.get("prefill"),
+                "decode_peak_bytes": probe.acc.phase_peaks.get("decode"),
+                "text": self._decode(gen.new_ids),
+            }
+        if training:
+            step = extra["step"]
+            result.training = {
+                "loss": step.loss, "synthetic_loss": step.synthetic_loss, "optimizer": "AdamW",
+                "lr": cfg.lr,
+                "saved_for_backward_bytes": sum(probe.saved_bytes.values()),
+                "gradient_bytes": sum(grads.values()),
+                "optimizer_state_bytes": sum(opt_state.values()),
+                "forward_peak_bytes": probe.acc.phase_peaks.get("forward"),
+                "backward_peak_bytes": probe.acc.phase_peaks.get("backward"),
+                "optimizer_peak_bytes": probe.acc.phase_peaks.get("optimizer"),
+            }
+            if step.synthetic_loss:
+                result.warnings.append("This model has no LM head: the training step used a "
+                                       "synthetic loss (mean square of the last hidden state).")
+        result.inputs = {"source": inputs.source, "shape": list(inputs.input_ids.shape)}
+        return layers, extra
+
+    def _timing(self, model, tracked, inputs, device, layers, result, mem_extra) -> None:
+        cfg = self.config
+        plain: list[float] = []
+        timed: list[float] = []
+        per_layer: dict[str, list[float]] = {}
+        gens: list[wl.GenerationTrace] = []
+        steps: list[wl.StepTrace] = []
+        for r in range(cfg.repeats):
+            self.progress("timing", r / cfg.repeats, f"timing pass {r + 1}/{cfg.repeats}")
+            wl.sync(device)
+            t0 = time.perf_counter()
+            self._plain_pass(model, inputs, device)
+            wl.sync(device)
+            plain.append((time.perf_counter() - t0) * 1e3)
+            probe = TimingProbe(tracked, device, self.cancel)
+            t0 = time.perf_counter()
+            with probe:
+                out = self._plain_pass(model, inputs, device)
+            wl.sync(device)
+            timed.append((time.perf_counter() - t0) * 1e3)
+            if isinstance(out, wl.GenerationTrace):
+                gens.append(out)
+            elif isinstance(out, wl.StepTrace):
+                steps.append(out)
+            for name, ms in probe.totals_ms().items():
+                per_layer.setdefault(name, []).append(ms)
+        for layer in layers:
+            if layer.name in per_layer:
+                layer.latency_ms = statistics.median(per_layer[layer.name])
+        totals = result.totals
+        totals.plain_latency_ms = statistics.median(plain)
+        totals.latency_ms = statistics.median(timed)
+        totals.instrumentation_overhead = totals.latency_ms / totals.plain_latency_ms
+        result.timing = {
+            "repeats": cfg.repeats, "plain_ms": plain, "instrumented_ms": timed,
+            "method": "CUDA events per module, no per-module sync" if device.type == "cuda"
+            else "perf_counter per module",
+        }
+        n_tokens = cfg.batch * inputs.input_ids.shape[1]
+        if cfg.workload == "forward":
+            totals.tokens_per_s = n_tokens / (totals.plain_latency_ms / 1e3)
+        if gens and result.generation is not None:
+            prefill = statistics.median(g.prefill_ms for g in gens)
+            decode_steps = [statistics.median(col) for col in zip(*(g.decode_ms for g in gens))]
+            decode_total = sum(decode_steps)
+            result.generation.update({
+                "prefill_ms": prefill,
+                "decode_ms_per_step": decode_steps,
+                "decode_tokens_per_s": (cfg.batch * len(decode_steps) / (decode_total / 1e3)
+                                        if decode_total else None),
+            })
+            totals.tokens_per_s = result.generation["decode_tokens_per_s"]
+        if steps and result.training is not None:
+            result.training.update({
+                "forward_ms": statistics.median(s.forward_ms for s in steps),
+                "backward_ms": statistics.median(s.backward_ms for s in steps),
+                "optimizer_ms": statistics.median(s.optimizer_ms for s in steps),
+            })
+            totals.tokens_per_s = n_tokens / (totals.plain_latency_ms / 1e3)
+
+    def _attention(self, model, inputs, device, result) -> None:
+        from .attention import capture_attention
+
+        event, info = capture_attention(model, inputs, device, self.cancel)
+        self.attention_event = event
+        result.attention = info
+        if event is not None:
+            _emit(self.listener, event)
+        elif info.get("reason"):
+            result.warnings.append(f"Attention maps were not captured: {info['reason']}")
+
+    def _weights_by_owner(self, model, tracked: list[TrackedModule]) -> dict[str, tuple[int, int]]:
+        from .layers import weight_owners
+
+        owners = weight_owners(model, tracked)
+        named = dict(model.named_parameters())
+        named.update(dict(model.named_buffers()))
+        grouped: dict[str, list[torch.Tensor]] = {}
+        counts: dict[str, int] = {}
+        for pname, owner in owners.items():
+            if owner is None:
+                continue
+            grouped.setdefault(owner, []).append(named[pname])
+            if pname in dict(model.named_parameters()):
+                counts[owner] = counts.get(owner, 0) + named[pname].numel()
+        for t in tracked:  # packed (non-parameter) weights of quantized modules
+            for m in t.module.modules():
+                packed = [w for w in module_weight_tensors(m) if not isinstance(w, torch.nn.Parameter)
+                          and not any(w is b for b in m.buffers(recurse=False))]
+                if packed:
+                    grouped.setdefault(t.name, []).extend(packed)
+        return {o: (unique_nbytes(ts), counts.get(o, 0)) for o, ts in grouped.items()}
+
+    def _train_state_by_owner(self, model, probe: MemoryProbe) -> tuple[dict, dict]:
+        grads: dict[str, int] = {}
+        opt: dict[str, int] = {}
+        for p in model.parameters():
+            owner = probe.param_owner.get(id(p))
+            if owner is None:
+                continue
+            state = self.optimizer.state.get(p, {}) if self.optimizer is not None else {}
+            opt[owner] = opt.get(owner, 0) + sum(
+                v.numel() * v.element_size() for v in state.values()
+                if isinstance(v, torch.Tensor))
+            if p.requires_grad:
+                # Gradients are freed by the next zero_grad; their size is the parameter's.
+                grads[owner] = grads.get(owner, 0) + p.numel() * p.element_size()
+        return grads, opt
+
+    def _decode(self, ids: list[int]) -> str | None:
+        tok = self.loaded.tokenizer if self.loaded else None
+        if tok is None:
+            return None
+        try:
+            return tok.decode(ids)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _model_info(self, model, tracked, device) -> dict[str, Any]:
+        cfg = getattr(model, "config", None)
+        get = (lambda *names: next((getattr(cfg, n) for n in names
+                                    if isinstance(getattr(cfg, n, None), int)), None))
+        n_heads = get("num_attention_heads", "n_head")
+        hidden = get("hidden_size", "n_embd")
+        head_dim = get("head_dim") or (hidden // n_heads if hidden and n_heads else None)
+        loaded = self.loaded
+        return {
+            "name": loaded.name, "source": loaded.source, "path": loaded.path,
+            "architecture": loaded.architecture, "random_weights": loaded.random_weights,
+            "dtype": loaded.dtype, "device": str(device),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "num_layers": get("num_hidden_layers", "n_layer"),
+            "hidden_size": hidden, "num_attention_heads": n_heads,
+            "num_key_value_heads": get("num_key_value_heads") or n_heads,
+            "head_dim": head_dim, "vocab_size": get("vocab_size"),
+            "max_positions": wl.max_positions(model),
+            "attn_implementation": getattr(cfg, "_attn_implementation", None),
+            "tracked_modules": len(tracked),
+            "load_seconds": loaded.load_seconds,
+        }

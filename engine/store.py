@@ -1,0 +1,190 @@
+"""The run store: one JSON file per run (plus attention maps beside it), written atomically.
+
+Location: ``$MEMLENS_HOME/runs`` if set, else the user data directory
+(``$XDG_DATA_HOME/memlens/runs`` or ``~/.local/share/memlens/runs`` on Linux,
+``~/Library/Application Support/memlens/runs`` on macOS, ``%APPDATA%/memlens/runs`` on Windows).
+A run is written to a temporary file in the same folder, flushed to disk and renamed over the
+final name, so a crash mid-save leaves the previous file intact and never a partial run listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ErrorKind, MemLensError
+from .results import RunResult, SchemaError
+
+
+def default_root() -> Path:
+    home = os.environ.get("MEMLENS_HOME")
+    if home:
+        return Path(home).expanduser() / "runs"
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    elif os.name == "nt":
+        base = Path(os.environ.get("APPDATA") or Path.home())
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "memlens" / "runs"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    created: str
+    model: str
+    workload: str
+    peak_bytes: int | None
+    latency_ms: float | None
+    label: str
+    path: Path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class RunStore:
+    """Saved runs in one folder: ``save``, ``list``, ``load``, ``delete``; no model needed."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+
+    def _ensure(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MemLensError(ErrorKind.STORE, f"Cannot create the run folder {self.root}: "
+                               f"{exc.strerror or exc}.",
+                               "Set MEMLENS_HOME to a writable folder.") from exc
+
+    def path_for(self, run_id: str) -> Path:
+        return self.root / f"{run_id}.json"
+
+    def attention_path(self, run_id: str) -> Path:
+        return self.root / f"{run_id}.attn.safetensors"
+
+    def save(self, result: RunResult, attention: Any = None) -> Path:
+        """Write the run (and its attention maps, float16) atomically; returns the JSON path."""
+        self._ensure()
+        path = self.path_for(result.run_id)
+        try:
+            if attention is not None and getattr(attention, "maps", None):
+                self._save_attention(result, attention)
+            data = json.dumps(result.to_dict(), indent=1, allow_nan=False).encode("utf-8")
+            _atomic_write(path, data)
+        except OSError as exc:
+            raise MemLensError(ErrorKind.STORE, f"Could not save the run to {path}: "
+                               f"{exc.strerror or exc}.",
+                               "Free disk space or set MEMLENS_HOME to a writable folder; "
+                               "earlier runs are untouched.") from exc
+        return path
+
+    def _save_attention(self, result: RunResult, attention: Any) -> None:
+        import torch
+        from safetensors.torch import save
+
+        tensors = {f"layer.{i}": torch.from_numpy(m).to(torch.float16).contiguous()
+                   for i, m in attention.maps.items()}
+        meta = {"tokens": json.dumps(list(attention.tokens)),
+                "downsampled_from": json.dumps(attention.downsampled_from)}
+        path = self.attention_path(result.run_id)
+        _atomic_write(path, save(tensors, metadata=meta))
+        if result.attention is not None:
+            result.attention["file"] = path.name
+
+    def load_attention(self, run_id: str) -> Any:
+        """The saved attention maps as an ``AttentionMaps`` event, or None when absent."""
+        from safetensors import safe_open
+
+        from .events import AttentionMaps
+
+        path = self.attention_path(run_id)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                maps = {int(k.split(".")[1]): f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise MemLensError(ErrorKind.STORE, f"The attention maps file {path.name} is "
+                               f"damaged: {exc}.", "Run again with attention maps to recreate "
+                               "it; the run itself is intact.") from exc
+        return AttentionMaps(maps=dict(sorted(maps.items())),
+                             tokens=tuple(json.loads(meta.get("tokens", "[]"))),
+                             downsampled_from=json.loads(meta.get("downsampled_from", "null")))
+
+    def load(self, run_id_or_path: str | Path) -> RunResult:
+        path = Path(run_id_or_path)
+        if not path.suffix == ".json":
+            path = self.path_for(str(run_id_or_path))
+        return load_run_file(path)
+
+    def list(self) -> list[RunSummary]:
+        """Saved runs, newest first; damaged files are skipped (``damaged()`` names them)."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for path in self.root.glob("*.json"):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                cfg = data.get("config") or {}
+                totals = data.get("totals") or {}
+                out.append(RunSummary(
+                    run_id=data["run_id"], created=data.get("created", ""),
+                    model=cfg.get("model", "?"), workload=cfg.get("workload", "?"),
+                    peak_bytes=totals.get("peak_bytes"), latency_ms=totals.get("latency_ms"),
+                    label=cfg.get("label", ""), path=path))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+        out.sort(key=lambda s: s.created, reverse=True)
+        return out
+
+    def delete(self, run_id: str) -> None:
+        for p in (self.path_for(run_id), self.attention_path(run_id)):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def load_run_file(path: Path | str) -> RunResult:
+    """Read a run JSON, with clear errors for missing, damaged or too-new files."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise MemLensError(ErrorKind.NOT_FOUND, f"No saved run at {path}.",
+                           "Check the path, or list runs with `memlens runs`.") from exc
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Cannot read {path}: {exc.strerror or exc}.",
+                           "Check the file's permissions.") from exc
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return RunResult.from_dict(data)
+    except SchemaError as exc:
+        raise MemLensError(ErrorKind.STORE, f"{path.name}: {exc}", "Open it with the MemLens "
+                           "version that wrote it.") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MemLensError(ErrorKind.STORE, f"The run file {path.name} is damaged ({exc}).",
+                           "It cannot be opened; other runs are unaffected.") from exc

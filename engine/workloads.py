@@ -1,0 +1,241 @@
+"""The workloads: forward pass, generation (prefill + decode) and one fine-tuning step.
+
+Each runs in a plain mode (for timing without the profiler), under a :class:`TimingProbe`, or under
+a :class:`MemoryProbe`. Generation uses its own greedy loop instead of ``model.generate`` so that
+prefill and every decode step can be timed and the cache read between steps; it calls the model
+exactly as ``generate`` does (cache object, ``logits_to_keep=1``).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import Cancelled, ErrorKind, MemLensError
+from .instrument import MemoryProbe, cache_bytes_per_layer
+
+
+def sample_text() -> str:
+    """The Zen of Python, read from the standard library's ``this`` module without importing it
+    (importing prints it). Not in the demo model's training corpus (it is not a docstring)."""
+    spec = importlib.util.find_spec("this")
+    src = open(spec.origin, encoding="utf-8").read() if spec and spec.origin else ""
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "s":
+            import codecs
+
+            return codecs.decode(ast.literal_eval(node.value), "rot13")
+    return "Beautiful is better than ugly. Explicit is better than implicit."
+
+
+@dataclass
+class Inputs:
+    input_ids: torch.Tensor
+    source: str  # prompt | sample text | random ids
+    tokens: list[str] = field(default_factory=list)
+
+
+def max_positions(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def make_inputs(model: nn.Module, tokenizer: Any, batch: int, seq: int, prompt: str | None,
+                device: torch.device, seed: int) -> Inputs:
+    """Token ids: the prompt (tokenized), else the sample text repeated to ``seq`` tokens when a
+    tokenizer exists (real text gives meaningful attention maps), else seeded random ids."""
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if tokenizer is not None and (prompt or vocab):
+        text = prompt if prompt else sample_text()
+        ids = tokenizer(text, add_special_tokens=bool(prompt) and False)["input_ids"]
+        if not ids:
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD, "The prompt has no tokens.",
+                               "Enter some text, or leave the prompt empty for sample text.")
+        if not prompt:
+            while len(ids) < seq:
+                ids = ids + ids
+            ids = ids[:seq]
+        row = torch.tensor(ids, dtype=torch.long)
+        source = "prompt" if prompt else "sample text"
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        row = torch.randint(0, max(vocab, 2), (seq,), generator=gen)
+        source, tokens = "random ids", []
+    return Inputs(row.unsqueeze(0).repeat(batch, 1).to(device), source, list(tokens))
+
+
+def check_positions(model: nn.Module, length: int, what: str) -> None:
+    limit = max_positions(model)
+    if limit is not None and length > limit:
+        raise MemLensError(
+            ErrorKind.INVALID_WORKLOAD,
+            f"{what} needs {length} positions but the model supports {limit}.",
+            f"Use a sequence of at most {limit} tokens (prompt + new tokens for generation).")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    return hasattr(model, "lm_head") or type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+# -- forward -------------------------------------------------------------------------------------------
+def forward(model: nn.Module, inputs: Inputs, probe: MemoryProbe | None = None) -> Any:
+    kwargs: dict[str, Any] = {"input_ids": inputs.input_ids}
+    if _accepts(model, "use_cache"):
+        kwargs["use_cache"] = False
+    with torch.no_grad():
+        if probe is not None:
+            probe.phase = "forward"
+        return model(**kwargs)
+
+
+# -- generation ----------------------------------------------------------------------------------------
+@dataclass
+class GenerationTrace:
+    prefill_ms: float = 0.0
+    decode_ms: list[float] = field(default_factory=list)
+    kv_bytes_per_step: list[int] = field(default_factory=list)  # after prefill, then each step
+    kv_bytes_per_layer: list[int] = field(default_factory=list)  # at the end
+    cached_positions: int = 0
+    new_ids: list[int] = field(default_factory=list)
+
+
+def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.device,
+             cancel: threading.Event | None = None, probe: MemoryProbe | None = None,
+             timed: bool = True) -> GenerationTrace:
+    """Greedy generation: one prefill call, then one call per new token on the cache."""
+    trace = GenerationTrace()
+    extra: dict[str, Any] = {}
+    # transformers 5.2x renamed the cache argument and output to `cache` (the old
+    # `past_key_values` warns); 5.1x only knows `past_key_values`.
+    cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"
+    if _accepts(model, "logits_to_keep"):
+        extra["logits_to_keep"] = 1
+    with torch.no_grad():
+        if probe is not None:
+            probe.phase = "prefill"
+        t0 = time.perf_counter()
+        out = model(input_ids=inputs.input_ids, use_cache=True, **extra)
+        next_ids = out.logits[:, -1:].argmax(-1)
+        if timed:
+            sync(device)
+        trace.prefill_ms = (time.perf_counter() - t0) * 1e3
+        cache = _returned_cache(out)
+        if cache is None:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE, "The model returned no KV cache.",
+                               "Generation needs a causal LM that supports use_cache.")
+        del out
+        trace.kv_bytes_per_step.append(sum(cache_bytes_per_layer(cache)))
+        trace.new_ids.append(int(next_ids[0, 0]))
+        if probe is not None:
+            probe.phase = "decode"
+        for _ in range(new_tokens - 1):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            t0 = time.perf_counter()
+            out = model(input_ids=next_ids, use_cache=True, **{cache_arg: cache}, **extra)
+            next_ids = out.logits[:, -1:].argmax(-1)
+            if timed:
+                sync(device)
+            trace.decode_ms.append((time.perf_counter() - t0) * 1e3)
+            cache = _returned_cache(out)
+            del out
+            trace.kv_bytes_per_step.append(sum(cache_bytes_per_layer(cache)))
+            trace.new_ids.append(int(next_ids[0, 0]))
+        trace.kv_bytes_per_layer = cache_bytes_per_layer(cache)
+        trace.cached_positions = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+    return trace
+
+
+def _returned_cache(out: Any) -> Any:
+    for name in ("cache", "past_key_values"):
+        if name in getattr(out, "__dataclass_fields__", {}) or (hasattr(out, "keys") and name in out.keys()):
+            value = out[name] if hasattr(out, "keys") and name in out.keys() else getattr(out, name)
+            if value is not None:
+                return value
+    return None
+
+
+# -- training step ----------------------------------------------------------------------------------------
+@dataclass
+class StepTrace:
+    loss: float = float("nan")
+    forward_ms: float = 0.0
+    backward_ms: float = 0.0
+    optimizer_ms: float = 0.0
+    synthetic_loss: bool = False
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise MemLensError(ErrorKind.NOT_APPLICABLE, "The model has no trainable parameters.",
+                           "Unfreeze some parameters, or run a forward workload.")
+    return torch.optim.AdamW(params, lr=lr)
+
+
+def train_step(model: nn.Module, inputs: Inputs, optimizer: torch.optim.Optimizer,
+               device: torch.device, probe: MemoryProbe | None = None) -> StepTrace:
+    """One step: forward with loss, backward, optimizer step (gradients are then freed)."""
+    trace = StepTrace()
+    model.train()
+    try:
+        optimizer.zero_grad(set_to_none=True)
+        if probe is not None:
+            probe.phase = "forward"
+        t0 = time.perf_counter()
+        if is_causal_lm(model):
+            loss = model(input_ids=inputs.input_ids, labels=inputs.input_ids).loss
+        else:
+            # Encoders have no labels here: a synthetic loss (mean square of the last hidden
+            # state) exercises the same backward; reported as such.
+            out = model(input_ids=inputs.input_ids)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            loss = hidden.float().pow(2).mean()
+            trace.synthetic_loss = True
+        sync(device)
+        t1 = time.perf_counter()
+        if probe is not None:
+            probe.phase = "backward"
+        loss.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        if probe is not None:
+            probe.phase = "optimizer"
+        optimizer.step()
+        sync(device)
+        t3 = time.perf_counter()
+        if probe is not None:
+            probe.track_optimizer_state()
+            probe.phase = "after"
+        trace.loss = float(loss.detach())
+        trace.forward_ms, trace.backward_ms, trace.optimizer_ms = (
+            (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        del loss
+    finally:
+        model.eval()
+    return trace

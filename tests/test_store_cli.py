@@ -1,0 +1,99 @@
+"""The run store (atomic, reloadable without a model) and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from engine import cli
+from engine.errors import ErrorKind, MemLensError
+from engine.runner import execute
+from engine.store import RunStore
+
+from .helpers import Collector, tiny
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    store = RunStore(tmp_path_factory.mktemp("runs"))
+    result = execute(tiny(workload="forward", attention_maps=True), Collector(), store=store)
+    assert result is not None
+    return store, result
+
+
+def test_save_list_load_without_a_model(saved):
+    store, result = saved
+    listed = store.list()
+    assert [s.run_id for s in listed] == [result.run_id]
+    assert listed[0].peak_bytes == result.totals.peak_bytes
+    again = store.load(result.run_id)
+    assert again.to_dict() == result.to_dict()
+    assert again.totals.reconciles()
+    maps = store.load_attention(result.run_id)
+    assert maps is not None and len(maps.maps) == result.model_info["num_layers"]
+    assert str(maps.maps[0].dtype) == "float16"
+    assert result.attention["file"] == store.attention_path(result.run_id).name
+
+
+def test_damaged_and_future_files_are_explained(saved, tmp_path):
+    store, result = saved
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(MemLensError) as e:
+        store.load(bad)
+    assert e.value.kind == ErrorKind.STORE and "damaged" in e.value.message
+    future = result.to_dict()
+    future["schema_version"] = 999
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps(future))
+    with pytest.raises(MemLensError) as e:
+        store.load(newer)
+    assert "newer MemLens" in e.value.message
+    with pytest.raises(MemLensError) as e:
+        store.load(tmp_path / "missing.json")
+    assert e.value.kind == ErrorKind.NOT_FOUND
+
+
+def test_a_failed_save_leaves_the_previous_file_intact(saved, monkeypatch):
+    store, result = saved
+    path = store.path_for(result.run_id)
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    result.config.label = "changed"
+    with pytest.raises(MemLensError) as e:
+        store.save(result)
+    assert "No space left" in e.value.message
+    monkeypatch.undo()
+    result.config.label = ""
+    assert path.read_bytes() == before
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert [s.run_id for s in store.list()] == [result.run_id]
+
+
+def test_cli_profile_prints_a_reconciled_table(tmp_path, capsys):
+    code = cli.main(["--store", str(tmp_path), "profile", "--model", "preset:tiny-llama",
+                     "--workload", "generate", "--seq", "16", "--new-tokens", "4",
+                     "--repeats", "1", "--out", str(tmp_path / "run.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "reconciles" in out and "KV cache" in out and "self_attn" in out
+    assert "unattributed" in out and "saved:" in out
+    assert json.loads((tmp_path / "run.json").read_text())["totals"]["peak_bytes"] > 0
+    assert cli.main(["--store", str(tmp_path), "runs"]) == 0
+    assert "preset:tiny-llama" in capsys.readouterr().out
+    run_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    assert cli.main(["--store", str(tmp_path), "show", run_id]) == 0
+    assert "reconciles" in capsys.readouterr().out
+
+
+def test_cli_errors_name_the_problem_and_the_fix(tmp_path, capsys):
+    code = cli.main(["--store", str(tmp_path), "profile", "--model", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "nope" in err and "hint:" in err
