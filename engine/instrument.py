@@ -87,8 +87,16 @@ class MemoryProbe:
 
     def __init__(self, model: nn.Module, tracked: list[TrackedModule],
                  cancel: threading.Event | None = None, training: bool = False,
-                 count_flops: bool = True, optimizer: torch.optim.Optimizer | None = None) -> None:
+                 count_flops: bool = True, optimizer: torch.optim.Optimizer | None = None,
+                 cuda_detailed: torch.device | None = None) -> None:
         self.model = model
+        # CUDA "detailed" mode: read and reset the allocator's peak at every module boundary,
+        # so each module's transient peak includes what only the allocator sees (workspaces).
+        self.cuda_detailed = cuda_detailed
+        self.cuda_transient: dict[str, int] = {}
+        self.cuda_peak = 0
+        self.cuda_reserved_peak = 0
+        self._cuda_watches: list[list[int]] = []
         self.tracked = tracked
         self.by_module = {id(t.module): t for t in tracked}
         self.cancel = cancel
@@ -152,6 +160,12 @@ class MemoryProbe:
         t = self.by_module[id(module)]
         self._stack.append(t.name)
         module._memlens_watch = self.acc.watch()  # type: ignore[attr-defined]
+        if self.cuda_detailed is not None:
+            self._cuda_boundary()
+            now = torch.cuda.memory_allocated(self.cuda_detailed)
+            w = [now, now]
+            self._cuda_watches.append(w)
+            module._memlens_cuda_watch = w  # type: ignore[attr-defined]
 
     def _post(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         t = self.by_module[id(module)]
@@ -162,6 +176,13 @@ class MemoryProbe:
             rise = self.acc.unwatch(watch)
             self.transient[t.name] = max(self.transient.get(t.name, 0), rise)
             del module._memlens_watch
+        cw = getattr(module, "_memlens_cuda_watch", None)
+        if cw is not None:
+            self._cuda_boundary()
+            if cw in self._cuda_watches:
+                self._cuda_watches.remove(cw)
+            self.cuda_transient[t.name] = max(self.cuda_transient.get(t.name, 0), cw[1] - cw[0])
+            del module._memlens_cuda_watch
         self.output_bytes[t.name] = max(self.output_bytes.get(t.name, 0), _output_bytes(output))
         if t.kind == "attention":
             cache = _find_cache(kwargs)
@@ -170,6 +191,21 @@ class MemoryProbe:
                 idx = t.layer_index if idx is None else idx
                 for kv in cache_layer_tensors(cache, idx):
                     self.acc.reclassify(kv, t.name, "kv_cache")
+
+    def _cuda_boundary(self) -> None:
+        dev = self.cuda_detailed
+        peak = torch.cuda.max_memory_allocated(dev)
+        self.cuda_peak = max(self.cuda_peak, peak)
+        self.cuda_reserved_peak = max(self.cuda_reserved_peak, torch.cuda.max_memory_reserved(dev))
+        for w in self._cuda_watches:
+            if peak > w[1]:
+                w[1] = peak
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    def finish_cuda(self) -> tuple[int, int]:
+        """Detailed mode: the pass's allocator peak and reserved peak across all resets."""
+        self._cuda_boundary()
+        return self.cuda_peak, self.cuda_reserved_peak
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         if isinstance(tensor, torch.Tensor) and not tensor.is_meta:
@@ -181,6 +217,10 @@ class MemoryProbe:
                     owner = self._stack[-1] if self._stack else None
                     self.saved_bytes[owner] = (self.saved_bytes.get(owner, 0)
                                                + storage_bytes(st, tensor.device.type))
+            # Keep the data, not the autograd history: a saved *output* returned as-is makes a
+            # cycle (node -> packed tensor -> node) that lives in C++ where Python's GC cannot
+            # see it, so a forward that fails before backward would leak its whole graph.
+            return tensor.detach()
         return tensor
 
     @staticmethod
@@ -216,28 +256,46 @@ class MemoryProbe:
         if self.count_flops:
             from torch.utils.flop_counter import FlopCounterMode
 
-            self._flops = FlopCounterMode(display=False, depth=None)
+            from .flops import custom_mapping
+
+            self._flops = FlopCounterMode(display=False, depth=None,
+                                          custom_mapping=custom_mapping(self._flop_failed))
             self._flops.__enter__()
         acc.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        try:
-            self.acc.__exit__(*exc)
-        finally:
-            if self._flops is not None:
-                self._flops.__exit__(*exc)
-                self._collect_flops()
-            if self._saved_ctx is not None:
-                self._saved_ctx.__exit__(*exc)
-            if self._tracker is not None:
-                self._tracker.__exit__(*exc)
-            for h in self._handles:
-                h.remove()
-            self._handles.clear()
-            for t in self.tracked:
-                if hasattr(t.module, "_memlens_watch"):
-                    del t.module._memlens_watch
+        # Every step runs even if an earlier one raises: a hook left registered (a global
+        # saved-tensors hook, a module tracker) would leak the model and skew later runs.
+        failed = exc[0] is not None
+        steps = [lambda: self.acc.__exit__(*exc)]
+        if self._flops is not None:
+            steps.append(lambda: self._flops.__exit__(*exc))
+            if not failed:
+                steps.append(self._collect_flops)
+        if self._saved_ctx is not None:
+            steps.append(lambda: self._saved_ctx.__exit__(*exc))
+        if self._tracker is not None:
+            steps.append(lambda: self._tracker.__exit__(*exc))
+        steps.append(self._remove_hooks)
+        first: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - finish cleaning up, then report the first
+                first = first or e
+        self._flops = self._saved_ctx = self._tracker = None
+        if first is not None and not failed:
+            raise first
+
+    def _remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for t in self.tracked:
+            for attr in ("_memlens_watch", "_memlens_cuda_watch"):
+                if hasattr(t.module, attr):
+                    delattr(t.module, attr)
 
     def track_input(self, tensor: torch.Tensor) -> None:
         self.acc.track(tensor, None, "inputs")
@@ -252,6 +310,10 @@ class MemoryProbe:
                     if isinstance(value, torch.Tensor):
                         self.acc.reclassify(value, self.param_owner.get(id(p)), "optimizer_state")
 
+    def _flop_failed(self, op: str) -> None:
+        owner = self._owner() or ""
+        self.uncounted_flop_ops.setdefault(owner, set()).add(f"{op} (formula failed)")
+
     def _collect_flops(self) -> None:
         counts = self._flops.get_flop_counts()
         root = type(self.model).__name__
@@ -265,11 +327,12 @@ class MemoryProbe:
             self.total_flops = int(sum(counts["Global"].values()))
         else:
             self.total_flops = 0
-        from torch.utils.flop_counter import flop_registry
+        from .flops import counted_ops
 
+        counted = counted_ops()
         for packet, owners in self.acc.ops_seen.items():
             name = str(packet)
-            if packet in flop_registry:
+            if packet in counted:
                 continue
             if any(word in name for word in _HEAVY_OP_WORDS):
                 for owner in owners:
@@ -303,12 +366,22 @@ class TimingProbe:
         self._handles: list[Any] = []
         self._open: dict[int, list[Any]] = {}
         self._spans: list[tuple[str, Any, Any]] = []
+        self._pool: list[Any] = []
+        if self.cuda:
+            self._pool = [torch.cuda.Event(enable_timing=True) for _ in range(4 * len(tracked))]
+
+    def _event(self) -> Any:
+        # Events are created ahead of time: creating one costs more than recording it, and the
+        # hooks sit on the launch path of a CPU-bound forward.
+        if not self._pool:
+            self._pool = [torch.cuda.Event(enable_timing=True) for _ in range(64)]
+        return self._pool.pop()
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled()
         if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
+            ev = self._event()
             ev.record()
             self._open.setdefault(id(module), []).append(ev)
         else:
@@ -320,7 +393,7 @@ class TimingProbe:
             return
         start = stack.pop()
         if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
+            end = self._event()
             end.record()
         else:
             end = time.perf_counter_ns()

@@ -71,6 +71,7 @@ class Totals:
     parameters: int = 0
     model_weights_bytes: int = 0  # all weights of the model, measured at rest
     unattributed_detail: dict[str, int] = field(default_factory=dict)
+    transient_source: str = ""
     flops: int | None = None
     flops_uncounted_ops: list[str] = field(default_factory=list)
     latency_ms: float | None = None

@@ -314,8 +314,9 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(device)
         hwm_ok = procmem.reset_rss_peak()
         extra: dict[str, Any] = {}
+        detailed = device if (cuda and cfg.detailed) else None
         probe = MemoryProbe(model, tracked, self.cancel, training=training,
-                            optimizer=self.optimizer)
+                            optimizer=self.optimizer, cuda_detailed=detailed)
         with probe:
             probe.track_input(inputs.input_ids)
             probe.acc.reset_peak()
@@ -329,9 +330,13 @@ class _Run:
                 extra["step"] = wl.train_step(model, inputs, self.optimizer, device, probe)
         if cuda:
             torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_allocated(device)
+            if detailed is not None:
+                peak, reserved = probe.finish_cuda()
+            else:
+                peak = torch.cuda.max_memory_allocated(device)
+                reserved = torch.cuda.max_memory_reserved(device)
             totals.peak_source = "cuda_allocator"
-            totals.cuda_reserved_peak_bytes = torch.cuda.max_memory_reserved(device)
+            totals.cuda_reserved_peak_bytes = reserved
         else:
             peak = probe.acc.peak
             totals.peak_source = "tensor_accounting"
@@ -361,7 +366,8 @@ class _Run:
                 kv_cache_bytes=kv,
                 gradient_bytes=grads.get(t.name, 0) if training else None,
                 optimizer_state_bytes=opt_state.get(t.name, 0) if training else None,
-                transient_peak_bytes=probe.transient.get(t.name),
+                transient_peak_bytes=(probe.cuda_transient.get(t.name) if detailed is not None
+                                      else probe.transient.get(t.name)),
                 flops=flops,
                 at_peak={c: per_owner.get(t.name, {}).get(c, 0) for c in CATEGORIES
                          if per_owner.get(t.name, {}).get(c, 0)},
@@ -374,6 +380,8 @@ class _Run:
         # -- totals and the reconciliation ----------------------------------------------------
         cat_sum = {c: sum(layer.at_peak.get(c, 0) for layer in layers) for c in CATEGORIES}
         totals.peak_bytes = int(peak)
+        totals.transient_source = ("cuda_allocator (detailed: peak reset at module boundaries)"
+                                   if detailed is not None else "tensor_accounting")
         totals.weights_bytes = cat_sum["weights"]
         totals.activation_bytes = cat_sum["activations"]
         totals.kv_cache_bytes = cat_sum["kv_cache"]

@@ -125,6 +125,26 @@ def test_out_of_memory_becomes_a_failed_run_and_the_runner_stays_usable(monkeypa
     assert third.failed.kind == ErrorKind.OUT_OF_MEMORY.value
 
 
+def test_a_failure_inside_the_training_pass_frees_the_model(monkeypatch):
+    """A backward graph left by a failed forward must not keep the model alive (C++ cycles)."""
+    import engine.instrument as ins
+
+    real = ins.MemoryProbe._post
+
+    def failing(self, module, args, kwargs, output):
+        if self.phase == "forward" and self.by_module[id(module)].kind == "mlp":
+            raise RuntimeError("simulated failure in the middle of the forward")
+        return real(self, module, args, kwargs, output)
+
+    monkeypatch.setattr(ins.MemoryProbe, "_post", failing)
+    before = _live_models()
+    events = Collector()
+    assert execute(tiny(workload="train"), events) is None
+    assert events.failed.kind == ErrorKind.INTERNAL.value
+    assert _live_models() == before
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+
+
 def test_runner_refuses_a_second_concurrent_run():
     started = threading.Event()
     runner = Runner(lambda e: started.set() if isinstance(e, Progress) else None)
