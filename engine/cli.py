@@ -63,14 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print a saved run's table (RUN_ID or path to a run JSON)")
     s.add_argument("run")
 
-    g = sub.add_parser("gui", help="open the desktop app")
-    g.add_argument("--model", default="demo")
+    sub.add_parser("gui", help="open the desktop app (options: --model, --workload, --run, "
+                              "--screenshot PATH, --quit-after-ms N)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("--model") or argv[0] == "gui":
+    gui_options = ("--model", "--workload", "--run", "--screenshot", "--quit-after-ms")
+    if not argv or argv[0].split("=")[0] in gui_options or argv[0] == "gui":
         return _gui(argv[1:] if argv and argv[0] == "gui" else argv)
     args = _parser().parse_args(argv)
     if args.command is None:

@@ -27,7 +27,7 @@ def _scaled(value: float) -> str:
 
 
 def human_bytes(value: int | float | None) -> str:
-    """``1288490`` -> ``'1.23 MiB'``; ``None`` -> ``'—'``. Binary units; negative values keep a sign."""
+    """``1288490`` -> ``'1.23 MiB'``; ``None`` -> ``'—'``. Binary units; a negative keeps its sign."""
     if _is_missing(value):
         return MISSING
     sign = "-" if value < 0 else ""
@@ -51,8 +51,10 @@ def si_number(value: int | float | None, unit: str = "") -> str:
     while size >= 1000 and index < len(_SI_PREFIXES) - 1:
         size /= 1000.0
         index += 1
-    if index == 0:
-        number = f"{size:.0f}" if size == int(size) else _scaled(size) if size >= 1 else f"{size:.3g}"
+    if index == 0 and size == int(size):
+        number = f"{size:.0f}"
+    elif size < 1:
+        number = f"{size:.3g}"
     else:
         number = _scaled(size)
     space = " " if unit or _SI_PREFIXES[index] else ""

@@ -9,11 +9,13 @@ exactly as ``generate`` does (cache object, ``logits_to_keep=1``).
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import inspect
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,11 +25,12 @@ from .errors import Cancelled, ErrorKind, MemLensError
 from .instrument import MemoryProbe, cache_bytes_per_layer
 
 
+@functools.lru_cache(maxsize=1)
 def sample_text() -> str:
     """The Zen of Python, read from the standard library's ``this`` module without importing it
     (importing prints it). Not in the demo model's training corpus (it is not a docstring)."""
     spec = importlib.util.find_spec("this")
-    src = open(spec.origin, encoding="utf-8").read() if spec and spec.origin else ""
+    src = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
     for node in ast.parse(src).body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "s":
             import codecs

@@ -1,0 +1,1 @@
+"""One module per panel. A panel renders engine records; it never measures."""

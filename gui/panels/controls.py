@@ -1,0 +1,179 @@
+"""The left control panel: what to run (model, workload, sizes, device, dtype) and Run/Cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from PySide6.QtCore import Signal, Slot
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.config import DTYPES, WORKLOADS
+
+BUILTIN_MODELS = ("demo", "demo-encoder")
+
+
+def model_choices() -> list[str]:
+    """The built-in demos, then every architecture preset as ``preset:ID``."""
+    choices = list(BUILTIN_MODELS)
+    try:
+        import resources
+
+        choices += [f"preset:{preset}" for preset in resources.preset_ids()]
+    except Exception:  # a broken resources folder must not keep the window from opening
+        pass
+    return choices
+
+
+def detect_devices() -> list[str]:
+    """``cpu``, plus ``cuda:N`` for every visible CUDA device (torch imported lazily)."""
+    devices = ["cpu"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    except Exception:  # no torch, or a broken CUDA install: CPU only
+        pass
+    return devices
+
+
+class ControlPanel(QWidget):
+    """Emits ``run_requested(config_dict)`` and ``cancel_requested()``; holds no run state."""
+
+    run_requested = Signal(object)
+    cancel_requested = Signal()
+
+    def __init__(self, model: str = "demo", devices: Sequence[str] | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        box = QGroupBox("Run")
+        form = QFormLayout(box)
+
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)
+        self.model_combo.addItems(model_choices())
+        self.model_combo.setToolTip("demo, demo-encoder, preset:ID, a local folder, a "
+                                    "config.json path or a Hub id")
+        self.set_model(model)
+        form.addRow("Model", self.model_combo)
+
+        self.open_folder_button = QPushButton("Open folder…")
+        self.open_config_button = QPushButton("Open config.json…")
+        self.open_folder_button.clicked.connect(self._open_folder)
+        self.open_config_button.clicked.connect(self._open_config)
+        open_row = QHBoxLayout()
+        open_row.addWidget(self.open_folder_button)
+        open_row.addWidget(self.open_config_button)
+        form.addRow("", open_row)
+
+        self.workload_combo = QComboBox()
+        self.workload_combo.addItems(list(WORKLOADS))
+        self.workload_combo.currentTextChanged.connect(self._workload_changed)
+        form.addRow("Workload", self.workload_combo)
+
+        self.batch_spin = _spin(1, 4096, 1)
+        form.addRow("Batch", self.batch_spin)
+        self.seq_spin = _spin(1, 1 << 20, 128)
+        self.seq_spin.setToolTip("Sequence length; for generation, the prompt length in tokens")
+        form.addRow("Sequence", self.seq_spin)
+        self.new_tokens_spin = _spin(1, 1 << 16, 32)
+        form.addRow("New tokens", self.new_tokens_spin)
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(devices) if devices is not None else detect_devices())
+        form.addRow("Device", self.device_combo)
+
+        self.dtype_combo = QComboBox()
+        self.dtype_combo.addItems(list(DTYPES))
+        form.addRow("Dtype", self.dtype_combo)
+
+        self.attention_check = QCheckBox("Attention maps")
+        form.addRow("", self.attention_check)
+
+        self.run_button = QPushButton("Run")
+        self.run_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.run_button.clicked.connect(self._run_clicked)
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        form.addRow(buttons)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(box)
+        self._workload_changed(self.workload_combo.currentText())
+
+    # -- public ---------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The ``RunConfig`` fields these controls set (the engine validates them)."""
+        return {
+            "model": self.model_combo.currentText().strip(),
+            "workload": self.workload_combo.currentText(),
+            "batch": self.batch_spin.value(),
+            "seq": self.seq_spin.value(),
+            "new_tokens": self.new_tokens_spin.value(),
+            "device": self.device_combo.currentText(),
+            "dtype": self.dtype_combo.currentText(),
+            "attention_maps": self.attention_check.isChecked(),
+        }
+
+    def set_model(self, model: str) -> None:
+        index = self.model_combo.findText(model)
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+        else:
+            self.model_combo.setEditText(model)
+
+    def set_workload(self, workload: str) -> None:
+        index = self.workload_combo.findText(workload)
+        if index >= 0:
+            self.workload_combo.setCurrentIndex(index)
+
+    def set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    # -- slots ----------------------------------------------------------------------------------
+    @Slot()
+    def _run_clicked(self) -> None:
+        self.run_requested.emit(self.config())
+
+    @Slot(str)
+    def _workload_changed(self, workload: str) -> None:
+        self.new_tokens_spin.setEnabled(workload == "generate")
+
+    @Slot()
+    def _open_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a Hugging Face model folder")
+        if folder:
+            self.set_model(folder)
+
+    @Slot()
+    def _open_config(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a model config.json", "",
+                                              "Model config (*.json);;All files (*)")
+        if path:
+            self.set_model(path)
+
+
+def _spin(low: int, high: int, value: int) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    spin.setGroupSeparatorShown(True)
+    return spin

@@ -1,0 +1,130 @@
+"""Per-layer table: one row per tracked module, figures as the engine recorded them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QVBoxLayout, QWidget
+
+from engine.results import LayerStats
+
+from engine.format import MISSING, human_bytes, human_flops, human_ms
+
+_Index = QModelIndex | QPersistentModelIndex
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    value: Callable[[LayerStats], Any]
+    text: Callable[[Any], str]
+    tooltip: str = ""
+    numeric: bool = True
+
+
+def _exact_bytes(value: Any) -> str:
+    return MISSING if value is None else f"{value:,} bytes"
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("Name", lambda s: s.name, str, "Fully qualified module name", numeric=False),
+    Column("Kind", lambda s: s.kind, str, numeric=False),
+    Column("Weights", lambda s: s.weights_bytes, human_bytes,
+           "Parameters and buffers of this module not counted by its tracked children"),
+    Column("Activations (output)", lambda s: s.activation_bytes, human_bytes,
+           "Bytes of the module's output (inclusive of children)"),
+    Column("Saved for backward", lambda s: s.saved_for_backward_bytes, human_bytes,
+           "Tensors kept for the backward pass (exclusive)"),
+    Column("KV cache", lambda s: s.kv_cache_bytes, human_bytes),
+    Column("Transient peak", lambda s: s.transient_peak_bytes, human_bytes,
+           "Highest live bytes during the module minus those at its entry (inclusive)"),
+    Column("Latency", lambda s: s.latency_ms, human_ms, "Milliseconds (inclusive)"),
+    Column("FLOPs", lambda s: s.flops, human_flops, "Floating-point operations (inclusive)"),
+    Column("At peak", lambda s: s.at_peak_bytes if s.at_peak else None, human_bytes,
+           "Bytes this module holds at the measured peak (exclusive)"),
+)
+
+
+class LayerTableModel(QAbstractTableModel):
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._layers: list[LayerStats] = []
+
+    def set_layers(self, layers: Sequence[LayerStats]) -> None:
+        self.beginResetModel()
+        self._layers = list(layers)
+        self.endResetModel()
+
+    def layer_at(self, row: int) -> LayerStats:
+        return self._layers[row]
+
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008 - Qt signature
+        return 0 if parent.isValid() else len(self._layers)
+
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008 - Qt signature
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        layer = self._layers[index.row()]
+        column = COLUMNS[index.column()]
+        value = column.value(layer)
+        if role == Qt.ItemDataRole.DisplayRole:
+            if index.column() == 0:
+                return "    " * max(layer.depth, 0) + layer.name
+            return column.text(value) if value is not None else MISSING
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if column.text is human_bytes:
+                return _exact_bytes(value)
+            return column.tooltip or None
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            if column.numeric:
+                return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            return int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.UserRole:
+            return value
+        return None
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal:
+            if role == Qt.ItemDataRole.DisplayRole:
+                return COLUMNS[section].title
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return COLUMNS[section].tooltip or None
+        return None
+
+
+class LayerTablePanel(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = LayerTableModel(self)
+        self.view = QTableView()
+        self.view.setModel(self.model)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.view.setAlternatingRowColors(True)
+        self.view.verticalHeader().setVisible(False)
+        self.view.verticalHeader().setDefaultSectionSize(22)
+        header = self.view.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.view)
+
+    def render(self, layers: Sequence[LayerStats]) -> None:
+        resize = len(layers) != self.model.rowCount()  # live updates keep the user's widths
+        self.model.set_layers(layers)
+        if resize:
+            self.view.resizeColumnsToContents()
+
+    def clear(self) -> None:
+        self.model.set_layers([])
+
+    def cell_text(self, row: int, column: int) -> str:
+        return self.model.data(self.model.index(row, column))

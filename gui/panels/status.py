@@ -1,0 +1,79 @@
+"""The status line: the run's stage and message, a progress bar, and the last outcome."""
+
+from __future__ import annotations
+
+import html
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QWidget
+
+ERROR_COLOR = "#c62828"
+HINT_COLOR = "#e65100"
+OK_COLOR = "#2e7d32"
+
+
+class StatusPanel(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.label = QLabel("Ready.")
+        self.label.setTextFormat(Qt.TextFormat.RichText)
+        self.label.setWordWrap(True)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setFixedWidth(220)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.progress_bar)
+
+    def text(self) -> str:
+        """The status as plain text (for tests and accessibility)."""
+        return _plain(self.label.text())
+
+    def show_started(self, model: str, workload: str) -> None:
+        self.progress_bar.setRange(0, 0)  # busy until the first progress event
+        self._set(f"Starting {workload} on {model}…")
+
+    def show_progress(self, stage: str, fraction: float, message: str) -> None:
+        """``fraction`` < 0 means unknown: the bar shows "busy"."""
+        if fraction < 0:
+            self.progress_bar.setRange(0, 0)
+        else:
+            self.progress_bar.setRange(0, 1000)
+            self.progress_bar.setValue(round(min(max(fraction, 0.0), 1.0) * 1000))
+        text = f"<b>{html.escape(stage)}</b>"
+        if fraction >= 0:
+            text += f" {fraction * 100:.0f}%"
+        if message:
+            text += f" · {html.escape(message)}"
+        self.label.setText(text)
+
+    def show_finished(self, text: str) -> None:
+        self._stop_bar(full=True)
+        self.label.setText(f'<span style="color:{OK_COLOR}">{html.escape(text)}</span>')
+
+    def show_error(self, message: str, hint: str = "") -> None:
+        self._stop_bar(full=False)
+        text = f'<span style="color:{ERROR_COLOR}"><b>{html.escape(message)}</b></span>'
+        if hint:
+            text += f' <span style="color:{HINT_COLOR}">{html.escape(hint)}</span>'
+        self.label.setText(text)
+
+    def show_message(self, text: str) -> None:
+        self._stop_bar(full=False)
+        self._set(text)
+
+    def _set(self, text: str) -> None:
+        self.label.setText(html.escape(text))
+
+    def _stop_bar(self, full: bool) -> None:
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(1000 if full else 0)
+
+
+def _plain(rich: str) -> str:
+    from PySide6.QtGui import QTextDocumentFragment
+
+    return QTextDocumentFragment.fromHtml(rich).toPlainText()

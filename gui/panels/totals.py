@@ -1,0 +1,75 @@
+"""Whole-run figures: the reconciliation line and the category totals at the peak."""
+
+from __future__ import annotations
+
+import html
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from engine.results import RunResult
+
+from engine.aggregate import reconciliation_line
+from engine.format import human_bytes, human_count, human_flops, human_ms, human_seconds
+from .status import ERROR_COLOR
+
+def totals_lines(result: RunResult) -> list[str]:
+    """Plain-text lines: the reconciliation first, then the categories and speeds."""
+    t = result.totals
+    lines = [reconciliation_line(t, human_bytes)]
+    detail = getattr(t, "unattributed_detail", None)  # newer engines name the remainder's parts
+    if isinstance(detail, dict) and detail:
+        lines.append("unattributed: " + " · ".join(f"{name} {human_bytes(value)}"
+                                                   for name, value in detail.items()))
+    categories = [
+        ("weights", t.weights_bytes), ("activations", t.activation_bytes),
+        ("KV cache", t.kv_cache_bytes), ("gradients", t.gradient_bytes),
+        ("optimizer state", t.optimizer_state_bytes), ("temporaries", t.temporary_bytes),
+    ]
+    lines.append("at peak: " + " · ".join(f"{name} {human_bytes(value)}"
+                                         for name, value in categories if value))
+    speed = [f"{human_count(t.parameters)} parameters",
+             f"model weights {human_bytes(t.model_weights_bytes)}",
+             f"latency {human_ms(t.latency_ms)}"]
+    if t.tokens_per_s is not None:
+        speed.append(f"{t.tokens_per_s:.1f} tokens/s")
+    if t.flops is not None:
+        speed.append(human_flops(t.flops))
+    if t.process_rss_peak_bytes is not None:
+        speed.append(f"process RSS peak {human_bytes(t.process_rss_peak_bytes)}")
+    if t.cuda_reserved_peak_bytes is not None:
+        speed.append(f"CUDA reserved peak {human_bytes(t.cuda_reserved_peak_bytes)}")
+    if result.duration_s:
+        speed.append(f"run took {human_seconds(result.duration_s)}")
+    lines.append(" · ".join(speed))
+    return lines
+
+
+class TotalsPanel(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.label = QLabel("No run yet.")
+        self.label.setTextFormat(Qt.TextFormat.RichText)
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.label)
+        self._plain = "No run yet."
+
+    def text(self) -> str:
+        return self._plain
+
+    def render(self, result: RunResult) -> None:
+        lines = totals_lines(result)
+        parts = [f"<b>{html.escape(lines[0])}</b>"] + [html.escape(line) for line in lines[1:]]
+        if not result.totals.reconciles():
+            warning = "the figures do not add up: attributed + unattributed ≠ peak"
+            lines.append(warning)
+            parts.append(f'<span style="color:{ERROR_COLOR}">{html.escape(warning)}</span>')
+        self._plain = "\n".join(lines)
+        self.label.setText("<br>".join(parts))
+
+    def clear(self, text: str = "No run yet.") -> None:
+        self._plain = text
+        self.label.setText(html.escape(text))
