@@ -4,6 +4,7 @@ Variants, run in alternating rounds (so drift on a noisy machine hits all alike)
 ``--rounds`` (≥7):
   plain         the model's forward, nothing attached
   live          MemLens' timing hooks on every tracked module (what runs during timing passes)
+  live (top level)  the same on blocks and top-level layers only (no attention/MLP rows)
   live+sampler  the same with the telemetry sampler running at 20 Hz
   memory pass   MemLens' tensor accounting + output/transient/KV hooks + FLOP counting
   torch.profiler  torch.profiler.profile(profile_memory=True, record_shapes=True)
@@ -74,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
             probe.totals_ms()
         return run
 
+    blocks = [t for t in tracked if t.depth == 0]
+
+    def live_blocks():
+        probe = TimingProbe(blocks, device)
+
+        def run():
+            with probe:
+                fwd()
+            probe.totals_ms()
+        return run
+
     def live_sampler():
         inner = live()
 
@@ -102,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 fwd()
         return run
 
-    variants = {"plain": plain, "live": live, "live+sampler": live_sampler,
+    variants = {"plain": plain, "live": live, "live (top level)": live_blocks,
+                "live+sampler": live_sampler,
                 "memory pass": memory, "torch.profiler": profiler}
     for setup in variants.values():  # warm every path once (lazy inits, kernel caches)
         setup()()

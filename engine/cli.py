@@ -266,9 +266,13 @@ def print_report(result: RunResult, out: TextIO) -> None:
         w("  unattributed: " + ", ".join(f"{k} {human_bytes(v)}"
                                          for k, v in t.unattributed_detail.items()) + "\n")
     if t.latency_ms is not None:
-        w(f"latency {t.plain_latency_ms:.2f} ms plain, {t.latency_ms:.2f} ms instrumented "
-          f"(profiler overhead ×{t.instrumentation_overhead:.2f}, median of "
-          f"{cfg.repeats})")
+        timing = result.timing or {}
+        w(f"latency {t.plain_latency_ms:.2f} ms plain, {t.latency_ms:.2f} ms with live hooks on "
+          f"{timing.get('live_modules', '?')} top-level layers (profiler overhead "
+          f"×{t.instrumentation_overhead:.2f}, median of {cfg.repeats})")
+        if timing.get("detailed_overhead"):
+            w(f"; attention/MLP rows from a pass hooking all {timing['detailed_modules']} "
+              f"modules (×{timing['detailed_overhead']:.2f})")
         if t.tokens_per_s:
             w(f" · {t.tokens_per_s:,.0f} tokens/s")
         w("\n")

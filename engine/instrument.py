@@ -364,45 +364,50 @@ class TimingProbe:
         self.cancel = cancel
         self.cuda = device.type == "cuda"
         self._handles: list[Any] = []
-        self._open: dict[int, list[Any]] = {}
         self._spans: list[tuple[str, Any, Any]] = []
+        self._open = {id(t.module): [] for t in tracked}
+        self._cancel_set = cancel.is_set if cancel is not None else (lambda: False)
         self._pool: list[Any] = []
+        self._stream: Any = None
         if self.cuda:
-            self._pool = [torch.cuda.Event(enable_timing=True) for _ in range(4 * len(tracked))]
+            self._pool = [self._new_event() for _ in range(4 * len(tracked))]
+            self._stream = torch.cuda.current_stream(device)
 
-    def _event(self) -> Any:
-        # Events are created ahead of time: creating one costs more than recording it, and the
-        # hooks sit on the launch path of a CPU-bound forward.
-        if not self._pool:
-            self._pool = [torch.cuda.Event(enable_timing=True) for _ in range(64)]
-        return self._pool.pop()
+    # The hooks sit on the launch path of a forward that is often CPU-bound on a fast GPU, so
+    # they do as little as possible: events are created ahead of time (creating one costs more
+    # than recording it), the stream is looked up once, and CPU and CUDA get separate hooks.
+    def _new_event(self) -> Any:
+        return torch.cuda.Event(enable_timing=True)
+
+    def _pre_cuda(self, module: nn.Module, args: Any) -> None:
+        if self._cancel_set():
+            raise Cancelled()
+        ev = self._pool.pop() if self._pool else self._new_event()
+        ev.record(self._stream)
+        self._open[id(module)].append(ev)
+
+    def _post_cuda(self, module: nn.Module, args: Any, output: Any) -> None:
+        stack = self._open[id(module)]
+        if stack:
+            end = self._pool.pop() if self._pool else self._new_event()
+            end.record(self._stream)
+            self._spans.append((self.names[id(module)], stack.pop(), end))
 
     def _pre(self, module: nn.Module, args: Any) -> None:
-        if self.cancel is not None and self.cancel.is_set():
+        if self._cancel_set():
             raise Cancelled()
-        if self.cuda:
-            ev = self._event()
-            ev.record()
-            self._open.setdefault(id(module), []).append(ev)
-        else:
-            self._open.setdefault(id(module), []).append(time.perf_counter_ns())
+        self._open[id(module)].append(time.perf_counter_ns())
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
-        stack = self._open.get(id(module))
-        if not stack:
-            return
-        start = stack.pop()
-        if self.cuda:
-            end = self._event()
-            end.record()
-        else:
-            end = time.perf_counter_ns()
-        self._spans.append((self.names[id(module)], start, end))
+        stack = self._open[id(module)]
+        if stack:
+            self._spans.append((self.names[id(module)], stack.pop(), time.perf_counter_ns()))
 
     def __enter__(self) -> TimingProbe:
+        pre, post = (self._pre_cuda, self._post_cuda) if self.cuda else (self._pre, self._post)
         for t in self.tracked:
-            self._handles.append(t.module.register_forward_pre_hook(self._pre))
-            self._handles.append(t.module.register_forward_hook(self._post, always_call=True))
+            self._handles.append(t.module.register_forward_pre_hook(pre))
+            self._handles.append(t.module.register_forward_hook(post, always_call=True))
         return self
 
     def __exit__(self, *exc: Any) -> None:

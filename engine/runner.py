@@ -212,6 +212,14 @@ class _Run:
         self.progress("load", None, f"loading {cfg.model}")
 
         # -- load, with its peak against the state after loading --------------------------------
+        # Import the libraries first so their code is not counted as the model's load cost.
+        import transformers
+
+        from .models import preimport_architecture
+
+        _ = (transformers.AutoConfig, transformers.AutoModel, transformers.AutoModelForCausalLM,
+             transformers.AutoTokenizer)
+        preimport_architecture(cfg.model)
         rss_before = procmem.rss_bytes()
         hwm_ok = procmem.reset_rss_peak()
         if cuda:
@@ -444,12 +452,36 @@ class _Run:
         return layers, extra
 
     def _timing(self, model, tracked, inputs, device, layers, result, mem_extra) -> None:
+        """Plain passes and instrumented passes, alternating, so noise hits both alike.
+
+        The *live* passes hook only top-level rows (blocks, embeddings, norm, head): on a fast
+        GPU the forward is launch-bound and every hook adds CPU time, so this keeps the measured
+        pass close to the plain one. Attention/MLP latencies come from a separate *detailed*
+        pass with every tracked module hooked; both overheads are recorded.
+        """
         cfg = self.config
+        top = [t for t in tracked if t.depth == 0]
+        sub = [t for t in tracked if t.depth > 0]
         plain: list[float] = []
         timed: list[float] = []
+        detailed: list[float] = []
         per_layer: dict[str, list[float]] = {}
         gens: list[wl.GenerationTrace] = []
         steps: list[wl.StepTrace] = []
+
+        def instrumented(modules: list[TrackedModule], times: list[float], keep: set[str]) -> Any:
+            probe = TimingProbe(modules, device, self.cancel)
+            wl.sync(device)
+            t0 = time.perf_counter()
+            with probe:
+                out = self._plain_pass(model, inputs, device)
+            wl.sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+            for name, ms in probe.totals_ms().items():
+                if name in keep:
+                    per_layer.setdefault(name, []).append(ms)
+            return out
+
         for r in range(cfg.repeats):
             self.progress("timing", r / cfg.repeats, f"timing pass {r + 1}/{cfg.repeats}")
             wl.sync(device)
@@ -457,18 +489,13 @@ class _Run:
             self._plain_pass(model, inputs, device)
             wl.sync(device)
             plain.append((time.perf_counter() - t0) * 1e3)
-            probe = TimingProbe(tracked, device, self.cancel)
-            t0 = time.perf_counter()
-            with probe:
-                out = self._plain_pass(model, inputs, device)
-            wl.sync(device)
-            timed.append((time.perf_counter() - t0) * 1e3)
+            out = instrumented(top, timed, {t.name for t in top})
+            if sub:
+                instrumented(tracked, detailed, {t.name for t in sub})
             if isinstance(out, wl.GenerationTrace):
                 gens.append(out)
             elif isinstance(out, wl.StepTrace):
                 steps.append(out)
-            for name, ms in probe.totals_ms().items():
-                per_layer.setdefault(name, []).append(ms)
         for layer in layers:
             if layer.name in per_layer:
                 layer.latency_ms = statistics.median(per_layer[layer.name])
@@ -478,6 +505,10 @@ class _Run:
         totals.instrumentation_overhead = totals.latency_ms / totals.plain_latency_ms
         result.timing = {
             "repeats": cfg.repeats, "plain_ms": plain, "instrumented_ms": timed,
+            "detailed_ms": detailed,
+            "detailed_overhead": (statistics.median(detailed) / totals.plain_latency_ms
+                                  if detailed else None),
+            "live_modules": len(top), "detailed_modules": len(tracked),
             "method": "CUDA events per module, no per-module sync" if device.type == "cuda"
             else "perf_counter per module",
         }
