@@ -1134,6 +1134,8 @@ def preimport_architecture(model: str) -> None:
             import resources
 
             values = json.loads((resources.demo_model_path() / "config.json").read_text())
+        elif kind == "demo-encoder":
+            values = json.loads((_encoder_folder() / "config.json").read_text())
         elif kind in ("config", "folder"):
             path = Path(model).expanduser()
             path = path / "config.json" if path.is_dir() else path

@@ -240,7 +240,8 @@ class _Run:
             totals.steady_bytes = procmem.rss_bytes() - rss_before
             if peak is not None:
                 totals.load_peak_bytes = max(peak - rss_before, totals.steady_bytes)
-                totals.load_source = "process RSS high-water mark (above RSS before loading)"
+                totals.load_source = ("process RSS high-water mark above RSS before loading; "
+                                      "memory-mapped weights count only once read")
             else:
                 totals.load_source = "process RSS (no high-water mark on this platform)"
         result.warnings.extend(self.loaded.warnings)

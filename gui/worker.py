@@ -5,6 +5,11 @@ the engine in that thread; the engine's listener (which may also be called from 
 sampler thread) turns events into Qt signals, which reach the GUI thread queued. Samples and
 layer updates are throttled to at most :data:`MAX_EMITS_PER_S` emits per second; samples are
 batched into lists so none is lost.
+
+Why not superqt's ``thread_worker``: it suits generator-style jobs whose yields arrive in the
+worker's own thread, but the engine reports through a callback that is also called from its
+sampler thread, and needs per-event-type throttling with loss-free batching of samples; a small
+QObject with explicit signals does exactly that and keeps the signal order testable.
 """
 
 from __future__ import annotations

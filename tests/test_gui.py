@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from engine.events import (  # noqa: E402
     Sample,
 )
 from engine.results import LayerStats, RunResult, Totals  # noqa: E402
+from engine.store import RunSummary  # noqa: E402
 from engine.aggregate import UNATTRIBUTED, group_layers, reconciliation_line  # noqa: E402
 from engine.format import human_bytes, human_flops, human_ms, short_layer_label  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
@@ -158,18 +158,6 @@ class FakeEngine:
         return result
 
 
-@dataclass(frozen=True)
-class Summary:
-    run_id: str
-    created: str
-    model: str
-    workload: str
-    peak_bytes: int | None
-    latency_ms: float | None
-    label: str
-    path: Path
-
-
 class JsonStore:
     """A RunStore look-alike over JSON files in one folder."""
 
@@ -182,11 +170,11 @@ class JsonStore:
         path.write_text(json.dumps(result.to_dict()), encoding="utf-8")
         return path
 
-    def list(self) -> list[Summary]:
+    def list(self) -> list[RunSummary]:
         out = []
         for path in sorted(self.root.glob("*.json")):
             data = json.loads(path.read_text(encoding="utf-8"))
-            out.append(Summary(data["run_id"], data["created"], data["config"]["model"],
+            out.append(RunSummary(data["run_id"], data["created"], data["config"]["model"],
                                data["config"]["workload"], data["totals"]["peak_bytes"],
                                data["totals"]["latency_ms"], data["config"]["label"], path))
         return out
@@ -480,7 +468,7 @@ def test_saved_runs_list_loads_a_run_without_a_model(qtbot, store):
 def test_saved_run_that_cannot_be_read_is_reported(qtbot, store):
     (store.root / "broken.json").write_text("{}", encoding="utf-8")
     window = make_window(qtbot, FakeEngine(), store)
-    window.saved_runs.set_summaries([Summary("broken", "", "demo", "forward", None, None, "",
+    window.saved_runs.set_summaries([RunSummary("broken", "", "demo", "forward", None, None, "",
                                              store.root / "broken.json")])
     assert window.load_saved_run("broken") is False
     assert "Could not open run broken" in window.status.text()
