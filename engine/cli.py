@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-hz", type=float, default=20.0)
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a checkpoint's own Python code to run (only for sources you trust)")
+    p.add_argument("--opt", action="append", default=[], metavar="ID[:key=value,...]",
+                   help="apply an optimization (repeatable); see `memlens optimizations`")
     p.add_argument("--label", default="")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the run JSON here")
@@ -62,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="print a saved run's table (RUN_ID or path to a run JSON)")
     s.add_argument("run")
+
+    o = sub.add_parser("optimizations", help="list the optimizations and what applies here")
+    o.add_argument("--workload", choices=WORKLOADS, default=None)
+    o.add_argument("--device", default=None)
+    o.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("compare", help="per-layer and total deltas between saved runs")
+    c.add_argument("runs", nargs="+", help="RUN_ID or path; the first is the reference")
 
     sub.add_parser("gui", help="open the desktop app (options: --model, --workload, --run, "
                               "--screenshot PATH, --quit-after-ms N)")
@@ -87,6 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show":
             result = store.load(args.run)
             print_report(result, sys.stdout)
+            return EXIT_OK
+        if args.command == "optimizations":
+            return _optimizations(args)
+        if args.command == "compare":
+            if len(args.runs) < 2:
+                _error("compare needs two or more runs.", "Pass RUN_A RUN_B [...].")
+                return EXIT_USAGE
+            from .compare import print_comparison
+
+            print_comparison([store.load(r) for r in args.runs], sys.stdout)
             return EXIT_OK
     except MemLensError as exc:
         _error(exc.message, exc.hint)
@@ -149,7 +169,44 @@ class _ProgressPrinter:
             pass
 
 
+def _optimizations(args: argparse.Namespace) -> int:
+    from .optimizations import REGISTRY
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    workloads = [args.workload] if args.workload else list(WORKLOADS)
+    if args.json:
+        out = []
+        for opt in REGISTRY.values():
+            d = opt.describe()
+            d["applies"] = {w: opt.check_config(w, device, opt.defaults()) or "yes"
+                            for w in workloads}
+            out.append(d)
+        print(json.dumps(out, indent=1))
+        return EXIT_OK
+    print(f"optimizations on {device} (workloads: {', '.join(workloads)})\n")
+    for opt in REGISTRY.values():
+        print(f"{opt.id}  —  {opt.name} [{opt.category}]")
+        print(f"    {opt.summary}")
+        for p in opt.params:
+            rng = (f" one of {'/'.join(map(str, p.choices))}" if p.choices else
+                   f" {p.minimum}..{p.maximum}" if p.minimum is not None else "")
+            print(f"    {p.name} ({p.kind}{rng}, default {p.default}){': ' + p.help if p.help else ''}")
+        for w in workloads:
+            reason = opt.check_config(w, device, opt.defaults())
+            print(f"    {w}: {'applies' if reason is None else 'no — ' + reason}")
+        if opt.conflicts:
+            print(f"    conflicts with: {', '.join(opt.conflicts)}")
+        print()
+    print("use: memlens profile --opt ID[:key=value,...] (repeatable)")
+    return EXIT_OK
+
+
 def _profile(args: argparse.Namespace, store) -> int:
+    from .optimizations import parse_spec
     from .runner import Runner
 
     config = RunConfig(
@@ -157,7 +214,8 @@ def _profile(args: argparse.Namespace, store) -> int:
         new_tokens=args.new_tokens, prompt=args.prompt, device=args.device, dtype=args.dtype,
         attention_impl=args.attention_impl, attention_maps=args.attention_maps,
         trust_remote_code=args.trust_remote_code, detailed=args.detailed, warmup=args.warmup,
-        repeats=args.repeats, sample_hz=args.sample_hz, label=args.label, seed=args.seed)
+        repeats=args.repeats, sample_hz=args.sample_hz, label=args.label, seed=args.seed,
+        optimizations=[parse_spec(spec) for spec in args.opt])
     printer = _ProgressPrinter(sys.stderr)
     runner = Runner(printer, store=None if args.no_save else store)
     runner.start(config)
@@ -205,6 +263,10 @@ def _runs(store, as_json: bool) -> int:
         lat = f"{s.latency_ms:.1f} ms" if s.latency_ms is not None else MISSING
         print(f"{s.run_id:<52} {s.workload:<9} {human_bytes(s.peak_bytes):>11} {lat:>10}  {s.model}")
     return EXIT_OK
+
+
+def _signed(n: int) -> str:
+    return ("+" if n > 0 else "−" if n < 0 else "±") + human_bytes(abs(n))
 
 
 def _cell(value, fmt=human_bytes) -> str:
@@ -302,6 +364,37 @@ def print_report(result: RunResult, out: TextIO) -> None:
           f"{human_bytes(tr.get('forward_peak_bytes'))}, backward "
           f"{human_bytes(tr.get('backward_peak_bytes'))}, optimizer "
           f"{human_bytes(tr.get('optimizer_peak_bytes'))}\n")
+    for applied in result.optimizations:
+        w(f"applied {applied['name']} ({applied['id']}"
+          f"{': ' + ', '.join(f'{k}={v}' for k, v in applied['params'].items()) if applied['params'] else ''}"
+          f"): {applied['modules_touched']} module(s), weights "
+          f"{human_bytes(applied['weights_bytes_before'])} → "
+          f"{human_bytes(applied['weights_bytes_after'])} in {applied['seconds'] * 1e3:.0f} ms\n")
+        for note in applied.get("notes", []):
+            w(f"  {note}\n")
+    d, base = result.deltas, result.baseline
+    if d and base:
+        lat = d.get("latency_ratio")
+        w(f"vs the unoptimized baseline measured in this run: peak {human_bytes(base['peak_bytes'])}"
+          f" → {human_bytes(t.peak_bytes)} ({_signed(d['peak_bytes'])}), weights "
+          f"{_signed(d['model_weights_bytes'])}, latency ×{lat:.2f}\n" if lat else "\n")
+    q = result.quality
+    if q:
+        if q.get("kind") == "causal":
+            parts = []
+            if q.get("kl_divergence") is not None:
+                parts.append(f"KL(baseline‖this) {q['kl_divergence']:.4g} nats/token")
+                parts.append(f"top-1 agreement {q['top1_agreement']:.1%}")
+            if q.get("perplexity") is not None:
+                ppl = f"perplexity {q['perplexity']:.2f}"
+                if q.get("kl_divergence") is not None and q.get("baseline_perplexity"):
+                    ppl += f" (baseline {q['baseline_perplexity']:.2f})"
+                parts.append(ppl)
+            if parts:
+                w(f"quality on {q['text']} ({q['tokens']} tokens): {'; '.join(parts)}\n")
+        elif q.get("cosine_similarity") is not None:
+            w(f"quality on {q['text']}: cosine similarity of pooled embeddings "
+              f"{q['cosine_similarity']:.5f}\n")
     a = result.attention
     if a and a.get("captured"):
         c = a["cost"]

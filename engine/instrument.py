@@ -108,6 +108,7 @@ class MemoryProbe:
         self._handles: list[Any] = []
         self._tracker: Any = None
         self._flops: Any = None
+        self._forward_flops: dict[str, dict[Any, int]] | None = None
         self._saved_ctx: Any = None
         self._saved_seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._tracked_names = {t.name for t in tracked}
@@ -129,6 +130,11 @@ class MemoryProbe:
 
     @phase.setter
     def phase(self, value: str) -> None:
+        if value == "backward" and self._flops is not None and self._forward_flops is None:
+            # FlopCounterMode attributes backward FLOPs to modules unreliably (its module
+            # tracker keeps parents set across the backward), so per-layer FLOPs are the
+            # forward's; the total keeps every phase.
+            self._forward_flops = {k: dict(v) for k, v in self._flops.get_flop_counts().items()}
         self.acc.phase = value
         self.acc.inherit_owner = value == "optimizer"
         self.acc.creation_category = "optimizer_state" if value == "optimizer" else None
@@ -208,7 +214,9 @@ class MemoryProbe:
         return self.cuda_peak, self.cuda_reserved_peak
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        if isinstance(tensor, torch.Tensor) and not tensor.is_meta:
+        # Only the forward's saves count: checkpointed blocks save again while recomputing in
+        # the backward, and those are transient, not what the forward keeps.
+        if self.acc.phase == "forward" and isinstance(tensor, torch.Tensor) and not tensor.is_meta:
             st = tensor.untyped_storage()
             if st not in self._saved_seen:
                 self._saved_seen[st] = True
@@ -317,7 +325,7 @@ class MemoryProbe:
     def _collect_flops(self) -> None:
         counts = self._flops.get_flop_counts()
         root = type(self.model).__name__
-        for name, per_op in counts.items():
+        for name, per_op in (self._forward_flops or counts).items():
             fqn = name[len(root) + 1:] if name.startswith(root + ".") else None
             if fqn in self._tracked_names:
                 self.flops[fqn] = int(sum(per_op.values()))

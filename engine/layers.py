@@ -120,11 +120,16 @@ def module_weight_tensors(module: nn.Module, recurse: bool = False) -> list[torc
     """Parameters, buffers and tensors that are weights without being parameters.
 
     Quantized modules keep packed weights outside ``parameters()`` (e.g. ``quantize_dynamic``'s
-    ``_packed_params``); they are unpacked here so their bytes are counted.
+    ``_packed_params``); they are unpacked here so their bytes are counted (the unpacked int8
+    size: fbgemm's packed layout is not visible from Python).
     """
     tensors = list(module.parameters(recurse=recurse)) + list(module.buffers(recurse=recurse))
     mods = module.modules() if recurse else [module]
     for m in mods:
+        # Plain tensor attributes are memory the module holds too (e.g. the weight that
+        # torch.nn.utils.prune recomputes from weight_orig and weight_mask).
+        tensors.extend(v for v in vars(m).values()
+                       if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter))
         packed = getattr(m, "_packed_params", None)
         if packed is not None and hasattr(packed, "_weight_bias"):
             try:

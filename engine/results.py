@@ -74,6 +74,7 @@ class Totals:
     transient_source: str = ""
     flops: int | None = None
     flops_uncounted_ops: list[str] = field(default_factory=list)
+    flops_scope: str = ""
     latency_ms: float | None = None
     plain_latency_ms: float | None = None
     instrumentation_overhead: float | None = None  # instrumented / plain pass time
@@ -106,6 +107,10 @@ class RunResult:
     training: dict[str, Any] | None = None
     attention: dict[str, Any] | None = None
     timing: dict[str, Any] | None = None
+    optimizations: list[dict[str, Any]] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None  # the unoptimized model measured in the same run
+    deltas: dict[str, Any] | None = None
+    quality: dict[str, Any] | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     phase_peaks: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)

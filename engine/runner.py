@@ -28,6 +28,7 @@ from .events import AttentionMaps, Event, Failed, Finished, LayerStatsReady, Pro
 from .instrument import MemoryProbe, TimingProbe
 from .layers import TrackedModule, module_weight_tensors, select_layers, unique_nbytes
 from .results import CATEGORIES, LayerStats, RunResult, Totals
+from . import quality as quality_mod
 from . import workloads as wl
 
 Listener = Callable[[Event], None]
@@ -162,6 +163,7 @@ class _Run:
         self.optimizer: Any = None
         self.sampler: Any = None
         self.attention_event: AttentionMaps | None = None
+        self.hooks: Any = None
         self.t_start = time.perf_counter()
         self.phases: list[dict[str, Any]] = []
 
@@ -193,13 +195,14 @@ class _Run:
         from .models import load_model, resolve_device
         from .telemetry import Sampler, environment
 
+        from .optimizations import RunHooks, apply_all, resolve
+
         cfg = self.config
         cfg.validate()
-        if cfg.optimizations:
-            raise MemLensError(ErrorKind.NOT_APPLICABLE,
-                               "This version of MemLens applies no optimizations yet.",
-                               "Run without optimizations; they arrive with the optimization "
-                               "registry.")
+        # Unknown ids, bad parameters, conflicts and workload/device mismatches are refused
+        # before anything loads.
+        chosen = resolve(cfg.optimizations, cfg.workload, cfg.device)
+        self.hooks = RunHooks()
         device = resolve_device(cfg.device)
         cuda = device.type == "cuda"
         created = _dt.datetime.now(_dt.timezone.utc)
@@ -255,21 +258,43 @@ class _Run:
             raise MemLensError(ErrorKind.NOT_APPLICABLE,
                                f"{self.loaded.architecture} is not a causal language model: it "
                                "cannot generate.", "Use the forward or train workload.")
-        if cfg.workload == "train":
-            self.optimizer = wl.make_optimizer(model, cfg.lr)
+        causal = wl.is_causal_lm(model)
+        self.progress("quality", None, "reference outputs for quality")
+        reference = quality_mod.reference(model, self.loaded.tokenizer, device, causal)
 
-        # -- warm-up ------------------------------------------------------------------------------
-        for i in range(cfg.warmup):
-            self.progress("warmup", i / max(1, cfg.warmup), "warm-up pass")
-            self._plain_pass(model, inputs, device)
+        if chosen:
+            # The unoptimized baseline, measured in this run on the same inputs, so the deltas
+            # are ratios taken on one machine in one sitting. Training steps change the weights:
+            # they are put back (from a CPU copy, which no device allocator sees) afterwards.
+            snapshot = None
+            if cfg.workload == "train":
+                snapshot = {k: v.detach().to("cpu", copy=True)
+                            for k, v in model.state_dict().items()}
+            scratch = RunResult(config=cfg)
+            base_layers = self._measure(model, tracked, inputs, device, scratch, baseline=True)
+            result.baseline = _baseline_summary(scratch, base_layers)
+            self.optimizer = None
+            if snapshot is not None:
+                model.load_state_dict(snapshot)
+                del snapshot
+            gc.collect()
+            self.progress("optimize", 0.0, "applying optimizations")
+            applied, self.hooks = apply_all(
+                model, chosen, device, self.cancel,
+                lambda f, m: self.progress("optimize", f, m))
+            result.optimizations = [a.to_dict() for a in applied]
+            tracked = select_layers(model)  # modules may have been replaced or removed
+            result.model_info = self._model_info(model, tracked, device)
+            # Quality of the optimized model as applied (before any training step moves it).
+            self.progress("quality", None, "comparing outputs with the reference")
+            result.quality = quality_mod.measure(reference, model, self.hooks.context(device))
+        else:
+            result.quality = quality_mod.measure(reference)
 
-        # -- memory pass --------------------------------------------------------------------------
-        self.progress("memory", None, "memory pass (tensor accounting)")
-        layers, mem_extra = self._memory_pass(model, tracked, inputs, device, result)
-        _emit(self.listener, LayerStatsReady(tuple(layers), final=False))
-
-        # -- timing passes ------------------------------------------------------------------------
-        self._timing(model, tracked, inputs, device, layers, result, mem_extra)
+        layers = self._measure(model, tracked, inputs, device, result)
+        if chosen:
+            _deltas(result)
+        _trap_warnings(result)
 
         # -- attention maps -----------------------------------------------------------------------
         if cfg.attention_maps:
@@ -291,6 +316,26 @@ class _Run:
         return result
 
     # -- pieces -------------------------------------------------------------------------------------
+    def _measure(self, model, tracked, inputs, device, result, baseline: bool = False
+                 ) -> list[LayerStats]:
+        """Warm-up, memory pass and timing passes; fills ``result`` and returns the layers."""
+        cfg = self.config
+        tag = "baseline " if baseline else ""
+        if cfg.workload == "train":
+            self.optimizer = wl.make_optimizer(model, cfg.lr)
+        for i in range(cfg.warmup):
+            self.progress("baseline" if baseline else "warmup", i / max(1, cfg.warmup),
+                          f"{tag}warm-up pass")
+            self._plain_pass(model, inputs, device)
+        self.progress("baseline" if baseline else "memory", None,
+                      f"{tag}memory pass (tensor accounting)")
+        layers, mem_extra = self._memory_pass(model, tracked, inputs, device, result)
+        if not baseline:
+            _emit(self.listener, LayerStatsReady(tuple(layers), final=False))
+        self._timing(model, tracked, inputs, device, layers, result, mem_extra,
+                     stage="baseline" if baseline else "timing")
+        return layers
+
     def _inputs(self, model: torch.nn.Module, device: torch.device) -> wl.Inputs:
         cfg = self.config
         inputs = wl.make_inputs(model, self.loaded.tokenizer, cfg.batch, cfg.seq, cfg.prompt,
@@ -304,13 +349,17 @@ class _Run:
 
     def _plain_pass(self, model: torch.nn.Module, inputs: wl.Inputs, device: torch.device) -> Any:
         cfg = self.config
+        hooks = self.hooks
         if cfg.workload == "forward":
-            wl.forward(model, inputs)
+            with hooks.context(device):
+                wl.forward(model, inputs)
             wl.sync(device)
             return None
         if cfg.workload == "generate":
-            return wl.generate(model, inputs, cfg.new_tokens, device, self.cancel)
-        return wl.train_step(model, inputs, self.optimizer, device)
+            with hooks.context(device):
+                return wl.generate(model, inputs, cfg.new_tokens, device, self.cancel,
+                                   cache_factory=hooks.cache_factory)
+        return wl.train_step(model, inputs, self.optimizer, device, context=hooks.context)
 
     def _memory_pass(self, model, tracked, inputs, device, result):
         cfg = self.config
@@ -329,14 +378,19 @@ class _Run:
         with probe:
             probe.track_input(inputs.input_ids)
             probe.acc.reset_peak()
+            hooks = self.hooks
             if cfg.workload == "forward":
-                out = wl.forward(model, inputs, probe)
+                with hooks.context(device):
+                    out = wl.forward(model, inputs, probe)
                 del out
             elif cfg.workload == "generate":
-                extra["generation"] = wl.generate(model, inputs, cfg.new_tokens, device,
-                                                  self.cancel, probe, timed=False)
+                with hooks.context(device):
+                    extra["generation"] = wl.generate(model, inputs, cfg.new_tokens, device,
+                                                      self.cancel, probe, timed=False,
+                                                      cache_factory=hooks.cache_factory)
             else:
-                extra["step"] = wl.train_step(model, inputs, self.optimizer, device, probe)
+                extra["step"] = wl.train_step(model, inputs, self.optimizer, device, probe,
+                                              context=hooks.context)
         if cuda:
             torch.cuda.synchronize(device)
             if detailed is not None:
@@ -410,6 +464,8 @@ class _Run:
         totals.parameters = sum(p.numel() for p in model.parameters())
         totals.model_weights_bytes = unique_nbytes(module_weight_tensors(model, recurse=True))
         totals.flops = probe.total_flops
+        totals.flops_scope = ("forward + backward + optimizer step (per-layer: forward)"
+                              if training else "forward")
         result.phase_peaks = dict(probe.acc.phase_peaks)
         uncounted = sorted({op for ops in probe.uncounted_flop_ops.values() for op in ops})
         totals.flops_uncounted_ops = uncounted
@@ -452,7 +508,8 @@ class _Run:
         result.inputs = {"source": inputs.source, "shape": list(inputs.input_ids.shape)}
         return layers, extra
 
-    def _timing(self, model, tracked, inputs, device, layers, result, mem_extra) -> None:
+    def _timing(self, model, tracked, inputs, device, layers, result, mem_extra,
+                stage: str = "timing") -> None:
         """Plain passes and instrumented passes, alternating, so noise hits both alike.
 
         The *live* passes hook only top-level rows (blocks, embeddings, norm, head): on a fast
@@ -484,7 +541,9 @@ class _Run:
             return out
 
         for r in range(cfg.repeats):
-            self.progress("timing", r / cfg.repeats, f"timing pass {r + 1}/{cfg.repeats}")
+            self.progress(stage, r / cfg.repeats,
+                          f"{'baseline ' if stage == 'baseline' else ''}timing pass "
+                          f"{r + 1}/{cfg.repeats}")
             wl.sync(device)
             t0 = time.perf_counter()
             self._plain_pass(model, inputs, device)
@@ -615,3 +674,69 @@ class _Run:
             "tracked_modules": len(tracked),
             "load_seconds": loaded.load_seconds,
         }
+
+
+def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str, Any]:
+    t = scratch.totals
+    return {
+        "peak_bytes": t.peak_bytes, "model_weights_bytes": t.model_weights_bytes,
+        "weights_bytes": t.weights_bytes, "activation_bytes": t.activation_bytes,
+        "kv_cache_bytes": t.kv_cache_bytes, "gradient_bytes": t.gradient_bytes,
+        "optimizer_state_bytes": t.optimizer_state_bytes,
+        "plain_latency_ms": t.plain_latency_ms, "tokens_per_s": t.tokens_per_s,
+        "flops": t.flops,
+        "layers": {layer.name: {"at_peak_bytes": layer.at_peak_bytes,
+                                "weights_bytes": layer.weights_bytes,
+                                "latency_ms": layer.latency_ms} for layer in layers},
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _deltas(result: RunResult) -> None:
+    """Optimized minus baseline (bytes) and optimized / baseline (time), measured in one run."""
+    base, t = result.baseline or {}, result.totals
+    result.deltas = {
+        "model_weights_bytes": t.model_weights_bytes - base.get("model_weights_bytes", 0),
+        "peak_bytes": t.peak_bytes - base.get("peak_bytes", 0),
+        "activation_bytes": t.activation_bytes - base.get("activation_bytes", 0),
+        "kv_cache_bytes": t.kv_cache_bytes - base.get("kv_cache_bytes", 0),
+        "gradient_bytes": t.gradient_bytes - base.get("gradient_bytes", 0),
+        "optimizer_state_bytes": t.optimizer_state_bytes - base.get("optimizer_state_bytes", 0),
+        "latency_ratio": _ratio(t.plain_latency_ms, base.get("plain_latency_ms")),
+        "tokens_per_s_ratio": _ratio(t.tokens_per_s, base.get("tokens_per_s")),
+    }
+
+
+def _trap_warnings(result: RunResult) -> None:
+    """Known traps, detected from this run's measurements (never from a technique's name)."""
+    t = result.totals
+    if t.load_peak_bytes and t.steady_bytes and t.load_peak_bytes > 1.2 * t.steady_bytes \
+            and t.load_peak_bytes - t.steady_bytes > 1 << 20:
+        result.warnings.append(
+            f"Loading peaked at {t.load_peak_bytes / 2**20:.1f} MiB, "
+            f"{t.load_peak_bytes / t.steady_bytes:.2f}× the {t.steady_bytes / 2**20:.1f} MiB held "
+            "after loading: budget for the load peak, not the steady state.")
+    for applied in result.optimizations:
+        before, after = applied["weights_bytes_before"], applied["weights_bytes_after"]
+        if after > before:
+            result.warnings.append(
+                f"{applied['name']} raised the model's weight memory from {before / 2**20:.2f} "
+                f"to {after / 2**20:.2f} MiB (×{after / before:.2f}).")
+        elif (after == before and applied["modules_touched"] and result.deltas
+              and result.deltas["peak_bytes"] >= 0):
+            result.warnings.append(
+                f"{applied['name']} changed {applied['modules_touched']} module(s) but saved no "
+                f"memory: weights {after / 2**20:.2f} MiB before and after, and the peak did not "
+                "fall.")
+    d = result.deltas
+    if d:
+        names = ", ".join(a["name"] for a in result.optimizations)
+        if d["peak_bytes"] > 0:
+            result.warnings.append(f"With {names} the peak rose by {d['peak_bytes'] / 2**20:.2f} "
+                                   "MiB over the unoptimized baseline.")
+        if d["latency_ratio"] and d["latency_ratio"] > 1.1:
+            result.warnings.append(f"With {names} the workload ran ×{d['latency_ratio']:.2f} "
+                                   "slower than the unoptimized baseline on this device.")

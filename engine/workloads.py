@@ -129,7 +129,7 @@ class GenerationTrace:
 
 def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.device,
              cancel: threading.Event | None = None, probe: MemoryProbe | None = None,
-             timed: bool = True) -> GenerationTrace:
+             timed: bool = True, cache_factory: Any = None) -> GenerationTrace:
     """Greedy generation: one prefill call, then one call per new token on the cache."""
     trace = GenerationTrace()
     extra: dict[str, Any] = {}
@@ -142,7 +142,11 @@ def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.de
         if probe is not None:
             probe.phase = "prefill"
         t0 = time.perf_counter()
+        if cache_factory is not None:  # a cache policy chosen by an optimization
+            batch, prompt = inputs.input_ids.shape
+            extra[cache_arg] = cache_factory(model, batch, prompt + new_tokens)
         out = model(input_ids=inputs.input_ids, use_cache=True, **extra)
+        extra.pop(cache_arg, None)
         next_ids = out.logits[:, -1:].argmax(-1)
         if timed:
             sync(device)
@@ -202,24 +206,31 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def train_step(model: nn.Module, inputs: Inputs, optimizer: torch.optim.Optimizer,
-               device: torch.device, probe: MemoryProbe | None = None) -> StepTrace:
-    """One step: forward with loss, backward, optimizer step (gradients are then freed)."""
+               device: torch.device, probe: MemoryProbe | None = None,
+               context: Any = None) -> StepTrace:
+    """One step: forward with loss, backward, optimizer step (gradients are then freed).
+
+    ``context(device)`` wraps the forward and loss only (autocast's recommended use)."""
+    import contextlib
+
     trace = StepTrace()
+    context = context or (lambda device: contextlib.nullcontext())
     model.train()
     try:
         optimizer.zero_grad(set_to_none=True)
         if probe is not None:
             probe.phase = "forward"
         t0 = time.perf_counter()
-        if is_causal_lm(model):
-            loss = model(input_ids=inputs.input_ids, labels=inputs.input_ids).loss
-        else:
-            # Encoders have no labels here: a synthetic loss (mean square of the last hidden
-            # state) exercises the same backward; reported as such.
-            out = model(input_ids=inputs.input_ids)
-            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-            loss = hidden.float().pow(2).mean()
-            trace.synthetic_loss = True
+        with context(device):
+            if is_causal_lm(model):
+                loss = model(input_ids=inputs.input_ids, labels=inputs.input_ids).loss
+            else:
+                # Encoders have no labels here: a synthetic loss (mean square of the last hidden
+                # state) exercises the same backward; reported as such.
+                out = model(input_ids=inputs.input_ids)
+                hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+                loss = hidden.float().pow(2).mean()
+                trace.synthetic_loss = True
         sync(device)
         t1 = time.perf_counter()
         if probe is not None:

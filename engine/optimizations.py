@@ -1,0 +1,549 @@
+"""The optimization registry: every technique the user can pick, applied by the engine.
+
+Each :class:`Optimization` has a stable id, a display name, a one-line explanation, a parameter
+schema the GUI renders controls from, a check that refuses an inapplicable choice with a reason
+before anything runs (:meth:`Optimization.check_config` without a model, :meth:`check_model` once
+it is loaded), and :meth:`apply`, which returns what changed (modules touched, weight bytes
+before and after, notes). Libraries do the work (``torch.ao.quantization``, ``torch.nn.utils.prune``,
+transformers' attention switch, activation checkpointing and caches); nothing here is a kernel.
+
+A run's optimizations are ``RunConfig.optimizations``: a list of ``{"id": ..., "params": {...}}``;
+on the command line ``--opt ID[:key=value,...]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import Cancelled, ErrorKind, MemLensError
+from .layers import module_weight_tensors, unique_nbytes
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an optimization: ``kind`` is choice, int, float or bool."""
+
+    name: str
+    kind: str
+    default: Any
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    help: str = ""
+
+    def parse(self, value: Any) -> Any:
+        """Convert and range-check a value (from JSON or a ``key=value`` string)."""
+        try:
+            if self.kind == "bool":
+                if isinstance(value, str):
+                    if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                        raise ValueError(value)
+                    value = value.lower() in ("1", "true", "yes", "on")
+                value = bool(value)
+            elif self.kind == "int":
+                value = int(value)
+            elif self.kind == "float":
+                value = float(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.name} must be a {self.kind}, got {value!r}") from exc
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, "
+                             f"got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"{self.name} must be ≥ {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{self.name} must be ≤ {self.maximum}, got {value}")
+        return value
+
+
+@dataclass
+class RunHooks:
+    """What optimizations ask of the workload (instead of changing the model)."""
+
+    autocast: torch.dtype | None = None
+    cache_factory: Callable[[nn.Module, int, int], Any] | None = None
+    cache_policy: str = "dynamic"
+
+    @contextlib.contextmanager
+    def context(self, device: torch.device) -> Iterator[None]:
+        if self.autocast is None:
+            yield
+            return
+        with torch.autocast(device_type=device.type, dtype=self.autocast):
+            yield
+
+
+@dataclass
+class Applied:
+    """What one optimization changed."""
+
+    id: str
+    name: str
+    params: dict[str, Any]
+    modules_touched: int = 0
+    weights_bytes_before: int = 0
+    weights_bytes_after: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor the model holds as weights (parameters, buffers, packed, masks)."""
+    return unique_nbytes(module_weight_tensors(model, recurse=True))
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def _linears(model: nn.Module, skip_head: bool = True) -> list[tuple[str, nn.Linear]]:
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            if skip_head and name.rsplit(".", 1)[-1] in ("lm_head", "classifier", "score"):
+                continue
+            out.append((name, mod))
+    return out
+
+
+class Optimization:
+    """Base class: subclasses set the class attributes and implement :meth:`_apply`."""
+
+    id = ""
+    name = ""
+    summary = ""
+    category = ""
+    params: tuple[Param, ...] = ()
+    workloads: tuple[str, ...] = ("forward", "generate", "train")
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    conflicts: tuple[str, ...] = ()
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def parse_params(self, given: dict[str, Any]) -> dict[str, Any]:
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                               f"{self.id} has no parameter {', '.join(unknown)}.",
+                               f"Parameters of {self.id}: "
+                               f"{', '.join(known) or 'none'}.")
+        values = self.defaults()
+        for key, value in given.items():
+            try:
+                values[key] = known[key].parse(value)
+            except ValueError as exc:
+                raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"{self.id}: {exc}.",
+                                   "See `memlens optimizations` for the valid values.") from exc
+        return values
+
+    def check_config(self, workload: str, device: str, params: dict[str, Any]) -> str | None:
+        """Why this cannot apply to ``workload`` on ``device`` (None when it can)."""
+        if workload not in self.workloads:
+            return f"applies to the {' and '.join(self.workloads)} workload(s), not {workload}"
+        kind = "cuda" if device.startswith("cuda") else device
+        if kind not in self.devices:
+            return f"needs {' or '.join(self.devices)} (this run is on {device})"
+        return None
+
+    def check_model(self, model: nn.Module, params: dict[str, Any]) -> str | None:
+        """Why this cannot apply to this model (None when it can)."""
+        return None
+
+    def apply(self, model: nn.Module, params: dict[str, Any], hooks: RunHooks,
+              device: torch.device) -> Applied:
+        before = weights_bytes(model)
+        t0 = time.perf_counter()
+        record = Applied(self.id, self.name, dict(params), weights_bytes_before=before)
+        self._apply(model, params, hooks, device, record)
+        record.seconds = time.perf_counter() - t0
+        record.weights_bytes_after = weights_bytes(model)
+        return record
+
+    def _apply(self, model: nn.Module, params: dict[str, Any], hooks: RunHooks,
+               device: torch.device, record: Applied) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "summary": self.summary,
+                "category": self.category, "workloads": list(self.workloads),
+                "devices": list(self.devices), "conflicts": list(self.conflicts),
+                "params": [vars(p) | {"choices": list(p.choices)} for p in self.params]}
+
+
+# -- precision ----------------------------------------------------------------------------------------
+class Cast(Optimization):
+    id = "cast"
+    name = "Cast weights"
+    summary = "Store every floating-point weight in 16 bits (half the bytes of float32)."
+    category = "precision"
+    params = (Param("dtype", "choice", "bfloat16", ("bfloat16", "float16"),
+                    help="target dtype"),)
+    conflicts = ("int8-dynamic",)
+
+    def check_model(self, model, params):
+        target = _dtype(params["dtype"])
+        if all(p.dtype == target or not p.is_floating_point() for p in model.parameters()):
+            return f"the weights are already {params['dtype']}"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        target = _dtype(params["dtype"])
+        record.modules_touched = sum(
+            1 for m in model.modules()
+            if any(p.is_floating_point() and p.dtype != target
+                   for p in m.parameters(recurse=False)))
+        model.to(target)
+        if device.type == "cpu" and target == torch.float16:
+            record.notes.append("float16 arithmetic is slow on most CPUs; bfloat16 is usually "
+                                "faster there (the latency figure shows which)")
+
+
+class Autocast(Optimization):
+    id = "autocast"
+    name = "Autocast (mixed precision)"
+    summary = ("Run matmuls in 16 bits while the weights stay float32 (torch.autocast); "
+               "saves activation memory, not weight memory.")
+    category = "precision"
+    params = (Param("dtype", "choice", "bfloat16", ("bfloat16", "float16")),)
+
+    def check_model(self, model, params):
+        if not any(p.dtype == torch.float32 for p in model.parameters()):
+            return "the weights are not float32: autocast has nothing to lower"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        hooks.autocast = _dtype(params["dtype"])
+        record.notes.append(f"forward and training passes run under torch.autocast("
+                            f"{device.type}, {params['dtype']})")
+
+
+# -- quantization -------------------------------------------------------------------------------------
+class Int8Dynamic(Optimization):
+    id = "int8-dynamic"
+    name = "int8 dynamic quantization"
+    summary = ("Linear weights stored as int8, activations quantized on the fly "
+               "(torch.ao.quantization.quantize_dynamic; CPU, inference).")
+    category = "quantization"
+    workloads = ("forward", "generate")
+    devices = ("cpu",)
+    conflicts = ("cast", "prune-unstructured")
+
+    def check_model(self, model, params):
+        if not _linears(model):
+            return "the model has no nn.Linear layers to quantize"
+        if any(p.dtype != torch.float32 for _, m in _linears(model) for p in m.parameters()):
+            return "quantize_dynamic needs float32 Linear weights (apply it without a cast)"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        from torch.ao.quantization import quantize_dynamic
+
+        targets = {name for name, _ in _linears(model)}
+        record.modules_touched = len(targets)
+        with warnings.catch_warnings():
+            # Deprecated in favour of torchao, yet present and the fastest int8 path on CPU.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            quantize_dynamic(model, targets, dtype=torch.qint8, inplace=True)
+        record.notes.append("packed int8 weights live outside parameters(); they are counted by "
+                            "their unpacked int8 size plus bias")
+
+
+# -- pruning ------------------------------------------------------------------------------------------
+class PruneUnstructured(Optimization):
+    id = "prune-unstructured"
+    name = "Unstructured magnitude pruning"
+    summary = ("Zero the smallest-magnitude Linear weights (torch.nn.utils.prune). Dense zeros "
+               "save no memory; until made permanent the mask and original weight add memory.")
+    category = "pruning"
+    params = (
+        Param("amount", "float", 0.5, minimum=0.0, maximum=0.99, help="fraction zeroed"),
+        Param("permanent", "bool", False,
+              help="prune.remove: fold the mask into the weight (dense, same size)"),
+    )
+    conflicts = ("int8-dynamic",)
+
+    def check_model(self, model, params):
+        return None if _linears(model) else "the model has no nn.Linear layers to prune"
+
+    def _apply(self, model, params, hooks, device, record):
+        import torch.nn.utils.prune as prune
+
+        layers = _linears(model)
+        for _, mod in layers:
+            prune.l1_unstructured(mod, "weight", amount=params["amount"])
+            if params["permanent"]:
+                prune.remove(mod, "weight")
+        record.modules_touched = len(layers)
+        dense = sum(m.weight.numel() * m.weight.element_size() for _, m in layers)
+        # What a sparse format would really take, measured by converting one copy at a time.
+        csr = 0
+        for _, mod in layers:
+            w = mod.weight.detach()
+            if w.dim() == 2 and w.dtype in (torch.float32, torch.float16, torch.bfloat16):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "sparse CSR is in beta"
+                    s = w.to_sparse_csr()
+                csr += sum(t.numel() * t.element_size()
+                           for t in (s.values(), s.col_indices(), s.crow_indices()))
+        record.notes.append(f"pruned Linear weights: {dense} B dense; as CSR they would take "
+                            f"{csr} B ({csr / dense:.2f}× dense)" if dense else "no weights")
+        if not params["permanent"]:
+            record.notes.append("not permanent: each pruned Linear keeps weight_orig, a float "
+                                "weight_mask and a recomputed weight (three dense copies)")
+
+
+class DropBlocks(Optimization):
+    id = "drop-blocks"
+    name = "Drop transformer blocks"
+    summary = "Structured pruning: remove whole blocks (evenly spaced), keeping the rest."
+    category = "pruning"
+    params = (Param("count", "int", 1, minimum=1, maximum=1000, help="blocks to remove"),)
+
+    def check_model(self, model, params):
+        from .layers import _blocks
+
+        found = _blocks(model)
+        if found is None:
+            return "no block list found in this model"
+        if params["count"] >= len(found[1]):
+            return f"the model has {len(found[1])} blocks: at least one must stay"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        from .layers import _blocks
+
+        name, blocks = _blocks(model)
+        n = len(blocks)
+        step = n / params["count"]
+        drop = sorted({min(n - 1, int(step * (i + 0.5))) for i in range(params["count"])})
+        keep = [b for i, b in enumerate(blocks) if i not in drop]
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        setattr(parent, name.rsplit(".", 1)[-1], nn.ModuleList(keep))
+        for new_index, block in enumerate(keep):  # caches are indexed by layer_idx
+            for mod in block.modules():
+                if hasattr(mod, "layer_idx"):
+                    mod.layer_idx = new_index
+        cfg = getattr(model, "config", None)
+        if cfg is not None:
+            for attr in ("num_hidden_layers", "n_layer"):
+                if hasattr(cfg, attr):
+                    setattr(cfg, attr, len(keep))
+            types = getattr(cfg, "layer_types", None)
+            if isinstance(types, list) and len(types) == n:
+                cfg.layer_types = [t for i, t in enumerate(types) if i not in drop]
+        record.modules_touched = len(drop)
+        record.notes.append(f"removed blocks {drop} of {n}")
+
+
+# -- attention ----------------------------------------------------------------------------------------
+class Attention(Optimization):
+    id = "attention"
+    name = "Attention implementation"
+    summary = ("Switch the attention kernel: eager materialises the score matrix, SDPA and "
+               "flex attention do not. The memory effect is measured, not assumed.")
+    category = "attention"
+    params = (Param("impl", "choice", "sdpa", ("eager", "sdpa", "flex_attention")),)
+
+    def check_model(self, model, params):
+        if not hasattr(model, "set_attn_implementation"):
+            return "the model cannot switch its attention implementation"
+        current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        if current == params["impl"]:
+            return f"the model already uses {current}"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        before = getattr(model.config, "_attn_implementation", None)
+        try:
+            model.set_attn_implementation(params["impl"])
+        except (ValueError, ImportError) as exc:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               f"{params['impl']} attention does not apply: {exc}",
+                               "Choose eager or sdpa.") from exc
+        record.modules_touched = sum(1 for m in model.modules() if "Attention" in type(m).__name__)
+        record.notes.append(f"attention {before} → {params['impl']}")
+
+
+# -- training memory ----------------------------------------------------------------------------------
+class Checkpointing(Optimization):
+    id = "checkpointing"
+    name = "Activation checkpointing"
+    summary = ("Keep only block inputs in the forward and recompute the rest in the backward "
+               "(transformers' activation checkpointing): less saved memory, more compute.")
+    category = "training"
+    params = (Param("every_n", "int", 1, minimum=1, maximum=1000,
+                    help="checkpoint every n-th block"),)
+    workloads = ("train",)
+
+    def check_model(self, model, params):
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            return f"{type(model).__name__} does not support activation checkpointing"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        kwargs = {"use_reentrant": False}
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs, every_n_layers=params["every_n"])
+        else:  # transformers before the rename
+            if params["every_n"] != 1:
+                raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                                   "every_n needs a newer transformers.",
+                                   "Use every_n=1 or upgrade transformers.")
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        from .layers import _blocks
+
+        found = _blocks(model)
+        record.modules_touched = len(found[1]) // params["every_n"] if found else 0
+
+
+class FreezeBase(Optimization):
+    id = "freeze-base"
+    name = "Freeze the base"
+    summary = ("Train only the head (or the last blocks): no gradients or optimizer state for "
+               "frozen weights.")
+    category = "training"
+    params = (Param("train_last_blocks", "int", 0, minimum=0, maximum=1000,
+                    help="blocks kept trainable besides the head"),)
+    workloads = ("train",)
+
+    def _head(self, model: nn.Module) -> list[nn.Parameter]:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        return list(head.parameters()) if head is not None else []
+
+    def check_model(self, model, params):
+        if not self._head(model) and params["train_last_blocks"] == 0:
+            return "the model has no output head to keep trainable: set train_last_blocks"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        from .layers import _blocks
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        trainable = self._head(model)
+        found = _blocks(model)
+        if found and params["train_last_blocks"]:
+            for block in list(found[1])[-params["train_last_blocks"]:]:
+                trainable.extend(block.parameters())
+        for p in trainable:
+            p.requires_grad_(True)
+        record.modules_touched = sum(1 for m in model.modules()
+                                     if any(p.requires_grad for p in m.parameters(recurse=False)))
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        record.notes.append(f"trainable parameters: {n_train} of {n_all} "
+                            f"({n_train / n_all:.1%}; a tied head shares the embedding)")
+
+
+# -- KV cache -----------------------------------------------------------------------------------------
+class KVCache(Optimization):
+    id = "kv-cache"
+    name = "KV cache policy"
+    summary = ("dynamic grows by concatenation each step; static preallocates prompt + new "
+               "tokens once (no reallocation, more memory up front).")
+    category = "kv_cache"
+    params = (Param("policy", "choice", "static", ("dynamic", "static")),)
+    workloads = ("generate",)
+
+    def _apply(self, model, params, hooks, device, record):
+        from transformers import DynamicCache, StaticCache
+
+        policy = params["policy"]
+        hooks.cache_policy = policy
+        if policy == "static":
+            def factory(m: nn.Module, batch: int, max_len: int) -> Any:
+                return StaticCache(config=m.config, max_cache_len=max_len)
+        else:
+            def factory(m: nn.Module, batch: int, max_len: int) -> Any:
+                return DynamicCache(config=m.config)
+        hooks.cache_factory = factory
+        record.notes.append(f"generation uses a {policy} cache")
+
+
+REGISTRY: dict[str, Optimization] = {o.id: o for o in (
+    Cast(), Autocast(), Int8Dynamic(), PruneUnstructured(), DropBlocks(), Attention(),
+    Checkpointing(), FreezeBase(), KVCache(),
+)}
+
+
+def parse_spec(spec: str) -> dict[str, Any]:
+    """``ID[:key=value,...]`` -> ``{"id": ID, "params": {...}}`` (values stay strings)."""
+    ident, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                               f"Cannot read {part!r} in --opt {spec}.",
+                               "Write parameters as key=value, e.g. --opt cast:dtype=bfloat16.")
+        params[key.strip()] = value.strip()
+    return {"id": ident.strip(), "params": params}
+
+
+def resolve(selected: list[dict[str, Any]], workload: str, device: str
+            ) -> list[tuple[Optimization, dict[str, Any]]]:
+    """Validate a run's optimizations before anything loads: ids, parameters, conflicts and
+    what can be decided without the model. Raises ``MemLensError`` naming each problem."""
+    chosen: list[tuple[Optimization, dict[str, Any]]] = []
+    for entry in selected:
+        ident = entry.get("id") if isinstance(entry, dict) else None
+        opt = REGISTRY.get(str(ident))
+        if opt is None:
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Unknown optimization {ident!r}.",
+                               f"Known: {', '.join(REGISTRY)} (`memlens optimizations`).")
+        params = opt.parse_params(dict(entry.get("params") or {}))
+        reason = opt.check_config(workload, device, params)
+        if reason:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.name} ({opt.id}) {reason}.",
+                               "Remove it, or change the workload or device.")
+        chosen.append((opt, params))
+    ids = [o.id for o, _ in chosen]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"{', '.join(dup)} chosen twice.",
+                           "Pick each optimization once.")
+    for opt, _ in chosen:
+        clash = [o for o in opt.conflicts if o in ids]
+        if clash:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               f"{opt.id} conflicts with {', '.join(clash)}.",
+                               "Run them separately and compare the runs.")
+    return chosen
+
+
+def apply_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]],
+              device: torch.device, cancel: Any = None,
+              progress: Callable[[float, str], None] | None = None
+              ) -> tuple[list[Applied], RunHooks]:
+    """Check each optimization against the loaded model, then apply them in order."""
+    for opt, params in chosen:
+        reason = opt.check_model(model, params)
+        if reason:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.name} ({opt.id}) does not apply "
+                               f"to this model: {reason}.", "Remove it from the run.")
+    hooks = RunHooks()
+    applied = []
+    for i, (opt, params) in enumerate(chosen):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if progress is not None:
+            progress(i / len(chosen), f"applying {opt.name}")
+        applied.append(opt.apply(model, params, hooks, device))
+    return applied, hooks

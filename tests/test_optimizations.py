@@ -1,0 +1,201 @@
+"""The optimization registry: each technique applies, changes bytes as it must, or refuses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine import cli
+from engine.errors import ErrorKind, MemLensError
+from engine.optimizations import REGISTRY, parse_spec, resolve
+from engine.runner import execute
+from engine.store import RunStore
+
+from .helpers import Collector, tiny
+
+HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 64, 128, 2, 4, 2, 16, 256
+
+
+def run(opts, **kw):
+    events = Collector()
+    result = execute(tiny(optimizations=opts, **kw), events)
+    assert result is not None, events.failed
+    return result
+
+
+def linear_weight_bytes(dtype_bytes=4):
+    per_block = (HIDDEN * HEADS * HEAD_DIM * 2 + HIDDEN * KV_HEADS * HEAD_DIM * 2
+                 + 3 * HIDDEN * INTER)
+    return LAYERS * per_block * dtype_bytes
+
+
+# -- registry and validation ----------------------------------------------------------------------
+def test_registry_entries_are_complete():
+    assert len(REGISTRY) >= 9
+    for ident, opt in REGISTRY.items():
+        assert ident == opt.id and opt.name and opt.summary and opt.category
+        json.dumps(opt.describe())
+        assert opt.parse_params({}) == opt.defaults()
+
+
+def test_parse_spec():
+    assert parse_spec("cast:dtype=float16") == {"id": "cast", "params": {"dtype": "float16"}}
+    assert parse_spec("prune-unstructured:amount=0.3, permanent=true") == {
+        "id": "prune-unstructured", "params": {"amount": "0.3", "permanent": "true"}}
+    with pytest.raises(MemLensError):
+        parse_spec("cast:float16")
+
+
+@pytest.mark.parametrize("opts, workload, device, kind, fragment", [
+    ([{"id": "turbo"}], "forward", "cpu", ErrorKind.INVALID_WORKLOAD, "Unknown optimization"),
+    ([{"id": "cast", "params": {"dtype": "int3"}}], "forward", "cpu",
+     ErrorKind.INVALID_WORKLOAD, "dtype must be one of"),
+    ([{"id": "prune-unstructured", "params": {"amount": "1.5"}}], "forward", "cpu",
+     ErrorKind.INVALID_WORKLOAD, "amount must be"),
+    ([{"id": "cast", "params": {"colour": "red"}}], "forward", "cpu",
+     ErrorKind.INVALID_WORKLOAD, "no parameter colour"),
+    ([{"id": "checkpointing"}], "forward", "cpu", ErrorKind.NOT_APPLICABLE, "train workload"),
+    ([{"id": "kv-cache"}], "train", "cpu", ErrorKind.NOT_APPLICABLE, "generate"),
+    ([{"id": "int8-dynamic"}], "forward", "cuda", ErrorKind.NOT_APPLICABLE, "needs cpu"),
+    ([{"id": "int8-dynamic"}], "train", "cpu", ErrorKind.NOT_APPLICABLE, "not train"),
+    ([{"id": "cast"}, {"id": "int8-dynamic"}], "forward", "cpu", ErrorKind.NOT_APPLICABLE,
+     "conflicts"),
+    ([{"id": "cast"}, {"id": "cast"}], "forward", "cpu", ErrorKind.INVALID_WORKLOAD, "twice"),
+])
+def test_refusals_name_the_reason(opts, workload, device, kind, fragment):
+    with pytest.raises(MemLensError) as e:
+        resolve(opts, workload, device)
+    assert e.value.kind == kind and fragment in e.value.message and e.value.hint
+
+
+def test_a_refusal_happens_before_loading():
+    events = Collector()
+    assert execute(tiny(optimizations=[{"id": "checkpointing"}]), events) is None
+    assert events.failed.kind == ErrorKind.NOT_APPLICABLE.value
+    assert not any(getattr(e, "stage", "") == "load" for e in events.events)
+
+
+def test_model_level_refusal_after_loading():
+    events = Collector()
+    opts = [{"id": "drop-blocks", "params": {"count": LAYERS}}]
+    assert execute(tiny(optimizations=opts), events) is None
+    assert events.failed.kind == ErrorKind.NOT_APPLICABLE.value
+    assert "at least one must stay" in events.failed.message
+
+
+# -- techniques ------------------------------------------------------------------------------------
+def test_cast_halves_the_weights_and_reports_quality():
+    r = run([{"id": "cast", "params": {"dtype": "bfloat16"}}])
+    applied = r.optimizations[0]
+    assert applied["weights_bytes_after"] * 2 == applied["weights_bytes_before"]
+    assert r.totals.model_weights_bytes == applied["weights_bytes_after"]
+    assert r.deltas["model_weights_bytes"] == -applied["weights_bytes_after"]
+    assert r.baseline["peak_bytes"] > r.totals.peak_bytes
+    assert 0 <= r.quality["kl_divergence"] < 0.05 and r.quality["top1_agreement"] > 0.8
+    assert r.model_info["dtype"] in ("bfloat16", "float32")
+
+
+def test_int8_dynamic_linear_weights_are_a_quarter():
+    r = run([{"id": "int8-dynamic"}])
+    a = r.optimizations[0]
+    linear = linear_weight_bytes()
+    assert a["modules_touched"] == LAYERS * 7
+    assert a["weights_bytes_before"] - a["weights_bytes_after"] == linear - linear // 4
+    assert r.quality["kl_divergence"] >= 0
+    assert any("quantized" in op for op in r.totals.flops_uncounted_ops)
+
+
+def test_unstructured_pruning_raises_memory_until_permanent():
+    r = run([{"id": "prune-unstructured", "params": {"amount": 0.5}}])
+    a = r.optimizations[0]
+    linear = linear_weight_bytes()
+    # weight_orig + a float weight_mask + the recomputed weight: two extra dense copies
+    assert a["weights_bytes_after"] - a["weights_bytes_before"] == 2 * linear
+    assert any("raised the model's weight memory" in w for w in r.warnings)
+    assert r.deltas["peak_bytes"] > 0
+    permanent = run([{"id": "prune-unstructured",
+                      "params": {"amount": 0.5, "permanent": True}}])
+    p = permanent.optimizations[0]
+    assert p["weights_bytes_after"] == p["weights_bytes_before"]
+    assert any("saved no memory" in w for w in permanent.warnings)
+    assert any("CSR" in note for note in p["notes"])
+    assert permanent.quality["kl_divergence"] > 0
+
+
+def test_drop_blocks_removes_weights_and_keeps_generation_working():
+    r = run([{"id": "drop-blocks", "params": {"count": 1}}], workload="generate")
+    a = r.optimizations[0]
+    block = linear_weight_bytes() // LAYERS + 2 * HIDDEN * 4  # + two RMSNorm weights
+    assert a["weights_bytes_before"] - a["weights_bytes_after"] == block
+    assert r.model_info["num_layers"] == LAYERS - 1
+    assert len(r.generation["kv_bytes_per_layer"]) == LAYERS - 1
+    assert sum(1 for layer in r.layers if layer.kind == "block") == LAYERS - 1
+
+
+def test_attention_switch_is_measured():
+    r = run([{"id": "attention", "params": {"impl": "eager"}}], seq=96)
+    assert r.model_info["attn_implementation"] == "eager"
+    assert r.quality["kl_divergence"] < 1e-4
+    attn = next(layer for layer in r.layers if layer.kind == "attention")
+    assert attn.transient_peak_bytes >= HEADS * 96 * 96 * 4  # the score matrix is materialised
+
+
+def test_checkpointing_cuts_saved_activations():
+    r = run([{"id": "checkpointing"}], workload="train", seq=64)
+    base_saved = r.baseline["layers"]  # per-layer summary exists
+    assert base_saved
+    saved = sum(layer.saved_for_backward_bytes for layer in r.layers)
+    plain = run([], workload="train", seq=64)
+    assert saved < 0.5 * plain.training["saved_for_backward_bytes"]
+    assert r.quality["kl_divergence"] == 0.0  # same weights, measured before training
+
+
+def test_freeze_base_keeps_gradients_for_the_head_only():
+    r = run([{"id": "freeze-base"}], workload="train")
+    head = VOCAB * HIDDEN * 4
+    assert r.training["gradient_bytes"] == head
+    assert head * 2 <= r.training["optimizer_state_bytes"] <= head * 2 + 8
+    assert r.deltas["optimizer_state_bytes"] < 0
+
+
+def test_static_kv_cache_preallocates_prompt_plus_new_tokens():
+    r = run([{"id": "kv-cache", "params": {"policy": "static"}}], workload="generate", seq=20,
+            new_tokens=5)
+    expected = 2 * 1 * KV_HEADS * HEAD_DIM * (20 + 5) * 4
+    attn = [layer for layer in r.layers if layer.kind == "attention"]
+    # keys + values, plus the few bytes of bookkeeping tensors a static layer keeps
+    assert all(expected <= layer.kv_cache_bytes <= expected + 64 for layer in attn)
+    steps = r.generation["kv_bytes_per_step"]
+    assert len(set(steps)) == 1  # no growth: preallocated
+
+
+def test_autocast_runs_and_is_compared():
+    r = run([{"id": "autocast"}])
+    assert r.optimizations[0]["weights_bytes_after"] == r.optimizations[0]["weights_bytes_before"]
+    assert r.quality["kl_divergence"] >= 0 and r.deltas["latency_ratio"] > 0
+
+
+def test_a_plain_run_records_its_own_perplexity():
+    r = execute(tiny(model="demo", seq=32))
+    assert r.quality["perplexity"] == pytest.approx(r.quality["baseline_perplexity"])
+    assert 1 < r.quality["perplexity"] < 200  # a trained model, not a uniform guess (2048)
+    assert r.baseline is None and r.deltas is None
+
+
+def test_cli_optimizations_and_compare(tmp_path, capsys):
+    assert cli.main(["optimizations", "--workload", "train", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpointing" in out and "train: applies" in out
+    assert "int8-dynamic" in out and "not train" in out
+    store = ["--store", str(tmp_path)]
+    assert cli.main(store + ["profile", "--model", "demo", "--seq", "32", "--repeats", "1"]) == 0
+    assert cli.main(store + ["profile", "--model", "demo", "--seq", "32", "--repeats", "1",
+                             "--opt", "cast:dtype=bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "applied Cast weights" in out and "KL(baseline‖this)" in out
+    ids = [s.run_id for s in RunStore(tmp_path).list()]
+    assert cli.main(store + ["compare", *reversed(ids)]) == 0
+    out = capsys.readouterr().out
+    assert "cast:dtype=bfloat16" in out and "Δ[1]" in out and "total (peak)" in out
