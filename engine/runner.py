@@ -239,14 +239,19 @@ class _Run:
             totals.steady_bytes = torch.cuda.memory_allocated(device) - alloc_before
             totals.load_source = "cuda_allocator (above the allocation before loading)"
         else:
+            # Steady state: the bytes of the loaded weights (exact). Peak: the RSS high-water
+            # mark above RSS before loading, never below the steady state.
             peak = procmem.rss_peak_bytes() if hwm_ok else None
-            totals.steady_bytes = procmem.rss_bytes() - rss_before
+            totals.steady_bytes = unique_nbytes(module_weight_tensors(model, recurse=True))
             if peak is not None:
                 totals.load_peak_bytes = max(peak - rss_before, totals.steady_bytes)
-                totals.load_source = ("process RSS high-water mark above RSS before loading; "
-                                      "memory-mapped weights count only once read")
+                totals.load_source = (
+                    "steady: tensor bytes of the loaded weights; peak: process RSS high-water "
+                    "mark above RSS before loading (memory-mapped weights count once read, and "
+                    "memory freed by earlier runs in this process is reused, hiding part of a "
+                    "load)")
             else:
-                totals.load_source = "process RSS (no high-water mark on this platform)"
+                totals.load_source = "steady: tensor bytes of the loaded weights (no RSS peak here)"
         result.warnings.extend(self.loaded.warnings)
 
         tracked = select_layers(model)
@@ -713,8 +718,9 @@ def _deltas(result: RunResult) -> None:
 def _trap_warnings(result: RunResult) -> None:
     """Known traps, detected from this run's measurements (never from a technique's name)."""
     t = result.totals
-    if t.load_peak_bytes and t.steady_bytes and t.load_peak_bytes > 1.2 * t.steady_bytes \
-            and t.load_peak_bytes - t.steady_bytes > 1 << 20:
+    if (t.load_peak_bytes and t.steady_bytes and t.steady_bytes > 0
+            and t.load_peak_bytes > 1.2 * t.steady_bytes
+            and t.load_peak_bytes - t.steady_bytes > 1 << 20):
         result.warnings.append(
             f"Loading peaked at {t.load_peak_bytes / 2**20:.1f} MiB, "
             f"{t.load_peak_bytes / t.steady_bytes:.2f}× the {t.steady_bytes / 2**20:.1f} MiB held "

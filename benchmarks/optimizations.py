@@ -1,0 +1,102 @@
+"""Every applicable optimization on one model: weights, peak, latency and quality, as a table.
+
+Each row is one MemLens run that measures the unoptimized baseline and the optimized model in
+the same process, so the ratios come from one sitting on one machine.
+
+    python benchmarks/optimizations.py                       # demo model, CPU
+    python benchmarks/optimizations.py --model PATH/config.json --device cuda --dtype bfloat16
+Prints a Markdown table (the one in README.md) and, with --json, writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# (workload, optimization spec) rows; each is skipped with its reason when it does not apply.
+ROWS = [
+    ("forward", "cast:dtype=bfloat16"),
+    ("forward", "cast:dtype=float16"),
+    ("forward", "autocast:dtype=bfloat16"),
+    ("forward", "int8-dynamic"),
+    ("forward", "prune-unstructured:amount=0.5"),
+    ("forward", "prune-unstructured:amount=0.5,permanent=true"),
+    ("forward", "drop-blocks:count=2"),
+    ("forward", "attention:impl=eager"),
+    ("forward", "attention:impl=sdpa"),
+    ("generate", "kv-cache:policy=static"),
+    ("train", "checkpointing"),
+    ("train", "freeze-base"),
+    ("train", "cast:dtype=bfloat16"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from engine.config import RunConfig
+    from engine.events import Failed
+    from engine.optimizations import parse_spec
+    from engine.runner import execute
+
+    MiB = 2**20
+    rows, records = [], []
+    for workload, spec in ROWS:
+        failures: list[Failed] = []
+        cfg = RunConfig(model=args.model, device=args.device, dtype=args.dtype, workload=workload,
+                        seq=args.seq, new_tokens=args.new_tokens, repeats=args.repeats,
+                        optimizations=[parse_spec(spec)])
+        r = execute(cfg, lambda e: failures.append(e) if isinstance(e, Failed) else None)
+        if r is None:
+            reason = failures[-1].message if failures else "no result"
+            rows.append(f"| {workload} | `{spec}` | — | — | — | — | not applied: {reason} |")
+            records.append({"workload": workload, "spec": spec, "skipped": reason})
+            continue
+        b, t, d, q = r.baseline, r.totals, r.deltas, r.quality or {}
+        if q.get("kl_divergence") is not None:
+            qual = (f"KL {q['kl_divergence']:.2g}, ppl {q['perplexity']:.2f} "
+                    f"(base {q['baseline_perplexity']:.2f})" if q.get("perplexity")
+                    else f"KL {q['kl_divergence']:.2g}")
+        elif q.get("cosine_similarity") is not None:
+            qual = f"cosine {q['cosine_similarity']:.4f}"
+        else:
+            qual = "—"
+        rows.append(
+            f"| {workload} | `{spec}` | {b['model_weights_bytes'] / MiB:.2f} → "
+            f"{t.model_weights_bytes / MiB:.2f} | {b['peak_bytes'] / MiB:.2f} → "
+            f"{t.peak_bytes / MiB:.2f} | ×{d['latency_ratio']:.2f} | {qual} | "
+            f"{'; '.join(w for w in r.warnings if 'FLOPs' not in w)[:160]} |")
+        records.append({"workload": workload, "spec": spec, "baseline": b, "deltas": d,
+                        "quality": q, "peak_bytes": t.peak_bytes,
+                        "weights_bytes": t.model_weights_bytes, "warnings": r.warnings})
+        print(rows[-1], file=sys.stderr, flush=True)
+    cpu = platform.processor() or platform.machine()
+    print(f"{args.model} on {args.device} ({cpu}), seq {args.seq}, "
+          f"{dt.date.today().isoformat()}; baseline and optimized measured in the same run, "
+          f"latency = optimized / baseline (median of {args.repeats}).\n")
+    print("| workload | optimization | weights MiB | peak MiB | latency | quality | warnings |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(row)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
