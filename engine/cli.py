@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    gui_options = ("--model", "--workload", "--run", "--screenshot", "--quit-after-ms")
+    gui_options = ("--model", "--workload", "--opt", "--run", "--screenshot", "--quit-after-ms")
     if not argv or argv[0].split("=")[0] in gui_options or argv[0] == "gui":
         return _gui(argv[1:] if argv and argv[0] == "gui" else argv)
     args = _parser().parse_args(argv)

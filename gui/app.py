@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                              "the picture is taken when the run ends")
     parser.add_argument("--workload", choices=("forward", "generate", "train"), default=None,
                         help="workload to preselect")
+    parser.add_argument("--opt", action="append", default=[], metavar="ID[:key=value,...]",
+                        help="optimization to preselect (repeatable)")
     return parser
 
 
@@ -62,6 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     window = MainWindow(model=args.model)
     if args.workload:
         window.controls.set_workload(args.workload)
+    for spec in args.opt:
+        problem = window.controls.optimizations.preselect(spec)
+        if problem:
+            print(f"memlens: --opt {spec}: {problem}", file=sys.stderr)
+            return 2
     window.show()
 
     status = {"code": 0}

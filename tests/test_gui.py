@@ -596,3 +596,24 @@ def test_app_runs_the_demo_and_screenshots_the_result(qtbot, tmp_path, monkeypat
     image.save(str(ARTIFACTS / "app_demo_run.png"))
     runs = list((tmp_path / "home" / "runs").glob("*.json"))
     assert len(runs) == 1  # the run was saved
+
+
+def test_optimization_controls_follow_the_registry(qtbot):
+    from engine.optimizations import REGISTRY
+
+    window = MainWindow(execute=FakeEngine("ok"), store=None, devices=["cpu"])
+    qtbot.addWidget(window)
+    panel = window.controls.optimizations
+    assert set(panel.rows) == set(REGISTRY)
+    window.controls.set_workload("forward")
+    assert not panel.rows["checkpointing"].check.isEnabled()
+    assert "train" in panel.reason("checkpointing")
+    assert panel.rows["int8-dynamic"].check.isEnabled()
+    window.controls.set_workload("train")
+    assert panel.rows["checkpointing"].check.isEnabled()
+    assert not panel.rows["int8-dynamic"].check.isEnabled()
+    panel.rows["checkpointing"].check.setChecked(True)
+    panel.rows["checkpointing"].params["every_n"].setValue(2)
+    config = window.controls.config()
+    assert config["optimizations"] == [{"id": "checkpointing", "params": {"every_n": 2}}]
+    RunConfig.from_dict(config).validate()

@@ -113,9 +113,15 @@ class ControlPanel(QWidget):
         buttons.addWidget(self.cancel_button)
         form.addRow(buttons)
 
+        from .optimizations import OptimizationsPanel
+
+        self.optimizations = OptimizationsPanel()
+        self.device_combo.currentTextChanged.connect(self._update_optimizations)
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(box)
+        layout.addWidget(self.optimizations, 1)
         self._workload_changed(self.workload_combo.currentText())
 
     # -- public ---------------------------------------------------------------------------------
@@ -130,6 +136,7 @@ class ControlPanel(QWidget):
             "device": self.device_combo.currentText(),
             "dtype": self.dtype_combo.currentText(),
             "attention_maps": self.attention_check.isChecked(),
+            "optimizations": self.optimizations.selected(),
         }
 
     def set_model(self, model: str) -> None:
@@ -156,6 +163,12 @@ class ControlPanel(QWidget):
     @Slot(str)
     def _workload_changed(self, workload: str) -> None:
         self.new_tokens_spin.setEnabled(workload == "generate")
+        self._update_optimizations()
+
+    def _update_optimizations(self, *_: Any) -> None:
+        if hasattr(self, "optimizations"):
+            self.optimizations.update_applicability(self.workload_combo.currentText(),
+                                                    self.device_combo.currentText())
 
     @Slot()
     def _open_folder(self) -> None:

@@ -30,7 +30,9 @@ def totals_lines(result: RunResult) -> list[str]:
                                          for name, value in categories if value))
     speed = [f"{human_count(t.parameters)} parameters",
              f"model weights {human_bytes(t.model_weights_bytes)}",
-             f"latency {human_ms(t.latency_ms)}"]
+             f"latency {human_ms(t.plain_latency_ms)}"]
+    if t.instrumentation_overhead is not None:
+        speed.append(f"profiler overhead ×{t.instrumentation_overhead:.2f}")
     if t.tokens_per_s is not None:
         speed.append(f"{t.tokens_per_s:.1f} tokens/s")
     if t.flops is not None:
@@ -42,6 +44,33 @@ def totals_lines(result: RunResult) -> list[str]:
     if result.duration_s:
         speed.append(f"run took {human_seconds(result.duration_s)}")
     lines.append(" · ".join(speed))
+    if result.optimizations:
+        names = ", ".join(
+            a["id"] + (f"({', '.join(f'{k}={v}' for k, v in a['params'].items())})"
+                       if a["params"] else "") for a in result.optimizations)
+        line = f"optimizations: {names}"
+        base, d = result.baseline or {}, result.deltas or {}
+        if base and d:
+            line += (f" · vs the baseline measured in this run: peak "
+                     f"{human_bytes(base.get('peak_bytes'))} → {human_bytes(t.peak_bytes)}, "
+                     f"weights {human_bytes(base.get('model_weights_bytes'))} → "
+                     f"{human_bytes(t.model_weights_bytes)}")
+            if d.get("latency_ratio"):
+                line += f", latency ×{d['latency_ratio']:.2f}"
+        lines.append(line)
+    q = result.quality or {}
+    quality = []
+    if q.get("kl_divergence") is not None:
+        quality += [f"KL {q['kl_divergence']:.3g} nats/token",
+                    f"top-1 agreement {q['top1_agreement']:.1%}"]
+    if q.get("perplexity") is not None:
+        quality.append(f"perplexity {q['perplexity']:.2f}"
+                       + (f" (baseline {q['baseline_perplexity']:.2f})"
+                          if q.get("kl_divergence") is not None else ""))
+    if q.get("cosine_similarity") is not None:
+        quality.append(f"pooled-embedding cosine {q['cosine_similarity']:.4f}")
+    if quality:
+        lines.append("quality: " + " · ".join(quality))
     return lines
 
 

@@ -1,0 +1,160 @@
+"""Optimization controls, generated from the engine's registry.
+
+One checkbox per technique (its summary as tooltip) with a widget per parameter (combo box for
+choices, spin boxes for numbers, checkbox for flags). A technique that cannot apply to the chosen
+workload and device is disabled, with the engine's reason as its tooltip. The panel only reads
+the registry's schema and checks; it measures nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.optimizations import REGISTRY, Optimization, Param
+
+
+def _param_widget(param: Param) -> QWidget:
+    if param.kind == "choice":
+        w = QComboBox()
+        w.addItems([str(c) for c in param.choices])
+        w.setCurrentText(str(param.default))
+    elif param.kind == "int":
+        w = QSpinBox()
+        w.setRange(int(param.minimum if param.minimum is not None else 0),
+                   int(param.maximum if param.maximum is not None else 1 << 30))
+        w.setValue(int(param.default))
+    elif param.kind == "float":
+        w = QDoubleSpinBox()
+        w.setDecimals(2)
+        w.setSingleStep(0.05)
+        w.setRange(float(param.minimum if param.minimum is not None else 0.0),
+                   float(param.maximum if param.maximum is not None else 1e9))
+        w.setValue(float(param.default))
+    else:
+        w = QCheckBox()
+        w.setChecked(bool(param.default))
+    if param.help:
+        w.setToolTip(param.help)
+    return w
+
+
+def _value(widget: QWidget) -> Any:
+    if isinstance(widget, QComboBox):
+        return widget.currentText()
+    if isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+        return widget.value()
+    return widget.isChecked()
+
+
+class _Row(QWidget):
+    def __init__(self, opt: Optimization, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.opt = opt
+        self.check = QCheckBox(opt.name)
+        self.check.setToolTip(opt.summary)
+        self.params: dict[str, QWidget] = {}
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.check)
+        if opt.params:
+            form = QFormLayout()
+            form.setContentsMargins(22, 0, 0, 0)
+            for p in opt.params:
+                widget = _param_widget(p)
+                widget.setEnabled(False)
+                self.params[p.name] = widget
+                form.addRow(p.name, widget)
+            layout.addLayout(form)
+        self.check.toggled.connect(self._toggled)
+
+    def _toggled(self, on: bool) -> None:
+        for widget in self.params.values():
+            widget.setEnabled(on)
+
+    def set_applicable(self, reason: str | None) -> None:
+        self.check.setEnabled(reason is None)
+        if reason is None:
+            self.check.setToolTip(self.opt.summary)
+        else:
+            self.check.setChecked(False)
+            self.check.setToolTip(f"Not available: {reason}.\n{self.opt.summary}")
+
+    def spec(self) -> dict[str, Any] | None:
+        if not (self.check.isEnabled() and self.check.isChecked()):
+            return None
+        return {"id": self.opt.id, "params": {k: _value(w) for k, w in self.params.items()}}
+
+
+class OptimizationsPanel(QWidget):
+    """Checkboxes and parameters for every registered optimization."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        box = QGroupBox("Optimizations")
+        inner = QWidget()
+        rows_layout = QVBoxLayout(inner)
+        rows_layout.setContentsMargins(4, 4, 4, 4)
+        self.rows = {opt.id: _Row(opt) for opt in REGISTRY.values()}
+        for row in self.rows.values():
+            rows_layout.addWidget(row)
+        rows_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        box_layout = QHBoxLayout(box)
+        box_layout.setContentsMargins(2, 2, 2, 2)
+        box_layout.addWidget(scroll)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(box)
+
+    def update_applicability(self, workload: str, device: str) -> None:
+        """Disable what cannot apply, with the engine's reason as tooltip."""
+        for row in self.rows.values():
+            row.set_applicable(row.opt.check_config(workload, device, row.opt.defaults()))
+
+    def selected(self) -> list[dict[str, Any]]:
+        return [spec for row in self.rows.values() if (spec := row.spec()) is not None]
+
+    def preselect(self, spec: str) -> str | None:
+        """Tick an optimization from an ``ID[:key=value,...]`` string; returns a problem or None."""
+        from engine.errors import MemLensError
+        from engine.optimizations import parse_spec
+
+        try:
+            entry = parse_spec(spec)
+            row = self.rows.get(entry["id"])
+            if row is None:
+                return f"unknown optimization (known: {', '.join(self.rows)})"
+            params = row.opt.parse_params(entry["params"])
+        except MemLensError as exc:
+            return exc.message
+        if not row.check.isEnabled():
+            return row.check.toolTip().splitlines()[0]
+        row.check.setChecked(True)
+        for key, value in params.items():
+            widget = row.params[key]
+            if isinstance(widget, QComboBox):
+                widget.setCurrentText(str(value))
+            elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+                widget.setValue(value)
+            else:
+                widget.setChecked(bool(value))
+        return None
+
+    def reason(self, ident: str) -> str:
+        return self.rows[ident].check.toolTip()
