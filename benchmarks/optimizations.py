@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ ROWS = [
     ("forward", "cast:dtype=float16"),
     ("forward", "autocast:dtype=bfloat16"),
     ("forward", "int8-dynamic"),
+    ("forward", "torchao-int8:activations=weight-only"),
+    ("forward", "torchao-int8:activations=dynamic"),
     ("forward", "prune-unstructured:amount=0.5"),
     ("forward", "prune-unstructured:amount=0.5,permanent=true"),
     ("forward", "drop-blocks:count=2"),
@@ -34,6 +37,7 @@ ROWS = [
     ("generate", "kv-cache:policy=static"),
     ("train", "checkpointing"),
     ("train", "freeze-base"),
+    ("train", "lora:rank=8,targets=attention"),
     ("train", "cast:dtype=bfloat16"),
 ]
 
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="rewrite the generated blocks of this README (registry and table)")
     args = ap.parse_args(argv)
 
     from engine.config import RunConfig
@@ -86,16 +92,32 @@ def main(argv: list[str] | None = None) -> int:
                         "weights_bytes": t.model_weights_bytes, "warnings": r.warnings})
         print(rows[-1], file=sys.stderr, flush=True)
     cpu = platform.processor() or platform.machine()
-    print(f"{args.model} on {args.device} ({cpu}), seq {args.seq}, "
-          f"{dt.date.today().isoformat()}; baseline and optimized measured in the same run, "
-          f"latency = optimized / baseline (median of {args.repeats}).\n")
-    print("| workload | optimization | weights MiB | peak MiB | latency | quality | warnings |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for row in rows:
-        print(row)
+    table = "\n".join([
+        f"{args.model} on {args.device} ({cpu}, {os.cpu_count()} cores), seq {args.seq}, "
+        f"{dt.date.today().isoformat()}; baseline and optimized measured in the same run, "
+        f"latency = optimized / baseline (median of {args.repeats}).", "",
+        "| workload | optimization | weights MiB | peak MiB | latency | quality | warnings |",
+        "| --- | --- | --- | --- | --- | --- | --- |", *rows])
+    print(table)
+    if args.readme:
+        from engine.optimizations import REGISTRY
+
+        registry = "\n".join(["| id | what it does |", "| --- | --- |"]
+                             + [f"| `{o.id}` | {o.summary} |" for o in REGISTRY.values()])
+        text = args.readme.read_text(encoding="utf-8")
+        text = _replace_block(text, "registry", registry)
+        text = _replace_block(text, "optimizations-table", table)
+        args.readme.write_text(text, encoding="utf-8")
     if args.json:
         args.json.write_text(json.dumps(records, indent=1, default=str))
     return 0
+
+
+def _replace_block(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
 
 
 if __name__ == "__main__":

@@ -26,13 +26,31 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 _CUDA_BLOCK = 512
 _CREATION_OPS = ("zeros_like", "empty_like", "ones_like", "full_like", "zeros", "empty", "full",
                  "scalar_tensor", "lift_fresh", "clone")  # the caching allocator rounds every block up to 512 bytes
+
+
+def leaves(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors that hold a tensor's data.
+
+    Tensor subclasses that wrap others (torchao's quantized weights, for instance) report a
+    storage of the outer dtype and shape that holds nothing; their real bytes are in the inner
+    tensors named by ``__tensor_flatten__``.
+    """
+    if is_traceable_wrapper_subclass(t):
+        attrs, _ = t.__tensor_flatten__()
+        out: list[torch.Tensor] = []
+        for name in attrs:
+            inner = getattr(t, name)
+            if isinstance(inner, torch.Tensor):
+                out.extend(leaves(inner))
+        return out
+    return [t]
 
 
 def storage_bytes(storage: torch.UntypedStorage, device_type: str) -> int:
@@ -116,12 +134,14 @@ class TensorAccountant(TorchDispatchMode):
 
     def track(self, tensor: torch.Tensor, owner: str | None, category: str) -> None:
         """Count an existing tensor (once per storage) under ``owner``/``category``."""
-        if not isinstance(tensor, torch.Tensor) or tensor.is_meta:
+        if not isinstance(tensor, torch.Tensor):
             return
-        st = tensor.untyped_storage()
-        info = self._register(st, tensor.device.type, owner, category)
-        if info is not None:
-            self.reclassify_info(info, owner, category)
+        for leaf in leaves(tensor):
+            if leaf.is_meta:
+                continue
+            info = self._register(leaf.untyped_storage(), leaf.device.type, owner, category)
+            if info is not None:
+                self.reclassify_info(info, owner, category)
 
     def reclassify(self, tensor: torch.Tensor, owner: str | None, category: str) -> None:
         """Move an already counted tensor's storage to another owner/category (or count it)."""
@@ -141,8 +161,11 @@ class TensorAccountant(TorchDispatchMode):
         self.live[new] = self.live.get(new, 0) + info.nbytes
 
     def owner_of(self, tensor: torch.Tensor) -> tuple[str | None, str] | None:
-        found = self._info.get(tensor.untyped_storage())
-        return (found[0].owner, found[0].category) if found else None
+        for leaf in leaves(tensor):
+            found = self._info.get(leaf.untyped_storage())
+            if found:
+                return found[0].owner, found[0].category
+        return None
 
     def watch(self) -> list[int]:
         """Start watching the high-water mark (for a module's transient peak)."""
@@ -175,8 +198,8 @@ class TensorAccountant(TorchDispatchMode):
             seen.add(owner)
         category = None
         flat, _ = tree_flatten(out)
-        for t in flat:
-            if not isinstance(t, torch.Tensor) or t.is_meta:
+        for t in (leaf for x in flat if isinstance(x, torch.Tensor) for leaf in leaves(x)):
+            if t.is_meta:
                 continue
             st = t.untyped_storage()
             if st in self._info:
@@ -192,8 +215,8 @@ class TensorAccountant(TorchDispatchMode):
 
     def _input_owner(self, args: Any, kwargs: Any) -> str | None:
         flat, _ = tree_flatten((args, kwargs))
-        for t in flat:
-            if isinstance(t, torch.Tensor):
+        for t in (leaf for x in flat if isinstance(x, torch.Tensor) for leaf in leaves(x)):
+            if not t.is_meta:
                 found = self._info.get(t.untyped_storage())
                 if found is not None and found[0].owner is not None:
                     return found[0].owner

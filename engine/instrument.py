@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .accounting import TensorAccountant, storage_bytes
+from .accounting import TensorAccountant, leaves, storage_bytes
 from .errors import Cancelled
 from .layers import TrackedModule, module_weight_tensors, weight_owners
 
@@ -69,8 +70,8 @@ def _output_bytes(output: Any) -> int:
     flat, _ = tree_flatten(output)
     seen: set[int] = set()
     total = 0
-    for t in flat:
-        if isinstance(t, torch.Tensor) and not t.is_meta:
+    for t in (leaf for x in flat if isinstance(x, torch.Tensor) for leaf in leaves(x)):
+        if not t.is_meta:
             st = t.untyped_storage()
             if st.data_ptr() not in seen:
                 seen.add(st.data_ptr())
@@ -216,20 +217,24 @@ class MemoryProbe:
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         # Only the forward's saves count: checkpointed blocks save again while recomputing in
         # the backward, and those are transient, not what the forward keeps.
-        if self.acc.phase == "forward" and isinstance(tensor, torch.Tensor) and not tensor.is_meta:
-            st = tensor.untyped_storage()
-            if st not in self._saved_seen:
-                self._saved_seen[st] = True
-                known = self.acc.owner_of(tensor)
-                if known is None or known[1] != "weights":
-                    owner = self._stack[-1] if self._stack else None
-                    self.saved_bytes[owner] = (self.saved_bytes.get(owner, 0)
-                                               + storage_bytes(st, tensor.device.type))
-            # Keep the data, not the autograd history: a saved *output* returned as-is makes a
-            # cycle (node -> packed tensor -> node) that lives in C++ where Python's GC cannot
-            # see it, so a forward that fails before backward would leak its whole graph.
-            return tensor.detach()
-        return tensor
+        if self.acc.phase != "forward" or not isinstance(tensor, torch.Tensor) or tensor.is_meta:
+            return tensor
+        owner = self._stack[-1] if self._stack else None
+        for leaf in leaves(tensor):
+            st = leaf.untyped_storage()
+            if st in self._saved_seen:
+                continue
+            self._saved_seen[st] = True
+            known = self.acc.owner_of(leaf)
+            if known is None or known[1] != "weights":
+                self.saved_bytes[owner] = (self.saved_bytes.get(owner, 0)
+                                           + storage_bytes(st, leaf.device.type))
+        if is_traceable_wrapper_subclass(tensor):
+            return tensor
+        # Keep the data, not the autograd history: a saved *output* returned as-is makes a
+        # cycle (node -> packed tensor -> node) that lives in C++ where Python's GC cannot see
+        # it, so a forward that fails before backward would leak its whole graph.
+        return tensor.detach()
 
     @staticmethod
     def _unpack(tensor: torch.Tensor) -> torch.Tensor:

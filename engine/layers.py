@@ -141,10 +141,13 @@ def module_weight_tensors(module: nn.Module, recurse: bool = False) -> list[torc
 
 
 def unique_nbytes(tensors: list[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (shared storages counted once)."""
+    """Bytes of the distinct storages behind ``tensors`` (shared storages counted once; wrapper
+    subclasses such as torchao's quantized weights counted by their inner tensors)."""
+    from .accounting import leaves
+
     seen: set[int] = set()
     total = 0
-    for t in tensors:
+    for t in (leaf for x in tensors for leaf in leaves(x)):
         if t.is_meta:
             total += t.numel() * t.element_size()
             continue

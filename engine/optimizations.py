@@ -234,6 +234,7 @@ class Autocast(Optimization):
 
 # -- quantization -------------------------------------------------------------------------------------
 class Int8Dynamic(Optimization):
+    conflicts = ("cast", "prune-unstructured", "torchao-int8")
     id = "int8-dynamic"
     name = "int8 dynamic quantization"
     summary = ("Linear weights stored as int8, activations quantized on the fly "
@@ -241,7 +242,6 @@ class Int8Dynamic(Optimization):
     category = "quantization"
     workloads = ("forward", "generate")
     devices = ("cpu",)
-    conflicts = ("cast", "prune-unstructured")
 
     def check_model(self, model, params):
         if not _linears(model):
@@ -262,6 +262,68 @@ class Int8Dynamic(Optimization):
             quantize_dynamic(model, targets, dtype=torch.qint8, inplace=True)
         record.notes.append("packed int8 weights live outside parameters(); they are counted by "
                             "their unpacked int8 size plus bias")
+
+
+def _missing(module: str, package: str) -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return f"needs the optional package {package}: pip install {package}"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """torchao and peft announce optional CUDA kernels they cannot load on import; those lines
+    say nothing about this run, so they are kept out of the CLI's output."""
+    import logging
+
+    names = ("torchao", "torch.utils._pytree", "peft")
+    levels = {n: logging.getLogger(n).level for n in names}
+    try:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+class TorchaoInt8(Optimization):
+    id = "torchao-int8"
+    name = "torchao int8 quantization"
+    summary = ("Linear weights as int8 tensor subclasses (torchao quantize_): weight-only, or "
+               "with activations quantized dynamically.")
+    category = "quantization"
+    params = (Param("activations", "choice", "weight-only", ("weight-only", "dynamic"),
+                    help="weight-only keeps float activations; dynamic quantizes them too"),)
+    workloads = ("forward", "generate")
+    conflicts = ("int8-dynamic", "prune-unstructured", "cast")
+
+    def check_config(self, workload, device, params):
+        return _missing("torchao", "torchao") or super().check_config(workload, device, params)
+
+    def check_model(self, model, params):
+        return None if _linears(model) else "the model has no nn.Linear layers to quantize"
+
+    def _apply(self, model, params, hooks, device, record):
+        with _quiet_import():
+            from torchao.quantization import (
+                Int8DynamicActivationInt8WeightConfig,
+                Int8WeightOnlyConfig,
+                quantize_,
+            )
+
+        config = (Int8WeightOnlyConfig() if params["activations"] == "weight-only"
+                  else Int8DynamicActivationInt8WeightConfig())
+        targets = {id(m) for _, m in _linears(model)}
+        with _quiet_import():
+            quantize_(model, config, filter_fn=lambda m, fqn: id(m) in targets)
+        record.modules_touched = len(targets)
+        record.notes.append("int8 weights are tensor subclasses; their bytes are those of the "
+                            "inner int8 data and scales")
 
 
 # -- pruning ------------------------------------------------------------------------------------------
@@ -414,6 +476,7 @@ class Checkpointing(Optimization):
 
 
 class FreezeBase(Optimization):
+    conflicts = ("lora",)
     id = "freeze-base"
     name = "Freeze the base"
     summary = ("Train only the head (or the last blocks): no gradients or optimizer state for "
@@ -452,6 +515,58 @@ class FreezeBase(Optimization):
                             f"({n_train / n_all:.1%}; a tied head shares the embedding)")
 
 
+class LoRA(Optimization):
+    id = "lora"
+    name = "LoRA adapters (peft)"
+    summary = ("Freeze the base and train low-rank adapters on the chosen Linear layers "
+               "(peft inject_adapter_in_model): gradients and optimizer state only for the "
+               "adapters.")
+    category = "training"
+    params = (
+        Param("rank", "int", 8, minimum=1, maximum=4096),
+        Param("alpha", "int", 16, minimum=1, maximum=65536),
+        Param("targets", "choice", "attention", ("attention", "all-linear"),
+              help="attention: q/k/v/o projections; all-linear: every Linear but the head"),
+    )
+    workloads = ("train",)
+    conflicts = ("freeze-base",)
+
+    def check_config(self, workload, device, params):
+        return _missing("peft", "peft") or super().check_config(workload, device, params)
+
+    def _targets(self, model: nn.Module, which: str) -> list[str]:
+        names = []
+        for name, _ in _linears(model):
+            leaf = name.rsplit(".", 1)[-1]
+            if which == "all-linear" or leaf in ("q_proj", "k_proj", "v_proj", "o_proj",
+                                                 "query", "key", "value", "c_attn", "c_proj",
+                                                 "out_proj", "qkv_proj", "dense"):
+                names.append(leaf)
+        return sorted(set(names))
+
+    def check_model(self, model, params):
+        return None if self._targets(model, params["targets"]) else (
+            "no Linear layers match the chosen targets")
+
+    def _apply(self, model, params, hooks, device, record):
+        with _quiet_import():
+            from peft import LoraConfig, inject_adapter_in_model
+
+        targets = self._targets(model, params["targets"])
+        config = LoraConfig(r=params["rank"], lora_alpha=params["alpha"], lora_dropout=0.0,
+                            target_modules=targets, bias="none")
+        with _quiet_import():
+            inject_adapter_in_model(config, model)
+        for name, p in model.named_parameters():
+            p.requires_grad_("lora_" in name)
+        adapters = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
+        record.modules_touched = len(adapters)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        record.notes.append(f"adapters on {', '.join(targets)}: {n_train} trainable of {n_all} "
+                            f"parameters ({n_train / n_all:.2%})")
+
+
 # -- KV cache -----------------------------------------------------------------------------------------
 class KVCache(Optimization):
     id = "kv-cache"
@@ -478,8 +593,8 @@ class KVCache(Optimization):
 
 
 REGISTRY: dict[str, Optimization] = {o.id: o for o in (
-    Cast(), Autocast(), Int8Dynamic(), PruneUnstructured(), DropBlocks(), Attention(),
-    Checkpointing(), FreezeBase(), KVCache(),
+    Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), PruneUnstructured(), DropBlocks(),
+    Attention(), Checkpointing(), FreezeBase(), LoRA(), KVCache(),
 )}
 
 

@@ -199,3 +199,41 @@ def test_cli_optimizations_and_compare(tmp_path, capsys):
     assert cli.main(store + ["compare", *reversed(ids)]) == 0
     out = capsys.readouterr().out
     assert "cast:dtype=bfloat16" in out and "Δ[1]" in out and "total (peak)" in out
+
+
+def test_torchao_int8_weight_only_counts_inner_int8_data():
+    pytest.importorskip("torchao")
+    r = run([{"id": "torchao-int8"}])
+    a = r.optimizations[0]
+    linear = linear_weight_bytes()
+    n_out_features = LAYERS * (HEADS * HEAD_DIM * 2 + KV_HEADS * HEAD_DIM * 2 + 2 * INTER + HIDDEN)
+    # int8 data (a quarter of fp32) plus a float32 scale and an int8 zero point per output row
+    assert a["weights_bytes_before"] - a["weights_bytes_after"] == (
+        linear - linear // 4 - n_out_features * (4 + 1))
+    assert r.quality["kl_divergence"] < 0.01
+    assert r.totals.reconciles()
+
+
+def test_lora_trains_only_the_adapters():
+    pytest.importorskip("peft")
+    r = run([{"id": "lora", "params": {"rank": 4, "targets": "attention"}}], workload="train")
+    a = r.optimizations[0]
+    # rank-4 A (in x 4) and B (4 x out) for q, k, v, o in every block, float32
+    per_block = 4 * ((HIDDEN + HEADS * HEAD_DIM) * 2 + (HIDDEN + KV_HEADS * HEAD_DIM) * 2)
+    adapters = LAYERS * per_block * 4
+    assert a["weights_bytes_after"] - a["weights_bytes_before"] == adapters
+    assert r.training["gradient_bytes"] == adapters
+    assert 2 * adapters <= r.training["optimizer_state_bytes"] <= 2 * adapters + 8 * 64
+    assert r.quality["kl_divergence"] == 0.0  # B starts at zero: the model is unchanged
+    assert r.deltas["optimizer_state_bytes"] < 0
+
+
+def test_missing_optional_library_is_reported_with_the_install_hint(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(MemLensError) as e:
+        resolve([{"id": "lora"}], "train", "cpu")
+    assert "pip install peft" in e.value.message
