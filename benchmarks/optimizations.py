@@ -31,6 +31,8 @@ ROWS = [
     ("forward", "torchao-int8:activations=dynamic"),
     ("forward", "prune-unstructured:amount=0.5"),
     ("forward", "prune-unstructured:amount=0.5,permanent=true"),
+    ("forward", "prune-ffn:amount=0.25"),
+    ("generate", "prune-heads:groups=1"),
     ("forward", "drop-blocks:count=2"),
     ("forward", "attention:impl=eager"),
     ("forward", "attention:impl=sdpa"),

@@ -413,6 +413,103 @@ class DropBlocks(Optimization):
         record.notes.append(f"removed blocks {drop} of {n}")
 
 
+def _mlp_triples(model: nn.Module) -> list[tuple[nn.Module, list[str], str]]:
+    """(mlp module, input projections, output projection) for gated (Llama) and plain MLPs."""
+    out = []
+    for mod in model.modules():
+        names = {n for n, c in mod.named_children() if isinstance(c, nn.Linear)}
+        if {"gate_proj", "up_proj", "down_proj"} <= names:
+            out.append((mod, ["gate_proj", "up_proj"], "down_proj"))
+        elif {"fc1", "fc2"} <= names:
+            out.append((mod, ["fc1"], "fc2"))
+    return out
+
+
+class PruneFFN(Optimization):
+    id = "prune-ffn"
+    name = "Prune MLP channels"
+    summary = ("Structured pruning: remove the MLP's intermediate channels with the smallest "
+               "output-weight norm (transformers' prune_linear_layer): smaller dense weights.")
+    category = "pruning"
+    params = (Param("amount", "float", 0.25, minimum=0.01, maximum=0.95,
+                    help="fraction of intermediate channels removed"),)
+    conflicts = ("int8-dynamic", "torchao-int8")
+
+    def check_model(self, model, params):
+        return None if _mlp_triples(model) else (
+            "no gated (gate/up/down) or fc1/fc2 MLP made of nn.Linear layers found")
+
+    def _apply(self, model, params, hooks, device, record):
+        from transformers.pytorch_utils import prune_linear_layer
+
+        removed = 0
+        for mlp, ins, out_name in _mlp_triples(model):
+            down = getattr(mlp, out_name)
+            width = down.weight.shape[1]
+            keep_n = max(1, round(width * (1 - params["amount"])))
+            score = down.weight.detach().float().norm(dim=0)
+            keep = score.topk(keep_n).indices.sort().values.to(down.weight.device)
+            for name in ins:
+                setattr(mlp, name, prune_linear_layer(getattr(mlp, name), keep, dim=0))
+            setattr(mlp, out_name, prune_linear_layer(down, keep, dim=1))
+            removed += width - keep_n
+        record.modules_touched = len(_mlp_triples(model))
+        record.notes.append(f"removed {removed} intermediate channels in "
+                            f"{record.modules_touched} MLPs")
+
+
+class PruneHeads(Optimization):
+    id = "prune-heads"
+    name = "Prune attention heads"
+    summary = ("Structured pruning: remove whole key/value head groups (the KV head and its "
+               "query heads) with the smallest output-weight norm, per layer; shrinks weights "
+               "and the KV cache.")
+    category = "pruning"
+    params = (Param("groups", "int", 1, minimum=1, maximum=1024,
+                    help="KV head groups removed in every attention layer"),)
+    conflicts = ("int8-dynamic", "torchao-int8")
+
+    @staticmethod
+    def _attentions(model: nn.Module) -> list[nn.Module]:
+        return [m for m in model.modules()
+                if all(isinstance(getattr(m, n, None), nn.Linear)
+                       for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+                and isinstance(getattr(m, "head_dim", None), int)]
+
+    def check_model(self, model, params):
+        attns = self._attentions(model)
+        if not attns:
+            return "no attention with q/k/v/o projections and head_dim found"
+        kv = attns[0].k_proj.out_features // attns[0].head_dim
+        if params["groups"] >= kv:
+            return f"the attention has {kv} key/value heads: at least one group must stay"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        from transformers.pytorch_utils import prune_linear_layer
+
+        for attn in self._attentions(model):
+            d = attn.head_dim
+            kv = attn.k_proj.out_features // d
+            q_per_kv = attn.q_proj.out_features // d // kv
+            o = attn.o_proj.weight.detach().float()
+            group_width = q_per_kv * d
+            score = torch.stack([o[:, g * group_width:(g + 1) * group_width].norm()
+                                 for g in range(kv)])
+            keep_groups = score.topk(kv - params["groups"]).indices.sort().values.tolist()
+            dev = attn.q_proj.weight.device
+            q_idx = torch.tensor([g * group_width + i for g in keep_groups
+                                  for i in range(group_width)], device=dev)
+            kv_idx = torch.tensor([g * d + i for g in keep_groups for i in range(d)], device=dev)
+            attn.q_proj = prune_linear_layer(attn.q_proj, q_idx, dim=0)
+            attn.k_proj = prune_linear_layer(attn.k_proj, kv_idx, dim=0)
+            attn.v_proj = prune_linear_layer(attn.v_proj, kv_idx, dim=0)
+            attn.o_proj = prune_linear_layer(attn.o_proj, q_idx, dim=1)
+        record.modules_touched = len(self._attentions(model))
+        record.notes.append(f"removed {params['groups']} key/value head group(s) per layer "
+                            "(the head count follows from the projection sizes)")
+
+
 # -- attention ----------------------------------------------------------------------------------------
 class Attention(Optimization):
     id = "attention"
@@ -593,8 +690,8 @@ class KVCache(Optimization):
 
 
 REGISTRY: dict[str, Optimization] = {o.id: o for o in (
-    Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), PruneUnstructured(), DropBlocks(),
-    Attention(), Checkpointing(), FreezeBase(), LoRA(), KVCache(),
+    Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), PruneUnstructured(), PruneFFN(),
+    PruneHeads(), DropBlocks(), Attention(), Checkpointing(), FreezeBase(), LoRA(), KVCache(),
 )}
 
 

@@ -237,3 +237,26 @@ def test_missing_optional_library_is_reported_with_the_install_hint(monkeypatch)
     with pytest.raises(MemLensError) as e:
         resolve([{"id": "lora"}], "train", "cpu")
     assert "pip install peft" in e.value.message
+
+
+def test_prune_ffn_removes_whole_channels():
+    r = run([{"id": "prune-ffn", "params": {"amount": 0.25}}])
+    a = r.optimizations[0]
+    removed = INTER // 4  # channels per MLP
+    assert a["weights_bytes_before"] - a["weights_bytes_after"] == LAYERS * 3 * removed * HIDDEN * 4
+    assert r.deltas["peak_bytes"] < 0
+    assert r.quality["kl_divergence"] > 0
+
+
+def test_prune_heads_removes_kv_groups_and_shrinks_the_cache():
+    r = run([{"id": "prune-heads", "params": {"groups": 1}}], workload="generate", seq=16,
+            new_tokens=4)
+    a = r.optimizations[0]
+    q_per_kv = HEADS // KV_HEADS
+    per_layer = (2 * q_per_kv * HEAD_DIM * HIDDEN + 2 * HEAD_DIM * HIDDEN) * 4  # q, o + k, v
+    assert a["weights_bytes_before"] - a["weights_bytes_after"] == LAYERS * per_layer
+    positions = r.generation["cached_positions"]
+    one_group = 2 * (KV_HEADS - 1) * HEAD_DIM * positions * 4
+    assert all(layer.kv_cache_bytes == one_group for layer in r.layers if layer.kind == "attention")
+    with pytest.raises(MemLensError):
+        resolve([{"id": "prune-heads", "params": {"groups": 0}}], "forward", "cpu")
