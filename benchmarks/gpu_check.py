@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny config (dry run)")
     ap.add_argument("--seqs", default="512,2048,8192")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--optimizations", action="store_true",
+                    help="also run benchmarks/optimizations.py on the same model (its table "
+                         "goes to optimizations.md and optimizations.json in --out)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -205,6 +208,24 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001
         report["errors"].append(f"memtracker: {exc!r}")
         log(lines, f"memtracker: ERROR {exc!r}")
+    if args.optimizations:
+        import contextlib
+        import io
+
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import optimizations as opt_bench
+
+        buffer = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buffer):
+                opt_bench.main(["--model", model_arg, "--device", args.device, "--dtype", dtype,
+                                "--seq", "2048" if not args.tiny else "64", "--new-tokens",
+                                "64" if not args.tiny else "8", "--repeats", "3",
+                                "--json", str(args.out / "optimizations.json")])
+        except Exception as exc:  # noqa: BLE001
+            report["errors"].append(f"optimizations: {exc!r}")
+        (args.out / "optimizations.md").write_text(buffer.getvalue())
+        log(lines, buffer.getvalue())
     report["nvml"] = {"available": gpu.available, "reason": gpu.reason,
                       "driver": gpu.driver_version()}
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))

@@ -413,6 +413,13 @@ class DropBlocks(Optimization):
         record.notes.append(f"removed blocks {drop} of {n}")
 
 
+def _slice_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """transformers' prune_linear_layer, keeping the layer's dtype (it builds float32)."""
+    from transformers.pytorch_utils import prune_linear_layer
+
+    return prune_linear_layer(layer, index, dim=dim).to(dtype=layer.weight.dtype)
+
+
 def _mlp_triples(model: nn.Module) -> list[tuple[nn.Module, list[str], str]]:
     """(mlp module, input projections, output projection) for gated (Llama) and plain MLPs."""
     out = []
@@ -440,8 +447,6 @@ class PruneFFN(Optimization):
             "no gated (gate/up/down) or fc1/fc2 MLP made of nn.Linear layers found")
 
     def _apply(self, model, params, hooks, device, record):
-        from transformers.pytorch_utils import prune_linear_layer
-
         removed = 0
         for mlp, ins, out_name in _mlp_triples(model):
             down = getattr(mlp, out_name)
@@ -450,8 +455,8 @@ class PruneFFN(Optimization):
             score = down.weight.detach().float().norm(dim=0)
             keep = score.topk(keep_n).indices.sort().values.to(down.weight.device)
             for name in ins:
-                setattr(mlp, name, prune_linear_layer(getattr(mlp, name), keep, dim=0))
-            setattr(mlp, out_name, prune_linear_layer(down, keep, dim=1))
+                setattr(mlp, name, _slice_linear(getattr(mlp, name), keep, dim=0))
+            setattr(mlp, out_name, _slice_linear(down, keep, dim=1))
             removed += width - keep_n
         record.modules_touched = len(_mlp_triples(model))
         record.notes.append(f"removed {removed} intermediate channels in "
@@ -486,8 +491,6 @@ class PruneHeads(Optimization):
         return None
 
     def _apply(self, model, params, hooks, device, record):
-        from transformers.pytorch_utils import prune_linear_layer
-
         for attn in self._attentions(model):
             d = attn.head_dim
             kv = attn.k_proj.out_features // d
@@ -501,10 +504,10 @@ class PruneHeads(Optimization):
             q_idx = torch.tensor([g * group_width + i for g in keep_groups
                                   for i in range(group_width)], device=dev)
             kv_idx = torch.tensor([g * d + i for g in keep_groups for i in range(d)], device=dev)
-            attn.q_proj = prune_linear_layer(attn.q_proj, q_idx, dim=0)
-            attn.k_proj = prune_linear_layer(attn.k_proj, kv_idx, dim=0)
-            attn.v_proj = prune_linear_layer(attn.v_proj, kv_idx, dim=0)
-            attn.o_proj = prune_linear_layer(attn.o_proj, q_idx, dim=1)
+            attn.q_proj = _slice_linear(attn.q_proj, q_idx, dim=0)
+            attn.k_proj = _slice_linear(attn.k_proj, kv_idx, dim=0)
+            attn.v_proj = _slice_linear(attn.v_proj, kv_idx, dim=0)
+            attn.o_proj = _slice_linear(attn.o_proj, q_idx, dim=1)
         record.modules_touched = len(self._attentions(model))
         record.notes.append(f"removed {params['groups']} key/value head group(s) per layer "
                             "(the head count follows from the projection sizes)")

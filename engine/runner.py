@@ -748,7 +748,8 @@ def _trap_warnings(result: RunResult) -> None:
     d = result.deltas
     if d:
         names = ", ".join(a["name"] for a in result.optimizations)
-        if d["peak_bytes"] > 0:
+        base_peak = (result.baseline or {}).get("peak_bytes") or 0
+        if d["peak_bytes"] > max(64 << 10, 0.01 * base_peak):
             result.warnings.append(f"With {names} the peak rose by {d['peak_bytes'] / 2**20:.2f} "
                                    "MiB over the unoptimized baseline.")
         if d["latency_ratio"] and d["latency_ratio"] > 1.1:

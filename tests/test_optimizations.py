@@ -260,3 +260,11 @@ def test_prune_heads_removes_kv_groups_and_shrinks_the_cache():
     assert all(layer.kv_cache_bytes == one_group for layer in r.layers if layer.kind == "attention")
     with pytest.raises(MemLensError):
         resolve([{"id": "prune-heads", "params": {"groups": 0}}], "forward", "cpu")
+
+
+@pytest.mark.parametrize("spec", [{"id": "prune-ffn"}, {"id": "prune-heads"}])
+def test_structured_pruning_keeps_the_dtype(spec):
+    r = run([spec], dtype="bfloat16")
+    a = r.optimizations[0]
+    assert a["weights_bytes_after"] < a["weights_bytes_before"]
+    assert r.model_info["dtype"] == "bfloat16"
