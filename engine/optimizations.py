@@ -575,6 +575,12 @@ class Checkpointing(Optimization):
         record.modules_touched = len(found[1]) // params["every_n"] if found else 0
 
 
+def _trainable(model: nn.Module) -> str:
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    return f"trainable parameters: {n_train} of {n_all} ({n_train / n_all:.2%})"
+
+
 class FreezeBase(Optimization):
     conflicts = ("lora",)
     id = "freeze-base"
@@ -609,10 +615,7 @@ class FreezeBase(Optimization):
             p.requires_grad_(True)
         record.modules_touched = sum(1 for m in model.modules()
                                      if any(p.requires_grad for p in m.parameters(recurse=False)))
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        n_all = sum(p.numel() for p in model.parameters())
-        record.notes.append(f"trainable parameters: {n_train} of {n_all} "
-                            f"({n_train / n_all:.1%}; a tied head shares the embedding)")
+        record.notes.append(_trainable(model) + " (a tied head shares the embedding)")
 
 
 class LoRA(Optimization):
@@ -639,8 +642,8 @@ class LoRA(Optimization):
         for name, _ in _linears(model):
             leaf = name.rsplit(".", 1)[-1]
             if which == "all-linear" or leaf in ("q_proj", "k_proj", "v_proj", "o_proj",
-                                                 "query", "key", "value", "c_attn", "c_proj",
-                                                 "out_proj", "qkv_proj", "dense"):
+                                                 "query", "key", "value", "out_proj",
+                                                 "qkv_proj"):
                 names.append(leaf)
         return sorted(set(names))
 
@@ -661,10 +664,7 @@ class LoRA(Optimization):
             p.requires_grad_("lora_" in name)
         adapters = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
         record.modules_touched = len(adapters)
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        n_all = sum(p.numel() for p in model.parameters())
-        record.notes.append(f"adapters on {', '.join(targets)}: {n_train} trainable of {n_all} "
-                            f"parameters ({n_train / n_all:.2%})")
+        record.notes.append(f"adapters on {', '.join(targets)}; {_trainable(model)}")
 
 
 # -- KV cache -----------------------------------------------------------------------------------------
