@@ -37,6 +37,7 @@ ROWS = [
     ("forward", "attention:impl=eager"),
     ("forward", "attention:impl=sdpa"),
     ("generate", "kv-cache:policy=static"),
+    ("generate", "sliding-window:window=64"),
     ("train", "checkpointing"),
     ("train", "freeze-base"),
     ("train", "lora:rank=8,targets=attention"),

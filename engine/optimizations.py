@@ -542,6 +542,35 @@ class Attention(Optimization):
         record.notes.append(f"attention {before} → {params['impl']}")
 
 
+class SlidingWindow(Optimization):
+    id = "sliding-window"
+    name = "Sliding-window attention"
+    summary = ("Each token attends to the last W positions only (architectures with a window "
+               "setting, e.g. Mistral, Qwen2): a local mask, and a KV cache bounded to W.")
+    category = "attention"
+    params = (Param("window", "int", 64, minimum=1, maximum=1 << 20,
+                    help="positions each token attends to"),)
+
+    def check_model(self, model, params):
+        cfg = getattr(model, "config", None)
+        if cfg is None or "sliding_window" not in type(cfg)().to_dict():
+            return (f"{type(model).__name__} has no sliding-window setting (its attention is "
+                    "always global)")
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        cfg = model.config
+        before = cfg.sliding_window
+        cfg.sliding_window = params["window"]
+        if hasattr(cfg, "use_sliding_window"):
+            cfg.use_sliding_window = True
+        types = getattr(cfg, "layer_types", None)
+        if isinstance(types, list):
+            cfg.layer_types = ["sliding_attention"] * len(types)
+        record.modules_touched = sum(1 for m in model.modules() if "Attention" in type(m).__name__)
+        record.notes.append(f"sliding window {before} → {params['window']} positions")
+
+
 # -- training memory ----------------------------------------------------------------------------------
 class Checkpointing(Optimization):
     id = "checkpointing"
@@ -694,7 +723,7 @@ class KVCache(Optimization):
 
 REGISTRY: dict[str, Optimization] = {o.id: o for o in (
     Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), PruneUnstructured(), PruneFFN(),
-    PruneHeads(), DropBlocks(), Attention(), Checkpointing(), FreezeBase(), LoRA(), KVCache(),
+    PruneHeads(), DropBlocks(), Attention(), SlidingWindow(), Checkpointing(), FreezeBase(), LoRA(), KVCache(),
 )}
 
 

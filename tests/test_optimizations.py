@@ -268,3 +268,22 @@ def test_structured_pruning_keeps_the_dtype(spec):
     a = r.optimizations[0]
     assert a["weights_bytes_after"] < a["weights_bytes_before"]
     assert r.model_info["dtype"] == "bfloat16"
+
+
+def test_sliding_window_bounds_the_kv_cache():
+    r = run([{"id": "sliding-window", "params": {"window": 16}}], model="preset:tiny-mistral",
+            workload="generate", seq=40, new_tokens=6)
+    base = run([], model="preset:tiny-mistral", workload="generate", seq=40, new_tokens=6)
+    per_pos = 2 * KV_HEADS * HEAD_DIM * 4
+    attn = [layer for layer in r.layers if layer.kind == "attention"]
+    assert all(layer.kv_cache_bytes <= 16 * per_pos + 64 for layer in attn)
+    assert all(layer.kv_cache_bytes == 45 * per_pos
+               for layer in base.layers if layer.kind == "attention")
+    assert r.generation["kv_cache_bytes"] < base.generation["kv_cache_bytes"] / 2
+    assert r.quality["kl_divergence"] > 0  # tokens beyond the window are no longer seen
+
+
+def test_sliding_window_refused_where_attention_is_always_global():
+    events = Collector()
+    assert execute(tiny(optimizations=[{"id": "sliding-window"}]), events) is None
+    assert "no sliding-window setting" in events.failed.message
