@@ -37,6 +37,7 @@ ROWS = [
     ("forward", "attention:impl=eager"),
     ("forward", "attention:impl=sdpa"),
     ("generate", "kv-cache:policy=static"),
+    ("generate", "kv-cache:policy=fp8"),
     ("generate", "sliding-window:window=64"),
     ("train", "checkpointing"),
     ("train", "freeze-base"),
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             qual = f"cosine {q['cosine_similarity']:.4f}"
         else:
             qual = "—"
+        if q.get("generated_token_agreement") is not None:
+            qual += f"; generated tokens {q['generated_token_agreement']:.0%} as baseline"
         rows.append(
             f"| {workload} | `{spec}` | {b['model_weights_bytes'] / MiB:.2f} → "
             f"{t.model_weights_bytes / MiB:.2f} | {b['peak_bytes'] / MiB:.2f} → "

@@ -392,6 +392,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
                 parts.append(ppl)
             if parts:
                 w(f"quality on {q['text']} ({q['tokens']} tokens): {'; '.join(parts)}\n")
+            if q.get("generated_token_agreement") is not None:
+                w(f"generated tokens identical to the baseline's: "
+                  f"{q['generated_token_agreement']:.1%}\n")
         elif q.get("cosine_similarity") is not None:
             w(f"quality on {q['text']}: cosine similarity of pooled embeddings "
               f"{q['cosine_similarity']:.5f}\n")

@@ -34,10 +34,13 @@ def cache_layer_tensors(cache: Any, index: int) -> list[torch.Tensor]:
         t = getattr(layer, attr, None)
         if isinstance(t, torch.Tensor):
             out.append(t)
-    # Quantized caches keep the bulk in other attributes; count every tensor the layer holds.
+    # Quantized caches keep the bulk in other attributes, some as (data, scale) tuples; count
+    # every tensor the layer holds.
     for name, value in vars(layer).items():
-        if name not in ("keys", "values") and isinstance(value, torch.Tensor):
-            out.append(value)
+        if name in ("keys", "values"):
+            continue
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        out.extend(v for v in items if isinstance(v, torch.Tensor))
     return out
 
 

@@ -267,9 +267,11 @@ class Int8Dynamic(Optimization):
 def _missing(module: str, package: str) -> str | None:
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
-        return f"needs the optional package {package}: pip install {package}"
-    return None
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        found = False
+    return None if found else f"needs the optional package {package}: pip install {package}"
 
 
 @contextlib.contextmanager
@@ -701,19 +703,43 @@ class KVCache(Optimization):
     id = "kv-cache"
     name = "KV cache policy"
     summary = ("dynamic grows by concatenation each step; static preallocates prompt + new "
-               "tokens once (no reallocation, more memory up front).")
+               "tokens once; fp8 stores keys/values in 8-bit floats (transformers' quantized "
+               "cache); quanto-int4/int2 quantize them group-wise (optimum-quanto).")
     category = "kv_cache"
-    params = (Param("policy", "choice", "static", ("dynamic", "static")),)
+    params = (Param("policy", "choice", "static",
+                    ("dynamic", "static", "fp8", "quanto-int4", "quanto-int2")),)
     workloads = ("generate",)
 
+    def check_config(self, workload, device, params):
+        if params["policy"].startswith("quanto"):
+            missing = _missing("optimum.quanto", "optimum-quanto")
+            if missing:
+                return missing
+        return super().check_config(workload, device, params)
+
+    def check_model(self, model, params):
+        if params["policy"] in ("fp8", "quanto-int4", "quanto-int2"):
+            types = getattr(model.config, "layer_types", None) or []
+            if any(t != "full_attention" for t in types):
+                return "quantized caches need every layer to use full attention"
+        return None
+
     def _apply(self, model, params, hooks, device, record):
-        from transformers import DynamicCache, StaticCache
+        from transformers import DynamicCache, QuantizedCache, StaticCache
 
         policy = params["policy"]
         hooks.cache_policy = policy
         if policy == "static":
             def factory(m: nn.Module, batch: int, max_len: int) -> Any:
                 return StaticCache(config=m.config, max_cache_len=max_len)
+        elif policy == "fp8":
+            def factory(m: nn.Module, batch: int, max_len: int) -> Any:
+                return QuantizedCache(backend="fp8", config=m.config)
+        elif policy.startswith("quanto"):
+            nbits = 4 if policy.endswith("int4") else 2
+
+            def factory(m: nn.Module, batch: int, max_len: int) -> Any:
+                return QuantizedCache(backend="quanto", config=m.config, nbits=nbits)
         else:
             def factory(m: nn.Module, batch: int, max_len: int) -> Any:
                 return DynamicCache(config=m.config)

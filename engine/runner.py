@@ -303,6 +303,15 @@ class _Run:
             result.quality = quality_mod.measure(reference)
 
         layers = self._measure(model, tracked, inputs, device, result)
+        if chosen and result.generation and result.baseline:
+            # Cache policies do not change a plain forward; what they change shows in what is
+            # generated, compared token by token with the baseline's greedy output.
+            base_ids = result.baseline.get("generated_token_ids") or []
+            ids = result.generation.get("token_ids") or []
+            n = min(len(base_ids), len(ids))
+            if n and result.quality is not None:
+                result.quality["generated_token_agreement"] = (
+                    sum(a == b for a, b in zip(base_ids, ids)) / n)
         if chosen:
             _deltas(result)
         _trap_warnings(result)
@@ -500,6 +509,7 @@ class _Run:
                 "prefill_peak_bytes": probe.acc.phase_peaks.get("prefill"),
                 "decode_peak_bytes": probe.acc.phase_peaks.get("decode"),
                 "text": self._decode(gen.new_ids),
+                "token_ids": list(gen.new_ids),
             }
         if training:
             step = extra["step"]
@@ -696,6 +706,7 @@ def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str,
         "optimizer_state_bytes": t.optimizer_state_bytes,
         "plain_latency_ms": t.plain_latency_ms, "tokens_per_s": t.tokens_per_s,
         "flops": t.flops,
+        "generated_token_ids": (scratch.generation or {}).get("token_ids"),
         "layers": {layer.name: {"at_peak_bytes": layer.at_peak_bytes,
                                 "weights_bytes": layer.weights_bytes,
                                 "latency_ms": layer.latency_ms} for layer in layers},

@@ -287,3 +287,23 @@ def test_sliding_window_refused_where_attention_is_always_global():
     events = Collector()
     assert execute(tiny(optimizations=[{"id": "sliding-window"}]), events) is None
     assert "no sliding-window setting" in events.failed.message
+
+
+def test_fp8_kv_cache_is_a_quarter_and_its_quality_shows_in_generation():
+    r = run([{"id": "kv-cache", "params": {"policy": "fp8"}}], workload="generate", seq=40,
+            new_tokens=6)
+    positions = r.generation["cached_positions"]
+    fp32 = 2 * KV_HEADS * HEAD_DIM * positions * 4
+    for layer in (la for la in r.layers if la.kind == "attention"):
+        assert fp32 // 4 <= layer.kv_cache_bytes <= fp32 // 4 + 64  # 1-byte values + scales
+    assert 0.0 <= r.quality["generated_token_agreement"] <= 1.0
+
+
+def test_quanto_cache_needs_its_library():
+    from engine.optimizations import _missing
+
+    if _missing("optimum.quanto", "optimum-quanto") is None:
+        pytest.skip("optimum-quanto is installed here")
+    with pytest.raises(MemLensError) as e:
+        resolve([{"id": "kv-cache", "params": {"policy": "quanto-int4"}}], "generate", "cpu")
+    assert "pip install optimum-quanto" in e.value.message
