@@ -42,6 +42,7 @@ ROWS = [
     ("train", "checkpointing"),
     ("train", "freeze-base"),
     ("train", "lora:rank=8,targets=attention"),
+    ("train", "low-bit-optimizer:bits=8"),
     ("train", "cast:dtype=bfloat16"),
 ]
 

@@ -338,6 +338,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
         if t.tokens_per_s:
             w(f" · {t.tokens_per_s:,.0f} tokens/s")
         w("\n")
+        if timing.get("warmup_ms"):
+            w(f"first (warm-up) pass {timing['warmup_ms'][0]:.1f} ms: one-time costs such as "
+              "lazy initialisation or compilation\n")
     if t.load_peak_bytes is not None or t.steady_bytes is not None:
         w(f"load: peak {human_bytes(t.load_peak_bytes)}, steady {human_bytes(t.steady_bytes)} "
           f"({t.load_source})\n")

@@ -72,6 +72,10 @@ class RunHooks:
 
     autocast: torch.dtype | None = None
     cache_factory: Callable[[nn.Module, int, int], Any] | None = None
+    optimizer_factory: Callable[[list[nn.Parameter], float], Any] | None = None
+    # The optimizer step runs compiled code, which cannot run under a Python dispatch mode:
+    # the memory pass steps it outside tensor accounting (and says so).
+    optimizer_compiled: bool = False
     cache_policy: str = "dynamic"
 
     @contextlib.contextmanager
@@ -698,6 +702,33 @@ class LoRA(Optimization):
         record.notes.append(f"adapters on {', '.join(targets)}; {_trainable(model)}")
 
 
+class LowBitOptimizer(Optimization):
+    id = "low-bit-optimizer"
+    name = "Low-bit AdamW state"
+    summary = ("AdamW with its two moment tensors stored in 8 or 4 bits (torchao.optim; its "
+               "step is compiled on first use, which the first-step time shows).")
+    category = "training"
+    params = (Param("bits", "choice", "8", ("8", "4")),)
+    workloads = ("train",)
+
+    def check_config(self, workload, device, params):
+        return _missing("torchao", "torchao") or super().check_config(workload, device, params)
+
+    def _apply(self, model, params, hooks, device, record):
+        with _quiet_import():
+            from torchao.optim import AdamW4bit, AdamW8bit
+
+        cls = AdamW8bit if params["bits"] == "8" else AdamW4bit
+
+        def factory(parameters: list[nn.Parameter], lr: float) -> Any:
+            return cls(parameters, lr=lr)
+
+        hooks.optimizer_factory = factory
+        hooks.optimizer_compiled = True
+        record.notes.append(f"optimizer: torchao {cls.__name__} (moments in {params['bits']} "
+                            "bits, blockwise scales)")
+
+
 # -- KV cache -----------------------------------------------------------------------------------------
 class KVCache(Optimization):
     id = "kv-cache"
@@ -749,7 +780,8 @@ class KVCache(Optimization):
 
 REGISTRY: dict[str, Optimization] = {o.id: o for o in (
     Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), PruneUnstructured(), PruneFFN(),
-    PruneHeads(), DropBlocks(), Attention(), SlidingWindow(), Checkpointing(), FreezeBase(), LoRA(), KVCache(),
+    PruneHeads(), DropBlocks(), Attention(), SlidingWindow(), Checkpointing(), FreezeBase(),
+    LoRA(), LowBitOptimizer(), KVCache(),
 )}
 
 

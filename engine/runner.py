@@ -342,11 +342,16 @@ class _Run:
         cfg = self.config
         tag = "baseline " if baseline else ""
         if cfg.workload == "train":
-            self.optimizer = wl.make_optimizer(model, cfg.lr)
+            self.optimizer = wl.make_optimizer(model, cfg.lr, self.hooks.optimizer_factory)
+        warm: list[float] = []
         for i in range(cfg.warmup):
             self.progress("baseline" if baseline else "warmup", i / max(1, cfg.warmup),
                           f"{tag}warm-up pass")
+            wl.sync(device)
+            t0 = time.perf_counter()
             self._plain_pass(model, inputs, device)
+            wl.sync(device)
+            warm.append((time.perf_counter() - t0) * 1e3)
         self.progress("baseline" if baseline else "memory", None,
                       f"{tag}memory pass (tensor accounting)")
         layers, mem_extra = self._memory_pass(model, tracked, inputs, device, result)
@@ -354,6 +359,8 @@ class _Run:
             _emit(self.listener, LayerStatsReady(tuple(layers), final=False))
         self._timing(model, tracked, inputs, device, layers, result, mem_extra,
                      stage="baseline" if baseline else "timing")
+        # The first pass carries one-time costs (kernel selection, lazy init, compilation).
+        result.timing["warmup_ms"] = warm
         return layers
 
     def _inputs(self, model: torch.nn.Module, device: torch.device) -> wl.Inputs:
@@ -410,7 +417,14 @@ class _Run:
                                                       cache_factory=hooks.cache_factory)
             else:
                 extra["step"] = wl.train_step(model, inputs, self.optimizer, device, probe,
-                                              context=hooks.context)
+                                              context=hooks.context,
+                                              step_outside_probe=hooks.optimizer_compiled)
+                if hooks.optimizer_compiled:
+                    result.warnings.append(
+                        "The optimizer step runs compiled code, which cannot run under tensor "
+                        "accounting: its state is counted, but memory it allocates and frees "
+                        "inside the step is not in this run's CPU peak (the CUDA allocator's "
+                        "peak includes it).")
         if cuda:
             torch.cuda.synchronize(device)
             if detailed is not None:
@@ -514,7 +528,7 @@ class _Run:
         if training:
             step = extra["step"]
             result.training = {
-                "loss": step.loss, "synthetic_loss": step.synthetic_loss, "optimizer": "AdamW",
+                "loss": step.loss, "synthetic_loss": step.synthetic_loss, "optimizer": type(self.optimizer).__name__,
                 "lr": cfg.lr,
                 "saved_for_backward_bytes": sum(probe.saved_bytes.values()),
                 "gradient_bytes": sum(grads.values()),
@@ -656,9 +670,8 @@ class _Run:
             if owner is None:
                 continue
             state = self.optimizer.state.get(p, {}) if self.optimizer is not None else {}
-            opt[owner] = opt.get(owner, 0) + sum(
-                v.numel() * v.element_size() for v in state.values()
-                if isinstance(v, torch.Tensor))
+            opt[owner] = opt.get(owner, 0) + unique_nbytes(
+                [v for v in state.values() if isinstance(v, torch.Tensor)])
             if p.requires_grad:
                 # Gradients are freed by the next zero_grad; their size is the parameter's.
                 grads[owner] = grads.get(owner, 0) + p.numel() * p.element_size()

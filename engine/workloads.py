@@ -197,17 +197,19 @@ class StepTrace:
     synthetic_loss: bool = False
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, factory: Any = None) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise MemLensError(ErrorKind.NOT_APPLICABLE, "The model has no trainable parameters.",
                            "Unfreeze some parameters, or run a forward workload.")
+    if factory is not None:
+        return factory(params, lr)
     return torch.optim.AdamW(params, lr=lr)
 
 
 def train_step(model: nn.Module, inputs: Inputs, optimizer: torch.optim.Optimizer,
                device: torch.device, probe: MemoryProbe | None = None,
-               context: Any = None) -> StepTrace:
+               context: Any = None, step_outside_probe: bool = False) -> StepTrace:
     """One step: forward with loss, backward, optimizer step (gradients are then freed).
 
     ``context(device)`` wraps the forward and loss only (autocast's recommended use)."""
@@ -240,7 +242,13 @@ def train_step(model: nn.Module, inputs: Inputs, optimizer: torch.optim.Optimize
         t2 = time.perf_counter()
         if probe is not None:
             probe.phase = "optimizer"
-        optimizer.step()
+        if probe is not None and step_outside_probe:
+            from torch.utils._python_dispatch import _disable_current_modes
+
+            with _disable_current_modes():  # compiled steps refuse Python dispatch modes
+                optimizer.step()
+        else:
+            optimizer.step()
         sync(device)
         t3 = time.perf_counter()
         if probe is not None:
