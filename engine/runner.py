@@ -218,10 +218,9 @@ class _Run:
         self.sampler = Sampler(hz=cfg.sample_hz, device=str(device),
                                callback=lambda s: _emit(self.listener, s), t0=self.t_start)
         self.sampler.start()
-        self.progress("load", None, f"loading {cfg.model}")
-
-        # -- load, with its peak against the state after loading --------------------------------
         # Import the libraries first so their code is not counted as the model's load cost.
+        # An import cannot be interrupted: a cancel during "prepare" takes effect right after.
+        self.progress("prepare", None, "importing libraries")
         import transformers
 
         from .models import preimport_architecture
@@ -229,6 +228,9 @@ class _Run:
         _ = (transformers.AutoConfig, transformers.AutoModel, transformers.AutoModelForCausalLM,
              transformers.AutoTokenizer)
         preimport_architecture(cfg.model)
+        self.progress("load", None, f"loading {cfg.model}")
+
+        # -- load, with its peak against the state after loading --------------------------------
         rss_before = procmem.rss_bytes()
         hwm_ok = procmem.reset_rss_peak()
         if cuda:

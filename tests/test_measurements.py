@@ -248,7 +248,7 @@ def test_timeline_and_overhead_recorded(forward_run):
     assert r.timeline["rss_bytes"] and all(v > 0 for v in r.timeline["rss_bytes"])
     assert all(v is None for v in r.timeline["gpu_used_bytes"])  # no GPU: None, never 0
     assert r.totals.instrumentation_overhead is not None and r.totals.instrumentation_overhead > 0
-    assert [p["name"] for p in r.phases][:1] == ["load"]
+    assert [p["name"] for p in r.phases][:2] == ["prepare", "load"]
     assert all(layer.latency_ms is not None and layer.latency_ms > 0 for layer in r.layers)
     assert r.timing["detailed_overhead"] > 0
     assert r.timing["live_modules"] < r.timing["detailed_modules"] == len(r.layers)

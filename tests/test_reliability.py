@@ -1,0 +1,117 @@
+"""Faults the engine must survive with a clear message, memory released and saved runs intact."""
+
+from __future__ import annotations
+
+import gc
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from engine.errors import ErrorKind
+from engine.events import Progress
+from engine.runner import Runner, execute
+from engine.store import RunStore
+
+from .helpers import Collector, tiny
+
+
+def _live(cls_name: str = "LlamaForCausalLM") -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o).__name__ == cls_name)
+
+
+@pytest.mark.parametrize("stage", ["load", "warmup", "memory", "optimize", "baseline"])
+def test_cancel_at_each_stage_stops_quickly_and_frees_the_model(stage):
+    before = _live()
+    events = Collector()
+    runner_box: dict = {}
+
+    def listener(e):
+        events(e)
+        if isinstance(e, Progress) and e.stage == stage and "t0" not in runner_box:
+            runner_box["t0"] = time.perf_counter()
+            runner_box["runner"].cancel()
+
+    runner = Runner(listener)
+    runner_box["runner"] = runner
+    opts = [{"id": "cast"}] if stage in ("optimize", "baseline") else []
+    runner.start(tiny(workload="generate", new_tokens=50, warmup=2, repeats=20,
+                      optimizations=opts))
+    assert runner.wait(30)
+    assert "t0" in runner_box, f"the run never reached {stage}"
+    assert time.perf_counter() - runner_box["t0"] < 1.0
+    assert events.failed is not None and events.failed.kind == "cancelled"
+    assert _live() == before
+
+
+def test_a_read_only_store_keeps_the_result_and_says_why(tmp_path):
+    root = tmp_path / "ro"
+    root.mkdir()
+    root.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(root, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        events = Collector()
+        result = execute(tiny(), events, store=RunStore(root))
+        assert result is not None
+        assert any("not saved" in w for w in result.warnings)
+    finally:
+        root.chmod(stat.S_IRWXU)
+
+
+def test_an_unwritable_store_path_is_a_clear_store_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    events = Collector()
+    result = execute(tiny(), events, store=RunStore(blocker / "runs"))
+    assert result is not None  # the measurement is not lost
+    assert any("not saved" in w and "MEMLENS_HOME" in w for w in result.warnings)
+
+
+def test_two_writers_on_one_store_lose_nothing(tmp_path):
+    store = RunStore(tmp_path)
+    result = execute(tiny())
+    results = []
+    for i in range(12):
+        r = type(result).from_dict(result.to_dict())
+        r.run_id = f"{result.run_id}-{i}"
+        results.append(r)
+    errors: list[BaseException] = []
+
+    def save(batch):
+        try:
+            for r in batch:
+                RunStore(tmp_path).save(r)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(results[i::2],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(s.run_id for s in store.list()) == sorted(r.run_id for r in results)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_attention_file_beside_a_run_is_not_an_error(tmp_path):
+    store = RunStore(tmp_path)
+    result = execute(tiny(attention_maps=True), Collector(), store=store)
+    store.attention_path(result.run_id).unlink()
+    assert store.load_attention(result.run_id) is None
+    assert store.load(result.run_id).attention["captured"]
+
+
+def test_damaged_attention_file_is_explained(tmp_path):
+    from engine.errors import MemLensError
+
+    store = RunStore(tmp_path)
+    result = execute(tiny(attention_maps=True), Collector(), store=store)
+    store.attention_path(result.run_id).write_bytes(b"\x00garbage")
+    with pytest.raises(MemLensError) as e:
+        store.load_attention(result.run_id)
+    assert e.value.kind == ErrorKind.STORE and "intact" in e.value.hint
