@@ -617,3 +617,14 @@ def test_optimization_controls_follow_the_registry(qtbot):
     config = window.controls.config()
     assert config["optimizations"] == [{"id": "checkpointing", "params": {"every_n": 2}}]
     RunConfig.from_dict(config).validate()
+
+
+def test_timeline_says_when_there_is_no_gpu_series(qtbot):
+    from gui.panels.timeline import TimelinePanel
+
+    panel = TimelinePanel()
+    qtbot.addWidget(panel)
+    panel.add_samples([Sample(t=0.0, rss_bytes=1 << 20), Sample(t=0.1, rss_bytes=2 << 20)])
+    assert "no NVML readings" in panel.gpu_note.text()
+    panel.add_samples([Sample(t=0.2, rss_bytes=2 << 20, gpu_used_bytes=3 << 20)])
+    assert panel.gpu_note.text() == ""

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from engine.events import Sample
 
@@ -69,9 +69,14 @@ class TimelinePanel(QWidget):
             self.curves[field] = curve
             self.legend.addItem(curve, name)
         self._legend_shown: set[str] = {field for field, _, _ in SERIES}
+        # Said in words, not drawn as zeros: a run without GPU readings has no GPU series.
+        self.gpu_note = QLabel()
+        self.gpu_note.setWordWrap(True)
+        self.gpu_note.setStyleSheet("color: #606060;")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot_widget)
+        layout.addWidget(self.gpu_note)
         self._redraw()
 
     @property
@@ -122,6 +127,12 @@ class TimelinePanel(QWidget):
                 self.curves[field].setData([], [])
             self.curves[field].setVisible(has_data)
             self._show_in_legend(field, name, has_data or field == SERIES[0][0])
+        gpu = self._columns["gpu_used_bytes"].view()
+        has_gpu = bool(gpu.size) and bool(np.isfinite(gpu).any())
+        self.gpu_note.setText("" if has_gpu or not t.size else
+                              "GPU memory: no NVML readings in this run (a CPU run, or NVML is "
+                              "not available here).")
+        self.gpu_note.setVisible(bool(self.gpu_note.text()))
 
     def _show_in_legend(self, field: str, name: str, shown: bool) -> None:
         if shown and field not in self._legend_shown:

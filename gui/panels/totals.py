@@ -44,6 +44,9 @@ def totals_lines(result: RunResult) -> list[str]:
     if result.duration_s:
         speed.append(f"run took {human_seconds(result.duration_s)}")
     lines.append(" · ".join(speed))
+    if t.load_peak_bytes is not None or t.steady_bytes is not None:
+        lines.append(f"load: peak {human_bytes(t.load_peak_bytes)}, steady "
+                     f"{human_bytes(t.steady_bytes)}")
     if result.optimizations:
         names = ", ".join(
             a["id"] + (f"({', '.join(f'{k}={v}' for k, v in a['params'].items())})"
