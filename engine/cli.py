@@ -78,14 +78,26 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+GUI_OPTIONS = ("--model", "--workload", "--opt", "--run", "--screenshot", "--quit-after-ms")
+
+
+def wants_window(argv: list[str]) -> bool:
+    """True when ``memlens ARGS`` asks for the window (no subcommand, or only window options).
+
+    The ``memlens`` command itself lives in ``gui.launcher`` so that ``engine`` never imports
+    Qt or ``gui``; this function lets it route without parsing twice."""
+    return not argv or argv[0] == "gui" or argv[0].split("=")[0] in GUI_OPTIONS
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The headless commands. ``python -m engine.cli`` with no command prints the help."""
     argv = sys.argv[1:] if argv is None else argv
-    gui_options = ("--model", "--workload", "--opt", "--run", "--screenshot", "--quit-after-ms")
-    if not argv or argv[0].split("=")[0] in gui_options or argv[0] == "gui":
-        return _gui(argv[1:] if argv and argv[0] == "gui" else argv)
-    args = _parser().parse_args(argv)
-    if args.command is None:
-        return _gui([])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None or args.command == "gui":
+        parser.print_help()
+        print("\nThe desktop app starts with the installed `memlens` command (no subcommand).")
+        return EXIT_USAGE
     from .store import RunStore
 
     store = RunStore(args.store)
@@ -114,15 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-def _gui(argv: list[str]) -> int:
-    try:
-        from gui.app import main as gui_main
-    except ImportError as exc:
-        _error(f"The desktop app cannot start: {exc}.",
-               "Install the GUI dependencies (pip install memlens) and, on Linux, the Qt system "
-               "libraries listed in README.md; the CLI (memlens profile) works without them.")
-        return EXIT_FAILED
-    return gui_main(argv)
+def error(message: str, hint: str = "") -> None:
+    """Print an error and its hint the way every memlens command does."""
+    _error(message, hint)
 
 
 def _error(message: str, hint: str = "") -> None:

@@ -628,3 +628,14 @@ def test_timeline_says_when_there_is_no_gpu_series(qtbot):
     assert "no NVML readings" in panel.gpu_note.text()
     panel.add_samples([Sample(t=0.2, rss_bytes=2 << 20, gpu_used_bytes=3 << 20)])
     assert panel.gpu_note.text() == ""
+
+
+def test_launcher_routes_subcommands_to_the_headless_cli(tmp_path, capsys):
+    from engine import cli
+    from gui import launcher
+
+    assert launcher.main(["--store", str(tmp_path), "runs"]) == 0
+    assert "no saved runs" in capsys.readouterr().out
+    assert cli.wants_window([]) and cli.wants_window(["--model", "demo"])
+    assert not cli.wants_window(["profile"]) and not cli.wants_window(["--store", "x", "runs"])
+    assert cli.main([]) == cli.EXIT_USAGE  # the engine's own entry never opens a window
