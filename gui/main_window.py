@@ -11,14 +11,17 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtGui import QCloseEvent, QShowEvent
-from PySide6.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QMainWindow, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
+from engine.events import AttentionMaps
 from engine.results import RunResult
 
 from .controller import RunController
 from engine.format import human_bytes, human_seconds
+from .panels.attention import NO_MAPS, AttentionPanel
 from .panels.controls import ControlPanel
 from .panels.layer_chart import LayerChartPanel
+from .panels.latency import LatencyPanel
 from .panels.layer_table import LayerTablePanel
 from .panels.log import LogPanel
 from .panels.saved_runs import SavedRunsPanel
@@ -44,6 +47,7 @@ class MainWindow(QMainWindow):
         self._last_stage = ""
         self._config: dict[str, Any] = {}
         self.current_result: RunResult | None = None
+        self._live_attention: AttentionMaps | None = None  # the maps of the run in progress
 
         self.controller = RunController(execute, store=store, parent=self)
         self.controls = ControlPanel(model=model, devices=devices)
@@ -53,6 +57,8 @@ class MainWindow(QMainWindow):
         self.table = LayerTablePanel()
         self.totals = TotalsPanel()
         self.timeline = TimelinePanel()
+        self.attention_panel = AttentionPanel()
+        self.latency_panel = LatencyPanel()
         self.log = LogPanel()
         self._build_layout()
 
@@ -76,8 +82,12 @@ class MainWindow(QMainWindow):
         left_layout.addWidget(self.controls)
         left_layout.addWidget(self.saved_runs, 1)
 
+        self.plot_tabs = QTabWidget()
+        self.plot_tabs.addTab(self.chart, "Memory by layer")
+        self.plot_tabs.addTab(self.attention_panel, "Attention")
+        self.plot_tabs.addTab(self.latency_panel, "Latency")
         plots = QSplitter(Qt.Orientation.Horizontal)
-        plots.addWidget(self.chart)
+        plots.addWidget(self.plot_tabs)
         plots.addWidget(self.timeline)
         plots.setSizes([600, 400])
         details = QWidget()
@@ -114,6 +124,11 @@ class MainWindow(QMainWindow):
         self._config = dict(config)
         self._last_stage = ""
         self.current_result = None
+        self._live_attention = None
+        self.attention_panel.clear(
+            "Attention maps arrive near the end of the run." if config.get("attention_maps")
+            else NO_MAPS)
+        self.latency_panel.clear("Running…")
         self.chart.clear()
         self.table.clear()
         self.totals.clear("Running…")
@@ -164,12 +179,14 @@ class MainWindow(QMainWindow):
         count = len(getattr(maps, "maps", {}) or {})
         tokens = len(getattr(maps, "tokens", ()) or ())
         self.log.info(f"Attention maps captured for {count} layer(s), {tokens} token(s).")
+        self._live_attention = maps
+        self.attention_panel.render(maps, None)  # the capture record comes with the result
 
     @Slot(object)
     def _on_finished(self, result: RunResult) -> None:
         if self._closing:
             return
-        self.render_result(result)
+        self.render_result(result, self._live_attention)
         t = result.totals
         self.status.show_finished(f"Finished: peak {human_bytes(t.peak_bytes)} "
                                   f"in {human_seconds(result.duration_s)}.")
@@ -193,12 +210,17 @@ class MainWindow(QMainWindow):
             self.totals.clear("The run failed: see the log.")
 
     # -- results --------------------------------------------------------------------------------
-    def render_result(self, result: RunResult) -> None:
-        """Show a finished or saved run: table, chart with ``unattributed``, totals, timeline."""
+    def render_result(self, result: RunResult, attention: AttentionMaps | None = None,
+                      attention_reason: str | None = None) -> None:
+        """Show a finished or saved run: table, chart with ``unattributed``, totals, timeline,
+        latency, and the attention maps (``attention``: the live event or the store's file)
+        with the run's capture record; ``attention_reason`` says why maps are missing."""
         self.current_result = result
         self.table.render(result.layers)
         self.chart.render(result.layers, result.totals)
         self.totals.render(result)
+        self.latency_panel.render(result)
+        self.attention_panel.render(attention, result.attention, attention_reason)
         if result.timeline:
             self.timeline.set_timeline(result.timeline)
         config = result.config
@@ -246,11 +268,32 @@ class MainWindow(QMainWindow):
             self.log.error(f"Could not open run {run_id}: {message}", hint)
             return False
         self.timeline.clear()
-        self.render_result(result)
+        self._live_attention = None
+        maps, reason = self._saved_attention(store, run_id, result)
+        self.render_result(result, maps, reason)
         self.status.show_message(f"Saved run {run_id}: {result.config.model}, "
                                  f"{result.config.workload}.")
         self.log.info(f"Opened saved run {run_id}.")
         return True
+
+    def _saved_attention(self, store: Any, run_id: str, result: RunResult
+                         ) -> tuple[AttentionMaps | None, str | None]:
+        """A saved run's attention maps, or None and why; a damaged file is logged, not raised."""
+        captured = bool((result.attention or {}).get("captured"))
+        load = getattr(store, "load_attention", None)
+        if load is None:
+            return None, ("this run store keeps no attention maps" if captured else None)
+        try:
+            maps = load(run_id)
+        except Exception as exc:  # MemLensError(kind=store): a damaged maps file
+            message = getattr(exc, "message", None) or str(exc)
+            self.log.error(f"Could not read the attention maps of run {run_id}: {message}",
+                           getattr(exc, "hint", ""),
+                           str(getattr(getattr(exc, "kind", None), "value", "store")))
+            return None, "the saved maps file could not be read (see the log)"
+        if maps is None and captured:
+            return None, "the saved maps file of this run is missing"
+        return maps, None
 
     # -- Qt -------------------------------------------------------------------------------------
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
