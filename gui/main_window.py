@@ -89,7 +89,7 @@ class MainWindow(QMainWindow):
         plots = QSplitter(Qt.Orientation.Horizontal)
         plots.addWidget(self.plot_tabs)
         plots.addWidget(self.timeline)
-        plots.setSizes([600, 400])
+        plots.setSizes([680, 320])
         details = QWidget()
         details_layout = QVBoxLayout(details)
         details_layout.setContentsMargins(0, 0, 0, 0)
@@ -99,7 +99,7 @@ class MainWindow(QMainWindow):
         vertical.addWidget(plots)
         vertical.addWidget(details)
         vertical.addWidget(self.log)
-        vertical.setSizes([330, 300, 110])
+        vertical.setSizes([390, 250, 100])
 
         right = QWidget()
         right_layout = QVBoxLayout(right)

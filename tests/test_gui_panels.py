@@ -1,0 +1,402 @@
+"""Attention and latency panels (pytest-qt, offscreen), alone and inside the main window."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QImage  # noqa: E402
+
+from engine.config import RunConfig  # noqa: E402
+from engine.events import AttentionMaps, Finished, LayerStatsReady, Progress  # noqa: E402
+from engine.format import MISSING  # noqa: E402
+from engine.results import LayerStats, RunResult, Totals  # noqa: E402
+from gui.main_window import MainWindow  # noqa: E402
+from gui.panels.attention import NO_MAPS, AttentionPanel, block_mean, head_entropy  # noqa: E402
+from gui.panels.latency import LatencyPanel  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+MIB = 1024 * 1024
+ARTIFACTS = Path(__file__).parent / "_artifacts"
+SEQ = 40
+
+
+# -- records -----------------------------------------------------------------------------------
+def make_maps(layers: int = 2, heads: int = 4, seq: int = SEQ, seed: int = 0,
+              downsampled_from: int | None = None) -> AttentionMaps:
+    """Random rows summing to 1, except layer 0: head 0 uniform, head 1 one-hot (key 0)."""
+    rng = np.random.default_rng(seed)
+    maps = {}
+    for layer in range(layers):
+        a = rng.random((heads, seq, seq))
+        a /= a.sum(-1, keepdims=True)
+        if layer == 0:
+            a[0] = 1.0 / seq
+            a[1] = 0.0
+            a[1, :, 0] = 1.0
+        maps[layer] = a.astype(np.float16)
+    return AttentionMaps(maps=maps, tokens=tuple(f"Ġtok{i}" for i in range(seq)),
+                         downsampled_from=downsampled_from)
+
+
+def capture_info(layers: int = 2, heads: int = 4, seq: int = SEQ) -> dict:
+    return {"captured": True, "implementation_used": "eager", "original_implementation": "sdpa",
+            "layers": layers, "heads": heads, "tokens": seq, "stored_side": seq,
+            "downsampled_from": None,
+            "cost": {"forward_ms": 12.3, "plain_forward_ms": 8.1, "peak_bytes": int(1.2 * MIB),
+                     "plain_peak_bytes": int(0.9 * MIB), "note": "one extra forward"}}
+
+
+def make_result(run_id: str = "panels-1", generation: bool = True,
+                attention: dict | None = None) -> RunResult:
+    layers = [LayerStats("model.embed_tokens", "embedding", None, 0, latency_ms=0.4,
+                         at_peak={"weights": MIB})]
+    for i in range(2):
+        block = f"model.layers.{i}"
+        layers += [
+            LayerStats(block, "block", None, 0, latency_ms=3.0 + i, at_peak={"activations": MIB}),
+            LayerStats(f"{block}.self_attn", "attention", block, 1, latency_ms=1.5,
+                       at_peak={"weights": MIB}),
+            LayerStats(f"{block}.mlp", "mlp", block, 1, latency_ms=1.0, at_peak={"weights": MIB}),
+        ]
+    layers.append(LayerStats("lm_head", "head", None, 0, latency_ms=None,
+                             at_peak={"weights": MIB}))
+    attributed = sum(layer.at_peak_bytes for layer in layers)
+    totals = Totals(peak_bytes=attributed + 1024, peak_source="tensor_accounting",
+                    attributed_bytes=attributed, unattributed_bytes=1024, latency_ms=9.5,
+                    plain_latency_ms=9.0, instrumentation_overhead=9.5 / 9.0,
+                    tokens_per_s=334.0)
+    timing = {"repeats": 1, "plain_ms": [9.0], "instrumented_ms": [9.5], "detailed_ms": [10.0],
+              "detailed_overhead": 10.0 / 9.0, "live_modules": 4, "detailed_modules": 8,
+              "warmup_ms": [120.0, 50.0]}
+    gen = None
+    if generation:
+        gen = {"prefill_ms": 7.13, "decode_ms_per_step": [3.0, 2.9, 3.1, 2.8],
+               "decode_tokens_per_s": 334.0, "kv_bytes_per_step": [100, 200, 300, 400, 500]}
+    return RunResult(config=RunConfig(model="demo", workload="generate" if generation
+                                      else "forward"),
+                     run_id=run_id, created="2025-01-02T03:04:05", layers=layers, totals=totals,
+                     generation=gen, timing=timing, attention=attention, duration_s=1.0)
+
+
+class ScriptedEngine:
+    """Stands in for ``engine.runner.execute``: maps, then the result (in the worker thread)."""
+
+    def __init__(self, maps: AttentionMaps | None, result: RunResult) -> None:
+        self.maps, self.result = maps, result
+        self.threads: list[threading.Thread] = []
+
+    def __call__(self, config, listener, cancel, store=None):
+        self.threads.append(threading.current_thread())
+        listener(Progress("memory", 0.5, "measuring"))
+        listener(LayerStatsReady(tuple(self.result.layers), final=True))
+        if self.maps is not None:
+            listener(AttentionMaps(maps=self.maps.maps, tokens=self.maps.tokens))
+        listener(Finished(self.result))
+        return self.result
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMLENS_HOME", str(tmp_path / "home"))
+
+
+def make_panel(qtbot) -> AttentionPanel:
+    panel = AttentionPanel()
+    qtbot.addWidget(panel)
+    panel.resize(900, 420)
+    panel.show()
+    qtbot.waitExposed(panel)
+    return panel
+
+
+def make_window(qtbot, execute=None, store=None) -> MainWindow:
+    window = MainWindow(execute=execute, store=store, devices=["cpu"])
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    return window
+
+
+def distinct_colours(image: QImage) -> int:
+    image = image.convertToFormat(QImage.Format.Format_RGB32)
+    width, height = image.width(), image.height()
+    pixels = np.frombuffer(image.constBits(), dtype=np.uint32,
+                           count=image.bytesPerLine() * height // 4)
+    pixels = pixels.reshape(height, image.bytesPerLine() // 4)[:, :width]
+    return int(np.unique(pixels).size)
+
+
+# -- attention panel ---------------------------------------------------------------------------
+def test_attention_panel_renders_the_grid_and_the_capture_line(qtbot):
+    panel = make_panel(qtbot)
+    maps = make_maps()
+    panel.render(maps, capture_info())
+    assert panel.has_maps and panel.message_text() == ""
+    assert panel.shape == (2, 4)
+    assert [len(row) for row in panel.grid_images] == [4, 4]
+    assert all(image.isVisible() for row in panel.grid_images for image in row)
+    assert panel.grid_tiles[0].shape == (4, SEQ, SEQ)  # 40 tokens: no display downsampling
+    assert panel.grid_images[1][3].levels is not None
+    assert tuple(panel.grid_images[1][3].levels) == pytest.approx(panel.grid_levels)
+    caption = panel.caption_text()
+    assert caption.startswith("Captured with eager attention (the run used sdpa): one extra "
+                              "forward of 12.3 ms vs 8.10 ms, peak 1.20 MiB vs 922 KiB.")
+    assert "2 layers × 4 heads" in caption and "downsampled" not in caption
+    # The large view starts on layer 0, head 0, with every token labelled (40 <= 64).
+    assert panel.selected == (0, 0)
+    np.testing.assert_array_equal(panel.large_data, maps.maps[0][0].astype(np.float32))
+    assert panel.large_levels == (0.0, pytest.approx(float(maps.maps[0][0].max())))
+    ticks = panel.large_plot.getAxis("left")._tickLevels[0]
+    assert ticks[0] == (0.5, "·tok0")
+    # Re-rendering the same maps with a new record only refreshes the caption.
+    images = [image for row in panel.grid_images for image in row]
+    panel.render(maps, None)
+    assert [image for row in panel.grid_images for image in row] == images
+    assert panel.caption_text().startswith("Capture details were not recorded.")
+
+
+def test_selecting_a_head_updates_the_large_view(qtbot):
+    panel = make_panel(qtbot)
+    maps = make_maps()
+    panel.render(maps, capture_info())
+    panel.head_spin.setValue(2)
+    assert panel.selected == (0, 2)
+    np.testing.assert_array_equal(panel.large_data, maps.maps[0][2].astype(np.float32))
+    panel.select(1, 3)
+    assert panel.selected == (1, 3)
+    np.testing.assert_array_equal(panel.large_data, maps.maps[1][3].astype(np.float32))
+    assert "Layer 1, head 3" in panel.large_plot.titleLabel.text
+    # A click on a grid tile selects it.
+    qtbot.wait(20)
+    view = panel.grid_plot.getViewBox()
+    rect = panel._tile_rect(1, 2)
+    scene = view.mapViewToScene(QPointF(rect.center()))
+    pos = panel.grid_widget.mapFromScene(scene)
+    qtbot.mouseClick(panel.grid_widget.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(pos))
+    assert panel.selected == (1, 2)
+    np.testing.assert_array_equal(panel.large_data, maps.maps[1][2].astype(np.float32))
+
+
+def test_head_mean_toggle(qtbot):
+    panel = make_panel(qtbot)
+    maps = make_maps()
+    panel.render(maps, capture_info())
+    panel.select(1, 1)
+    panel.mean_check.setChecked(True)
+    assert panel.selected == (1, None)
+    assert not panel.head_spin.isEnabled()
+    expected = maps.maps[1].astype(np.float32).mean(axis=0)
+    np.testing.assert_allclose(panel.large_data, expected, rtol=1e-6)
+    assert "mean of 4 heads" in panel.large_plot.titleLabel.text
+    panel.mean_check.setChecked(False)
+    assert panel.selected == (1, 1) and panel.head_spin.isEnabled()
+    np.testing.assert_array_equal(panel.large_data, maps.maps[1][1].astype(np.float32))
+
+
+def test_entropy_matches_a_hand_computation(qtbot):
+    panel = make_panel(qtbot)
+    maps = make_maps()
+    panel.render(maps, capture_info())
+    panel.select(0, 0)
+    assert panel.entropy.shape == (4,)
+    assert panel.entropy[0] == pytest.approx(math.log(SEQ), rel=1e-3)  # uniform: ln k
+    assert panel.entropy[1] == pytest.approx(0.0, abs=1e-12)  # one-hot: 0
+    row = maps.maps[0][2].astype(np.float64)
+    by_hand = float(np.mean([-sum(p * math.log(p) for p in r if p > 0) for r in row]))
+    assert panel.entropy[2] == pytest.approx(by_hand, rel=1e-9)
+    assert panel.entropy_label.text() == (f"Entropy (nats) per head\nhead 0: {math.log(SEQ):.2f}\n"
+                                          f"uniform ({SEQ} keys): {math.log(SEQ):.2f}")
+    assert head_entropy(np.full((1, 3, 8), 1 / 8)) == pytest.approx([math.log(8)])
+
+
+def test_no_maps_shows_a_message_not_an_empty_plot(qtbot):
+    panel = make_panel(qtbot)
+    assert panel.message_text() == NO_MAPS
+    panel.render(None, None)
+    assert panel.message_text() == NO_MAPS and not panel.has_maps
+    panel.render(make_maps(), capture_info())
+    assert panel.message_text() == ""
+    panel.render(None, {"captured": False, "reason": "the model returned no attention "
+                                                     "probabilities"})
+    assert panel.message_text() == ("No attention maps: the model returned no attention "
+                                    "probabilities.")
+    assert panel.large_data is None and panel.shape == (0, 0)
+    assert not any(image.isVisible() for row in panel.grid_images for image in row)
+    panel.render(AttentionMaps(maps={}), capture_info())
+    assert panel.message_text() == NO_MAPS
+    panel.render(make_maps(), capture_info())
+    panel.clear()
+    assert panel.message_text() == NO_MAPS and not panel.has_maps
+
+
+def test_long_inputs_stay_fast(qtbot):
+    panel = make_panel(qtbot)
+    maps = make_maps(layers=6, heads=6, seq=256, downsampled_from=1000)
+    info = {**capture_info(6, 6, 1000), "stored_side": 256, "downsampled_from": 1000}
+    start = time.perf_counter()
+    panel.render(maps, info)
+    qtbot.wait(1)
+    panel.grab()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.5, f"render took {elapsed:.3f} s"
+    assert panel.grid_tiles[0].shape == (6, 64, 64)  # the grid shows 4 × 4 block means
+    # Layer 0, head 0 is uniform: each tile bin is the mean of 4 × 4 values of 1/256.
+    np.testing.assert_allclose(panel.grid_tiles[0][0], 1 / 256, rtol=1e-3)
+    assert panel.large_data.shape == (256, 256)  # the large view keeps the stored map
+    assert "Stored downsampled from 1000 tokens to 256 × 256" in panel.caption_text()
+    ticks = panel.large_plot.getAxis("bottom")._tickLevels[0]
+    assert 1 < len(ticks) <= 64
+    start = time.perf_counter()
+    panel.select(5, 5)
+    panel.mean_check.setChecked(True)
+    assert time.perf_counter() - start < 0.2
+
+
+def test_block_mean_handles_sides_that_do_not_divide():
+    a = np.arange(2 * 100 * 130, dtype=np.float32).reshape(2, 100, 130)
+    out = block_mean(a, 64)
+    assert out.shape == (2, 50, 44)  # blocks of 2 rows; 2 or 3 columns (130 = 44 near-equal)
+    assert out[0, 0, 0] == pytest.approx(a[0, :2, :2].mean())
+    assert out[1, -1, -1] == pytest.approx(a[1, -2:, -3:].mean())
+    np.testing.assert_allclose(block_mean(np.full((1, 257, 300), 0.5), 64), 0.5)
+    assert block_mean(a[:, :10, :10], 64).shape == (2, 10, 10)
+
+
+# -- latency panel -----------------------------------------------------------------------------
+def test_latency_panel_renders_bars_decode_and_overhead(qtbot):
+    panel = LatencyPanel()
+    qtbot.addWidget(panel)
+    panel.resize(900, 400)
+    panel.show()
+    panel.render(make_result())
+    assert panel.labels == ["embed_tokens", "0", "1", "lm_head"]
+    np.testing.assert_array_equal(panel.series["layer"][:3], [0.4, 3.0, 4.0])
+    assert math.isnan(panel.series["layer"][3])  # not measured: no bar, not 0
+    np.testing.assert_array_equal(panel.series["attention"][1:3], [1.5, 1.5])
+    assert math.isnan(panel.series["attention"][0])
+    assert all(panel.bars[name].isVisible() for name in ("layer", "attention", "mlp"))
+    assert panel.bars["layer"].opts["x"].size == 3
+    text = panel.summary_text()
+    assert "latency 9.00 ms plain, 9.50 ms with live hooks on 4 top-level layers" in text
+    assert "profiler overhead ×1.06" in text and "(overhead ×1.11)" in text
+    assert "334 tokens/s" in text
+    assert "first warm-up pass 120 ms, later warm-up passes 50.0 ms" in text
+    assert "prefill 7.13 ms" in text and "median of 4 steps" in text
+    assert panel.decode_shown
+    np.testing.assert_array_equal(panel.decode_ms, [3.0, 2.9, 3.1, 2.8])
+    panel.sub_rows_check.setChecked(False)
+    assert panel.bars["layer"].isVisible() and not panel.bars["attention"].isVisible()
+    panel.clear()
+    assert panel.labels == [] and not panel.decode_shown
+
+
+def test_latency_panel_shows_missing_values_as_dashes(qtbot):
+    panel = LatencyPanel()
+    qtbot.addWidget(panel)
+    result = make_result(generation=False)
+    result.timing = None
+    result.totals.plain_latency_ms = None
+    result.totals.instrumentation_overhead = None
+    result.totals.tokens_per_s = None
+    panel.render(result)
+    text = panel.summary_text()
+    assert f"latency {MISSING} plain" in text
+    assert f"profiler overhead {MISSING}" in text and f"(overhead {MISSING})" in text
+    assert f"{MISSING} tokens/s" in text
+    assert f"first warm-up pass {MISSING}" in text
+    assert not panel.decode_shown
+
+
+# -- main window -------------------------------------------------------------------------------
+def test_window_shows_live_maps_then_the_capture_record(qtbot):
+    maps = make_maps()
+    engine = ScriptedEngine(maps, make_result(attention=capture_info()))
+    window = make_window(qtbot, engine)
+    tabs = [window.plot_tabs.tabText(i) for i in range(window.plot_tabs.count())]
+    assert tabs == ["Memory by layer", "Attention", "Latency"]
+    with qtbot.waitSignal(window.controller.finished, timeout=5000):
+        window.start_run({**window.controls.config(), "attention_maps": True})
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=5000)
+    window.plot_tabs.setCurrentWidget(window.attention_panel)
+    qtbot.wait(10)
+    panel = window.attention_panel
+    assert panel.shape == (2, 4) and panel.message_text() == ""
+    assert panel.caption_text().startswith("Captured with eager attention (the run used sdpa)")
+    assert "Attention maps captured for 2 layer(s), 40 token(s)." in window.log.text()
+    assert window.latency_panel.labels == ["embed_tokens", "0", "1", "lm_head"]
+    # A new run without maps clears both panels and ends in the no-maps state.
+    engine.maps = None
+    engine.result = make_result(generation=False)
+    with qtbot.waitSignal(window.controller.finished, timeout=5000):
+        window.start_run({**window.controls.config(), "attention_maps": False})
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=5000)
+    assert panel.message_text() == NO_MAPS
+    assert not window.latency_panel.decode_shown
+
+
+def test_saved_run_without_its_maps_file_shows_the_no_maps_state(qtbot, tmp_path):
+    from engine.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    store.save(make_result("no-file", attention=capture_info()))
+    store.save(make_result("damaged", attention=capture_info()))
+    store.attention_path("damaged").write_bytes(b"not a safetensors file")
+    window = make_window(qtbot, store=store)
+    assert window.load_saved_run("no-file")
+    assert window.attention_panel.message_text() == ("No attention maps: the saved maps file "
+                                                     "of this run is missing.")
+    assert window.latency_panel.labels  # the rest of the run renders
+    assert window.load_saved_run("damaged")
+    assert "could not be read" in window.attention_panel.message_text()
+    assert "attention maps file damaged.attn.safetensors is damaged" in window.log.text()
+    assert window.table.model.rowCount() == len(make_result().layers)  # still usable
+    assert window.load_saved_run("no-file")
+
+
+@pytest.mark.slow
+def test_real_engine_attention_and_latency_tabs(qtbot, tmp_path):
+    """The real runner on the demo model with attention maps; screenshots of both tabs."""
+    from engine.store import RunStore
+
+    store = RunStore(tmp_path)
+    window = make_window(qtbot, store=store)
+    config = {**window.controls.config(), "model": "demo", "workload": "forward", "seq": 24,
+              "attention_maps": True, "repeats": 1, "warmup": 0}
+    failures: list = []
+    window.controller.failed.connect(lambda *args: failures.append(args))
+    with qtbot.waitSignal(window.controller.running_changed, timeout=5000):
+        assert window.start_run(config)
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=60_000)
+    assert failures == []
+    result = window.current_result
+    assert result is not None and result.attention and result.attention["captured"]
+    panel = window.attention_panel
+    assert panel.shape == (6, 6)
+    assert panel.large_data is not None and panel.large_data.shape == (24, 24)
+    assert panel.caption_text().startswith("Captured with eager attention (the run used sdpa)")
+    np.testing.assert_allclose(panel.large_data.sum(-1), 1.0, atol=5e-3)
+    assert window.latency_panel.labels[:2] == ["embed_tokens", "0"]
+    assert "profiler overhead ×" in window.latency_panel.summary_text()
+
+    ARTIFACTS.mkdir(exist_ok=True)  # gitignored
+    for tab, name in ((panel, "attention_tab.png"),
+                      (window.latency_panel, "latency_tab.png")):
+        window.plot_tabs.setCurrentWidget(tab)
+        qtbot.wait(30)
+        image = window.grab().toImage()
+        assert image.save(str(ARTIFACTS / name))
+        assert distinct_colours(image) > 200
+
+    # Reopened from the store, the maps come from the saved file.
+    assert window.load_saved_run(result.run_id)
+    assert panel.shape == (6, 6) and panel.message_text() == ""
