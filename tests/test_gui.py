@@ -639,3 +639,20 @@ def test_launcher_routes_subcommands_to_the_headless_cli(tmp_path, capsys):
     assert cli.wants_window([]) and cli.wants_window(["--model", "demo"])
     assert not cli.wants_window(["profile"]) and not cli.wants_window(["--store", "x", "runs"])
     assert cli.main([]) == cli.EXIT_USAGE  # the engine's own entry never opens a window
+
+
+def test_timeline_shades_the_phases(qtbot):
+    from gui.panels.timeline import TimelinePanel, phase_spans
+
+    assert phase_spans([0.0, 0.1, 0.2, 0.3, 0.4], ["load", "load", "memory", "memory", "timing"]) \
+        == [("load", 0.0, 0.2), ("memory", 0.2, 0.4), ("timing", 0.4, 0.4)]
+    panel = TimelinePanel()
+    qtbot.addWidget(panel)
+    panel.add_samples([Sample(t=0.1 * i, phase=p, rss_bytes=(i + 1) << 20)
+                       for i, p in enumerate(["load", "load", "warmup", "memory"])])
+    assert [name for name, _, _ in panel.spans()] == ["load", "warmup", "memory"]
+    panel.add_samples([Sample(t=0.4, phase="memory", rss_bytes=5 << 20)])
+    assert panel.spans()[-1] == ("memory", 0.30000000000000004, 0.4)
+    assert panel.set_timeline({"t": [0.0, 1.0], "phase": ["load", "timing"],
+                               "rss_bytes": [1 << 20, 2 << 20]})
+    assert [name for name, _, _ in panel.spans()] == ["load", "timing"]

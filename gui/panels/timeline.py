@@ -44,6 +44,27 @@ class _Buffer:
         self.size = 0
 
 
+PHASE_COLOURS = ("#e8eef7", "#f3f3f3")  # alternating light bands; the name says which phase
+
+
+def phase_spans(times: Sequence[float], phases: Sequence[str]) -> list[tuple[str, float, float]]:
+    """Contiguous runs of one phase label as (name, start, end); unlabelled samples are skipped.
+
+    Presentation only: it groups the engine's own per-sample phase labels."""
+    spans: list[tuple[str, float, float]] = []
+    for t, name in zip(times, phases):
+        if t is None or not math.isfinite(t) or not name:
+            continue
+        if spans and spans[-1][0] == name:
+            spans[-1] = (name, spans[-1][1], t)
+        else:
+            if spans:  # close the previous band where this one starts
+                prev = spans[-1]
+                spans[-1] = (prev[0], prev[1], t)
+            spans.append((name, t, t))
+    return spans
+
+
 class TimelinePanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -62,6 +83,9 @@ class TimelinePanel(QWidget):
         self.legend = self.plot.addLegend(offset=(10, 10), labelTextColor="#202020",
                                           brush=pg.mkBrush(255, 255, 255, 200))
         self._t = _Buffer()
+        self._phases: list[str] = []
+        self._bands: list[Any] = []
+        self._phase_key: tuple = ()
         self._columns = {field: _Buffer() for field, _, _ in SERIES}
         self.curves: dict[str, pg.PlotDataItem] = {}
         for field, name, color in SERIES:
@@ -85,6 +109,7 @@ class TimelinePanel(QWidget):
 
     def clear(self) -> None:
         self._t.clear()
+        self._phases.clear()
         for column in self._columns.values():
             column.clear()
         self._redraw()
@@ -94,6 +119,7 @@ class TimelinePanel(QWidget):
         if not samples:
             return
         self._t.extend([float(s.t) for s in samples])
+        self._phases.extend(s.phase or "" for s in samples)
         for field, column in self._columns.items():
             column.extend([to_mib(getattr(s, field, None)) for s in samples])
         self._redraw()
@@ -105,6 +131,9 @@ class TimelinePanel(QWidget):
             return False
         self._t.clear()
         self._t.extend([math.nan if v is None else float(v) for v in times])
+        phases = list(timeline.get("phase") or [])
+        self._phases = [str(p or "") for p in phases[: len(times)]]
+        self._phases += [""] * (len(times) - len(self._phases))
         for field, column in self._columns.items():
             values = list(timeline.get(field) or [])
             values += [None] * (len(times) - len(values))
@@ -116,8 +145,48 @@ class TimelinePanel(QWidget):
     def series(self, field: str) -> np.ndarray:
         return self._columns[field].view()
 
+    def spans(self) -> list[tuple[str, float, float]]:
+        return phase_spans(self._t.view().tolist(), self._phases)
+
+    def _draw_phases(self) -> None:
+        spans = self.spans()
+        key = tuple((name, start) for name, start, _ in spans)
+        if key == self._phase_key and len(self._bands) == 2 * len(spans):
+            # Same phases: only the last band grows.
+            if spans:
+                region, _ = self._bands[-2], self._bands[-1]
+                region.setRegion((spans[-1][1], spans[-1][2]))
+            return
+        for item in self._bands:
+            self.plot.removeItem(item)
+        self._bands = []
+        total = (spans[-1][2] - spans[0][1]) if spans else 0.0
+        for i, (name, start, end) in enumerate(spans):
+            region = pg.LinearRegionItem((start, end), movable=False,
+                                         brush=pg.mkBrush(PHASE_COLOURS[i % 2]), pen=pg.mkPen(None))
+            region.setZValue(-10)
+            region.setToolTip(f"{name}: {start:.2f}–{end:.2f} s")
+            # Short phases keep their band and tooltip but no label, so labels never overlap.
+            label = pg.TextItem(name if total and end - start >= 0.08 * total else "",
+                                color="#707070", anchor=(0, 0))
+            label.setPos(start, 0)
+            self.plot.addItem(region)
+            self.plot.addItem(label, ignoreBounds=True)
+            self._bands += [region, label]
+        self._phase_key = key
+        ymax = None
+        for field, _, _ in SERIES:
+            values = self._columns[field].view()
+            if values.size and np.isfinite(values).any():
+                top = float(np.nanmax(values))
+                ymax = top if ymax is None else max(ymax, top)
+        if ymax is not None:
+            for item in self._bands[1::2]:
+                item.setPos(item.pos().x(), ymax)
+
     def _redraw(self) -> None:
         t = self._t.view()
+        self._draw_phases()
         for field, name, _ in SERIES:
             values = self._columns[field].view()
             has_data = bool(values.size) and bool(np.isfinite(values).any())
