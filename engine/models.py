@@ -207,8 +207,9 @@ def load_model(
             ErrorKind.OUT_OF_MEMORY,
             f"Ran out of memory while loading {config.model} on {config.device}: "
             f"{_first_line(exc)}",
-            "Close other programs, choose a smaller dtype (--dtype bfloat16), a smaller model, or "
-            "use estimation mode (memlens estimate), which needs no real memory.",
+            "Close other programs, or choose a smaller dtype (--dtype bfloat16) or a smaller model. "
+            "Estimation without real memory (memlens estimate) is planned, not yet in this "
+            "version.",
         ) from exc
 
 
@@ -626,10 +627,10 @@ class _Loader:
             f"{what} is too large to {verb} here: use estimation. Its weights alone need "
             f"{_gib(need)} in {dtype_name}, and {device} has {_gib(available)} available "
             f"(the limit is {MAX_MEMORY_FRACTION:.0%} of that).",
-            f"Use estimation mode (memlens estimate --model {self.config.model}), which computes "
-            "the memory on the meta device without allocating it, or pick "
+            "Pick "
             + ("a smaller dtype (--dtype bfloat16) or " if dtype in (None, torch.float32) else "")
-            + "a smaller model.",
+            + "a smaller model. Estimation without allocating the weights (memlens estimate "
+            f"--model {self.config.model}) is planned, not yet in this version.",
         )
 
     def _note_loading_info(self, info: Mapping[str, Any] | None) -> None:

@@ -417,6 +417,8 @@ def test_cancel_sets_the_event_and_the_worker_stops(qtbot):
     assert window.timeline.sample_count > 0
 
 
+@pytest.mark.fault(area='interruption', case='a second run while one runs (window)',
+                   outcome='refused, noted in the log')
 def test_a_second_run_is_refused_while_one_runs(qtbot):
     engine = FakeEngine("slow")
     window = make_window(qtbot, engine)
@@ -430,6 +432,8 @@ def test_a_second_run_is_refused_while_one_runs(qtbot):
     assert len(engine.configs) == 1
 
 
+@pytest.mark.fault(area='interruption', case='the window closed during a run',
+                   outcome='the run is cancelled and its thread joined; no abort')
 def test_closing_the_window_during_a_run_cancels_and_waits(qtbot):
     engine = FakeEngine("slow", stop_delay_s=0.3)  # the engine takes a while to stop
     window = make_window(qtbot, engine)
@@ -465,6 +469,8 @@ def test_saved_runs_list_loads_a_run_without_a_model(qtbot, store):
     assert "saved-abc" in window.status.text()
 
 
+@pytest.mark.fault(area='data', case='a saved run the window cannot read',
+                   outcome='reported in the status line and log; the window stays usable')
 def test_saved_run_that_cannot_be_read_is_reported(qtbot, store):
     (store.root / "broken.json").write_text("{}", encoding="utf-8")
     window = make_window(qtbot, FakeEngine(), store)
@@ -619,6 +625,8 @@ def test_optimization_controls_follow_the_registry(qtbot):
     RunConfig.from_dict(config).validate()
 
 
+@pytest.mark.fault(area='environment', case='a run without GPU readings',
+                   outcome='the timeline says so in words; no zero line is drawn')
 def test_timeline_says_when_there_is_no_gpu_series(qtbot):
     from gui.panels.timeline import TimelinePanel
 

@@ -239,6 +239,8 @@ def test_no_maps_shows_a_message_not_an_empty_plot(qtbot):
     assert panel.message_text() == NO_MAPS and not panel.has_maps
 
 
+@pytest.mark.fault(area='load', case='a 256 × 256 attention map in the window',
+                   outcome='renders well under half a second')
 def test_long_inputs_stay_fast(qtbot):
     panel = make_panel(qtbot)
     maps = make_maps(layers=6, heads=6, seq=256, downsampled_from=1000)

@@ -228,6 +228,8 @@ def test_attention_maps_are_distributions():
     assert result.attention["cost"]["forward_ms"] > 0
 
 
+@pytest.mark.fault(area='load', case='a long attention capture',
+                   outcome='stored pooled to at most 256 × 256, rows still distributions')
 def test_attention_maps_downsampled_when_long(monkeypatch):
     import engine.attention
     from engine.events import AttentionMaps

@@ -140,6 +140,8 @@ def test_unknown_preset_lists_known_ids() -> None:
     assert "no-such-model" in err.message and "tiny-llama" in err.hint
 
 
+@pytest.mark.fault(area='inputs', case='a model too large for this machine',
+                   outcome="too_large (\"... too large to build here: use estimation\", sizes in GiB), without allocating the weights")
 def test_huge_preset_refused_without_allocating() -> None:
     import psutil
 
@@ -149,7 +151,7 @@ def test_huge_preset_refused_without_allocating() -> None:
     assert time.perf_counter() - started < 15
     assert psutil.Process().memory_info().rss - rss_before < 500 * 1024**2
     assert err.kind is ErrorKind.TOO_LARGE
-    assert "estimat" in err.message and "memlens estimate" in err.hint
+    assert "use estimation" in err.message and "memlens estimate" in err.hint
     assert "GiB" in err.message
 
 
@@ -171,6 +173,8 @@ def test_config_json_builds_random_model(config_only: Path) -> None:
     assert loaded.path == str(config_only / "config.json")
 
 
+@pytest.mark.fault(area='inputs', case='an unknown architecture',
+                   outcome='invalid_model naming the model_type')
 def test_unknown_model_type_is_named(tmp_path: Path) -> None:
     file = tmp_path / "odd.json"
     file.write_text(
@@ -201,24 +205,32 @@ def test_bfloat16_applied_to_folder(tiny_folder: Path) -> None:
     assert all(p.dtype == torch.bfloat16 for p in loaded.model.parameters())
 
 
+@pytest.mark.fault(area='inputs', case='a path that does not exist',
+                   outcome='not_found (\"no such file or folder\") with a hint')
 def test_missing_path_not_found(tmp_path: Path) -> None:
     err = _error(str(tmp_path / "nowhere"))
     assert err.kind is ErrorKind.NOT_FOUND and "no such file or folder" in err.message.lower()
     assert err.hint
 
 
+@pytest.mark.fault(area='inputs', case='an empty folder / a folder without config.json',
+                   outcome='invalid_model naming the missing config.json')
 def test_folder_without_config(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"")
     err = _error(str(tmp_path))
     assert err.kind is ErrorKind.INVALID_MODEL and "config.json" in err.message
 
 
+@pytest.mark.fault(area='inputs', case='a config.json without weights',
+                   outcome='invalid_model (\"no weights\"); the hint names the config.json to pass for a random-init build')
 def test_config_without_weights(config_only: Path) -> None:
     err = _error(str(config_only))
     assert err.kind is ErrorKind.INVALID_MODEL and "no weights" in err.message
     assert str(config_only / "config.json") in err.hint
 
 
+@pytest.mark.fault(area='inputs', case='a truncated or corrupt safetensors file',
+                   outcome='corrupt_checkpoint naming the file, with a hint')
 def test_truncated_safetensors_is_corrupt(tiny_folder: Path, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_bytes((tiny_folder / "config.json").read_bytes())
     data = (tiny_folder / "model.safetensors").read_bytes()
@@ -238,6 +250,8 @@ class _Exploit:
         return (open, (str(self.canary), "w"))
 
 
+@pytest.mark.fault(area='inputs', case='a pickle checkpoint that would run code',
+                   outcome='unsafe_checkpoint; weights_only loading refuses it and a canary file proves nothing ran')
 def test_malicious_pickle_refused_and_not_executed(config_only: Path, tmp_path_factory) -> None:
     canary = tmp_path_factory.mktemp("canary") / "pwned.txt"
     torch.save(
@@ -262,6 +276,8 @@ def test_valid_bin_state_dict_loads(config_only: Path) -> None:
         assert torch.equal(state[key], value), key
 
 
+@pytest.mark.fault(area='inputs', case='a truncated .bin checkpoint',
+                   outcome='corrupt_checkpoint naming the file')
 def test_truncated_bin_is_corrupt(config_only: Path) -> None:
     reference = _load("preset:tiny-llama").model
     torch.save(reference.state_dict(), config_only / "weights.pt")
@@ -271,6 +287,8 @@ def test_truncated_bin_is_corrupt(config_only: Path) -> None:
     assert err.kind is ErrorKind.CORRUPT_CHECKPOINT and "weights.pt" in err.message
 
 
+@pytest.mark.fault(area='inputs', case='a model that needs its own code (auto_map)',
+                   outcome='remote_code; refused unless --trust-remote-code')
 def test_auto_map_needs_opt_in(config_only: Path) -> None:
     values = _tiny_llama_values() | {
         "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
@@ -291,6 +309,8 @@ def test_too_large_for_available_memory(tiny_folder: Path, monkeypatch: pytest.M
 # -- Hub ids --------------------------------------------------------------------------------
 
 
+@pytest.mark.fault(area='inputs', case='a Hub id while offline',
+                   outcome='offline; the hint names HF_HUB_OFFLINE and suggests a local folder')
 def test_hub_id_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
@@ -331,6 +351,8 @@ def test_resolve_device_and_dtype() -> None:
     assert resolve_dtype("bfloat16", None) is torch.bfloat16
 
 
+@pytest.mark.fault(area='interruption', case='cancel inside the loader',
+                   outcome='the loader stops between steps with Cancelled')
 def test_cancel_stops_loading() -> None:
     cancel = threading.Event()
     stages: list[str] = []
@@ -378,6 +400,8 @@ def test_demo_loads() -> None:
     assert not loaded.random_weights
 
 
+@pytest.mark.fault(area='inputs', case='a tokenizer that cannot be loaded',
+                   outcome='the model loads without a tokenizer, with a warning')
 def test_broken_tokenizer_is_a_warning(tiny_folder: Path, tmp_path: Path) -> None:
     for name in ("config.json", "model.safetensors"):
         (tmp_path / name).write_bytes((tiny_folder / name).read_bytes())

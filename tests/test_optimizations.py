@@ -64,6 +64,8 @@ def test_parse_spec():
      "conflicts"),
     ([{"id": "cast"}, {"id": "cast"}], "forward", "cpu", ErrorKind.INVALID_WORKLOAD, "twice"),
 ])
+@pytest.mark.fault(area='inputs', case='an unknown, misconfigured, inapplicable or conflicting optimization',
+                   outcome='refused before loading, naming the reason')
 def test_refusals_name_the_reason(opts, workload, device, kind, fragment):
     with pytest.raises(MemLensError) as e:
         resolve(opts, workload, device)
@@ -228,6 +230,8 @@ def test_lora_trains_only_the_adapters():
     assert r.deltas["optimizer_state_bytes"] < 0
 
 
+@pytest.mark.fault(area='environment', case='an optional library missing (peft, torchao, optimum-quanto)',
+                   outcome="the optimization is unavailable, with 'pip install ...'")
 def test_missing_optional_library_is_reported_with_the_install_hint(monkeypatch):
     import importlib.util
 

@@ -24,6 +24,8 @@ def _live(cls_name: str = "LlamaForCausalLM") -> int:
 
 
 @pytest.mark.parametrize("stage", ["load", "warmup", "memory", "optimize", "baseline"])
+@pytest.mark.fault(area='interruption', case='cancel during load, warm-up, memory pass, optimization and the baseline',
+                   outcome='cancelled within a second; the model is freed')
 def test_cancel_at_each_stage_stops_quickly_and_frees_the_model(stage):
     before = _live()
     events = Collector()
@@ -47,6 +49,8 @@ def test_cancel_at_each_stage_stops_quickly_and_frees_the_model(stage):
     assert _live() == before
 
 
+@pytest.mark.fault(area='resources', case='a read-only run store',
+                   outcome="the result is kept with a 'not saved' warning (skipped when run as root)")
 def test_a_read_only_store_keeps_the_result_and_says_why(tmp_path):
     root = tmp_path / "ro"
     root.mkdir()
@@ -62,6 +66,8 @@ def test_a_read_only_store_keeps_the_result_and_says_why(tmp_path):
         root.chmod(stat.S_IRWXU)
 
 
+@pytest.mark.fault(area='resources', case='a run store that cannot be created',
+                   outcome='the measured result is kept, with a warning naming MEMLENS_HOME')
 def test_an_unwritable_store_path_is_a_clear_store_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -71,6 +77,8 @@ def test_an_unwritable_store_path_is_a_clear_store_error(tmp_path):
     assert any("not saved" in w and "MEMLENS_HOME" in w for w in result.warnings)
 
 
+@pytest.mark.fault(area='data', case='two writers saving to one run store at once',
+                   outcome='every run saved and listed; no temporary files left')
 def test_two_writers_on_one_store_lose_nothing(tmp_path):
     store = RunStore(tmp_path)
     result = execute(tiny())
@@ -98,6 +106,8 @@ def test_two_writers_on_one_store_lose_nothing(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.fault(area='data', case='the attention maps file missing beside a run',
+                   outcome='the run opens; the maps show as absent')
 def test_missing_attention_file_beside_a_run_is_not_an_error(tmp_path):
     store = RunStore(tmp_path)
     result = execute(tiny(attention_maps=True), Collector(), store=store)
@@ -106,6 +116,8 @@ def test_missing_attention_file_beside_a_run_is_not_an_error(tmp_path):
     assert store.load(result.run_id).attention["captured"]
 
 
+@pytest.mark.fault(area='data', case='a damaged attention maps file',
+                   outcome='store error; hint: the run itself is intact')
 def test_damaged_attention_file_is_explained(tmp_path):
     from engine.errors import MemLensError
 
@@ -115,3 +127,17 @@ def test_damaged_attention_file_is_explained(tmp_path):
     with pytest.raises(MemLensError) as e:
         store.load_attention(result.run_id)
     assert e.value.kind == ErrorKind.STORE and "intact" in e.value.hint
+
+
+def test_the_published_fault_matrix_matches_the_tests():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "fault_matrix", Path(__file__).resolve().parents[1] / "tools" / "fault_matrix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.cases()
+    assert len(rows) >= 30
+    assert {r["area"] for r in rows} == set(module.AREAS)
+    assert module.main(["--check"]) == 0, "run: python tools/fault_matrix.py"

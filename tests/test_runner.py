@@ -47,6 +47,8 @@ def test_event_order_and_final_result():
     (dict(workload="dance"), "Unknown workload"),
     (dict(device="tpu"), "Unknown device"),
 ])
+@pytest.mark.fault(area='inputs', case="batch 0, negative tokens, a sequence beyond the model's positions, unknown workload or device",
+                   outcome='invalid_workload naming the value and the valid range')
 def test_absurd_workloads_are_refused_clearly(overrides, fragment):
     events = Collector()
     assert execute(tiny(**overrides), events) is None
@@ -55,6 +57,8 @@ def test_absurd_workloads_are_refused_clearly(overrides, fragment):
     assert fragment in failed.message and failed.hint
 
 
+@pytest.mark.fault(area='environment', case='--device cuda on a machine without a GPU',
+                   outcome='no_device; hint: use cpu')
 def test_cuda_without_gpu_is_a_clear_failure():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -64,12 +68,16 @@ def test_cuda_without_gpu_is_a_clear_failure():
     assert "cpu" in events.failed.hint.lower()
 
 
+@pytest.mark.fault(area='inputs', case='generation on an encoder',
+                   outcome='not_applicable; hint: use forward or train')
 def test_generate_refused_for_an_encoder():
     events = Collector()
     assert execute(tiny(model="preset:tiny-bert", workload="generate"), events) is None
     assert events.failed.kind == ErrorKind.NOT_APPLICABLE.value
 
 
+@pytest.mark.fault(area='interruption', case="cancel during generation's timing passes",
+                   outcome='cancelled within a second; no Finished event; the model is freed')
 def test_cancel_stops_within_a_second_and_frees_the_model():
     before = _live_models()
     events = Collector()
@@ -93,6 +101,8 @@ def test_cancel_stops_within_a_second_and_frees_the_model():
     assert _live_models() == before, "the cancelled run's model is still alive"
 
 
+@pytest.mark.fault(area='resources', case='out of memory in the forward (CUDA and CPU allocator messages, simulated)',
+                   outcome='out_of_memory with a hint; the model is freed and the next run works')
 def test_out_of_memory_becomes_a_failed_run_and_the_runner_stays_usable(monkeypatch):
     import engine.workloads as wl
 
@@ -125,6 +135,8 @@ def test_out_of_memory_becomes_a_failed_run_and_the_runner_stays_usable(monkeypa
     assert third.failed.kind == ErrorKind.OUT_OF_MEMORY.value
 
 
+@pytest.mark.fault(area='resources', case='a failure in the middle of a training forward',
+                   outcome='a failed run; no autograd graph or hook is left behind and the model is freed')
 def test_a_failure_inside_the_training_pass_frees_the_model(monkeypatch):
     """A backward graph left by a failed forward must not keep the model alive (C++ cycles)."""
     import engine.instrument as ins
@@ -145,6 +157,8 @@ def test_a_failure_inside_the_training_pass_frees_the_model(monkeypatch):
     assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
 
 
+@pytest.mark.fault(area='interruption', case='a second run while one runs (engine)',
+                   outcome='refused with a message; the first run goes on')
 def test_runner_refuses_a_second_concurrent_run():
     started = threading.Event()
     runner = Runner(lambda e: started.set() if isinstance(e, Progress) else None)

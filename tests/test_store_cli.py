@@ -37,6 +37,8 @@ def test_save_list_load_without_a_model(saved):
     assert result.attention["file"] == store.attention_path(result.run_id).name
 
 
+@pytest.mark.fault(area='data', case='damaged JSON, a run from a newer schema, a missing file',
+                   outcome='store / not_found errors that say which and what to do')
 def test_damaged_and_future_files_are_explained(saved, tmp_path):
     store, result = saved
     bad = tmp_path / "bad.json"
@@ -56,6 +58,8 @@ def test_damaged_and_future_files_are_explained(saved, tmp_path):
     assert e.value.kind == ErrorKind.NOT_FOUND
 
 
+@pytest.mark.fault(area='resources', case='a full disk while saving (rename fails)',
+                   outcome='store error naming the cause; the previous file is intact and no partial run is listed')
 def test_a_failed_save_leaves_the_previous_file_intact(saved, monkeypatch):
     store, result = saved
     path = store.path_for(result.run_id)

@@ -179,6 +179,8 @@ def test_columns_are_the_sample_fields() -> None:
     assert cols["t"] == [x.t for x in s.samples()]
 
 
+@pytest.mark.fault(area='load', case='a long run sampled fast',
+                   outcome='the timeline stays bounded (decimated, peaks kept) and still spans the run')
 def test_decimation_stays_bounded_and_spans_the_run() -> None:
     s = Sampler(max_samples=50, t0=time.perf_counter())
     taken = [s.take() for _ in range(1000)]
@@ -260,6 +262,8 @@ def test_sampler_cuda_device_with_fake_nvml(fake_nvml, monkeypatch) -> None:
 # -- Nvml --------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault(area='environment', case='nvidia-ml-py not installed',
+                   outcome='NVML unavailable with the install hint; GPU values None')
 def test_nvml_without_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
     n = Nvml()
@@ -280,6 +284,8 @@ def test_nvml_on_this_machine_never_raises() -> None:
     assert n.utilization(0) is None or n.utilization(0) >= 0.0
 
 
+@pytest.mark.fault(area='environment', case='the NVML library missing (no driver)',
+                   outcome='NVML unavailable with the reason; nothing raises')
 def test_nvml_library_missing_reason(fake_nvml) -> None:
     fake_nvml(init_error="NVMLError_LibraryNotFound")
     n = Nvml()
@@ -301,6 +307,8 @@ def test_nvml_init_is_lazy_and_once(fake_nvml) -> None:
     assert n.available and n.reason == ""
 
 
+@pytest.mark.fault(area='environment', case='per-process GPU memory reported as N/A (containers, WSL)',
+                   outcome='None (shown as not available), never 0')
 def test_nvml_process_memory_none_when_driver_reports_na(fake_nvml) -> None:
     fake_nvml(used_gpu_memory=None)
     assert Nvml().process_memory(0, os.getpid()) is None
@@ -318,6 +326,8 @@ def test_nvml_process_memory_value(fake_nvml) -> None:
     assert n.process_memory(0, pid=1) == 5 << 20
 
 
+@pytest.mark.fault(area='environment', case='an NVML query not supported by the device',
+                   outcome='that value None; the others still read')
 def test_nvml_not_supported_gives_none_and_others_work(fake_nvml) -> None:
     fake_nvml()
     n = Nvml()
