@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Slot
-from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QCheckBox, QLabel, QSplitter, QVBoxLayout, QWidget
 
 from engine.format import MISSING, human_ms, si_number, short_layer_label
 from engine.results import LayerStats, RunResult
+
+from .axis import fit_bar_labels
 
 _TEXT = "#202020"
 # (series, legend name, colour): the top-level row, then its attention and MLP sub-rows.
@@ -233,31 +234,4 @@ class LatencyPanel(QWidget):
         self._apply_ticks()
 
     def _apply_ticks(self) -> None:
-        """Fit the x range to the rows and label as many as fit without overlapping.
-
-        As in the memory chart: labels are placed greedily from the left, the last one always
-        gets its place, and the range leaves room for the first and last labels.
-        """
-        axis = self.plot.getAxis("bottom")
-        count = len(self.labels)
-        if not count:
-            axis.setTicks(None)
-            return
-        metrics = QFontMetrics(axis.style.get("tickFont") or self.font())
-        half = [metrics.horizontalAdvance(label) / 2 + 3 for label in self.labels]
-        view_width = max(self.plot.getViewBox().width(), 50.0)
-        span = count - 1
-        right = max(0.6, half[-1] * (span + 0.6) / max(view_width - half[-1], 1.0))
-        left = max(0.6, half[0] * (span + right) / max(view_width - half[0], 1.0))
-        self.plot.setXRange(-left, span + right, padding=0)
-        px = view_width / (span + left + right)  # pixels per row
-        last_left = (span + left) * px - half[-1]
-        ticks: list[tuple[float, str]] = []
-        edge = 0.0
-        for i in range(count - 1):
-            center = (i + left) * px
-            if center - half[i] >= edge and center + half[i] <= last_left:
-                ticks.append((float(i), self.labels[i]))
-                edge = center + half[i]
-        ticks.append((float(span), self.labels[-1]))
-        axis.setTicks([ticks, []])
+        fit_bar_labels(self.plot, self.labels, self.font())

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Slot
-from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from engine.results import LayerStats, Totals
 
 from engine.aggregate import UNATTRIBUTED, LayerGroup, category_order, group_layers
 from engine.format import short_layer_label
+
+from .axis import fit_bar_labels
 
 MIB = 1024.0 * 1024.0
 
@@ -115,34 +116,7 @@ class LayerChartPanel(QWidget):
             self.plot.setYRange(min(bottom, 0.0), max(top, 1e-6) * 1.08, padding=0)
 
     def _apply_ticks(self) -> None:
-        """Fit the x range to the bars and label as many bars as fit without overlapping.
-
-        Labels are placed greedily from the left after the last one (``unattributed``), which
-        always gets its place; the range leaves room for the first and last labels.
-        """
-        axis = self.plot.getAxis("bottom")
-        count = len(self.labels)
-        if not count:
-            axis.setTicks(None)
-            return
-        metrics = QFontMetrics(axis.style.get("tickFont") or self.font())
-        half = [metrics.horizontalAdvance(label) / 2 + 3 for label in self.labels]
-        view_width = max(self.plot.getViewBox().width(), 50.0)
-        span = count - 1
-        right = max(0.6, half[-1] * (span + 0.6) / max(view_width - half[-1], 1.0))
-        left = max(0.6, half[0] * (span + right) / max(view_width - half[0], 1.0))
-        self.plot.setXRange(-left, span + right, padding=0)
-        px = view_width / (span + left + right)  # pixels per bar
-        last_left = (span + left) * px - half[-1]
-        ticks: list[tuple[float, str]] = []
-        edge = 0.0
-        for i in range(count - 1):
-            center = (i + left) * px
-            if center - half[i] >= edge and center + half[i] <= last_left:
-                ticks.append((float(i), self.labels[i]))
-                edge = center + half[i]
-        ticks.append((float(span), self.labels[-1]))
-        axis.setTicks([ticks, []])
+        fit_bar_labels(self.plot, self.labels, self.font())
 
     def _bar(self, category: str) -> pg.BarGraphItem:
         bar = self._bars.get(category)
