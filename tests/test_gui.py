@@ -30,6 +30,7 @@ from engine.store import RunSummary  # noqa: E402
 from engine.aggregate import UNATTRIBUTED, group_layers, reconciliation_line  # noqa: E402
 from engine.format import human_bytes, human_flops, human_ms, short_layer_label  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
+from .qt_helpers import distinct_colours as _distinct_colours  # noqa: E402
 from gui.worker import EngineWorker  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -517,13 +518,6 @@ def test_controls_build_a_valid_config(qtbot, monkeypatch, tmp_path):
     assert controls.config()["model"] == str(tmp_path / "config.json")
 
 
-def _distinct_colours(image: QImage) -> int:
-    image = image.convertToFormat(QImage.Format.Format_RGB32)
-    width, height = image.width(), image.height()
-    pixels = np.frombuffer(image.constBits(), dtype=np.uint32,
-                           count=image.bytesPerLine() * height // 4)
-    pixels = pixels.reshape(height, image.bytesPerLine() // 4)[:, :width]
-    return int(np.unique(pixels).size)
 
 
 def test_screenshot_of_a_finished_run_is_not_blank(qtbot, store):

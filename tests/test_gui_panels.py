@@ -20,6 +20,7 @@ from engine.events import AttentionMaps, Finished, LayerStatsReady, Progress  # 
 from engine.format import MISSING  # noqa: E402
 from engine.results import LayerStats, RunResult, Totals  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
+from .qt_helpers import distinct_colours  # noqa: E402
 from gui.panels.attention import NO_MAPS, AttentionPanel, block_mean, head_entropy  # noqa: E402
 from gui.panels.latency import LatencyPanel  # noqa: E402
 
@@ -127,13 +128,6 @@ def make_window(qtbot, execute=None, store=None) -> MainWindow:
     return window
 
 
-def distinct_colours(image: QImage) -> int:
-    image = image.convertToFormat(QImage.Format.Format_RGB32)
-    width, height = image.width(), image.height()
-    pixels = np.frombuffer(image.constBits(), dtype=np.uint32,
-                           count=image.bytesPerLine() * height // 4)
-    pixels = pixels.reshape(height, image.bytesPerLine() // 4)[:, :width]
-    return int(np.unique(pixels).size)
 
 
 # -- attention panel ---------------------------------------------------------------------------
