@@ -99,3 +99,23 @@ def reconciliation_line(totals: Totals, fmt) -> str:
     source = PEAK_SOURCES.get(totals.peak_source, totals.peak_source) or "unknown source"
     return (f"peak {fmt(totals.peak_bytes)} = attributed {fmt(totals.attributed_bytes)} "
             f"+ unattributed {fmt(totals.unattributed_bytes)} ({source})")
+
+
+def outline_from_layers(groups: Sequence[LayerGroup], per_layer: dict[str, int | None]
+                        ) -> list[int | None]:
+    """Another measurement's bytes per bar of ``groups``, from its per-layer at-peak bytes (e.g.
+    ``RunResult.baseline["layers"][name]["at_peak_bytes"]``, the unoptimized model measured in
+    the same run). A bar is ``None`` when none of its members was measured there."""
+    out: list[int | None] = []
+    for group in groups:
+        values = [per_layer.get(name) for name in group.members]
+        known = [int(v) for v in values if v is not None]
+        out.append(sum(known) if known else None)
+    return out
+
+
+def outline_from_run(groups: Sequence[LayerGroup], layers: Sequence[LayerStats]
+                     ) -> list[int | None]:
+    """Another run's bytes per bar of ``groups``, its bars matched by name (``None``: absent)."""
+    theirs = {g.name: g.total_bytes for g in group_layers(layers)}
+    return [theirs.get(group.name) for group in groups]

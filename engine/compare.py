@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TextIO
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
+from .aggregate import group_layers
 from .format import MISSING, human_bytes
 from .results import RunResult
+
+# Quality figures a scatter can use, best first: (key in RunResult.quality, axis label, better).
+QUALITY_METRICS = (
+    ("perplexity", "perplexity on resources/quality_text.txt", "lower"),
+    ("kl_divergence", "KL divergence from the unoptimized model", "lower"),
+    ("cosine_similarity", "cosine similarity to the unoptimized model", "higher"),
+)
 
 
 def _signed(n: int | float | None) -> str:
@@ -14,23 +24,96 @@ def _signed(n: int | float | None) -> str:
     return ("+" if n > 0 else "−" if n < 0 else "±") + human_bytes(abs(n))
 
 
+def optimizations_text(optimizations: Sequence[dict[str, Any]]) -> str:
+    """``int8-dynamic, lora:rank=8`` (``none`` for a plain run)."""
+    return ", ".join(
+        str(a.get("id", "?")) + (":" + ",".join(f"{k}={v}" for k, v in a["params"].items())
+                                 if a.get("params") else "")
+        for a in optimizations or ()) or "none"
+
+
+def quality_text(quality: dict[str, Any] | None) -> str:
+    """A short quality figure: ``KL 0.012, ppl 31.2``, ``ppl 31.0``, ``cos 0.9990`` or ``—``."""
+    q = quality or {}
+    if q.get("kl_divergence") is not None:
+        ppl = q.get("perplexity")
+        return f"KL {q['kl_divergence']:.3g}" + (f", ppl {ppl:.2f}" if ppl is not None else "")
+    if q.get("perplexity") is not None:
+        return f"ppl {q['perplexity']:.2f}"
+    if q.get("cosine_similarity") is not None:
+        return f"cos {q['cosine_similarity']:.4f}"
+    return MISSING
+
+
 def _describe(r: RunResult) -> str:
-    opts = ", ".join(a["id"] + (":" + ",".join(f"{k}={v}" for k, v in a["params"].items())
-                                if a["params"] else "") for a in r.optimizations) or "none"
+    opts = optimizations_text(r.optimizations)
     c = r.config
     return (f"{r.run_id}: {c.model} {c.workload} b{c.batch} s{c.seq} {c.device} "
             f"{r.model_info.get('dtype', c.dtype)}; optimizations: {opts}")
 
 
 def _quality(r: RunResult) -> str:
-    q = r.quality or {}
-    if q.get("kl_divergence") is not None:
-        return f"KL {q['kl_divergence']:.3g}, ppl {q.get('perplexity') or 0:.2f}"
-    if q.get("perplexity") is not None:
-        return f"ppl {q['perplexity']:.2f}"
-    if q.get("cosine_similarity") is not None:
-        return f"cos {q['cosine_similarity']:.4f}"
-    return MISSING
+    return quality_text(r.quality)
+
+
+@dataclass
+class Comparison:
+    """Saved runs side by side, for the compare view: the first run is the reference.
+
+    ``bars`` are the chart's bar groups (blocks and top-level layers, as in the memory chart),
+    matched by name across runs; ``at_peak[i][j]`` is run ``i``'s bytes in bar ``j`` (``None``
+    where the run has no such layer). ``unattributed`` and ``peaks`` complete each run's sum:
+    ``sum(at_peak[i]) + unattributed[i] == peaks[i]``. ``metric`` is the quality figure every
+    run with a quality record shares (``None`` if none), ``quality[i]`` its value per run.
+    """
+
+    runs: list[RunResult]
+    bars: list[str] = field(default_factory=list)
+    at_peak: list[list[int | None]] = field(default_factory=list)
+    unattributed: list[int] = field(default_factory=list)
+    peaks: list[int] = field(default_factory=list)
+    metric: str | None = None
+    metric_label: str = ""
+    metric_better: str = ""
+    quality: list[float | None] = field(default_factory=list)
+
+    @property
+    def different_models(self) -> bool:
+        return any(r.config.model != self.runs[0].config.model for r in self.runs[1:])
+
+    def deltas(self, i: int) -> list[int | None]:
+        """Run ``i`` minus the first run, per bar (``None`` where either lacks the bar)."""
+        ref = self.at_peak[0]
+        return [None if a is None or b is None else a - b for a, b in zip(self.at_peak[i], ref)]
+
+    def not_plotted(self) -> list[str]:
+        """Run ids the scatter leaves out (no figure for ``metric``)."""
+        return [r.run_id for r, q in zip(self.runs, self.quality) if q is None]
+
+
+def compare(runs: Sequence[RunResult]) -> Comparison:
+    """Align ``runs`` (two or more; the first is the reference) bar by bar."""
+    if not runs:
+        raise ValueError("compare() needs at least one run")
+    comparison = Comparison(runs=list(runs))
+    per_run: list[dict[str, int]] = []
+    for r in runs:
+        groups = {g.name: g.total_bytes for g in group_layers(r.layers)}
+        per_run.append(groups)
+        comparison.bars += [name for name in groups if name not in comparison.bars]
+    comparison.at_peak = [[groups.get(name) for name in comparison.bars] for groups in per_run]
+    comparison.unattributed = [r.totals.unattributed_bytes for r in runs]
+    comparison.peaks = [r.totals.peak_bytes for r in runs]
+    for key, label, better in QUALITY_METRICS:
+        values = [(r.quality or {}).get(key) for r in runs]
+        if sum(v is not None for v in values) >= min(2, len(runs)):
+            comparison.metric, comparison.metric_label = key, label
+            comparison.metric_better = better
+            comparison.quality = [float(v) if v is not None else None for v in values]
+            break
+    else:
+        comparison.quality = [None] * len(runs)
+    return comparison
 
 
 def print_comparison(runs: list[RunResult], out: TextIO) -> None:

@@ -17,7 +17,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .accounting import TensorAccountant, leaves, storage_bytes
 from .errors import Cancelled
-from .layers import TrackedModule, module_weight_tensors, weight_owners
+from .layers import TrackedModule, module_weight_tensors, owned_submodules, weight_owners
 
 # Ops that do real arithmetic; when FlopCounterMode has no formula for one we say so.
 _HEAVY_OP_WORDS = ("attention", "mm", "matmul", "conv", "linear", "einsum", "baddbmm", "addmm")
@@ -110,6 +110,8 @@ class MemoryProbe:
         self.acc = TensorAccountant(self._owner, self._category)
         self._stack: list[str] = []
         self._handles: list[Any] = []
+        self._opaque: list[torch.Tensor] = []  # unpacked copies of packed weights (see __enter__)
+        self.opaque_bytes = 0
         self._tracker: Any = None
         self._flops: Any = None
         self._forward_flops: dict[str, dict[Any, int]] | None = None
@@ -250,9 +252,25 @@ class MemoryProbe:
     # -- context ------------------------------------------------------------------------------------
     def __enter__(self) -> MemoryProbe:
         acc = self.acc
+        tracked_names = {t.name for t in self.tracked}
         for t in self.tracked:
             for w in module_weight_tensors(t.module):
                 acc.track(w, t.name, "weights")
+            # Packed weights of quantized modules (quantize_dynamic's fbgemm params) are not
+            # tensors the dispatch mode can see: their unpacked copies are kept alive for the
+            # pass so their bytes count as the owner's weights at the peak, not vanish.
+            for sub in owned_submodules(t, tracked_names):
+                packed = getattr(sub, "_packed_params", None)
+                if packed is None or not hasattr(packed, "_weight_bias"):
+                    continue
+                try:
+                    unpacked = [w for w in packed._weight_bias() if isinstance(w, torch.Tensor)]
+                except Exception:  # noqa: BLE001 - an unknown packing stays uncounted
+                    continue
+                for w in unpacked:
+                    self._opaque.append(w)
+                    self.opaque_bytes += w.numel() * w.element_size()
+                    acc.track(w, t.name, "weights")
         for pname, p in list(self.model.named_parameters()) + list(self.model.named_buffers()):
             acc.track(p, self.param_owner.get(id(p)), "weights")
             if self.training and isinstance(p, nn.Parameter) and p.requires_grad:
@@ -308,6 +326,7 @@ class MemoryProbe:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._opaque.clear()
         for t in self.tracked:
             for attr in ("_memlens_watch", "_memlens_cuda_watch"):
                 if hasattr(t.module, attr):

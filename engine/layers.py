@@ -79,7 +79,8 @@ def select_layers(model: nn.Module) -> list[TrackedModule]:
                             kind = "mlp"
                         else:
                             continue
-                        if not any(True for _ in sub.parameters()):
+                        # Weights, not only parameters: quantized modules keep packed ones.
+                        if not module_weight_tensors(sub, recurse=True):
                             continue
                         tracked.append(TrackedModule(f"{bfqn}.{sub_name}", kind, bfqn, 1, sub, i))
             elif fqn in block_ancestors:
@@ -98,6 +99,19 @@ def select_layers(model: nn.Module) -> list[TrackedModule]:
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     tracked.sort(key=lambda t: order.get(t.name if t.name != "(root)" else "", -1))
     return tracked
+
+
+def owned_submodules(tracked: TrackedModule, tracked_names: set[str]) -> list[nn.Module]:
+    """``tracked.module`` and its descendants, except those under another tracked module (a
+    tracked child owns its own subtree)."""
+    out = []
+    for name, sub in tracked.module.named_modules():
+        parts = name.split(".") if name else []
+        if any(f"{tracked.name}." + ".".join(parts[:i]) in tracked_names
+               for i in range(1, len(parts) + 1)):
+            continue
+        out.append(sub)
+    return out
 
 
 def weight_owners(model: nn.Module, tracked: list[TrackedModule]) -> dict[str, str | None]:

@@ -832,9 +832,11 @@ def resolve(selected: list[dict[str, Any]], workload: str, device: str
 
 def apply_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]],
               device: torch.device, cancel: Any = None,
-              progress: Callable[[float, str], None] | None = None
+              progress: Callable[[float, str], None] | None = None,
+              on_applied: Callable[[Applied], None] | None = None
               ) -> tuple[list[Applied], RunHooks]:
-    """Check each optimization against the loaded model, then apply them in order."""
+    """Check each optimization against the loaded model, then apply them in order
+    (``on_applied`` is called after each one, e.g. to see which modules it changed)."""
     for opt, params in chosen:
         reason = opt.check_model(model, params)
         if reason:
@@ -848,4 +850,6 @@ def apply_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]
         if progress is not None:
             progress(i / len(chosen), f"applying {opt.name}")
         applied.append(opt.apply(model, params, hooks, device))
+        if on_applied is not None:
+            on_applied(applied[-1])
     return applied, hooks

@@ -27,7 +27,9 @@ from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import AttentionMaps, Event, Failed, Finished, LayerStatsReady, Progress
 from .instrument import MemoryProbe, TimingProbe
-from .layers import TrackedModule, module_weight_tensors, select_layers, unique_nbytes
+from .layers import (TrackedModule, module_weight_tensors, owned_submodules, select_layers,
+                     unique_nbytes)
+from .modeltree import ChangeTracker, module_tree
 from .results import CATEGORIES, LayerStats, RunResult, Totals
 from . import quality as quality_mod
 from . import workloads as wl
@@ -265,6 +267,7 @@ class _Run:
         tracked = select_layers(model)
         inputs = self._inputs(model, device)
         result.model_info = self._model_info(model, tracked, device)
+        result.model_info["module_tree"] = module_tree(model)
         result.environment = environment(str(device))
         result.limitations = list(LIMITATIONS_CUDA if cuda else LIMITATIONS_CPU)
         if not wl.is_causal_lm(model) and cfg.workload == "generate":
@@ -292,12 +295,15 @@ class _Run:
                 del snapshot
             gc.collect()
             self.progress("optimize", 0.0, "applying optimizations")
+            changes = ChangeTracker(model)
             applied, self.hooks = apply_all(
                 model, chosen, device, self.cancel,
-                lambda f, m: self.progress("optimize", f, m))
+                lambda f, m: self.progress("optimize", f, m),
+                on_applied=lambda a: changes.after(a.id))
             result.optimizations = [a.to_dict() for a in applied]
             tracked = select_layers(model)  # modules may have been replaced or removed
             result.model_info = self._model_info(model, tracked, device)
+            result.model_info["module_tree"] = module_tree(model, changes)
             # Quality of the optimized model as applied (before any training step moves it).
             self.progress("quality", None, "comparing outputs with the reference")
             result.quality = quality_mod.measure(reference, model, self.hooks.context(device))
@@ -441,6 +447,12 @@ class _Run:
             totals.peak_source = "tensor_accounting"
         totals.process_rss_peak_bytes = procmem.rss_peak_bytes() if hwm_ok else None
         per_owner, unowned = probe.at_peak()
+        if probe.opaque_bytes:
+            note = ("Packed int8 weights (quantize_dynamic) are opaque to the dispatch mode: "
+                    f"their unpacked size ({probe.opaque_bytes / 2**20:.2f} MiB) is counted as "
+                    "weights at the peak; fbgemm's packed layout is not visible from Python.")
+            if note not in result.limitations:
+                result.limitations.append(note)
         owners_by_name = {t.name for t in tracked}
 
         # -- per layer ----------------------------------------------------------------------------
@@ -656,8 +668,9 @@ class _Run:
             grouped.setdefault(owner, []).append(named[pname])
             if pname in dict(model.named_parameters()):
                 counts[owner] = counts.get(owner, 0) + named[pname].numel()
+        names = {t.name for t in tracked}
         for t in tracked:  # packed (non-parameter) weights of quantized modules
-            for m in t.module.modules():
+            for m in owned_submodules(t, names):
                 packed = [w for w in module_weight_tensors(m) if not isinstance(w, torch.nn.Parameter)
                           and not any(w is b for b in m.buffers(recurse=False))]
                 if packed:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compare import optimizations_text, quality_text
 from .errors import ErrorKind, MemLensError
 from .results import RunResult, SchemaError
 
@@ -44,6 +45,11 @@ class RunSummary:
     latency_ms: float | None
     label: str
     path: Path
+    optimizations: str = "none"  # ``int8-dynamic, lora:rank=8``
+    quality: str = "—"  # a short figure, e.g. ``KL 0.012, ppl 31.2``
+    device: str = ""
+    dtype: str = ""
+    status: str = "ok"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -148,11 +154,17 @@ class RunStore:
                 data = json.loads(path.read_text(encoding="utf-8"))
                 cfg = data.get("config") or {}
                 totals = data.get("totals") or {}
+                info = data.get("model_info") or {}
                 out.append(RunSummary(
                     run_id=data["run_id"], created=data.get("created", ""),
                     model=cfg.get("model", "?"), workload=cfg.get("workload", "?"),
                     peak_bytes=totals.get("peak_bytes"), latency_ms=totals.get("latency_ms"),
-                    label=cfg.get("label", ""), path=path))
+                    label=cfg.get("label", ""), path=path,
+                    optimizations=optimizations_text(data.get("optimizations") or []),
+                    quality=quality_text(data.get("quality")),
+                    device=str(info.get("device") or cfg.get("device") or ""),
+                    dtype=str(info.get("dtype") or cfg.get("dtype") or ""),
+                    status=str(data.get("status") or "ok")))
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
         out.sort(key=lambda s: s.created, reverse=True)

@@ -107,6 +107,19 @@ def test_int8_dynamic_linear_weights_are_a_quarter():
     assert a["weights_bytes_before"] - a["weights_bytes_after"] == linear - linear // 4
     assert r.quality["kl_divergence"] >= 0
     assert any("quantized" in op for op in r.totals.flops_uncounted_ops)
+    # The packed int8 weights are opaque to the dispatch mode, yet counted once at the peak by
+    # their owners (exclusive rows), so the peak holds every weight byte and still reconciles.
+    t = r.totals
+    assert t.weights_bytes == t.model_weights_bytes == sum(x.weights_bytes for x in r.layers)
+    assert t.reconciles() and t.peak_bytes >= t.model_weights_bytes
+    assert {x.kind for x in r.layers} >= {"attention", "mlp"}  # sub-blocks still tracked
+    assert any("Packed int8 weights" in note for note in r.limitations)
+    # The module tree names the quantized Linears as changed by this optimization.
+    tree = r.model_info["module_tree"]
+    touched = [m for m in tree["modules"] if "int8-dynamic" in m["touched_by"]]
+    assert touched and all(m["name"].startswith("model.layers.") for m in touched)
+    assert {m["type"] for m in touched} >= {"Linear"}
+    assert any("quantized" in m["class_path"] for m in touched)
 
 
 def test_unstructured_pruning_raises_memory_until_permanent():

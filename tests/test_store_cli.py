@@ -101,3 +101,39 @@ def test_cli_errors_name_the_problem_and_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "nope" in err and "hint:" in err
+
+
+def test_compare_aligns_bars_and_reconciles_each_run(tmp_path):
+    """The compare view's data: bars matched by name, each run's bars + unattributed = its
+    peak, deltas against the first run, and the quality metric every run shares."""
+    from engine.compare import compare
+    from engine.runner import execute
+
+    base = execute(tiny(model="demo"))  # the demo has a tokenizer: perplexity is meaningful
+    opt = execute(tiny(model="demo",
+                       optimizations=[{"id": "prune-ffn", "params": {"amount": 0.5}}]))
+    c = compare([base, opt])
+    assert c.bars[0].endswith("embed_tokens") and any(".layers.0" in b for b in c.bars)
+    for i, run in enumerate((base, opt)):
+        assert sum(v or 0 for v in c.at_peak[i]) + c.unattributed[i] == c.peaks[i]
+    deltas = c.deltas(1)
+    assert deltas[0] == 0  # embeddings untouched
+    assert all(d is not None and d < 0 for b, d in zip(c.bars, deltas) if ".layers." in b)
+    assert c.metric == "perplexity" and all(q is not None for q in c.quality)
+    assert c.not_plotted() == []
+    # Without a tokenizer there is no perplexity, and KL exists only for the optimized run:
+    # no metric is shared, so none is claimed.
+    assert compare([execute(tiny()), execute(tiny(optimizations=[
+        {"id": "prune-ffn", "params": {"amount": 0.5}}]))]).metric is None
+
+
+def test_summaries_carry_optimizations_and_quality(tmp_path):
+    from engine.runner import execute
+    from engine.store import RunStore
+
+    store = RunStore(tmp_path)
+    execute(tiny(optimizations=[{"id": "cast", "params": {"dtype": "bfloat16"}}]), store=store)
+    (summary,) = store.list()
+    assert summary.optimizations == "cast:dtype=bfloat16"
+    assert summary.quality.startswith("KL ")
+    assert summary.device == "cpu" and summary.dtype
