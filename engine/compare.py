@@ -76,6 +76,8 @@ class Comparison:
     metric_label: str = ""
     metric_better: str = ""
     quality: list[float | None] = field(default_factory=list)
+    latency_ms: list[float | None] = field(default_factory=list)  # plain (uninstrumented) pass
+    latency_ratio: list[float | None] = field(default_factory=list)  # against the first run
 
     @property
     def different_models(self) -> bool:
@@ -104,6 +106,10 @@ def compare(runs: Sequence[RunResult]) -> Comparison:
     comparison.at_peak = [[groups.get(name) for name in comparison.bars] for groups in per_run]
     comparison.unattributed = [r.totals.unattributed_bytes for r in runs]
     comparison.peaks = [r.totals.peak_bytes for r in runs]
+    comparison.latency_ms = [r.totals.plain_latency_ms for r in runs]
+    ref_ms = comparison.latency_ms[0]
+    comparison.latency_ratio = [ms / ref_ms if ms and ref_ms else None
+                                for ms in comparison.latency_ms]
     for key, label, better in QUALITY_METRICS:
         values = [(r.quality or {}).get(key) for r in runs]
         if sum(v is not None for v in values) >= min(2, len(runs)):

@@ -200,3 +200,19 @@ def load_run_file(path: Path | str) -> RunResult:
     except (ValueError, TypeError, KeyError) as exc:
         raise MemLensError(ErrorKind.STORE, f"The run file {path.name} is damaged ({exc}).",
                            "It cannot be opened; other runs are unaffected.") from exc
+
+
+def write_run_file(result: RunResult, path: Path | str) -> Path:
+    """Write ``result`` as a run JSON at ``path`` (atomically: an existing file survives a
+    failure); it opens with ``memlens show PATH`` or File → Open run file."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path.with_suffix(".json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(result.to_dict(), indent=1, allow_nan=False).encode("utf-8")
+        _atomic_write(path, data)
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Could not write {path}: {exc.strerror or exc}.",
+                           "Choose a writable folder with free space.") from exc
+    return path

@@ -9,6 +9,7 @@ destroyed while running.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -20,6 +21,12 @@ SHUTDOWN_WAIT_MS = 30_000  # the engine promises to stop within ~1 s of a cancel
 # Threads that did not stop in time at shutdown: kept referenced so Qt never destroys a running
 # QThread (that aborts the process); they end on their own when the engine returns.
 _ORPHANS: list[tuple[QThread, EngineWorker]] = []
+_THREADS: "weakref.WeakSet[QThread]" = weakref.WeakSet()
+
+
+def live_threads() -> list[QThread]:
+    """Every engine thread this process started that still exists (for leak checks)."""
+    return list(_THREADS) + [t for t, _ in _ORPHANS]
 
 
 class RunController(QObject):
@@ -62,6 +69,7 @@ class RunController(QObject):
         worker = EngineWorker(self._execute, store=self._store)
         thread = QThread()
         thread.setObjectName("memlens-engine")
+        _THREADS.add(thread)
         worker.moveToThread(thread)
         # Forward worker signals (queued: the controller lives in the GUI thread).
         worker.progress.connect(self.progress)

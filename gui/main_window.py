@@ -7,23 +7,28 @@ and lands in a method of this window. Panels render engine records; nothing here
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, Slot
-from PySide6.QtGui import QCloseEvent, QShowEvent
-from PySide6.QtWidgets import QMainWindow, QSplitter, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtCore import QSettings, Qt, Slot
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeySequence, QShowEvent
+from PySide6.QtWidgets import QFileDialog, QMainWindow, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
+from engine.aggregate import outline_from_layers, outline_from_run
 from engine.events import AttentionMaps
+from engine.format import human_bytes, human_seconds
 from engine.results import RunResult
 
+from . import theme
 from .controller import RunController
-from engine.format import human_bytes, human_seconds
 from .panels.attention import NO_MAPS, AttentionPanel
+from .panels.compare import ComparePanel
 from .panels.controls import ControlPanel
 from .panels.layer_chart import LayerChartPanel
 from .panels.latency import LatencyPanel
 from .panels.layer_table import LayerTablePanel
 from .panels.log import LogPanel
+from .panels.model_tree import ModelTreePanel
 from .panels.saved_runs import SavedRunsPanel
 from .panels.status import StatusPanel
 from .panels.timeline import TimelinePanel
@@ -31,15 +36,21 @@ from .panels.totals import TotalsPanel
 from .worker import ExecuteFn
 
 _NO_STORE = object()
+MAX_RECENT = 8
+SETTINGS_CONTROLS = ("model", "workload", "batch", "seq", "new_tokens", "device", "dtype",
+                     "sample_hz", "attention_maps")
 
 
 class MainWindow(QMainWindow):
     """``execute`` replaces ``engine.runner.execute`` (a fake engine in tests); ``store`` replaces
     the default ``engine.store.RunStore()`` (anything with ``list()`` and ``load(run_id)``)."""
 
-    def __init__(self, execute: ExecuteFn | None = None, store: Any = None, model: str = "demo",
-                 devices: Sequence[str] | None = None, parent: QWidget | None = None) -> None:
+    def __init__(self, execute: ExecuteFn | None = None, store: Any = None, model: str | None = None,
+                 devices: Sequence[str] | None = None, parent: QWidget | None = None,
+                 settings: QSettings | None = None) -> None:
         super().__init__(parent)
+        self.settings = settings if settings is not None else QSettings()
+        self._baseline_run: RunResult | None = None  # a saved run picked as the chart's outline
         self.setWindowTitle("MemLens")
         self.resize(1280, 820)
         self._store: Any = store
@@ -50,8 +61,10 @@ class MainWindow(QMainWindow):
         self._live_attention: AttentionMaps | None = None  # the maps of the run in progress
 
         self.controller = RunController(execute, store=store, parent=self)
-        self.controls = ControlPanel(model=model, devices=devices)
+        self.controls = ControlPanel(model=model or "demo", devices=devices)
         self.saved_runs = SavedRunsPanel()
+        self.compare_panel = ComparePanel()
+        self.model_panel = ModelTreePanel()
         self.status = StatusPanel()
         self.chart = LayerChartPanel()
         self.table = LayerTablePanel()
@@ -61,11 +74,14 @@ class MainWindow(QMainWindow):
         self.latency_panel = LatencyPanel()
         self.log = LogPanel()
         self._build_layout()
+        self._build_menus()
 
         self.controls.run_requested.connect(self.start_run)
         self.controls.cancel_requested.connect(self.cancel_run)
         self.saved_runs.run_activated.connect(self.load_saved_run)
         self.saved_runs.refresh_requested.connect(self.refresh_saved_runs)
+        self.saved_runs.compare_requested.connect(self.compare_saved_runs)
+        self.saved_runs.baseline_requested.connect(self.set_baseline_run)
         self.controller.progress.connect(self._on_progress)
         self.controller.sample.connect(self._on_samples)
         self.controller.layers.connect(self._on_layers)
@@ -74,22 +90,29 @@ class MainWindow(QMainWindow):
         self.controller.failed.connect(self._on_failed)
         self.controller.running_changed.connect(self._on_running_changed)
 
+        self.restore_settings(model)
         self.refresh_saved_runs()
 
     def _build_layout(self) -> None:
         left = QWidget()
         left_layout = QVBoxLayout(left)
-        left_layout.addWidget(self.controls)
-        left_layout.addWidget(self.saved_runs, 1)
+        left_layout.addWidget(self.controls, 1)
 
+        runs_tab = QSplitter(Qt.Orientation.Vertical)
+        runs_tab.addWidget(self.saved_runs)
+        runs_tab.addWidget(self.compare_panel)
+        runs_tab.setSizes([260, 560])
+        self.runs_tab = runs_tab
         self.plot_tabs = QTabWidget()
         self.plot_tabs.addTab(self.chart, "Memory by layer")
         self.plot_tabs.addTab(self.attention_panel, "Attention")
         self.plot_tabs.addTab(self.latency_panel, "Latency")
+        self.plot_tabs.addTab(self.model_panel, "Model")
         plots = QSplitter(Qt.Orientation.Horizontal)
         plots.addWidget(self.plot_tabs)
         plots.addWidget(self.timeline)
         plots.setSizes([680, 320])
+        self._splitters = {"plots": plots}
         details = QWidget()
         details_layout = QVBoxLayout(details)
         details_layout.setContentsMargins(0, 0, 0, 0)
@@ -100,18 +123,79 @@ class MainWindow(QMainWindow):
         vertical.addWidget(details)
         vertical.addWidget(self.log)
         vertical.setSizes([390, 250, 100])
+        self._splitters["vertical"] = vertical
+        self._splitters["runs"] = runs_tab
 
+        # The current run and the saved runs are two pages: comparing runs needs the room.
+        self.workspace = QTabWidget()
+        self.workspace.setDocumentMode(True)
+        self.workspace.addTab(vertical, "Current run")
+        self.workspace.addTab(runs_tab, "Saved runs && compare")
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.addWidget(self.status)
-        right_layout.addWidget(vertical, 1)
+        right_layout.addWidget(self.workspace, 1)
 
         main = QSplitter(Qt.Orientation.Horizontal)
         main.addWidget(left)
         main.addWidget(right)
         main.setStretchFactor(1, 1)
         main.setSizes([330, 950])
+        self._splitters["main"] = main
         self.setCentralWidget(main)
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        self.open_run_action = self._action(file_menu, "&Open run file…", self.open_run_dialog,
+                                            QKeySequence.StandardKey.Open)
+        self.recent_menu = file_menu.addMenu("Recent run files")
+        file_menu.addSeparator()
+        self.export_action = self._action(file_menu, "&Export run JSON…", self.export_run_dialog,
+                                          "Ctrl+E")
+        self.save_png_action = self._action(file_menu, "&Save current plot as PNG…",
+                                            self.save_plot_dialog, QKeySequence.StandardKey.Save)
+        self.save_window_action = self._action(file_menu, "Save &window as PNG…",
+                                               lambda: self.save_plot_dialog(self))
+        file_menu.addSeparator()
+        self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+
+        edit_menu = bar.addMenu("&Edit")
+        self.copy_plot_action = self._action(edit_menu, "&Copy current plot",
+                                             self.copy_plot, "Ctrl+Shift+C")
+
+        run_menu = bar.addMenu("&Run")
+        self.run_action = self._action(run_menu, "&Run", lambda: self.start_run(
+            self.controls.config()), "Ctrl+R")
+        self.run_action.setShortcuts([QKeySequence("Ctrl+R"), QKeySequence("F5")])
+        self.cancel_action = self._action(run_menu, "&Cancel", self.cancel_run, "Ctrl+.")
+        self.cancel_action.setShortcuts([QKeySequence("Ctrl+."), QKeySequence("Escape")])
+        self.cancel_action.setEnabled(False)
+
+        view_menu = bar.addMenu("&View")
+        for i in range(self.plot_tabs.count()):
+            self._action(view_menu, self.plot_tabs.tabText(i), lambda _=False, i=i: (
+                self.workspace.setCurrentIndex(0), self.plot_tabs.setCurrentIndex(i)),
+                f"Ctrl+{i + 1}")
+        self._action(view_menu, "Saved runs && compare",
+                     lambda: self.workspace.setCurrentWidget(self.runs_tab), "Ctrl+0")
+        view_menu.addSeparator()
+        themes = QActionGroup(self)
+        self.theme_actions: dict[str, QAction] = {}
+        for name in theme.THEMES:
+            action = self._action(view_menu, f"{name.capitalize()} theme",
+                                  lambda _=False, n=name: self.set_theme(n))
+            action.setCheckable(True)
+            themes.addAction(action)
+            self.theme_actions[name] = action
+
+    def _action(self, menu: Any, text: str, slot: Any, shortcut: Any = None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(lambda _=False: slot())
+        menu.addAction(action)
+        return action
 
     # -- runs -----------------------------------------------------------------------------------
     @Slot(object)
@@ -122,6 +206,7 @@ class MainWindow(QMainWindow):
             return False
         self.controller.set_store(self._get_store())
         self._config = dict(config)
+        self.workspace.setCurrentIndex(0)
         self._last_stage = ""
         self.current_result = None
         self._live_attention = None
@@ -131,6 +216,7 @@ class MainWindow(QMainWindow):
         self.latency_panel.clear("Running…")
         self.chart.clear()
         self.table.clear()
+        self.model_panel.clear("The module tree appears when the run ends.")
         self.totals.clear("Running…")
         self.timeline.clear()
         model, workload = config.get("model", "?"), config.get("workload", "?")
@@ -150,6 +236,8 @@ class MainWindow(QMainWindow):
     def _on_running_changed(self, running: bool) -> None:
         if not self._closing:
             self.controls.set_running(running)
+            self.run_action.setEnabled(not running)
+            self.cancel_action.setEnabled(running)
 
     @Slot(str, float, str)
     def _on_progress(self, stage: str, fraction: float, message: str) -> None:
@@ -218,6 +306,8 @@ class MainWindow(QMainWindow):
         self.current_result = result
         self.table.render(result.layers)
         self.chart.render(result.layers, result.totals)
+        self._draw_outline()
+        self.model_panel.render(result)
         self.totals.render(result)
         self.latency_panel.render(result)
         self.attention_panel.render(attention, result.attention, attention_reason)
@@ -271,6 +361,7 @@ class MainWindow(QMainWindow):
         self._live_attention = None
         maps, reason = self._saved_attention(store, run_id, result)
         self.render_result(result, maps, reason)
+        self.workspace.setCurrentIndex(0)
         self.status.show_message(f"Saved run {run_id}: {result.config.model}, "
                                  f"{result.config.workload}.")
         self.log.info(f"Opened saved run {run_id}.")
@@ -295,6 +386,255 @@ class MainWindow(QMainWindow):
             return None, "the saved maps file of this run is missing"
         return maps, None
 
+    # -- baseline and comparison ---------------------------------------------------------------
+    def _draw_outline(self) -> None:
+        """The chart's dashed outline: a saved run the user picked, else the unoptimized model
+        measured in the same run (when the run had optimizations)."""
+        result = self.current_result
+        if result is None or not self.chart.groups:
+            return
+        unattributed_index = len(self.chart.groups)
+        if self._baseline_run is not None:
+            base = self._baseline_run
+            values = outline_from_run(self.chart.groups, base.layers)
+            if len(self.chart.labels) > unattributed_index:
+                values.append(base.totals.unattributed_bytes)
+            self.chart.set_outline(values, f"baseline: {base.run_id}")
+        elif result.baseline and result.baseline.get("layers"):
+            per_layer = {name: row.get("at_peak_bytes")
+                         for name, row in result.baseline["layers"].items()}
+            self.chart.set_outline(outline_from_layers(self.chart.groups, per_layer),
+                                   "unoptimized (same run)")
+        else:
+            self.chart.set_outline(None)
+
+    @Slot(str)
+    def set_baseline_run(self, run_id: str) -> bool:
+        """Use a saved run as the chart's outline (``""`` goes back to the same-run baseline)."""
+        if not run_id:
+            self._baseline_run = None
+            self.saved_runs.set_baseline_text("Baseline outline: the unoptimized model measured "
+                                              "in the same run (when it has one).")
+            self._draw_outline()
+            return True
+        result = self._load_from_store(run_id)
+        if result is None:
+            return False
+        self._baseline_run = result
+        self.saved_runs.set_baseline_text(
+            f"Baseline outline: saved run {run_id} ({result.config.model}, "
+            f"{result.config.workload}), bars matched by layer name.")
+        self.log.info(f"Baseline for the memory chart: run {run_id}.")
+        self._draw_outline()
+        return True
+
+    @Slot(object)
+    def compare_saved_runs(self, run_ids: Sequence[str]) -> bool:
+        from engine.compare import compare
+
+        runs = []
+        for run_id in run_ids:
+            result = self._load_from_store(run_id)
+            if result is None:
+                return False
+            runs.append(result)
+        if len(runs) < 2:
+            self.compare_panel.clear("Select two or more runs to compare.")
+            return False
+        self.compare_panel.render(compare(runs))
+        self.workspace.setCurrentWidget(self.runs_tab)
+        self.log.info(f"Comparing {len(runs)} runs: {', '.join(run_ids)}.")
+        return True
+
+    def _load_from_store(self, run_id: str) -> RunResult | None:
+        store = self._get_store()
+        if store is None:
+            return None
+        try:
+            return store.load(run_id)
+        except Exception as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            hint = (getattr(exc, "hint", "")
+                    or "The run file may be damaged or from a newer MemLens.")
+            self.status.show_error(f"Could not open run {run_id}: {message}", hint)
+            self.log.error(f"Could not open run {run_id}: {message}", hint)
+            return None
+
+    # -- files ----------------------------------------------------------------------------------
+    def open_run_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a MemLens run", "",
+                                              "MemLens run (*.json);;All files (*)")
+        if path:
+            self.open_run_file(path)
+
+    def open_run_file(self, path: str | Path) -> bool:
+        """Show a run JSON from anywhere on disk (no model is loaded)."""
+        from engine.store import load_run_file
+
+        if self.controller.is_running:
+            self.log.warning("Wait for the current run to finish (or cancel it) "
+                             "before opening a run file.")
+            return False
+        try:
+            result = load_run_file(path)
+        except Exception as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            hint = getattr(exc, "hint", "") or "Check the file."
+            self.status.show_error(f"Could not open {path}: {message}", hint)
+            self.log.error(f"Could not open {path}: {message}", hint)
+            self._forget_recent(str(path))
+            return False
+        self.timeline.clear()
+        self._live_attention = None
+        captured = bool((result.attention or {}).get("captured"))
+        self.render_result(result, None,
+                           "attention maps are kept in the run store, not in a run file"
+                           if captured else None)
+        self.workspace.setCurrentIndex(0)
+        self.status.show_message(f"Run file {Path(path).name}: {result.config.model}, "
+                                 f"{result.config.workload}.")
+        self.log.info(f"Opened run file {path}.")
+        self._remember_recent(str(Path(path).resolve()))
+        return True
+
+    def recent_files(self) -> list[str]:
+        value = self.settings.value("recent_run_files", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or []) if v][:MAX_RECENT]
+
+    def _remember_recent(self, path: str) -> None:
+        files = [path] + [f for f in self.recent_files() if f != path]
+        self.settings.setValue("recent_run_files", files[:MAX_RECENT])
+        self._fill_recent_menu()
+
+    def _forget_recent(self, path: str) -> None:
+        files = [f for f in self.recent_files() if f != path and f != str(Path(path).resolve())]
+        self.settings.setValue("recent_run_files", files)
+        self._fill_recent_menu()
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        files = self.recent_files()
+        for f in files:
+            action = self.recent_menu.addAction(Path(f).name)
+            action.setToolTip(f)
+            action.setStatusTip(f)
+            action.triggered.connect(lambda _=False, f=f: self.open_run_file(f))
+        self.recent_menu.setEnabled(bool(files))
+
+    def export_run_dialog(self) -> None:
+        if self.current_result is None:
+            self.log.warning("Nothing to export yet: run a profile or open a saved run first.")
+            return
+        name = f"{self.current_result.run_id or 'memlens-run'}.json"
+        path, _ = QFileDialog.getSaveFileName(self, "Export the run as JSON", name,
+                                              "MemLens run (*.json)")
+        if path:
+            self.export_run(path)
+
+    def export_run(self, path: str | Path) -> Path | None:
+        from engine.store import write_run_file
+
+        if self.current_result is None:
+            return None
+        try:
+            written = write_run_file(self.current_result, path)
+        except Exception as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            self.status.show_error(message, getattr(exc, "hint", ""))
+            self.log.error(message, getattr(exc, "hint", ""))
+            return None
+        self.log.info(f"Run exported to {written}.")
+        self._remember_recent(str(written.resolve()))
+        return written
+
+    def current_plot(self) -> QWidget:
+        return self.plot_tabs.currentWidget()
+
+    def save_plot_dialog(self, widget: QWidget | None = None) -> None:
+        target = widget or self.current_plot()
+        title = "window" if target is self else self.plot_tabs.tabText(
+            self.plot_tabs.indexOf(target)).lower().replace(" ", "-")
+        path, _ = QFileDialog.getSaveFileName(self, "Save as PNG", f"memlens-{title}.png",
+                                              "PNG image (*.png)")
+        if path:
+            self.save_png(path, target)
+
+    def save_png(self, path: str | Path, widget: QWidget | None = None) -> bool:
+        """Render ``widget`` (the current tab by default) to a PNG at its on-screen size."""
+        path = Path(path)
+        if path.suffix.lower() != ".png":
+            path = path.with_suffix(".png")
+        ok = (widget or self.current_plot()).grab().save(str(path), "PNG")
+        if ok:
+            self.log.info(f"Saved {path}.")
+        else:
+            self.status.show_error(f"Could not write {path}.", "Choose a writable folder.")
+            self.log.error(f"Could not write {path}.", "Choose a writable folder.")
+        return ok
+
+    def copy_plot(self, widget: QWidget | None = None) -> None:
+        QGuiApplication.clipboard().setPixmap((widget or self.current_plot()).grab())
+        self.log.info("Plot copied to the clipboard.")
+
+    # -- settings and themes --------------------------------------------------------------------
+    def set_theme(self, name: str) -> None:
+        applied = theme.apply(name, self)
+        action = self.theme_actions.get(applied.name)
+        if action is not None and not action.isChecked():
+            action.setChecked(True)
+        self.settings.setValue("theme", applied.name)
+
+    def restore_settings(self, model: str | None = None) -> None:
+        """Last controls, recent models and run files, window layout, theme (QSettings)."""
+        s = self.settings
+        values = {key: s.value(f"controls/{key}") for key in SETTINGS_CONTROLS}
+        recent_models = s.value("recent_models", []) or []
+        for m in ([recent_models] if isinstance(recent_models, str) else recent_models):
+            self.controls.add_recent_model(str(m))
+        if model is not None:  # the command line wins over the last session
+            values["model"] = model
+        self.controls.restore({k: v for k, v in values.items() if v is not None})
+        geometry = s.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        for name, splitter in self._splitters.items():
+            state = s.value(f"window/splitter_{name}")
+            if state is not None:
+                splitter.restoreState(state)
+        tab = s.value("window/tab")
+        if tab is not None:
+            try:
+                self.plot_tabs.setCurrentIndex(int(tab))
+            except (TypeError, ValueError):
+                pass
+        page = s.value("window/page")
+        if page is not None:
+            try:
+                self.workspace.setCurrentIndex(int(page))
+            except (TypeError, ValueError):
+                pass
+        self._fill_recent_menu()
+        self.set_theme(str(s.value("theme", "light") or "light"))
+
+    def save_settings(self) -> None:
+        s = self.settings
+        config = self.controls.config()
+        for key in SETTINGS_CONTROLS:
+            s.setValue(f"controls/{key}", config.get(key))
+        model = str(config.get("model") or "")
+        if model and ("/" in model or model.endswith(".json")):
+            recent = s.value("recent_models", []) or []
+            recent = [recent] if isinstance(recent, str) else list(recent)
+            s.setValue("recent_models", ([model] + [m for m in recent if m != model])[:MAX_RECENT])
+        s.setValue("window/geometry", self.saveGeometry())
+        for name, splitter in self._splitters.items():
+            s.setValue(f"window/splitter_{name}", splitter.saveState())
+        s.setValue("window/tab", self.plot_tabs.currentIndex())
+        s.setValue("window/page", self.workspace.currentIndex())
+        s.sync()
+
     # -- Qt -------------------------------------------------------------------------------------
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
         self._closing = False  # a closed window can be shown again
@@ -303,4 +643,8 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
         self._closing = True
         self.controller.shutdown()
+        try:
+            self.save_settings()
+        except Exception as exc:  # settings must never keep the window from closing
+            self.log.error(f"Could not save the settings: {exc}")
         super().closeEvent(event)

@@ -36,6 +36,19 @@ def _default_execute(*args: Any, **kwargs: Any) -> Any:
     return execute(*args, **kwargs)
 
 
+def keep_a_core_for_the_ui() -> int:
+    """Limit torch's intra-op threads to cores - 1 (at least 1), so the window keeps a core
+    while the engine computes; returns the thread count set."""
+    import os
+
+    import torch
+
+    threads = max(1, (os.cpu_count() or 2) - 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 class EngineWorker(QObject):
     """Runs one engine job at a time in the thread it was moved to.
 
@@ -91,6 +104,8 @@ class EngineWorker(QObject):
 
         try:
             config = RunConfig.from_dict(dict(config_dict))
+            if self._execute is _default_execute:
+                keep_a_core_for_the_ui()
             kwargs: dict[str, Any] = {"listener": self._on_event, "cancel": self._cancel}
             if self._store is not None:
                 kwargs["store"] = self._store

@@ -452,15 +452,14 @@ def test_saved_runs_list_loads_a_run_without_a_model(qtbot, store):
     engine = FakeEngine("ok")
     window = make_window(qtbot, engine, store)
     assert window.saved_runs.run_ids() == ["saved-abc"]
-    item = window.saved_runs.list.item(0)
-    assert "demo" in item.text() and "forward" in item.text()
-    rect = window.saved_runs.list.visualItemRect(item)
+    view = window.saved_runs.view
+    row_text = " ".join(view.model().index(0, c).data() for c in range(view.model().columnCount()))
+    assert "demo" in row_text and "forward" in row_text
+    center = window.saved_runs.row_rect_center("saved-abc")
     # A real double-click is press, release, double-click: QTest's mouseDClick alone is ignored
     # by item views (no pressed index), so click first.
-    qtbot.mouseClick(window.saved_runs.list.viewport(), Qt.MouseButton.LeftButton,
-                     pos=rect.center())
-    qtbot.mouseDClick(window.saved_runs.list.viewport(), Qt.MouseButton.LeftButton,
-                      pos=rect.center())
+    qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=center)
+    qtbot.mouseDClick(view.viewport(), Qt.MouseButton.LeftButton, pos=center)
     qtbot.waitUntil(lambda: window.current_result is not None, timeout=2000)
     assert store.loaded == ["saved-abc"]
     assert engine.configs == []  # nothing ran: the saved record is rendered as is

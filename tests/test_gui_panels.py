@@ -319,7 +319,7 @@ def test_window_shows_live_maps_then_the_capture_record(qtbot):
     engine = ScriptedEngine(maps, make_result(attention=capture_info()))
     window = make_window(qtbot, engine)
     tabs = [window.plot_tabs.tabText(i) for i in range(window.plot_tabs.count())]
-    assert tabs == ["Memory by layer", "Attention", "Latency"]
+    assert tabs == ["Memory by layer", "Attention", "Latency", "Model"]
     with qtbot.waitSignal(window.controller.finished, timeout=5000):
         window.start_run({**window.controls.config(), "attention_maps": True})
     qtbot.waitUntil(lambda: not window.controller.is_running, timeout=5000)

@@ -33,6 +33,8 @@ from PySide6.QtWidgets import (
 from engine.events import AttentionMaps
 from engine.format import MISSING, human_bytes, human_ms
 
+from .. import theme
+
 GRID_SIDE = 64  # grid tiles are block means down to at most this many bins per side
 MAX_TOKEN_LABELS = 64  # at most this many token labels per axis of the large view
 GAP = 0.15  # space between grid tiles, in tile widths
@@ -175,7 +177,7 @@ class AttentionPanel(QWidget):
         self.grid_widget.setBackground("w")
         self.grid_plot = self.grid_widget.addPlot(row=0, col=0)
         _style(self.grid_plot)
-        self.grid_plot.setTitle("Layers × heads", color=_TEXT, size="9pt")
+        self.grid_plot.setTitle("Layers × heads", color=theme.current().text, size="9pt")
         self.grid_widget.setToolTip("Click a tile to show that head in the large view")
         self.grid_plot.setLabel("left", "layer")
         self.grid_plot.setLabel("bottom", "head")
@@ -433,7 +435,7 @@ class AttentionPanel(QWidget):
         layer_id = self.layer_ids[position]
         title = (f"Layer {layer_id}, mean of {heads} heads" if mean
                  else f"Layer {layer_id}, head {head}")
-        self.large_plot.setTitle(title, color=_TEXT, size="9pt")
+        self.large_plot.setTitle(title, color=theme.current().text, size="9pt")
         self.large_plot.getViewBox().enableAutoRange()
         self._apply_token_ticks()
 

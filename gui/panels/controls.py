@@ -99,6 +99,11 @@ class ControlPanel(QWidget):
         self.dtype_combo.addItems(list(DTYPES))
         form.addRow("Dtype", self.dtype_combo)
 
+        self.sample_spin = _spin(1, 200, 20)
+        self.sample_spin.setSuffix(" Hz")
+        self.sample_spin.setToolTip("How often the timeline samples process and GPU memory")
+        form.addRow("Sampling", self.sample_spin)
+
         self.attention_check = QCheckBox("Attention maps")
         form.addRow("", self.attention_check)
 
@@ -136,8 +141,35 @@ class ControlPanel(QWidget):
             "device": self.device_combo.currentText(),
             "dtype": self.dtype_combo.currentText(),
             "attention_maps": self.attention_check.isChecked(),
+            "sample_hz": float(self.sample_spin.value()),
             "optimizations": self.optimizations.selected(),
         }
+
+    def restore(self, values: dict[str, Any]) -> None:
+        """Set the controls from saved settings (unknown or bad values are ignored)."""
+        if values.get("model"):
+            self.set_model(str(values["model"]))
+        if values.get("workload"):
+            self.set_workload(str(values["workload"]))
+        for key, spin in (("batch", self.batch_spin), ("seq", self.seq_spin),
+                          ("new_tokens", self.new_tokens_spin), ("sample_hz", self.sample_spin)):
+            try:
+                if values.get(key) is not None:
+                    spin.setValue(int(float(values[key])))
+            except (TypeError, ValueError):
+                pass
+        for key, combo in (("device", self.device_combo), ("dtype", self.dtype_combo)):
+            index = combo.findText(str(values.get(key, "")))
+            if index >= 0:
+                combo.setCurrentIndex(index)
+        if values.get("attention_maps") is not None:
+            self.attention_check.setChecked(str(values["attention_maps"]).lower()
+                                            in ("1", "true"))
+
+    def add_recent_model(self, model: str) -> None:
+        """Put a local folder or config path the user opened in the model list."""
+        if model and self.model_combo.findText(model) < 0:
+            self.model_combo.addItem(model)
 
     def set_model(self, model: str) -> None:
         index = self.model_combo.findText(model)

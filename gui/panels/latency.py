@@ -19,6 +19,7 @@ from PySide6.QtWidgets import QCheckBox, QLabel, QSplitter, QVBoxLayout, QWidget
 from engine.format import MISSING, human_ms, si_number, short_layer_label
 from engine.results import LayerStats, RunResult
 
+from .. import theme
 from .axis import fit_bar_labels
 
 _TEXT = "#202020"
@@ -98,7 +99,7 @@ class LatencyPanel(QWidget):
         self.bars_widget = pg.GraphicsLayoutWidget()
         self.bars_widget.setBackground("w")
         self.plot = self.bars_widget.addPlot(row=0, col=0)
-        self.plot.setTitle("Latency by layer (median)", color=_TEXT, size="9pt")
+        self.plot.setTitle("Latency by layer (median)", color=theme.current().text, size="9pt")
         self.bars_widget.setToolTip(
             "Inclusive latency per top-level layer, median of the timing passes with live hooks "
             "on top-level layers only; attention and MLP sub-rows come from the separate pass "
@@ -125,7 +126,7 @@ class LatencyPanel(QWidget):
 
         self.decode_widget = pg.PlotWidget(background="w")
         self.decode_plot = self.decode_widget.getPlotItem()
-        self.decode_plot.setTitle("Decode per step", color=_TEXT, size="9pt")
+        self.decode_plot.setTitle("Decode per step", color=theme.current().text, size="9pt")
         self.decode_plot.setLabel("left", "ms")
         self.decode_plot.setLabel("bottom", "step")
         self.decode_plot.showGrid(x=True, y=True, alpha=0.25)

@@ -1,99 +1,221 @@
-"""Saved runs (from ``RunStore.list()``): double-click one to show it, with no model loaded."""
+"""Saved runs (from ``RunStore.list()``) as a sortable table.
+
+Double-click (or Open) shows a run with no model loaded; select two or more and Compare shows
+them side by side; "Use as baseline" makes a run the outline the memory chart draws.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt, Signal, Slot
+from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (
-    QGroupBox,
+    QAbstractItemView,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
+    QTableView,
     QVBoxLayout,
     QWidget,
 )
 
-from engine.format import human_bytes, human_ms
+from engine.format import MISSING, human_bytes, human_ms
 
 RUN_ID_ROLE = Qt.ItemDataRole.UserRole
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+
+# (title, text of a summary, sort key of a summary, tooltip)
+COLUMNS: tuple[tuple[str, Any, Any, str], ...] = (
+    ("Created", lambda s: str(s.created or "")[:16].replace("T", " "), lambda s: s.created or "",
+     "When the run finished (UTC)"),
+    ("Model", lambda s: str(s.model or "?"), lambda s: str(s.model or ""), ""),
+    ("Workload", lambda s: str(s.workload or "?"), lambda s: str(s.workload or ""), ""),
+    ("Optimizations", lambda s: str(getattr(s, "optimizations", "") or "none"),
+     lambda s: str(getattr(s, "optimizations", "") or ""), "Applied in order"),
+    ("Device", lambda s: " ".join(x for x in (getattr(s, "device", ""), getattr(s, "dtype", ""))
+                                  if x) or MISSING,
+     lambda s: f"{getattr(s, 'device', '')} {getattr(s, 'dtype', '')}", "Device and dtype"),
+    ("Peak", lambda s: human_bytes(s.peak_bytes), lambda s: s.peak_bytes if s.peak_bytes
+     is not None else -1, "Measured peak of the run"),
+    ("Latency", lambda s: human_ms(s.latency_ms) or MISSING,
+     lambda s: s.latency_ms if s.latency_ms is not None else -1.0,
+     "Instrumented pass (see the Latency tab for the plain figure)"),
+    ("Quality", lambda s: str(getattr(s, "quality", "") or MISSING),
+     lambda s: str(getattr(s, "quality", "") or ""),
+     "KL divergence from the unoptimized model, perplexity, or cosine similarity"),
+    ("Label", lambda s: str(getattr(s, "label", "") or ""), lambda s: str(getattr(s, "label", "")),
+     ""),
+)
 
 
 def summary_text(summary: Any) -> str:
-    """Two lines: ``demo · forward · label`` and ``2024-05-01 12:00 · peak 1.23 MiB · 4.56 ms``."""
-    first = [str(getattr(summary, "model", "") or "?"),
-             str(getattr(summary, "workload", "") or "?")]
-    label = getattr(summary, "label", "")
-    if label:
-        first.append(str(label))
-    created = str(getattr(summary, "created", "") or "")[:16].replace("T", " ")
-    second = [created, f"peak {human_bytes(getattr(summary, 'peak_bytes', None))}",
-              human_ms(getattr(summary, "latency_ms", None))]
-    return " · ".join(first) + "\n" + " · ".join(p for p in second if p)
+    """One line for logs and tooltips: ``demo · forward · int8-dynamic · peak 1.23 MiB``."""
+    parts = [str(getattr(summary, "model", "") or "?"), str(getattr(summary, "workload", "") or "?"),
+             str(getattr(summary, "optimizations", "") or "none"),
+             f"peak {human_bytes(getattr(summary, 'peak_bytes', None))}"]
+    return " · ".join(parts)
 
 
 class SavedRunsPanel(QWidget):
-    """Lists run summaries; emits ``run_activated(run_id)`` and ``refresh_requested()``."""
+    """Emits ``run_activated(id)``, ``refresh_requested()``, ``compare_requested([ids])`` and
+    ``baseline_requested(id)`` (``""`` clears the baseline)."""
 
     run_activated = Signal(str)
     refresh_requested = Signal()
+    compare_requested = Signal(object)
+    baseline_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        box = QGroupBox("Saved runs")
-        self.list = QListWidget()
-        self.list.setAlternatingRowColors(True)
-        # Activation is a double-click (or Enter) with the desktop styles; a double-click also
-        # fires ``itemDoubleClicked``, so only ``itemActivated`` is connected (loads once).
-        self.list.itemActivated.connect(self._activated)
+        self.model = QStandardItemModel(0, len(COLUMNS), self)
+        self.model.setHorizontalHeaderLabels([c[0] for c in COLUMNS])
+        for i, column in enumerate(COLUMNS):
+            if column[3]:
+                self.model.horizontalHeaderItem(i).setToolTip(column[3])
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setSortRole(SORT_ROLE)
+        self.view = QTableView()
+        self.view.setModel(self.proxy)
+        self.view.setSortingEnabled(True)
+        self.view.sortByColumn(0, Qt.SortOrder.DescendingOrder)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.view.setAlternatingRowColors(True)
+        self.view.verticalHeader().setVisible(False)
+        self.view.setWordWrap(False)
+        header = self.view.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(True)
+        # Activation is a double-click (or Enter) with the desktop styles.
+        self.view.activated.connect(self._activated)
+        self.view.selectionModel().selectionChanged.connect(self._selection_changed)
+
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.message.setVisible(False)
+        self.baseline_label = QLabel("Baseline outline: the unoptimized model measured in the "
+                                     "same run (when it has one).")
+        self.baseline_label.setWordWrap(True)
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.clicked.connect(self.refresh_requested)
         self.open_button = QPushButton("Open")
         self.open_button.clicked.connect(self._open_selected)
+        self.compare_button = QPushButton("Compare selected")
+        self.compare_button.setToolTip("Select two or more runs (Ctrl/Shift-click)")
+        self.compare_button.clicked.connect(self._compare_selected)
+        self.baseline_button = QPushButton("Use as baseline")
+        self.baseline_button.setToolTip("Draw this run as outlines in the memory chart")
+        self.baseline_button.clicked.connect(self._baseline_selected)
+        self.clear_baseline_button = QPushButton("Clear baseline")
+        self.clear_baseline_button.clicked.connect(lambda: self.baseline_requested.emit(""))
         buttons = QHBoxLayout()
-        buttons.addWidget(self.refresh_button)
-        buttons.addWidget(self.open_button)
-        inner = QVBoxLayout(box)
-        inner.addWidget(self.list, 1)
-        inner.addWidget(self.message)
-        inner.addLayout(buttons)
+        for button in (self.refresh_button, self.open_button, self.compare_button,
+                       self.baseline_button, self.clear_baseline_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(box)
+        layout.addLayout(buttons)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.message)
+        layout.addWidget(self.baseline_label)
+        self._selection_changed()
 
+    # -- content --------------------------------------------------------------------------------
     def set_summaries(self, summaries: Iterable[Any]) -> None:
-        self.list.clear()
+        selected = set(self.selected_ids())
+        self.view.setSortingEnabled(False)
+        self.model.removeRows(0, self.model.rowCount())
         for summary in summaries:
-            item = QListWidgetItem(summary_text(summary))
-            item.setData(RUN_ID_ROLE, str(summary.run_id))
-            path = getattr(summary, "path", None)
-            item.setToolTip(f"{summary.run_id}\n{path}" if path else str(summary.run_id))
-            self.list.addItem(item)
-        self.message.setVisible(self.list.count() == 0)
-        self.message.setText("No saved runs yet." if self.list.count() == 0 else "")
+            run_id = str(summary.run_id)
+            row = []
+            for _title, text, key, _tip in COLUMNS:
+                item = QStandardItem(text(summary))
+                item.setData(key(summary), SORT_ROLE)
+                item.setData(run_id, RUN_ID_ROLE)
+                path = getattr(summary, "path", None)
+                item.setToolTip(f"{run_id}\n{path}" if path else run_id)
+                row.append(item)
+            self.model.appendRow(row)
+        self.view.setSortingEnabled(True)
+        empty = self.model.rowCount() == 0
+        self.message.setVisible(empty)
+        self.message.setText("No saved runs yet: every finished run is saved here." if empty
+                             else "")
+        self.view.resizeColumnsToContents()
+        if selected:
+            self.select(sorted(selected))
+        self._selection_changed()
 
     def show_unavailable(self, text: str) -> None:
-        self.list.clear()
+        self.model.removeRows(0, self.model.rowCount())
         self.message.setText(text)
         self.message.setVisible(True)
+        self._selection_changed()
+
+    def set_baseline_text(self, text: str) -> None:
+        self.baseline_label.setText(text)
 
     def run_ids(self) -> list[str]:
-        return [self.list.item(i).data(RUN_ID_ROLE) for i in range(self.list.count())]
+        """Ids in the order shown."""
+        return [self.proxy.index(r, 0).data(RUN_ID_ROLE) for r in range(self.proxy.rowCount())]
 
-    @Slot(QListWidgetItem)
-    def _activated(self, item: QListWidgetItem) -> None:
-        run_id = item.data(RUN_ID_ROLE)
+    def selected_ids(self) -> list[str]:
+        """Selected ids in the order shown."""
+        rows = sorted({i.row() for i in self.view.selectionModel().selectedRows()})
+        return [self.proxy.index(r, 0).data(RUN_ID_ROLE) for r in rows]
+
+    def select(self, run_ids: Iterable[str]) -> None:
+        wanted = set(run_ids)
+        selection = self.view.selectionModel()
+        selection.clearSelection()
+        flags = (selection.SelectionFlag.Select | selection.SelectionFlag.Rows)
+        for r in range(self.proxy.rowCount()):
+            index = self.proxy.index(r, 0)
+            if index.data(RUN_ID_ROLE) in wanted:
+                selection.select(index, flags)
+
+    def row_rect_center(self, run_id: str) -> Any:
+        """Centre of a run's first cell in viewport coordinates (for tests that click)."""
+        for r in range(self.proxy.rowCount()):
+            index = self.proxy.index(r, 0)
+            if index.data(RUN_ID_ROLE) == run_id:
+                return self.view.visualRect(index).center()
+        return None
+
+    # -- slots ----------------------------------------------------------------------------------
+    @Slot()
+    def _selection_changed(self, *_: Any) -> None:
+        n = len(self.selected_ids()) if self.model.rowCount() else 0
+        self.open_button.setEnabled(n == 1)
+        self.baseline_button.setEnabled(n == 1)
+        self.compare_button.setEnabled(n >= 2)
+
+    @Slot(QModelIndex)
+    def _activated(self, index: QModelIndex) -> None:
+        run_id = index.data(RUN_ID_ROLE)
         if run_id:
             self.run_activated.emit(run_id)
 
     @Slot()
     def _open_selected(self) -> None:
-        item = self.list.currentItem()
-        if item is not None:
-            self._activated(item)
+        ids = self.selected_ids()
+        if ids:
+            self.run_activated.emit(ids[0])
+
+    @Slot()
+    def _compare_selected(self) -> None:
+        ids = self.selected_ids()
+        if len(ids) >= 2:
+            self.compare_requested.emit(ids)
+
+    @Slot()
+    def _baseline_selected(self) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self.baseline_requested.emit(ids[0])

@@ -8,11 +8,14 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from engine.events import Sample
 
 from engine.format import to_mib
+
+from .. import theme
 
 # (Sample field, legend name, colour)
 SERIES = (
@@ -45,6 +48,7 @@ class _Buffer:
 
 
 PHASE_COLOURS = ("#e8eef7", "#f3f3f3")  # alternating light bands; the name says which phase
+DARK_PHASE_COLOURS = ("#2b3342", "#27292e")
 
 
 def phase_spans(times: Sequence[float], phases: Sequence[str]) -> list[tuple[str, float, float]]:
@@ -72,7 +76,7 @@ class TimelinePanel(QWidget):
         self.plot = self.plot_widget.getPlotItem()
         self.plot.setTitle("Memory over time", color="#202020")
         self.plot.setLabel("left", "MiB")
-        self.plot.setLabel("bottom", "seconds")
+        self.plot.setLabel("bottom", "time", units="s")
         self.plot.showGrid(x=True, y=True, alpha=0.25)
         self.plot.setMenuEnabled(False)
         for axis in ("left", "bottom"):
@@ -161,13 +165,17 @@ class TimelinePanel(QWidget):
             self.plot.removeItem(item)
         self._bands = []
         total = (spans[-1][2] - spans[0][1]) if spans else 0.0
+        colours = DARK_PHASE_COLOURS if theme.current().name == "dark" else PHASE_COLOURS
+        metrics = QFontMetrics(self.font())
+        px_per_s = max(self.plot.getViewBox().width(), 50.0) / total if total else 0.0
         for i, (name, start, end) in enumerate(spans):
             region = pg.LinearRegionItem((start, end), movable=False,
-                                         brush=pg.mkBrush(PHASE_COLOURS[i % 2]), pen=pg.mkPen(None))
+                                         brush=pg.mkBrush(colours[i % 2]), pen=pg.mkPen(None))
             region.setZValue(-10)
             region.setToolTip(f"{name}: {start:.2f}–{end:.2f} s")
             # Short phases keep their band and tooltip but no label, so labels never overlap.
-            label = pg.TextItem(name if total and end - start >= 0.08 * total else "",
+            fits = (end - start) * px_per_s >= metrics.horizontalAdvance(name) + 8
+            label = pg.TextItem(name if total and fits else "",
                                 color="#707070", anchor=(0, 0))
             label.setPos(start, 0)
             self.plot.addItem(region)

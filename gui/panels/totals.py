@@ -64,12 +64,14 @@ def totals_lines(result: RunResult) -> list[str]:
     q = result.quality or {}
     quality = []
     if q.get("kl_divergence") is not None:
-        quality += [f"KL {q['kl_divergence']:.3g} nats/token",
-                    f"top-1 agreement {q['top1_agreement']:.1%}"]
+        quality.append(f"KL {q['kl_divergence']:.3g} nats/token")
+        if q.get("top1_agreement") is not None:
+            quality.append(f"top-1 agreement {q['top1_agreement']:.1%}")
     if q.get("perplexity") is not None:
         quality.append(f"perplexity {q['perplexity']:.2f}"
                        + (f" (baseline {q['baseline_perplexity']:.2f})"
-                          if q.get("kl_divergence") is not None else ""))
+                          if q.get("baseline_perplexity") is not None
+                          and q.get("kl_divergence") is not None else ""))
     if q.get("cosine_similarity") is not None:
         quality.append(f"pooled-embedding cosine {q['cosine_similarity']:.4f}")
     if quality:

@@ -1,0 +1,264 @@
+"""Saved runs side by side: per-layer bars (or deltas against the first run), a memory-vs-quality
+scatter and a totals table. Renders an ``engine.compare.Comparison``; nothing here measures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Slot
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.aggregate import UNATTRIBUTED
+from engine.compare import Comparison, optimizations_text
+from engine.format import MISSING, human_bytes, human_ms, short_layer_label
+
+from .. import theme
+from .axis import fit_bar_labels
+
+MIB = 1024.0 * 1024.0
+_TEXT = "#202020"
+RUN_COLORS = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#edc948",
+              "#ff9da7", "#9c755f", "#bab0ac")
+TABLE_COLUMNS = ("Run", "Optimizations", "Peak", "Δ peak", "Weights", "Latency", "× latency",
+                 "Quality")
+
+
+def run_color(i: int) -> str:
+    return RUN_COLORS[i % len(RUN_COLORS)]
+
+
+def _signed_bytes(n: int | None) -> str:
+    if n is None:
+        return MISSING
+    return ("+" if n > 0 else "−" if n < 0 else "±") + human_bytes(abs(n))
+
+
+def _style(plot: pg.PlotItem) -> None:
+    plot.showGrid(y=True, x=False, alpha=0.25)
+    plot.setMenuEnabled(False)
+    for axis in ("left", "bottom"):
+        plot.getAxis(axis).setTextPen(_TEXT)
+        plot.getAxis(axis).setPen("#606060")
+
+
+class ComparePanel(QWidget):
+    """``render(comparison)`` draws it; ``clear(text)`` empties it with a message."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.comparison: Comparison | None = None
+        self.labels: list[str] = []
+        self.heights: list[np.ndarray] = []  # per run: what is drawn (MiB)
+
+        self.message = QLabel("Select two or more saved runs in the table and press Compare.")
+        self.message.setWordWrap(True)
+        self.delta_check = QCheckBox("Δ against the first run")
+        self.delta_check.setToolTip("Bars show each run's bytes minus the first run's")
+        self.delta_check.toggled.connect(self._redraw)
+
+        self.bars_widget = pg.GraphicsLayoutWidget()
+        self.bars_widget.setBackground("w")
+        self.bars_plot = self.bars_widget.addPlot(row=0, col=0)
+        self.bars_plot.setTitle("Memory at peak by layer", color=theme.current().text)
+        self.bars_plot.setLabel("left", "MiB at peak")
+        _style(self.bars_plot)
+        self.bars_plot.getViewBox().setMouseEnabled(x=False, y=False)
+        self.bars_plot.getViewBox().sigResized.connect(self._apply_ticks)
+        # Few columns and short names: a wide legend would widen the plot past the view.
+        self.legend = pg.LegendItem(colCount=3, labelTextColor=_TEXT)
+        self.bars_widget.addItem(self.legend, row=1, col=0)
+        self._bar_items: list[pg.BarGraphItem] = []
+
+        self.scatter_widget = pg.GraphicsLayoutWidget()
+        self.scatter_widget.setBackground("w")
+        self.scatter_plot = self.scatter_widget.addPlot(row=0, col=0)
+        self.scatter_plot.setTitle("Memory vs quality", color=theme.current().text)
+        self.scatter_plot.setLabel("bottom", "peak MiB")
+        _style(self.scatter_plot)
+        self.scatter_plot.showGrid(x=True, y=True, alpha=0.25)
+        self.scatter = pg.ScatterPlotItem(size=11, pen=pg.mkPen("#303030"))
+        self.scatter_plot.addItem(self.scatter)
+        self._point_labels: list[pg.TextItem] = []
+        self.scatter_note = QLabel("")
+        self.scatter_note.setWordWrap(True)
+
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+
+        scatter_box = QWidget()
+        scatter_layout = QVBoxLayout(scatter_box)
+        scatter_layout.setContentsMargins(0, 0, 0, 0)
+        scatter_layout.addWidget(self.scatter_widget, 1)
+        scatter_layout.addWidget(self.scatter_note)
+        plots = QSplitter(Qt.Orientation.Horizontal)
+        plots.addWidget(self.bars_widget)
+        plots.addWidget(scatter_box)
+        plots.setSizes([620, 380])
+        vertical = QSplitter(Qt.Orientation.Vertical)
+        vertical.addWidget(plots)
+        vertical.addWidget(self.table)
+        vertical.setSizes([300, 140])
+        top = QHBoxLayout()
+        top.addWidget(self.message, 1)
+        top.addWidget(self.delta_check)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(top)
+        layout.addWidget(vertical, 1)
+
+    # -- public ---------------------------------------------------------------------------------
+    def clear(self, text: str = "") -> None:
+        self.comparison = None
+        self.labels, self.heights = [], []
+        for item in self._bar_items:
+            item.setVisible(False)
+        self.legend.clear()
+        self.scatter.setData([], [])
+        for label in self._point_labels:
+            label.setVisible(False)
+        self.scatter_note.setText("")
+        self.table.setRowCount(0)
+        self.message.setText(text or "Select two or more saved runs in the table and press "
+                             "Compare.")
+        self._apply_ticks()
+
+    def render(self, comparison: Comparison) -> None:
+        self.comparison = comparison
+        runs = comparison.runs
+        text = (f"Comparing {len(runs)} runs; [0] {runs[0].run_id} is the reference. Each run's "
+                "bars plus its unattributed bytes add up to its peak.")
+        if comparison.different_models:
+            text += " Different models: bars are matched by layer name."
+        self.message.setText(text)
+        self._redraw()
+        self._render_scatter()
+        self._render_table()
+
+    # -- drawing --------------------------------------------------------------------------------
+    @Slot()
+    def _redraw(self, *_: object) -> None:
+        c = self.comparison
+        if c is None:
+            return
+        delta = self.delta_check.isChecked()
+        n = len(c.runs)
+        self.labels = [short_layer_label(b) for b in c.bars] + [UNATTRIBUTED]
+        x = np.arange(len(self.labels), dtype=float)
+        width = 0.8 / n
+        self.legend.clear()
+        self.heights = []
+        for item in self._bar_items:
+            item.setVisible(False)
+        for i, run in enumerate(c.runs):
+            if delta:
+                values = c.deltas(i) + [c.unattributed[i] - c.unattributed[0]]
+            else:
+                values = list(c.at_peak[i]) + [c.unattributed[i]]
+            heights = np.array([np.nan if v is None else v / MIB for v in values], dtype=float)
+            self.heights.append(heights)
+            item = self._bar_item(i)
+            shown = ~np.isnan(heights)
+            item.setOpts(x=x[shown] - 0.4 + width * (i + 0.5), height=heights[shown],
+                         width=width * 0.92, brush=pg.mkBrush(run_color(i)))
+            item.setVisible(True)
+            name = optimizations_text(run.optimizations)
+            self.legend.addItem(item, f"[{i}] {name if len(name) <= 28 else name[:27] + '…'}")
+        self.bars_plot.setLabel("left", "Δ MiB at peak" if delta else "MiB at peak")
+        self.bars_plot.setTitle("Δ at peak by layer, against [0]" if delta
+                                else "Memory at peak by layer", color=theme.current().text)
+        finite = np.concatenate([h[~np.isnan(h)] for h in self.heights]) if self.heights else []
+        low = min(0.0, float(np.min(finite))) if len(finite) else 0.0
+        high = max(0.0, float(np.max(finite))) if len(finite) else 1.0
+        span = (high - low) or 1.0
+        self.bars_plot.setYRange(low - 0.04 * span * (low < 0), high + 0.08 * span, padding=0)
+        self.bars_plot.setXRange(-0.6, len(self.labels) - 0.4, padding=0)
+        self._apply_ticks()
+
+    def _bar_item(self, i: int) -> pg.BarGraphItem:
+        while len(self._bar_items) <= i:
+            item = pg.BarGraphItem(x=[0.0], height=[0.0], width=0.1,
+                                   pen=pg.mkPen("#ffffff", width=0.5))
+            self._bar_items.append(item)
+            self.bars_plot.addItem(item)
+        return self._bar_items[i]
+
+    @Slot()
+    def _apply_ticks(self, *_: object) -> None:
+        fit_bar_labels(self.bars_plot, self.labels, self.font())
+
+    def _render_scatter(self) -> None:
+        c = self.comparison
+        assert c is not None
+        for label in self._point_labels:
+            label.setVisible(False)
+        if c.metric is None:
+            self.scatter.setData([], [])
+            self.scatter_plot.setLabel("left", "quality")
+            self.scatter_note.setText("No quality figure is shared by these runs (perplexity "
+                                      "needs a tokenizer; KL divergence exists only for "
+                                      "optimized runs), so nothing is plotted.")
+            return
+        spots, missing = [], []
+        for i, (run, q) in enumerate(zip(c.runs, c.quality)):
+            if q is None:
+                missing.append(f"[{i}]")
+                continue
+            spots.append({"pos": (c.peaks[i] / MIB, q), "brush": pg.mkBrush(run_color(i)),
+                          "data": i})
+        self.scatter.setData(spots)
+        for n, spot in enumerate(spots):
+            while len(self._point_labels) <= n:
+                label = pg.TextItem(color=theme.current().text, anchor=(0, 1))
+                self._point_labels.append(label)
+                self.scatter_plot.addItem(label)
+            label = self._point_labels[n]
+            label.setText(f"[{spot['data']}]")
+            label.setPos(*spot["pos"])
+            label.setVisible(True)
+        self.scatter_plot.setLabel("left", c.metric.replace("_", " "))
+        note = f"y: {c.metric_label} ({c.metric_better} is better); x: measured peak."
+        if missing:
+            note += f" Not plotted (no {c.metric.replace('_', ' ')}): {', '.join(missing)}."
+        self.scatter_note.setText(note)
+        self.scatter_plot.enableAutoRange()
+
+    def _render_table(self) -> None:
+        c = self.comparison
+        assert c is not None
+        from engine.compare import quality_text
+
+        self.table.setRowCount(len(c.runs))
+        for i, run in enumerate(c.runs):
+            ratio = c.latency_ratio[i]
+            cells = (
+                f"[{i}] {run.run_id}",
+                optimizations_text(run.optimizations),
+                human_bytes(c.peaks[i]),
+                _signed_bytes(c.peaks[i] - c.peaks[0]) if i else "reference",
+                human_bytes(run.totals.model_weights_bytes),
+                human_ms(c.latency_ms[i]) or MISSING,
+                f"×{ratio:.2f}" if ratio is not None else MISSING,
+                quality_text(run.quality),
+            )
+            for j, cell in enumerate(cells):
+                item = QTableWidgetItem(cell)
+                if j == 0:
+                    item.setForeground(pg.mkColor(run_color(i)))
+                if j in (2, 3):
+                    item.setToolTip(f"{c.peaks[i]:,} bytes")
+                self.table.setItem(i, j, item)
+        self.table.resizeColumnsToContents()

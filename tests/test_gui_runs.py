@@ -1,0 +1,295 @@
+"""GUI tests: runs table and compare view, baseline outlines, model tree, chart options, menus,
+settings, themes, run files and PNG export (offscreen, fake engine, real run store)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtGui import QImage  # noqa: E402
+
+from engine.store import RunStore  # noqa: E402
+
+from .qt_helpers import distinct_colours  # noqa: E402
+from .test_gui import MIB, FakeEngine, make_result, make_window  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMLENS_HOME", str(tmp_path / "home"))
+
+
+def optimized(run_id: str, factor: float = 0.5, perplexity: float | None = 31.5):
+    """``make_result`` with every block's weights scaled: a fake "optimized" run."""
+    result = make_result(run_id)
+    removed = 0
+    for layer in result.layers:
+        if "weights" in layer.at_peak and ".layers." in layer.name:
+            new = int(layer.at_peak["weights"] * factor)
+            removed += layer.at_peak["weights"] - new
+            layer.at_peak["weights"] = new
+    t = result.totals
+    t.attributed_bytes -= removed
+    t.peak_bytes -= removed
+    t.plain_latency_ms = 3.0
+    result.optimizations = [{"id": "int8-dynamic", "name": "int8", "params": {}}]
+    result.quality = {"perplexity": perplexity, "kl_divergence": 0.01}
+    result.created = "2025-01-02T04:00:00"
+    return result
+
+
+def reference(run_id: str = "ref"):
+    result = make_result(run_id)
+    result.totals.plain_latency_ms = 4.0
+    result.quality = {"perplexity": 31.0}
+    return result
+
+
+@pytest.fixture
+def real_store(tmp_path) -> RunStore:
+    store = RunStore(tmp_path / "runs")
+    store.save(reference("ref"))
+    store.save(optimized("opt"))
+    return store
+
+
+def test_runs_table_shows_optimizations_and_quality_and_sorts(qtbot, real_store):
+    window = make_window(qtbot, FakeEngine(), real_store)
+    panel = window.saved_runs
+    assert set(panel.run_ids()) == {"ref", "opt"}
+    model = panel.view.model()
+    headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
+    assert headers[:8] == ["Created", "Model", "Workload", "Optimizations", "Device", "Peak",
+                           "Latency", "Quality"]
+    rows = {model.index(r, 0).data(Qt.ItemDataRole.UserRole):
+            [model.index(r, c).data() for c in range(model.columnCount())]
+            for r in range(model.rowCount())}
+    assert rows["opt"][3] == "int8-dynamic" and rows["ref"][3] == "none"
+    assert rows["opt"][7].startswith("KL 0.01") and rows["ref"][7] == "ppl 31.00"
+    panel.view.sortByColumn(5, Qt.SortOrder.AscendingOrder)  # by peak, numerically
+    assert panel.run_ids() == ["opt", "ref"]
+    panel.view.sortByColumn(5, Qt.SortOrder.DescendingOrder)
+    assert panel.run_ids() == ["ref", "opt"]
+    # Compare needs two selected runs; Open and Use as baseline need exactly one.
+    panel.select(["ref"])
+    assert panel.open_button.isEnabled() and not panel.compare_button.isEnabled()
+    panel.select(["ref", "opt"])
+    assert panel.compare_button.isEnabled() and not panel.open_button.isEnabled()
+
+
+def test_compare_view_draws_each_run_and_the_scatter(qtbot, real_store, tmp_path):
+    window = make_window(qtbot, FakeEngine(), real_store)
+    panel = window.saved_runs
+    panel.view.sortByColumn(5, Qt.SortOrder.DescendingOrder)  # ref first
+    panel.select(["ref", "opt"])
+    qtbot.mouseClick(panel.compare_button, Qt.MouseButton.LeftButton)
+    compare = window.compare_panel
+    assert window.workspace.currentWidget() is window.runs_tab
+    c = compare.comparison
+    assert c is not None and [r.run_id for r in c.runs] == ["ref", "opt"]
+    # What is drawn: each run's bars plus unattributed add up to its peak.
+    for i, run in enumerate(c.runs):
+        assert np.nansum(compare.heights[i]) * MIB == pytest.approx(run.totals.peak_bytes)
+    assert compare.labels[-1] == "unattributed"
+    compare.delta_check.setChecked(True)
+    deltas = compare.heights[1]
+    assert deltas[0] == 0 and (deltas[1:3] < 0).all()  # embeddings same, blocks smaller
+    assert compare.table.rowCount() == 2
+    assert compare.table.item(1, 3).text().startswith("−")  # Δ peak of the optimized run
+    assert compare.table.item(1, 6).text() == "×0.75"  # 3 ms against 4 ms
+    # Perplexity is the shared quality metric: two points, none left out.
+    xs, ys = compare.scatter.getData()
+    assert len(xs) == 2 and sorted(ys) == [31.0, 31.5]
+    assert "lower is better" in compare.scatter_note.text()
+    window.resize(1400, 900)
+    window.workspace.setCurrentWidget(window.runs_tab)
+    path = tmp_path / "compare.png"
+    assert window.save_png(path, window.runs_tab)
+    image = QImage(str(path))
+    assert distinct_colours(image) > 40
+    image.save(str(tmp_path.parent / "compare-view.png"))
+
+
+def test_compare_without_a_shared_quality_metric_says_so(qtbot, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    a, b = make_result("a"), optimized("b", perplexity=None)
+    b.quality = {"cosine_similarity": 0.99}
+    store.save(a)
+    store.save(b)
+    window = make_window(qtbot, FakeEngine(), store)
+    assert window.compare_saved_runs(["a", "b"])
+    assert window.compare_panel.scatter.getData()[0].size == 0
+    assert "nothing is plotted" in window.compare_panel.scatter_note.text()
+
+
+def test_baseline_outline_from_a_saved_run_and_from_the_same_run(qtbot, real_store):
+    window = make_window(qtbot, FakeEngine(), real_store)
+    assert window.load_saved_run("opt")
+    assert window.chart.outline is None  # no same-run baseline in this record
+    assert window.set_baseline_run("ref")
+    outline = window.chart.outline
+    assert outline is not None and window.chart.outline_label == "baseline: ref"
+    ref_groups = reference().layers
+    from engine.aggregate import group_layers
+
+    expected = [g.total_bytes / MIB for g in group_layers(ref_groups)]
+    assert list(outline[:-1]) == pytest.approx(expected)
+    assert outline[-1] == pytest.approx(reference().totals.unattributed_bytes / MIB)
+    assert "baseline: ref" in window.chart.hover_text(1)
+    window.set_baseline_run("")
+    assert window.chart.outline is None
+    # A run with a same-run baseline draws it without any choice.
+    result = optimized("with-baseline")
+    result.baseline = {"layers": {layer.name: {"at_peak_bytes": layer.at_peak_bytes * 2}
+                                  for layer in result.layers}}
+    window.render_result(result)
+    assert window.chart.outline_label == "unoptimized (same run)"
+    assert window.chart.outline[0] == pytest.approx(2 * 2 * MIB / MIB)
+
+
+def test_chart_category_toggles_log_scale_and_exact_hover(qtbot):
+    window = make_window(qtbot, FakeEngine())
+    window.render_result(make_result())
+    chart = window.chart
+    assert set(chart._toggles) >= {"weights", "activations", "unattributed"}
+    assert chart._bars["weights"].isVisible()
+    chart._toggles["weights"].setChecked(False)
+    assert not chart._bars["weights"].isVisible() and "weights" in chart.hidden
+    text = chart.hover_text(0)
+    assert "weights: 2.00 MiB (2,097,152 bytes) (hidden)" in text
+    chart._toggles["weights"].setChecked(True)
+    chart.log_check.setChecked(True)
+    opts = chart._bars["weights"].opts
+    assert max(np.asarray(opts["y0"]) + np.asarray(opts["height"])) == pytest.approx(
+        np.log10(2.0), abs=1.0)  # log10 of MiB
+    ticks = chart.plot.getAxis("left")._tickLevels
+    assert ticks and any(label == "1" for _, label in ticks[0])
+    chart.log_check.setChecked(False)
+    assert chart.plot.getAxis("left")._tickLevels is None
+
+
+def test_model_tree_shows_modules_and_what_changed_them(qtbot):
+    window = make_window(qtbot, FakeEngine())
+    result = make_result()
+    result.model_info["module_tree"] = {
+        "modules": [
+            {"name": "", "type": "LlamaForCausalLM", "parameters": 100, "weights_bytes": 400,
+             "dtypes": ["float32"], "devices": ["cpu"], "trainable": 100, "touched_by": []},
+            {"name": "model", "type": "LlamaModel", "parameters": 100, "weights_bytes": 400,
+             "dtypes": ["float32"], "devices": ["cpu"], "trainable": 100, "touched_by": []},
+            {"name": "model.q_proj", "type": "Linear", "class_path": "torch.ao.Linear",
+             "parameters": 0, "weights_bytes": 100, "dtypes": ["qint8"], "devices": ["cpu"],
+             "trainable": 0, "touched_by": ["int8-dynamic"]},
+            {"name": "model.norm", "type": "LlamaRMSNorm", "parameters": 8,
+             "weights_bytes": 32, "dtypes": ["float32"], "devices": ["cpu"], "trainable": 8,
+             "touched_by": []},
+        ],
+        "whole_run": ["autocast"]}
+    window.render_result(result)
+    panel = window.model_panel
+    assert panel.module_names() == ["", "model", "model.q_proj", "model.norm"]
+    assert "1 changed by an optimization" in panel.summary.text()
+    assert "autocast" in panel.summary.text()
+    panel.changed_only.setChecked(True)
+    assert panel.visible_names() == ["", "model", "model.q_proj"]  # ancestors stay
+    panel.changed_only.setChecked(False)
+    panel.filter_edit.setText("norm")
+    assert panel.visible_names() == ["", "model", "model.norm"]
+    window.render_result(make_result("old"))  # a record without a tree
+    assert "no module tree" in panel.summary.text()
+
+
+def test_settings_persist_controls_layout_and_theme(qtbot, tmp_path):
+    settings = QSettings(str(tmp_path / "memlens.ini"), QSettings.Format.IniFormat)
+    from gui.main_window import MainWindow
+
+    window = MainWindow(execute=FakeEngine(), devices=["cpu"], settings=settings)
+    qtbot.addWidget(window)
+    window.controls.set_workload("generate")
+    window.controls.seq_spin.setValue(333)
+    window.controls.sample_spin.setValue(50)
+    window.controls.set_model(str(tmp_path / "my-model"))
+    window.set_theme("dark")
+    window.plot_tabs.setCurrentIndex(2)
+    window.close()
+    again = MainWindow(execute=FakeEngine(), devices=["cpu"], settings=settings)
+    qtbot.addWidget(again)
+    config = again.controls.config()
+    assert config["workload"] == "generate" and config["seq"] == 333
+    assert config["sample_hz"] == 50.0 and config["model"] == str(tmp_path / "my-model")
+    assert again.controls.model_combo.findText(str(tmp_path / "my-model")) >= 0  # recent
+    assert again.plot_tabs.currentIndex() == 2
+    assert again.theme_actions["dark"].isChecked()
+    from gui import theme
+
+    assert theme.current().name == "dark"
+    assert again.chart.plot_widget.backgroundBrush().color().name() == theme.THEMES[
+        "dark"].background
+    # The command line's model wins over the last session's.
+    third = MainWindow(execute=FakeEngine(), devices=["cpu"], settings=settings, model="demo")
+    qtbot.addWidget(third)
+    assert third.controls.config()["model"] == "demo"
+    third.set_theme("light")
+
+
+def test_open_run_file_export_and_recent_files(qtbot, tmp_path):
+    window = make_window(qtbot, FakeEngine())
+    window.render_result(make_result("exported"))
+    written = window.export_run(tmp_path / "out" / "exported")
+    assert written == tmp_path / "out" / "exported.json"
+    assert json.loads(written.read_text())["run_id"] == "exported"
+    window.current_result = None
+    assert window.open_run_file(written)
+    assert window.current_result.run_id == "exported"
+    assert window.recent_files()[0] == str(written.resolve())
+    actions = window.recent_menu.actions()
+    assert actions and actions[0].text() == "exported.json"
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json", encoding="utf-8")
+    window._remember_recent(str(broken.resolve()))
+    assert not window.open_run_file(broken)
+    assert "Could not open" in window.status.text()
+    assert str(broken.resolve()) not in window.recent_files()  # a bad file leaves the list
+    assert window.controls.run_button.isEnabled()
+
+
+def test_save_and_copy_plot_png(qtbot, tmp_path):
+    window = make_window(qtbot, FakeEngine())
+    window.render_result(make_result())
+    path = tmp_path / "chart"
+    assert window.save_png(path)
+    image = QImage(str(tmp_path / "chart.png"))
+    assert not image.isNull() and distinct_colours(image) > 20
+    window.copy_plot()
+    from PySide6.QtGui import QGuiApplication
+
+    assert not QGuiApplication.clipboard().pixmap().isNull()
+
+
+def test_keyboard_shortcuts_run_and_cancel(qtbot):
+    engine = FakeEngine("slow")
+    window = make_window(qtbot, engine)
+    assert window.run_action.shortcut().toString() == "Ctrl+R"
+    window.run_action.trigger()
+    assert engine.started.wait(5)
+    qtbot.waitUntil(lambda: window.cancel_action.isEnabled(), timeout=2000)
+    assert not window.run_action.isEnabled()
+    window.cancel_action.trigger()
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=5000)
+    assert window.run_action.isEnabled() and not window.cancel_action.isEnabled()
+
+
+def test_copy_of_a_result_is_independent():
+    """Guard for the helpers above: ``optimized`` must not mutate the shared fixture data."""
+    a = make_result("x")
+    b = optimized("y")
+    assert a.totals.peak_bytes > b.totals.peak_bytes
+    assert copy.deepcopy(a).to_dict() == a.to_dict()
