@@ -293,3 +293,33 @@ def test_copy_of_a_result_is_independent():
     b = optimized("y")
     assert a.totals.peak_bytes > b.totals.peak_bytes
     assert copy.deepcopy(a).to_dict() == a.to_dict()
+
+
+def test_timeline_draws_every_memory_series_peaks_and_gpu_activity(qtbot, tmp_path):
+    from engine.events import Sample
+
+    window = make_window(qtbot, FakeEngine())
+    timeline = window.timeline
+    samples = [Sample(t=i * 0.1, phase="memory" if i < 10 else "timing",
+                      rss_bytes=(500 + i) * MIB, gpu_used_bytes=(2000 + 30 * (i % 7)) * MIB,
+                      gpu_process_bytes=(1500 + i) * MIB, torch_allocated_bytes=(900 + i) * MIB,
+                      torch_reserved_bytes=1200 * MIB, gpu_util_percent=float(10 * (i % 10)),
+                      gpu_power_w=150.0 + i) for i in range(20)]
+    timeline.add_samples(samples)
+    assert all(timeline.curves[f].isVisible() for f in (
+        "rss_bytes", "gpu_used_bytes", "gpu_process_bytes", "torch_allocated_bytes",
+        "torch_reserved_bytes"))
+    assert timeline.activity_plot.isVisible()
+    assert timeline.peaks["gpu_used_bytes"] == (pytest.approx(0.6), 2180.0)
+    assert timeline.peaks["rss_bytes"] == (pytest.approx(1.9), 519.0)
+    assert "2,180.0 MiB" in timeline.peak_label.toPlainText()
+    window.resize(1400, 900)
+    image = timeline.grab().toImage()
+    assert distinct_colours(image) > 30
+    # A CPU run: no GPU series, no activity plot, a sentence instead of zeros.
+    timeline.clear()
+    timeline.add_samples([Sample(t=i * 0.1, rss_bytes=(500 + i) * MIB) for i in range(5)])
+    assert not timeline.activity_plot.isVisible()
+    assert not timeline.curves["gpu_used_bytes"].isVisible()
+    assert "no NVML readings" in timeline.gpu_note.text()
+    assert set(timeline.peaks) == {"rss_bytes"}

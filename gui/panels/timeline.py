@@ -17,10 +17,18 @@ from engine.format import to_mib
 
 from .. import theme
 
-# (Sample field, legend name, colour)
+# (Sample field, legend name, colour): memory, in MiB
 SERIES = (
     ("rss_bytes", "process RSS", "#1f77b4"),
-    ("gpu_used_bytes", "GPU used", "#d62728"),
+    ("gpu_used_bytes", "GPU used (device, NVML)", "#d62728"),
+    ("gpu_process_bytes", "GPU used by this process (NVML)", "#ff7f0e"),
+    ("torch_allocated_bytes", "torch allocated", "#2ca02c"),
+    ("torch_reserved_bytes", "torch reserved", "#9467bd"),
+)
+# GPU activity, in its own units (drawn only when NVML reported it)
+ACTIVITY = (
+    ("gpu_util_percent", "GPU utilization %", "#8c564b"),
+    ("gpu_power_w", "GPU power W", "#e377c2"),
 )
 
 
@@ -69,11 +77,19 @@ def phase_spans(times: Sequence[float], phases: Sequence[str]) -> list[tuple[str
     return spans
 
 
+_MEMORY = {field for field, _, _ in SERIES}
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 class TimelinePanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.plot_widget = pg.PlotWidget(background="w")
-        self.plot = self.plot_widget.getPlotItem()
+        self.plot_widget = pg.GraphicsLayoutWidget()
+        self.plot_widget.setBackground("w")
+        self.plot = self.plot_widget.addPlot(row=0, col=0)
         self.plot.setTitle("Memory over time", color="#202020")
         self.plot.setLabel("left", "MiB")
         self.plot.setLabel("bottom", "time", units="s")
@@ -90,13 +106,36 @@ class TimelinePanel(QWidget):
         self._phases: list[str] = []
         self._bands: list[Any] = []
         self._phase_key: tuple = ()
-        self._columns = {field: _Buffer() for field, _, _ in SERIES}
+        self._columns = {field: _Buffer() for field, _, _ in SERIES + ACTIVITY}
         self.curves: dict[str, pg.PlotDataItem] = {}
         for field, name, color in SERIES:
             curve = self.plot.plot([], [], pen=pg.mkPen(color, width=1.5), connect="finite")
             self.curves[field] = curve
             self.legend.addItem(curve, name)
         self._legend_shown: set[str] = {field for field, _, _ in SERIES}
+        # Peak markers: one triangle per memory series at its highest sample, and a label on
+        # the highest of them.
+        self.peak_markers = pg.ScatterPlotItem(symbol="t1", size=11, pen=pg.mkPen("#303030"))
+        self.peak_markers.setZValue(20)
+        self.plot.addItem(self.peak_markers)
+        self.peak_label = pg.TextItem("", color="#202020", anchor=(1, 1))
+        self.plot.addItem(self.peak_label, ignoreBounds=True)
+        self.peaks: dict[str, tuple[float, float]] = {}  # field -> (t, MiB) of its maximum
+        # GPU utilization and power share a second, smaller plot, shown only with readings.
+        self.activity_plot = self.plot_widget.addPlot(row=1, col=0)
+        self.activity_plot.setLabel("left", "% · W")
+        self.activity_plot.setMenuEnabled(False)
+        self.activity_plot.showGrid(x=True, y=True, alpha=0.25)
+        self.activity_plot.setXLink(self.plot)
+        self.activity_plot.setMaximumHeight(130)
+        self.activity_legend = self.activity_plot.addLegend(offset=(10, 5),
+                                                            brush=pg.mkBrush(255, 255, 255, 200))
+        for field, name, color in ACTIVITY:
+            curve = self.activity_plot.plot([], [], pen=pg.mkPen(color, width=1.2),
+                                            connect="finite")
+            self.curves[field] = curve
+            self.activity_legend.addItem(curve, name)
+        self.activity_plot.setVisible(False)
         # Said in words, not drawn as zeros: a run without GPU readings has no GPU series.
         self.gpu_note = QLabel()
         self.gpu_note.setWordWrap(True)
@@ -125,7 +164,10 @@ class TimelinePanel(QWidget):
         self._t.extend([float(s.t) for s in samples])
         self._phases.extend(s.phase or "" for s in samples)
         for field, column in self._columns.items():
-            column.extend([to_mib(getattr(s, field, None)) for s in samples])
+            if field in _MEMORY:
+                column.extend([to_mib(getattr(s, field, None)) for s in samples])
+            else:
+                column.extend([_number(getattr(s, field, None)) for s in samples])
         self._redraw()
 
     def set_timeline(self, timeline: Mapping[str, Sequence[Any]]) -> bool:
@@ -142,7 +184,8 @@ class TimelinePanel(QWidget):
             values = list(timeline.get(field) or [])
             values += [None] * (len(times) - len(values))
             column.clear()
-            column.extend([to_mib(v) for v in values[: len(times)]])
+            convert = to_mib if field in _MEMORY else _number
+            column.extend([convert(v) for v in values[: len(times)]])
         self._redraw()
         return True
 
@@ -204,12 +247,44 @@ class TimelinePanel(QWidget):
                 self.curves[field].setData([], [])
             self.curves[field].setVisible(has_data)
             self._show_in_legend(field, name, has_data or field == SERIES[0][0])
+        self._draw_peaks(t)
+        shown_activity = False
+        for field, _, _ in ACTIVITY:
+            values = self._columns[field].view()
+            has_data = bool(values.size) and bool(np.isfinite(values).any())
+            if has_data:
+                self.curves[field].setData(t, values, connect="finite")
+            else:
+                self.curves[field].setData([], [])
+            self.curves[field].setVisible(has_data)
+            shown_activity = shown_activity or has_data
+        self.activity_plot.setVisible(shown_activity)
         gpu = self._columns["gpu_used_bytes"].view()
         has_gpu = bool(gpu.size) and bool(np.isfinite(gpu).any())
         self.gpu_note.setText("" if has_gpu or not t.size else
                               "GPU memory: no NVML readings in this run (a CPU run, or NVML is "
                               "not available here).")
         self.gpu_note.setVisible(bool(self.gpu_note.text()))
+
+    def _draw_peaks(self, t: np.ndarray) -> None:
+        self.peaks = {}
+        spots = []
+        for field, name, color in SERIES:
+            values = self._columns[field].view()
+            if not values.size or not np.isfinite(values).any():
+                continue
+            i = int(np.nanargmax(values))
+            self.peaks[field] = (float(t[i]), float(values[i]))
+            spots.append({"pos": (float(t[i]), float(values[i])), "brush": pg.mkBrush(color),
+                          "data": name})
+        self.peak_markers.setData(spots)
+        if spots:
+            top = max(spots, key=lambda spot: spot["pos"][1])
+            self.peak_label.setText(f"peak {top['data']} {top['pos'][1]:,.1f} MiB")
+            self.peak_label.setPos(*top["pos"])
+            self.peak_label.setVisible(True)
+        else:
+            self.peak_label.setVisible(False)
 
     def _show_in_legend(self, field: str, name: str, shown: bool) -> None:
         if shown and field not in self._legend_shown:
