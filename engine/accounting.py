@@ -53,6 +53,26 @@ def leaves(t: torch.Tensor) -> list[torch.Tensor]:
     return [t]
 
 
+def is_fake(t: torch.Tensor) -> bool:
+    """True for a ``FakeTensorMode`` tensor (estimation): shape, dtype and storage size, no data."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """An id for the storage behind ``t``, equal for views of one storage.
+
+    Real tensors use the data pointer (so two storage objects over the same memory count once);
+    fake tensors have no data, and asking for their pointer is deprecated, so they use the
+    storage's own identity.
+    """
+    st = t.untyped_storage()
+    if is_fake(t):
+        return st._cdata
+    return st.data_ptr() or st._cdata
+
+
 def storage_bytes(storage: torch.UntypedStorage, device_type: str) -> int:
     n = storage.nbytes()
     if device_type == "cuda" and n:

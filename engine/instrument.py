@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .accounting import TensorAccountant, leaves, storage_bytes
+from .accounting import TensorAccountant, leaves, storage_bytes, storage_key
 from .errors import Cancelled
 from .layers import TrackedModule, module_weight_tensors, owned_submodules, weight_owners
 
@@ -52,10 +52,10 @@ def cache_bytes_per_layer(cache: Any) -> list[int]:
         seen: set[int] = set()
         total = 0
         for t in cache_layer_tensors(cache, i):
-            st = t.untyped_storage()
-            if st.data_ptr() in seen:
+            key = storage_key(t)
+            if key in seen:
                 continue
-            seen.add(st.data_ptr())
+            seen.add(key)
             total += t.untyped_storage().nbytes()
         result.append(total)
     return result
@@ -75,10 +75,10 @@ def _output_bytes(output: Any) -> int:
     total = 0
     for t in (leaf for x in flat if isinstance(x, torch.Tensor) for leaf in leaves(x)):
         if not t.is_meta:
-            st = t.untyped_storage()
-            if st.data_ptr() not in seen:
-                seen.add(st.data_ptr())
-                total += st.nbytes()
+            key = storage_key(t)
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
     return total
 
 

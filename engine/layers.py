@@ -157,7 +157,7 @@ def module_weight_tensors(module: nn.Module, recurse: bool = False) -> list[torc
 def unique_nbytes(tensors: list[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors`` (shared storages counted once; wrapper
     subclasses such as torchao's quantized weights counted by their inner tensors)."""
-    from .accounting import leaves
+    from .accounting import leaves, storage_key
 
     seen: set[int] = set()
     total = 0
@@ -165,10 +165,9 @@ def unique_nbytes(tensors: list[torch.Tensor]) -> int:
         if t.is_meta:
             total += t.numel() * t.element_size()
             continue
-        st = t.untyped_storage()
-        key = st.data_ptr() if st.data_ptr() else id(st)
+        key = storage_key(t)
         if key in seen:
             continue
         seen.add(key)
-        total += st.nbytes()
+        total += t.untyped_storage().nbytes()
     return total

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import Cancelled, ErrorKind, MemLensError
+from .accounting import is_fake
 from .instrument import MemoryProbe, cache_bytes_per_layer
 
 
@@ -157,7 +158,7 @@ def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.de
                                "Generation needs a causal LM that supports use_cache.")
         del out
         trace.kv_bytes_per_step.append(sum(cache_bytes_per_layer(cache)))
-        trace.new_ids.append(int(next_ids[0, 0]))
+        _keep_token(trace, next_ids)
         if probe is not None:
             probe.phase = "decode"
         for _ in range(new_tokens - 1):
@@ -172,10 +173,16 @@ def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.de
             cache = _returned_cache(out)
             del out
             trace.kv_bytes_per_step.append(sum(cache_bytes_per_layer(cache)))
-            trace.new_ids.append(int(next_ids[0, 0]))
+            _keep_token(trace, next_ids)
         trace.kv_bytes_per_layer = cache_bytes_per_layer(cache)
         trace.cached_positions = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
     return trace
+
+
+def _keep_token(trace: GenerationTrace, next_ids: torch.Tensor) -> None:
+    # Fake tensors (estimation) have shapes but no values: there is no token to keep.
+    if not is_fake(next_ids):
+        trace.new_ids.append(int(next_ids[0, 0]))
 
 
 def _returned_cache(out: Any) -> Any:
@@ -254,7 +261,8 @@ def train_step(model: nn.Module, inputs: Inputs, optimizer: torch.optim.Optimize
         if probe is not None:
             probe.track_optimizer_state()
             probe.phase = "after"
-        trace.loss = float(loss.detach())
+        if not is_fake(loss):  # estimation: a fake loss has no value (stays NaN)
+            trace.loss = float(loss.detach())
         trace.forward_ms, trace.backward_ms, trace.optimizer_ms = (
             (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         del loss
