@@ -22,7 +22,9 @@ from typing import Any
 
 from .config import RunConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema history: 1 = the first; 2 adds ``estimate`` (null for measured runs), so that a MemLens
+# that predates estimation refuses an estimate instead of showing it as a measurement.
 
 # Categories of memory live at the peak (str values are saved in run files).
 CATEGORIES = ("weights", "activations", "kv_cache", "gradients", "optimizer_state", "temporaries")
@@ -116,7 +118,14 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     limitations: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    # Not None: an *estimate* (no weights, no real memory: the model ran on fake tensors), with
+    # how it was made ({"method", "build_seconds", "pass_seconds", ...}). None: a measured run.
+    estimate: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def is_estimate(self) -> bool:
+        return self.estimate is not None
 
     def layer(self, name: str) -> LayerStats:
         for layer in self.layers:
@@ -156,7 +165,9 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     if version > SCHEMA_VERSION:
         raise SchemaError(f"The run was written by a newer MemLens (schema {version}; this "
                           f"version reads up to {SCHEMA_VERSION}). Upgrade MemLens to open it.")
-    # Version 1 is the first schema: nothing to migrate yet. Later versions add steps here.
+    if version < 2:  # 1 -> 2: estimates did not exist, so every older run was measured
+        data["estimate"] = None
+        data["schema_version"] = 2
     return data
 
 
