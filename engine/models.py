@@ -183,6 +183,111 @@ def estimate_param_bytes(
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+@dataclass
+class ArchitectureConfig:
+    """A model's architecture without its weights: what estimation builds under fake tensors."""
+
+    hf_config: Any  # a transformers PretrainedConfig
+    name: str  # display name, as load_model would give it
+    source: str  # "demo" | "preset" | "config" | "folder"
+    path: str | None
+    remote: bool  # the config needs the checkpoint's own code (auto_map)
+    dtype: torch.dtype  # what dtype="auto" means here (the one load_model would use)
+
+
+def architecture_config(config: RunConfig) -> ArchitectureConfig:
+    """The transformers config of ``config.model`` without loading any weights.
+
+    Accepts what ``load_model`` accepts except Hub ids: ``demo``, ``demo-encoder``, ``preset:ID``,
+    a ``config.json`` or a model folder (only its ``config.json`` is read). ``dtype`` is the one a
+    real load would use for ``auto``: float32 for presets and configs, the checkpoint's stored
+    dtype (from its config) for folders.
+    """
+    text = config.model.strip()
+    kind = describe_source(text)
+    if kind == "hub":
+        raise MemLensError(
+            ErrorKind.NOT_APPLICABLE,
+            f"Estimation reads a local config, and {text!r} is a Hub id.",
+            "Pass a preset (preset:ID), a config.json or a local folder with config.json "
+            "(download only the config.json if the weights are large).",
+        )
+    if kind == "preset":
+        preset_id = text[len("preset:") :]
+        hf_config, _, remote = hf_config_from_values(
+            _preset_values(preset_id), f"preset:{preset_id}", None, config.trust_remote_code
+        )
+        return ArchitectureConfig(hf_config, f"preset:{preset_id}", "preset", None, remote,
+                                  torch.float32)
+    if kind == "config":
+        path = Path(text).expanduser()
+        folder = path.parent if path.name == "config.json" else None
+        hf_config, _, remote = hf_config_from_values(
+            _read_config_json(path), str(path), folder, config.trust_remote_code
+        )
+        return ArchitectureConfig(hf_config, f"config:{path.name}", "config", str(path), remote,
+                                  torch.float32)
+    if kind == "demo":
+        folder = resources.demo_model_path()
+        name, source = f"demo ({folder.name})", "demo"
+    elif kind == "demo-encoder":
+        folder, name, source = _encoder_folder(), "demo-encoder (all-MiniLM-L6-v2)", "demo"
+    else:
+        folder = Path(text).expanduser()
+        name, source = folder.resolve().name or str(folder), "folder"
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise MemLensError(
+            ErrorKind.INVALID_MODEL,
+            f"The folder {folder} has no config.json, so its architecture is unknown.",
+            "Pass a folder that holds config.json, or the config.json file itself.",
+        )
+    values = _read_config_json(config_file)
+    hf_config, _, remote = hf_config_from_values(
+        values, str(config_file), folder, config.trust_remote_code
+    )
+    return ArchitectureConfig(hf_config, name, source, str(folder), remote,
+                              _config_dtype(hf_config) or torch.float32)
+
+
+def hf_config_from_values(
+    values: Mapping[str, Any], where: str, folder: Path | None, trust_remote_code: bool
+) -> tuple[Any, str, bool]:
+    """A transformers config from ``config.json`` values: ``(config, model_type, remote)``.
+
+    Refuses remote code unless opted in, unknown model types and invalid values, each with a
+    :class:`MemLensError` naming the fix.
+    """
+    transformers = _transformers()
+    values = {k: v for k, v in values.items() if not k.startswith("_")}
+    model_type = _check_model_type(values, where, trust_remote_code)
+    remote = bool(values.get("auto_map"))
+    try:
+        with _quiet_transformers():
+            if remote:
+                if folder is None:
+                    raise MemLensError(
+                        ErrorKind.NOT_APPLICABLE,
+                        f"{where} needs remote code, which is only available with its folder.",
+                        "Name the file config.json next to its code files, or load the folder.",
+                    )
+                hf_config = transformers.AutoConfig.from_pretrained(
+                    str(folder), trust_remote_code=True
+                )
+            else:
+                kwargs = {k: v for k, v in values.items() if k != "model_type"}
+                hf_config = transformers.AutoConfig.for_model(model_type, **kwargs)
+    except MemLensError:
+        raise
+    except Exception as exc:
+        raise MemLensError(
+            ErrorKind.INVALID_MODEL,
+            f"The configuration in {where} is not valid: {_first_line(exc)}",
+            "Fix the named value in the config, or start from a preset (preset:ID).",
+        ) from exc
+    return hf_config, model_type, remote
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
@@ -207,9 +312,8 @@ def load_model(
             ErrorKind.OUT_OF_MEMORY,
             f"Ran out of memory while loading {config.model} on {config.device}: "
             f"{_first_line(exc)}",
-            "Close other programs, or choose a smaller dtype (--dtype bfloat16) or a smaller model. "
-            "Estimation without real memory (memlens estimate) is planned, not yet in this "
-            "version.",
+            "Close other programs, or choose a smaller dtype (--dtype bfloat16) or a smaller model, "
+            f"or estimate it without real memory: memlens estimate --model {config.model}",
         ) from exc
 
 
@@ -329,35 +433,11 @@ class _Loader:
         path: str | None,
         folder: Path | None = None,
     ) -> LoadedModel:
-        transformers = _transformers()
         self.step("Reading the configuration", 0.05)
-        values = {k: v for k, v in values.items() if not k.startswith("_")}
         where = path or name
-        model_type = _check_model_type(values, where, self.config.trust_remote_code)
-        remote = bool(values.get("auto_map"))
-        try:
-            with _quiet_transformers():
-                if remote:
-                    if folder is None:
-                        raise MemLensError(
-                            ErrorKind.NOT_APPLICABLE,
-                            f"{where} needs remote code, which is only available with its folder.",
-                            "Name the file config.json next to its code files, or load the folder.",
-                        )
-                    hf_config = transformers.AutoConfig.from_pretrained(
-                        str(folder), trust_remote_code=True
-                    )
-                else:
-                    kwargs = {k: v for k, v in values.items() if k != "model_type"}
-                    hf_config = transformers.AutoConfig.for_model(model_type, **kwargs)
-        except MemLensError:
-            raise
-        except Exception as exc:
-            raise MemLensError(
-                ErrorKind.INVALID_MODEL,
-                f"The configuration in {where} is not valid: {_first_line(exc)}",
-                "Fix the named value in the config, or start from a preset (preset:ID).",
-            ) from exc
+        hf_config, model_type, remote = hf_config_from_values(
+            values, where, folder, self.config.trust_remote_code
+        )
         dtype = resolve_dtype(self.config.dtype, torch.float32)
         assert dtype is not None
         self.step("Estimating the size (meta device, no memory used)", 0.1)
@@ -622,6 +702,13 @@ class _Loader:
             return
         dtype_name = _dtype_name(dtype) if dtype is not None else "its stored dtype"
         verb = "build" if random_build else "load"
+        cfg = self.config
+        model = cfg.model.strip()
+        if describe_source(model) == "hub":  # estimation reads a local config.json
+            model = f"PATH/TO/{model.rsplit('/', 1)[-1]}/config.json"
+        command = (f"memlens estimate --model {model} --workload {cfg.workload} "
+                   f"--batch {cfg.batch} --seq {cfg.seq}"
+                   + (f" --dtype {cfg.dtype}" if cfg.dtype != "auto" else ""))
         raise MemLensError(
             ErrorKind.TOO_LARGE,
             f"{what} is too large to {verb} here: use estimation. Its weights alone need "
@@ -629,8 +716,9 @@ class _Loader:
             f"(the limit is {MAX_MEMORY_FRACTION:.0%} of that).",
             "Pick "
             + ("a smaller dtype (--dtype bfloat16) or " if dtype in (None, torch.float32) else "")
-            + "a smaller model. Estimation without allocating the weights (memlens estimate "
-            f"--model {self.config.model}) is planned, not yet in this version.",
+            + "a smaller model, or estimate it without allocating any memory: "
+            + command
+            + (" (after downloading only its config.json)" if model != cfg.model.strip() else ""),
         )
 
     def _note_loading_info(self, info: Mapping[str, Any] | None) -> None:
