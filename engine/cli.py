@@ -1,4 +1,5 @@
-"""The ``memlens`` command: ``profile``, ``runs``, ``show``; bare ``memlens`` opens the window."""
+"""The ``memlens`` command: ``profile``, ``estimate``, ``runs``, ``show``; bare ``memlens`` opens the
+window."""
 
 from __future__ import annotations
 
@@ -20,6 +21,19 @@ from .results import RunResult
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _dtype(text: str) -> str:
+    """``--dtype``: the names in DTYPES, or the short forms fp32, bf16, fp16."""
+    value = _DTYPE_ALIASES.get(text.lower(), text.lower())
+    if value not in DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(DTYPES)}, or "
+            f"{', '.join(_DTYPE_ALIASES)})")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="memlens",
@@ -39,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt", default=None, help="prompt text (default: sample text or random ids)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--dtype", choices=DTYPES, default="auto")
+    p.add_argument("--dtype", type=_dtype, default="auto",
+                   help=f"{' | '.join(DTYPES)} (or fp32, bf16, fp16)")
     p.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
                    dest="attention_impl", help="attention implementation")
     p.add_argument("--attention-maps", action="store_true",
@@ -58,6 +73,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the run JSON here")
     p.add_argument("--no-save", action="store_true", help="do not add the run to the store")
     p.add_argument("--json", action="store_true", help="print the run JSON instead of the table")
+
+    e = sub.add_parser(
+        "estimate",
+        help="estimate per-layer memory without weights or real memory (fake tensors)",
+        description="Build the model from its config on fake tensors (no weights, no memory) and "
+                    "run the same instrumented workload as `profile`: per-layer weights, "
+                    "activations, KV cache, transient peaks, FLOPs and the peak, labelled as an "
+                    "estimate. Latency is not estimated.")
+    e.add_argument("--model", default="demo",
+                   help="preset:NAME | PATH (config.json or a folder with one) | demo")
+    e.add_argument("--workload", choices=WORKLOADS, default="forward")
+    e.add_argument("--batch", type=int, default=1)
+    e.add_argument("--seq", type=int, default=128,
+                   help="sequence length (for generate: prompt length)")
+    e.add_argument("--new-tokens", type=int, default=32,
+                   help="generate: tokens after the prompt (each decode step is one more pass)")
+    e.add_argument("--dtype", type=_dtype, default="auto",
+                   help=f"{' | '.join(DTYPES)} (or fp32, bf16, fp16); auto = what profile "
+                        "would use (float32 for presets and configs)")
+    e.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
+                   dest="attention_impl", help="attention implementation")
+    e.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a config's own Python code to run (only for sources you trust)")
+    e.add_argument("--label", default="")
+    e.add_argument("--out", type=Path, default=None, help="also write the estimate JSON here")
+    e.add_argument("--save", action="store_true",
+                   help="add the estimate to the run store (listed as an estimate by `runs`)")
+    e.add_argument("--json", action="store_true", help="print the JSON instead of the table")
 
     r = sub.add_parser("runs", help="list saved runs")
     r.add_argument("--json", action="store_true")
@@ -104,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "profile":
             return _profile(args, store)
+        if args.command == "estimate":
+            return _estimate(args, store)
         if args.command == "runs":
             return _runs(store, args.json)
         if args.command == "show":
@@ -255,19 +300,67 @@ def _profile(args: argparse.Namespace, store) -> int:
     return EXIT_OK
 
 
+def _estimate(args: argparse.Namespace, store) -> int:
+    from .estimate import estimate
+
+    config = RunConfig(
+        model=args.model, workload=args.workload, batch=args.batch, seq=args.seq,
+        new_tokens=args.new_tokens, dtype=args.dtype, attention_impl=args.attention_impl,
+        trust_remote_code=args.trust_remote_code, label=args.label)
+    printer = _ProgressPrinter(sys.stderr)
+    try:
+        result = estimate(config, printer, store=store if args.save else None)
+    except KeyboardInterrupt:
+        print("\nmemlens: estimate cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    if result is None:
+        f = printer.failed
+        if f is None:
+            _error("The estimate ended without a result.", "See the messages above.")
+            return EXIT_FAILED
+        _error(f.message, f.hint)
+        return EXIT_CANCELLED if f.kind == "cancelled" else EXIT_FAILED
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout, indent=1)
+        print()
+    else:
+        print_report(result, sys.stdout)
+        if args.save:
+            print(f"saved (as an estimate): {store.path_for(result.run_id)}")
+        if args.out is not None:
+            print(f"written: {args.out}")
+    return EXIT_OK
+
+
+def _is_estimate_file(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("estimate") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _runs(store, as_json: bool) -> int:
     runs = store.list()
+    kinds = {s.run_id: "estimate" if _is_estimate_file(s.path) else "measured" for s in runs}
     if as_json:
-        print(json.dumps([{**s.__dict__, "path": str(s.path)} for s in runs], indent=1))
+        print(json.dumps([{**s.__dict__, "path": str(s.path), "kind": kinds[s.run_id]}
+                          for s in runs], indent=1))
         return EXIT_OK
     if not runs:
         print(f"no saved runs in {store.root}")
         return EXIT_OK
-    print(f"{len(runs)} run(s) in {store.root}")
-    print(f"{'run id':<52} {'workload':<9} {'peak':>11} {'latency':>10}  model")
+    n_est = sum(k == "estimate" for k in kinds.values())
+    print(f"{len(runs)} run(s) in {store.root}"
+          + (f" ({n_est} estimate(s): no weights, no real memory)" if n_est else ""))
+    width = max([52] + [len(s.run_id) for s in runs])
+    print(f"{'run id':<{width}} {'kind':<8} {'workload':<9} {'peak':>11} {'latency':>10}  model")
     for s in runs:
         lat = f"{s.latency_ms:.1f} ms" if s.latency_ms is not None else MISSING
-        print(f"{s.run_id:<52} {s.workload:<9} {human_bytes(s.peak_bytes):>11} {lat:>10}  {s.model}")
+        print(f"{s.run_id:<{width}} {kinds[s.run_id]:<8} {s.workload:<9} "
+              f"{human_bytes(s.peak_bytes):>11} {lat:>10}  {s.model}")
     return EXIT_OK
 
 
@@ -283,10 +376,15 @@ def print_report(result: RunResult, out: TextIO) -> None:
     """The per-layer table, totals and the reconciliation line."""
     cfg, t, info = result.config, result.totals, result.model_info
     w = out.write
+    est = result.estimate
+    if est is not None:
+        w("ESTIMATE — no weights, no real memory: the model ran on fake tensors (shapes only); "
+          "figures are what a CPU run would count, latency is not estimated\n")
     w(f"{info.get('name', cfg.model)} · {info.get('architecture', '?')} · "
       f"{si_number(info.get('parameters'))} parameters · {info.get('dtype', '?')} · "
       f"{info.get('device', cfg.device)} · attention {info.get('attn_implementation', '?')}"
-      f"{' · random weights' if info.get('random_weights') else ''}\n")
+      f"{' · random weights' if info.get('random_weights') else ''}"
+      f"{' · estimate' if est is not None else ''}\n")
     shape = result.inputs.get("shape") if result.inputs else None
     w(f"workload {cfg.workload}: batch {cfg.batch}, "
       f"{'prompt' if cfg.workload == 'generate' else 'seq'} "
@@ -320,10 +418,12 @@ def print_report(result: RunResult, out: TextIO) -> None:
         w("  ".join(str(c).ljust(widths[i]) if i < 2 else str(c).rjust(widths[i])
                     for i, c in enumerate(r)) + "\n")
     w("\n")
-    src = {"tensor_accounting": "tensor accounting", "cuda_allocator": "CUDA allocator"}.get(
+    src = {"tensor_accounting": "tensor accounting", "cuda_allocator": "CUDA allocator",
+           "fake_tensor_accounting": "estimate: tensor accounting on fake tensors"}.get(
         t.peak_source, t.peak_source)
     ok = "reconciles" if t.reconciles() else "DOES NOT RECONCILE"
-    w(f"peak {human_bytes(t.peak_bytes)} ({src}) = attributed {human_bytes(t.attributed_bytes)} "
+    w(f"{'estimated peak' if est is not None else 'peak'} {human_bytes(t.peak_bytes)} ({src}) "
+      f"= attributed {human_bytes(t.attributed_bytes)} "
       f"+ unattributed {human_bytes(t.unattributed_bytes)}  [{ok}: {t.peak_bytes} = "
       f"{t.attributed_bytes} + {t.unattributed_bytes} B]\n")
     parts = [("weights", t.weights_bytes), ("activations", t.activation_bytes),
@@ -347,7 +447,14 @@ def print_report(result: RunResult, out: TextIO) -> None:
         if timing.get("warmup_ms"):
             w(f"first (warm-up) pass {timing['warmup_ms'][0]:.1f} ms: one-time costs such as "
               "lazy initialisation or compilation\n")
-    if t.load_peak_bytes is not None or t.steady_bytes is not None:
+    if est is not None:
+        w(f"estimate made in {est.get('build_seconds', 0) + est.get('warmup_seconds', 0) + est.get('pass_seconds', 0):.2f} s "
+          f"(build {est.get('build_seconds', 0):.2f} s, "
+          + (f"warm-up step {est['warmup_seconds']:.2f} s, " if est.get("warmup_seconds") else "")
+          + f"memory pass {est.get('pass_seconds', 0):.2f} s); weights "
+          f"{human_bytes(t.steady_bytes)} from the config's shapes; not estimated: latency, "
+          "load peak, process RSS\n")
+    elif t.load_peak_bytes is not None or t.steady_bytes is not None:
         w(f"load: peak {human_bytes(t.load_peak_bytes)}, steady {human_bytes(t.steady_bytes)} "
           f"({t.load_source})\n")
     if t.process_rss_peak_bytes is not None:
@@ -356,9 +463,11 @@ def print_report(result: RunResult, out: TextIO) -> None:
         w(f"CUDA reserved peak: {human_bytes(t.cuda_reserved_peak_bytes)}\n")
     g = result.generation
     if g:
-        w(f"generation: prefill {g.get('prefill_ms', 0):.2f} ms, decode "
-          f"{sum(g.get('decode_ms_per_step') or [0]):.2f} ms for {len(g.get('decode_ms_per_step') or [])}"
-          f" steps; KV cache {human_bytes(g.get('kv_cache_bytes'))} for "
+        steps = g.get("decode_ms_per_step")
+        timing = (f"prefill {g['prefill_ms']:.2f} ms, decode {sum(steps or [0]):.2f} ms for "
+                  f"{len(steps or [])} steps" if g.get("prefill_ms") is not None
+                  else f"{g.get('new_tokens', '?')} new tokens (not timed)")
+        w(f"generation: {timing}; KV cache {human_bytes(g.get('kv_cache_bytes'))} for "
           f"{g.get('cached_positions')} positions (grew {human_bytes(g['kv_bytes_per_step'][0])}"
           f" → {human_bytes(g['kv_bytes_per_step'][-1])}); peak prefill "
           f"{human_bytes(g.get('prefill_peak_bytes'))}, decode {human_bytes(g.get('decode_peak_bytes'))}\n")
@@ -366,7 +475,8 @@ def print_report(result: RunResult, out: TextIO) -> None:
             w(f"  generated: {g['text']!r}\n")
     tr = result.training
     if tr:
-        w(f"training step: loss {tr['loss']:.4f}{' (synthetic)' if tr.get('synthetic_loss') else ''}"
+        loss = f"{tr['loss']:.4f}" if tr.get("loss") is not None else MISSING
+        w(f"training step: loss {loss}{' (synthetic)' if tr.get('synthetic_loss') else ''}"
           f"; saved for backward {human_bytes(tr['saved_for_backward_bytes'])}, gradients "
           f"{human_bytes(tr['gradient_bytes'])}, optimizer state "
           f"{human_bytes(tr['optimizer_state_bytes'])}; phase peaks forward "
@@ -416,6 +526,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
           f"{human_bytes(c['peak_bytes'])} vs {human_bytes(c['plain_peak_bytes'])}\n")
     for warning in result.warnings:
         w(f"warning: {warning}\n")
+    if est is not None:
+        for limitation in result.limitations:
+            w(f"limitation: {limitation}\n")
     if any(layer.flops_complete is False for layer in result.layers):
         w("* FLOPs incomplete in this module (see warning)\n")
 

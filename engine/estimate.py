@@ -1,0 +1,372 @@
+"""Estimate mode: a model's memory per layer without its weights and without real memory.
+
+The model is built from its config under PyTorch's ``FakeTensorMode`` (every tensor has a shape,
+a dtype and a storage size, but no data), then the *same* workload code and the *same* memory
+pass as a measured run run on it: ``MemoryProbe`` (the tensor-accounting dispatch mode, stacked
+on top of the fake mode the way PyTorch's own ``MemTracker`` does it), ``select_layers``, the
+forward / generate / train workloads, and the runner's per-layer assembly. So an estimate is what
+a CPU run of that config would measure, computed from shapes: per-layer weights, outputs,
+saved-for-backward tensors, KV cache, transient peaks, FLOPs and the peak.
+
+Not estimated: latency (there is no arithmetic to time; it stays ``None``), the process RSS, load
+peaks, quality. Every estimate says so in ``limitations`` and carries ``estimate`` in its JSON.
+The ``meta`` device is avoided on purpose: transformers' mask code reads tensor values on it
+(``.item()``) and fails, while fake tensors keep small constants and report data-dependent reads
+as errors naming the operator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import functools
+import gc
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from . import workloads as wl
+from .accounting import is_fake
+from .config import RunConfig
+from .errors import Cancelled, ErrorKind, MemLensError
+from .events import Failed, Finished, LayerStatsReady, Progress
+from .layers import module_weight_tensors, select_layers, unique_nbytes
+from .results import RunResult
+from .runner import Listener, _emit, _Run, _run_id
+
+METHOD = ("FakeTensorMode build (no weights, no memory) + MemLens tensor accounting "
+          "(the measured runs' memory pass)")
+PEAK_SOURCE = "fake_tensor_accounting"
+
+LIMITATIONS_ESTIMATE = [
+    "ESTIMATE: the model ran on fake tensors (shapes, dtypes and storage sizes only, no data, no "
+    "memory); the figures are what tensor accounting would count in a CPU run of this config "
+    "and workload, not a measurement.",
+    "Latency is not estimated (shown as —): fake tensors do no arithmetic to time.",
+    "Not seen, as in a CPU run: memory a kernel allocates and frees internally without making a "
+    "tensor, allocator caching and block rounding, the CUDA context and library workspaces "
+    "(cuBLAS), the Python heap; the load-time peak and process RSS are not estimated.",
+    "Kernel choices are the CPU's (e.g. CPU SDPA keeps a logsumexp beside its output); a GPU "
+    "may pick other kernels with other temporaries.",
+]
+
+
+def estimate(config: RunConfig, listener: Listener = lambda e: None,
+             cancel: threading.Event | None = None, store: Any = None) -> RunResult | None:
+    """Estimate ``config`` in this thread; returns the result, or None after a ``Failed`` event.
+
+    Events and error handling are those of :func:`engine.runner.execute`.
+    """
+    cancel = cancel or threading.Event()
+    run = _EstimateRun(config, listener, cancel)
+    try:
+        result = run.go()
+    except MemLensError as exc:  # also Cancelled
+        run.cleanup()
+        _emit(listener, Failed(exc.kind.value, exc.message, exc.hint))
+        return None
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes an event
+        run.cleanup()
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        err = _fake_tensor_error(exc, run.stage, config.model)
+        if err is not None:
+            _emit(listener, Failed(err.kind.value, err.message, err.hint))
+            return None
+        _emit(listener, Failed(ErrorKind.INTERNAL.value,
+                               f"Unexpected error during {run.stage or 'the estimate'}: "
+                               f"{type(exc).__name__}: {exc}",
+                               "This is a MemLens bug; the details are in the log."))
+        traceback.print_exc()
+        return None
+    run.cleanup()
+    if store is not None:
+        _emit(listener, Progress("save", None, "saving the estimate"))
+        try:
+            store.save(result)
+        except MemLensError as exc:
+            result.warnings.append(f"The estimate was not saved: {exc.message} ({exc.hint})")
+        except OSError as exc:
+            result.warnings.append(f"The estimate was not saved: {exc}")
+    _emit(listener, Finished(result))
+    return result
+
+
+def _fake_tensor_error(exc: BaseException, stage: str, model: str) -> MemLensError | None:
+    """A clear error for what FakeTensorMode cannot run, naming the operator and the code line."""
+    from torch._subclasses import fake_tensor as ft
+
+    kinds = tuple(getattr(ft, n) for n in ("UnsupportedOperatorException",
+                                           "DataDependentOutputException",
+                                           "DynamicOutputShapeException",
+                                           "UnsupportedFakeTensorException")
+                  if hasattr(ft, n))
+    if not isinstance(exc, kinds):
+        return None
+    func = getattr(exc, "func", None)
+    op = str(func) if func is not None else type(exc).__name__
+    why = {
+        "UnsupportedOperatorException": "has no fake-tensor (meta) implementation",
+        "DataDependentOutputException": "needs tensor values, which fake tensors do not have",
+        "DynamicOutputShapeException": "returns a shape that depends on tensor values",
+    }.get(type(exc).__name__, "cannot run on fake tensors")
+    if "_local_scalar_dense" in op:
+        why = ("reads a tensor's value (.item(), float(), bool() or an `if` on a tensor), which "
+               "fake tensors do not have")
+    where = ""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if "/torch/" not in frame.filename and "/engine/" not in frame.filename:
+            where = f" (at {frame.filename.rsplit('site-packages/', 1)[-1]}:{frame.lineno})"
+            break
+    step = {"build": "building it", "warmup": "its warm-up step",
+            "memory": "its memory pass"}.get(stage, stage or "the workload")
+    return MemLensError(
+        ErrorKind.NOT_APPLICABLE,
+        f"Estimation cannot run {model} on fake tensors ({step}): the operator {op} {why}"
+        f"{where}.",
+        "Measure a smaller config of the same architecture with memlens profile, or try "
+        "another --attention implementation (eager or sdpa); operators without a fake-tensor "
+        "implementation are listed in PyTorch's issue tracker.")
+
+
+@contextlib.contextmanager
+def _as_in_a_real_run() -> Iterator[None]:
+    """Make transformers take the branches a real run of MemLens' inputs takes.
+
+    transformers treats fake tensors as tracing (``is_tracing``) and then skips checks that read
+    tensor values. One of them changes memory: ``find_packed_sequence_indices`` (causal masks
+    without an attention mask or cache, i.e. the forward and training workloads) cannot tell
+    that the positions are one sequence per row, so it returns a "packed" index tensor, and SDPA
+    then gets a materialised mask instead of ``is_causal`` (and repeats K/V heads for it).
+    MemLens' inputs are always one unpadded sequence per row, for which the real check returns
+    None: under fake tensors that answer is given here, after the same tensors were computed.
+    """
+    try:
+        from transformers import masking_utils
+    except ImportError:  # pragma: no cover - transformers 5 always has it
+        yield
+        return
+    original = getattr(masking_utils, "find_packed_sequence_indices", None)
+    if original is None:
+        yield
+        return
+
+    @functools.wraps(original)
+    def find_packed_sequence_indices(position_ids: Any, *args: Any, **kwargs: Any) -> Any:
+        found = original(position_ids, *args, **kwargs)
+        if found is not None and is_fake(position_ids):
+            return None
+        return found
+
+    masking_utils.find_packed_sequence_indices = find_packed_sequence_indices
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
+class _EstimateRun(_Run):
+    """One estimate: the runner's run with the model built on fake tensors and no timing."""
+
+    def __init__(self, config: RunConfig, listener: Listener, cancel: threading.Event) -> None:
+        super().__init__(config, listener, cancel)
+        self.fake_mode: Any = None
+
+    def cleanup(self) -> None:
+        self.loaded = None
+        self.optimizer = None
+        self.fake_mode = None
+        gc.collect()
+
+    def go(self) -> RunResult:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        from .models import resolve_device
+        from .optimizations import RunHooks
+        from .telemetry import environment
+
+        from .models import describe_source
+
+        cfg = self.config
+        cfg.validate()
+        if describe_source(cfg.model) == "hub":  # also refuses unknown presets and paths
+            raise MemLensError(
+                ErrorKind.NOT_APPLICABLE,
+                f"Estimation reads a local config, and {cfg.model!r} is a Hub id.",
+                "Pass a preset (preset:ID), a config.json or a local folder with config.json "
+                "(download only the config.json if the weights are large).")
+        if cfg.optimizations:
+            raise MemLensError(
+                ErrorKind.NOT_APPLICABLE,
+                "Estimation does not apply optimizations yet.",
+                "Estimate without --opt, or measure the optimizations with memlens profile on a "
+                "model that fits.")
+        if cfg.prompt:
+            raise MemLensError(
+                ErrorKind.INVALID_WORKLOAD,
+                "Estimation takes a sequence length, not a prompt: fake tensors have no text.",
+                "Use --seq N (the prompt length in tokens).")
+        if cfg.attention_maps:
+            raise MemLensError(
+                ErrorKind.NOT_APPLICABLE,
+                "Attention maps need real values; an estimate has none.",
+                "Estimate without attention maps, or capture them with memlens profile.")
+        device = resolve_device(cfg.device)
+        if device.type != "cpu":
+            raise MemLensError(
+                ErrorKind.NOT_APPLICABLE,
+                f"Estimation models the CPU's kernels only (got --device {cfg.device}).",
+                "Use --device cpu; a CUDA estimate (GPU kernel choices) is not available yet.")
+        self.hooks = RunHooks()
+        created = _dt.datetime.now(_dt.timezone.utc)
+        run_id = _run_id(cfg, created)
+        head, _, tail = run_id.rpartition(f"-{cfg.workload}-")
+        result = RunResult(config=cfg, run_id=f"{head}-estimate-{cfg.workload}-{tail}",
+                           created=created.isoformat(timespec="seconds"))
+        self.progress("prepare", None, "importing libraries")
+        import transformers
+
+        from .models import preimport_architecture
+
+        _ = transformers.AutoModelForCausalLM
+        preimport_architecture(cfg.model)
+
+        self.progress("build", None, f"building {cfg.model} on fake tensors (no weights)")
+        t0 = time.perf_counter()
+        self.fake_mode = FakeTensorMode()
+        self.loaded = self._build(device)
+        model = self.loaded.model
+        build_s = time.perf_counter() - t0
+
+        tracked = select_layers(model)
+        with self.fake_mode:
+            ids = torch.zeros((cfg.batch, cfg.seq), dtype=torch.long, device=device)
+        inputs = wl.Inputs(ids, "fake ids (shape only)")
+        if cfg.workload == "generate":
+            wl.check_positions(model, cfg.seq + cfg.new_tokens, "Generation")
+        else:
+            wl.check_positions(model, cfg.seq, "The input")
+        result.model_info = self._model_info(model, tracked, device)
+        result.model_info["weights"] = "none (fake tensors: shapes only)"
+        result.environment = environment(str(device))
+        result.limitations = list(LIMITATIONS_ESTIMATE)
+        if not wl.is_causal_lm(model) and cfg.workload == "generate":
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               f"{self.loaded.architecture} is not a causal language model: it "
+                               "cannot generate.", "Use the forward or train workload.")
+
+        t1 = time.perf_counter()
+        with self.fake_mode, _as_in_a_real_run():
+            if cfg.workload == "train":
+                self.optimizer = wl.make_optimizer(model, cfg.lr, self.hooks.optimizer_factory)
+            # A measured run's warm-up leaves state behind only in training (the optimizer's
+            # moments, created by the first step): the same warm-up runs here so the memory pass
+            # starts from the same state. Forward and generation leave nothing (the accuracy
+            # tests compare with measured runs that did warm up), so they skip it.
+            for i in range(cfg.warmup if cfg.workload == "train" else 0):
+                self.progress("warmup", i / max(1, cfg.warmup), "warm-up pass (fake tensors)")
+                self._plain_pass(model, inputs, device)
+            warm_s = time.perf_counter() - t1
+            self.progress("memory", None, "memory pass (tensor accounting on fake tensors)")
+            t2 = time.perf_counter()
+            layers, _extra = self._memory_pass(model, tracked, inputs, device, result)
+            pass_s = time.perf_counter() - t2
+
+        totals = result.totals
+        totals.peak_source = PEAK_SOURCE
+        totals.transient_source = "tensor_accounting (fake tensors)"
+        totals.process_rss_peak_bytes = None  # this process's RSS says nothing about the model
+        totals.steady_bytes = unique_nbytes(module_weight_tensors(model, recurse=True))
+        totals.load_source = "estimate: weight bytes from the config's shapes; no load peak"
+        result.inputs = {"source": inputs.source, "shape": list(inputs.input_ids.shape)}
+        if result.training is not None:
+            result.training["loss"] = None  # a fake loss has no value
+        result.estimate = {
+            "method": METHOD,
+            "device_modelled": str(device),
+            "build_seconds": round(build_s, 3),
+            "warmup_seconds": round(warm_s, 3),
+            "pass_seconds": round(pass_s, 3),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        }
+        end = time.perf_counter() - self.t_start
+        if self.phases and self.phases[-1].get("end") is None:
+            self.phases[-1]["end"] = end
+        result.layers = layers
+        result.phases = self.phases
+        result.duration_s = round(end, 3)
+        _emit(self.listener, LayerStatsReady(tuple(layers), final=True))
+        return result
+
+    def _weights_by_owner(self, model, tracked):  # noqa: ANN001, ANN202 - the runner's signature
+        # The runner's version calls model.named_parameters() once per parameter (quadratic:
+        # 1.5 s of a 70B estimate's 3 s). Same code, with that list computed once.
+        params = list(model.named_parameters())
+
+        def named_parameters(*args: Any, **kwargs: Any) -> Any:
+            if args or kwargs:
+                return type(model).named_parameters(model, *args, **kwargs)
+            return iter(params)
+
+        model.__dict__["named_parameters"] = named_parameters
+        try:
+            return super()._weights_by_owner(model, tracked)
+        finally:
+            del model.__dict__["named_parameters"]
+
+    def _build(self, device: torch.device) -> Any:
+        """The model on fake tensors: config only, weight initialisation skipped (it would only
+        fill values that fake tensors do not have), tied weights tied as in a real build."""
+        from transformers.initialization import no_init_weights
+
+        from .models import (
+            LoadedModel,
+            _model_class,
+            _quiet_transformers,
+            _weights_dtype,
+            architecture_config,
+            resolve_dtype,
+        )
+
+        cfg = self.config
+        arch = architecture_config(cfg)
+        dtype = resolve_dtype(cfg.dtype, arch.dtype)
+        auto_cls, is_causal = _model_class(arch.hf_config)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if cfg.attention_impl != "auto":
+            kwargs["attn_implementation"] = cfg.attention_impl
+        if arch.remote:
+            kwargs["trust_remote_code"] = True
+        t0 = time.perf_counter()
+        try:
+            with self.fake_mode, no_init_weights(), _quiet_transformers(), torch.device(device):
+                model = auto_cls.from_config(arch.hf_config, **kwargs)
+                model.tie_weights()
+        except Cancelled:
+            raise
+        except Exception as exc:
+            if _fake_tensor_error(exc, "build", cfg.model) is not None:
+                raise
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            if "attn_implementation" in str(exc) or "attention implementation" in str(exc).lower():
+                raise MemLensError(
+                    ErrorKind.NOT_APPLICABLE,
+                    f"Attention implementation {cfg.attention_impl!r} does not work for "
+                    f"{arch.name}: {text}",
+                    "Choose --attention auto (or eager, which every model supports).") from exc
+            raise MemLensError(
+                ErrorKind.INVALID_MODEL,
+                f"Could not build the architecture of {arch.name}: {text}",
+                "Check the config values (sizes must divide evenly by the head counts).") from exc
+        model.eval()
+        return LoadedModel(
+            model=model, tokenizer=None, name=arch.name, source=arch.source, path=arch.path,
+            architecture=type(model).__name__,
+            is_causal_lm=is_causal and bool(getattr(model, "can_generate", lambda: False)()),
+            random_weights=False, dtype=_weights_dtype(model), device=str(device),
+            load_seconds=time.perf_counter() - t0)

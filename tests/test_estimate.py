@@ -1,0 +1,275 @@
+"""Estimate mode: fake-tensor builds run through the measured runs' instrumentation.
+
+The accuracy tests run the same config and workload twice, once measured (``execute``, real
+weights on the CPU) and once estimated (fake tensors), and compare the peak and every per-layer
+figure. The contract is "within 1%"; the figures are in fact identical today, and a difference
+shows which layer and field moved.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import psutil
+import pytest
+import torch
+
+import resources
+from engine import cli
+from engine.config import RunConfig
+from engine.errors import ErrorKind, MemLensError
+from engine.estimate import LIMITATIONS_ESTIMATE, estimate
+from engine.results import SCHEMA_VERSION, RunResult
+from engine.runner import execute
+from engine.store import RunStore
+
+from .helpers import Collector
+
+DEMO_CONFIG = str(resources.demo_model_path() / "config.json")
+LLAMA_3_70B_PARAMETERS = 70_553_706_496  # Meta's published count for Llama 3 70B
+
+LAYER_FIELDS = ("parameters", "weights_bytes", "activation_bytes", "saved_for_backward_bytes",
+                "kv_cache_bytes", "gradient_bytes", "optimizer_state_bytes",
+                "transient_peak_bytes", "flops", "at_peak_bytes")
+TOTAL_FIELDS = ("peak_bytes", "attributed_bytes", "weights_bytes", "activation_bytes",
+                "kv_cache_bytes", "gradient_bytes", "optimizer_state_bytes", "temporary_bytes",
+                "model_weights_bytes", "flops")
+
+
+def _config(model: str, workload: str, attention: str = "sdpa", **kw) -> RunConfig:
+    # Training warms up as a default run does: the first step leaves the optimizer state the
+    # memory pass then sees, which the estimate must reproduce.
+    base = dict(model=model, workload=workload, seq=16, new_tokens=3, attention_impl=attention,
+                repeats=1, warmup=1 if workload == "train" else 0, sample_hz=10.0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _estimate_ok(config: RunConfig) -> RunResult:
+    events = Collector()
+    result = estimate(config, events)
+    assert result is not None, events.failed
+    return result
+
+
+def _off(a, b) -> float:
+    """Relative difference of two figures (0 when both are equal, including both None)."""
+    if a == b:
+        return 0.0
+    if a is None or b is None:
+        return float("inf")
+    return abs(a - b) / max(abs(b), 1)
+
+
+def _differences(est: RunResult, real: RunResult) -> list[str]:
+    out = []
+    for f in TOTAL_FIELDS:
+        a, b = getattr(est.totals, f), getattr(real.totals, f)
+        if _off(a, b) > 0.01:
+            out.append(f"totals.{f}: estimate {a} vs measured {b}")
+    for phase, b in real.phase_peaks.items():
+        if _off(est.phase_peaks.get(phase), b) > 0.01:
+            out.append(f"phase peak {phase}: estimate {est.phase_peaks.get(phase)} vs {b}")
+    assert [x.name for x in est.layers] == [x.name for x in real.layers]
+    for a, b in zip(est.layers, real.layers):
+        for f in LAYER_FIELDS:
+            if _off(getattr(a, f), getattr(b, f)) > 0.01:
+                out.append(f"{a.name}.{f}: estimate {getattr(a, f)} vs measured {getattr(b, f)}")
+    return out
+
+
+CASES = [
+    # grouped-query attention (Llama: every workload and kernel), dense attention (GPT-2), an
+    # encoder (BERT), a sliding-window config (Mistral) and the demo model's own config.
+    *[("preset:tiny-llama", w, a) for w in ("forward", "generate", "train")
+      for a in ("sdpa", "eager")],
+    ("preset:tiny-gpt2", "forward", "sdpa"),
+    ("preset:tiny-gpt2", "generate", "eager"),
+    ("preset:tiny-gpt2", "train", "sdpa"),
+    ("preset:tiny-bert", "forward", "eager"),
+    ("preset:tiny-bert", "train", "sdpa"),
+    ("preset:tiny-mistral", "generate", "sdpa"),
+    (DEMO_CONFIG, "generate", "sdpa"),
+    (DEMO_CONFIG, "train", "eager"),
+]
+
+
+@pytest.mark.parametrize(("model", "workload", "attention"), CASES,
+                         ids=[f"{m.rsplit('/', 2)[-2] if '/' in m else m}-{w}-{a}"
+                              for m, w, a in CASES])
+def test_estimate_matches_a_measured_cpu_run(model: str, workload: str, attention: str) -> None:
+    config = _config(model, workload, attention)
+    events = Collector()
+    real = execute(config, events)
+    assert real is not None, events.failed
+    est = _estimate_ok(_config(model, workload, attention))
+    assert est.totals.peak_bytes > est.totals.model_weights_bytes > 0
+    assert not _differences(est, real), "\n".join(_differences(est, real))
+    assert est.totals.reconciles()
+    if workload == "generate":
+        assert est.generation["kv_cache_bytes"] == real.generation["kv_cache_bytes"] > 0
+        assert est.generation["kv_bytes_per_step"] == real.generation["kv_bytes_per_step"]
+    if workload == "train":
+        for key in ("saved_for_backward_bytes", "gradient_bytes", "optimizer_state_bytes"):
+            assert est.training[key] == real.training[key] > 0
+
+
+def test_estimate_of_the_demo_folder_matches_its_measured_run() -> None:
+    """The demo loads real trained weights and tokenizes sample text; the estimate reads only
+    its config.json and uses fake ids of the same length."""
+    real = execute(_config("demo", "forward"))
+    est = _estimate_ok(_config("demo", "forward"))
+    assert real.inputs["source"] == "sample text"
+    assert est.inputs["source"].startswith("fake ids")
+    assert not _differences(est, real), "\n".join(_differences(est, real))
+
+
+def test_estimate_is_labelled_and_latency_is_not_estimated(tmp_path) -> None:
+    result = _estimate_ok(_config("preset:tiny-llama", "train", repeats=3))
+    assert result.is_estimate and "FakeTensorMode" in result.estimate["method"]
+    assert "estimate" in result.run_id
+    assert result.totals.peak_source == "fake_tensor_accounting"
+    t = result.totals
+    assert t.latency_ms is None and t.plain_latency_ms is None and t.tokens_per_s is None
+    assert t.instrumentation_overhead is None and t.process_rss_peak_bytes is None
+    assert all(layer.latency_ms is None for layer in result.layers)
+    assert result.timing is None and result.training["loss"] is None
+    assert result.limitations == LIMITATIONS_ESTIMATE
+    assert any("Latency is not estimated" in x for x in result.limitations)
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["schema_version"] == SCHEMA_VERSION == 2
+    assert data["estimate"]["pass_seconds"] > 0 and data["totals"]["latency_ms"] is None
+    store = RunStore(tmp_path)
+    loaded = store.load(store.save(result))
+    assert loaded.is_estimate and loaded.estimate == result.estimate
+    assert loaded.totals.peak_bytes == result.totals.peak_bytes
+
+
+def test_a_schema_1_run_file_reads_as_measured() -> None:
+    measured = execute(_config("preset:tiny-llama", "forward", warmup=0))
+    old = measured.to_dict()
+    del old["estimate"]
+    old["schema_version"] = 1
+    again = RunResult.from_dict(old)
+    assert not again.is_estimate and again.schema_version == 2
+    assert again.totals.peak_bytes == measured.totals.peak_bytes
+
+
+def test_70b_forward_estimate_uses_no_real_memory() -> None:
+    rss_before = psutil.Process().memory_info().rss
+    result = _estimate_ok(RunConfig(model="preset:llama-3-70b", workload="forward", seq=128,
+                                    dtype="bfloat16"))
+    assert psutil.Process().memory_info().rss - rss_before < 1024**3  # the weights: 131 GiB
+    assert result.model_info["parameters"] == LLAMA_3_70B_PARAMETERS
+    # parameters in bfloat16, plus the rotary tables (float32 buffers of a few hundred bytes)
+    assert 0 < result.totals.model_weights_bytes - 2 * LLAMA_3_70B_PARAMETERS < 4096
+    assert result.totals.weights_bytes == result.totals.model_weights_bytes  # all live at peak
+    assert result.totals.peak_bytes > result.totals.model_weights_bytes
+    blocks = [x for x in result.layers if x.kind == "block"]
+    assert len(blocks) == 80 and len({x.transient_peak_bytes for x in blocks}) == 1
+    # a forward FLOP count of 2 * parameters * tokens for the matmuls, plus attention
+    assert result.totals.flops >= 2 * 128 * (LLAMA_3_70B_PARAMETERS - 128256 * 8192)
+
+
+@pytest.mark.fault(area="inputs", case="a model too large for this machine, then its estimate",
+                   outcome="the too_large hint names a memlens estimate command, which runs")
+def test_too_large_hint_names_an_estimate_command_that_works(tmp_path, capsys) -> None:
+    from engine.models import load_model
+
+    with pytest.raises(MemLensError) as info:
+        load_model(RunConfig(model="preset:llama-3-70b", dtype="bfloat16", seq=16))
+    err = info.value
+    assert err.kind is ErrorKind.TOO_LARGE and "planned" not in err.hint
+    command = re.search(r"memlens estimate [^()]*?(?=$| \(|\.$)", err.hint).group(0)
+    assert "--model preset:llama-3-70b" in command and "--dtype bfloat16" in command
+    argv = shlex.split(command)[1:]
+    assert cli.main(["--store", str(tmp_path)] + argv) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("ESTIMATE") and "LlamaForCausalLM · 70.6 G parameters" in out
+
+
+def test_cli_estimate_table_json_save_and_runs(tmp_path, capsys) -> None:
+    store = ["--store", str(tmp_path)]
+    assert cli.main(store + ["estimate", "--model", "preset:tiny-llama", "--workload",
+                             "generate", "--seq", "16", "--new-tokens", "3", "--dtype",
+                             "bf16", "--save"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("ESTIMATE — no weights, no real memory")
+    assert "bfloat16" in out and "estimated peak" in out and "reconciles" in out
+    assert "not estimated: latency" in out and "saved (as an estimate)" in out
+    assert "limitation: Latency is not estimated" in out
+    assert cli.main(store + ["estimate", "--model", "preset:tiny-bert", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["estimate"] is not None and data["totals"]["latency_ms"] is None
+    assert cli.main(store + ["profile", "--model", "preset:tiny-llama", "--seq", "16",
+                             "--repeats", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main(store + ["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "1 estimate(s)" in lines[0]
+    kinds = {line.split()[0]: line.split()[1] for line in lines[2:]}
+    assert sorted(kinds.values()) == ["estimate", "measured"]
+    assert all(("-estimate-" in rid) == (kind == "estimate") for rid, kind in kinds.items())
+    assert cli.main(store + ["runs", "--json"]) == 0
+    assert sorted(r["kind"] for r in json.loads(capsys.readouterr().out)) == ["estimate",
+                                                                              "measured"]
+    est_id = next(rid for rid, kind in kinds.items() if kind == "estimate")
+    assert cli.main(store + ["show", est_id]) == 0
+    assert capsys.readouterr().out.startswith("ESTIMATE")
+
+
+@pytest.mark.fault(area="inputs", case="estimate of an unknown preset or a Hub id",
+                   outcome="not_found listing the presets / not_applicable asking for a local "
+                           "config.json; nothing is built")
+def test_estimate_refuses_unknown_models_with_the_fix(capsys) -> None:
+    assert cli.main(["estimate", "--model", "preset:llama-9"]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "Unknown preset 'llama-9'" in err and "llama-3-70b" in err
+    assert "importing libraries" not in err  # refused before anything is imported or built
+    events = Collector()
+    assert estimate(RunConfig(model="meta-llama/Meta-Llama-3-8B"), events) is None
+    assert events.failed.kind == "not_applicable" and "config.json" in events.failed.hint
+
+
+@pytest.mark.parametrize(("change", "kind", "words"), [
+    (dict(optimizations=[{"id": "cast", "params": {}}]), "not_applicable", "optimizations"),
+    (dict(prompt="hello"), "invalid_workload", "--seq"),
+    (dict(attention_maps=True), "not_applicable", "memlens profile"),
+    (dict(seq=300), "invalid_workload", "at most 256"),
+    (dict(model="preset:tiny-bert", workload="generate"), "not_applicable", "forward or train"),
+])
+def test_estimate_refuses_what_it_cannot_estimate(change, kind, words) -> None:
+    events = Collector()
+    config = _config("preset:tiny-llama", "forward")
+    for key, value in change.items():
+        setattr(config, key, value)
+    assert estimate(config, events) is None
+    assert events.failed.kind == kind and words in (events.failed.message + events.failed.hint)
+
+
+@pytest.mark.fault(area="load", case="a model whose code FakeTensorMode cannot run (a value read "
+                                     "or a data-dependent shape)",
+                   outcome="not_applicable naming the operator and the model code line; "
+                           "suggests memlens profile on a smaller config")
+@pytest.mark.parametrize("read", ["value", "shape"])
+def test_estimate_names_the_operator_fake_tensors_cannot_run(monkeypatch, read) -> None:
+    from transformers.models.llama import modeling_llama
+
+    original = modeling_llama.LlamaMLP.forward
+
+    def forward(self, x):
+        if read == "value":
+            float(x.detach().sum())  # .item(): needs data
+        else:
+            torch.nonzero(x)  # output shape depends on data
+        return original(self, x)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", forward)
+    events = Collector()
+    assert estimate(_config("preset:tiny-llama", "forward"), events) is None
+    failed = events.failed
+    op = "aten._local_scalar_dense" if read == "value" else "aten.nonzero"
+    assert failed.kind == "not_applicable" and op in failed.message
+    assert "test_estimate.py" in failed.message and "memlens profile" in failed.hint
