@@ -105,6 +105,9 @@ class EngineWorker(QObject):
         try:
             config = RunConfig.from_dict(dict(config_dict))
             if self._execute is _default_execute:
+                from . import preload
+
+                preload.wait()  # never import transformers in two threads at once
                 keep_a_core_for_the_ui()
             kwargs: dict[str, Any] = {"listener": self._on_event, "cancel": self._cancel}
             if self._store is not None:
