@@ -11,6 +11,10 @@ sampler, and measures the live-instrumentation overhead. Writes ``gpu_check.json
 Needs only torch, transformers, psutil, nvidia-ml-py (no Qt, no network):
     python3 benchmarks/gpu_check.py --out DIR
 A dry run of the same script on the CPU with a tiny config: ``--device cpu --tiny``.
+
+``--estimate`` also estimates every run with ``memlens estimate`` (fake tensors, the CPU's
+kernels, no memory) and records the estimated peak against the measured one (the allocator's on
+CUDA), plus an 8B-shaped forward at seq 4096: the accuracy table issue 6 asks for.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optimizations", action="store_true",
                     help="also run benchmarks/optimizations.py on the same model (its table "
                          "goes to optimizations.md and optimizations.json in --out)")
+    ap.add_argument("--estimate", action="store_true",
+                    help="also estimate each run on fake tensors and compare the peaks")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -75,11 +81,39 @@ def main(argv: list[str] | None = None) -> int:
     seqs = [int(s) for s in args.seqs.split(",")] if not args.tiny else [64, 128]
     dtype = "bfloat16"
 
-    def run(label: str, **kw) -> dict:
+    def compare_estimate(entry: dict, cfg: RunConfig, peak: int, weights: int) -> None:
+        """The same config estimated on fake tensors, against the measured peak."""
+        from engine.estimate import estimate
+
+        est_cfg = RunConfig(**{**cfg.to_dict(), "device": "cpu", "detailed": False})
+        failures: list[Failed] = []
+        est = estimate(est_cfg, lambda e: failures.append(e) if isinstance(e, Failed) else None)
+        if est is None:
+            entry["estimate"] = {"failed": f"{failures[-1].kind}: {failures[-1].message}"
+                                 if failures else "no result"}
+            log(lines, f"  estimate: FAILED {entry['estimate']['failed']}")
+            return
+        e = est.totals
+        entry["estimate"] = {
+            "peak_MiB": e.peak_bytes / MiB,
+            "peak_above_weights_MiB": (e.peak_bytes - e.model_weights_bytes) / MiB,
+            "weights_MiB": e.model_weights_bytes / MiB,
+            "peak_vs_measured": (e.peak_bytes - peak) / peak,
+            "above_weights_vs_measured": ((e.peak_bytes - e.model_weights_bytes)
+                                          - (peak - weights)) / max(peak - weights, 1),
+            "seconds": est.estimate,
+            "phase_peaks_MiB": {k: v / MiB for k, v in est.phase_peaks.items()},
+        }
+        log(lines, f"  estimate: peak {e.peak_bytes / MiB:.0f} MiB vs measured "
+                   f"{peak / MiB:.0f} MiB ({entry['estimate']['peak_vs_measured'] * 100:+.2f}%), "
+                   f"above weights {entry['estimate']['above_weights_vs_measured'] * 100:+.1f}%, "
+                   f"in {sum(v for k, v in est.estimate.items() if k.endswith('seconds')):.1f} s")
+
+    def run(label: str, model: str | None = None, **kw) -> dict:
         failures: list[Failed] = []
         t0 = time.perf_counter()
-        cfg = RunConfig(model=model_arg, device=args.device, dtype=dtype, repeats=5, warmup=1,
-                        sample_hz=50.0, **kw)
+        cfg = RunConfig(model=model or model_arg, device=args.device, dtype=dtype, repeats=5,
+                        warmup=1, sample_hz=50.0, **kw)
         result = execute(cfg, lambda e: failures.append(e) if isinstance(e, Failed) else None)
         wall = time.perf_counter() - t0
         entry: dict = {"label": label, "config": cfg.to_dict(), "wall_s": round(wall, 1)}
@@ -150,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"{entry['accounting_peak_vs_allocator'] * 100:+.2f}%, reconciles "
                    f"{entry['reconciles']}, plain {t.plain_latency_ms:.1f} ms, overhead "
                    f"x{t.instrumentation_overhead:.3f}, wall {wall:.0f}s")
+        if args.estimate and not kw.get("detailed"):
+            compare_estimate(entry, cfg, t.peak_bytes, weights)
         return entry
 
     checks = []
@@ -166,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_train:
         checks.append(("train sdpa seq 2048", dict(workload="train", seq=2048 if not args.tiny
                                                     else 64, attention_impl="sdpa")))
+    if args.estimate:
+        checks.append(("forward sdpa seq 4096, 8B-shaped",
+                       dict(model="preset:tiny-llama" if args.tiny else "preset:llama-3-8b",
+                            workload="forward", seq=4096 if not args.tiny else 128,
+                            attention_impl="sdpa")))
     for label, kw in checks:
         try:
             report["runs"].append(run(label, **kw))
@@ -230,7 +271,17 @@ def main(argv: list[str] | None = None) -> int:
                       "driver": gpu.driver_version()}
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     (args.out / "gpu_check.txt").write_text("\n".join(lines) + "\n")
+    if args.estimate:
+        rows = [(r["label"], r["estimate"]) for r in report["runs"] if "peak_vs_measured" in
+                r.get("estimate", {})]
+        report["estimate_summary"] = {
+            "runs": len(rows),
+            "max_abs_peak_vs_measured": max((abs(e["peak_vs_measured"]) for _, e in rows),
+                                            default=None)}
+        log(lines, f"estimates: {report['estimate_summary']}")
     ok = all(r.get("reconciles") for r in report["runs"]) and not report["errors"]
+    if args.estimate:
+        ok = ok and all("failed" not in r.get("estimate", {}) for r in report["runs"])
     log(lines, "ALL RECONCILED" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
 
