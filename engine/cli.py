@@ -1,5 +1,5 @@
-"""The ``memlens`` command: ``profile``, ``estimate``, ``runs``, ``show``; bare ``memlens`` opens the
-window."""
+"""The ``memlens`` command: ``profile``, ``estimate``, ``runs``, ``show``; bare ``memlens``
+opens the window."""
 
 from __future__ import annotations
 
@@ -448,7 +448,8 @@ def print_report(result: RunResult, out: TextIO) -> None:
             w(f"first (warm-up) pass {timing['warmup_ms'][0]:.1f} ms: one-time costs such as "
               "lazy initialisation or compilation\n")
     if est is not None:
-        w(f"estimate made in {est.get('build_seconds', 0) + est.get('warmup_seconds', 0) + est.get('pass_seconds', 0):.2f} s "
+        spent = sum(est.get(k) or 0 for k in ("build_seconds", "warmup_seconds", "pass_seconds"))
+        w(f"estimate made in {spent:.2f} s "
           f"(build {est.get('build_seconds', 0):.2f} s, "
           + (f"warm-up step {est['warmup_seconds']:.2f} s, " if est.get("warmup_seconds") else "")
           + f"memory pass {est.get('pass_seconds', 0):.2f} s); weights "

@@ -326,6 +326,7 @@ class _EstimateRun(_Run):
 
         from .models import (
             LoadedModel,
+            _first_line,
             _model_class,
             _quiet_transformers,
             _weights_dtype,
@@ -352,7 +353,7 @@ class _EstimateRun(_Run):
         except Exception as exc:
             if _fake_tensor_error(exc, "build", cfg.model) is not None:
                 raise
-            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            text = _first_line(exc)
             if "attn_implementation" in str(exc) or "attention implementation" in str(exc).lower():
                 raise MemLensError(
                     ErrorKind.NOT_APPLICABLE,

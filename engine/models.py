@@ -312,8 +312,8 @@ def load_model(
             ErrorKind.OUT_OF_MEMORY,
             f"Ran out of memory while loading {config.model} on {config.device}: "
             f"{_first_line(exc)}",
-            "Close other programs, or choose a smaller dtype (--dtype bfloat16) or a smaller model, "
-            f"or estimate it without real memory: memlens estimate --model {config.model}",
+            "Close other programs, or choose a smaller dtype (--dtype bfloat16) or a smaller "
+            f"model, or estimate it without real memory: memlens estimate --model {config.model}",
         ) from exc
 
 
