@@ -32,16 +32,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-SWITCH_INTERVAL_S = 0.001
-
-
-def configure_interpreter() -> None:
-    """The engine thread runs Python (hooks, the generation loop) beside the UI thread; with
-    CPython's default 5 ms GIL switch interval a waiting UI slot can stall for several intervals.
-    A 1 ms interval hands the GIL over sooner (measured by benchmarks/ui_responsiveness.py)."""
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-
-
 def _display_problem() -> str | None:
     """Why no window can open here (Linux without a display and no platform chosen), or None."""
     import os
@@ -68,7 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .main_window import MainWindow
 
-    configure_interpreter()
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "memlens"])
     app.setApplicationName("MemLens")
     app.setOrganizationName("MemLens")

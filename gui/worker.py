@@ -108,6 +108,7 @@ class EngineWorker(QObject):
                 from . import preload
 
                 preload.wait()  # never import transformers in two threads at once
+                preload.freeze_imports(config.model)
                 keep_a_core_for_the_ui()
             kwargs: dict[str, Any] = {"listener": self._on_event, "cancel": self._cancel}
             if self._store is not None:

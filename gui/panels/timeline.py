@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtCore import QTimer
 from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
@@ -78,6 +80,11 @@ def phase_spans(times: Sequence[float], phases: Sequence[str]) -> list[tuple[str
 
 
 _MEMORY = {field for field, _, _ in SERIES}
+LIVE_REDRAW_HZ = 12.5
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000.0
 
 
 def _number(value: Any) -> float:
@@ -102,6 +109,10 @@ class TimelinePanel(QWidget):
         self.plot.setDownsampling(auto=True, mode="peak")  # spikes are the data here
         self.legend = self.plot.addLegend(offset=(10, 10), labelTextColor="#202020",
                                           brush=pg.mkBrush(255, 255, 255, 200))
+        self._redraw_timer = QTimer(self)
+        self._redraw_timer.setSingleShot(True)
+        self._redraw_timer.timeout.connect(self._redraw)
+        self._last_draw_ms = -1e12
         self._t = _Buffer()
         self._phases: list[str] = []
         self._bands: list[Any] = []
@@ -145,17 +156,25 @@ class TimelinePanel(QWidget):
         layout.addWidget(self.plot_widget)
         layout.addWidget(self.gpu_note)
         self._redraw()
+        self._last_draw_ms = -1e12  # the first samples draw at once
 
     @property
     def sample_count(self) -> int:
         return self._t.size
 
+    def flush(self) -> None:
+        """Draw samples whose coalesced redraw is still pending."""
+        if self._redraw_timer.isActive():
+            self._redraw()
+
     def clear(self) -> None:
+        self._redraw_timer.stop()
         self._t.clear()
         self._phases.clear()
         for column in self._columns.values():
             column.clear()
         self._redraw()
+        self._last_draw_ms = -1e12
 
     def add_samples(self, samples: Iterable[Sample]) -> None:
         samples = list(samples)
@@ -168,7 +187,14 @@ class TimelinePanel(QWidget):
                 column.extend([to_mib(getattr(s, field, None)) for s in samples])
             else:
                 column.extend([_number(getattr(s, field, None)) for s in samples])
-        self._redraw()
+        # Data is appended at once (nothing is lost); drawing is coalesced to at most
+        # LIVE_REDRAW_HZ: a repaint costs ~7 ms of UI-thread Python (benchmarks/
+        # ui_responsiveness.py), which the engine's thread competes for.
+        wait_ms = self._last_draw_ms + 1000.0 / LIVE_REDRAW_HZ - _now_ms()
+        if wait_ms <= 0:
+            self._redraw()
+        elif not self._redraw_timer.isActive():
+            self._redraw_timer.start(int(math.ceil(wait_ms)))
 
     def set_timeline(self, timeline: Mapping[str, Sequence[Any]]) -> bool:
         """Show a saved run's columnar timeline (``t`` + Sample field names); ``False`` if none."""
@@ -235,7 +261,15 @@ class TimelinePanel(QWidget):
             for item in self._bands[1::2]:
                 item.setPos(item.pos().x(), ymax)
 
+    def hideEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        if self._redraw_timer.isActive():
+            self._redraw_timer.stop()
+            self._redraw()
+        super().hideEvent(event)
+
     def _redraw(self) -> None:
+        self._redraw_timer.stop()
+        self._last_draw_ms = _now_ms()
         t = self._t.view()
         self._draw_phases()
         for field, name, _ in SERIES:
