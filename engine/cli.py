@@ -335,19 +335,11 @@ def _estimate(args: argparse.Namespace, store) -> int:
     return EXIT_OK
 
 
-def _is_estimate_file(path: Path) -> bool:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("estimate") is not None
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _runs(store, as_json: bool) -> int:
     runs = store.list()
-    kinds = {s.run_id: "estimate" if _is_estimate_file(s.path) else "measured" for s in runs}
+    kinds = {s.run_id: s.kind for s in runs}
     if as_json:
-        print(json.dumps([{**s.__dict__, "path": str(s.path), "kind": kinds[s.run_id]}
-                          for s in runs], indent=1))
+        print(json.dumps([{**s.__dict__, "path": str(s.path)} for s in runs], indent=1))
         return EXIT_OK
     if not runs:
         print(f"no saved runs in {store.root}")

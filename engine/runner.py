@@ -658,7 +658,8 @@ class _Run:
         from .layers import weight_owners
 
         owners = weight_owners(model, tracked)
-        named = dict(model.named_parameters())
+        params = dict(model.named_parameters())  # once: rebuilding it per name was quadratic
+        named = dict(params)
         named.update(dict(model.named_buffers()))
         grouped: dict[str, list[torch.Tensor]] = {}
         counts: dict[str, int] = {}
@@ -666,7 +667,7 @@ class _Run:
             if owner is None:
                 continue
             grouped.setdefault(owner, []).append(named[pname])
-            if pname in dict(model.named_parameters()):
+            if pname in params:
                 counts[owner] = counts.get(owner, 0) + named[pname].numel()
         names = {t.name for t in tracked}
         for t in tracked:  # packed (non-parameter) weights of quantized modules

@@ -50,6 +50,7 @@ class RunSummary:
     device: str = ""
     dtype: str = ""
     status: str = "ok"
+    kind: str = "measured"  # or "estimate" (fake tensors: no weights, no real memory)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -164,7 +165,8 @@ class RunStore:
                     quality=quality_text(data.get("quality")),
                     device=str(info.get("device") or cfg.get("device") or ""),
                     dtype=str(info.get("dtype") or cfg.get("dtype") or ""),
-                    status=str(data.get("status") or "ok")))
+                    status=str(data.get("status") or "ok"),
+                    kind="estimate" if data.get("estimate") is not None else "measured"))
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
         out.sort(key=lambda s: s.created, reverse=True)

@@ -314,7 +314,10 @@ class MainWindow(QMainWindow):
         if result.timeline:
             self.timeline.set_timeline(result.timeline)
         config = result.config
-        self.setWindowTitle(f"MemLens · {config.model} · {config.workload}")
+        kind = " · ESTIMATE" if getattr(result, "estimate", None) is not None else ""
+        self.setWindowTitle(f"MemLens · {config.model} · {config.workload}{kind}")
+        self.chart.plot.setTitle(("Estimated memory at peak by layer (estimate)" if kind
+                                  else "Memory at peak by layer"), color=theme.current().text)
 
     # -- saved runs -----------------------------------------------------------------------------
     def _get_store(self) -> Any:

@@ -67,16 +67,17 @@ def test_runs_table_shows_optimizations_and_quality_and_sorts(qtbot, real_store)
     assert set(panel.run_ids()) == {"ref", "opt"}
     model = panel.view.model()
     headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
-    assert headers[:8] == ["Created", "Model", "Workload", "Optimizations", "Device", "Peak",
-                           "Latency", "Quality"]
+    assert headers[:9] == ["Created", "Model", "Workload", "Kind", "Optimizations", "Device",
+                           "Peak", "Latency", "Quality"]
     rows = {model.index(r, 0).data(Qt.ItemDataRole.UserRole):
             [model.index(r, c).data() for c in range(model.columnCount())]
             for r in range(model.rowCount())}
-    assert rows["opt"][3] == "int8-dynamic" and rows["ref"][3] == "none"
-    assert rows["opt"][7].startswith("KL 0.01") and rows["ref"][7] == "ppl 31.00"
-    panel.view.sortByColumn(5, Qt.SortOrder.AscendingOrder)  # by peak, numerically
+    assert rows["opt"][4] == "int8-dynamic" and rows["ref"][4] == "none"
+    assert rows["opt"][3] == rows["ref"][3] == "measured"
+    assert rows["opt"][8].startswith("KL 0.01") and rows["ref"][8] == "ppl 31.00"
+    panel.view.sortByColumn(6, Qt.SortOrder.AscendingOrder)  # by peak, numerically
     assert panel.run_ids() == ["opt", "ref"]
-    panel.view.sortByColumn(5, Qt.SortOrder.DescendingOrder)
+    panel.view.sortByColumn(6, Qt.SortOrder.DescendingOrder)
     assert panel.run_ids() == ["ref", "opt"]
     # Compare needs two selected runs; Open and Use as baseline need exactly one.
     panel.select(["ref"])
@@ -88,7 +89,7 @@ def test_runs_table_shows_optimizations_and_quality_and_sorts(qtbot, real_store)
 def test_compare_view_draws_each_run_and_the_scatter(qtbot, real_store, tmp_path):
     window = make_window(qtbot, FakeEngine(), real_store)
     panel = window.saved_runs
-    panel.view.sortByColumn(5, Qt.SortOrder.DescendingOrder)  # ref first
+    panel.view.sortByColumn(6, Qt.SortOrder.DescendingOrder)  # ref first
     panel.select(["ref", "opt"])
     qtbot.mouseClick(panel.compare_button, Qt.MouseButton.LeftButton)
     compare = window.compare_panel
@@ -285,6 +286,19 @@ def test_keyboard_shortcuts_run_and_cancel(qtbot):
     window.cancel_action.trigger()
     qtbot.waitUntil(lambda: not window.controller.is_running, timeout=5000)
     assert window.run_action.isEnabled() and not window.cancel_action.isEnabled()
+
+
+def test_an_estimate_is_labelled_in_the_table_totals_and_title(qtbot, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    result = make_result("est-1")
+    result.estimate = {"method": "fake tensors"}
+    store.save(result)
+    window = make_window(qtbot, FakeEngine(), store)
+    model = window.saved_runs.view.model()
+    assert model.index(0, 3).data() == "estimate"
+    assert window.load_saved_run("est-1")
+    assert window.totals.text().startswith("ESTIMATE")
+    assert "ESTIMATE" in window.windowTitle()
 
 
 def test_copy_of_a_result_is_independent():

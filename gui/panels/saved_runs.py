@@ -33,6 +33,9 @@ COLUMNS: tuple[tuple[str, Any, Any, str], ...] = (
      "When the run finished (UTC)"),
     ("Model", lambda s: str(s.model or "?"), lambda s: str(s.model or ""), ""),
     ("Workload", lambda s: str(s.workload or "?"), lambda s: str(s.workload or ""), ""),
+    ("Kind", lambda s: str(getattr(s, "kind", "") or "measured"),
+     lambda s: str(getattr(s, "kind", "") or "measured"),
+     "measured, or estimate (fake tensors: no weights, no real memory, no latency)"),
     ("Optimizations", lambda s: str(getattr(s, "optimizations", "") or "none"),
      lambda s: str(getattr(s, "optimizations", "") or ""), "Applied in order"),
     ("Device", lambda s: " ".join(x for x in (getattr(s, "device", ""), getattr(s, "dtype", ""))

@@ -17,6 +17,8 @@ def totals_lines(result: RunResult) -> list[str]:
     """Plain-text lines: the reconciliation first, then the categories and speeds."""
     t = result.totals
     lines = [reconciliation_line(t, human_bytes)]
+    if getattr(result, "estimate", None) is not None:
+        lines[0] = "ESTIMATE (fake tensors: no weights, no real memory) · " + lines[0]
     detail = getattr(t, "unattributed_detail", None)  # newer engines name the remainder's parts
     if isinstance(detail, dict) and detail:
         lines.append("unattributed: " + " · ".join(f"{name} {human_bytes(value)}"
