@@ -1,5 +1,7 @@
-"""The ``memlens`` command: ``profile``, ``estimate``, ``runs``, ``show``; bare ``memlens``
-opens the window."""
+"""The ``memlens`` command: ``profile``, ``estimate``, ``runs``, ``show``, ``compare``,
+``export``; bare ``memlens`` opens the window. ``memlens report`` renders with Qt, so the
+``memlens`` launcher (``gui.launcher``) hands it to ``gui.report``; it is listed here for the
+help text only."""
 
 from __future__ import annotations
 
@@ -116,6 +118,25 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="per-layer and total deltas between saved runs")
     c.add_argument("runs", nargs="+", help="RUN_ID or path; the first is the reference")
 
+    x = sub.add_parser(
+        "export", help="write a saved run's per-layer and timeline CSVs and/or a trace JSON",
+        description="Engine-only exports of a saved run: --csv DIR writes layers.csv (the "
+                    "per-layer table, exact bytes, empty cells where nothing was measured) and "
+                    "timeline.csv; --trace FILE writes a Chrome/Perfetto trace (phases, "
+                    "per-layer median spans, memory counters) that ui.perfetto.dev opens.")
+    x.add_argument("run", help="RUN_ID from the store or a path to a run JSON")
+    x.add_argument("--csv", type=Path, default=None, metavar="DIR",
+                   help="folder for layers.csv and timeline.csv")
+    x.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                   help="trace JSON file (Trace Event Format)")
+
+    rp = sub.add_parser(
+        "report", help="HTML (and PDF) report of saved runs, with the app's panels as pictures "
+                       "(needs the GUI libraries; runs headless)")
+    rp.add_argument("runs", nargs="+", help="RUN_ID or path; several runs add a comparison")
+    rp.add_argument("--out", type=Path, required=True, help="output folder")
+    rp.add_argument("--pdf", action="store_true", help="also write report.pdf")
+
     sub.add_parser("gui", help="open the desktop app (options: --model, --workload, --run, "
                               "--screenshot PATH, --quit-after-ms N)")
     return ap
@@ -165,10 +186,29 @@ def main(argv: list[str] | None = None) -> int:
 
             print_comparison([store.load(r) for r in args.runs], sys.stdout)
             return EXIT_OK
+        if args.command == "export":
+            return _export(args, store)
+        if args.command == "report":
+            _error("memlens report draws the app's panels with Qt, so it runs through the "
+                   "`memlens` command (gui.launcher), not `python -m engine.cli`.",
+                   "Run `memlens report RUN --out DIR` with the GUI libraries installed.")
+            return EXIT_USAGE
     except MemLensError as exc:
         _error(exc.message, exc.hint)
         return EXIT_FAILED
     return EXIT_USAGE
+
+
+def _export(args: argparse.Namespace, store) -> int:
+    from .export import export_run
+
+    if args.csv is None and args.trace is None:
+        _error("export needs somewhere to write.", "Pass --csv DIR and/or --trace FILE.")
+        return EXIT_USAGE
+    result = store.load(args.run)
+    for path in export_run(result, csv_dir=args.csv, trace=args.trace):
+        print(f"written: {path}")
+    return EXIT_OK
 
 
 def error(message: str, hint: str = "") -> None:
