@@ -1,0 +1,698 @@
+"""Reports: one run, or several side by side, as a self-contained HTML file, a PDF and PNGs.
+
+The pictures are the app's own panels (``gui.panels``) rendered offscreen at a fixed size, so a
+report shows exactly what the window shows; there is no second plotting stack. The text is the
+run record formatted (``engine.format``, the panels' own text helpers): the report measures and
+computes nothing; a value the run did not record shows as "—", and an estimate says so at the
+top of its section, in its totals line and in its chart title.
+
+API (for the window's File → Export report… and for scripts)::
+
+    from gui.report import write_report
+    files = write_report(results, Path("out"), pdf=True, attention={run_id: maps})
+    files.html, files.pdf, files.images   # report.html, report.pdf (or None), the PNGs
+
+``results`` is a list of ``RunResult`` (the first is the reference when there are several: a
+comparison section with the compare view follows the runs); ``attention`` maps run ids to their
+``AttentionMaps`` (``RunStore.load_attention``), runs without maps get no attention picture.
+A ``QApplication`` must exist (the CLI creates one; the window already has one). Errors are
+``MemLensError`` (kind ``store``) naming the folder and the fix.
+
+Command line (through the ``memlens`` launcher, headless with offscreen Qt)::
+
+    memlens report RUN [RUN2 ...] --out DIR [--pdf] [--store DIR]
+
+``RUN`` is a run id in the store or a path to a run JSON; attention maps are read from the store
+(or from ``RUN_ID.attn.safetensors`` beside a run file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ErrorKind, MemLensError
+from engine.format import MISSING, human_bytes, human_count, human_ms, human_seconds
+from engine.results import RunResult
+
+PANEL_WIDTH = 1200  # every picture is this many pixels wide
+PANEL_HEIGHTS = {"chart": 520, "timeline": 420, "latency": 480, "attention": 560, "model": 560,
+                 "compare": 700}
+PDF_IMAGE_WIDTH = 700  # of the A4 printable width, 705 units at 96 per inch
+FONT_FAMILIES = ("DejaVu Sans", "WenQuanYi Micro Hei", "Noto Sans CJK SC", "Microsoft YaHei",
+                 "PingFang SC", "sans-serif")
+ESTIMATE_BANNER = ("ESTIMATE — no weights, no real memory: the model ran on fake tensors "
+                   "(shapes only). Figures are what a CPU run would count; latency is not "
+                   "estimated.")
+
+
+@dataclass
+class Shot:
+    """One rendered panel: a PNG file and what it shows."""
+
+    key: str
+    title: str
+    path: Path
+    caption: str = ""
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`write_report` wrote."""
+
+    folder: Path
+    html: Path
+    pdf: Path | None = None
+    images: list[Path] = field(default_factory=list)
+
+
+# -- rendering the panels -----------------------------------------------------------------------
+def _grab(widget: Any, height: int | None, path: Path,
+          fill: Callable[[], Any] | None = None,
+          fit: Callable[[], int] | None = None) -> Path:
+    """Show ``widget`` offscreen at PANEL_WIDTH × ``height``, call ``fill`` (the panel's
+    ``render``: charts fit their labels to the size they have), optionally resize to the
+    height ``fit`` returns (or the widget's preferred height when ``height`` is None), render
+    it to ``path`` and close it."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    from . import theme
+
+    light = theme.THEMES["light"]
+    widget.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)
+    widget.setPalette(theme._palette(light))  # paper is light, whatever the window's theme
+    widget.setAutoFillBackground(True)
+    widget.resize(PANEL_WIDTH, height or 200)
+    widget.show()
+    QApplication.processEvents()
+    if fill is not None:
+        fill()
+        QApplication.processEvents()
+    wanted = fit() if fit is not None else None
+    if wanted is None and height is None:
+        wanted = widget.heightForWidth(PANEL_WIDTH)
+        wanted = wanted if wanted > 0 else widget.sizeHint().height()
+    if wanted is not None:
+        widget.resize(PANEL_WIDTH, max(int(wanted), 20))
+        QApplication.processEvents()
+    theme.recolor_plots(widget, light)
+    if hasattr(widget, "_apply_ticks"):  # the bar charts fit their labels to the final size
+        widget._apply_ticks()
+    QApplication.processEvents()
+    image = widget.grab().toImage()
+    widget.close()
+    widget.deleteLater()
+    if not image.save(str(path), "PNG"):
+        raise MemLensError(ErrorKind.STORE, f"Could not write {path}.",
+                           "Choose a writable folder with free space (--out DIR).")
+    return path
+
+
+def _tree_height(panel: Any) -> int:
+    """Enough height for the module tree's open rows (the panel's own expansion), capped."""
+    tree = panel.tree
+    rows = 0
+
+    def visit(item: Any) -> None:
+        nonlocal rows
+        rows += 1
+        if item.isExpanded():
+            for i in range(item.childCount()):
+                visit(item.child(i))
+
+    for i in range(tree.topLevelItemCount()):
+        visit(tree.topLevelItem(i))
+    row = max(tree.sizeHintForRow(0), 14)
+    chrome = panel.height() - tree.viewport().height()
+    return min(chrome + rows * row + 8, PANEL_HEIGHTS["model"])
+
+
+def _table_height(rows: int) -> int:
+    return min(30 + 22 * rows + 6, 1600)
+
+
+def _chart_outline(chart: Any, result: RunResult) -> None:
+    """The dashed outline the window draws: the unoptimized model measured in the same run."""
+    from engine.aggregate import outline_from_layers
+
+    if result.baseline and result.baseline.get("layers") and chart.groups:
+        per_layer = {name: row.get("at_peak_bytes")
+                     for name, row in result.baseline["layers"].items()}
+        chart.set_outline(outline_from_layers(chart.groups, per_layer), "unoptimized (same run)")
+
+
+def render_run_panels(result: RunResult, folder: Path, prefix: str,
+                      attention: Any = None) -> list[Shot]:
+    """Render the window's panels for one run to PNGs in ``folder`` (names start ``prefix``)."""
+    from .panels.attention import AttentionPanel
+    from .panels.latency import LatencyPanel
+    from .panels.layer_chart import LayerChartPanel
+    from .panels.layer_table import LayerTablePanel
+    from .panels.model_tree import ModelTreePanel
+    from .panels.timeline import TimelinePanel
+    from .panels.totals import TotalsPanel
+
+    estimate = result.estimate is not None
+    shots: list[Shot] = []
+
+    def add(key: str, title: str, widget: Any, height: int | None, fill: Callable[[], Any],
+            fit: Callable[[], int] | None = None) -> None:
+        shots.append(Shot(key, title, _grab(widget, height, folder / f"{prefix}-{key}.png",
+                                            fill, fit)))
+
+    chart = LayerChartPanel()
+
+    def fill_chart() -> None:
+        chart.render(result.layers, result.totals)
+        _chart_outline(chart, result)
+        chart.plot.setTitle("Estimated memory at peak by layer (estimate)" if estimate
+                            else "Memory at peak by layer", color="#202020")
+
+    shots.append(Shot("memory-by-layer", "Memory at peak by layer"
+                      + (" (estimate)" if estimate else ""),
+                      _grab(chart, PANEL_HEIGHTS["chart"], folder / f"{prefix}-memory-by-layer.png",
+                            fill_chart),
+                      "Stacked bytes live at the measured peak per block or top-level layer; the "
+                      "unattributed bar completes the peak. A dashed outline, when drawn, is the "
+                      "unoptimized model measured in the same run."))
+    table = LayerTablePanel()
+    add("per-layer-table", "Per-layer table", table, _table_height(len(result.layers)),
+        lambda: table.render(result.layers))
+    totals = TotalsPanel()
+    add("totals", "Totals", totals, None, lambda: totals.render(result))
+    if result.timeline and result.timeline.get("t"):
+        timeline = TimelinePanel()
+        add("timeline", "Memory over time", timeline, PANEL_HEIGHTS["timeline"],
+            lambda: timeline.set_timeline(result.timeline))
+    if any(layer.latency_ms is not None for layer in result.layers):
+        latency = LatencyPanel()
+        add("latency", "Latency", latency, PANEL_HEIGHTS["latency"],
+            lambda: latency.render(result))
+    if attention is not None and getattr(attention, "maps", None):
+        panel = AttentionPanel()
+        add("attention", "Attention maps", panel, PANEL_HEIGHTS["attention"],
+            lambda: panel.render(attention, result.attention))
+    if (result.model_info.get("module_tree") or {}).get("modules"):
+        tree = ModelTreePanel()
+        add("model", "Model (module tree)", tree, PANEL_HEIGHTS["model"],
+            lambda: tree.render(result), lambda: _tree_height(tree))
+    return shots
+
+
+def render_compare_panel(results: Sequence[RunResult], folder: Path) -> Shot:
+    from engine.compare import compare
+
+    from .panels.compare import ComparePanel
+
+    panel = ComparePanel()
+    path = _grab(panel, PANEL_HEIGHTS["compare"], folder / "compare.png",
+                 lambda: panel.render(compare(results)))
+    return Shot("compare", "Compare view", path)
+
+
+# -- text ---------------------------------------------------------------------------------------
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _v(value: Any) -> str:
+    """A record value as text: None is "—", never 0."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_v(v) for v in value) or MISSING
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_v(v)}" for k, v in value.items()) or MISSING
+    return str(value)
+
+
+def _bytes_exact(value: Any) -> str:
+    if value is None:
+        return MISSING
+    return f"{human_bytes(value)} ({int(value):,} B)"
+
+
+def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th align='left' valign='top'>{_e(k)}</th><td>{_e(v)}</td></tr>"
+                   for k, v in rows)
+    return (f"<table class='kv' border='0' cellspacing='0' cellpadding='2'>{body}</table>")
+
+
+def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        out: list[tuple[str, Any]] = []
+        for k, v in value.items():
+            out += _flatten(f"{prefix}.{k}" if prefix else str(k), v)
+        return out
+    return [(prefix, value)]
+
+
+def _config_rows(result: RunResult) -> list[tuple[str, str]]:
+    from engine.compare import optimizations_text
+
+    cfg, info = result.config, result.model_info
+    rows = [("run id", result.run_id or MISSING), ("created", result.created or MISSING),
+            ("kind", "ESTIMATE (fake tensors)" if result.estimate is not None else "measured"),
+            ("model", cfg.model), ("label", cfg.label or MISSING),
+            ("workload", cfg.workload), ("batch", _v(cfg.batch)),
+            ("sequence", _v(cfg.seq))]
+    if cfg.workload == "generate":
+        rows.append(("new tokens", _v(cfg.new_tokens)))
+    rows += [("prompt", cfg.prompt if cfg.prompt is not None else MISSING),
+             ("inputs", f"{(result.inputs or {}).get('source', MISSING)}, shape "
+                        f"{_v((result.inputs or {}).get('shape'))}"),
+             ("device", _v(info.get("device") or cfg.device)),
+             ("dtype", f"{_v(info.get('dtype'))} (asked: {cfg.dtype})"),
+             ("attention", f"{_v(info.get('attn_implementation'))} (asked: {cfg.attention_impl})"),
+             ("attention maps", _v(cfg.attention_maps)),
+             ("repeats / warm-up", f"{cfg.repeats} / {cfg.warmup}"),
+             ("optimizations", optimizations_text(result.optimizations)),
+             ("architecture", _v(info.get("architecture"))),
+             ("parameters", f"{human_count(info.get('parameters'))} ({_v(info.get('parameters'))})"),
+             ("layers × heads (KV heads, head dim)",
+              f"{_v(info.get('num_layers'))} × {_v(info.get('num_attention_heads'))} "
+              f"({_v(info.get('num_key_value_heads'))}, {_v(info.get('head_dim'))})"),
+             ("weights", "random (built from the config)" if info.get("random_weights")
+              else "loaded" if info else MISSING),
+             ("run took", human_seconds(result.duration_s) if result.duration_s else MISSING)]
+    if result.estimate is not None:
+        rows.append(("estimate", _v(result.estimate)))
+    return rows
+
+
+def _environment_rows(result: RunResult) -> list[tuple[str, str]]:
+    rows = []
+    for key, value in _flatten("", result.environment):
+        text = _bytes_exact(value) if key.endswith("_bytes") else _v(value)
+        rows.append((key, text))
+    return rows or [("environment", "not recorded")]
+
+
+def _totals_html(result: RunResult) -> str:
+    from engine.aggregate import reconciliation_line
+
+    from .panels.latency import summary_lines
+    from .panels.totals import totals_lines
+
+    t = result.totals
+    lines = totals_lines(result)
+    ok = "reconciles" if t.reconciles() else "DOES NOT RECONCILE"
+    exact = (f"{ok}: {t.peak_bytes:,} = {t.attributed_bytes:,} + {t.unattributed_bytes:,} bytes "
+             f"({reconciliation_line(t, str).split('(')[-1].rstrip(')')})")
+    parts = [f"<p class='recon'><b>{_e(lines[0])}</b><br>{_e(exact)}</p>", "<ul>"]
+    parts += [f"<li>{_e(line)}</li>" for line in lines[1:]]
+    if result.phase_peaks:
+        parts.append("<li>phase peaks: " + _e(" · ".join(
+            f"{k} {human_bytes(v)}" for k, v in result.phase_peaks.items())) + "</li>")
+    if any(layer.latency_ms is not None for layer in result.layers):
+        parts += [f"<li>{_e(line)}</li>" for line in summary_lines(result)]
+    g = result.generation
+    if g:
+        steps = g.get("decode_ms_per_step") or []
+        parts.append(
+            f"<li>generation: {_v(g.get('prompt_tokens'))} prompt tokens, "
+            f"{_v(g.get('new_tokens'))} new; KV cache {human_bytes(g.get('kv_cache_bytes'))} for "
+            f"{_v(g.get('cached_positions'))} positions; peak prefill "
+            f"{human_bytes(g.get('prefill_peak_bytes'))}, decode "
+            f"{human_bytes(g.get('decode_peak_bytes'))}; {len(steps)} decode steps timed</li>")
+        if g.get("text"):
+            parts.append(f"<li>generated text: <span class='user'>{_e(g['text'])}</span></li>")
+    tr = result.training
+    if tr:
+        parts.append(
+            f"<li>training step: loss {_v(tr.get('loss'))}"
+            f"{' (synthetic)' if tr.get('synthetic_loss') else ''}; saved for backward "
+            f"{human_bytes(tr.get('saved_for_backward_bytes'))}, gradients "
+            f"{human_bytes(tr.get('gradient_bytes'))}, optimizer state "
+            f"{human_bytes(tr.get('optimizer_state_bytes'))}; forward "
+            f"{human_ms(tr.get('forward_ms'))}, backward {human_ms(tr.get('backward_ms'))}, "
+            f"optimizer {human_ms(tr.get('optimizer_ms'))}</li>")
+    a = result.attention
+    if a and a.get("captured"):
+        from .panels.attention import capture_text
+
+        parts.append(f"<li>attention maps: {_e(capture_text(a, None))}</li>")
+    elif a and a.get("reason"):
+        parts.append(f"<li>attention maps not captured: {_e(a['reason'])}</li>")
+    parts.append("</ul>")
+    return "".join(parts)
+
+
+def _layer_table_html(result: RunResult) -> str:
+    from .panels.layer_table import COLUMNS
+
+    head = "".join(f"<th>{_e(c.title)}</th>" for c in COLUMNS)
+    rows = []
+    for layer in result.layers:
+        cells = []
+        for i, column in enumerate(COLUMNS):
+            value = column.value(layer)
+            if i == 0:  # children indented under their block, by their own name
+                name = layer.name.rsplit(".", 1)[-1] if layer.depth else layer.name
+                text = "&nbsp;" * 3 * max(layer.depth, 0) + _e(name)
+            else:
+                text = _e(column.text(value) if value is not None else MISSING)
+            align = "right" if column.numeric else "left"
+            cells.append(f"<td align='{align}' style='white-space: nowrap'>{text}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    t = result.totals
+    blank = "<td></td>" * (len(COLUMNS) - 2)
+    rows.append(f"<tr class='sum'><td>unattributed</td>{blank}"
+                f"<td align='right'>{_e(human_bytes(t.unattributed_bytes))}</td></tr>")
+    rows.append(f"<tr class='sum'><td><b>{'estimated peak' if result.estimate is not None else 'peak'}"
+                f"</b></td>{blank}<td align='right'><b>{_e(human_bytes(t.peak_bytes))}</b></td></tr>")
+    return (f"<table class='grid' border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>"
+            + "".join(rows) + "</table>"
+            "<p class='note'>Weights, saved for backward and at-peak bytes are exclusive (a "
+            "block's row excludes its attention and MLP rows); output bytes, transient peaks, "
+            "latency and FLOPs are inclusive. Exact bytes are in layers.csv "
+            "(<code>memlens export RUN --csv DIR</code>).</p>")
+
+
+def _optimizations_html(result: RunResult) -> str:
+    parts = []
+    if not result.optimizations:
+        parts.append("<p>No optimization was applied in this run.</p>")
+    else:
+        rows = []
+        for a in result.optimizations:
+            params = ", ".join(f"{k}={v}" for k, v in (a.get("params") or {}).items())
+            rows.append(
+                f"<tr><td>{_e(a.get('name', a.get('id')))} (<code>{_e(a.get('id'))}"
+                f"{':' + _e(params) if params else ''}</code>)</td>"
+                f"<td align='right'>{_e(_v(a.get('modules_touched')))}</td>"
+                f"<td align='right'>{_e(human_bytes(a.get('weights_bytes_before')))} → "
+                f"{_e(human_bytes(a.get('weights_bytes_after')))}</td>"
+                f"<td align='right'>{_e(human_seconds(a.get('seconds')))}</td>"
+                f"<td>{_e('; '.join(a.get('notes') or []) or MISSING)}</td></tr>")
+        parts.append("<table class='grid' border='1' cellspacing='0' cellpadding='3'><tr>"
+                     "<th>optimization</th><th>modules changed</th><th>weights</th>"
+                     "<th>applied in</th><th>notes</th></tr>" + "".join(rows) + "</table>")
+    base, d, t = result.baseline, result.deltas or {}, result.totals
+    if base:
+        ratio = d.get("latency_ratio")
+        parts.append(
+            "<p>Against the unoptimized model measured in the same run: peak "
+            f"{_e(human_bytes(base.get('peak_bytes')))} → {_e(human_bytes(t.peak_bytes))} "
+            f"(Δ {_e(_signed(d.get('peak_bytes')))}), weights "
+            f"{_e(human_bytes(base.get('model_weights_bytes')))} → "
+            f"{_e(human_bytes(t.model_weights_bytes))} "
+            f"(Δ {_e(_signed(d.get('model_weights_bytes')))}), latency "
+            f"{_e(f'×{ratio:.2f}' if ratio is not None else MISSING)}.</p>")
+    q = result.quality or {}
+    quality = []
+    if q.get("kl_divergence") is not None:
+        quality.append(f"KL(baseline ‖ this) {q['kl_divergence']:.4g} nats/token")
+    if q.get("top1_agreement") is not None:
+        quality.append(f"top-1 agreement {q['top1_agreement']:.1%}")
+    if q.get("perplexity") is not None:
+        quality.append(f"perplexity {q['perplexity']:.2f}" + (
+            f" (baseline {q['baseline_perplexity']:.2f})"
+            if q.get("baseline_perplexity") is not None else ""))
+    if q.get("generated_token_agreement") is not None:
+        quality.append(f"generated tokens identical to the baseline's "
+                       f"{q['generated_token_agreement']:.1%}")
+    if q.get("cosine_similarity") is not None:
+        quality.append(f"pooled-embedding cosine similarity {q['cosine_similarity']:.5f}")
+    if quality:
+        parts.append(f"<p>Quality on {_e(q.get('text', MISSING))} ({_e(_v(q.get('tokens')))} "
+                     f"tokens): {_e('; '.join(quality))}.</p>")
+    elif q:
+        parts.append(f"<p>Quality: no figure ({_e(q.get('text', 'not measured'))}).</p>")
+    else:
+        parts.append("<p>Quality: not measured in this run.</p>")
+    return "".join(parts)
+
+
+def _signed(n: Any) -> str:
+    if n is None:
+        return MISSING
+    return ("+" if n > 0 else "−" if n < 0 else "±") + human_bytes(abs(n))
+
+
+def _list_html(items: Sequence[str], empty: str) -> str:
+    if not items:
+        return f"<p>{_e(empty)}</p>"
+    return "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul>"
+
+
+def _compare_table_html(results: Sequence[RunResult]) -> str:
+    from engine.compare import compare, optimizations_text, quality_text
+
+    c = compare(results)
+    rows = []
+    for i, run in enumerate(c.runs):
+        ratio = c.latency_ratio[i]
+        cells = (f"[{i}] {run.run_id}" + (" (ESTIMATE)" if run.estimate is not None else ""),
+                 f"{run.config.model} · {run.config.workload}",
+                 optimizations_text(run.optimizations), human_bytes(c.peaks[i]),
+                 _signed(c.peaks[i] - c.peaks[0]) if i else "reference",
+                 human_bytes(run.totals.model_weights_bytes), human_ms(c.latency_ms[i]),
+                 f"×{ratio:.2f}" if ratio is not None else MISSING, quality_text(run.quality))
+        rows.append("<tr>" + "".join(f"<td>{_e(x)}</td>" for x in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("run", "model · workload", "optimizations", "peak",
+                                             "Δ peak", "weights", "latency", "× latency",
+                                             "quality"))
+    note = ("Different models: per-layer bars are matched by layer name. "
+            if c.different_models else "")
+    return (f"<table class='grid' border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>"
+            + "".join(rows) + "</table>"
+            f"<p class='note'>{note}The first run is the reference; each run's bars plus its "
+            "unattributed bytes add up to its peak.</p>")
+
+
+_CSS = """
+body { font-family: %s; font-size: 10pt; color: #202020; background: #ffffff; }
+h1 { font-size: 18pt; } h2 { font-size: 14pt; margin-top: 18px; } h3 { font-size: 11pt; }
+table.grid { border-collapse: collapse; font-size: 8pt; }
+table.grid th { background-color: #e8eef7; }
+table.kv th { padding-right: 12px; font-weight: normal; color: #505050; }
+table.kv { font-size: 9pt; }
+.estimate { background-color: #fde2e1; color: #8a1c14; font-weight: bold; padding: 6px;
+            border: 2px solid #c0392b; }
+.recon { font-size: 10pt; }
+.note { color: #505050; font-size: 8pt; }
+.caption { color: #505050; font-size: 8pt; }
+img.shot { border: 1px solid #c8c8c8; }
+""" % ", ".join(f"'{f}'" if " " in f else f for f in FONT_FAMILIES)
+
+
+def build_html(results: Sequence[RunResult], shots: Mapping[str, Sequence[Shot]],
+               image_src: Callable[[Shot], str], image_width: int | None = None) -> str:
+    """The report as HTML; ``shots`` maps run ids (and ``"compare"``) to their pictures and
+    ``image_src`` gives each picture's ``src`` (a data URI, or a resource name for the PDF)."""
+    width = f" width='{image_width}'" if image_width else " style='max-width:100%'"
+    title = ("MemLens report: " + ", ".join(
+        f"{r.config.model} · {r.config.workload}" for r in results))
+    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+           f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+           f"<h1>{_e(title)}</h1>"]
+    if any(r.estimate is not None for r in results):
+        out.append(f"<p class='estimate'>{_e(ESTIMATE_BANNER)} "
+                   + _e("Estimated runs: " + ", ".join(r.run_id for r in results
+                                                        if r.estimate is not None)) + "</p>")
+    out.append("<p class='note'>Every figure is copied from the run files (values not measured "
+               "show as —). Pictures are the MemLens window's panels, rendered at "
+               f"{PANEL_WIDTH} px.</p>")
+
+    def pictures(items: Sequence[Shot]) -> None:
+        for shot in items:
+            out.append(f"<h3>{_e(shot.title)}</h3><p><img class='shot' src='{image_src(shot)}'"
+                       f" alt='{_e(shot.title)}'{width}></p>")
+            if shot.caption:
+                out.append(f"<p class='caption'>{_e(shot.caption)}</p>")
+
+    for i, r in enumerate(results):
+        prefix = f"[{i}] " if len(results) > 1 else ""
+        kind = " — ESTIMATE" if r.estimate is not None else ""
+        out.append(f"<h2>{prefix}{_e(r.config.model)} · {_e(r.config.workload)}{kind}</h2>")
+        if r.estimate is not None:
+            out.append(f"<p class='estimate'>{_e(ESTIMATE_BANNER)}</p>")
+        out.append("<h3>Run configuration</h3>" + _kv_table(_config_rows(r)))
+        out.append("<h3>Totals</h3>" + _totals_html(r))
+        out.append("<h3>Optimization effects and quality</h3>" + _optimizations_html(r))
+        out.append("<h3>Warnings</h3>" + _list_html(r.warnings, "No warnings."))
+        out.append("<h3>Limitations</h3>" + _list_html(r.limitations, "None recorded."))
+        out.append("<h3>Per-layer table</h3>" + _layer_table_html(r))
+        out.append("<h3>Environment</h3>" + _kv_table(_environment_rows(r)))
+        pictures(shots.get(r.run_id, ()))
+    if len(results) > 1:
+        out.append(f"<h2>Comparison of {len(results)} runs</h2>" + _compare_table_html(results))
+        pictures(shots.get("compare", ()))
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _data_uri(shot: Shot) -> str:
+    return "data:image/png;base64," + base64.b64encode(shot.path.read_bytes()).decode("ascii")
+
+
+def write_pdf(html_text: str, shots: Sequence[Shot], path: Path) -> Path:
+    """Lay ``html_text`` out with QTextDocument and print it to an A4 PDF with QPdfWriter."""
+    from PySide6.QtCore import QMarginsF, QSizeF, QUrl
+    from PySide6.QtGui import QFont, QImage, QPageLayout, QPageSize, QPdfWriter, QTextDocument
+
+    writer = QPdfWriter(str(path))
+    writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
+    writer.setPageMargins(QMarginsF(12, 12, 12, 12), QPageLayout.Unit.Millimeter)
+    writer.setResolution(300)
+    writer.setTitle("MemLens report")
+    writer.setCreator("MemLens")
+    doc = QTextDocument()
+    font = QFont()
+    font.setFamilies(list(FONT_FAMILIES[:-1]))
+    font.setPointSizeF(9)
+    doc.setDefaultFont(font)
+    for shot in shots:
+        doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl(shot.path.name),
+                        QImage(str(shot.path)))
+    doc.setHtml(html_text)
+    # Lay out in the document's own units (96 per inch) on the printable area, so point sizes
+    # print at their size and pictures (PDF_IMAGE_WIDTH) fit the width.
+    rect = writer.pageLayout().paintRect(QPageLayout.Unit.Point)
+    doc.setPageSize(QSizeF(rect.width() * 96 / 72, rect.height() * 96 / 72))
+    doc.print_(writer)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise MemLensError(ErrorKind.STORE, f"Could not write the PDF {path}.",
+                           "Choose a writable folder with free space (--out DIR).")
+    return path
+
+
+def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = False,
+                 attention: Mapping[str, Any] | None = None) -> ReportFiles:
+    """Render the panels, write ``report.html`` (pictures embedded) and, with ``pdf``,
+    ``report.pdf`` into ``out_dir`` (created); the PNGs stay beside them."""
+    results = list(results)
+    if not results:
+        raise ValueError("write_report needs at least one run")
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".memlens-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Cannot write the report to {folder}: "
+                           f"{exc.strerror or exc}.",
+                           "Choose a writable folder with free space (--out DIR).") from exc
+    attention = attention or {}
+    shots: dict[str, list[Shot]] = {}
+    for i, r in enumerate(results):
+        prefix = f"run{i}" if len(results) > 1 else "run"
+        shots[r.run_id] = render_run_panels(r, folder, prefix, attention.get(r.run_id))
+    if len(results) > 1:
+        shots["compare"] = [render_compare_panel(results, folder)]
+    every = [s for items in shots.values() for s in items]
+    files = ReportFiles(folder=folder, html=folder / "report.html",
+                        images=[s.path for s in every])
+    text = build_html(results, shots, _data_uri)
+    try:
+        files.html.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Cannot write {files.html}: {exc.strerror or exc}.",
+                           "Choose a writable folder with free space (--out DIR).") from exc
+    if pdf:
+        pdf_html = build_html(results, shots, lambda s: s.path.name, image_width=PDF_IMAGE_WIDTH)
+        files.pdf = write_pdf(pdf_html, every, folder / "report.pdf")
+    return files
+
+
+# -- command line -------------------------------------------------------------------------------
+_APP: Any = None
+
+
+def _qt_message(_mode: Any, _context: Any, message: str) -> None:
+    """Qt's messages on stderr, less the offscreen platform's "propagateSizeHints" notice."""
+    if "propagateSizeHints" not in message:
+        sys.stderr.write(message + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="memlens report",
+        description="Write an HTML report (and a PDF with --pdf) of saved runs: configuration, "
+                    "environment, totals with the reconciliation, per-layer table, "
+                    "optimization effects and quality, warnings, and the app's panels as PNGs. "
+                    "Several runs add a comparison (the first is the reference).")
+    ap.add_argument("runs", nargs="+", help="RUN_ID from the store or a path to a run JSON")
+    ap.add_argument("--out", type=Path, required=True, help="output folder")
+    ap.add_argument("--pdf", action="store_true", help="also write report.pdf")
+    ap.add_argument("--store", type=Path, default=None,
+                    help="run store folder (default: $MEMLENS_HOME/runs or the user data dir)")
+    return ap
+
+
+def _load(spec: str, store: Any) -> tuple[RunResult, Any]:
+    """A run and its attention maps (None when there are none beside it)."""
+    from engine.store import RunStore
+
+    path = Path(spec)
+    result = store.load(spec)
+    if path.suffix == ".json":
+        source = RunStore(path.parent)
+    else:
+        source = store
+    maps = None
+    if (result.attention or {}).get("captured"):
+        maps = source.load_attention(result.run_id)
+    return result, maps
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``memlens report``: exit 0 when written, 1 on an error (named, with the fix), 2 on
+    wrong arguments."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
+            and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from engine.cli import error
+    from engine.store import RunStore
+
+    store = RunStore(args.store)
+    try:
+        loaded = [_load(spec, store) for spec in args.runs]
+    except MemLensError as exc:
+        error(exc.message, exc.hint)
+        return 1
+    try:
+        from PySide6.QtWidgets import QApplication
+    except ImportError as exc:
+        error(f"memlens report needs the GUI libraries: {exc}.",
+              "Install them (pip install memlens) and, on Linux, the Qt system libraries "
+              "listed in README.md; `memlens export` needs no Qt.")
+        return 1
+    global _APP
+    from PySide6.QtCore import qInstallMessageHandler
+
+    qInstallMessageHandler(_qt_message)
+    if QApplication.instance() is None:
+        _APP = QApplication(["memlens-report"])  # held for the life of the process
+    from . import theme
+
+    theme.apply("light")
+    try:
+        files = write_report([r for r, _ in loaded], args.out, pdf=args.pdf,
+                             attention={r.run_id: m for r, m in loaded if m is not None})
+    except MemLensError as exc:
+        error(exc.message, exc.hint)
+        return 1
+    buffer = io.StringIO()
+    buffer.write(f"written: {files.html}\n")
+    if files.pdf is not None:
+        buffer.write(f"written: {files.pdf}\n")
+    buffer.write(f"pictures: {len(files.images)} PNG(s) in {files.folder}\n")
+    sys.stdout.write(buffer.getvalue())
+    return 0

@@ -1,0 +1,225 @@
+"""Reports (gui.report): saved runs of a tiny model rendered through the app's panels to PNGs,
+a self-contained HTML file and a Qt-made PDF; `memlens report` headless; Chinese user text."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtGui import QFont, QFontDatabase, QFontMetrics, QImage, QRawFont  # noqa: E402
+
+from engine.export import LAYER_COLUMNS  # noqa: E402
+from engine.results import RunResult  # noqa: E402
+from engine.runner import execute  # noqa: E402
+from engine.store import RunStore, write_run_file  # noqa: E402
+from gui import launcher  # noqa: E402
+from gui.report import ESTIMATE_BANNER, write_report  # noqa: E402
+
+from .helpers import Collector, tiny  # noqa: E402
+from .qt_helpers import distinct_colours  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+ROOT = Path(__file__).parent.parent
+CHINESE = "你好，世界：显存分析"
+POPPLER = shutil.which("pdftoppm") and shutil.which("pdftotext") and shutil.which("pdffonts")
+needs_poppler = pytest.mark.skipif(not POPPLER, reason="poppler-utils (pdftoppm) is not "
+                                   "installed: apt-get install poppler-utils (.ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Two saved runs: a plain forward with attention maps, and one with an optimization."""
+    store = RunStore(tmp_path_factory.mktemp("report-runs"))
+    plain = execute(tiny(workload="forward", attention_maps=True), Collector(), store=store)
+    optimized = execute(tiny(workload="forward", optimizations=[
+        {"id": "cast", "params": {"dtype": "bfloat16"}}]), Collector(), store=store)
+    assert plain is not None and optimized is not None
+    return store, store.load(plain.run_id), store.load(optimized.run_id)
+
+
+def _estimate_of(result: RunResult) -> RunResult:
+    est = RunResult.from_dict(copy.deepcopy(result.to_dict()))
+    est.run_id = result.run_id.replace("-forward-", "-estimate-forward-")
+    est.estimate = {"method": "fake tensors", "build_seconds": 0.1, "pass_seconds": 0.2}
+    for layer in est.layers:
+        layer.latency_ms = None
+    est.totals.latency_ms = est.totals.plain_latency_ms = None
+    est.timeline = {}
+    return est
+
+
+def _pdf_pages(pdf: Path, out: Path, dpi: int = 40) -> list[QImage]:
+    subprocess.run(["pdftoppm", "-r", str(dpi), "-png", str(pdf), str(out / "page")],
+                   check=True, capture_output=True)
+    return [QImage(str(p)) for p in sorted(out.glob("page-*.png"))]
+
+
+def _pdf_text(pdf: Path) -> str:
+    return subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf), "-"], check=True,
+                          capture_output=True, text=True).stdout
+
+
+# -- one run --------------------------------------------------------------------------------
+@needs_poppler
+def test_report_of_one_run(qapp, saved, tmp_path):
+    store, plain, _ = saved
+    maps = store.load_attention(plain.run_id)
+    files = write_report([plain], tmp_path / "report", pdf=True, attention={plain.run_id: maps})
+    names = sorted(p.name for p in files.images)
+    assert names == sorted(f"run-{k}.png" for k in ("memory-by-layer", "per-layer-table",
+                                                    "totals", "timeline", "latency",
+                                                    "attention", "model"))
+    for path in files.images:  # real content, not an empty widget
+        image = QImage(str(path))
+        assert image.width() == 1200 and distinct_colours(image) > 8, path.name
+    assert distinct_colours(QImage(str(files.folder / "run-attention.png"))) > 100
+    text = files.html.read_text(encoding="utf-8")
+    # Self-contained: every picture is embedded, nothing is linked.
+    for path in files.images:
+        assert base64.b64encode(path.read_bytes()).decode("ascii") in text
+    assert text.count("data:image/png;base64,") == len(files.images)
+    assert not re.search(r"src='(?!data:)", text)
+    t = plain.totals
+    assert f"{t.peak_bytes:,} = {t.attributed_bytes:,} + {t.unattributed_bytes:,} bytes" in text
+    for heading in ("Run configuration", "Environment", "Totals", "Per-layer table",
+                    "Optimization effects and quality", "Warnings", "Limitations"):
+        assert f"<h3>{heading}</h3>" in text
+    assert plain.environment["libraries"]["torch"] in text
+    assert plain.limitations[0][:40] in text
+    # A forward run has no KV cache: the table says "—", never 0.
+    row = re.search(r"<tr><td[^>]*>model\.embed_tokens</td>(.*?)</tr>", text).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert cells[4] == "—" and cells[3] == "—"  # saved for backward, KV cache
+    assert "ESTIMATE" not in text
+    # The PDF: pages that are not blank, with the run's text.
+    pages = _pdf_pages(files.pdf, tmp_path)
+    assert len(pages) >= 3
+    colours = [distinct_colours(page) for page in pages]
+    assert min(colours) > 4 and max(colours) > 200, colours
+    pdf_text = _pdf_text(files.pdf).replace("\ufb01", "fi")  # pdftotext keeps the ligature
+    assert "Run configuration" in pdf_text and plain.run_id in pdf_text
+    assert f"{t.peak_bytes:,}" in pdf_text
+
+
+def test_csv_columns_are_the_gui_tables(qapp):
+    from gui.panels.layer_table import COLUMNS
+
+    assert [title for _, title in LAYER_COLUMNS] == [c.title for c in COLUMNS]
+
+
+# -- several runs, estimates ----------------------------------------------------------------
+def test_report_compares_runs_and_labels_estimates(qapp, saved, tmp_path):
+    _, plain, optimized = saved
+    est = _estimate_of(plain)
+    files = write_report([plain, optimized, est], tmp_path / "cmp")
+    names = {p.name for p in files.images}
+    assert "compare.png" in names and "run2-memory-by-layer.png" in names
+    assert "run2-latency.png" not in names  # an estimate has no latency: no empty chart
+    assert distinct_colours(QImage(str(files.folder / "compare.png"))) > 30
+    text = files.html.read_text(encoding="utf-8")
+    assert "Comparison of 3 runs" in text
+    assert ESTIMATE_BANNER in text and "— ESTIMATE</h2>" in text
+    assert "Memory at peak by layer (estimate)" in text
+    assert text.count("ESTIMATE (fake tensors: no weights, no real memory)") == 1  # its totals
+    assert "<code>cast:dtype=bfloat16</code>" in text
+    assert "Against the unoptimized model measured in the same run" in text
+    assert files.pdf is None
+
+
+# -- Chinese ----------------------------------------------------------------------------------
+@needs_poppler
+def test_chinese_user_text_renders(qapp, saved, tmp_path):
+    _, plain, _ = saved
+    run = RunResult.from_dict(copy.deepcopy(plain.to_dict()))
+    run.config.prompt = CHINESE
+    run.config.label = "模型对比"
+    files = write_report([run], tmp_path / "zh", pdf=True)
+    assert CHINESE in files.html.read_text(encoding="utf-8")
+    # A font on this machine has the glyphs (else Qt draws boxes) ...
+    families = QFontDatabase.families(QFontDatabase.WritingSystem.SimplifiedChinese)
+    assert families, "no Chinese font installed (apt-get install fonts-wqy-microhei)"
+    raw = QRawFont.fromFont(QFont(families[0]), QFontDatabase.WritingSystem.SimplifiedChinese)
+    assert all(raw.supportsCharacter(ord(ch)) for ch in CHINESE)
+    assert QFontMetrics(QFont(families[0])).inFontUcs4(ord("显"))
+    # ... the PDF embeds a Chinese font and its text reads back as the prompt ...
+    fonts = subprocess.run(["pdffonts", str(files.pdf)], check=True, capture_output=True,
+                           text=True).stdout
+    assert re.search(r"WenQuanYi|Noto.*CJK|WQY|Hei", fonts, re.IGNORECASE), fonts
+    assert CHINESE in _pdf_text(files.pdf).replace("\n", "")
+    # ... and the glyphs drawn are not the missing-glyph box: the prompt and a string of
+    # unassigned code points render differently.
+    def ink(text: str) -> QImage:
+        from PySide6.QtGui import QColor, QPainter
+
+        image = QImage(400, 40, QImage.Format.Format_RGB32)
+        image.fill(QColor("white"))
+        painter = QPainter(image)
+        painter.setFont(QFont(families[0], 16))
+        painter.drawText(4, 30, text)
+        painter.end()
+        return image
+
+    assert ink(CHINESE) != ink("\U000e0fff" * len(CHINESE))
+    assert distinct_colours(ink(CHINESE)) > 2
+
+
+# -- command line -----------------------------------------------------------------------------
+def test_cli_report_from_the_store_and_from_a_file(qapp, saved, tmp_path, capsys):
+    store, plain, optimized = saved
+    code = launcher.main(["--store", str(store.root), "report", plain.run_id, optimized.run_id,
+                          "--out", str(tmp_path / "a")])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "a" / "report.html").is_file()
+    assert (tmp_path / "a" / "run0-attention.png").is_file()  # maps read from the store
+    assert "written:" in capsys.readouterr().out
+    copy_path = write_run_file(plain, tmp_path / "elsewhere" / "run.json")
+    code = launcher.main(["report", str(copy_path), "--out", str(tmp_path / "b"),
+                          "--store", str(tmp_path / "empty-store")])
+    assert code == 0
+    assert not (tmp_path / "b" / "run-attention.png").exists()  # no maps beside that file
+
+
+def test_cli_report_errors(qapp, saved, tmp_path, capsys):
+    store, plain, _ = saved
+    assert launcher.main(["--store", str(store.root), "report", "no-such-run", "--out",
+                          str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "No saved run" in err and "memlens runs" in err
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"schema_version": 2, "config": ', encoding="utf-8")
+    assert launcher.main(["report", str(damaged), "--out", str(tmp_path / "y")]) == 1
+    assert "damaged" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert launcher.main(["--store", str(store.root), "report", plain.run_id, "--out",
+                          str(blocker / "sub")]) == 1
+    err = capsys.readouterr().err
+    assert "Cannot write the report" in err and "--out DIR" in err
+    with pytest.raises(SystemExit) as info:  # --out is required
+        launcher.main(["report", plain.run_id])
+    assert info.value.code == 2
+
+
+def test_memlens_report_runs_headless(saved, tmp_path):
+    """The installed command, with no display and no QT_QPA_PLATFORM: it goes offscreen."""
+    store, plain, _ = saved
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")}
+    out = subprocess.run([sys.executable, "-c", "from gui.launcher import main; "
+                          "raise SystemExit(main())", "--store", str(store.root), "report",
+                          plain.run_id, "--out", str(tmp_path / "h")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "h" / "report.html").is_file()
+    assert "propagateSizeHints" not in out.stderr
