@@ -285,7 +285,8 @@ def _config_rows(result: RunResult) -> list[tuple[str, str]]:
              ("layers × heads (KV heads, head dim)",
               f"{_v(info.get('num_layers'))} × {_v(info.get('num_attention_heads'))} "
               f"({_v(info.get('num_key_value_heads'))}, {_v(info.get('head_dim'))})"),
-             ("weights", "random (built from the config)" if info.get("random_weights")
+             ("weights", "none: fake tensors (shapes only)" if result.estimate is not None
+              else "random (built from the config)" if info.get("random_weights")
               else "loaded" if info else MISSING),
              ("run took", human_seconds(result.duration_s) if result.duration_s else MISSING)]
     if result.estimate is not None:
@@ -421,7 +422,8 @@ def _optimizations_html(result: RunResult) -> str:
     if q.get("perplexity") is not None:
         quality.append(f"perplexity {q['perplexity']:.2f}" + (
             f" (baseline {q['baseline_perplexity']:.2f})"
-            if q.get("baseline_perplexity") is not None else ""))
+            if q.get("baseline_perplexity") is not None
+            and q.get("kl_divergence") is not None else ""))
     if q.get("generated_token_agreement") is not None:
         quality.append(f"generated tokens identical to the baseline's "
                        f"{q['generated_token_agreement']:.1%}")
