@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     window.close()
     app.setQuitOnLastWindowClosed(quit_on_close)
     window.deleteLater()
+    preload.stop()
     return status["code"] or int(code)
 
 

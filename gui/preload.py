@@ -1,83 +1,34 @@
-"""Import the engine's heavy libraries (torch, transformers) in a background thread once the
-window is up, so the first Run does not spend seconds importing.
+"""Start the engine process as soon as the window is up, so its imports (torch, transformers)
+and warm-up happen while the user reads the window, not when they press Run.
 
-Imports hold the interpreter lock for long stretches (loading torch's shared libraries), which
-briefly slows the UI thread: better while the user reads the window than during a measured run.
-Two threads importing transformers' lazy modules at once can race, so the engine worker calls
-:func:`wait` before it starts a run.
+The engine runs in its own process (see ``engine.server``): its imports and its work never hold
+the window's interpreter lock. Starting it returns at once.
 """
 
 from __future__ import annotations
 
-import gc
-import threading
-import time
+import os
 
-_thread: threading.Thread | None = None
-_lock = threading.Lock()
-seconds: float | None = None  # how long the preload took (None: not run or not finished)
-error: str | None = None
+ENGINE_MODE_VARIABLE = "MEMLENS_ENGINE"  # "thread": run the engine in the window's process
 
 
-def _preload() -> None:
-    global seconds, error
-    start = time.perf_counter()
-    try:
-        import torch  # noqa: F401
-        import transformers
-
-        import engine.runner  # noqa: F401
-        from engine.models import preimport_architecture
-
-        preimport_architecture("demo")  # the model the window opens on
-        # Loading once warms transformers' caches (its checkpoint conversion rules compile
-        # hundreds of regular expressions on a first load); the 10 MiB model is dropped at once.
-        from engine.config import RunConfig
-        from engine.models import load_model
-
-        del load_model(RunConfig(model="demo")).model
-
-        # Resolve the lazy attributes the engine touches first (each imports a module).
-        _ = (transformers.AutoConfig, transformers.AutoModelForCausalLM,
-             transformers.AutoTokenizer)
-        # A full garbage collection holds the interpreter lock while it scans every object:
-        # ~80 ms with torch and transformers loaded (more on a busy machine), and the engine
-        # collects before each measurement. Frozen objects (the libraries, the window) are
-        # skipped by later collections, which then take well under a millisecond.
-        gc.collect()
-        gc.freeze()
-    except Exception as exc:  # the run will report the real problem with its own message
-        error = f"{type(exc).__name__}: {exc}"
-    seconds = time.perf_counter() - start
-
-
-def freeze_imports(model: str) -> None:
-    """Import ``model``'s architecture code and freeze what is alive (see ``_preload``). Called
-    in the engine's thread just before a run, so a newly imported architecture does not make the
-    run's garbage collections long. Freezing keeps library objects (which live forever anyway)
-    out of later scans; it frees nothing and collects nothing."""
-    try:
-        from engine.models import preimport_architecture
-
-        preimport_architecture(model)
-    except Exception:  # the run reports an unknown or broken model with its own message
-        pass
-    gc.freeze()
+def engine_in_process() -> bool:
+    return os.environ.get(ENGINE_MODE_VARIABLE, "").strip().lower() == "thread"
 
 
 def start() -> None:
-    """Start the preload once (later calls do nothing)."""
-    global _thread
-    with _lock:
-        if _thread is None:
-            _thread = threading.Thread(target=_preload, name="memlens-preload", daemon=True)
-            _thread.start()
+    """Start the shared engine process (does nothing when it runs or when in thread mode)."""
+    if engine_in_process():
+        return
+    from engine.server import shared
+
+    shared().start()
 
 
-def wait(timeout: float | None = None) -> bool:
-    """Block until the preload (if started) has finished; ``True`` when none is running."""
-    thread = _thread
-    if thread is None:
-        return True
-    thread.join(timeout)
-    return not thread.is_alive()
+def stop() -> None:
+    """Stop the shared engine process, if one was started."""
+    import engine.server as server
+
+    if server._shared is not None:
+        # Nothing is lost by not waiting long: runs are saved atomically by the engine.
+        server._shared.close(timeout=1.0)

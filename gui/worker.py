@@ -30,10 +30,24 @@ UNKNOWN_FRACTION = -1.0  # ``progress`` carries this when the engine does not kn
 ExecuteFn = Callable[..., Any]
 
 
-def _default_execute(*args: Any, **kwargs: Any) -> Any:
+def _default_execute(config: Any, listener: Any = None, cancel: Any = None,
+                     store: Any = None) -> Any:
+    """The real engine: in its own process (``engine.server``), so it never holds this
+    process's interpreter lock; in this process only with ``MEMLENS_ENGINE=thread`` or a store
+    that is not a folder-backed ``RunStore``."""
+    from engine.store import RunStore
+
+    from .preload import engine_in_process
+
+    kwargs = {"listener": listener, "cancel": cancel, "store": store}
+    if not engine_in_process() and (store is None or isinstance(store, RunStore)):
+        from engine.server import shared
+
+        return shared().execute(config, **kwargs)
     from engine.runner import execute  # lazy: the GUI imports without the engine's heavy parts
 
-    return execute(*args, **kwargs)
+    keep_a_core_for_the_ui()
+    return execute(config, **kwargs)
 
 
 def keep_a_core_for_the_ui() -> int:
@@ -104,12 +118,6 @@ class EngineWorker(QObject):
 
         try:
             config = RunConfig.from_dict(dict(config_dict))
-            if self._execute is _default_execute:
-                from . import preload
-
-                preload.wait()  # never import transformers in two threads at once
-                preload.freeze_imports(config.model)
-                keep_a_core_for_the_ui()
             kwargs: dict[str, Any] = {"listener": self._on_event, "cancel": self._cancel}
             if self._store is not None:
                 kwargs["store"] = self._store

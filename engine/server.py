@@ -1,0 +1,259 @@
+"""Run engine jobs in a separate, long-lived process (what the desktop app uses).
+
+Why a process and not a thread: the engine runs a lot of Python (module hooks, the tensor
+accounting dispatch mode, the generation loop) and so does a pyqtgraph window (every repaint).
+In one process they share the interpreter lock, and the window's 10 ms heartbeat missed beats by
+40 ms (p99) to 140 ms during runs on a 2-core machine (benchmarks/ui_responsiveness.py). In its
+own process the engine cannot stall the window, a crash or an out-of-memory kill of the engine
+leaves the window running (it reports what happened), and process RSS measures the engine and
+the model, not the GUI.
+
+:class:`EngineProcess` is the client: ``execute(config, listener, cancel, store)`` has the same
+contract as :func:`engine.runner.execute` (events to ``listener``, the result or ``None``), so
+the GUI's worker thread calls it like the in-process engine. The child imports torch and
+transformers once, then serves one job at a time: each event travels back pickled over a queue.
+Cancel travels on a separate queue to a thread in the child that sets the job's event, so the
+engine's frequent ``cancel.is_set()`` checks stay cheap. Nothing here imports Qt.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .events import Failed, Finished
+
+POLL_S = 0.1  # how often the client checks for a cancel or a dead child while waiting
+START_TIMEOUT_S = 120.0
+
+
+# -- the child ---------------------------------------------------------------------------------
+def _limit_threads() -> None:
+    """Leave one core to the window: torch's intra-op threads = cores - 1 (at least 1)."""
+    import torch
+
+    threads = max(1, (os.cpu_count() or 2) - 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _warm_up() -> None:
+    """Import the heavy libraries and the demo's architecture, and load the demo once (it warms
+    transformers' caches), then freeze what is alive out of the garbage collector: a full
+    collection would otherwise scan every library object before each measurement."""
+    import transformers
+
+    from . import runner  # noqa: F401
+    from .models import load_model, preimport_architecture
+
+    _ = (transformers.AutoConfig, transformers.AutoModelForCausalLM, transformers.AutoTokenizer)
+    preimport_architecture("demo")
+    del load_model(RunConfig(model="demo")).model
+    gc.collect()
+    gc.freeze()
+
+
+def serve(requests: Any, events: Any, control: Any) -> None:
+    """The child's main loop: ``("run", job, config_dict, store_root | None)`` requests, one at
+    a time; ``None`` stops. Every job ends with ``("done", job, None)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's to handle
+    jobs: dict[int, threading.Event] = {}
+    jobs_lock = threading.Lock()
+
+    def watch_control() -> None:
+        for message in iter(control.get, None):
+            if message[0] == "cancel":
+                with jobs_lock:
+                    event = jobs.get(message[1])
+                if event is not None:
+                    event.set()
+
+    threading.Thread(target=watch_control, name="memlens-control", daemon=True).start()
+    ready: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        _limit_threads()
+        _warm_up()
+    except Exception as exc:  # the first run reports the real problem with its own message
+        ready["warning"] = f"{type(exc).__name__}: {exc}"
+    events.put(("ready", 0, ready))
+
+    from .models import preimport_architecture
+    from .runner import execute
+    from .store import RunStore
+
+    for message in iter(requests.get, None):
+        _, job, config_dict, root = message
+        cancel = threading.Event()
+        with jobs_lock:
+            jobs[job] = cancel
+
+        def listener(event: Any, job: int = job) -> None:
+            events.put(("event", job, event))
+
+        try:
+            config = RunConfig.from_dict(config_dict)
+            preimport_architecture(config.model)  # a new architecture's code stays frozen too
+            gc.freeze()
+            execute(config, listener=listener, cancel=cancel,
+                    store=RunStore(root) if root else None)
+        except BaseException as exc:  # execute reports its own failures; this is a safety net
+            listener(Failed("internal", f"The engine process failed: {type(exc).__name__}: "
+                                        f"{exc}", "This is a bug in MemLens; please report it."))
+        finally:
+            with jobs_lock:
+                jobs.pop(job, None)
+            events.put(("done", job, None))
+
+
+# -- the client --------------------------------------------------------------------------------
+class EngineProcess:
+    """A client for one child process; started on first use (or by :meth:`start`)."""
+
+    def __init__(self) -> None:
+        self._ctx = mp.get_context("spawn")  # fork would copy the GUI's threads and Qt state
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._requests: Any = None
+        self._events: Any = None
+        self._control: Any = None
+        self._jobs = itertools.count(1)
+        self.ready: dict[str, Any] | None = None
+        self.started_at: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        """Start the child if it is not running (returns at once; it warms up on its own)."""
+        if self.alive:
+            return
+        self._requests = self._ctx.Queue()
+        self._events = self._ctx.Queue()
+        self._control = self._ctx.Queue()
+        self.ready = None
+        self._proc = self._ctx.Process(target=serve, name="memlens-engine", daemon=True,
+                                       args=(self._requests, self._events, self._control))
+        self._proc.start()
+        self.started_at = time.monotonic()
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> bool:
+        """Start the child if needed and wait until it has warmed up; ``False`` if it died or
+        did not get ready within ``timeout`` seconds. Blocks the caller: not for the UI thread."""
+        with self._lock:
+            self.start()
+            deadline = time.monotonic() + timeout
+            while self.ready is None:
+                try:
+                    kind, _job, payload = self._events.get(timeout=POLL_S)
+                except queue.Empty:
+                    if not self.alive or time.monotonic() > deadline:
+                        return False
+                    continue
+                if kind == "ready":
+                    self.ready = payload
+            return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the child (ask, then terminate)."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            self._requests.put(None)
+            self._control.put(None)
+        except (OSError, ValueError):
+            pass
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(2.0)
+        for q in (self._requests, self._events, self._control):
+            try:
+                q.close()
+                q.cancel_join_thread()
+            except (OSError, ValueError, AttributeError):
+                pass
+        self._proc = None
+
+    def execute(self, config: RunConfig, listener: Any = lambda e: None,
+                cancel: threading.Event | None = None, store: Any = None) -> Any:
+        """Run ``config`` in the child; same contract as :func:`engine.runner.execute`.
+
+        ``store`` must be a :class:`engine.store.RunStore` (its folder is passed to the child)
+        or ``None``. Blocks the calling thread (the GUI's worker thread), never the UI thread.
+        """
+        cancel = cancel or threading.Event()
+        root = getattr(store, "root", None) if store is not None else None
+        if store is not None and root is None:
+            raise TypeError("EngineProcess.execute needs a RunStore (or None) as store")
+        with self._lock:
+            self.start()
+            job = next(self._jobs)
+            self._requests.put(("run", job, config.to_dict(), str(Path(root)) if root else None))
+            result = None
+            cancel_sent = False
+            while True:
+                if cancel.is_set() and not cancel_sent:
+                    self._control.put(("cancel", job))
+                    cancel_sent = True
+                try:
+                    kind, msg_job, payload = self._events.get(timeout=POLL_S)
+                except queue.Empty:
+                    if not self.alive:
+                        listener(self._died())
+                        return None
+                    continue
+                if kind == "ready":
+                    self.ready = payload
+                    continue
+                if msg_job != job:
+                    continue  # left over from an earlier job
+                if kind == "done":
+                    return result
+                if isinstance(payload, Finished):
+                    result = payload.result
+                listener(payload)
+
+    def _died(self) -> Failed:
+        code = self._proc.exitcode if self._proc is not None else None
+        self.close(timeout=0.1)
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+            if -code == signal.SIGKILL:
+                return Failed("out_of_memory", f"The engine process was killed ({name}), most "
+                              "likely by the system for running out of memory.",
+                              "Try a smaller batch or sequence, an optimization that saves "
+                              "memory, or `memlens estimate`. The window and saved runs are "
+                              "intact; the next run starts a fresh engine.")
+            return Failed("internal", f"The engine process stopped with signal {name}.",
+                          "The window and saved runs are intact; the next run starts a fresh "
+                          "engine. Please report this with the log.")
+        return Failed("internal", f"The engine process exited unexpectedly (exit code {code}).",
+                      "The window and saved runs are intact; the next run starts a fresh engine.")
+
+
+_shared: EngineProcess | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> EngineProcess:
+    """The process-wide engine process (created, not started, on first call)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = EngineProcess()
+        return _shared
