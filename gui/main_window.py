@@ -151,8 +151,10 @@ class MainWindow(QMainWindow):
                                             QKeySequence.StandardKey.Open)
         self.recent_menu = file_menu.addMenu("Recent run files")
         file_menu.addSeparator()
-        self.export_action = self._action(file_menu, "&Export run JSON…", self.export_run_dialog,
+        self.report_action = self._action(file_menu, "Export &report…", self.export_report_dialog,
                                           "Ctrl+E")
+        self.export_action = self._action(file_menu, "Export run &JSON…", self.export_run_dialog,
+                                          "Ctrl+Shift+E")
         self.save_png_action = self._action(file_menu, "&Save current plot as PNG…",
                                             self.save_plot_dialog, QKeySequence.StandardKey.Save)
         self.save_window_action = self._action(file_menu, "Save &window as PNG…",
@@ -551,6 +553,66 @@ class MainWindow(QMainWindow):
         self.log.info(f"Run exported to {written}.")
         self._remember_recent(str(written.resolve()))
         return written
+
+    def report_runs(self) -> list[RunResult]:
+        """What File → Export report covers: the compared runs when the saved-runs page shows a
+        comparison, else the run on screen."""
+        if (self.workspace.currentWidget() is self.runs_tab
+                and self.compare_panel.comparison is not None):
+            return list(self.compare_panel.comparison.runs)
+        return [self.current_result] if self.current_result is not None else []
+
+    def export_report_dialog(self) -> None:
+        runs = self.report_runs()
+        if not runs:
+            self.log.warning("Nothing to report yet: run a profile, open a saved run, or "
+                             "compare saved runs first.")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Export the report into a folder")
+        if folder:
+            self.export_report(folder, runs, pdf=True)
+
+    def export_report(self, folder: str | Path, runs: Sequence[RunResult] | None = None,
+                      pdf: bool = True) -> Any:
+        """Write report.html (and report.pdf) with the panels' pictures into ``folder``.
+
+        Rendering takes a moment on the UI thread (the panels are widgets); the status line
+        says so first."""
+        from .report import write_report
+
+        runs = list(runs) if runs is not None else self.report_runs()
+        if not runs:
+            return None
+        self.status.show_message(f"Writing the report into {folder}…")
+        QGuiApplication.processEvents()
+        attention: dict[str, Any] = {}
+        store = self._get_store()
+        load = getattr(store, "load_attention", None) if store is not None else None
+        for run in runs:
+            if load is None or not (run.attention or {}).get("captured"):
+                continue
+            if run is self.current_result and self._live_attention is not None:
+                attention[run.run_id] = self._live_attention
+                continue
+            try:
+                maps = load(run.run_id)
+            except Exception:  # a damaged maps file: the report goes without that picture
+                maps = None
+            if maps is not None:
+                attention[run.run_id] = maps
+        try:
+            files = write_report(runs, Path(folder), pdf=pdf, attention=attention)
+        except Exception as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            hint = getattr(exc, "hint", "") or "Choose a writable folder."
+            self.status.show_error(f"Could not write the report: {message}", hint)
+            self.log.error(f"Could not write the report: {message}", hint)
+            return None
+        written = ", ".join(p.name for p in (files.html, files.pdf) if p is not None)
+        self.status.show_message(f"Report written: {written} in {files.folder}.")
+        self.log.info(f"Report written to {files.folder} ({written}, "
+                      f"{len(files.images)} pictures).")
+        return files
 
     def current_plot(self) -> QWidget:
         return self.plot_tabs.currentWidget()

@@ -592,11 +592,14 @@ def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = 
                            "Choose a writable folder with free space (--out DIR).") from exc
     attention = attention or {}
     shots: dict[str, list[Shot]] = {}
-    for i, r in enumerate(results):
-        prefix = f"run{i}" if len(results) > 1 else "run"
-        shots[r.run_id] = render_run_panels(r, folder, prefix, attention.get(r.run_id))
-    if len(results) > 1:
-        shots["compare"] = [render_compare_panel(results, folder)]
+    from . import theme
+
+    with theme.drawing_with("light"):  # paper is light, whatever the window's theme
+        for i, r in enumerate(results):
+            prefix = f"run{i}" if len(results) > 1 else "run"
+            shots[r.run_id] = render_run_panels(r, folder, prefix, attention.get(r.run_id))
+        if len(results) > 1:
+            shots["compare"] = [render_compare_panel(results, folder)]
     every = [s for items in shots.values() for s in items]
     files = ReportFiles(folder=folder, html=folder / "report.html",
                         images=[s.path for s in every])

@@ -5,6 +5,8 @@ Panels that set a colour while drawing read :func:`current`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyqtgraph as pg
@@ -36,6 +38,18 @@ _current = THEMES["light"]
 
 def current() -> Theme:
     return _current
+
+
+@contextlib.contextmanager
+def drawing_with(name: str) -> Iterator[Theme]:
+    """Panels drawn inside this block pick ``name``'s colours (e.g. light paper for a report
+    exported from a dark window); the application's palette is left alone."""
+    global _current
+    saved, _current = _current, THEMES.get(name, THEMES["light"])
+    try:
+        yield _current
+    finally:
+        _current = saved
 
 
 def _palette(theme: Theme) -> QPalette:

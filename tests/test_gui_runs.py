@@ -337,3 +337,24 @@ def test_timeline_draws_every_memory_series_peaks_and_gpu_activity(qtbot, tmp_pa
     assert not timeline.curves["gpu_used_bytes"].isVisible()
     assert "no NVML readings" in timeline.gpu_note.text()
     assert set(timeline.peaks) == {"rss_bytes"}
+
+
+def test_export_report_from_the_window_covers_the_run_or_the_comparison(qtbot, real_store,
+                                                                       tmp_path):
+    window = make_window(qtbot, FakeEngine(), real_store)
+    window.set_theme("dark")  # the report is drawn on light paper anyway
+    assert window.load_saved_run("opt")
+    files = window.export_report(tmp_path / "one", pdf=False)
+    assert files is not None and files.html.exists() and files.pdf is None
+    text = files.html.read_text(encoding="utf-8")
+    assert "opt" in text and text.count("data:image/png;base64,") == len(files.images) >= 3
+    assert "Report written" in window.status.text()
+    chart = QImage(str(next(p for p in files.images if "memory-by-layer" in p.name)))
+    corner = chart.pixelColor(3, 3)
+    assert corner.lightness() > 200  # light paper, not the dark theme's canvas
+    assert window.compare_saved_runs(["ref", "opt"])
+    assert [r.run_id for r in window.report_runs()] == ["ref", "opt"]
+    both = window.export_report(tmp_path / "two", pdf=False)
+    assert "ref" in both.html.read_text(encoding="utf-8")
+    assert any("compare" in p.name for p in both.images)
+    window.set_theme("light")
