@@ -141,3 +141,42 @@ def test_the_published_fault_matrix_matches_the_tests():
     assert len(rows) >= 30
     assert {r["area"] for r in rows} == set(module.AREAS)
     assert module.main(["--check"]) == 0, "run: python tools/fault_matrix.py"
+
+
+@pytest.mark.fault(area='load', case='a 4,096-token attention capture',
+                   outcome='maps are pooled layer by layer to at most 256 × 256 per head, so the capture holds one layer\'s full maps at a time (measured against asking for every layer at once); the window draws the pooled maps')
+def test_long_attention_capture_pools_layer_by_layer(tmp_path):
+    import json
+
+    import torch
+
+    import resources
+    from engine import attention as attn
+    from engine.config import RunConfig
+    from engine.models import load_model
+    from engine.workloads import make_inputs
+
+    values = json.loads(resources.path("presets/tiny-llama.json").read_text())
+    values.pop("_memlens", None)
+    values["max_position_embeddings"] = 4096
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    loaded = load_model(RunConfig(model=str(tmp_path / "config.json")))
+    model = loaded.model
+    seq = 4096
+    inputs = make_inputs(model, None, 1, seq, None, torch.device("cpu"), seed=0)
+    event, info = attn.capture_attention(model, inputs, torch.device("cpu"))
+    assert event is not None and info["captured"] and info["method"].startswith("hooks")
+    layers, heads = values["num_hidden_layers"], values["num_attention_heads"]
+    assert sorted(event.maps) == list(range(layers))
+    assert all(m.shape == (heads, attn.MAX_SIDE, attn.MAX_SIDE) for m in event.maps.values())
+    assert info["downsampled_from"] == seq and len(event.tokens) in (0, attn.MAX_SIDE)
+    one_layer = heads * seq * seq * 4  # float32 probabilities of one layer
+    # Asking the model for every layer's maps at once keeps them all alive together.
+    model.set_attn_implementation("eager")
+    _, _, all_at_once = attn._measured_forward(model, inputs, torch.device("cpu"),
+                                               output_attentions=True)
+    hooked = info["cost"]["peak_bytes"]
+    assert all_at_once - hooked >= (layers - 1) * one_layer * 0.9
+    # The stated budget: the eager forward's own transient plus the pooled maps.
+    assert hooked <= info["cost"]["plain_peak_bytes"] + 3 * one_layer + \
+        layers * heads * attn.MAX_SIDE ** 2 * 4
