@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+STALE_TEMPORARY_S = 3600.0  # a temporary file this old is left over from a killed save
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files a killed save of ``path`` left behind (never a recent one: another
+    MemLens may be writing it right now)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
 class RunStore:
     """Saved runs in one folder: ``save``, ``list``, ``load``, ``delete``; no model needed."""
 
@@ -98,6 +114,7 @@ class RunStore:
                 self._save_attention(result, attention)
             data = json.dumps(result.to_dict(), indent=1, allow_nan=False).encode("utf-8")
             _atomic_write(path, data)
+            _remove_stale_temporaries(path)
         except OSError as exc:
             raise MemLensError(ErrorKind.STORE, f"Could not save the run to {path}: "
                                f"{exc.strerror or exc}.",

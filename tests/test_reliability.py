@@ -180,3 +180,51 @@ def test_long_attention_capture_pools_layer_by_layer(tmp_path):
     # The stated budget: the eager forward's own transient plus the pooled maps.
     assert hooked <= info["cost"]["plain_peak_bytes"] + 3 * one_layer + \
         layers * heads * attn.MAX_SIDE ** 2 * 4
+
+
+@pytest.mark.fault(area='interruption', case='the process is killed while saving a run',
+                   outcome='the previous file survives intact (atomic replace), no partial run is listed, and the next save works')
+def test_a_kill_during_save_leaves_the_previous_run_intact(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from engine.config import RunConfig
+    from engine.results import RunResult
+
+    store = RunStore(tmp_path / "runs")
+    first = RunResult(config=RunConfig(model="demo"), run_id="kept", created="2026-01-01")
+    store.save(first)
+    # A child that keeps rewriting the same run with a large timeline, so a kill lands mid-write.
+    code = textwrap.dedent(f"""
+        import sys
+        from engine.config import RunConfig
+        from engine.results import RunResult
+        from engine.store import RunStore
+        store = RunStore({str(tmp_path / "runs")!r})
+        big = RunResult(config=RunConfig(model="demo"), run_id="kept", created="2026-01-02",
+                        timeline={{"t": [i * 0.01 for i in range(400_000)]}})
+        print("ready", flush=True)
+        while True:
+            store.save(big)
+    """)
+    for delay in (0.05, 0.2, 0.45):
+        with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              text=True) as child:
+            assert child.stdout.readline().strip() == "ready"
+            time.sleep(delay)
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+        summaries = store.list()
+        assert [s.run_id for s in summaries] == ["kept"]  # no partial run, no temp file listed
+        loaded = store.load("kept")  # complete JSON: the old one or a whole new one
+        assert loaded.created in ("2026-01-01", "2026-01-02")
+    stale = store.root / ".kept.json.left-by-a-kill.tmp"
+    stale.write_text("{partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fresh = store.root / ".kept.json.being-written.tmp"
+    fresh.write_text("{partial")
+    store.save(first)  # the store still works; an old leftover is cleaned, a recent one is not
+    assert store.load("kept").created == "2026-01-01"
+    assert not stale.exists() and fresh.exists()
