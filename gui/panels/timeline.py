@@ -56,6 +56,31 @@ class _Buffer:
     def clear(self) -> None:
         self.size = 0
 
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` (sorted indices), in place; capacity is unchanged."""
+        kept = self._data[rows]
+        self._data[: kept.size] = kept
+        self.size = kept.size
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.nbytes)
+
+
+MAX_LIVE_SAMPLES = 100_000  # the engine's sampler keeps the same bound for the saved timeline
+
+
+def decimation_rows(size: int, score: np.ndarray) -> np.ndarray:
+    """Rows to keep when the timeline is over its bound: the older half is halved by keeping,
+    of each pair, the row with the higher memory reading (``score``), so peaks survive; the
+    newer half is kept whole. The first row always survives (ties keep the earlier row)."""
+    half = (size // 2) & ~1
+    pairs = np.arange(half).reshape(-1, 2)
+    first_wins = score[pairs[:, 0]] >= score[pairs[:, 1]]
+    kept_old = np.where(first_wins, pairs[:, 0], pairs[:, 1])
+    kept_old[0] = 0
+    return np.concatenate([kept_old, np.arange(half, size)])
+
 
 PHASE_COLOURS = ("#e8eef7", "#f3f3f3")  # alternating light bands; the name says which phase
 DARK_PHASE_COLOURS = ("#2b3342", "#27292e")
@@ -114,6 +139,7 @@ class TimelinePanel(QWidget):
         self._redraw_timer.timeout.connect(self._redraw)
         self._last_draw_ms = -1e12
         self._t = _Buffer()
+        self.decimated = 0  # samples dropped to stay within MAX_LIVE_SAMPLES
         self._phases: list[str] = []
         self._bands: list[Any] = []
         self._phase_key: tuple = ()
@@ -162,6 +188,26 @@ class TimelinePanel(QWidget):
     def sample_count(self) -> int:
         return self._t.size
 
+    def _decimate(self) -> None:
+        size = self._t.size
+        memory = np.vstack([self._columns[field].view() for field in _MEMORY])
+        score = np.where(np.isnan(memory), -np.inf, memory).max(axis=0)
+        rows = decimation_rows(size, score)
+        self._t.keep(rows)
+        for column in self._columns.values():
+            column.keep(rows)
+        self._phases = [self._phases[i] for i in rows.tolist()]
+        self.decimated += size - rows.size
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the live timeline holds: its columns' buffers plus the phase labels' list
+        (the label strings are shared, one per phase)."""
+        import sys
+
+        return (self._t.nbytes + sum(c.nbytes for c in self._columns.values())
+                + sys.getsizeof(self._phases))
+
     def flush(self) -> None:
         """Draw samples whose coalesced redraw is still pending."""
         if self._redraw_timer.isActive():
@@ -169,6 +215,7 @@ class TimelinePanel(QWidget):
 
     def clear(self) -> None:
         self._redraw_timer.stop()
+        self.decimated = 0
         self._t.clear()
         self._phases.clear()
         for column in self._columns.values():
@@ -187,6 +234,8 @@ class TimelinePanel(QWidget):
                 column.extend([to_mib(getattr(s, field, None)) for s in samples])
             else:
                 column.extend([_number(getattr(s, field, None)) for s in samples])
+        while self._t.size > MAX_LIVE_SAMPLES:
+            self._decimate()
         # Data is appended at once (nothing is lost); drawing is coalesced to at most
         # LIVE_REDRAW_HZ: a repaint costs ~7 ms of UI-thread Python (benchmarks/
         # ui_responsiveness.py), which the engine's thread competes for.
