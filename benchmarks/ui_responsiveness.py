@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+STALL_TRACE_S = float(os.environ.get("MEMLENS_STALL_TRACE_S", "0.05"))
 LAUNCH_SCRIPT = textwrap.dedent("""
     import sys, time
     from PySide6.QtCore import QSettings, QTimer
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if trace is not None and state["running"]:
             import faulthandler
 
-            faulthandler.dump_traceback_later(0.05, file=trace)
+            faulthandler.dump_traceback_later(STALL_TRACE_S, file=trace)
         now = clock.nsecsElapsed() / 1e6
         if state["running"]:
             gaps.append(now - last[0])
