@@ -1,6 +1,6 @@
-"""The ``memlens`` command: ``profile``, ``estimate``, ``runs``, ``show``, ``compare``,
-``export``; bare ``memlens`` opens the window. ``memlens report`` renders with Qt, so the
-``memlens`` launcher (``gui.launcher``) hands it to ``gui.report``; it is listed here for the
+"""The ``memlens`` command: ``profile``, ``estimate``, ``sweep``, ``fit``, ``runs``, ``show``,
+``compare``, ``export``; bare ``memlens`` opens the window. ``memlens report`` renders with Qt, so
+the ``memlens`` launcher (``gui.launcher``) hands it to ``gui.report``; it is listed here for the
 help text only."""
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="add the estimate to the run store (listed as an estimate by `runs`)")
     e.add_argument("--json", action="store_true", help="print the JSON instead of the table")
 
+    _add_sweep_parsers(sub)
+
     r = sub.add_parser("runs", help="list saved runs")
     r.add_argument("--json", action="store_true")
 
@@ -170,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             return _profile(args, store)
         if args.command == "estimate":
             return _estimate(args, store)
+        if args.command == "sweep":
+            return _sweep(args, store)
+        if args.command == "fit":
+            return _fit(args, store)
         if args.command == "runs":
             return _runs(store, args.json)
         if args.command == "show":
@@ -373,6 +379,291 @@ def _estimate(args: argparse.Namespace, store) -> int:
         if args.out is not None:
             print(f"written: {args.out}")
     return EXIT_OK
+
+
+# -- sweep and fit (issue 6: sweeps and what fits) -----------------------------------------------
+def _add_sweep_parsers(sub) -> None:
+    """``memlens sweep`` and ``memlens fit``."""
+    from .sweep import BUDGET_FORMS
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default="demo",
+                       help="preset:NAME | PATH (config.json or a folder with one) | demo")
+        p.add_argument("--workload", choices=WORKLOADS, default="forward")
+        p.add_argument("--new-tokens", type=int, default=32,
+                       help="generate: tokens after the prompt (each is one more pass)")
+        p.add_argument("--dtype", type=_dtype, default="auto",
+                       help=f"{' | '.join(DTYPES)} (or fp32, bf16, fp16)")
+        p.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
+                       dest="attention_impl", help="attention implementation")
+        p.add_argument("--opt", action="append", default=[], metavar="ID[:key=value,...]",
+                       help="an optimization of the one optimization set (repeatable)")
+        p.add_argument("--opt-set", action="append", default=[], metavar="SET",
+                       help="an optimization set to compare (repeatable): 'none', or IDs "
+                            "joined by '+', e.g. checkpointing+freeze-base:train_last_blocks=2")
+        p.add_argument("--trust-remote-code", action="store_true",
+                       help="allow a config's own Python code to run (only for sources you trust)")
+        p.add_argument("--save", action="store_true",
+                       help="add each point's run or estimate to the run store (ids in the JSON)")
+        p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+        p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+
+    sw = sub.add_parser(
+        "sweep", help="peak memory (and latency where measured) over sequence length × batch",
+        description="Every point is estimated first (fake tensors); it is then measured when its "
+                    "estimated peak is at most the fraction of the device's available memory "
+                    "that the loader's too-large check allows the weights alone (--measure-below "
+                    "sets another limit). Each point is marked measured or estimate; estimated "
+                    "points have no latency.")
+    common(sw)
+    sw.add_argument("--seq", default="128,256,512",
+                    help="sequence lengths, comma-separated (for generate: prompt lengths)")
+    sw.add_argument("--batch", default="1", help="batch sizes, comma-separated")
+    sw.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (measured points)")
+    sw.add_argument("--repeats", type=int, default=3, help="timing passes per measured point")
+    sw.add_argument("--estimate-only", action="store_true", help="estimate every point")
+    sw.add_argument("--measure-below", default=None, metavar="SIZE",
+                    help="measure points whose estimated peak is at most SIZE (e.g. 2GiB) "
+                         "instead of the rule above")
+
+    f = sub.add_parser(
+        "fit", help="the longest sequence that fits a memory budget, and what binds it",
+        description="Searches over estimates (fake tensors, no weights) for the largest "
+                    "sequence length (the prompt, for generate) whose estimated peak is within "
+                    "the budget, per batch and optimization set, and names the binding "
+                    "category. The answer is the largest tested length that fits, with the "
+                    "next tested one that does not.")
+    common(f)
+    f.add_argument("--budget", default=None,
+                   help=f"memory budget: {BUDGET_FORMS}; default: the detected GPU's total "
+                        "memory, else the available RAM")
+    f.add_argument("--batch", default="1", help="batch sizes, comma-separated (one answer each)")
+    f.add_argument("--granularity", type=int, default=None,
+                   help="search step in tokens (default: a power of two near the limit / 128)")
+
+
+def _opt_sets(args: argparse.Namespace) -> list[list[dict]]:
+    from .optimizations import parse_spec
+    from .sweep import parse_opt_set
+
+    if args.opt and args.opt_set:
+        raise MemLensError("invalid_workload", "--opt and --opt-set cannot be combined.",
+                           "Give one set with --opt ID (repeatable), or several with "
+                           "--opt-set A+B --opt-set none.")
+    if args.opt_set:
+        return [parse_opt_set(s) for s in args.opt_set]
+    return [[parse_spec(spec) for spec in args.opt]]
+
+
+class _PointPrinter(_ProgressPrinter):
+    """The progress printer, plus one line per finished sweep point or fit answer."""
+
+    def __call__(self, event: Event) -> None:
+        from .sweep import FitDone, PointDone
+
+        if isinstance(event, PointDone):
+            p = event.point
+            if self.tty:
+                self.stream.write("\r\033[K")
+            self.stream.write(
+                f"[{time.perf_counter() - self.t0:6.1f}s] point {event.index + 1}/{event.total}: "
+                f"seq {p.seq}, batch {p.batch}, {p.opt_set}: {p.kind} "
+                f"{human_bytes(p.peak_bytes)}{' — ' + p.error if p.error else ''}\n")
+            self.stream.flush()
+            self.stage = ""
+        elif isinstance(event, FitDone):
+            a = event.answer
+            if self.tty:
+                self.stream.write("\r\033[K")
+            self.stream.write(f"[{time.perf_counter() - self.t0:6.1f}s] {a.opt_set}, batch "
+                              f"{a.batch}: {a.estimates} estimates\n")
+            self.stream.flush()
+            self.stage = ""
+        else:
+            super().__call__(event)
+
+
+def _write_json(data: dict, args: argparse.Namespace) -> None:
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    if args.json:
+        json.dump(data, sys.stdout, indent=1)
+        print()
+
+
+def _failed_exit(printer: _ProgressPrinter, what: str) -> int:
+    f = printer.failed
+    if f is None:
+        _error(f"The {what} ended without a result.", "See the messages above.")
+        return EXIT_FAILED
+    _error(f.message, f.hint)
+    return EXIT_CANCELLED if f.kind == "cancelled" else EXIT_FAILED
+
+
+def _sweep(args: argparse.Namespace, store) -> int:
+    from .sweep import parse_bytes, parse_int_list, sweep
+
+    seqs = parse_int_list(args.seq, "seq")
+    batches = parse_int_list(args.batch, "batch")
+    sets = _opt_sets(args)
+    limit = 0 if args.estimate_only else (
+        parse_bytes(args.measure_below) if args.measure_below is not None else None)
+    config = RunConfig(model=args.model, workload=args.workload, new_tokens=args.new_tokens,
+                       dtype=args.dtype, attention_impl=args.attention_impl, device=args.device,
+                       repeats=args.repeats, trust_remote_code=args.trust_remote_code)
+    printer = _PointPrinter(sys.stderr)
+    try:
+        record = sweep(config, seqs, batches, sets, printer, store=store if args.save else None,
+                       measure_limit_bytes=limit)
+    except KeyboardInterrupt:
+        print("\nmemlens: sweep cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    if record is None:
+        return _failed_exit(printer, "sweep")
+    _write_json(record.to_dict(), args)
+    if not args.json:
+        print_sweep(record, sys.stdout)
+        if args.out is not None:
+            print(f"written: {args.out}")
+    return EXIT_OK
+
+
+def print_sweep(record, out: TextIO) -> None:
+    """The sweep table: one row per point, its kind (measured or estimate) in every row."""
+    from .sweep import CATEGORY_LABELS
+
+    w = out.write
+    kinds = {p.kind for p in record.points}
+    n_est = sum(p.kind == "estimate" for p in record.points)
+    w(f"sweep: {record.model} · {record.workload}"
+      f"{f' ({record.new_tokens} new tokens)' if record.workload == 'generate' else ''} · "
+      f"dtype {record.dtype} · attention {record.attention_impl} · device {record.device}\n")
+    w(f"{len(record.points)} points: {sum(p.kind == 'measured' for p in record.points)} measured, "
+      f"{n_est} ESTIMATED (fake tensors: no weights, no real memory, no latency)"
+      + (f", {sum(p.kind == 'failed' for p in record.points)} failed" if "failed" in kinds else "")
+      + "\n")
+    w(f"rule: {record.measure_rule}: limit {human_bytes(record.measure_limit_bytes)} of "
+      f"{human_bytes(record.available_bytes)} available\n\n")
+    train = record.workload == "train"
+    sets = len(record.opt_sets) > 1 or record.opt_sets[0]["label"] != "none"
+    cols = (["opt set"] if sets else []) + [
+        "seq", "batch", "kind", "peak", "weights", "activations",
+        "grads+optim" if train else "KV cache", "binding", "latency ms", "est. peak", "est/meas"]
+    rows = []
+    for p in record.points:
+        c = p.categories
+        third = ((c.get("gradients", 0) + c.get("optimizer_state", 0)) if train
+                 else c.get("kv_cache"))
+        ratio = (f"{p.estimated_peak_bytes / p.peak_bytes:.4f}"
+                 if p.kind == "measured" and p.estimated_peak_bytes and p.peak_bytes else "")
+        rows.append(([p.opt_set] if sets else []) + [
+            str(p.seq), str(p.batch), p.kind, _cell(p.peak_bytes),
+            _cell(c.get("weights")) if c else MISSING,
+            _cell(c.get("activations")) if c else MISSING,
+            _cell(third) if c else MISSING,
+            CATEGORY_LABELS.get(p.binding, p.binding) if p.binding else MISSING,
+            f"{p.latency_ms:.2f}" if p.latency_ms is not None else MISSING,
+            _cell(p.estimated_peak_bytes) if p.kind == "measured" else "", ratio])
+    widths = [max(len(r[i]) for r in rows + [cols]) for i in range(len(cols))]
+    left = 1 if sets else 0
+    def fmt(r: list[str]) -> str:
+        return "  ".join(v.ljust(widths[i]) if i < left or cols[i] in ("kind", "binding")
+                         else v.rjust(widths[i]) for i, v in enumerate(r))
+
+    line = fmt(cols)
+    w(line.rstrip() + "\n" + "-" * len(line) + "\n")
+    for r in rows:
+        w(fmt(r).rstrip() + "\n")
+    w("\npeak and parts at the peak; binding: the largest part of the peak; latency: median "
+      "plain pass (measured points only); est. peak: the estimate made to decide, beside a "
+      "measured point\n")
+    for p in record.points:
+        if p.error:
+            w(f"failed: seq {p.seq}, batch {p.batch}, {p.opt_set}: {p.error}\n")
+        elif p.kind == "estimate" and "measurement failed" in p.reason:
+            w(f"note: seq {p.seq}, batch {p.batch}, {p.opt_set}: {p.reason}\n")
+    if any(p.saved for p in record.points):
+        w("saved: " + ", ".join(p.run_id for p in record.points if p.saved and p.run_id) + "\n")
+    for warning in record.warnings:
+        w(f"warning: {warning}\n")
+
+
+def _fit(args: argparse.Namespace, store) -> int:
+    from .sweep import parse_int_list, resolve_budget, what_fits
+
+    budget = resolve_budget(args.budget)
+    batches = parse_int_list(args.batch, "batch")
+    sets = _opt_sets(args)
+    if args.granularity is not None and args.granularity < 1:
+        _error(f"The granularity must be at least 1 token (got {args.granularity}).",
+               "Use --granularity 1 or more, or leave it out.")
+        return EXIT_USAGE
+    config = RunConfig(model=args.model, workload=args.workload, new_tokens=args.new_tokens,
+                       dtype=args.dtype, attention_impl=args.attention_impl,
+                       trust_remote_code=args.trust_remote_code)
+    printer = _PointPrinter(sys.stderr)
+    try:
+        record = what_fits(config, budget, batches, sets, printer,
+                           store=store if args.save else None, granularity=args.granularity)
+    except KeyboardInterrupt:
+        print("\nmemlens: fit cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    if record is None:
+        return _failed_exit(printer, "fit")
+    _write_json(record.to_dict(), args)
+    if not args.json:
+        print_fit(record, sys.stdout)
+        if args.out is not None:
+            print(f"written: {args.out}")
+    return EXIT_OK
+
+
+def print_fit(record, out: TextIO) -> None:
+    """The fit answers: the longest length per set and batch, the next tested, the binding."""
+    from .sweep import CATEGORY_LABELS
+
+    w = out.write
+    gen = record.workload == "generate"
+    w(f"ESTIMATE — what fits in {record.budget_description}\n")
+    w(f"{record.model} · {record.workload}"
+      f"{f' ({record.new_tokens} new tokens after the prompt)' if gen else ''} · dtype "
+      f"{record.dtype} · attention {record.attention_impl} · max positions "
+      f"{record.max_positions} → {'prompt' if gen else 'sequence'} ≤ {record.seq_limit}; search "
+      f"step {record.granularity} token{'s' if record.granularity != 1 else ''}\n\n")
+    cols = ["opt set", "batch", "longest prompt" if gen else "longest seq", "est. peak",
+            "next tested", "its peak", "binding", "grows", "estimates", "s"]
+    rows = []
+    for a in record.answers:
+        seq = MISSING if a.seq is None else f"{a.seq}{' (limit)' if a.status == 'limit' else ''}"
+        rows.append([a.opt_set, str(a.batch), seq, _cell(a.peak_bytes),
+                     str(a.next_seq) if a.next_seq is not None else MISSING,
+                     _cell(a.next_peak_bytes),
+                     CATEGORY_LABELS.get(a.binding, a.binding) if a.binding else MISSING,
+                     CATEGORY_LABELS.get(a.grows, a.grows) if a.grows else MISSING,
+                     str(a.estimates), f"{a.seconds:.1f}"])
+    widths = [max(len(r[i]) for r in rows + [cols]) for i in range(len(cols))]
+    def fmt(r: list[str]) -> str:
+        return "  ".join(v.ljust(widths[i]) if i in (0, 6, 7) else v.rjust(widths[i])
+                         for i, v in enumerate(r))
+
+    line = fmt(cols)
+    w(line.rstrip() + "\n" + "-" * len(line) + "\n")
+    for r in rows:
+        w(fmt(r).rstrip() + "\n")
+    w("\n")
+    for a in record.answers:
+        w(f"{a.opt_set}, batch {a.batch}: {a.message}\n")
+        if a.categories:
+            w("  at the longest fitting length: " + " · ".join(
+                f"{CATEGORY_LABELS[c]} {human_bytes(v)}" for c, v in a.categories.items() if v)
+              + "\n")
+        if a.run_ids:
+            w(f"  saved estimates: {', '.join(a.run_ids.values())}\n")
+    w(f"\nsearch: {record.search}.\n")
+    for note in record.notes:
+        w(f"note: {note}\n")
+    w(f"made in {record.duration_s:.1f} s\n")
 
 
 def _runs(store, as_json: bool) -> int:

@@ -55,6 +55,38 @@ LIMITATIONS_ESTIMATE = [
 ]
 
 
+# -- optimizations on fake tensors (added for sweeps and `memlens fit`) --------------------------
+# The ones that change the model's structure, the trainable set, the cache or the passes, which
+# run on fake tensors and whose estimates were compared with measured runs (tests/test_sweep.py).
+# The others either swap parameter tensors (cast, LoRA's adapters, structured pruning: fake
+# tensors refuse the swap), read weight values (quantization, magnitude pruning) or run compiled
+# code (low-bit optimizers), and are refused by name rather than estimated wrongly.
+ESTIMABLE_OPTIMIZATIONS = ("freeze-base", "checkpointing", "kv-cache", "drop-blocks",
+                           "attention", "sliding-window", "autocast")
+ESTIMABLE_KV_POLICIES = ("dynamic", "static", "fp8")
+
+
+def estimable_optimizations(config: RunConfig) -> list[Any]:
+    """``config.optimizations`` resolved (as the runner does), or a ``MemLensError`` naming the
+    one that estimation cannot apply and what to do instead."""
+    from .optimizations import resolve
+
+    chosen = resolve(config.optimizations, config.workload, "cpu")
+    for opt, params in chosen:
+        if opt.id not in ESTIMABLE_OPTIMIZATIONS or (
+                opt.id == "kv-cache" and params.get("policy") not in ESTIMABLE_KV_POLICIES):
+            what = f"{opt.id}:policy={params['policy']}" if opt.id == "kv-cache" else opt.id
+            hint = ("For cast, estimate with --dtype bfloat16 or float16 instead (the weights "
+                    "built in that dtype). " if opt.id == "cast" else "")
+            raise MemLensError(
+                ErrorKind.NOT_APPLICABLE,
+                f"Estimation cannot apply {opt.name} ({what}) on fake tensors yet; the "
+                f"optimizations it applies are {', '.join(ESTIMABLE_OPTIMIZATIONS)} (kv-cache "
+                f"policies {', '.join(ESTIMABLE_KV_POLICIES)}).",
+                hint + "Measure the others with memlens profile on a model that fits.")
+    return chosen
+
+
 def estimate(config: RunConfig, listener: Listener = lambda e: None,
              cancel: threading.Event | None = None, store: Any = None) -> RunResult | None:
     """Estimate ``config`` in this thread; returns the result, or None after a ``Failed`` event.
@@ -199,12 +231,7 @@ class _EstimateRun(_Run):
                 f"Estimation reads a local config, and {cfg.model!r} is a Hub id.",
                 "Pass a preset (preset:ID), a config.json or a local folder with config.json "
                 "(download only the config.json if the weights are large).")
-        if cfg.optimizations:
-            raise MemLensError(
-                ErrorKind.NOT_APPLICABLE,
-                "Estimation does not apply optimizations yet.",
-                "Estimate without --opt, or measure the optimizations with memlens profile on a "
-                "model that fits.")
+        chosen = estimable_optimizations(cfg)
         if cfg.prompt:
             raise MemLensError(
                 ErrorKind.INVALID_WORKLOAD,
@@ -241,6 +268,16 @@ class _EstimateRun(_Run):
         self.loaded = self._build(device)
         model = self.loaded.model
         build_s = time.perf_counter() - t0
+
+        if chosen:
+            from .optimizations import apply_all
+
+            self.progress("optimize", 0.0, "applying optimizations (fake tensors)")
+            with self.fake_mode, _as_in_a_real_run():
+                applied, self.hooks = apply_all(
+                    model, chosen, device, self.cancel,
+                    lambda f, m: self.progress("optimize", f, m))
+            result.optimizations = [a.to_dict() for a in applied]
 
         tracked = select_layers(model)
         with self.fake_mode:

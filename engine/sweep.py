@@ -1,0 +1,870 @@
+"""Sweeps (peak memory over sequence length × batch × optimization sets) and what fits a budget.
+
+**Sweep.** Every point of the grid is first *estimated* (``engine.estimate``: fake tensors, no
+weights, no memory), then *measured* (``engine.runner.execute``) when it fits this device by a
+conservative rule: the estimated peak is at most :func:`measure_fraction` of the memory available
+on the device now (the same fraction the loader's too-large check allows the weights alone).
+A point keeps the kind of the figures it reports: ``"measured"`` (the measured run's peak and
+latency; the estimate made to decide is kept beside it as ``estimated_peak_bytes``),
+``"estimate"`` (no latency), or ``"failed"`` (why, in ``error``). A measurement that fails for
+lack of memory falls back to the estimate and says so in ``reason``.
+
+**What fits.** For a budget, the largest sequence length (per batch and optimization set) whose
+*estimated* peak is within the budget, found by a search over estimates only (see
+:func:`fit_sequence`): every reported figure comes from an estimate at that very point, and the
+answer is the largest tested length that fits together with the next tested one that does not.
+
+Both run in the caller's thread, report through a listener (``Progress`` events plus
+:class:`PointDone` / :class:`FitDone`), honour a ``threading.Event`` cancel, and end with
+``SweepFinished`` / ``FitFinished`` or ``Failed`` (returning None), like ``engine.runner.execute``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import re
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RunConfig
+from .errors import Cancelled, ErrorKind, MemLensError
+from .events import Failed, Progress
+from .format import human_bytes
+from .results import RunResult
+
+SWEEP_SCHEMA_VERSION = 1
+FIT_SCHEMA_VERSION = 1
+
+# Category -> Totals field (bytes live at the peak), and how it is written in text.
+CATEGORY_FIELDS = {
+    "weights": "weights_bytes",
+    "activations": "activation_bytes",
+    "kv_cache": "kv_cache_bytes",
+    "gradients": "gradient_bytes",
+    "optimizer_state": "optimizer_state_bytes",
+    "temporaries": "temporary_bytes",
+}
+CATEGORY_LABELS = {"weights": "weights", "activations": "activations", "kv_cache": "KV cache",
+                   "gradients": "gradients", "optimizer_state": "optimizer state",
+                   "temporaries": "temporaries", "unattributed": "unattributed",
+                   "max_positions": "the model's maximum positions"}
+
+Listener = Callable[[Any], None]
+
+
+def measure_fraction() -> float:
+    """The fraction of available memory an estimated peak may take to be measured: the loader's
+    too-large limit for the weights alone (``engine.models.MAX_MEMORY_FRACTION``)."""
+    from .models import MAX_MEMORY_FRACTION
+
+    return MAX_MEMORY_FRACTION
+
+
+def measure_rule() -> str:
+    return (f"measured where the estimated peak is at most {measure_fraction():.0%} of the "
+            "memory available on the device (the fraction the loader's too-large check allows "
+            "the weights alone), estimated beyond")
+
+
+# -- events ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PointDone:
+    """One sweep point is done (measured, estimated or failed)."""
+
+    point: SweepPoint
+    index: int
+    total: int
+
+
+@dataclass(frozen=True)
+class SweepFinished:
+    record: SweepRecord
+
+
+@dataclass(frozen=True)
+class FitDone:
+    """The answer for one (optimization set, batch)."""
+
+    answer: FitAnswer
+
+
+@dataclass(frozen=True)
+class FitFinished:
+    record: FitRecord
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+BUDGET_FORMS = ("a number of bytes (25769803776), or a number with a unit: B, KB, MB, GB, TB "
+                "(powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 24GiB, 80GB, "
+                "1.5TiB; or 'gpu' (the detected GPU's total memory) or 'ram' (available RAM)")
+
+
+def parse_bytes(text: str) -> int:
+    """``'24GiB'`` -> 25769803776; ``'80GB'`` -> 80000000000; refuses anything else by name."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"Cannot read the memory size {text!r}.",
+                           f"Write {BUDGET_FORMS}.")
+    value = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(value) or value < 1:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The memory size {text!r} is not positive.",
+                           f"Write {BUDGET_FORMS}.")
+    return int(value)
+
+
+@dataclass
+class Budget:
+    bytes: int
+    source: str  # "given" | "gpu" | "ram"
+    description: str  # e.g. "24.0 GiB (given)", "NVIDIA H200: 139 GiB total memory"
+
+
+def resolve_budget(text: str | None) -> Budget:
+    """A budget from ``--budget``: a size, ``gpu``, ``ram``, or None (the GPU when one is
+    detected, else the available RAM, said so)."""
+    word = (text or "").strip().lower()
+    if word in ("gpu", "cuda", ""):
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(torch.cuda.current_device())
+            return Budget(int(props.total_memory), "gpu",
+                          f"{human_bytes(props.total_memory)}: total memory of the detected GPU "
+                          f"({props.name}, cuda:{torch.cuda.current_device()})")
+        if word:
+            raise MemLensError(ErrorKind.NO_DEVICE,
+                               "--budget gpu needs a CUDA GPU, and none was detected here.",
+                               f"Give the budget as a size instead: {BUDGET_FORMS}.")
+    if word in ("ram", ""):
+        import psutil
+
+        avail = int(psutil.virtual_memory().available)
+        why = "" if word else "no GPU detected and no --budget given, so "
+        return Budget(avail, "ram", f"{human_bytes(avail)}: {why}the RAM available on this "
+                      "machine now (pass --budget SIZE to choose another)")
+    value = parse_bytes(text or "")
+    return Budget(value, "given", f"{human_bytes(value)} (given as {text.strip()})")
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """``'512,1024,2048'`` -> [512, 1024, 2048] (sorted, unique), or an error naming the value."""
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                               f"Cannot read {part!r} in the {what} list {text!r}.",
+                               f"Give whole numbers of at least 1, separated by commas "
+                               f"(e.g. --{what} 512,1024,2048).")
+        values.append(int(part))
+    if not values:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The {what} list {text!r} is empty.",
+                           f"Give at least one value, e.g. --{what} 512.")
+    return sorted(set(values))
+
+
+def parse_opt_set(text: str) -> list[dict[str, Any]]:
+    """``'none'`` -> []; ``'checkpointing+freeze-base:train_last_blocks=2'`` -> two specs."""
+    from .optimizations import parse_spec
+
+    text = text.strip()
+    if text.lower() in ("none", "baseline", ""):
+        return []
+    return [parse_spec(part) for part in text.split("+") if part.strip()]
+
+
+def opt_set_label(optimizations: list[dict[str, Any]]) -> str:
+    """The inverse of :func:`parse_opt_set`: ``'none'`` or ``'a+b:k=v'``."""
+    if not optimizations:
+        return "none"
+    parts = []
+    for o in optimizations:
+        params = o.get("params") or {}
+        parts.append(o["id"] + (":" + ",".join(f"{k}={v}" for k, v in params.items())
+                                if params else ""))
+    return "+".join(parts)
+
+
+# -- records ---------------------------------------------------------------------------------------
+def _categories(result: RunResult) -> dict[str, int]:
+    t = result.totals
+    return {cat: int(getattr(t, f) or 0) for cat, f in CATEGORY_FIELDS.items()}
+
+
+def dominant_category(categories: dict[str, int]) -> str | None:
+    """The category with the most bytes at the peak (None when all are 0)."""
+    if not categories or max(categories.values()) <= 0:
+        return None
+    return max(categories, key=lambda c: categories[c])
+
+
+@dataclass
+class SweepPoint:
+    """One grid point. ``kind`` says where its figures come from: measured, estimate or failed."""
+
+    seq: int
+    batch: int
+    opt_set: str  # label, "none" without optimizations
+    kind: str  # "measured" | "estimate" | "failed"
+    peak_bytes: int | None = None
+    categories: dict[str, int] = field(default_factory=dict)  # bytes at the peak by category
+    unattributed_bytes: int | None = None
+    model_weights_bytes: int | None = None
+    binding: str | None = None  # the category with the most bytes at the peak
+    latency_ms: float | None = None  # measured points only (median plain pass)
+    tokens_per_s: float | None = None  # measured generation only
+    estimated_peak_bytes: int | None = None  # the estimate made to decide (also for measured)
+    run_id: str | None = None  # the RunResult's id (saved in the store when saved is True)
+    saved: bool = False
+    reason: str = ""  # why it was measured or estimated
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepPoint:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class SweepRecord:
+    """A finished sweep: its settings, the decision rule and every point."""
+
+    model: str
+    workload: str
+    seqs: list[int]
+    batches: list[int]
+    opt_sets: list[dict[str, Any]]  # [{"label", "optimizations"}]
+    device: str = "cpu"
+    dtype: str = "auto"
+    attention_impl: str = "auto"
+    new_tokens: int = 32
+    measure_rule: str = ""
+    measure_limit_bytes: int | None = None  # estimated peaks up to this were measured
+    available_bytes: int | None = None  # memory available on the device when the sweep began
+    max_positions: int | None = None
+    points: list[SweepPoint] = field(default_factory=list)
+    created: str = ""
+    duration_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    kind: str = "sweep"
+    schema_version: int = SWEEP_SCHEMA_VERSION
+
+    def point(self, seq: int, batch: int, opt_set: str = "none") -> SweepPoint:
+        for p in self.points:
+            if (p.seq, p.batch, p.opt_set) == (seq, batch, opt_set):
+                return p
+        raise KeyError((seq, batch, opt_set))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["points"] = [p.to_dict() for p in self.points]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepRecord:
+        if data.get("kind") != "sweep":
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD, "The file is not a MemLens sweep.",
+                               "Pass a file written by memlens sweep --out.")
+        if int(data.get("schema_version", 0)) > SWEEP_SCHEMA_VERSION:
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                               f"The sweep was written by a newer MemLens (schema "
+                               f"{data.get('schema_version')}).", "Upgrade MemLens to read it.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["points"] = [SweepPoint.from_dict(p) for p in data.get("points") or []]
+        return cls(**kwargs)
+
+
+@dataclass
+class FitAnswer:
+    """The largest sequence that fits for one optimization set and batch (from estimates)."""
+
+    opt_set: str
+    batch: int
+    # fits: seq fits, next_seq does not | limit: the model's maximum positions fit |
+    # weights_exceed: the weights alone exceed the budget | nothing_fits: not even seq 1 |
+    # failed: the estimate could not be made (error)
+    status: str
+    seq: int | None = None  # largest tested sequence length that fits
+    peak_bytes: int | None = None  # estimated peak at seq
+    categories: dict[str, int] = field(default_factory=dict)  # at seq's peak
+    binding: str | None = None  # the category with the most bytes at the peak at the limit
+    grows: str | None = None  # the category that grew most from seq to next_seq
+    next_seq: int | None = None  # the next tested length, which does not fit
+    next_peak_bytes: int | None = None
+    next_categories: dict[str, int] = field(default_factory=dict)
+    model_weights_bytes: int | None = None
+    tested: list[dict[str, Any]] = field(default_factory=list)  # {seq, peak_bytes, fits}
+    estimates: int = 0
+    seconds: float = 0.0
+    run_ids: dict[str, str] = field(default_factory=dict)  # seq -> saved estimate id
+    message: str = ""
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitAnswer:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class FitRecord:
+    model: str
+    workload: str
+    budget_bytes: int
+    budget_source: str
+    budget_description: str
+    batches: list[int]
+    opt_sets: list[dict[str, Any]]
+    dtype: str = "auto"
+    attention_impl: str = "auto"
+    new_tokens: int = 32
+    max_positions: int | None = None
+    seq_limit: int | None = None  # the longest prompt the positions allow
+    granularity: int = 1
+    search: str = ""
+    answers: list[FitAnswer] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    created: str = ""
+    duration_s: float = 0.0
+    kind: str = "fit"
+    figures: str = "estimate"  # every figure in a fit comes from an estimate
+    schema_version: int = FIT_SCHEMA_VERSION
+
+    def answer(self, batch: int = 1, opt_set: str = "none") -> FitAnswer:
+        for a in self.answers:
+            if (a.batch, a.opt_set) == (batch, opt_set):
+                return a
+        raise KeyError((batch, opt_set))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["answers"] = [a.to_dict() for a in self.answers]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["answers"] = [FitAnswer.from_dict(a) for a in data.get("answers") or []]
+        return cls(**kwargs)
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+def _emit(listener: Listener, event: Any) -> None:
+    try:
+        listener(event)
+    except Exception:  # noqa: BLE001 - a broken listener must not break the sweep
+        traceback.print_exc()
+
+
+def model_max_positions(config: RunConfig) -> int | None:
+    """The model's maximum positions from its config (no build). Refuses Hub ids and unknown
+    presets or paths with the loader's messages."""
+    import types
+
+    from .models import architecture_config
+    from .workloads import max_positions
+
+    arch = architecture_config(config)
+    return max_positions(types.SimpleNamespace(config=arch.hf_config))
+
+
+def _check_seqs(config: RunConfig, seqs: list[int], limit: int | None) -> None:
+    if limit is None:
+        return
+    extra = config.new_tokens if config.workload == "generate" else 0
+    too_long = [s for s in seqs if s + extra > limit]
+    if too_long:
+        what = (f"prompt + {extra} new tokens" if extra else "sequence length")
+        raise MemLensError(
+            ErrorKind.INVALID_WORKLOAD,
+            f"{config.model} supports {limit} positions, and the {what} {max(too_long)}"
+            f"{' + ' + str(extra) if extra else ''} is beyond it.",
+            f"Keep every sequence length at or below {limit - extra}"
+            + (" (the prompt plus the new tokens must fit)" if extra else "") + ".")
+
+
+class _Inner:
+    """A listener for one inner estimate or run: forwards its progress as the sweep's, keeps its
+    failure, and turns the sweep's cancel into the inner run's."""
+
+    def __init__(self, listener: Listener, stage: str, fraction: float, label: str) -> None:
+        self.listener, self.stage, self.fraction, self.label = listener, stage, fraction, label
+        self.failed: Failed | None = None
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, Progress):
+            _emit(self.listener, Progress(self.stage, self.fraction,
+                                          f"{self.label}: {event.message}"))
+        elif isinstance(event, Failed):
+            self.failed = event
+
+
+def _estimate_at(base: RunConfig, seq: int, batch: int, opts: list[dict[str, Any]],
+                 listener: _Inner, cancel: threading.Event, store: Any) -> RunResult:
+    from .estimate import estimate
+
+    cfg = dataclasses.replace(base, seq=seq, batch=batch, optimizations=list(opts),
+                              device="cpu", attention_maps=False, prompt=None)
+    result = estimate(cfg, listener, cancel, store)
+    if cancel.is_set():
+        raise Cancelled()
+    if result is None:
+        f = listener.failed
+        raise MemLensError(f.kind if f else ErrorKind.INTERNAL,
+                           f.message if f else "The estimate ended without a result.",
+                           f.hint if f else "")
+    return result
+
+
+# -- sweep -----------------------------------------------------------------------------------------
+def sweep(config: RunConfig, seqs: list[int], batches: list[int],
+          opt_sets: list[list[dict[str, Any]]] | None = None,
+          listener: Listener = lambda e: None, cancel: threading.Event | None = None,
+          store: Any = None, measure_limit_bytes: int | None = None) -> SweepRecord | None:
+    """Peak memory (and latency where measured) over ``seqs`` × ``batches`` × ``opt_sets``.
+
+    ``config`` gives the model, workload, dtype, attention, new tokens and measurement settings;
+    its seq, batch and optimizations are replaced per point. ``opt_sets`` defaults to
+    ``[config.optimizations]``. ``measure_limit_bytes`` overrides the rule's limit (0: estimate
+    every point; a huge value: measure every point the loader accepts). Each point's run is
+    saved in ``store`` when one is given. Returns the record, or None after a ``Failed`` event.
+    """
+    cancel = cancel or threading.Event()
+    try:
+        record = _sweep(config, seqs, batches, opt_sets, listener, cancel, store,
+                        measure_limit_bytes)
+    except MemLensError as exc:  # also Cancelled
+        _emit(listener, Failed(exc.kind.value, exc.message, exc.hint))
+        return None
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes an event
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        _emit(listener, Failed(ErrorKind.INTERNAL.value,
+                               f"Unexpected error during the sweep: {type(exc).__name__}: {exc}",
+                               "This is a MemLens bug; the details are in the log."))
+        traceback.print_exc()
+        return None
+    _emit(listener, SweepFinished(record))
+    return record
+
+
+def _sweep(config, seqs, batches, opt_sets, listener, cancel, store, measure_limit_bytes):
+    from .models import _available_bytes, resolve_device
+    from .optimizations import resolve
+    from .runner import execute
+
+    t0 = time.perf_counter()
+    config.validate()
+    seqs, batches = sorted(set(seqs)), sorted(set(batches))
+    if not seqs or not batches or min(seqs + batches) < 1:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           "A sweep needs at least one sequence length and one batch size, "
+                           "each at least 1.", "E.g. --seq 512,1024 --batch 1,2.")
+    sets = [list(s) for s in (opt_sets if opt_sets is not None else [config.optimizations])]
+    for s in sets:  # unknown ids, bad parameters, conflicts: refused before anything runs
+        resolve(s, config.workload, config.device)
+    _emit(listener, Progress("sweep", 0.0, f"reading {config.model}'s config"))
+    limit = model_max_positions(config)
+    _check_seqs(config, seqs, limit)
+    device = resolve_device(config.device)
+    available = _available_bytes(device)
+    given_limit = measure_limit_bytes
+    if measure_limit_bytes is None:
+        measure_limit_bytes = int(measure_fraction() * available) if available else 0
+    record = SweepRecord(
+        model=config.model, workload=config.workload, seqs=seqs, batches=batches,
+        opt_sets=[{"label": opt_set_label(s), "optimizations": s} for s in sets],
+        device=config.device, dtype=config.dtype, attention_impl=config.attention_impl,
+        new_tokens=config.new_tokens, measure_limit_bytes=measure_limit_bytes,
+        measure_rule=(measure_rule() if given_limit is None else
+                      "measured where the estimated peak is at most the given limit, "
+                      "estimated beyond"),
+        available_bytes=available, max_positions=limit,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if not available:
+        record.warnings.append(f"The memory available on {device} could not be read: every "
+                               "point is estimated.")
+    grid = [(s, b, opts) for opts in sets for b in batches for s in seqs]
+    for i, (seq, batch, opts) in enumerate(grid):
+        if cancel.is_set():
+            raise Cancelled()
+        label = f"point {i + 1}/{len(grid)} (seq {seq}, batch {batch}, {opt_set_label(opts)})"
+        frac = i / len(grid)
+        t_point = time.perf_counter()
+        point = SweepPoint(seq=seq, batch=batch, opt_set=opt_set_label(opts), kind="failed")
+        est: RunResult | None = None
+        try:
+            est = _estimate_at(config, seq, batch, opts,
+                               _Inner(listener, "sweep", frac, label + " estimate"), cancel,
+                               None)
+            point.estimated_peak_bytes = est.totals.peak_bytes
+        except Cancelled:
+            raise
+        except MemLensError as exc:
+            point.error = f"not estimated: {exc.message}"
+        measure = (point.estimated_peak_bytes is not None
+                   and point.estimated_peak_bytes <= measure_limit_bytes)
+        # Without an estimate (an optimization fake tensors cannot apply) the point may still
+        # be measured when the weights are known to be small: the loader's own check decides.
+        if point.estimated_peak_bytes is None and measure_limit_bytes > 0:
+            measure = True
+        reported: RunResult | None = None
+        if measure:
+            cfg = dataclasses.replace(config, seq=seq, batch=batch, optimizations=list(opts))
+            inner = _Inner(listener, "sweep", frac, label + " measure")
+            result = execute(cfg, inner, cancel, store)
+            if cancel.is_set():
+                raise Cancelled()
+            if result is not None:
+                reported = result
+                point.kind = "measured"
+                point.reason = (
+                    f"measured: estimated peak {human_bytes(point.estimated_peak_bytes)} ≤ "
+                    f"{human_bytes(measure_limit_bytes)}" if point.estimated_peak_bytes is not None
+                    else "measured (no estimate: " + (point.error or "") + ")")
+                point.latency_ms = result.totals.plain_latency_ms
+                point.tokens_per_s = result.totals.tokens_per_s
+                point.error = None
+            else:
+                f = inner.failed
+                why = f"{f.message}" if f else "the run ended without a result"
+                if est is None:
+                    point.error = f"{point.error}; not measured: {why}"
+                else:
+                    point.reason = f"estimate: the measurement failed ({why})"
+        elif est is not None:
+            point.reason = (f"estimate: estimated peak {human_bytes(point.estimated_peak_bytes)}"
+                            f" > {human_bytes(measure_limit_bytes)}")
+        if reported is None and est is not None:
+            reported = est
+            point.kind = "estimate"
+            if store is not None:
+                try:
+                    store.save(est)
+                except (MemLensError, OSError) as exc:
+                    record.warnings.append(f"point seq {seq} batch {batch}: the estimate was "
+                                           f"not saved ({exc})")
+        if reported is not None:
+            t = reported.totals
+            point.peak_bytes = t.peak_bytes
+            point.categories = _categories(reported)
+            point.unattributed_bytes = t.unattributed_bytes
+            point.model_weights_bytes = t.model_weights_bytes
+            point.binding = dominant_category(point.categories)
+            point.run_id = reported.run_id
+            point.saved = store is not None and not any(
+                "was not saved" in w for w in reported.warnings)
+        point.seconds = round(time.perf_counter() - t_point, 3)
+        record.points.append(point)
+        _emit(listener, PointDone(point, i, len(grid)))
+    record.duration_s = round(time.perf_counter() - t0, 3)
+    _emit(listener, Progress("sweep", 1.0, f"{len(grid)} points done"))
+    return record
+
+
+# -- what fits -------------------------------------------------------------------------------------
+SEARCH = ("estimates only: first the granularity step (its estimate also gives the weights: "
+          "when they alone exceed the budget the search stops), then the longest length the "
+          "positions allow (done if it fits); between the largest fitting and the smallest "
+          "failing length, "
+          "the next length is proposed where a curve through the tested points (a line, or a "
+          "parabola once three are known: the peak is close to affine or quadratic in the "
+          "sequence length) meets the budget, rounded down to the granularity, and the one just "
+          "above it is tried next; every third proposal is a plain bisection so the search "
+          "always ends. The answer is the largest tested length that fits, with the next tested "
+          "one that does not (at most one granularity step apart)")
+
+
+def default_granularity(seq_limit: int) -> int:
+    """A power of two near ``seq_limit / 128`` (1 for short limits): the search's step."""
+    g = 1
+    while g * 128 < seq_limit:
+        g *= 2
+    return g
+
+
+def _round_down(value: float, g: int) -> int:
+    return int(math.floor(value / g)) * g
+
+
+def _predict(points: list[tuple[int, int]], budget: int) -> float | None:
+    """Where a curve through the (seq, peak) points nearest the budget reaches the budget:
+    a parabola through three points when it is increasing there, else a line through two."""
+    pts = sorted(points)
+    if len(pts) < 2:
+        return None
+    near = sorted(pts, key=lambda p: abs(p[1] - budget))[:3]
+    if len(near) == 3:
+        (x0, y0), (x1, y1), (x2, y2) = sorted(near)
+        try:
+            d = (x0 - x1) * (x0 - x2) * (x1 - x2)
+            a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / d
+            b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / d
+            c0 = y0 - a * x0 * x0 - b * x0
+        except ZeroDivisionError:
+            a = 0.0
+        if a > 0:
+            disc = b * b - 4 * a * (c0 - budget)
+            if disc >= 0:
+                root = (-b + math.sqrt(disc)) / (2 * a)
+                if root > 0:
+                    return root
+    (x0, y0), (x1, y1) = sorted(sorted(pts, key=lambda p: abs(p[1] - budget))[:2])
+    if y1 == y0:
+        return None
+    return x0 + (budget - y0) * (x1 - x0) / (y1 - y0)
+
+
+def fit_sequence(peak_at: Callable[[int], int], budget: int, seq_limit: int, granularity: int,
+                 ) -> tuple[int | None, int | None, list[tuple[int, int]]]:
+    """Largest tested seq in [1, seq_limit] with ``peak_at(seq) <= budget``.
+
+    Returns ``(fits, next, tested)``: ``fits`` is the largest tested length that fits (None when
+    not even 1 fits), ``next`` the smallest tested length above it that does not (None when
+    ``fits == seq_limit``), ``tested`` every (seq, peak) in test order. ``peak_at`` is called at
+    most once per length. See :data:`SEARCH`.
+    """
+    g = max(1, granularity)
+    peaks: dict[int, int] = {}
+    order: list[tuple[int, int]] = []
+
+    def peak(s: int) -> int:
+        if s not in peaks:
+            peaks[s] = peak_at(s)
+            order.append((s, peaks[s]))
+        return peaks[s]
+
+    first = min(g, seq_limit)
+    if peak(first) > budget:
+        if first == 1 or peak(1) > budget:
+            return None, 1, order
+        lo, hi, g = 1, first, 1  # below the first step: single tokens
+    elif first == seq_limit or peak(seq_limit) <= budget:
+        return seq_limit, None, order
+    else:
+        lo, hi = first, seq_limit
+    # Invariant: lo fits, hi does not, both tested; lo is a multiple of g (or 1 with g = 1).
+    proposals = 0
+    while hi - lo > g:
+        proposals += 1
+        guess = _predict(list(peaks.items()), budget) if proposals % 3 else None
+        if guess is None or not lo < guess < hi:
+            guess = (lo + hi) / 2
+        s = min(max(_round_down(guess, g), lo + g), _round_down(hi - 1, g))
+        if peak(s) > budget:
+            hi = s
+            continue
+        lo = s
+        if s + g < hi:  # the one just above: after a close proposal this ends the search
+            if peak(s + g) <= budget:
+                lo = s + g
+            else:
+                hi = s + g
+    return lo, hi, order
+
+
+def what_fits(config: RunConfig, budget: Budget, batches: list[int] | None = None,
+              opt_sets: list[list[dict[str, Any]]] | None = None,
+              listener: Listener = lambda e: None, cancel: threading.Event | None = None,
+              store: Any = None, granularity: int | None = None) -> FitRecord | None:
+    """The largest sequence length (prompt length for generation) whose estimated peak fits
+    ``budget``, per batch and optimization set, with the binding constraint. Returns the
+    record, or None after a ``Failed`` event."""
+    cancel = cancel or threading.Event()
+    try:
+        record = _what_fits(config, budget, batches or [config.batch], opt_sets, listener,
+                            cancel, store, granularity)
+    except MemLensError as exc:
+        _emit(listener, Failed(exc.kind.value, exc.message, exc.hint))
+        return None
+    except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        _emit(listener, Failed(ErrorKind.INTERNAL.value,
+                               f"Unexpected error during the fit: {type(exc).__name__}: {exc}",
+                               "This is a MemLens bug; the details are in the log."))
+        traceback.print_exc()
+        return None
+    _emit(listener, FitFinished(record))
+    return record
+
+
+class _WeightsExceed(Exception):
+    """The weights alone exceed the budget: no length can fit, the search stops."""
+
+
+def _growth(a: dict[str, int], b: dict[str, int]) -> str | None:
+    if not a or not b:
+        return None
+    diff = {c: b.get(c, 0) - a.get(c, 0) for c in CATEGORY_FIELDS}
+    best = max(diff, key=lambda c: diff[c])
+    return best if diff[best] > 0 else None
+
+
+def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granularity):
+    from .estimate import estimable_optimizations
+
+    t0 = time.perf_counter()
+    config = dataclasses.replace(config, device="cpu", prompt=None, attention_maps=False)
+    config.validate()
+    batches = sorted(set(batches))
+    if min(batches) < 1:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD, "Batch sizes must be at least 1.",
+                           "Use --batch 1 or more.")
+    sets = [list(s) for s in (opt_sets if opt_sets is not None else [config.optimizations])]
+    for s in sets:  # refused before any estimate runs
+        estimable_optimizations(dataclasses.replace(config, optimizations=s))
+    _emit(listener, Progress("fit", 0.0, f"reading {config.model}'s config"))
+    limit = model_max_positions(config)
+    extra = config.new_tokens if config.workload == "generate" else 0
+    if limit is None:
+        raise MemLensError(ErrorKind.INVALID_MODEL,
+                           f"{config.model}'s config gives no maximum positions, so the search "
+                           "has no upper end.",
+                           "Add max_position_embeddings to the config.json.")
+    seq_limit = limit - extra
+    if seq_limit < 1:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"{config.model} supports {limit} positions, fewer than "
+                           f"{extra} new tokens plus a 1-token prompt.",
+                           f"Use --new-tokens {limit - 1} or fewer.")
+    g = granularity or default_granularity(seq_limit)
+    record = FitRecord(
+        model=config.model, workload=config.workload, budget_bytes=budget.bytes,
+        budget_source=budget.source, budget_description=budget.description, batches=batches,
+        opt_sets=[{"label": opt_set_label(s), "optimizations": s} for s in sets],
+        dtype=config.dtype, attention_impl=config.attention_impl, new_tokens=config.new_tokens,
+        max_positions=limit, seq_limit=seq_limit, granularity=g, search=SEARCH,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    record.notes.append(
+        "Every figure is an ESTIMATE (fake tensors, CPU kernels): tensor bytes as a CPU run "
+        "would count them. Not included: the CUDA context, library workspaces (cuBLAS), "
+        "allocator caching and fragmentation; leave headroom for them on a GPU.")
+    if config.workload == "generate":
+        record.notes.append(f"Generation: the length searched is the prompt; {extra} new tokens "
+                            f"follow it, and prompt + new tokens ≤ {limit} positions.")
+    jobs = [(opts, b) for opts in sets for b in batches]
+    for j, (opts, batch) in enumerate(jobs):
+        label = opt_set_label(opts)
+        answer = FitAnswer(opt_set=label, batch=batch, status="failed")
+        t_job = time.perf_counter()
+        results: dict[int, RunResult] = {}
+
+        def peak_at(seq: int, _opts=opts, _batch=batch, _j=j, _label=label) -> int:
+            if cancel.is_set():
+                raise Cancelled()
+            inner = _Inner(listener, "fit", _j / len(jobs),
+                           f"{_label}, batch {_batch}: estimate at seq {seq}")
+            result = _estimate_at(config, seq, _batch, _opts, inner, cancel, store)
+            results[seq] = result
+            if store is not None:
+                answer.run_ids[str(seq)] = result.run_id
+            tested.append((seq, result.totals.peak_bytes))
+            if (result.totals.model_weights_bytes or 0) > budget.bytes:
+                raise _WeightsExceed()
+            return result.totals.peak_bytes
+
+        tested: list[tuple[int, int]] = []
+        try:
+            fits, nxt, _ = fit_sequence(peak_at, budget.bytes, seq_limit, g)
+        except _WeightsExceed:
+            fits, nxt = None, tested[0][0]
+        except Cancelled:
+            raise
+        except MemLensError as exc:
+            answer.error = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+            answer.message = f"no answer: {answer.error}"
+            fits = nxt = None
+        answer.tested = [{"seq": s, "peak_bytes": p, "fits": p <= budget.bytes}
+                         for s, p in tested]
+        answer.estimates = len(tested)
+        if results:
+            any_result = next(iter(results.values()))
+            answer.model_weights_bytes = any_result.totals.model_weights_bytes
+        if answer.error is None:
+            _fill_answer(answer, fits, nxt, results, budget, seq_limit, limit, extra)
+        answer.seconds = round(time.perf_counter() - t_job, 3)
+        record.answers.append(answer)
+        _emit(listener, FitDone(answer))
+    record.duration_s = round(time.perf_counter() - t0, 3)
+    return record
+
+
+def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
+                 results: dict[int, RunResult], budget: Budget, seq_limit: int, limit: int,
+                 extra: int) -> None:
+    b = human_bytes(budget.bytes)
+    if fits is not None:
+        r = results[fits]
+        answer.seq, answer.peak_bytes = fits, r.totals.peak_bytes
+        answer.categories = _categories(r)
+        answer.binding = dominant_category(answer.categories)
+    if nxt is not None:
+        r = results[nxt]
+        answer.next_seq, answer.next_peak_bytes = nxt, r.totals.peak_bytes
+        answer.next_categories = _categories(r)
+        if fits is None:
+            answer.binding = dominant_category(answer.next_categories)
+    answer.grows = _growth(answer.categories, answer.next_categories)
+    weights = answer.model_weights_bytes or 0
+    if fits == seq_limit:
+        answer.status = "limit"
+        answer.message = (
+            f"the longest {'prompt' if extra else 'sequence'} the model allows fits: {fits} "
+            "tokens"
+            + (f" + {extra} new" if extra else "")
+            + f" = {limit} positions, estimated peak {human_bytes(answer.peak_bytes)} ≤ {b}; "
+            f"the context is bound by the model's maximum positions, not memory (largest part "
+            f"of the peak: {CATEGORY_LABELS.get(answer.binding or '', answer.binding)})")
+    elif fits is not None:
+        answer.status = "fits"
+        answer.message = (
+            f"largest tested length that fits: {fits} (estimated peak "
+            f"{human_bytes(answer.peak_bytes)} ≤ {b}); next tested {nxt} does not "
+            f"({human_bytes(answer.next_peak_bytes)}); binding: "
+            f"{CATEGORY_LABELS.get(answer.binding or '', answer.binding)} (largest part of the "
+            "peak)" + (f", {CATEGORY_LABELS.get(answer.grows, answer.grows)} grows with length"
+                       if answer.grows and answer.grows != answer.binding else ""))
+    elif weights > budget.bytes:
+        answer.status = "weights_exceed"
+        answer.binding = "weights"
+        answer.message = (f"the weights alone need {human_bytes(weights)}, more than the budget "
+                          f"{b}: nothing fits (pick a smaller dtype or model, or shard it)")
+    else:
+        answer.status = "nothing_fits"
+        parts = ", ".join(f"{CATEGORY_LABELS[c]} {human_bytes(v)}"
+                          for c, v in sorted(answer.next_categories.items(),
+                                             key=lambda kv: -kv[1]) if v)
+        answer.message = (f"nothing fits: even at seq {nxt} the estimated peak is "
+                          f"{human_bytes(answer.next_peak_bytes)} > {b} ({parts}); binding: "
+                          f"{CATEGORY_LABELS.get(answer.binding or '', answer.binding)}")
+
+
+__all__ = [
+    "Budget", "FitAnswer", "FitDone", "FitFinished", "FitRecord", "measure_fraction",
+    "measure_rule", "PointDone", "SweepFinished", "SweepPoint", "SweepRecord",
+    "default_granularity", "dominant_category", "fit_sequence", "model_max_positions",
+    "opt_set_label", "parse_bytes", "parse_int_list", "parse_opt_set", "resolve_budget",
+    "sweep", "what_fits",
+]

@@ -1,0 +1,266 @@
+"""Sweeps (measured where they fit, estimated beyond, marked so) and what fits a budget.
+
+Tiny presets keep every estimate and measurement well under a second; the thresholds that force
+a point to be estimated, and the budgets of the fit tests, are taken from estimates made here,
+so the expected answers are known without hard-coded figures.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from engine import cli
+from engine.errors import MemLensError
+from engine.estimate import estimate
+from engine.runner import execute
+from engine.store import RunStore
+from engine.sweep import (
+    Budget,
+    FitRecord,
+    PointDone,
+    SweepFinished,
+    SweepRecord,
+    fit_sequence,
+    parse_bytes,
+    parse_opt_set,
+    sweep,
+    what_fits,
+)
+
+from .helpers import Collector, tiny
+
+
+def _peak(config) -> int:
+    result = estimate(config)
+    assert result is not None
+    return result.totals.peak_bytes
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "value"), [
+    ("24GiB", 24 * 2**30), ("80GB", 80 * 10**9), ("1.5 TiB", int(1.5 * 2**40)),
+    ("512MiB", 512 * 2**20), ("1000", 1000), ("2kb", 2000),
+])
+def test_budget_sizes_are_read_in_the_documented_units(text, value) -> None:
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["24G", "lots", "-3GiB", "GiB", "0"])
+def test_an_unreadable_budget_names_the_accepted_forms(text) -> None:
+    with pytest.raises(MemLensError) as err:
+        parse_bytes(text)
+    assert "24GiB" in err.value.hint and "80GB" in err.value.hint
+
+
+def test_optimization_sets_are_read_as_ids_joined_by_plus() -> None:
+    assert parse_opt_set("none") == []
+    assert parse_opt_set("checkpointing+freeze-base:train_last_blocks=2") == [
+        {"id": "checkpointing", "params": {}},
+        {"id": "freeze-base", "params": {"train_last_blocks": "2"}}]
+
+
+# -- the search ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", ["affine", "quadratic", "steps"])
+def test_search_brackets_the_budget_with_few_tests(shape) -> None:
+    def curve(s: int) -> int:
+        if shape == "affine":
+            return 10_000 + 37 * s
+        if shape == "quadratic":
+            return 10_000 + 37 * s + s * s // 50
+        return 10_000 + 4_000 * (s // 300) + 3 * s  # not smooth: the model is only a proposal
+
+    for budget in (9_000, 10_050, 30_000, 123_456, 400_000, 10**9):
+        calls: list[int] = []
+
+        def peak_at(s: int) -> int:
+            calls.append(s)
+            return curve(s)
+
+        fits, nxt, tested = fit_sequence(peak_at, budget, 8160, 64)
+        assert len(calls) == len(set(calls)) == len(tested) <= 15
+        if fits is not None:
+            assert curve(fits) <= budget
+        if nxt is not None:
+            assert curve(nxt) > budget
+        if fits is not None and nxt is not None:
+            assert 0 < nxt - fits <= 64
+        if fits is None:
+            assert nxt == 1 and curve(1) > budget
+        if nxt is None:
+            assert fits == 8160
+        if shape != "steps" and fits is not None and nxt is not None:
+            # curves that grow: nothing between the two tested lengths is skipped
+            assert all(curve(s) > budget for s in range(nxt, min(8161, nxt + 64)))
+
+
+# -- sweep -----------------------------------------------------------------------------------------
+def test_sweep_measures_what_fits_the_rule_and_estimates_the_rest(tmp_path) -> None:
+    base = tiny(workload="forward")
+    # The rule's limit: the estimated peak of the middle point, so the grid splits.
+    limit = _peak(tiny(workload="forward", seq=32, batch=1))
+    events = Collector()
+    store = RunStore(tmp_path / "runs")
+    record = sweep(base, [16, 32, 48], [1, 2], listener=events, store=store,
+                   measure_limit_bytes=limit)
+    assert record is not None, events.failed
+    assert len(record.points) == 6 and len(events.of(PointDone)) == 6
+    assert isinstance(events.events[-1], SweepFinished)
+    kinds = {p.kind for p in record.points}
+    assert kinds == {"measured", "estimate"}
+    for p in record.points:
+        assert p.estimated_peak_bytes is not None
+        assert (p.kind == "measured") == (p.estimated_peak_bytes <= limit), p
+        assert sum(p.categories.values()) + p.unattributed_bytes == p.peak_bytes
+        saved = store.load(p.run_id)
+        assert saved.is_estimate == (p.kind == "estimate")
+        assert saved.totals.peak_bytes == p.peak_bytes
+        if p.kind == "measured":
+            assert p.latency_ms is not None and p.latency_ms > 0
+            # estimate and measurement of the same point agree (the estimate's contract: 1%)
+            assert abs(p.estimated_peak_bytes - p.peak_bytes) <= 0.01 * p.peak_bytes
+            assert "measured" in p.reason
+        else:
+            assert p.latency_ms is None and p.peak_bytes == p.estimated_peak_bytes
+            assert "estimate" in p.reason
+    # the record round-trips through JSON with every point's kind
+    again = SweepRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert again == record
+    assert [p["kind"] for p in record.to_dict()["points"]] == [p.kind for p in record.points]
+
+
+@pytest.mark.parametrize(("workload", "sets"), [
+    ("train", ["freeze-base", "checkpointing"]),
+    ("generate", ["kv-cache:policy=static"]),
+])
+def test_estimates_with_optimizations_agree_with_measured_runs(workload, sets) -> None:
+    events = Collector()
+    record = sweep(tiny(workload=workload, warmup=1 if workload == "train" else 0),
+                   [24], [1], [parse_opt_set(s) for s in sets], listener=events,
+                   measure_limit_bytes=2**62)
+    assert record is not None, events.failed
+    for p in record.points:
+        assert p.kind == "measured", p
+        assert abs(p.estimated_peak_bytes - p.peak_bytes) <= 0.01 * p.peak_bytes, p
+    if workload == "train":
+        # freeze-base: no gradients or optimizer state for the frozen base (measured)
+        frozen = record.point(24, 1, "freeze-base")
+        plain = execute(tiny(workload="train", warmup=1, seq=24))
+        assert frozen.categories["optimizer_state"] < plain.totals.optimizer_state_bytes
+
+
+def test_a_sweep_is_cancelled_between_points() -> None:
+    cancel = threading.Event()
+    events = Collector()
+
+    def listener(event) -> None:
+        events(event)
+        if isinstance(event, PointDone):
+            cancel.set()
+
+    assert sweep(tiny(), [16, 32, 48], [1], listener=listener, cancel=cancel,
+                 measure_limit_bytes=0) is None
+    assert events.failed.kind == "cancelled" and len(events.of(PointDone)) == 1
+
+
+def test_a_sweep_refuses_lengths_beyond_the_models_positions() -> None:
+    events = Collector()
+    assert sweep(tiny(workload="generate", new_tokens=6), [64, 252], [1], listener=events) is None
+    assert events.failed.kind == "invalid_workload"
+    assert "256 positions" in events.failed.message and "at or below 250" in events.failed.hint
+    assert not events.of(PointDone)
+
+
+# -- what fits -------------------------------------------------------------------------------------
+def test_fit_finds_the_length_whose_estimate_meets_the_budget() -> None:
+    budget = _peak(tiny(workload="forward", seq=64)) + 1
+    record = what_fits(tiny(workload="forward"), Budget(budget, "given", "test"), [1],
+                       granularity=16)
+    assert record is not None
+    a = record.answer(1)
+    # the peak grows with every token, so with a 16-token step the answer is exactly 64
+    assert (a.status, a.seq, a.next_seq) == ("fits", 64, 80)
+    assert a.peak_bytes == budget - 1 and a.next_peak_bytes > budget
+    assert _peak(tiny(workload="forward", seq=80)) == a.next_peak_bytes  # a real estimate
+    assert a.estimates <= 15 and all(t["fits"] == (t["peak_bytes"] <= budget) for t in a.tested)
+    assert FitRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+
+
+def test_fit_names_the_binding_constraint() -> None:
+    # Training with AdamW: at one token the two moments (2 × the float32 weights) dominate.
+    train = what_fits(tiny(workload="train", warmup=1), Budget(parse_bytes("1MB"), "given", "t"))
+    a = train.answer(1)
+    assert a.status == "nothing_fits" and a.next_seq == 1 and a.seq is None
+    assert a.binding == "optimizer_state"
+    # two float32 moments per trainable parameter: nearly twice the weights (buffers are weights
+    # without moments)
+    assert 1.99 * a.next_categories["weights"] < a.next_categories["optimizer_state"] \
+        <= 2 * a.next_categories["weights"]
+    # Generation: with the weights fixed, what grows with the prompt is activations or KV cache.
+    budget = _peak(tiny(workload="generate", new_tokens=6, seq=100))
+    gen = what_fits(tiny(workload="generate", new_tokens=6), Budget(budget, "given", "t"),
+                    granularity=8).answer(1)
+    assert gen.status == "fits" and gen.seq >= 96 and gen.next_seq <= gen.seq + 8
+    assert gen.grows in ("kv_cache", "activations")
+    assert gen.seq + 6 <= 256
+
+
+def test_fit_says_when_the_weights_alone_exceed_the_budget() -> None:
+    a = what_fits(tiny(), Budget(100 * 1024, "given", "t")).answer(1)
+    assert a.status == "weights_exceed" and a.binding == "weights" and a.estimates == 1
+    assert "weights alone" in a.message and a.model_weights_bytes > 100 * 1024
+
+
+def test_fit_reports_the_model_limit_when_everything_fits() -> None:
+    a = what_fits(tiny(workload="generate", new_tokens=6),
+                  Budget(2**40, "given", "t")).answer(1)
+    assert a.status == "limit" and a.seq == 250 and a.next_seq is None and a.estimates == 2
+
+
+# -- command line ----------------------------------------------------------------------------------
+def test_cli_sweep_prints_the_kind_of_every_point(capsys, tmp_path) -> None:
+    out = tmp_path / "sweep.json"
+    assert cli.main(["sweep", "--model", "preset:tiny-llama", "--seq", "16,32", "--batch", "1",
+                     "--estimate-only", "--out", str(out)]) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    assert "2 ESTIMATED" in text and "0 measured" in text
+    rows = [line for line in text.splitlines() if line.lstrip().startswith(("16 ", "32 "))]
+    assert len(rows) == 2 and all(" estimate " in r and "—" in r for r in rows)
+    data = json.loads(out.read_text())
+    assert data["kind"] == "sweep" and [p["kind"] for p in data["points"]] == ["estimate"] * 2
+    assert all(p["latency_ms"] is None for p in data["points"])
+
+
+def test_cli_fit_json_and_table(capsys) -> None:
+    budget = _peak(tiny(workload="forward", seq=128)) + 1
+    assert cli.main(["fit", "--model", "preset:tiny-llama", "--budget", str(budget),
+                     "--granularity", "32", "--json"]) == cli.EXIT_OK
+    data = json.loads(capsys.readouterr().out)
+    assert data["figures"] == "estimate" and data["answers"][0]["seq"] == 128
+    assert data["answers"][0]["next_seq"] == 160 and data["budget_bytes"] == budget
+    assert cli.main(["fit", "--model", "preset:tiny-llama", "--budget", str(budget),
+                     "--granularity", "32"]) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    assert text.startswith("ESTIMATE") and "largest tested length that fits: 128" in text
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["fit", "--model", "preset:llama-9", "--budget", "24GiB"], ["Unknown preset 'llama-9'"]),
+    (["fit", "--model", "preset:tiny-llama", "--budget", "24 gigs"],
+     ["Cannot read the memory size", "24GiB", "80GB"]),
+    (["sweep", "--model", "preset:tiny-llama", "--seq", "128,512"],
+     ["supports 256 positions", "at or below 256"]),
+    (["sweep", "--model", "preset:tiny-llama", "--seq", "12,x"], ["Cannot read 'x'"]),
+    (["fit", "--model", "preset:tiny-llama", "--budget", "1GiB", "--opt", "cast"],
+     ["cannot apply Cast weights", "--dtype"]),
+    (["fit", "--model", "preset:tiny-llama", "--budget", "1GiB", "--opt", "lora"],
+     ["LoRA", "train"]),
+])
+def test_cli_errors_name_the_problem_and_the_fix(capsys, argv, words) -> None:
+    assert cli.main(argv) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, err
+    assert "estimate at seq" not in err and "point 1/" not in err  # refused before any work
