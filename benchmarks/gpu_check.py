@@ -249,6 +249,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001
         report["errors"].append(f"memtracker: {exc!r}")
         log(lines, f"memtracker: ERROR {exc!r}")
+    # A CUDA memory snapshot of one measured forward (memlens profile --memory-snapshot): the
+    # pickle pytorch.org/memory_viz opens. Checked here by loading it back.
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        import pickle
+
+        snap_path = args.out / "memory_snapshot.pickle"
+        try:
+            failures: list[Failed] = []
+            res = execute(RunConfig(model=model_arg, device=args.device, dtype=dtype,
+                                    seq=512 if not args.tiny else 64, attention_impl="sdpa",
+                                    repeats=1, warmup=1, memory_snapshot=str(snap_path)),
+                          lambda e: failures.append(e) if isinstance(e, Failed) else None)
+            with open(snap_path, "rb") as f:
+                snap = pickle.load(f)  # our own file, written just now by torch
+            report["memory_snapshot"] = {
+                "ok": res is not None and {"segments", "device_traces"} <= set(snap),
+                "bytes": snap_path.stat().st_size, "segments": len(snap.get("segments", [])),
+                "trace_entries": sum(len(t) for t in snap.get("device_traces", [])),
+                "failed": f"{failures[-1].kind}: {failures[-1].message}" if failures else None}
+        except Exception as exc:  # noqa: BLE001
+            report["memory_snapshot"] = {"ok": False, "error": repr(exc)}
+        log(lines, f"CUDA memory snapshot: {report['memory_snapshot']}")
     if args.optimizations:
         import contextlib
         import io

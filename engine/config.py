@@ -36,6 +36,9 @@ class RunConfig:
     attention_maps: bool = False
     trust_remote_code: bool = False
     detailed: bool = False  # CUDA: per-module allocator peaks (resets the peak at every boundary)
+    # CUDA: record the caching allocator's history during the measured memory pass and write it
+    # to this pickle (opens in pytorch.org/memory_viz); "" for none.
+    memory_snapshot: str = ""
     warmup: int = 1
     repeats: int = 3
     sample_hz: float = 20.0
@@ -51,6 +54,10 @@ class RunConfig:
         def bad(what: str, hint: str) -> MemLensError:
             return MemLensError(ErrorKind.INVALID_WORKLOAD, what, hint)
 
+        if self.memory_snapshot and not str(self.device).startswith("cuda"):
+            raise bad(f"A CUDA memory snapshot needs a CUDA device (the run's device is "
+                      f"{self.device}).", "Use --device cuda, or drop --memory-snapshot; on CPU "
+                      "the trace export (memlens export RUN --trace FILE) shows the timeline.")
         if self.workload not in WORKLOADS:
             raise bad(f"Unknown workload {self.workload!r}.", f"Choose one of {', '.join(WORKLOADS)}.")
         if not isinstance(self.batch, int) or self.batch < 1:

@@ -8,6 +8,7 @@ runner and everything saved stay usable.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import logging
@@ -362,7 +363,8 @@ class _Run:
             warm.append((time.perf_counter() - t0) * 1e3)
         self.progress("baseline" if baseline else "memory", None,
                       f"{tag}memory pass (tensor accounting)")
-        layers, mem_extra = self._memory_pass(model, tracked, inputs, device, result)
+        layers, mem_extra = self._memory_pass(model, tracked, inputs, device, result,
+                                              snapshot=not baseline)
         if not baseline:
             _emit(self.listener, LayerStatsReady(tuple(layers), final=False))
         self._timing(model, tracked, inputs, device, layers, result, mem_extra,
@@ -396,7 +398,7 @@ class _Run:
                                    cache_factory=hooks.cache_factory)
         return wl.train_step(model, inputs, self.optimizer, device, context=hooks.context)
 
-    def _memory_pass(self, model, tracked, inputs, device, result):
+    def _memory_pass(self, model, tracked, inputs, device, result, snapshot: bool = False):
         cfg = self.config
         cuda = device.type == "cuda"
         totals = result.totals
@@ -410,7 +412,16 @@ class _Run:
         detailed = device if (cuda and cfg.detailed) else None
         probe = MemoryProbe(model, tracked, self.cancel, training=training,
                             optimizer=self.optimizer, cuda_detailed=detailed)
-        with probe:
+        recording: Any = contextlib.nullcontext()
+        if snapshot and cuda and cfg.memory_snapshot:
+            from .export import cuda_memory_snapshot
+
+            recording = cuda_memory_snapshot(cfg.memory_snapshot, device)
+            result.limitations.append(
+                f"The CUDA allocator's history during the memory pass was written to "
+                f"{cfg.memory_snapshot} (opens in pytorch.org/memory_viz); recording it slows "
+                "that pass, not the timing passes.")
+        with recording, probe:
             probe.track_input(inputs.input_ids)
             probe.acc.reset_peak()
             hooks = self.hooks

@@ -137,3 +137,14 @@ def test_summaries_carry_optimizations_and_quality(tmp_path):
     assert summary.optimizations == "cast:dtype=bfloat16"
     assert summary.quality.startswith("KL ")
     assert summary.device == "cpu" and summary.dtype
+
+
+def test_a_memory_snapshot_needs_cuda():
+    from engine.config import RunConfig
+
+    with pytest.raises(MemLensError) as caught:
+        RunConfig(model="demo", memory_snapshot="/tmp/x.pickle").validate()
+    assert "needs a CUDA device" in caught.value.message and "--device cuda" in caught.value.hint
+    events = Collector()
+    assert execute(tiny(memory_snapshot="/tmp/x.pickle"), events) is None
+    assert events.failed.kind == ErrorKind.INVALID_WORKLOAD.value
