@@ -159,12 +159,18 @@ class MainWindow(QMainWindow):
                                             self.save_plot_dialog, QKeySequence.StandardKey.Save)
         self.save_window_action = self._action(file_menu, "Save &window as PNG…",
                                                lambda: self.save_plot_dialog(self))
+        save_panel = file_menu.addMenu("Save panel as PNG")
+        for title, widget in self.panels().items():
+            self._action(save_panel, f"{title}…", lambda w=widget: self.save_plot_dialog(w))
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
 
         edit_menu = bar.addMenu("&Edit")
         self.copy_plot_action = self._action(edit_menu, "&Copy current plot",
                                              self.copy_plot, "Ctrl+Shift+C")
+        copy_panel = edit_menu.addMenu("Copy panel")
+        for title, widget in self.panels().items():
+            self._action(copy_panel, title, lambda w=widget: self.copy_plot(w))
 
         run_menu = bar.addMenu("&Run")
         self.run_action = self._action(run_menu, "&Run", lambda: self.start_run(
@@ -614,13 +620,21 @@ class MainWindow(QMainWindow):
                       f"{len(files.images)} pictures).")
         return files
 
+    def panels(self) -> dict[str, QWidget]:
+        """Every panel that can be saved or copied as a picture, by title."""
+        return {"Memory by layer": self.chart, "Attention": self.attention_panel,
+                "Latency": self.latency_panel, "Model": self.model_panel,
+                "Timeline": self.timeline, "Per-layer table": self.table,
+                "Totals": self.totals, "Compare view": self.compare_panel}
+
     def current_plot(self) -> QWidget:
         return self.plot_tabs.currentWidget()
 
     def save_plot_dialog(self, widget: QWidget | None = None) -> None:
         target = widget or self.current_plot()
-        title = "window" if target is self else self.plot_tabs.tabText(
-            self.plot_tabs.indexOf(target)).lower().replace(" ", "-")
+        names = {w: t for t, w in self.panels().items()}
+        title = ("window" if target is self else names.get(target, "plot")).lower().replace(
+            " ", "-")
         path, _ = QFileDialog.getSaveFileName(self, "Save as PNG", f"memlens-{title}.png",
                                               "PNG image (*.png)")
         if path:

@@ -387,3 +387,26 @@ def test_live_timeline_stays_bounded_for_an_hour_at_100_hz(qtbot):
     assert np.nanmax(panel.series("rss_bytes")) == 700.0  # the spike survived decimation
     assert panel.peaks["rss_bytes"][1] == 700.0
     assert panel.memory_bytes < 16 * MIB  # measured: 12.4 MiB (8 float64 columns + labels)
+
+
+def test_every_panel_can_be_saved_and_copied_from_the_menus(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    window = make_window(qtbot, FakeEngine())
+    window.render_result(make_result())
+    menu_titles = [a.text() for a in window.menuBar().actions()]
+    assert menu_titles[:4] == ["&File", "&Edit", "&Run", "&View"]
+    file_menu = window.menuBar().actions()[0].menu()
+    save_panel = next(a.menu() for a in file_menu.actions() if a.text() == "Save panel as PNG")
+    assert [a.text() for a in save_panel.actions()] == [f"{t}…" for t in window.panels()]
+    target = tmp_path / "timeline.png"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(target), "PNG image (*.png)")))
+    next(a for a in save_panel.actions() if a.text() == "Timeline…").trigger()
+    assert QImage(str(target)).width() == window.timeline.width()
+    edit_menu = window.menuBar().actions()[1].menu()
+    copy_panel = next(a.menu() for a in edit_menu.actions() if a.text() == "Copy panel")
+    next(a for a in copy_panel.actions() if a.text() == "Totals").trigger()
+    from PySide6.QtGui import QGuiApplication
+
+    assert QGuiApplication.clipboard().pixmap().width() == window.totals.width()
