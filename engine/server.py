@@ -63,8 +63,8 @@ def _warm_up() -> None:
 
 
 def serve(requests: Any, events: Any, control: Any) -> None:
-    """The child's main loop: ``("run", job, config_dict, store_root | None)`` requests, one at
-    a time; ``None`` stops. Every job ends with ``("done", job, None)``."""
+    """The child's main loop: ``("run" | "estimate", job, config_dict, store_root | None)``
+    requests, one at a time; ``None`` stops. Every job ends with ``("done", job, None)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's to handle
     jobs: dict[int, threading.Event] = {}
     jobs_lock = threading.Lock()
@@ -86,12 +86,13 @@ def serve(requests: Any, events: Any, control: Any) -> None:
         ready["warning"] = f"{type(exc).__name__}: {exc}"
     events.put(("ready", 0, ready))
 
+    from .estimate import estimate
     from .models import preimport_architecture
     from .runner import execute
     from .store import RunStore
 
     for message in iter(requests.get, None):
-        _, job, config_dict, root = message
+        mode, job, config_dict, root = message
         cancel = threading.Event()
         with jobs_lock:
             jobs[job] = cancel
@@ -103,8 +104,8 @@ def serve(requests: Any, events: Any, control: Any) -> None:
             config = RunConfig.from_dict(config_dict)
             preimport_architecture(config.model)  # a new architecture's code stays frozen too
             gc.freeze()
-            execute(config, listener=listener, cancel=cancel,
-                    store=RunStore(root) if root else None)
+            run = estimate if mode == "estimate" else execute
+            run(config, listener=listener, cancel=cancel, store=RunStore(root) if root else None)
         except BaseException as exc:  # execute reports its own failures; this is a safety net
             listener(Failed("internal", f"The engine process failed: {type(exc).__name__}: "
                                         f"{exc}", "This is a bug in MemLens; please report it."))
@@ -190,8 +191,10 @@ class EngineProcess:
         self._proc = None
 
     def execute(self, config: RunConfig, listener: Any = lambda e: None,
-                cancel: threading.Event | None = None, store: Any = None) -> Any:
-        """Run ``config`` in the child; same contract as :func:`engine.runner.execute`.
+                cancel: threading.Event | None = None, store: Any = None,
+                mode: str = "run") -> Any:
+        """Run ``config`` in the child; same contract as :func:`engine.runner.execute`
+        (``mode="estimate"``: :func:`engine.estimate.estimate`, fake tensors, no memory).
 
         ``store`` must be a :class:`engine.store.RunStore` (its folder is passed to the child)
         or ``None``. Blocks the calling thread (the GUI's worker thread), never the UI thread.
@@ -203,7 +206,7 @@ class EngineProcess:
         with self._lock:
             self.start()
             job = next(self._jobs)
-            self._requests.put(("run", job, config.to_dict(), str(Path(root)) if root else None))
+            self._requests.put((mode, job, config.to_dict(), str(Path(root)) if root else None))
             result = None
             cancel_sent = False
             while True:

@@ -229,7 +229,8 @@ class MainWindow(QMainWindow):
         self.timeline.clear()
         model, workload = config.get("model", "?"), config.get("workload", "?")
         self.status.show_started(model, workload)
-        self.log.info(f"Run: {workload} on {model} (batch {config.get('batch')}, "
+        what = "Estimate" if config.get("mode") == "estimate" else "Run"
+        self.log.info(f"{what}: {workload} on {model} (batch {config.get('batch')}, "
                       f"seq {config.get('seq')}, {config.get('device')}, {config.get('dtype')})")
         return self.controller.start(config)
 

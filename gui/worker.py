@@ -31,7 +31,7 @@ ExecuteFn = Callable[..., Any]
 
 
 def _default_execute(config: Any, listener: Any = None, cancel: Any = None,
-                     store: Any = None) -> Any:
+                     store: Any = None, mode: str = "run") -> Any:
     """The real engine: in its own process (``engine.server``), so it never holds this
     process's interpreter lock; in this process only with ``MEMLENS_ENGINE=thread`` or a store
     that is not a folder-backed ``RunStore``."""
@@ -43,10 +43,14 @@ def _default_execute(config: Any, listener: Any = None, cancel: Any = None,
     if not engine_in_process() and (store is None or isinstance(store, RunStore)):
         from engine.server import shared
 
-        return shared().execute(config, **kwargs)
+        return shared().execute(config, mode=mode, **kwargs)
+    keep_a_core_for_the_ui()
+    if mode == "estimate":
+        from engine.estimate import estimate
+
+        return estimate(config, **kwargs)
     from engine.runner import execute  # lazy: the GUI imports without the engine's heavy parts
 
-    keep_a_core_for_the_ui()
     return execute(config, **kwargs)
 
 
@@ -117,10 +121,14 @@ class EngineWorker(QObject):
         from engine.config import RunConfig
 
         try:
-            config = RunConfig.from_dict(dict(config_dict))
+            config_dict = dict(config_dict)
+            mode = str(config_dict.pop("mode", "run"))  # "estimate": fake tensors, no memory
+            config = RunConfig.from_dict(config_dict)
             kwargs: dict[str, Any] = {"listener": self._on_event, "cancel": self._cancel}
             if self._store is not None:
                 kwargs["store"] = self._store
+            if mode != "run":
+                kwargs["mode"] = mode
             result = self._execute(config, **kwargs)
             self._flush()
             if not self._ended:

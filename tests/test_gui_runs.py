@@ -410,3 +410,30 @@ def test_every_panel_can_be_saved_and_copied_from_the_menus(qtbot, tmp_path, mon
     from PySide6.QtGui import QGuiApplication
 
     assert QGuiApplication.clipboard().pixmap().width() == window.totals.width()
+
+
+@pytest.mark.slow
+def test_estimate_button_runs_an_estimate_in_the_engine_process(qtbot, tmp_path):
+    """The real engine process estimates a preset too large to load here; the window labels
+    it and the store lists it as an estimate."""
+    from gui.main_window import MainWindow
+
+    store = RunStore(tmp_path / "runs")
+    window = MainWindow(store=store, devices=["cpu"],
+                        settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    window.controls.set_model("preset:llama-3-8b")
+    window.controls.seq_spin.setValue(256)
+    failures = []
+    window.controller.failed.connect(lambda *args: failures.append(args))
+    with qtbot.waitSignal(window.controller.running_changed, timeout=5000):
+        qtbot.mouseClick(window.controls.estimate_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=180_000)
+    assert failures == []
+    result = window.current_result
+    assert result is not None and result.estimate is not None
+    assert result.totals.model_weights_bytes > 16 * 2**30  # 8B parameters in float32
+    assert window.totals.text().startswith("ESTIMATE") and "ESTIMATE" in window.windowTitle()
+    assert [s.kind for s in store.list()] == ["estimate"]

@@ -109,12 +109,18 @@ class ControlPanel(QWidget):
 
         self.run_button = QPushButton("Run")
         self.run_button.setDefault(True)
+        self.estimate_button = QPushButton("Estimate")
+        self.estimate_button.setToolTip(
+            "The same workload on fake tensors: per-layer memory with no weights and no real "
+            "memory, for models too large to load here (CPU kernels; latency is not estimated)")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.run_button.clicked.connect(self._run_clicked)
+        self.estimate_button.clicked.connect(self._estimate_clicked)
         self.cancel_button.clicked.connect(self.cancel_requested)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
+        buttons.addWidget(self.estimate_button)
         buttons.addWidget(self.cancel_button)
         form.addRow(buttons)
 
@@ -185,12 +191,17 @@ class ControlPanel(QWidget):
 
     def set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
+        self.estimate_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
     # -- slots ----------------------------------------------------------------------------------
     @Slot()
     def _run_clicked(self) -> None:
         self.run_requested.emit(self.config())
+
+    @Slot()
+    def _estimate_clicked(self) -> None:
+        self.run_requested.emit({**self.config(), "mode": "estimate"})
 
     @Slot(str)
     def _workload_changed(self, workload: str) -> None:
