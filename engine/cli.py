@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
-from .errors import MemLensError
+from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
 from .format import MISSING, human_bytes, si_number
 from .results import RunResult
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="capture attention maps (one extra forward with eager attention)")
     p.add_argument("--detailed", action="store_true",
                    help="CUDA: per-module allocator peaks (slower)")
+    p.add_argument("--memory-snapshot", type=Path, default=None, metavar="FILE",
+                   help="CUDA: record the allocator's history during the memory pass into this "
+                        "pickle (opens in pytorch.org/memory_viz)")
     p.add_argument("--repeats", type=int, default=3, help="timing passes (median)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--sample-hz", type=float, default=20.0)
@@ -139,6 +142,22 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, required=True, help="output folder")
     rp.add_argument("--pdf", action="store_true", help="also write report.pdf")
 
+    g = sub.add_parser(
+        "guide", help="run every applicable memory technique (and combinations) on one model "
+                      "and write a ranked, measured guide")
+    g.add_argument("--model", default="demo")
+    g.add_argument("--workload", default="forward,generate,train",
+                   help="comma-separated workloads to cover (default: all three)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--seq", type=int, default=128)
+    g.add_argument("--new-tokens", type=int, default=16)
+    g.add_argument("--repeats", type=int, default=3)
+    g.add_argument("--out", type=Path, required=True,
+                   help="folder for guide.md, guide.json and the charts (runs go to the store)")
+    g.add_argument("--readme", type=Path, default=None,
+                   help="also put the guide between <!-- guide:start --> and <!-- guide:end --> "
+                        "in this Markdown file (chart paths relative to it)")
+
     sub.add_parser("gui", help="open the desktop app (options: --model, --workload, --run, "
                               "--screenshot PATH, --quit-after-ms N)")
     return ap
@@ -194,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "export":
             return _export(args, store)
+        if args.command == "guide":
+            return _guide(args, store)
         if args.command == "report":
             _error("memlens report draws the app's panels with Qt, so it runs through the "
                    "`memlens` command (gui.launcher), not `python -m engine.cli`.",
@@ -203,6 +224,81 @@ def main(argv: list[str] | None = None) -> int:
         _error(exc.message, exc.hint)
         return EXIT_FAILED
     return EXIT_USAGE
+
+
+def _guide(args: argparse.Namespace, store) -> int:
+    from .guide import markdown, run_guide
+
+    workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        _error(f"Unknown workload(s) {', '.join(unknown)}.",
+               f"Choose from {', '.join(WORKLOADS)}, comma-separated.")
+        return EXIT_USAGE
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _error(f"Cannot create {args.out}: {exc.strerror or exc}.", "Choose a writable folder.")
+        return EXIT_FAILED
+    printer = _ProgressPrinter(sys.stderr)
+    cancel = threading.Event()
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            out["guide"] = run_guide(model=args.model, device=args.device, seq=args.seq,
+                                     new_tokens=args.new_tokens, workloads=workloads,
+                                     repeats=args.repeats, listener=printer, cancel=cancel,
+                                     store=store)
+        except MemLensError as exc:  # also Cancelled
+            out["error"] = exc
+
+    thread = threading.Thread(target=work, name="memlens-guide")
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        print("\nmemlens: cancelling after the current run…", file=sys.stderr)
+        cancel.set()
+        thread.join()
+    if "error" in out:
+        exc = out["error"]
+        _error(exc.message, exc.hint)
+        return EXIT_CANCELLED if exc.kind == ErrorKind.CANCELLED else EXIT_FAILED
+    guide = out["guide"]
+    from .guide import scatter_svg
+
+    charts = {}
+    for workload in guide.workloads():
+        svg = scatter_svg(guide, workload)
+        if svg is not None:
+            name = f"guide-{workload}.svg"
+            (args.out / name).write_text(svg, encoding="utf-8")
+            charts[workload] = name
+    text = markdown(guide, charts)
+    (args.out / "guide.md").write_text(text, encoding="utf-8")
+    if args.readme is not None:
+        rel = os.path.relpath(args.out.resolve(), args.readme.resolve().parent)
+        body = markdown(guide, {w: f"{rel}/{name}" for w, name in charts.items()})
+        body = body.replace("# The measured guide", "#### The measured guide", 1)
+        body = body.replace("\n## ", "\n##### ")  # keep README's own sections on top
+        readme = args.readme.read_text(encoding="utf-8")
+        start, end = "<!-- guide:start -->", "<!-- guide:end -->"
+        if start not in readme or end not in readme:
+            _error(f"{args.readme} has no {start} … {end} block.", "Add the two markers where "
+                   "the guide should go.")
+            return EXIT_FAILED
+        head, rest = readme.split(start, 1)
+        args.readme.write_text(f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}",
+                               encoding="utf-8")
+    (args.out / "guide.json").write_text(json.dumps(guide.to_dict(), indent=1), encoding="utf-8")
+    print(text)
+    ran = sum(e.status == "ok" for e in guide.entries)
+    print(f"written: {args.out / 'guide.md'}, {args.out / 'guide.json'} ({ran} of "
+          f"{len(guide.entries)} techniques measured; runs saved in {store.root}; "
+          f"`memlens report RUN... --out DIR` draws them)")
+    return EXIT_OK
 
 
 def _export(args: argparse.Namespace, store) -> int:
@@ -312,6 +408,7 @@ def _profile(args: argparse.Namespace, store) -> int:
         attention_impl=args.attention_impl, attention_maps=args.attention_maps,
         trust_remote_code=args.trust_remote_code, detailed=args.detailed, warmup=args.warmup,
         repeats=args.repeats, sample_hz=args.sample_hz, label=args.label, seed=args.seed,
+        memory_snapshot=str(args.memory_snapshot) if args.memory_snapshot else "",
         optimizations=[parse_spec(spec) for spec in args.opt])
     printer = _ProgressPrinter(sys.stderr)
     runner = Runner(printer, store=None if args.no_save else store)

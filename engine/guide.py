@@ -1,0 +1,371 @@
+"""The measured guide: every technique of "reducing working memory" run on the user's own model.
+
+Guides to reducing the memory of large language models list techniques and say what each does,
+without numbers. :func:`run_guide` runs each applicable technique from the registry (and a few
+combinations) as one MemLens run, which measures the unoptimized model and the optimized one in
+the same process, so every delta is a ratio from one sitting on one machine. Each entry keeps the
+claim a guide makes (``Claim``: which quantity it says goes down) and the measured numbers; the
+verdict ("as claimed", "contrary to the claim", "no change") is computed from the numbers, and
+no sentence about an effect is fixed text. Techniques that cannot run here are listed with the
+engine's reason.
+
+Nothing here imports Qt. ``memlens guide`` (``engine.cli``) writes ``guide.json`` and a Markdown
+report; the window and ``memlens report`` render the saved runs as usual.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import RunConfig
+from .errors import Cancelled, ErrorKind, MemLensError
+from .events import Event, Failed, Progress
+from .format import human_bytes
+
+# What guides claim, as (quantity that goes down). Quantities: "peak" (bytes at the measured
+# peak), "weights" (model weight bytes), "latency" (plain pass time), "optimizer_state",
+# "kv_cache". The wording of a note is built from the measured numbers; only the claim is fixed.
+CLAIMS = {
+    "cast": ("weights", "lower precision halves the weights"),
+    "autocast": ("peak", "mixed precision reduces activation memory"),
+    "int8-dynamic": ("weights", "int8 quantization shrinks the weights about four times"),
+    "torchao-int8": ("weights", "int8 weight quantization shrinks the weights"),
+    "prune-unstructured": ("weights", "pruning removes weights"),
+    "prune-ffn": ("weights", "structured pruning removes weights"),
+    "prune-heads": ("weights", "pruning attention heads removes weights"),
+    "drop-blocks": ("weights", "dropping layers removes weights"),
+    "attention": ("peak", "efficient attention reduces activation memory"),
+    "sliding-window": ("kv_cache", "local attention bounds the KV cache"),
+    "kv-cache": ("kv_cache", "a different KV-cache policy reduces cache memory"),
+    "checkpointing": ("peak", "activation checkpointing trades compute for activation memory"),
+    "freeze-base": ("optimizer_state", "freezing the base removes its gradients and optimizer "
+                                        "state"),
+    "lora": ("optimizer_state", "LoRA trains few parameters: small gradients and optimizer "
+                                "state"),
+    "low-bit-optimizer": ("optimizer_state", "8-bit optimizer states are a quarter of fp32"),
+}
+
+# (workload, optimization specs): one technique each, then the combinations the issue names.
+PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("forward", ("cast:dtype=bfloat16",)),
+    ("forward", ("autocast:dtype=bfloat16",)),
+    ("forward", ("int8-dynamic",)),
+    ("forward", ("torchao-int8:activations=weight-only",)),
+    ("forward", ("prune-unstructured:amount=0.5",)),
+    ("forward", ("prune-unstructured:amount=0.5,permanent=true",)),
+    ("forward", ("prune-ffn:amount=0.25",)),
+    ("forward", ("prune-heads:groups=1",)),
+    ("forward", ("drop-blocks:count=2",)),
+    ("forward", ("attention:impl=eager",)),
+    ("forward", ("attention:impl=sdpa",)),
+    ("generate", ("kv-cache:policy=static",)),
+    ("generate", ("kv-cache:policy=fp8",)),
+    ("generate", ("sliding-window:window=64",)),
+    ("train", ("checkpointing",)),
+    ("train", ("freeze-base",)),
+    ("train", ("lora:rank=8,targets=attention",)),
+    ("train", ("low-bit-optimizer:bits=8",)),
+    # Sensible combinations: inference, then fine-tuning.
+    ("generate", ("cast:dtype=bfloat16", "kv-cache:policy=fp8")),
+    ("train", ("lora:rank=8,targets=attention", "checkpointing", "low-bit-optimizer:bits=8")),
+)
+
+
+@dataclass
+class Entry:
+    """One technique (or combination) on one workload: measured, or why it could not run."""
+
+    workload: str
+    specs: list[str]
+    status: str = "ok"  # ok | not applicable | failed | cancelled
+    reason: str = ""
+    run_id: str = ""
+    claim: str = ""
+    claimed_quantity: str = ""
+    claimed_direction: str = "down"  # the quantity the claim says goes down (or up)
+    baseline: dict[str, Any] = field(default_factory=dict)  # bytes / ms before
+    measured: dict[str, Any] = field(default_factory=dict)  # bytes / ms after
+    latency_ratio: float | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
+    verdict: str = ""
+    note: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return " + ".join(self.specs)
+
+    @property
+    def peak_saved_bytes(self) -> int | None:
+        if "peak_bytes" not in self.baseline or "peak_bytes" not in self.measured:
+            return None
+        return self.baseline["peak_bytes"] - self.measured["peak_bytes"]
+
+
+@dataclass
+class Guide:
+    model: str
+    device: str
+    entries: list[Entry] = field(default_factory=list)
+    seq: int = 0
+    new_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "device": self.device, "seq": self.seq,
+                "new_tokens": self.new_tokens, "entries": [asdict(e) for e in self.entries]}
+
+    def ranked(self, workload: str) -> list[Entry]:
+        """Measured entries of ``workload``, most peak memory saved first."""
+        done = [e for e in self.entries if e.workload == workload and e.status == "ok"]
+        return sorted(done, key=lambda e: -(e.peak_saved_bytes or 0))
+
+    def workloads(self) -> list[str]:
+        return list(dict.fromkeys(e.workload for e in self.entries))
+
+
+_QUANTITY_KEYS = {"peak": "peak_bytes", "weights": "model_weights_bytes",
+                  "optimizer_state": "optimizer_state_bytes", "kv_cache": "kv_cache_bytes",
+                  "latency": "plain_latency_ms"}
+
+
+def _claim(specs: Sequence[str]) -> tuple[str, str, str]:
+    """(quantity, direction "down" or "up", the claim in words) for a technique or a mix."""
+    if len(specs) > 1:
+        return "peak", "down", "combined, the techniques reduce the peak"
+    spec = specs[0]
+    ident = spec.split(":", 1)[0]
+    if ident == "attention" and "impl=eager" in spec:
+        # Going back to eager is the experiment that shows what the efficient kernel saves.
+        return "peak", "up", "eager attention materialises the attention maps, raising the peak"
+    quantity, text = CLAIMS.get(ident, ("peak", "it reduces memory"))
+    return quantity, "down", text
+
+
+def _fill(entry: Entry, result: Any) -> None:
+    base, t = result.baseline or {}, result.totals
+    entry.run_id = result.run_id
+    entry.baseline = {k: base.get(k) for k in ("peak_bytes", "model_weights_bytes",
+                                                "activation_bytes", "kv_cache_bytes",
+                                                "gradient_bytes", "optimizer_state_bytes",
+                                                "plain_latency_ms")}
+    entry.measured = {"peak_bytes": t.peak_bytes, "model_weights_bytes": t.model_weights_bytes,
+                      "activation_bytes": t.activation_bytes, "kv_cache_bytes": t.kv_cache_bytes,
+                      "gradient_bytes": t.gradient_bytes,
+                      "optimizer_state_bytes": t.optimizer_state_bytes,
+                      "plain_latency_ms": t.plain_latency_ms}
+    entry.latency_ratio = (result.deltas or {}).get("latency_ratio")
+    entry.quality = dict(result.quality or {})
+    entry.warnings = [w for w in result.warnings if "FLOPs" not in w]
+    key = _QUANTITY_KEYS[entry.claimed_quantity]
+    before, after = entry.baseline.get(key), entry.measured.get(key)
+    if before is None or after is None:
+        entry.verdict = "not measurable here"
+    elif after == before:
+        entry.verdict = "no change"
+    elif (after < before) == (entry.claimed_direction == "down"):
+        entry.verdict = "as claimed"
+    else:
+        entry.verdict = "contrary to the claim"
+    entry.note = note(entry)
+
+
+def _pct(after: float, before: float) -> str:
+    return f"{(after - before) / before * 100:+.1f}%" if before else "—"
+
+
+def note(entry: Entry) -> str:
+    """One paragraph: the claim, then what was measured, every effect stated with its number."""
+    b, m = entry.baseline, entry.measured
+    parts = [f"Claim: {entry.claim}."]
+    key = _QUANTITY_KEYS[entry.claimed_quantity]
+    if b.get(key) is not None and m.get(key) is not None:
+        if key == "plain_latency_ms":
+            parts.append(f"Measured {entry.claimed_quantity}: {b[key]:.2f} → {m[key]:.2f} ms "
+                         f"({_pct(m[key], b[key])}): {entry.verdict}.")
+        else:
+            parts.append(f"Measured {entry.claimed_quantity.replace('_', ' ')}: "
+                         f"{human_bytes(b[key])} → {human_bytes(m[key])} "
+                         f"({_pct(m[key], b[key])}): {entry.verdict}.")
+    if key != "peak_bytes" and b.get("peak_bytes") is not None:
+        parts.append(f"Peak {human_bytes(b['peak_bytes'])} → {human_bytes(m['peak_bytes'])} "
+                     f"({_pct(m['peak_bytes'], b['peak_bytes'])}).")
+    if entry.latency_ratio is not None:
+        parts.append(f"Latency ×{entry.latency_ratio:.2f} of the unoptimized model's.")
+    q = entry.quality
+    if q.get("kl_divergence") is not None:
+        quality = f"Quality: KL divergence {q['kl_divergence']:.3g} nats/token"
+        if q.get("top1_agreement") is not None:
+            quality += f", top-1 agreement {q['top1_agreement']:.1%}"
+        if q.get("perplexity") is not None and q.get("baseline_perplexity") is not None:
+            quality += f", perplexity {q['baseline_perplexity']:.2f} → {q['perplexity']:.2f}"
+        parts.append(quality + ".")
+    elif q.get("cosine_similarity") is not None:
+        parts.append(f"Quality: pooled-embedding cosine {q['cosine_similarity']:.4f}.")
+    return " ".join(parts)
+
+
+def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_tokens: int = 16,
+              workloads: Sequence[str] = ("forward", "generate", "train"),
+              plan: Sequence[tuple[str, Sequence[str]]] = PLAN, repeats: int = 3,
+              listener: Callable[[Event], None] = lambda e: None,
+              cancel: threading.Event | None = None, store: Any = None,
+              execute: Callable[..., Any] | None = None) -> Guide:
+    """Run ``plan`` (only its ``workloads``); progress as ``Progress("guide", i/n, label)``
+    events to ``listener``; a cancel stops after the current run (``Cancelled``)."""
+    from .optimizations import parse_spec
+
+    if execute is None:
+        from .runner import execute
+    cancel = cancel or threading.Event()
+    todo = [(w, list(specs)) for w, specs in plan if w in workloads]
+    if not todo:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"No technique of the guide runs the workload(s) {', '.join(workloads)}.",
+                           "Choose forward, generate or train.")
+    guide = Guide(model=model, device=device, seq=seq, new_tokens=new_tokens)
+    for i, (workload, specs) in enumerate(todo):
+        if cancel.is_set():
+            raise Cancelled()
+        entry = Entry(workload=workload, specs=specs)
+        entry.claimed_quantity, entry.claimed_direction, entry.claim = _claim(specs)
+        listener(Progress("guide", i / len(todo), f"{workload}: {entry.label}"))
+        failures: list[Failed] = []
+
+        def forward_events(event: Event) -> None:
+            if isinstance(event, Failed):
+                failures.append(event)
+
+        try:
+            config = RunConfig(model=model, device=device, workload=workload, seq=seq,
+                               new_tokens=new_tokens, repeats=repeats,
+                               label=f"guide: {entry.label}",
+                               optimizations=[parse_spec(s) for s in specs])
+        except MemLensError as exc:
+            entry.status, entry.reason = "not applicable", exc.message
+            guide.entries.append(entry)
+            continue
+        result = execute(config, forward_events, cancel, store=store)
+        if result is None:
+            failed = failures[-1] if failures else None
+            if failed is not None and failed.kind == "cancelled":
+                raise Cancelled()
+            entry.status = ("not applicable" if failed is not None and failed.kind in (
+                "not_applicable", "missing_dependency", "no_device") else "failed")
+            entry.reason = (f"{failed.message} {failed.hint}".strip() if failed
+                            else "no result")
+        else:
+            _fill(entry, result)
+        guide.entries.append(entry)
+    listener(Progress("guide", 1.0, "done"))
+    return guide
+
+
+def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
+    """The guide as Markdown: per workload a ranked table and the notes; then what could not run."""
+    lines = [f"# The measured guide: {guide.model} on {guide.device}", "",
+             f"Each row is one MemLens run that measured the unoptimized model and the optimized "
+             f"one in the same process (sequence {guide.seq}"
+             + (f", {guide.new_tokens} new tokens" if guide.new_tokens else "") + "). Ranked by "
+             "peak memory saved. Verdicts compare the claim with the measured numbers.", ""]
+    for workload in guide.workloads():
+        ranked = guide.ranked(workload)
+        if not ranked:
+            continue
+        lines += [f"## {workload}", ""]
+        if charts and workload in charts:
+            lines += [f"![{workload}: memory vs quality]({charts[workload]})", ""]
+        lines += ["| # | technique | peak before → after | saved | weights after | latency | "
+                  "quality | claim | verdict |",
+                  "| --- | --- | --- | ---: | ---: | ---: | --- | --- | --- |"]
+        for n, e in enumerate(ranked, 1):
+            b, m, q = e.baseline, e.measured, e.quality
+            quality = (f"KL {q['kl_divergence']:.2g}" if q.get("kl_divergence") is not None
+                       else f"cos {q['cosine_similarity']:.4f}"
+                       if q.get("cosine_similarity") is not None else "—")
+            lines.append(
+                f"| {n} | `{e.label}` | {human_bytes(b.get('peak_bytes'))} → "
+                f"{human_bytes(m.get('peak_bytes'))} | {human_bytes(e.peak_saved_bytes)} | "
+                f"{human_bytes(m.get('model_weights_bytes'))} | "
+                f"{'×%.2f' % e.latency_ratio if e.latency_ratio is not None else '—'} | "
+                f"{quality} | {e.claim} | {e.verdict} |")
+        lines += [""] + [f"- **{e.label}**: {e.note}" for e in ranked] + [""]
+    skipped = [e for e in guide.entries if e.status != "ok"]
+    if skipped:
+        lines += ["## Could not run here", ""]
+        lines += [f"- `{e.label}` ({e.workload}): {e.reason}" for e in skipped]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _quality_axis(entries: Sequence[Entry]) -> tuple[str, str] | None:
+    """(quality key after, key before) every measured entry has, best first; None if none."""
+    for after, before in (("perplexity", "baseline_perplexity"), ("kl_divergence", ""),
+                          ("cosine_similarity", "")):
+        if entries and all(e.quality.get(after) is not None for e in entries):
+            return after, before
+    return None
+
+
+def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400) -> str | None:
+    """Memory vs quality for one workload as a small SVG (peak after on x, the quality figure
+    every entry shares on y; the unoptimized model as a hollow point when its figure was
+    measured). Hand-written rather than plotted: the engine never imports Qt, and this keeps
+    ``memlens guide`` headless on a GPU box; the window and ``memlens report`` draw the runs
+    with the app's own charts."""
+    import html as _html
+
+    entries = guide.ranked(workload)
+    axis = _quality_axis(entries)
+    if axis is None:
+        return None
+    after_key, before_key = axis
+    points = [(e.measured["peak_bytes"] / 2**20, float(e.quality[after_key]), f"[{i + 1}]")
+              for i, e in enumerate(entries)]
+    base = None
+    if before_key and entries and entries[0].quality.get(before_key) is not None:
+        base = (entries[0].baseline["peak_bytes"] / 2**20, float(entries[0].quality[before_key]))
+    xs = [p[0] for p in points] + ([base[0]] if base else [])
+    ys = [p[1] for p in points] + ([base[1]] if base else [])
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    x0, x1 = (x0 - 1, x1 + 1) if x0 == x1 else (x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0))
+    y0, y1 = (y0 - 1, y1 + 1) if y0 == y1 else (y0 - 0.08 * (y1 - y0), y1 + 0.08 * (y1 - y0))
+    left, right, top, bottom = 70, 20, 30, 50
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def py(y: float) -> float:
+        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">'
+           f'{_html.escape(workload)}: memory vs quality</text>',
+           f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" '
+           f'y2="{height - bottom}" stroke="#606060"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#606060"/>']
+    for i in range(5):
+        xv = x0 + (x1 - x0) * i / 4
+        yv = y0 + (y1 - y0) * i / 4
+        out.append(f'<text x="{px(xv):.1f}" y="{height - bottom + 16}" text-anchor="middle">'
+                   f'{xv:.3g}</text>')
+        out.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" '
+               f'text-anchor="middle">peak MiB (measured)</text>')
+    out.append(f'<text x="16" y="{(top + height - bottom) / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 16 {(top + height - bottom) / 2})">'
+               f'{after_key.replace("_", " ")}</text>')
+    if base:
+        out.append(f'<circle cx="{px(base[0]):.1f}" cy="{py(base[1]):.1f}" r="6" fill="none" '
+                   f'stroke="#202020" stroke-width="1.5"/>')
+        out.append(f'<text x="{px(base[0]) + 8:.1f}" y="{py(base[1]) - 8:.1f}">unoptimized</text>')
+    for x, y, label in points:
+        out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="#4e79a7"/>')
+        out.append(f'<text x="{px(x) + 7:.1f}" y="{py(y) + 4:.1f}">{label}</text>')
+    out.append("</svg>")
+    return "\n".join(out)

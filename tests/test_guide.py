@@ -1,0 +1,93 @@
+"""The measured guide: techniques run against the same-run baseline, verdicts from numbers."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from engine import cli
+from engine.errors import Cancelled
+from engine.events import Progress
+from engine.guide import PLAN, markdown, run_guide, scatter_svg
+from engine.store import RunStore
+
+PLAN_SMALL = (
+    ("forward", ("cast:dtype=bfloat16",)),
+    ("forward", ("prune-unstructured:amount=0.5",)),
+    ("forward", ("kv-cache:policy=static",)),  # a generate-only technique: refused, with why
+    ("train", ("freeze-base",)),
+)
+
+
+def test_guide_measures_each_technique_and_judges_the_claim_by_its_numbers(tmp_path):
+    events = []
+    store = RunStore(tmp_path / "runs")
+    guide = run_guide(model="demo", seq=32, repeats=1, plan=PLAN_SMALL, listener=events.append,
+                      store=store)
+    by_label = {e.label: e for e in guide.entries}
+    cast = by_label["cast:dtype=bfloat16"]
+    assert cast.status == "ok" and cast.verdict == "as claimed"
+    assert cast.measured["model_weights_bytes"] * 2 == cast.baseline["model_weights_bytes"]
+    # Unstructured pruning keeps dense tensors plus masks: the guide says the claim failed,
+    # with the measured numbers in the note.
+    prune = by_label["prune-unstructured:amount=0.5"]
+    assert prune.verdict == "contrary to the claim"
+    assert prune.measured["model_weights_bytes"] > prune.baseline["model_weights_bytes"]
+    assert "contrary to the claim" in prune.note and "MiB" in prune.note
+    freeze = by_label["freeze-base"]
+    assert freeze.claimed_quantity == "optimizer_state" and freeze.verdict == "as claimed"
+    refused = by_label["kv-cache:policy=static"]
+    assert refused.status == "not applicable" and "generate" in refused.reason
+    # Every measured entry is a saved run with the guide's label.
+    saved = {s.run_id: s for s in store.list()}
+    assert {e.run_id for e in guide.entries if e.status == "ok"} <= set(saved)
+    assert all(saved[e.run_id].label.startswith("guide: ") for e in guide.ranked("forward"))
+    # Ranked by peak saved, and the report says what could not run.
+    ranked = guide.ranked("forward")
+    assert [e.label for e in ranked][0] == "cast:dtype=bfloat16"
+    text = markdown(guide, {"forward": "guide-forward.svg"})
+    assert "![forward: memory vs quality](guide-forward.svg)" in text
+    assert "## Could not run here" in text and "kv-cache:policy=static" in text
+    svg = scatter_svg(guide, "forward")
+    assert svg is not None and svg.startswith("<svg") and "unoptimized" in svg
+    assert svg.count("<circle") == len(ranked) + 1
+    assert [e for e in events if isinstance(e, Progress)][-1].fraction == 1.0
+    assert json.loads(json.dumps(guide.to_dict()))["entries"][0]["specs"]
+
+
+def test_guide_cancel_stops_between_runs():
+    cancel = threading.Event()
+    seen = []
+
+    def listener(event):
+        seen.append(event)
+        if isinstance(event, Progress) and event.stage == "guide" and len(seen) > 1:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        run_guide(model="preset:tiny-llama", seq=16, repeats=1, plan=PLAN_SMALL,
+                  listener=listener, cancel=cancel)
+
+
+def test_guide_plan_covers_every_registry_technique():
+    from engine.optimizations import REGISTRY
+
+    planned = {spec.split(":", 1)[0] for _, specs in PLAN for spec in specs}
+    assert planned == set(REGISTRY)  # a new technique must join the guide
+    workloads = {w for w, _ in PLAN}
+    assert workloads == {"forward", "generate", "train"}
+
+
+def test_memlens_guide_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "guide"
+    code = cli.main(["--store", str(tmp_path / "runs"), "guide", "--model", "preset:tiny-llama",
+                     "--workload", "train", "--seq", "16", "--repeats", "1", "--out", str(out)])
+    assert code == cli.EXIT_OK
+    text = (out / "guide.md").read_text()
+    assert "## train" in text and "freeze-base" in text
+    assert json.loads((out / "guide.json").read_text())["model"] == "preset:tiny-llama"
+    assert "written:" in capsys.readouterr().out
+    assert cli.main(["guide", "--workload", "fly", "--out", str(out)]) == cli.EXIT_USAGE
+    assert "Unknown workload" in capsys.readouterr().err
