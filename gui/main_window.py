@@ -357,18 +357,10 @@ class MainWindow(QMainWindow):
             self.log.warning("Wait for the current run to finish (or cancel it) "
                              "before opening a saved run.")
             return False
+        result = self._load_from_store(run_id)
+        if result is None:
+            return False
         store = self._get_store()
-        if store is None:
-            return False
-        try:
-            result = store.load(run_id)
-        except Exception as exc:
-            message = getattr(exc, "message", None) or str(exc)
-            hint = (getattr(exc, "hint", "")
-                    or "The run file may be damaged or from a newer MemLens.")
-            self.status.show_error(f"Could not open run {run_id}: {message}", hint)
-            self.log.error(f"Could not open run {run_id}: {message}", hint)
-            return False
         self.timeline.clear()
         self._live_attention = None
         maps, reason = self._saved_attention(store, run_id, result)

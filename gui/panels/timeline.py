@@ -322,32 +322,28 @@ class TimelinePanel(QWidget):
         t = self._t.view()
         self._draw_phases()
         for field, name, _ in SERIES:
-            values = self._columns[field].view()
-            has_data = bool(values.size) and bool(np.isfinite(values).any())
-            if has_data:
-                self.curves[field].setData(t, values, connect="finite")
-            else:
-                self.curves[field].setData([], [])
-            self.curves[field].setVisible(has_data)
+            has_data = self._draw_curve(field, t)
             self._show_in_legend(field, name, has_data or field == SERIES[0][0])
         self._draw_peaks(t)
-        shown_activity = False
-        for field, _, _ in ACTIVITY:
-            values = self._columns[field].view()
-            has_data = bool(values.size) and bool(np.isfinite(values).any())
-            if has_data:
-                self.curves[field].setData(t, values, connect="finite")
-            else:
-                self.curves[field].setData([], [])
-            self.curves[field].setVisible(has_data)
-            shown_activity = shown_activity or has_data
-        self.activity_plot.setVisible(shown_activity)
+        shown = [self._draw_curve(field, t) for field, _, _ in ACTIVITY]
+        self.activity_plot.setVisible(any(shown))
         gpu = self._columns["gpu_used_bytes"].view()
         has_gpu = bool(gpu.size) and bool(np.isfinite(gpu).any())
         self.gpu_note.setText("" if has_gpu or not t.size else
                               "GPU memory: no NVML readings in this run (a CPU run, or NVML is "
                               "not available here).")
         self.gpu_note.setVisible(bool(self.gpu_note.text()))
+
+    def _draw_curve(self, field: str, t: np.ndarray) -> bool:
+        """Set one series' curve; hidden (and empty) when it has no finite reading."""
+        values = self._columns[field].view()
+        has_data = bool(values.size) and bool(np.isfinite(values).any())
+        if has_data:
+            self.curves[field].setData(t, values, connect="finite")
+        else:
+            self.curves[field].setData([], [])
+        self.curves[field].setVisible(has_data)
+        return has_data
 
     def _draw_peaks(self, t: np.ndarray) -> None:
         self.peaks = {}
