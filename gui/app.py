@@ -61,7 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "memlens"])
     app.setApplicationName("MemLens")
     app.setOrganizationName("MemLens")
-    window = MainWindow(model=args.model)
+    settings = None
+    scripted = args.screenshot is not None or args.quit_after_ms is not None
+    if scripted:
+        # A scripted window (tests, CI, reports) neither reads nor writes the user's settings:
+        # its pictures must not depend on them, and it must not leave its offscreen geometry.
+        import tempfile
+
+        from PySide6.QtCore import QSettings
+
+        scratch = tempfile.TemporaryDirectory(prefix="memlens-settings-")
+        settings = QSettings(str(Path(scratch.name) / "memlens.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(model=args.model, settings=settings)
     if args.workload:
         window.controls.set_workload(args.workload)
     for spec in args.opt:
@@ -106,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setQuitOnLastWindowClosed(quit_on_close)
     window.deleteLater()
     preload.stop()
+    if scripted:
+        scratch.cleanup()
     return status["code"] or int(code)
 
 

@@ -150,13 +150,11 @@ class TimelinePanel(QWidget):
             self.curves[field] = curve
             self.legend.addItem(curve, name)
         self._legend_shown: set[str] = {field for field, _, _ in SERIES}
-        # Peak markers: one triangle per memory series at its highest sample, and a label on
-        # the highest of them.
+        # Peak markers: one triangle per memory series at its highest sample; the value is in
+        # the series' legend entry (a label beside the marker collided with the legend).
         self.peak_markers = pg.ScatterPlotItem(symbol="t1", size=11, pen=pg.mkPen("#303030"))
         self.peak_markers.setZValue(20)
         self.plot.addItem(self.peak_markers)
-        self.peak_label = pg.TextItem("", color="#202020", anchor=(1, 1))
-        self.plot.addItem(self.peak_label, ignoreBounds=True)
         self.peaks: dict[str, tuple[float, float]] = {}  # field -> (t, MiB) of its maximum
         # GPU utilization and power share a second, smaller plot, shown only with readings.
         self.activity_plot = self.plot_widget.addPlot(row=1, col=0)
@@ -357,13 +355,15 @@ class TimelinePanel(QWidget):
             spots.append({"pos": (float(t[i]), float(values[i])), "brush": pg.mkBrush(color),
                           "data": name})
         self.peak_markers.setData(spots)
-        if spots:
-            top = max(spots, key=lambda spot: spot["pos"][1])
-            self.peak_label.setText(f"peak {top['data']} {top['pos'][1]:,.1f} MiB")
-            self.peak_label.setPos(*top["pos"])
-            self.peak_label.setVisible(True)
-        else:
-            self.peak_label.setVisible(False)
+        for field, name, _ in SERIES:
+            label = self.legend.getLabel(self.curves[field])
+            if field in self._legend_shown and label is not None:
+                peak = self.peaks.get(field)
+                label.setText(f"{name} · peak {peak[1]:,.1f} MiB" if peak else name)
+
+    def legend_text(self, field: str) -> str:
+        label = self.legend.getLabel(self.curves[field]) if field in self._legend_shown else None
+        return label.text if label is not None else ""
 
     def _show_in_legend(self, field: str, name: str, shown: bool) -> None:
         if shown and field not in self._legend_shown:
