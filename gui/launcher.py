@@ -124,6 +124,28 @@ def image_problem(image: Any, min_colours: int = 8) -> str | None:
     return None
 
 
+def text_renders() -> bool:
+    """Whether the application font draws letters as letters: with no font found, Qt draws
+    every character as the same box, so "A" and "W" give identical pictures. Needs a
+    ``QGuiApplication``."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QFont, QGuiApplication, QImage, QPainter
+
+    font = QFont(QGuiApplication.font())
+    font.setPixelSize(32)
+    pictures = []
+    for letter in ("A", "W", "o"):
+        image = QImage(48, 48, QImage.Format.Format_RGB32)
+        image.fill(Qt.GlobalColor.white)
+        painter = QPainter(image)
+        painter.setFont(font)
+        painter.setPen(Qt.GlobalColor.black)
+        painter.drawText(image.rect(), Qt.AlignmentFlag.AlignCenter, letter)
+        painter.end()
+        pictures.append(image)
+    return len({bytes(image.constBits()) for image in pictures}) == len(pictures)
+
+
 def self_test(argv: list[str]) -> int:
     """``memlens --self-test``: the installation's end-to-end check (see the parser's text).
 
@@ -223,10 +245,13 @@ def _self_test_steps(args: Any, folder: Path, step: Any) -> tuple[Any, Any]:
     app.setApplicationName("MemLens")
     app.setOrganizationName("MemLens")
     families = QFontDatabase.families()
-    if not families:
-        raise SelfTestFailed("Qt finds no font: every label would be drawn as boxes. Install "
-                             "fonts (Debian: fonts-dejavu-core fontconfig-config).")
-    step("Qt", f"{app.platformName()} platform, {len(families)} font families")
+    if not families or not text_renders():
+        raise SelfTestFailed(
+            f"Qt finds no usable font ({len(families)} font families, and different letters "
+            "are drawn identically): every label would be drawn as boxes. Install fonts and "
+            "fontconfig's configuration (Debian, Ubuntu: fonts-dejavu-core fontconfig-config).")
+    step("Qt", f"{app.platformName()} platform, {len(families)} font families, "
+               f"text renders ({app.font().family()})")
 
     step("open the window")
     from engine.store import RunStore

@@ -120,9 +120,10 @@ MemLens $VERSION for Linux $ARCH (CPU build of PyTorch).
   ./install-desktop.sh       add MemLens to the application menu and ~/.local/bin
 
 Runtime libraries the bundle expects from the system (Debian/Ubuntu package names):
-  libgl1 libegl1 fontconfig-config fonts-dejavu-core
-and, for a window on an X11 desktop, libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4
-libxcb-keysyms1 libxcb-shape0 (any desktop system has them).
+  libgl1 libegl1 fonts-dejavu-core fontconfig-config
+(any desktop system has them; the X11 libraries Qt needs beyond libxcb are in the bundle).
+Without a display: QT_QPA_PLATFORM=offscreen ./memlens --screenshot out.png, or the
+command line (./memlens profile ...), which needs no display.
 EOF
 
 step "archiving"

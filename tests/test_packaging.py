@@ -115,3 +115,59 @@ def test_packaging_files_are_consistent():
         assert key in desktop
     icon = ROOT / "resources" / "icons" / "memlens.png"
     assert icon.is_file() and icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _trim():
+    sys.path.insert(0, str(PACKAGING))
+    try:
+        import trim
+    finally:
+        sys.path.remove(str(PACKAGING))
+    return trim
+
+
+def test_trim_reads_the_libraries_an_elf_file_needs(tmp_path):
+    trim = _trim()
+    import torch
+
+    c10 = Path(torch.__file__).parent / "lib" / "libc10.so"
+    needed = trim.needed_libraries(str(c10))
+    assert needed and any(name.startswith("libc.so") for name in needed), needed
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\n" * 20)
+    assert trim.needed_libraries(str(script)) is None
+
+
+def test_trim_drops_only_libraries_no_kept_binary_needs():
+    trim = _trim()
+    import torch
+
+    lib = Path(torch.__file__).parent / "lib"
+    needs = trim.needed_libraries(str(lib / "libtorch_python.so"))
+    assert "libc10.so" in needs and "libshm.so" in needs
+    binaries = [
+        ("torch/_C.so", str(lib / "libtorch_python.so"), "EXTENSION"),  # a root: not a candidate
+        ("libc10.so", str(lib / "libc10.so"), "BINARY"),  # needed by the root: kept
+        ("libgomp_orphan.so.1", str(lib / "libgomp.so.1"), "BINARY"),  # needed by nothing
+        ("libpython3.11.so.1.0", str(lib / "libgomp.so.1"), "BINARY"),  # always kept
+    ]
+    datas = [("libshm.so", "torch/lib/libshm.so", "SYMLINK"),  # target not in the bundle
+             ("libc10-link.so", "libc10.so", "SYMLINK"),
+             ("resources/x.json", "/dev/null", "DATA")]
+    kept_binaries, kept_datas, dropped = trim.prune_unneeded(binaries, datas)
+    assert [b[0] for b in kept_binaries] == ["torch/_C.so", "libc10.so", "libpython3.11.so.1.0"]
+    assert sorted(dropped) == ["libgomp_orphan.so.1", "libshm.so"]
+    assert [d[0] for d in kept_datas] == ["libc10-link.so", "resources/x.json"]
+
+
+def test_minimal_system_check_and_ci_agree_with_readme():
+    script = PACKAGING / "test_minimal_system.sh"
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    libs = "libgl1 libegl1 fonts-dejavu-core fontconfig-config"
+    assert f'RUNTIME_LIBS="{libs}"' in script.read_text()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "## Install the packaged app" in readme and libs in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "packaging/build.sh --self-test" in ci and "packaging/test_minimal_system.sh" in ci
+    assert "MEMLENS_PACKAGE" in ci and "MEMLENS_PACKAGE" in readme
