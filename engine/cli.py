@@ -267,17 +267,15 @@ def _guide(args: argparse.Namespace, store) -> int:
         _error(exc.message, exc.hint)
         return EXIT_CANCELLED if exc.kind == ErrorKind.CANCELLED else EXIT_FAILED
     guide = out["guide"]
-    from .guide import scatter_svg
+    from .guide import write_guide
 
-    charts = {}
-    for workload in guide.workloads():
-        svg = scatter_svg(guide, workload)
-        if svg is not None:
-            name = f"guide-{workload}.svg"
-            (args.out / name).write_text(svg, encoding="utf-8")
-            charts[workload] = name
+    try:
+        _path, charts = write_guide(guide, args.out)
+    except OSError as exc:
+        _error(f"Cannot write the guide into {args.out}: {exc.strerror or exc}.",
+               "Choose a writable folder.")
+        return EXIT_FAILED
     text = markdown(guide, charts)
-    (args.out / "guide.md").write_text(text, encoding="utf-8")
     if args.readme is not None:
         rel = os.path.relpath(args.out.resolve(), args.readme.resolve().parent)
         body = markdown(guide, {w: f"{rel}/{name}" for w, name in charts.items()})
@@ -292,7 +290,6 @@ def _guide(args: argparse.Namespace, store) -> int:
         head, rest = readme.split(start, 1)
         args.readme.write_text(f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}",
                                encoding="utf-8")
-    (args.out / "guide.json").write_text(json.dumps(guide.to_dict(), indent=1), encoding="utf-8")
     print(text)
     ran = sum(e.status == "ok" for e in guide.entries)
     print(f"written: {args.out / 'guide.md'}, {args.out / 'guide.json'} ({ran} of "

@@ -126,6 +126,13 @@ class Guide:
         return list(dict.fromkeys(e.workload for e in self.entries))
 
 
+@dataclass(frozen=True)
+class GuideFinished:
+    """The event a guide ends with (the engine process sends it to the window)."""
+
+    guide: Guide
+
+
 _QUANTITY_KEYS = {"peak": "peak_bytes", "weights": "model_weights_bytes",
                   "optimizer_state": "optimizer_state_bytes", "kv_cache": "kv_cache_bytes",
                   "latency": "plain_latency_ms"}
@@ -369,3 +376,23 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
         out.append(f'<text x="{px(x) + 7:.1f}" y="{py(y) + 4:.1f}">{label}</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+def write_guide(guide: Guide, folder: Any) -> tuple[Any, dict[str, str]]:
+    """Write ``guide.md``, ``guide.json`` and one ``guide-WORKLOAD.svg`` chart per workload into
+    ``folder`` (created); returns the Markdown path and the charts' file names by workload."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    charts: dict[str, str] = {}
+    for workload in guide.workloads():
+        svg = scatter_svg(guide, workload)
+        if svg is not None:
+            charts[workload] = f"guide-{workload}.svg"
+            (folder / charts[workload]).write_text(svg, encoding="utf-8")
+    path = folder / "guide.md"
+    path.write_text(markdown(guide, charts), encoding="utf-8")
+    (folder / "guide.json").write_text(json.dumps(guide.to_dict(), indent=1), encoding="utf-8")
+    return path, charts

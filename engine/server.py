@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .errors import MemLensError
 from .events import Failed, Finished
 
 POLL_S = 0.1  # how often the client checks for a cancel or a dead child while waiting
@@ -104,8 +105,19 @@ def serve(requests: Any, events: Any, control: Any) -> None:
             config = RunConfig.from_dict(config_dict)
             preimport_architecture(config.model)  # a new architecture's code stays frozen too
             gc.freeze()
-            run = estimate if mode == "estimate" else execute
-            run(config, listener=listener, cancel=cancel, store=RunStore(root) if root else None)
+            store = RunStore(root) if root else None
+            if mode == "guide":
+                from .guide import GuideFinished, run_guide
+
+                guide = run_guide(model=config.model, device=config.device, seq=config.seq,
+                                  new_tokens=config.new_tokens, repeats=config.repeats,
+                                  listener=listener, cancel=cancel, store=store)
+                listener(GuideFinished(guide))
+            else:
+                run = estimate if mode == "estimate" else execute
+                run(config, listener=listener, cancel=cancel, store=store)
+        except MemLensError as exc:  # a guide's refusal or cancel (runs report their own)
+            listener(Failed(exc.kind.value, exc.message, exc.hint))
         except BaseException as exc:  # execute reports its own failures; this is a safety net
             listener(Failed("internal", f"The engine process failed: {type(exc).__name__}: "
                                         f"{exc}", "This is a bug in MemLens; please report it."))
@@ -229,6 +241,8 @@ class EngineProcess:
                     return result
                 if isinstance(payload, Finished):
                     result = payload.result
+                elif type(payload).__name__ == "GuideFinished":
+                    result = payload.guide  # a guide job's result
                 listener(payload)
 
     def _died(self) -> Failed:

@@ -24,6 +24,7 @@ from .controller import RunController
 from .panels.attention import NO_MAPS, AttentionPanel
 from .panels.compare import ComparePanel
 from .panels.controls import ControlPanel
+from .panels.guide import GuidePanel
 from .panels.layer_chart import LayerChartPanel
 from .panels.latency import LatencyPanel
 from .panels.layer_table import LayerTablePanel
@@ -65,6 +66,7 @@ class MainWindow(QMainWindow):
         self.saved_runs = SavedRunsPanel()
         self.compare_panel = ComparePanel()
         self.model_panel = ModelTreePanel()
+        self.guide_panel = GuidePanel()
         self.status = StatusPanel()
         self.chart = LayerChartPanel()
         self.table = LayerTablePanel()
@@ -82,6 +84,7 @@ class MainWindow(QMainWindow):
         self.saved_runs.refresh_requested.connect(self.refresh_saved_runs)
         self.saved_runs.compare_requested.connect(self.compare_saved_runs)
         self.saved_runs.baseline_requested.connect(self.set_baseline_run)
+        self.guide_panel.compare_requested.connect(self.compare_saved_runs)
         self.controller.progress.connect(self._on_progress)
         self.controller.sample.connect(self._on_samples)
         self.controller.layers.connect(self._on_layers)
@@ -131,6 +134,7 @@ class MainWindow(QMainWindow):
         self.workspace.setDocumentMode(True)
         self.workspace.addTab(vertical, "Current run")
         self.workspace.addTab(runs_tab, "Saved runs && compare")
+        self.workspace.addTab(self.guide_panel, "Guide")
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.addWidget(self.status)
@@ -176,6 +180,7 @@ class MainWindow(QMainWindow):
         self.run_action = self._action(run_menu, "&Run", lambda: self.start_run(
             self.controls.config()), "Ctrl+R")
         self.run_action.setShortcuts([QKeySequence("Ctrl+R"), QKeySequence("F5")])
+        self.guide_action = self._action(run_menu, "Run the &guide", self.run_guide, "Ctrl+G")
         self.cancel_action = self._action(run_menu, "&Cancel", self.cancel_run, "Ctrl+.")
         self.cancel_action.setShortcuts([QKeySequence("Ctrl+."), QKeySequence("Escape")])
         self.cancel_action.setEnabled(False)
@@ -246,6 +251,7 @@ class MainWindow(QMainWindow):
         if not self._closing:
             self.controls.set_running(running)
             self.run_action.setEnabled(not running)
+            self.guide_action.setEnabled(not running)
             self.cancel_action.setEnabled(running)
 
     @Slot(str, float, str)
@@ -279,9 +285,44 @@ class MainWindow(QMainWindow):
         self._live_attention = maps
         self.attention_panel.render(maps, None)  # the capture record comes with the result
 
+    def run_guide(self) -> bool:
+        """Run → Run the guide: every technique on the chosen model and sizes, in the engine
+        process, one run each (saved); the Guide page shows the result."""
+        config = {**self.controls.config(), "mode": "guide", "optimizations": []}
+        self.log.info(f"Guide: every technique on {config['model']} ({config['device']}); "
+                      "this takes a few minutes on a small model.")
+        return self.start_run(config)
+
+    def show_guide(self, guide: Any) -> bool:
+        from engine.guide import write_guide
+
+        store = self._get_store()
+        import datetime as _dt
+        import tempfile
+
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = (Path(store.root).parent / "guides") if getattr(store, "root", None) else Path(
+            tempfile.gettempdir()) / "memlens-guides"
+        try:
+            path, _charts = write_guide(guide, base / f"{stamp}-{guide.model.replace('/', '_')}")
+        except OSError as exc:
+            self.status.show_error(f"Could not write the guide: {exc}", "Check the data folder.")
+            return False
+        self.guide_panel.render(guide, path.parent)
+        self.workspace.setCurrentWidget(self.guide_panel)
+        ran = sum(e.status == "ok" for e in guide.entries)
+        self.status.show_finished(f"Guide finished: {ran} of {len(guide.entries)} techniques "
+                                  "measured.")
+        self.log.info(f"Guide written to {path}.")
+        self.refresh_saved_runs()
+        return True
+
     @Slot(object)
     def _on_finished(self, result: RunResult) -> None:
         if self._closing:
+            return
+        if not isinstance(result, RunResult):  # a guide's result
+            self.show_guide(result)
             return
         self.render_result(result, self._live_attention)
         t = result.totals

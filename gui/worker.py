@@ -45,6 +45,11 @@ def _default_execute(config: Any, listener: Any = None, cancel: Any = None,
 
         return shared().execute(config, mode=mode, **kwargs)
     keep_a_core_for_the_ui()
+    if mode == "guide":
+        from engine.guide import run_guide
+
+        return run_guide(model=config.model, device=config.device, seq=config.seq,
+                         new_tokens=config.new_tokens, repeats=config.repeats, **kwargs)
     if mode == "estimate":
         from engine.estimate import estimate
 

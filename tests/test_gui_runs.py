@@ -437,3 +437,41 @@ def test_estimate_button_runs_an_estimate_in_the_engine_process(qtbot, tmp_path)
     assert result.totals.model_weights_bytes > 16 * 2**30  # 8B parameters in float32
     assert window.totals.text().startswith("ESTIMATE") and "ESTIMATE" in window.windowTitle()
     assert [s.kind for s in store.list()] == ["estimate"]
+
+
+@pytest.mark.slow
+def test_run_the_guide_from_the_window(qtbot, tmp_path):
+    """Run → Run the guide: the engine process measures every technique on a tiny model, the
+    Guide page shows the ranked tables, and its buttons compare a workload's runs."""
+    from gui.main_window import MainWindow
+
+    store = RunStore(tmp_path / "runs")
+    window = MainWindow(store=store, devices=["cpu"],
+                        settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    window.controls.set_model("preset:tiny-llama")
+    window.controls.seq_spin.setValue(16)
+    window.controls.new_tokens_spin.setValue(4)
+    failures = []
+    window.controller.failed.connect(lambda *args: failures.append(args))
+    assert window.guide_action.shortcut().toString() == "Ctrl+G"
+    with qtbot.waitSignal(window.controller.running_changed, timeout=5000):
+        # What Run the guide starts, with one timing pass per run to keep the test short.
+        window.start_run({**window.controls.config(), "mode": "guide", "optimizations": [],
+                          "repeats": 1})
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=300_000)
+    assert failures == []
+    assert window.workspace.currentWidget() is window.guide_panel
+    text = window.guide_panel.text()
+    assert "The measured guide: preset:tiny-llama" in text
+    assert "forward" in text and "train" in text and "Could not run here" in text
+    guide = window.guide_panel.guide
+    saved = {s.run_id for s in store.list()}
+    assert {e.run_id for e in guide.entries if e.status == "ok"} <= saved
+    buttons = window.guide_panel._compare_buttons
+    assert buttons
+    buttons[0].click()
+    assert window.workspace.currentWidget() is window.runs_tab
+    assert window.compare_panel.comparison is not None

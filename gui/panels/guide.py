@@ -1,0 +1,56 @@
+"""The measured guide in the window: the engine's Markdown (ranked tables, charts, notes, what
+could not run) and one button per workload to compare its runs. Renders; measures nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QTextBrowser, QVBoxLayout, QWidget
+
+
+class GuidePanel(QWidget):
+    """``render(guide, folder)`` shows ``folder/guide.md``; emits ``compare_requested([ids])``."""
+
+    compare_requested = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.browser = QTextBrowser()
+        self.browser.setOpenExternalLinks(True)
+        self.message = QLabel("Run → Run the guide measures every technique on the chosen model.")
+        self.message.setWordWrap(True)
+        self.buttons = QHBoxLayout()
+        self.buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.message)
+        layout.addLayout(self.buttons)
+        layout.addWidget(self.browser, 1)
+        self._compare_buttons: list[QPushButton] = []
+        self.guide: Any = None
+
+    def render(self, guide: Any, folder: Path | str) -> None:
+        self.guide = guide
+        folder = Path(folder)
+        self.browser.setSearchPaths([str(folder)])
+        self.browser.setMarkdown((folder / "guide.md").read_text(encoding="utf-8"))
+        ran = sum(e.status == "ok" for e in guide.entries)
+        self.message.setText(f"{ran} of {len(guide.entries)} techniques measured on "
+                             f"{guide.model} ({guide.device}); files in {folder}.")
+        for button in self._compare_buttons:
+            self.buttons.removeWidget(button)
+            button.deleteLater()
+        self._compare_buttons = []
+        for workload in guide.workloads():
+            ids = [e.run_id for e in guide.ranked(workload) if e.run_id]
+            if len(ids) < 2:
+                continue
+            button = QPushButton(f"Compare the {workload} runs")
+            button.clicked.connect(lambda _=False, ids=ids: self.compare_requested.emit(ids))
+            self.buttons.insertWidget(self.buttons.count() - 1, button)
+            self._compare_buttons.append(button)
+
+    def text(self) -> str:
+        return self.browser.toPlainText()
