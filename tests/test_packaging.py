@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
 
 
-def _run_self_test(*args: str, code: str | None = None, timeout: float = 120
+def _run_self_test(*args: str, code: str | None = None, timeout: float = 240
                    ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("QT_QPA_PLATFORM", None)  # the self-test must pick offscreen on its own
