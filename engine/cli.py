@@ -159,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
                         "in this Markdown file (chart paths relative to it)")
 
     sub.add_parser("gui", help="open the desktop app (options: --model, --workload, --run, "
-                              "--screenshot PATH, --quit-after-ms N)")
+                              "--screenshot PATH, --quit-after-ms N; `memlens --self-test` "
+                              "checks an installation offscreen)")
     return ap
 
 
