@@ -132,7 +132,8 @@ class TimelinePanel(QWidget):
             self.plot.getAxis(axis).setPen("#606060")
         self.plot.setClipToView(True)
         self.plot.setDownsampling(auto=True, mode="peak")  # spikes are the data here
-        self.legend = self.plot.addLegend(offset=(10, 10), labelTextColor="#202020",
+        # Bottom right: phase names sit along the top, and memory curves mostly rise to the right.
+        self.legend = self.plot.addLegend(offset=(-10, -10), labelTextColor="#202020",
                                           brush=pg.mkBrush(255, 255, 255, 200))
         self._redraw_timer = QTimer(self)
         self._redraw_timer.setSingleShot(True)
