@@ -596,6 +596,23 @@ def _failed_exit(printer: _ProgressPrinter, what: str) -> int:
     return EXIT_CANCELLED if f.kind == "cancelled" else EXIT_FAILED
 
 
+def _finish(args: argparse.Namespace, printer: Any, what: str, show: Any, work: Any) -> int:
+    """Run a sweep or a fit (``work``), then write its record (JSON) or print it (``show``)."""
+    try:
+        record = work()
+    except KeyboardInterrupt:
+        print(f"\nmemlens: {what} cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    if record is None:
+        return _failed_exit(printer, what)
+    _write_json(record.to_dict(), args)
+    if not args.json:
+        show(record, sys.stdout)
+        if args.out is not None:
+            print(f"written: {args.out}")
+    return EXIT_OK
+
+
 def _sweep(args: argparse.Namespace, store) -> int:
     from .sweep import parse_bytes, parse_int_list, sweep
 
@@ -608,20 +625,9 @@ def _sweep(args: argparse.Namespace, store) -> int:
                        dtype=args.dtype, attention_impl=args.attention_impl, device=args.device,
                        repeats=args.repeats, trust_remote_code=args.trust_remote_code)
     printer = _PointPrinter(sys.stderr)
-    try:
-        record = sweep(config, seqs, batches, sets, printer, store=store if args.save else None,
-                       measure_limit_bytes=limit)
-    except KeyboardInterrupt:
-        print("\nmemlens: sweep cancelled", file=sys.stderr)
-        return EXIT_CANCELLED
-    if record is None:
-        return _failed_exit(printer, "sweep")
-    _write_json(record.to_dict(), args)
-    if not args.json:
-        print_sweep(record, sys.stdout)
-        if args.out is not None:
-            print(f"written: {args.out}")
-    return EXIT_OK
+    return _finish(args, printer, "sweep", print_sweep, lambda: sweep(
+        config, seqs, batches, sets, printer, store=store if args.save else None,
+        measure_limit_bytes=limit))
 
 
 def print_sweep(record, out: TextIO) -> None:
@@ -698,20 +704,9 @@ def _fit(args: argparse.Namespace, store) -> int:
                        dtype=args.dtype, attention_impl=args.attention_impl,
                        trust_remote_code=args.trust_remote_code)
     printer = _PointPrinter(sys.stderr)
-    try:
-        record = what_fits(config, budget, batches, sets, printer,
-                           store=store if args.save else None, granularity=args.granularity)
-    except KeyboardInterrupt:
-        print("\nmemlens: fit cancelled", file=sys.stderr)
-        return EXIT_CANCELLED
-    if record is None:
-        return _failed_exit(printer, "fit")
-    _write_json(record.to_dict(), args)
-    if not args.json:
-        print_fit(record, sys.stdout)
-        if args.out is not None:
-            print(f"written: {args.out}")
-    return EXIT_OK
+    return _finish(args, printer, "fit", print_fit, lambda: what_fits(
+        config, budget, batches, sets, printer, store=store if args.save else None,
+        granularity=args.granularity))
 
 
 def print_fit(record, out: TextIO) -> None:

@@ -36,7 +36,7 @@ from .errors import Cancelled, ErrorKind, MemLensError
 from .events import Failed, Finished, LayerStatsReady, Progress
 from .layers import module_weight_tensors, select_layers, unique_nbytes
 from .results import RunResult
-from .runner import Listener, _emit, _Run, _run_id
+from .runner import Listener, _emit, _Run, _run_id, internal_failure
 
 METHOD = ("FakeTensorMode build (no weights, no memory) + MemLens tensor accounting "
           "(the measured runs' memory pass)")
@@ -109,11 +109,7 @@ def estimate(config: RunConfig, listener: Listener = lambda e: None,
         if err is not None:
             _emit(listener, Failed(err.kind.value, err.message, err.hint))
             return None
-        _emit(listener, Failed(ErrorKind.INTERNAL.value,
-                               f"Unexpected error during {run.stage or 'the estimate'}: "
-                               f"{type(exc).__name__}: {exc}",
-                               "This is a MemLens bug; the details are in the log."))
-        traceback.print_exc()
+        internal_failure(listener, exc, run.stage or "the estimate")
         return None
     run.cleanup()
     if store is not None:

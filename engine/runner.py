@@ -65,6 +65,14 @@ def _emit(listener: Listener, event: Event) -> None:
         traceback.print_exc()
 
 
+def internal_failure(listener: Listener, exc: BaseException, stage: str) -> None:
+    """Report an unexpected exception as a failed run (a MemLens bug) and log its traceback."""
+    _emit(listener, Failed(ErrorKind.INTERNAL.value,
+                           f"Unexpected error during {stage}: {type(exc).__name__}: {exc}",
+                           "This is a MemLens bug; the details are in the log."))
+    traceback.print_exc()
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return True
@@ -105,11 +113,7 @@ def execute(config: RunConfig, listener: Listener = lambda e: None,
             return None
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        _emit(listener, Failed(ErrorKind.INTERNAL.value,
-                               f"Unexpected error during {run.stage or 'the run'}: "
-                               f"{type(exc).__name__}: {exc}",
-                               "This is a MemLens bug; the details are in the log."))
-        traceback.print_exc()
+        internal_failure(listener, exc, run.stage or "the run")
         return None
     run.cleanup()
     if store is not None:
