@@ -522,12 +522,14 @@ def _add_sweep_parsers(sub) -> None:
                          "instead of the rule above")
 
     f = sub.add_parser(
-        "fit", help="the longest sequence that fits a memory budget, and what binds it",
+        "fit", help="the longest sequence (or largest batch) that fits a memory budget, and "
+                    "what binds it",
         description="Searches over estimates (fake tensors, no weights) for the largest "
                     "sequence length (the prompt, for generate) whose estimated peak is within "
                     "the budget, per batch and optimization set, and names the binding "
-                    "category. The answer is the largest tested length that fits, with the "
-                    "next tested one that does not.")
+                    "category; with --at-seq, for the largest batch at those lengths instead. "
+                    "The answer is the largest tested value that fits, with the next tested one "
+                    "that does not.")
     common(f)
     f.add_argument("--budget", default=None,
                    help=f"memory budget: {BUDGET_FORMS}; default: the detected GPU's total "
@@ -535,6 +537,11 @@ def _add_sweep_parsers(sub) -> None:
     f.add_argument("--batch", default="1", help="batch sizes, comma-separated (one answer each)")
     f.add_argument("--granularity", type=int, default=None,
                    help="search step in tokens (default: a power of two near the limit / 128)")
+    f.add_argument("--at-seq", default=None, metavar="SEQS",
+                   help="search the largest batch instead, at these sequence lengths "
+                        "(comma-separated; for generate: prompt lengths)")
+    f.add_argument("--max-batch", type=int, default=None,
+                   help="upper end of the batch search (default 65536)")
 
 
 def _opt_sets(args: argparse.Namespace) -> list[list[dict]]:
@@ -570,8 +577,9 @@ class _PointPrinter(_ProgressPrinter):
             a = event.answer
             if self.tty:
                 self.stream.write("\r\033[K")
-            self.stream.write(f"[{time.perf_counter() - self.t0:6.1f}s] {a.opt_set}, batch "
-                              f"{a.batch}: {a.estimates} estimates\n")
+            where = f"seq {a.seq}" if a.axis == "batch" else f"batch {a.batch}"
+            self.stream.write(f"[{time.perf_counter() - self.t0:6.1f}s] {a.opt_set}, {where}: "
+                              f"{a.estimates} estimates\n")
             self.stream.flush()
             self.stage = ""
         else:
@@ -691,7 +699,7 @@ def print_sweep(record, out: TextIO) -> None:
 
 
 def _fit(args: argparse.Namespace, store) -> int:
-    from .sweep import parse_int_list, resolve_budget, what_fits
+    from .sweep import DEFAULT_MAX_BATCH, parse_int_list, resolve_budget, what_fits
 
     budget = resolve_budget(args.budget)
     batches = parse_int_list(args.batch, "batch")
@@ -700,13 +708,25 @@ def _fit(args: argparse.Namespace, store) -> int:
         _error(f"The granularity must be at least 1 token (got {args.granularity}).",
                "Use --granularity 1 or more, or leave it out.")
         return EXIT_USAGE
+    if args.max_batch is not None and args.max_batch < 1:
+        _error(f"The largest batch must be at least 1 (got {args.max_batch}).",
+               "Use --max-batch 1 or more, or leave it out.")
+        return EXIT_USAGE
+    if args.at_seq is not None and args.batch != "1":
+        _error("--batch and --at-seq cannot be combined: --at-seq searches the batch.",
+               "Give --batch to find the longest sequence per batch, or --at-seq to find the "
+               "largest batch per sequence length.")
+        return EXIT_USAGE
+    axis = "batch" if args.at_seq is not None else "seq"
+    seqs = parse_int_list(args.at_seq, "at-seq") if args.at_seq is not None else None
     config = RunConfig(model=args.model, workload=args.workload, new_tokens=args.new_tokens,
                        dtype=args.dtype, attention_impl=args.attention_impl,
                        trust_remote_code=args.trust_remote_code)
     printer = _PointPrinter(sys.stderr)
     return _finish(args, printer, "fit", print_fit, lambda: what_fits(
         config, budget, batches, sets, printer, store=store if args.save else None,
-        granularity=args.granularity))
+        granularity=args.granularity, axis=axis, seqs=seqs,
+        max_batch=args.max_batch or DEFAULT_MAX_BATCH))
 
 
 def print_fit(record, out: TextIO) -> None:
@@ -715,6 +735,8 @@ def print_fit(record, out: TextIO) -> None:
 
     w = out.write
     gen = record.workload == "generate"
+    if record.axis == "batch":
+        return _print_fit_batch(record, out)
     w(f"ESTIMATE — what fits in {record.budget_description}\n")
     w(f"{record.model} · {record.workload}"
       f"{f' ({record.new_tokens} new tokens after the prompt)' if gen else ''} · dtype "
@@ -746,6 +768,54 @@ def print_fit(record, out: TextIO) -> None:
         w(f"{a.opt_set}, batch {a.batch}: {a.message}\n")
         if a.categories:
             w("  at the longest fitting length: " + " · ".join(
+                f"{CATEGORY_LABELS[c]} {human_bytes(v)}" for c, v in a.categories.items() if v)
+              + "\n")
+        if a.run_ids:
+            w(f"  saved estimates: {', '.join(a.run_ids.values())}\n")
+    w(f"\nsearch: {record.search}.\n")
+    for note in record.notes:
+        w(f"note: {note}\n")
+    w(f"made in {record.duration_s:.1f} s\n")
+
+
+def _print_fit_batch(record, out: TextIO) -> None:
+    """The batch answers: the largest batch per set and sequence length, the next tested."""
+    from .sweep import CATEGORY_LABELS
+
+    w = out.write
+    gen = record.workload == "generate"
+    w(f"ESTIMATE — the largest batch that fits in {record.budget_description}\n")
+    w(f"{record.model} · {record.workload}"
+      f"{f' ({record.new_tokens} new tokens after the prompt)' if gen else ''} · dtype "
+      f"{record.dtype} · attention {record.attention_impl} · batch searched up to "
+      f"{record.max_batch}\n\n")
+    cols = ["opt set", "prompt" if gen else "seq", "largest batch", "est. peak", "next tested",
+            "its peak", "binding", "grows", "estimates", "s"]
+    rows = []
+    for a in record.answers:
+        batch = (MISSING if a.batch is None
+                 else f"{a.batch}{' (search end)' if a.status == 'limit' else ''}")
+        rows.append([a.opt_set, str(a.seq), batch, _cell(a.peak_bytes),
+                     str(a.next_batch) if a.next_batch is not None else MISSING,
+                     _cell(a.next_peak_bytes),
+                     CATEGORY_LABELS.get(a.binding, a.binding) if a.binding else MISSING,
+                     CATEGORY_LABELS.get(a.grows, a.grows) if a.grows else MISSING,
+                     str(a.estimates), f"{a.seconds:.1f}"])
+    widths = [max(len(r[i]) for r in rows + [cols]) for i in range(len(cols))]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(v.ljust(widths[i]) if i in (0, 6, 7) else v.rjust(widths[i])
+                         for i, v in enumerate(r))
+
+    line = fmt(cols)
+    w(line.rstrip() + "\n" + "-" * len(line) + "\n")
+    for r in rows:
+        w(fmt(r).rstrip() + "\n")
+    w("\n")
+    for a in record.answers:
+        w(f"{a.opt_set}, seq {a.seq}: {a.message}\n")
+        if a.categories:
+            w("  at the largest fitting batch: " + " · ".join(
                 f"{CATEGORY_LABELS[c]} {human_bytes(v)}" for c, v in a.categories.items() if v)
               + "\n")
         if a.run_ids:

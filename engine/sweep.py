@@ -39,7 +39,7 @@ from .format import human_bytes
 from .results import RunResult
 
 SWEEP_SCHEMA_VERSION = 1
-FIT_SCHEMA_VERSION = 1
+FIT_SCHEMA_VERSION = 2  # 2: axis "batch" (largest batch at fixed lengths)
 
 # Category -> Totals field (bytes live at the peak), and how it is written in text.
 CATEGORY_FIELDS = {
@@ -293,10 +293,12 @@ class SweepRecord:
 
 @dataclass
 class FitAnswer:
-    """The largest sequence that fits for one optimization set and batch (from estimates)."""
+    """What fits for one optimization set (from estimates). ``axis == "seq"``: the largest
+    sequence at a given ``batch``; ``axis == "batch"``: the largest ``batch`` (None when not
+    even 1 fits) at a given ``seq``, with ``next_batch`` the next tested that does not."""
 
     opt_set: str
-    batch: int
+    batch: int | None
     # fits: seq fits, next_seq does not | limit: the model's maximum positions fit |
     # weights_exceed: the weights alone exceed the budget | nothing_fits: not even seq 1 |
     # failed: the estimate could not be made (error)
@@ -316,6 +318,8 @@ class FitAnswer:
     run_ids: dict[str, str] = field(default_factory=dict)  # seq -> saved estimate id
     message: str = ""
     error: str | None = None
+    axis: str = "seq"
+    next_batch: int | None = None  # axis "batch": the next tested batch, which does not fit
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -348,13 +352,24 @@ class FitRecord:
     duration_s: float = 0.0
     kind: str = "fit"
     figures: str = "estimate"  # every figure in a fit comes from an estimate
+    axis: str = "seq"  # "seq": longest length per batch; "batch": largest batch per length
+    seqs: list[int] = field(default_factory=list)  # axis "batch": the lengths searched at
+    max_batch: int | None = None  # axis "batch": the search's upper end
     schema_version: int = FIT_SCHEMA_VERSION
 
     def answer(self, batch: int = 1, opt_set: str = "none") -> FitAnswer:
+        """Axis "seq": the answer for ``batch``."""
         for a in self.answers:
-            if (a.batch, a.opt_set) == (batch, opt_set):
+            if a.axis == "seq" and (a.batch, a.opt_set) == (batch, opt_set):
                 return a
         raise KeyError((batch, opt_set))
+
+    def answer_at(self, seq: int, opt_set: str = "none") -> FitAnswer:
+        """Axis "batch": the answer at sequence length ``seq``."""
+        for a in self.answers:
+            if a.axis == "batch" and (a.seq, a.opt_set) == (seq, opt_set):
+                return a
+        raise KeyError((seq, opt_set))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -363,6 +378,13 @@ class FitRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitRecord:
+        if data.get("kind") != "fit":
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD, "The file is not a MemLens fit.",
+                               "Pass a file written by memlens fit --out.")
+        if int(data.get("schema_version", 0)) > FIT_SCHEMA_VERSION:
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                               f"The fit was written by a newer MemLens (schema "
+                               f"{data.get('schema_version')}).", "Upgrade MemLens to read it.")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["answers"] = [FitAnswer.from_dict(a) for a in data.get("answers") or []]
@@ -596,6 +618,15 @@ SEARCH = ("estimates only: first the granularity step (its estimate also gives t
           "one that does not (at most one granularity step apart)")
 
 
+BATCH_SEARCH = ("estimates only: batch 1 first (its estimate also gives the weights: when they "
+                "alone exceed the budget the search stops), then doubling until a batch does "
+                "not fit or the upper end is reached; between the largest fitting and the "
+                "smallest failing batch the same curve-guided proposals and every-third "
+                "bisection as the length search, with a step of 1. The answer is the largest "
+                "tested batch that fits, with the next tested one (one more) that does not")
+DEFAULT_MAX_BATCH = 65536
+
+
 def default_granularity(seq_limit: int) -> int:
     """A power of two near ``seq_limit / 128`` (1 for short limits): the search's step."""
     g = 1
@@ -646,55 +677,99 @@ def fit_sequence(peak_at: Callable[[int], int], budget: int, seq_limit: int, gra
     most once per length. See :data:`SEARCH`.
     """
     g = max(1, granularity)
-    peaks: dict[int, int] = {}
-    order: list[tuple[int, int]] = []
-
-    def peak(s: int) -> int:
-        if s not in peaks:
-            peaks[s] = peak_at(s)
-            order.append((s, peaks[s]))
-        return peaks[s]
-
+    probe = _Probe(peak_at)
+    peak = probe.peak
     first = min(g, seq_limit)
     if peak(first) > budget:
         if first == 1 or peak(1) > budget:
-            return None, 1, order
+            return None, 1, probe.order
         lo, hi, g = 1, first, 1  # below the first step: single tokens
     elif first == seq_limit or peak(seq_limit) <= budget:
-        return seq_limit, None, order
+        return seq_limit, None, probe.order
     else:
         lo, hi = first, seq_limit
-    # Invariant: lo fits, hi does not, both tested; lo is a multiple of g (or 1 with g = 1).
+    lo, hi = _narrow(probe, budget, lo, hi, g)
+    return lo, hi, probe.order
+
+
+def fit_batch(peak_at: Callable[[int], int], budget: int, max_batch: int = 65536,
+              ) -> tuple[int | None, int | None, list[tuple[int, int]]]:
+    """Largest tested batch in [1, max_batch] with ``peak_at(batch) <= budget``: doubling from 1
+    until a batch does not fit (or ``max_batch`` does), then the same narrowing as
+    :func:`fit_sequence` with a step of 1. Same return contract. See :data:`BATCH_SEARCH`."""
+    probe = _Probe(peak_at)
+    peak = probe.peak
+    if peak(1) > budget:
+        return None, 1, probe.order
+    lo = 1
+    while True:
+        nxt = min(lo * 2, max_batch)
+        if nxt == lo:
+            return lo, None, probe.order
+        if peak(nxt) > budget:
+            break
+        lo = nxt
+    lo, hi = _narrow(probe, budget, lo, nxt, 1)
+    return lo, hi, probe.order
+
+
+class _Probe:
+    """Calls ``peak_at`` at most once per value and keeps the test order."""
+
+    def __init__(self, peak_at: Callable[[int], int]) -> None:
+        self.peak_at = peak_at
+        self.peaks: dict[int, int] = {}
+        self.order: list[tuple[int, int]] = []
+
+    def peak(self, x: int) -> int:
+        if x not in self.peaks:
+            self.peaks[x] = self.peak_at(x)
+            self.order.append((x, self.peaks[x]))
+        return self.peaks[x]
+
+
+def _narrow(probe: _Probe, budget: int, lo: int, hi: int, g: int) -> tuple[int, int]:
+    """Between ``lo`` (fits, tested) and ``hi`` (does not, tested), ``lo`` a multiple of ``g``
+    (or 1 with ``g == 1``): predict where the curve meets the budget, test there and just above;
+    every third proposal bisects, so it ends with ``hi - lo <= g``."""
     proposals = 0
     while hi - lo > g:
         proposals += 1
-        guess = _predict(list(peaks.items()), budget) if proposals % 3 else None
+        guess = _predict(list(probe.peaks.items()), budget) if proposals % 3 else None
         if guess is None or not lo < guess < hi:
             guess = (lo + hi) / 2
         s = min(max(_round_down(guess, g), lo + g), _round_down(hi - 1, g))
-        if peak(s) > budget:
+        if probe.peak(s) > budget:
             hi = s
             continue
         lo = s
         if s + g < hi:  # the one just above: after a close proposal this ends the search
-            if peak(s + g) <= budget:
+            if probe.peak(s + g) <= budget:
                 lo = s + g
             else:
                 hi = s + g
-    return lo, hi, order
+    return lo, hi
 
 
 def what_fits(config: RunConfig, budget: Budget, batches: list[int] | None = None,
               opt_sets: list[list[dict[str, Any]]] | None = None,
               listener: Listener = lambda e: None, cancel: threading.Event | None = None,
-              store: Any = None, granularity: int | None = None) -> FitRecord | None:
-    """The largest sequence length (prompt length for generation) whose estimated peak fits
-    ``budget``, per batch and optimization set, with the binding constraint. Returns the
-    record, or None after a ``Failed`` event."""
+              store: Any = None, granularity: int | None = None, axis: str = "seq",
+              seqs: list[int] | None = None,
+              max_batch: int = DEFAULT_MAX_BATCH) -> FitRecord | None:
+    """What fits ``budget`` per optimization set, with the binding constraint, from estimates.
+
+    ``axis="seq"``: the largest sequence length (prompt length for generation) per batch in
+    ``batches``. ``axis="batch"``: the largest batch (up to ``max_batch``) per sequence length in
+    ``seqs``. Returns the record, or None after a ``Failed`` event."""
     cancel = cancel or threading.Event()
     try:
+        if axis not in ("seq", "batch"):
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Unknown fit axis {axis!r}.",
+                               "Use 'seq' (longest sequence per batch) or 'batch' (largest "
+                               "batch per sequence length).")
         record = _what_fits(config, budget, batches or [config.batch], opt_sets, listener,
-                            cancel, store, granularity)
+                            cancel, store, granularity, axis, seqs or [config.seq], max_batch)
     except MemLensError as exc:
         _emit(listener, Failed(exc.kind.value, exc.message, exc.hint))
         return None
@@ -722,7 +797,8 @@ def _growth(a: dict[str, int], b: dict[str, int]) -> str | None:
     return best if diff[best] > 0 else None
 
 
-def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granularity):
+def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granularity,
+               axis="seq", seqs=(1,), max_batch=DEFAULT_MAX_BATCH):
     from .estimate import estimable_optimizations
 
     t0 = time.perf_counter()
@@ -732,6 +808,11 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
     if min(batches) < 1:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, "Batch sizes must be at least 1.",
                            "Use --batch 1 or more.")
+    seqs = sorted(set(seqs))
+    if axis == "batch" and (min(seqs) < 1 or max_batch < 1):
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           "Sequence lengths and the largest batch must be at least 1.",
+                           "Use --at-seq 1 or more and --max-batch 1 or more.")
     sets = [list(s) for s in (opt_sets if opt_sets is not None else [config.optimizations])]
     for s in sets:  # refused before any estimate runs
         estimable_optimizations(dataclasses.replace(config, optimizations=s))
@@ -749,6 +830,8 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
                            f"{config.model} supports {limit} positions, fewer than "
                            f"{extra} new tokens plus a 1-token prompt.",
                            f"Use --new-tokens {limit - 1} or fewer.")
+    if axis == "batch":
+        _check_seqs(config, seqs, limit)
     g = granularity or default_granularity(seq_limit)
     record = FitRecord(
         model=config.model, workload=config.workload, budget_bytes=budget.bytes,
@@ -756,53 +839,67 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
         opt_sets=[{"label": opt_set_label(s), "optimizations": s} for s in sets],
         dtype=config.dtype, attention_impl=config.attention_impl, new_tokens=config.new_tokens,
         max_positions=limit, seq_limit=seq_limit, granularity=g, search=SEARCH,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), axis=axis)
+    if axis == "batch":
+        record.batches, record.seqs, record.max_batch = [], seqs, max_batch
+        record.granularity, record.search = 1, BATCH_SEARCH
     record.notes.append(
         "Every figure is an ESTIMATE (fake tensors, CPU kernels): tensor bytes as a CPU run "
         "would count them. Not included: the CUDA context, library workspaces (cuBLAS), "
         "allocator caching and fragmentation; leave headroom for them on a GPU.")
     if config.workload == "generate":
-        record.notes.append(f"Generation: the length searched is the prompt; {extra} new tokens "
-                            f"follow it, and prompt + new tokens ≤ {limit} positions.")
-    jobs = [(opts, b) for opts in sets for b in batches]
-    for j, (opts, batch) in enumerate(jobs):
+        record.notes.append(f"Generation: the length {'searched' if axis == 'seq' else 'given'} "
+                            f"is the prompt; {extra} new tokens follow it, and prompt + new "
+                            f"tokens ≤ {limit} positions.")
+    by_batch = axis == "batch"
+    jobs = ([(opts, s) for opts in sets for s in seqs] if by_batch
+            else [(opts, b) for opts in sets for b in batches])
+    for j, (opts, fixed) in enumerate(jobs):
         label = opt_set_label(opts)
-        answer = FitAnswer(opt_set=label, batch=batch, status="failed")
+        answer = (FitAnswer(opt_set=label, batch=None, seq=fixed, status="failed", axis="batch")
+                  if by_batch else FitAnswer(opt_set=label, batch=fixed, status="failed"))
         t_job = time.perf_counter()
         results: dict[int, RunResult] = {}
 
-        def peak_at(seq: int, _opts=opts, _batch=batch, _j=j, _label=label) -> int:
+        def peak_at(x: int, _opts=opts, _fixed=fixed, _j=j, _label=label) -> int:
             if cancel.is_set():
                 raise Cancelled()
-            inner = _Inner(listener, "fit", _j / len(jobs),
-                           f"{_label}, batch {_batch}: estimate at seq {seq}")
-            result = _estimate_at(config, seq, _batch, _opts, inner, cancel, store)
-            results[seq] = result
+            seq, batch = (_fixed, x) if by_batch else (x, _fixed)
+            what = (f"seq {seq}: estimate at batch {batch}" if by_batch
+                    else f"batch {batch}: estimate at seq {seq}")
+            inner = _Inner(listener, "fit", _j / len(jobs), f"{_label}, {what}")
+            result = _estimate_at(config, seq, batch, _opts, inner, cancel, store)
+            results[x] = result
             if store is not None:
-                answer.run_ids[str(seq)] = result.run_id
-            tested.append((seq, result.totals.peak_bytes))
+                answer.run_ids[str(x)] = result.run_id
+            tested.append((seq, batch, result.totals.peak_bytes))
             if (result.totals.model_weights_bytes or 0) > budget.bytes:
                 raise _WeightsExceed()
             return result.totals.peak_bytes
 
-        tested: list[tuple[int, int]] = []
+        tested: list[tuple[int, int, int]] = []
         try:
-            fits, nxt, _ = fit_sequence(peak_at, budget.bytes, seq_limit, g)
+            if by_batch:
+                fits, nxt, _ = fit_batch(peak_at, budget.bytes, max_batch)
+            else:
+                fits, nxt, _ = fit_sequence(peak_at, budget.bytes, seq_limit, g)
         except _WeightsExceed:
-            fits, nxt = None, tested[0][0]
+            fits, nxt = None, tested[0][1 if by_batch else 0]
         except Cancelled:
             raise
         except MemLensError as exc:
             answer.error = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
             answer.message = f"no answer: {answer.error}"
             fits = nxt = None
-        answer.tested = [{"seq": s, "peak_bytes": p, "fits": p <= budget.bytes}
-                         for s, p in tested]
+        answer.tested = [{"seq": s, "batch": b, "peak_bytes": p, "fits": p <= budget.bytes}
+                         for s, b, p in tested]
         answer.estimates = len(tested)
         if results:
             any_result = next(iter(results.values()))
             answer.model_weights_bytes = any_result.totals.model_weights_bytes
-        if answer.error is None:
+        if answer.error is None and by_batch:
+            _fill_batch_answer(answer, fits, nxt, results, budget, max_batch)
+        elif answer.error is None:
             _fill_answer(answer, fits, nxt, results, budget, seq_limit, limit, extra)
         answer.seconds = round(time.perf_counter() - t_job, 3)
         record.answers.append(answer)
@@ -861,10 +958,56 @@ def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                           f"{CATEGORY_LABELS.get(answer.binding or '', answer.binding)}")
 
 
+def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
+                      results: dict[int, RunResult], budget: Budget, max_batch: int) -> None:
+    b = human_bytes(budget.bytes)
+    if fits is not None:
+        r = results[fits]
+        answer.batch, answer.peak_bytes = fits, r.totals.peak_bytes
+        answer.categories = _categories(r)
+        answer.binding = dominant_category(answer.categories)
+    if nxt is not None:
+        r = results[nxt]
+        answer.next_batch, answer.next_peak_bytes = nxt, r.totals.peak_bytes
+        answer.next_categories = _categories(r)
+        if fits is None:
+            answer.binding = dominant_category(answer.next_categories)
+    answer.grows = _growth(answer.categories, answer.next_categories)
+    weights = answer.model_weights_bytes or 0
+    label = lambda c: CATEGORY_LABELS.get(c or "", c)  # noqa: E731
+    if fits is not None and nxt is None:
+        answer.status = "limit"
+        answer.message = (f"the search's upper end fits: batch {fits} at seq {answer.seq} "
+                          f"(estimated peak {human_bytes(answer.peak_bytes)} ≤ {b}); raise "
+                          f"--max-batch (now {max_batch}) to search further")
+    elif fits is not None:
+        answer.status = "fits"
+        answer.message = (
+            f"largest tested batch that fits at seq {answer.seq}: {fits} (estimated peak "
+            f"{human_bytes(answer.peak_bytes)} ≤ {b}); next tested {nxt} does not "
+            f"({human_bytes(answer.next_peak_bytes)}); binding: {label(answer.binding)} "
+            "(largest part of the peak)"
+            + (f", {label(answer.grows)} grows with the batch"
+               if answer.grows and answer.grows != answer.binding else ""))
+    elif weights > budget.bytes:
+        answer.status = "weights_exceed"
+        answer.binding = "weights"
+        answer.message = (f"the weights alone need {human_bytes(weights)}, more than the budget "
+                          f"{b}: nothing fits (pick a smaller dtype or model, or shard it)")
+    else:
+        answer.status = "nothing_fits"
+        parts = ", ".join(f"{CATEGORY_LABELS[c]} {human_bytes(v)}"
+                          for c, v in sorted(answer.next_categories.items(),
+                                             key=lambda kv: -kv[1]) if v)
+        answer.message = (f"nothing fits at seq {answer.seq}: even batch 1 has an estimated "
+                          f"peak of {human_bytes(answer.next_peak_bytes)} > {b} ({parts}); "
+                          f"binding: {label(answer.binding)}")
+
+
 __all__ = [
     "Budget", "FitAnswer", "FitDone", "FitFinished", "FitRecord", "measure_fraction",
     "measure_rule", "PointDone", "SweepFinished", "SweepPoint", "SweepRecord",
-    "default_granularity", "dominant_category", "fit_sequence", "model_max_positions",
+    "default_granularity", "dominant_category", "fit_batch", "fit_sequence", "model_max_positions",
     "opt_set_label", "parse_bytes", "parse_int_list", "parse_opt_set", "resolve_budget",
     "sweep", "what_fits",
 ]

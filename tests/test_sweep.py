@@ -23,6 +23,7 @@ from engine.sweep import (
     PointDone,
     SweepFinished,
     SweepRecord,
+    fit_batch,
     fit_sequence,
     parse_bytes,
     parse_opt_set,
@@ -94,6 +95,27 @@ def test_search_brackets_the_budget_with_few_tests(shape) -> None:
         if shape != "steps" and fits is not None and nxt is not None:
             # curves that grow: nothing between the two tested lengths is skipped
             assert all(curve(s) > budget for s in range(nxt, min(8161, nxt + 64)))
+
+
+@pytest.mark.parametrize("budget", [50, 1_000, 123_457, 10**7, 10**12])
+def test_batch_search_doubles_then_brackets_the_budget(budget) -> None:
+    def curve(b: int) -> int:
+        return 900 + 1_234 * b + b * b // 7
+
+    calls: list[int] = []
+
+    def peak_at(b: int) -> int:
+        calls.append(b)
+        return curve(b)
+
+    fits, nxt, tested = fit_batch(peak_at, budget, max_batch=4096)
+    assert len(calls) == len(set(calls)) == len(tested) <= 25
+    if fits is None:
+        assert nxt == 1 and curve(1) > budget
+    elif nxt is None:
+        assert fits == 4096 and curve(4096) <= budget
+    else:
+        assert nxt == fits + 1 and curve(fits) <= budget < curve(nxt)
 
 
 # -- sweep -----------------------------------------------------------------------------------------
@@ -217,6 +239,44 @@ def test_fit_reports_the_model_limit_when_everything_fits() -> None:
     a = what_fits(tiny(workload="generate", new_tokens=6),
                   Budget(2**40, "given", "t")).answer(1)
     assert a.status == "limit" and a.seq == 250 and a.next_seq is None and a.estimates == 2
+
+
+def test_fit_finds_the_largest_batch_at_a_length() -> None:
+    budget = _peak(tiny(workload="forward", seq=32, batch=5)) + 1
+    record = what_fits(tiny(workload="forward"), Budget(budget, "given", "t"), axis="batch",
+                       seqs=[32], max_batch=64)
+    assert record is not None and record.axis == "batch" and record.seqs == [32]
+    a = record.answer_at(32)
+    assert (a.status, a.batch, a.next_batch, a.seq) == ("fits", 5, 6, 32)
+    assert a.peak_bytes == budget - 1
+    assert _peak(tiny(workload="forward", seq=32, batch=6)) == a.next_peak_bytes > budget
+    assert [t["batch"] for t in a.tested][:4] == [1, 2, 4, 8]  # doubling first
+    assert all(t["seq"] == 32 for t in a.tested)
+    assert FitRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    # the search's upper end fits: said so, not presented as the memory limit
+    end = what_fits(tiny(workload="forward"), Budget(2**40, "given", "t"), axis="batch",
+                    seqs=[8], max_batch=4).answer_at(8)
+    assert (end.status, end.batch, end.next_batch) == ("limit", 4, None)
+    assert "--max-batch" in end.message
+
+
+def test_cli_fit_at_seq_prints_the_largest_batch(capsys) -> None:
+    budget = _peak(tiny(workload="forward", seq=16, batch=3)) + 1
+    assert cli.main(["fit", "--model", "preset:tiny-llama", "--budget", str(budget),
+                     "--at-seq", "16", "--max-batch", "64"]) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    assert text.startswith("ESTIMATE — the largest batch")
+    assert "largest tested batch that fits at seq 16: 3" in text
+    assert cli.main(["fit", "--model", "preset:tiny-llama", "--budget", "1GiB", "--at-seq",
+                     "16", "--batch", "2"]) == cli.EXIT_USAGE
+    assert "cannot be combined" in capsys.readouterr().err
+
+
+def test_a_fit_from_a_newer_memlens_is_refused() -> None:
+    with pytest.raises(MemLensError, match="newer MemLens"):
+        FitRecord.from_dict({"kind": "fit", "schema_version": 99})
+    with pytest.raises(MemLensError, match="not a MemLens fit"):
+        FitRecord.from_dict({"kind": "sweep"})
 
 
 # -- command line ----------------------------------------------------------------------------------
