@@ -63,9 +63,57 @@ def _warm_up() -> None:
     gc.freeze()
 
 
+def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event, store: Any,
+            extra: dict[str, Any] | None = None) -> Any:
+    """Run one job of any mode in this process; returns its result (None after ``Failed``).
+
+    ``run``: :func:`engine.runner.execute`; ``estimate``: :func:`engine.estimate.estimate`;
+    ``guide``: :func:`engine.guide.run_guide` (ends with ``GuideFinished``); ``sweep`` and
+    ``fit``: :func:`engine.sweep.sweep` / :func:`engine.sweep.what_fits` with ``extra`` giving
+    their arguments (see :func:`job_arguments`). The engine process and the window's in-process
+    engine both call this, so a mode behaves the same in either."""
+    extra = dict(extra or {})
+    if mode == "guide":
+        from .guide import GuideFinished, run_guide
+
+        guide = run_guide(model=config.model, device=config.device, seq=config.seq,
+                          new_tokens=config.new_tokens, repeats=config.repeats,
+                          listener=listener, cancel=cancel, store=store)
+        listener(GuideFinished(guide))
+        return guide
+    if mode == "sweep":
+        from .sweep import sweep
+
+        return sweep(config, extra.get("seqs") or [config.seq],
+                     extra.get("batches") or [config.batch], extra.get("opt_sets"),
+                     listener=listener, cancel=cancel, store=store,
+                     measure_limit_bytes=extra.get("measure_limit_bytes"))
+    if mode == "fit":
+        from .sweep import DEFAULT_MAX_BATCH, Budget, resolve_budget, what_fits
+
+        budget = (Budget(**extra["budget"]) if isinstance(extra.get("budget"), dict)
+                  else resolve_budget(extra.get("budget")))
+        return what_fits(config, budget, extra.get("batches"), extra.get("opt_sets"),
+                         listener=listener, cancel=cancel, store=store,
+                         granularity=extra.get("granularity"), axis=extra.get("axis", "seq"),
+                         seqs=extra.get("seqs"),
+                         max_batch=extra.get("max_batch") or DEFAULT_MAX_BATCH)
+    if mode == "estimate":
+        from .estimate import estimate
+
+        return estimate(config, listener=listener, cancel=cancel, store=store)
+    if mode != "run":
+        raise MemLensError("invalid_workload", f"Unknown engine job {mode!r}.",
+                           "Use run, estimate, guide, sweep or fit.")
+    from .runner import execute
+
+    return execute(config, listener=listener, cancel=cancel, store=store)
+
+
 def serve(requests: Any, events: Any, control: Any) -> None:
-    """The child's main loop: ``("run" | "estimate", job, config_dict, store_root | None)``
-    requests, one at a time; ``None`` stops. Every job ends with ``("done", job, None)``."""
+    """The child's main loop: ``(mode, job, config_dict, store_root | None, extra)`` requests
+    (modes of :func:`run_job`), one at a time; ``None`` stops. Every job ends with
+    ``("done", job, None)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's to handle
     jobs: dict[int, threading.Event] = {}
     jobs_lock = threading.Lock()
@@ -87,13 +135,11 @@ def serve(requests: Any, events: Any, control: Any) -> None:
         ready["warning"] = f"{type(exc).__name__}: {exc}"
     events.put(("ready", 0, ready))
 
-    from .estimate import estimate
     from .models import preimport_architecture
-    from .runner import execute
     from .store import RunStore
 
     for message in iter(requests.get, None):
-        mode, job, config_dict, root = message
+        mode, job, config_dict, root, extra = message
         cancel = threading.Event()
         with jobs_lock:
             jobs[job] = cancel
@@ -106,16 +152,7 @@ def serve(requests: Any, events: Any, control: Any) -> None:
             preimport_architecture(config.model)  # a new architecture's code stays frozen too
             gc.freeze()
             store = RunStore(root) if root else None
-            if mode == "guide":
-                from .guide import GuideFinished, run_guide
-
-                guide = run_guide(model=config.model, device=config.device, seq=config.seq,
-                                  new_tokens=config.new_tokens, repeats=config.repeats,
-                                  listener=listener, cancel=cancel, store=store)
-                listener(GuideFinished(guide))
-            else:
-                run = estimate if mode == "estimate" else execute
-                run(config, listener=listener, cancel=cancel, store=store)
+            run_job(mode, config, listener, cancel, store, extra)
         except MemLensError as exc:  # a guide's refusal or cancel (runs report their own)
             listener(Failed(exc.kind.value, exc.message, exc.hint))
         except BaseException as exc:  # execute reports its own failures; this is a safety net
@@ -204,9 +241,10 @@ class EngineProcess:
 
     def execute(self, config: RunConfig, listener: Any = lambda e: None,
                 cancel: threading.Event | None = None, store: Any = None,
-                mode: str = "run") -> Any:
+                mode: str = "run", extra: dict[str, Any] | None = None) -> Any:
         """Run ``config`` in the child; same contract as :func:`engine.runner.execute`
-        (``mode="estimate"``: :func:`engine.estimate.estimate`, fake tensors, no memory).
+        (other modes and their ``extra`` arguments: :func:`run_job`; the result is the guide,
+        sweep or fit record for those).
 
         ``store`` must be a :class:`engine.store.RunStore` (its folder is passed to the child)
         or ``None``. Blocks the calling thread (the GUI's worker thread), never the UI thread.
@@ -218,7 +256,8 @@ class EngineProcess:
         with self._lock:
             self.start()
             job = next(self._jobs)
-            self._requests.put((mode, job, config.to_dict(), str(Path(root)) if root else None))
+            self._requests.put((mode, job, config.to_dict(), str(Path(root)) if root else None,
+                                dict(extra or {})))
             result = None
             cancel_sent = False
             while True:
@@ -243,6 +282,8 @@ class EngineProcess:
                     result = payload.result
                 elif type(payload).__name__ == "GuideFinished":
                     result = payload.guide  # a guide job's result
+                elif type(payload).__name__ in ("SweepFinished", "FitFinished"):
+                    result = payload.record
                 listener(payload)
 
     def _died(self) -> Failed:

@@ -520,6 +520,7 @@ def _sweep(config, seqs, batches, opt_sets, listener, cancel, store, measure_lim
         device=config.device, dtype=config.dtype, attention_impl=config.attention_impl,
         new_tokens=config.new_tokens, measure_limit_bytes=measure_limit_bytes,
         measure_rule=(measure_rule() if given_limit is None else
+                      "every point estimated, as asked" if given_limit == 0 else
                       "measured where the estimated peak is at most the given limit, "
                       "estimated beyond"),
         available_bytes=available, max_positions=limit,
@@ -575,6 +576,8 @@ def _sweep(config, seqs, batches, opt_sets, listener, cancel, store, measure_lim
                     point.error = f"{point.error}; not measured: {why}"
                 else:
                     point.reason = f"estimate: the measurement failed ({why})"
+        elif est is not None and given_limit == 0:
+            point.reason = "estimate: every point estimated, as asked"
         elif est is not None:
             point.reason = (f"estimate: estimated peak {human_bytes(point.estimated_peak_bytes)}"
                             f" > {human_bytes(measure_limit_bytes)}")

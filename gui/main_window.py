@@ -32,6 +32,7 @@ from .panels.log import LogPanel
 from .panels.model_tree import ModelTreePanel
 from .panels.saved_runs import SavedRunsPanel
 from .panels.status import StatusPanel
+from .panels.sweep import SweepPanel
 from .panels.timeline import TimelinePanel
 from .panels.totals import TotalsPanel
 from .worker import ExecuteFn
@@ -67,6 +68,7 @@ class MainWindow(QMainWindow):
         self.compare_panel = ComparePanel()
         self.model_panel = ModelTreePanel()
         self.guide_panel = GuidePanel()
+        self.sweep_panel = SweepPanel()
         self.status = StatusPanel()
         self.chart = LayerChartPanel()
         self.table = LayerTablePanel()
@@ -85,6 +87,10 @@ class MainWindow(QMainWindow):
         self.saved_runs.compare_requested.connect(self.compare_saved_runs)
         self.saved_runs.baseline_requested.connect(self.set_baseline_run)
         self.guide_panel.compare_requested.connect(self.compare_saved_runs)
+        self.sweep_panel.sweep_requested.connect(lambda _=None: self.run_sweep())
+        self.sweep_panel.fit_requested.connect(lambda _=None: self.run_fit())
+        self.sweep_panel.save_requested.connect(self.save_sweep_dialog)
+        self.controller.item.connect(self._on_item)
         self.controller.progress.connect(self._on_progress)
         self.controller.sample.connect(self._on_samples)
         self.controller.layers.connect(self._on_layers)
@@ -135,6 +141,7 @@ class MainWindow(QMainWindow):
         self.workspace.addTab(vertical, "Current run")
         self.workspace.addTab(runs_tab, "Saved runs && compare")
         self.workspace.addTab(self.guide_panel, "Guide")
+        self.workspace.addTab(self.sweep_panel, "Sweep && fit")
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.addWidget(self.status)
@@ -181,6 +188,9 @@ class MainWindow(QMainWindow):
             self.controls.config()), "Ctrl+R")
         self.run_action.setShortcuts([QKeySequence("Ctrl+R"), QKeySequence("F5")])
         self.guide_action = self._action(run_menu, "Run the &guide", self.run_guide, "Ctrl+G")
+        self.sweep_action = self._action(run_menu, "Run a &sweep", self.run_sweep,
+                                         "Ctrl+Shift+R")
+        self.fit_action = self._action(run_menu, "Find what &fits", self.run_fit, "Ctrl+Shift+F")
         self.cancel_action = self._action(run_menu, "&Cancel", self.cancel_run, "Ctrl+.")
         self.cancel_action.setShortcuts([QKeySequence("Ctrl+."), QKeySequence("Escape")])
         self.cancel_action.setEnabled(False)
@@ -192,6 +202,10 @@ class MainWindow(QMainWindow):
                 f"Ctrl+{i + 1}")
         self._action(view_menu, "Saved runs && compare",
                      lambda: self.workspace.setCurrentWidget(self.runs_tab), "Ctrl+0")
+        self._action(view_menu, "Guide", lambda: self.workspace.setCurrentWidget(
+            self.guide_panel))
+        self._action(view_menu, "Sweep && fit", lambda: self.workspace.setCurrentWidget(
+            self.sweep_panel), "Ctrl+9")
         view_menu.addSeparator()
         themes = QActionGroup(self)
         self.theme_actions: dict[str, QAction] = {}
@@ -252,6 +266,9 @@ class MainWindow(QMainWindow):
             self.controls.set_running(running)
             self.run_action.setEnabled(not running)
             self.guide_action.setEnabled(not running)
+            self.sweep_action.setEnabled(not running)
+            self.fit_action.setEnabled(not running)
+            self.sweep_panel.set_running(running)
             self.cancel_action.setEnabled(running)
 
     @Slot(str, float, str)
@@ -293,6 +310,104 @@ class MainWindow(QMainWindow):
                       "this takes a few minutes on a small model.")
         return self.start_run(config)
 
+    def run_sweep(self) -> bool:
+        """Run → Run a sweep: the Sweep & fit page's lengths and batches on the controls' model
+        (with and without the selected optimizations), measured where they fit."""
+        return self._start_job("sweep")
+
+    def run_fit(self) -> bool:
+        """Run → Find what fits: the page's budget and search, over estimates."""
+        return self._start_job("fit")
+
+    def _start_job(self, mode: str) -> bool:
+        if self.controller.is_running:
+            self.log.warning("A run is already in progress: wait for it or cancel it first.")
+            return False
+        from engine.errors import MemLensError
+
+        config = self.controls.config()
+        optimizations = config.pop("optimizations", [])
+        try:
+            job = (self.sweep_panel.sweep_job(optimizations) if mode == "sweep"
+                   else self.sweep_panel.fit_job(optimizations))
+        except MemLensError as exc:
+            self.status.show_error(exc.message, exc.hint)
+            self.log.error(exc.message, exc.hint, "invalid_workload")
+            self.workspace.setCurrentWidget(self.sweep_panel)
+            return False
+        config.update({"mode": mode, "job": job, "attention_maps": False,
+                       "optimizations": optimizations})
+        self.controller.set_store(self._get_store())
+        self._last_stage = ""
+        self.workspace.setCurrentWidget(self.sweep_panel)
+        model, workload = config["model"], config["workload"]
+        if mode == "sweep":
+            what = (f"Sweep: {workload} on {model}, seq {job['seqs']} × batch {job['batches']}, "
+                    f"{len(job['opt_sets'])} optimization set(s)")
+        else:
+            at = (f"at seq {job['seqs']}" if job["axis"] == "batch"
+                  else f"for batch {job['batches']}")
+            what = (f"What fits {job['budget']}: {workload} on {model}, the "
+                    f"{'largest batch' if job['axis'] == 'batch' else 'longest sequence'} {at}")
+        self.sweep_panel.start(mode, what + " — running…")
+        self.status.show_started(model, f"{mode} · {workload}")
+        self.log.info(what)
+        return self.controller.start(config)
+
+    @Slot(object)
+    def _on_item(self, event: Any) -> None:
+        if self._closing:
+            return
+        if type(event).__name__ == "PointDone":
+            self.sweep_panel.add_point(event.point)
+        elif type(event).__name__ == "FitDone":
+            self.sweep_panel.add_answer(event.answer)
+            self.log.info(f"{event.answer.opt_set}: {event.answer.message}")
+
+    def save_sweep_dialog(self) -> None:
+        record = self.sweep_panel.record
+        if record is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, f"Save the {record.kind} as JSON",
+                                              f"memlens-{record.kind}.json", "JSON (*.json)")
+        if path:
+            self.save_sweep(path)
+
+    def save_sweep(self, path: str | Path) -> Path | None:
+        """Write the sweep or fit on show as JSON (what ``memlens sweep/fit --out`` writes)."""
+        import json
+
+        record = self.sweep_panel.record
+        if record is None:
+            return None
+        path = Path(path)
+        try:
+            path.write_text(json.dumps(record.to_dict(), indent=1), encoding="utf-8")
+        except OSError as exc:
+            self.status.show_error(f"Could not write {path}: {exc.strerror or exc}.",
+                                   "Choose a writable folder.")
+            return None
+        self.log.info(f"Saved the {record.kind} to {path}.")
+        return path
+
+    def show_sweep(self, record: Any) -> None:
+        if record.kind == "sweep":
+            self.sweep_panel.render_sweep(record)
+            kinds = [p.kind for p in record.points]
+            failed = kinds.count("failed")
+            self.status.show_finished(
+                f"Sweep finished: {len(kinds)} points, {kinds.count('measured')} measured, "
+                f"{kinds.count('estimate')} estimated" + (f", {failed} failed" if failed else "")
+                + ".")
+            for warning in record.warnings:
+                self.log.warning(warning)
+        else:
+            self.sweep_panel.render_fit(record)
+            self.status.show_finished(f"What fits {record.budget_description}: "
+                                      f"{len(record.answers)} answer(s), estimated.")
+        self.workspace.setCurrentWidget(self.sweep_panel)
+        self.refresh_saved_runs()
+
     def show_guide(self, guide: Any) -> bool:
         from engine.guide import write_guide
 
@@ -320,6 +435,9 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_finished(self, result: RunResult) -> None:
         if self._closing:
+            return
+        if getattr(result, "kind", None) in ("sweep", "fit"):
+            self.show_sweep(result)
             return
         if not isinstance(result, RunResult):  # a guide's result
             self.show_guide(result)
@@ -659,7 +777,8 @@ class MainWindow(QMainWindow):
         return {"Memory by layer": self.chart, "Attention": self.attention_panel,
                 "Latency": self.latency_panel, "Model": self.model_panel,
                 "Timeline": self.timeline, "Per-layer table": self.table,
-                "Totals": self.totals, "Compare view": self.compare_panel}
+                "Totals": self.totals, "Compare view": self.compare_panel,
+                "Sweep & fit": self.sweep_panel}
 
     def current_plot(self) -> QWidget:
         return self.plot_tabs.currentWidget()
@@ -728,6 +847,12 @@ class MainWindow(QMainWindow):
                 self.workspace.setCurrentIndex(int(page))
             except (TypeError, ValueError):
                 pass
+        devices = [self.controls.device_combo.itemText(i)
+                   for i in range(self.controls.device_combo.count())]
+        self.sweep_panel.set_default_budget(
+            "gpu" if any(d.startswith("cuda") for d in devices) else "ram")
+        self.sweep_panel.restore({key: s.value(f"sweep/{key}")
+                                  for key in self.sweep_panel.inputs()})
         self._fill_recent_menu()
         self.set_theme(str(s.value("theme", "light") or "light"))
 
@@ -741,6 +866,8 @@ class MainWindow(QMainWindow):
             recent = s.value("recent_models", []) or []
             recent = [recent] if isinstance(recent, str) else list(recent)
             s.setValue("recent_models", ([model] + [m for m in recent if m != model])[:MAX_RECENT])
+        for key, value in self.sweep_panel.inputs().items():
+            s.setValue(f"sweep/{key}", value)
         s.setValue("window/geometry", self.saveGeometry())
         for name, splitter in self._splitters.items():
             s.setValue(f"window/splitter_{name}", splitter.saveState())

@@ -24,6 +24,9 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from engine.events import AttentionMaps, Failed, Finished, LayerStatsReady, Progress, Sample
 
+# Events of sweeps and fits that the window shows as they arrive (one per point or answer).
+ITEM_EVENTS = ("PointDone", "FitDone")
+
 MAX_EMITS_PER_S = 30.0
 UNKNOWN_FRACTION = -1.0  # ``progress`` carries this when the engine does not know the fraction
 
@@ -31,7 +34,7 @@ ExecuteFn = Callable[..., Any]
 
 
 def _default_execute(config: Any, listener: Any = None, cancel: Any = None,
-                     store: Any = None, mode: str = "run") -> Any:
+                     store: Any = None, mode: str = "run", extra: Any = None) -> Any:
     """The real engine: in its own process (``engine.server``), so it never holds this
     process's interpreter lock; in this process only with ``MEMLENS_ENGINE=thread`` or a store
     that is not a folder-backed ``RunStore``."""
@@ -43,20 +46,12 @@ def _default_execute(config: Any, listener: Any = None, cancel: Any = None,
     if not engine_in_process() and (store is None or isinstance(store, RunStore)):
         from engine.server import shared
 
-        return shared().execute(config, mode=mode, **kwargs)
+        return shared().execute(config, mode=mode, extra=extra, **kwargs)
     keep_a_core_for_the_ui()
-    if mode == "guide":
-        from engine.guide import run_guide
+    # lazy: the GUI imports without the engine's heavy parts
+    from engine.server import run_job
 
-        return run_guide(model=config.model, device=config.device, seq=config.seq,
-                         new_tokens=config.new_tokens, repeats=config.repeats, **kwargs)
-    if mode == "estimate":
-        from engine.estimate import estimate
-
-        return estimate(config, **kwargs)
-    from engine.runner import execute  # lazy: the GUI imports without the engine's heavy parts
-
-    return execute(config, **kwargs)
+    return run_job(mode, config, listener, cancel, store, extra)
 
 
 def keep_a_core_for_the_ui() -> int:
@@ -81,7 +76,9 @@ class EngineWorker(QObject):
     * ``sample(list[Sample])``: a batch of telemetry samples, oldest first.
     * ``layers(tuple[LayerStats, ...])``: the latest per-layer figures.
     * ``attention(AttentionMaps)``: captured attention probabilities.
-    * ``finished(RunResult)`` / ``failed(kind, message, hint)``: how the run ended (exactly one).
+    * ``item(event)``: a sweep point or fit answer as it is done (``PointDone`` / ``FitDone``).
+    * ``finished(result)`` / ``failed(kind, message, hint)``: how the job ended (exactly one);
+      the result is a ``RunResult``, or the guide / sweep / fit record of those jobs.
     * ``done()``: ``run`` has returned; the thread may be stopped.
     """
 
@@ -89,6 +86,7 @@ class EngineWorker(QObject):
     sample = Signal(object)
     layers = Signal(object)
     attention = Signal(object)
+    item = Signal(object)
     finished = Signal(object)
     failed = Signal(str, str, str)
     done = Signal()
@@ -122,18 +120,23 @@ class EngineWorker(QObject):
     # -- runs in the worker thread --------------------------------------------------------------
     @Slot(object)
     def run(self, config_dict: dict) -> None:
-        """Run one job described by a ``RunConfig`` dict; always ends with ``done``."""
+        """Run one job described by a ``RunConfig`` dict, plus ``mode`` (run, estimate, guide,
+        sweep, fit) and ``job`` (the sweep's or fit's own arguments, see
+        ``engine.server.run_job``); always ends with ``done``."""
         from engine.config import RunConfig
 
         try:
             config_dict = dict(config_dict)
             mode = str(config_dict.pop("mode", "run"))  # "estimate": fake tensors, no memory
+            extra = config_dict.pop("job", None)
             config = RunConfig.from_dict(config_dict)
             kwargs: dict[str, Any] = {"listener": self._on_event, "cancel": self._cancel}
             if self._store is not None:
                 kwargs["store"] = self._store
             if mode != "run":
                 kwargs["mode"] = mode
+            if extra:
+                kwargs["extra"] = dict(extra)
             result = self._execute(config, **kwargs)
             self._flush()
             if not self._ended:
@@ -186,6 +189,9 @@ class EngineWorker(QObject):
                 self._flush_progress(now)
         elif isinstance(event, AttentionMaps):
             self.attention.emit(event)
+        elif type(event).__name__ in ITEM_EVENTS:
+            self._flush_progress(now)
+            self.item.emit(event)
         elif isinstance(event, Finished):
             self._flush()
             self._end_finished(event.result)

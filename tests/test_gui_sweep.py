@@ -1,0 +1,125 @@
+"""The Sweep & fit page: sweeps and fits run by the engine process, drawn point by point, the
+estimated ones marked as such, saved as the CLI's JSON; bad input refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings, Qt
+
+from engine.estimate import estimate
+from engine.store import RunStore
+from engine.sweep import FitRecord, SweepRecord
+
+from .helpers import tiny
+
+pytestmark = pytest.mark.gui
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+def distinct_colours(image) -> int:
+    step = max(1, image.width() // 200)
+    return len({image.pixel(x, y) for x in range(0, image.width(), step)
+                for y in range(0, image.height(), step)})
+
+
+def make_window(qtbot, tmp_path):
+    from gui.main_window import MainWindow
+
+    window = MainWindow(store=RunStore(tmp_path / "runs"), devices=["cpu"],
+                        settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(window)
+    window.resize(1300, 860)
+    window.show()
+    qtbot.waitExposed(window)
+    window.controls.set_model("preset:tiny-llama")
+    window.controls.set_workload("forward")
+    return window
+
+
+def run_and_wait(qtbot, window, start) -> tuple[list, list]:
+    failures: list = []
+    items: list = []
+    window.controller.failed.connect(lambda *args: failures.append(args))
+    window.controller.item.connect(items.append)
+    with qtbot.waitSignal(window.controller.running_changed, timeout=5000):
+        assert start()
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=180_000)
+    return failures, items
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_in_the_engine_process_and_draws_every_point(qtbot, tmp_path):
+    window = make_window(qtbot, tmp_path)
+    page = window.sweep_panel
+    page.seq_edit.setText("16,32,64")
+    page.batch_edit.setText("1,2")
+    page.estimate_check.setChecked(True)
+    assert window.sweep_action.shortcut().toString() == "Ctrl+Shift+R"
+    failures, items = run_and_wait(qtbot, window, lambda: qtbot.mouseClick(
+        page.sweep_button, Qt.MouseButton.LeftButton) or window.controller.is_running)
+    assert failures == []
+    assert [type(e).__name__ for e in items] == ["PointDone"] * 6  # live, one per point
+    assert window.workspace.currentWidget() is page
+    record = page.record
+    assert isinstance(record, SweepRecord) and len(record.points) == 6
+    assert {p.kind for p in record.points} == {"estimate"}
+    # the page shows what the engine recorded, labelled as estimates
+    text = page.text()
+    assert "6 ESTIMATED" in text and text.count("ESTIMATE |") == 6
+    assert [page.table.item(r, 1).text() for r in range(3)] == ["16", "32", "64"]
+    p = record.point(64, 2)
+    assert p.peak_bytes == estimate(tiny(workload="forward", seq=64, batch=2)).totals.peak_bytes
+    assert "sequence length" in page.memory_plot.getAxis("bottom").labelText
+    assert len(page.legend.items) == 2  # one curve per batch
+    # saved as the CLI's JSON
+    out = window.save_sweep(tmp_path / "sweep.json")
+    assert SweepRecord.from_dict(json.loads(out.read_text())) == record
+    ARTIFACTS.mkdir(exist_ok=True)
+    image = window.grab().toImage()
+    assert image.save(str(ARTIFACTS / "sweep_page.png"))
+    assert distinct_colours(image) > 100
+
+
+@pytest.mark.slow
+def test_what_fits_by_batch_from_the_window(qtbot, tmp_path):
+    budget = estimate(tiny(workload="forward", seq=16, batch=3)).totals.peak_bytes + 1
+    window = make_window(qtbot, tmp_path)
+    page = window.sweep_panel
+    page.seq_edit.setText("16")
+    page.budget_edit.setText(str(budget))
+    page.axis_combo.setCurrentIndex(page.axis_combo.findData("batch"))
+    failures, items = run_and_wait(qtbot, window, window.run_fit)
+    assert failures == []
+    assert [type(e).__name__ for e in items] == ["FitDone"]
+    record = page.record
+    assert isinstance(record, FitRecord) and record.axis == "batch"
+    a = record.answer_at(16)
+    assert (a.batch, a.next_batch) == (3, 4)
+    text = page.text()
+    assert text.startswith("ESTIMATE — the largest batch")
+    assert "batch 3" in text and "largest tested batch that fits at seq 16: 3" in text
+    assert not page.latency_widget.isVisible()  # a fit has no latency to show
+    assert FitRecord.from_dict(json.loads(window.save_sweep(tmp_path / "f.json").read_text())
+                               ) == record
+    # the inputs are remembered for the next session
+    window.save_settings()
+    assert window.settings.value("sweep/axis") == "batch"
+    assert window.settings.value("sweep/budget") == str(budget)
+
+
+def test_bad_sweep_input_is_refused_before_anything_runs(qtbot, tmp_path):
+    window = make_window(qtbot, tmp_path)
+    page = window.sweep_panel
+    page.seq_edit.setText("12,x")
+    assert not window.run_sweep()
+    assert not window.controller.is_running
+    assert "Cannot read 'x'" in window.status.text()
+    page.seq_edit.setText("16")
+    page.budget_edit.setText("24 gigs")
+    assert not window.run_fit()
+    assert "Cannot read the memory size" in window.status.text()
+    assert "24GiB" in window.status.text()  # the fix: the accepted forms
