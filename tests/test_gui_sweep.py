@@ -17,7 +17,7 @@ from .helpers import tiny
 
 pytestmark = pytest.mark.gui
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parent / "_artifacts"  # gitignored
 
 
 def distinct_colours(image) -> int:
