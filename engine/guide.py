@@ -117,6 +117,19 @@ class Guide:
         return {"model": self.model, "device": self.device, "seq": self.seq,
                 "new_tokens": self.new_tokens, "entries": [asdict(e) for e in self.entries]}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Guide:
+        """A guide read back from ``guide.json`` (unknown keys are ignored)."""
+        if not isinstance(data, dict) or "entries" not in data or "model" not in data:
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD, "The file is not a MemLens guide.",
+                               "Pass the guide.json that memlens guide wrote.")
+        names = set(Entry.__dataclass_fields__)
+        entries = [Entry(**{k: v for k, v in e.items() if k in names})
+                   for e in data.get("entries") or []]
+        return cls(model=str(data["model"]), device=str(data.get("device", "")),
+                   entries=entries, seq=int(data.get("seq") or 0),
+                   new_tokens=int(data.get("new_tokens") or 0))
+
     def ranked(self, workload: str) -> list[Entry]:
         """Measured entries of ``workload``, most peak memory saved first."""
         done = [e for e in self.entries if e.workload == workload and e.status == "ok"]
