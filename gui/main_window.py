@@ -87,6 +87,7 @@ class MainWindow(QMainWindow):
         self.saved_runs.compare_requested.connect(self.compare_saved_runs)
         self.saved_runs.baseline_requested.connect(self.set_baseline_run)
         self.guide_panel.compare_requested.connect(self.compare_saved_runs)
+        self.guide_panel.report_requested.connect(self.export_guide_report_dialog)
         self.sweep_panel.sweep_requested.connect(lambda _=None: self.run_sweep())
         self.sweep_panel.fit_requested.connect(lambda _=None: self.run_fit())
         self.sweep_panel.save_requested.connect(self.save_sweep_dialog)
@@ -721,6 +722,9 @@ class MainWindow(QMainWindow):
         return [self.current_result] if self.current_result is not None else []
 
     def export_report_dialog(self) -> None:
+        if self.workspace.currentWidget() is self.guide_panel and self.guide_panel.guide:
+            self.export_guide_report_dialog()
+            return
         runs = self.report_runs()
         if not runs:
             self.log.warning("Nothing to report yet: run a profile, open a saved run, or "
@@ -770,6 +774,37 @@ class MainWindow(QMainWindow):
         self.status.show_message(f"Report written: {written} in {files.folder}.")
         self.log.info(f"Report written to {files.folder} ({written}, "
                       f"{len(files.images)} pictures).")
+        return files
+
+    def export_guide_report_dialog(self) -> None:
+        if self.guide_panel.guide is None:
+            self.log.warning("No guide yet: Run → Run the guide first.")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Export the guide's report into a folder")
+        if folder:
+            self.export_guide_report(folder)
+
+    def export_guide_report(self, folder: str | Path, pdf: bool = True) -> Any:
+        """Write guide.html (and guide.pdf): the guide on show with the compare view of each
+        workload's runs, read from the run store."""
+        from .report import write_guide_report
+
+        guide = self.guide_panel.guide
+        if guide is None:
+            return None
+        self.status.show_message(f"Writing the guide's report into {folder}…")
+        QGuiApplication.processEvents()
+        try:
+            files = write_guide_report(guide, Path(folder), self._get_store(), pdf=pdf)
+        except Exception as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            hint = getattr(exc, "hint", "") or "Choose a writable folder."
+            self.status.show_error(f"Could not write the guide's report: {message}", hint)
+            self.log.error(f"Could not write the guide's report: {message}", hint)
+            return None
+        written = ", ".join(p.name for p in (files.html, files.pdf) if p is not None)
+        self.status.show_message(f"Guide report written: {written} in {files.folder}.")
+        self.log.info(f"Guide report written to {files.folder} ({written}).")
         return files
 
     def panels(self) -> dict[str, QWidget]:

@@ -21,6 +21,7 @@ A ``QApplication`` must exist (the CLI creates one; the window already has one).
 Command line (through the ``memlens`` launcher, headless with offscreen Qt)::
 
     memlens report RUN [RUN2 ...] --out DIR [--pdf] [--store DIR]
+    memlens report --guide DIR/guide.json --out DIR [--pdf] [--store DIR]
 
 ``RUN`` is a run id in the store or a path to a run JSON; attention maps are read from the store
 (or from ``RUN_ID.attn.safetensors`` beside a run file).
@@ -208,13 +209,14 @@ def render_run_panels(result: RunResult, folder: Path, prefix: str,
     return shots
 
 
-def render_compare_panel(results: Sequence[RunResult], folder: Path) -> Shot:
+def render_compare_panel(results: Sequence[RunResult], folder: Path,
+                         name: str = "compare.png") -> Shot:
     from engine.compare import compare
 
     from .panels.compare import ComparePanel
 
     panel = ComparePanel()
-    path = _grab(panel, PANEL_HEIGHTS["compare"], folder / "compare.png",
+    path = _grab(panel, PANEL_HEIGHTS["compare"], folder / name,
                  lambda: panel.render(compare(results)))
     return Shot("compare", "Compare view", path)
 
@@ -542,7 +544,8 @@ def _data_uri(shot: Shot) -> str:
     return "data:image/png;base64," + base64.b64encode(shot.path.read_bytes()).decode("ascii")
 
 
-def write_pdf(html_text: str, shots: Sequence[Shot], path: Path) -> Path:
+def write_pdf(html_text: str, shots: Sequence[Shot], path: Path,
+              title: str = "MemLens report") -> Path:
     """Lay ``html_text`` out with QTextDocument and print it to an A4 PDF with QPdfWriter."""
     from PySide6.QtCore import QMarginsF, QSizeF, QUrl
     from PySide6.QtGui import QFont, QImage, QPageLayout, QPageSize, QPdfWriter, QTextDocument
@@ -551,7 +554,7 @@ def write_pdf(html_text: str, shots: Sequence[Shot], path: Path) -> Path:
     writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
     writer.setPageMargins(QMarginsF(12, 12, 12, 12), QPageLayout.Unit.Millimeter)
     writer.setResolution(300)
-    writer.setTitle("MemLens report")
+    writer.setTitle(title)
     writer.setCreator("MemLens")
     doc = QTextDocument()
     font = QFont()
@@ -580,16 +583,7 @@ def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = 
     results = list(results)
     if not results:
         raise ValueError("write_report needs at least one run")
-    folder = Path(out_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".memlens-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise MemLensError(ErrorKind.STORE, f"Cannot write the report to {folder}: "
-                           f"{exc.strerror or exc}.",
-                           "Choose a writable folder with free space (--out DIR).") from exc
+    folder = _writable(out_dir)
     attention = attention or {}
     shots: dict[str, list[Shot]] = {}
     from . import theme
@@ -615,6 +609,79 @@ def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = 
     return files
 
 
+# -- the measured guide -------------------------------------------------------------------------
+def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = False
+                       ) -> ReportFiles:
+    """The measured guide (``engine.guide.Guide``) as ``guide.html`` (pictures embedded) and,
+    with ``pdf``, ``guide.pdf``: the guide's own Markdown (ranked tables, notes with their
+    numbers, what could not run) with, per workload, the window's compare view of that
+    workload's runs (per-layer bars and the memory-vs-quality scatter), loaded from ``store``.
+    A run missing from the store is named under its workload's picture; nothing is computed
+    here."""
+    from PySide6.QtGui import QTextDocument
+
+    from engine.guide import markdown
+
+    from . import theme
+
+    folder = _writable(out_dir)
+    shots: list[Shot] = []
+    charts: dict[str, str] = {}
+    missing: dict[str, list[str]] = {}
+    with theme.drawing_with("light"):
+        for workload in guide.workloads():
+            results = []
+            for entry in guide.ranked(workload):
+                try:
+                    results.append(store.load(entry.run_id))
+                except (MemLensError, OSError, ValueError, KeyError):
+                    missing.setdefault(workload, []).append(entry.run_id or entry.label)
+            if not results:
+                continue
+            shot = render_compare_panel(results, folder, f"guide-{workload}.png")
+            shot.title = f"{workload}: the runs side by side"
+            shots.append(shot)
+            charts[workload] = shot.path.name
+    text = markdown(guide, charts)
+    for workload, ids in missing.items():
+        text = text.replace(f"## {workload}\n", f"## {workload}\n\nNot in the run store, so not "
+                            f"in the picture: {', '.join(ids)}.\n", 1)
+    doc = QTextDocument()
+    doc.setMarkdown(text)
+    body = doc.toHtml()
+    files = ReportFiles(folder=folder, html=folder / "guide.html", images=[s.path for s in shots])
+    page = body
+    for shot in shots:
+        page = page.replace(f'src="{shot.path.name}"', f'src="{_data_uri(shot)}" '
+                            "style='max-width:100%'")
+    try:
+        files.html.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Cannot write {files.html}: {exc.strerror or exc}.",
+                           "Choose a writable folder with free space (--out DIR).") from exc
+    if pdf:
+        sized = body
+        for shot in shots:
+            sized = sized.replace(f'src="{shot.path.name}"',
+                                  f'src="{shot.path.name}" width="{PDF_IMAGE_WIDTH}"')
+        files.pdf = write_pdf(sized, shots, folder / "guide.pdf", title="MemLens guide")
+    return files
+
+
+def _writable(out_dir: Path | str) -> Path:
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".memlens-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Cannot write the report to {folder}: "
+                           f"{exc.strerror or exc}.",
+                           "Choose a writable folder with free space (--out DIR).") from exc
+    return folder
+
+
 # -- command line -------------------------------------------------------------------------------
 _APP: Any = None
 
@@ -632,7 +699,10 @@ def _parser() -> argparse.ArgumentParser:
                     "environment, totals with the reconciliation, per-layer table, "
                     "optimization effects and quality, warnings, and the app's panels as PNGs. "
                     "Several runs add a comparison (the first is the reference).")
-    ap.add_argument("runs", nargs="+", help="RUN_ID from the store or a path to a run JSON")
+    ap.add_argument("runs", nargs="*", help="RUN_ID from the store or a path to a run JSON")
+    ap.add_argument("--guide", type=Path, default=None, metavar="GUIDE_JSON",
+                    help="instead of runs: a measured guide (the guide.json memlens guide "
+                         "wrote, or its folder); its runs are read from the store")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--pdf", action="store_true", help="also write report.pdf")
     ap.add_argument("--store", type=Path, default=None,
@@ -656,10 +726,33 @@ def _load(spec: str, store: Any) -> tuple[RunResult, Any]:
     return result, maps
 
 
+def _load_guide(path: Path) -> Any:
+    import json
+
+    from engine.guide import Guide
+
+    if path.is_dir():
+        path = path / "guide.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"No guide at {path}.",
+                           "Pass the guide.json that memlens guide --out DIR wrote (or DIR).") \
+            from exc
+    except (OSError, ValueError) as exc:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Cannot read the guide {path}: {exc}.",
+                           "Pass the guide.json that memlens guide wrote; run the guide again "
+                           "if the file is damaged.") from exc
+    return Guide.from_dict(data)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``memlens report``: exit 0 when written, 1 on an error (named, with the fix), 2 on
     wrong arguments."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if bool(args.runs) == (args.guide is not None):
+        parser.error("give RUN ids or files, or --guide GUIDE_JSON (one of the two)")
     if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
             and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
@@ -669,6 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = RunStore(args.store)
     try:
         loaded = [_load(spec, store) for spec in args.runs]
+        guide = _load_guide(args.guide) if args.guide is not None else None
     except MemLensError as exc:
         error(exc.message, exc.hint)
         return 1
@@ -689,8 +783,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     theme.apply("light")
     try:
-        files = write_report([r for r, _ in loaded], args.out, pdf=args.pdf,
-                             attention={r.run_id: m for r, m in loaded if m is not None})
+        if guide is not None:
+            files = write_guide_report(guide, args.out, store, pdf=args.pdf)
+        else:
+            files = write_report([r for r, _ in loaded], args.out, pdf=args.pdf,
+                                 attention={r.run_id: m for r, m in loaded if m is not None})
     except MemLensError as exc:
         error(exc.message, exc.hint)
         return 1

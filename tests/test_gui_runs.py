@@ -472,6 +472,11 @@ def test_run_the_guide_from_the_window(qtbot, tmp_path):
     assert {e.run_id for e in guide.entries if e.status == "ok"} <= saved
     buttons = window.guide_panel._compare_buttons
     assert buttons
+    # the guide's report, from the Guide page's button (File → Export report does the same)
+    assert window.guide_panel.report_button.isEnabled()
+    files = window.export_guide_report(tmp_path / "guide-report", pdf=False)
+    assert files is not None and files.html.is_file()
+    assert len(files.images) == len([w for w in guide.workloads() if guide.ranked(w)])
     buttons[0].click()
     assert window.workspace.currentWidget() is window.runs_tab
     assert window.compare_panel.comparison is not None

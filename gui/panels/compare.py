@@ -235,6 +235,12 @@ class ComparePanel(QWidget):
             note += f" Not plotted (no {c.metric.replace('_', ' ')}): {', '.join(missing)}."
         self.scatter_note.setText(note)
         self.scatter_plot.enableAutoRange()
+        ys = [spot["pos"][1] for spot in spots]
+        if ys and max(ys) - min(ys) <= 1e-9 * max(1.0, abs(max(ys))):
+            # every run has the same quality: a range of zero would be drawn as ticks
+            # a float's rounding apart; show the value with some room around it instead
+            pad = max(abs(ys[0]) * 0.05, 1e-3)
+            self.scatter_plot.setYRange(ys[0] - pad, ys[0] + pad, padding=0)
 
     def _render_table(self) -> None:
         c = self.comparison

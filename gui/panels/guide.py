@@ -14,6 +14,7 @@ class GuidePanel(QWidget):
     """``render(guide, folder)`` shows ``folder/guide.md``; emits ``compare_requested([ids])``."""
 
     compare_requested = Signal(object)
+    report_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -23,6 +24,12 @@ class GuidePanel(QWidget):
         self.message.setWordWrap(True)
         self.buttons = QHBoxLayout()
         self.buttons.addStretch(1)
+        self.report_button = QPushButton("Export report…")
+        self.report_button.setToolTip("guide.html and guide.pdf: the ranked tables and notes "
+                                      "with each workload's runs drawn side by side")
+        self.report_button.setEnabled(False)
+        self.report_button.clicked.connect(self.report_requested)
+        self.buttons.addWidget(self.report_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.message)
@@ -43,6 +50,7 @@ class GuidePanel(QWidget):
             self.buttons.removeWidget(button)
             button.deleteLater()
         self._compare_buttons = []
+        self.report_button.setEnabled(True)
         for workload in guide.workloads():
             ids = [e.run_id for e in guide.ranked(workload) if e.run_id]
             if len(ids) < 2:
