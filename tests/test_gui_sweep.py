@@ -111,6 +111,9 @@ def test_what_fits_by_batch_from_the_window(qtbot, tmp_path):
     assert window.settings.value("sweep/budget") == str(budget)
 
 
+@pytest.mark.fault(area="inputs", case="unreadable sweep lengths or fit budget typed in the "
+                   "window", outcome="refused before any job starts; the status line names the "
+                   "bad value and the accepted forms")
 def test_bad_sweep_input_is_refused_before_anything_runs(qtbot, tmp_path):
     window = make_window(qtbot, tmp_path)
     page = window.sweep_panel

@@ -226,23 +226,34 @@ def test_memlens_report_runs_headless(saved, tmp_path):
 
 
 # -- the measured guide ---------------------------------------------------------------------
-@needs_poppler
-def test_guide_report_has_each_workloads_runs_drawn_and_the_guides_text(qapp, tmp_path,
-                                                                        capsys):
-    """A short guide (three techniques, one not applicable) on the tiny model: guide.html with
-    one compare picture per workload, guide.pdf whose text is the guide's, and the CLI."""
-    import json
+@pytest.fixture(scope="module")
+def short_guide(tmp_path_factory):
+    """A short guide (three techniques, one not applicable here) on the tiny model, written as
+    memlens guide writes it; its runs in a store."""
+    from engine.guide import run_guide, write_guide
 
-    from engine.guide import Guide, run_guide, write_guide
-    from gui.report import write_guide_report
-
-    store = RunStore(tmp_path / "runs")
+    root = tmp_path_factory.mktemp("guide")
+    store = RunStore(root / "runs")
     plan = (("forward", ("cast:dtype=bfloat16",)), ("forward", ("prune-ffn:amount=0.25",)),
             ("forward", ("sliding-window",)), ("train", ("freeze-base",)))
     guide = run_guide(model="preset:tiny-llama", seq=16, new_tokens=4, repeats=1, plan=plan,
                       store=store)
-    write_guide(guide, tmp_path / "guide")
-    again = Guide.from_dict(json.loads((tmp_path / "guide" / "guide.json").read_text()))
+    write_guide(guide, root / "guide")
+    return guide, root / "guide", store
+
+
+@needs_poppler
+def test_guide_report_has_each_workloads_runs_drawn_and_the_guides_text(qapp, short_guide,
+                                                                        tmp_path, capsys):
+    """guide.html with one compare picture per workload, guide.pdf whose text is the guide's,
+    and the same from the command line."""
+    import json
+
+    from engine.guide import Guide
+    from gui.report import write_guide_report
+
+    guide, folder, store = short_guide
+    again = Guide.from_dict(json.loads((folder / "guide.json").read_text()))
     assert again.to_dict() == guide.to_dict()
     files = write_guide_report(again, tmp_path / "report", store, pdf=True)
     assert [p.name for p in files.images] == ["guide-forward.png", "guide-train.png"]
@@ -252,21 +263,35 @@ def test_guide_report_has_each_workloads_runs_drawn_and_the_guides_text(qapp, tm
         assert distinct_colours(QImage(str(image))) > 50
     text = _pdf_text(files.pdf)
     assert "The measured guide: preset:tiny-llama" in text
-    ranked = guide.ranked("forward")
-    assert ranked[0].label.split(":")[0] in text and "Could not run here" in text
+    assert guide.ranked("forward")[0].label.split(":")[0] in text
+    assert "Could not run here" in text
     assert any(distinct_colours(p) > 50 for p in _pdf_pages(files.pdf, tmp_path))
-    # a run missing from the store is named, not silently left out of the picture
-    store.delete(ranked[0].run_id)
-    partial = write_guide_report(again, tmp_path / "partial", store)
-    assert f"Not in the run store, so not in the picture: {ranked[0].run_id}" in \
-        _plain(partial.html.read_text(encoding="utf-8"))
-    # the command line
-    assert launcher.main(["report", "--guide", str(tmp_path / "guide"), "--store",
-                          str(store.root), "--out", str(tmp_path / "cli")]) == 0
+    assert launcher.main(["report", "--guide", str(folder), "--store", str(store.root),
+                          "--out", str(tmp_path / "cli")]) == 0
     assert "guide.html" in capsys.readouterr().out
     assert launcher.main(["report", "--guide", str(tmp_path / "nowhere"), "--out",
                           str(tmp_path / "x")]) == 1
     assert "No guide at" in capsys.readouterr().err
+
+
+@pytest.mark.fault(area="data", case="a guide whose runs were deleted from the run store",
+                   outcome="the guide's report is still written, and names the runs it could "
+                           "not draw under their workload")
+def test_guide_report_names_runs_missing_from_the_store(qapp, short_guide, tmp_path):
+    import shutil as _shutil
+
+    from gui.report import write_guide_report
+
+    guide, _folder, store = short_guide
+    copy_root = tmp_path / "runs"
+    _shutil.copytree(store.root, copy_root)
+    partial_store = RunStore(copy_root)
+    gone = guide.ranked("forward")[0].run_id
+    partial_store.delete(gone)
+    files = write_guide_report(guide, tmp_path / "partial", partial_store)
+    assert f"Not in the run store, so not in the picture: {gone}" in _plain(
+        files.html.read_text(encoding="utf-8"))
+    assert [p.name for p in files.images] == ["guide-forward.png", "guide-train.png"]
 
 
 def _plain(html_text: str) -> str:
