@@ -420,10 +420,11 @@ def _named_weights(model: Any) -> list[tuple[str, int]]:
 
 
 def _entry_of(name: str, device_map: dict[str, Any]) -> str | None:
-    """The device_map entry holding ``name``: the longest key equal to it or a prefix of it."""
+    """The device_map entry holding ``name``: the longest key equal to it or a prefix of it
+    (a name ending in "." is a module's own tensors)."""
     best = None
     for k in device_map:
-        if k == "" or name == k or name.startswith(k + "."):
+        if k == "" or name == k or name.rstrip(".") == k or name.startswith(k + "."):
             if best is None or len(k) > len(best):
                 best = k
     return best
@@ -559,6 +560,13 @@ class _Runtime:
                 prev = layer.activation_bytes or 0
         self.kv: list[tuple[str, int]] = [(layer.name, layer.kv_cache_bytes)
                                           for layer in result.layers if layer.kv_cache_bytes]
+        # Offloaded weights move to the running device one module at a time: accelerate hooks
+        # every module that holds tensors directly (a Linear, a norm) and sends its weights back
+        # after its forward. Bytes held directly, per module:
+        self.direct: dict[str, int] = {}
+        for name, size in names:
+            module = name.rpartition(".")[0]
+            self.direct[module] = self.direct.get(module, 0) + size
 
     def stored_on(self, layer: str, device_map: dict[str, Any]) -> Any:
         entry = _entry_of(layer, device_map)
@@ -588,12 +596,12 @@ class _Runtime:
             s["act"] = max(s["act"], peak)
         for name, kv in self.kv:
             slot(runs_on(self.stored_on(name, device_map)))["kv"] += kv
-        offloaded = {e: b for e, b in weights_by_entry.items()
-                     if device_map.get(e) in ("cpu", "disk")}
-        if offloaded:
+        offloaded = [e for e, d in device_map.items() if d in ("cpu", "disk")]
+        if offloaded and main != "cpu":
             s = slot(main)
-            s["transit"] = max(offloaded.values())
-            s["runs"] = list(offloaded)
+            s["transit"] = max((b for m, b in self.direct.items()
+                                if _entry_of(m + ".", device_map) in offloaded), default=0)
+            s["runs"] = offloaded
         return out
 
 
@@ -652,26 +660,39 @@ def _plan_inference(config: RunConfig, n: int, budget: int, cpu: int, strategy: 
     full = dict(gpu_budgets)
     full["cpu"] = cpu
     max_memory = dict(full)
-    seen: list[dict] = []
+    # reserve "runtime": a placement is good when every GPU holds its weights and runs its KV
+    # cache, activations and offloaded weights in transit within its size, and nothing goes
+    # to disk. From the whole budgets, each next placement gets as weights budget the device's
+    # size minus what it ran in the previous one; of the placements tried (at most 8, until the
+    # budgets repeat), the good one with the most weights on the GPUs is kept (else the last).
+    tried: list[tuple[dict, dict[Any, int], bool, int]] = []
+    budgets_seen: list[dict[Any, int]] = []
     t = time.perf_counter()
     while True:
         _check_cancel(cancel)
         _progress(listener, 0.7, f"placing the layers ({placement}, {strategy}), "
-                  f"placement {len(seen) + 1}")
+                  f"placement {len(tried) + 1}")
         device_map = _place(model, strategy, placement, max_memory)
-        if reserve == "none" or device_map in seen or len(seen) >= 8:
-            seen.append(device_map)
-            break
-        seen.append(device_map)
+        budgets_seen.append(dict(max_memory))
         by_entry = _weights_by_entry(names, device_map)
         need = runtime.per_device(device_map, by_entry)
         nxt = dict(full)
+        good = "disk" not in device_map.values() and _main_device(device_map) != "cpu"
+        on_gpus = 0
         for i in range(n):
             s = need.get(i, {"kv": 0, "act": 0, "transit": 0})
-            nxt[i] = max(0, budget - s["kv"] - s["act"] - s["transit"])
-        if nxt == max_memory:
+            run = s["kv"] + s["act"] + s["transit"]
+            held = sum(b for e, b in by_entry.items() if device_map.get(e) == i)
+            on_gpus += held
+            good = good and held + run <= budget
+            nxt[i] = max(0, budget - run)
+        tried.append((device_map, dict(max_memory), good, on_gpus))
+        if reserve == "none" or nxt in budgets_seen or len(tried) >= 8:
             break
         max_memory = nxt
+    goods = [x for x in tried if x[2]]
+    device_map, max_memory = (max(goods, key=lambda x: x[3]) if goods else tried[-1])[:2]
+    seen = tried
     seconds["placement"] = round(time.perf_counter() - t, 3)
 
     plan = DevicePlan(
@@ -746,6 +767,11 @@ def _fill_rows(plan: DevicePlan, names: list[tuple[str, int]], runtime: _Runtime
                 + (" (reserve 'none' placed weights in the whole budget: plan with reserve "
                    "'runtime' to leave room)" if plan.reserve == "none" and key != "cpu" else ""))
         plan.rows.append(row)
+    if dm and _main_device(dm) == "cpu":
+        plan.does_not_fit.insert(0, (
+            f"no GPU holds a layer: with {human_bytes(budget)} a GPU cannot hold even one layer "
+            "and what it runs (KV cache, activations, offloaded weights in transit), so the "
+            "whole model would run on the CPU. Give the GPUs more memory, or use more of them."))
     plan.fits = not plan.does_not_fit
 
 
@@ -772,10 +798,11 @@ def _inference_notes(plan: DevicePlan, est_config: RunConfig, full_generation: b
     if plan.reserve == "runtime":
         plan.notes.append(
             f"Reserve 'runtime': each GPU's weights budget is its size minus the KV cache, "
-            f"activations and offloaded weights in transit it runs ({plan.iterations} "
-            "placement(s) until it settled). To reproduce the placement: from_pretrained(..., "
+            f"activations and offloaded weights in transit it runs (the best of "
+            f"{plan.iterations} placement(s)). To reproduce the placement: from_pretrained(..., "
             f"device_map={plan.strategy!r}, max_memory="
-            + "{" + ", ".join(f"{int(k) if k.isdigit() else k!r}: '{v // 2**20}MiB'"
+            + "{" + ", ".join(f"{int(k) if k.isdigit() else k!r}: "
+                               + (f"'{v // 2**20}MiB'" if v >= 2**30 else str(v))
                                for k, v in plan.max_memory.items()) + "}).")
     else:
         plan.notes.append("Reserve 'none': the weights may fill each device's whole budget (as "
@@ -801,9 +828,10 @@ def _inference_notes(plan: DevicePlan, est_config: RunConfig, full_generation: b
         main = _device_label(_main_device(plan.device_map))
         plan.notes.append(
             f"CPU offload: the offloaded modules' weights stay in CPU memory and run on {main} "
-            "(accelerate's main device), one module at a time: its KV cache and activations "
-            f"are on {main}, plus the largest offloaded module while it runs (offload in "
-            "transit).")
+            "(accelerate's main device): their KV cache and activations are on it, and their "
+            "weights are copied to it one module at a time (accelerate hooks each module that "
+            "holds tensors, e.g. a Linear, and frees the copy after its forward): the largest "
+            "such module is the offload in transit.")
     plan.notes.append(f"Single-device estimate of the workload: peak "
                       f"{human_bytes(result.totals.peak_bytes)} ({result.run_id}).")
 
@@ -1211,8 +1239,10 @@ def _format_inference(plan: DevicePlan) -> str:
                              if r.index == "cpu" and r.modules else "")
         rows.append([r.device, human_bytes(r.budget_bytes) if r.budget_bytes is not None
                      else MISSING, holds, human_bytes(r.weights_bytes),
-                     human_bytes(r.kv_cache_bytes) if isinstance(r.index, int) else MISSING,
-                     human_bytes(r.activation_bytes) if isinstance(r.index, int) else MISSING,
+                     human_bytes(r.kv_cache_bytes) if isinstance(r.index, int)
+                     or r.kv_cache_bytes else MISSING,
+                     human_bytes(r.activation_bytes) if isinstance(r.index, int)
+                     or r.activation_bytes else MISSING,
                      human_bytes(r.offload_transit_bytes) if r.offload_transit_bytes else "",
                      human_bytes(r.total_bytes),
                      "yes" if r.fits else f"NO (+{human_bytes(r.over_by_bytes)})"

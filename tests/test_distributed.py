@@ -1,0 +1,353 @@
+"""Distributed plans (engine/distributed.py) on tiny configs: per-device inference plans placed by
+transformers / accelerate, and FSDP2 per-rank training plans checked against PyTorch's own
+FSDPMemTracker run on a fake process group."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import threading
+import types
+
+import pytest
+
+from engine import cli
+from engine.config import RunConfig
+from engine.distributed import (
+    DevicePlan,
+    PlanFinished,
+    ShardPlan,
+    add_cli_parser,
+    format_plan,
+    plan_inference,
+    plan_training,
+    run_cli,
+    shard_rows,
+)
+from engine.errors import ErrorKind, MemLensError
+from engine.estimate import estimate
+from engine.events import Progress
+
+from .helpers import Collector
+
+TINY = "preset:tiny-llama"
+KiB = 1024
+
+
+def _gen(**kw) -> RunConfig:
+    base = dict(model=TINY, workload="generate", seq=32, new_tokens=4)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _train(**kw) -> RunConfig:
+    base = dict(model=TINY, workload="train", seq=16)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _inference(config: RunConfig, *args, **kw) -> tuple[DevicePlan, Collector]:
+    events = Collector()
+    plan = plan_inference(config, *args, listener=events, **kw)
+    assert plan is not None, events.failed
+    return plan, events
+
+
+def _training(config: RunConfig, *args, **kw) -> tuple[ShardPlan, Collector]:
+    events = Collector()
+    plan = plan_training(config, *args, listener=events, **kw)
+    assert plan is not None, events.failed
+    return plan, events
+
+
+def _estimate(config: RunConfig):
+    events = Collector()
+    result = estimate(config, events)
+    assert result is not None, events.failed
+    return result
+
+
+@pytest.fixture(scope="module")
+def full_generation():
+    """The single-device estimate of the whole generation (every new token)."""
+    return _estimate(_gen())
+
+
+def _check_rows_add_up(plan: DevicePlan) -> None:
+    for row in plan.rows:
+        assert row.total_bytes == sum(row.parts().values()), row
+        if row.budget_bytes is not None:
+            assert row.fits == (row.total_bytes <= row.budget_bytes) or row.index == "disk"
+    assert sum(r.weights_bytes for r in plan.rows) == plan.model_weights_bytes
+
+
+# -- inference -------------------------------------------------------------------------------------
+def test_two_devices_split_the_model_and_the_parts_add_up(full_generation) -> None:
+    plan, events = _inference(_gen(), 2, 400 * KiB)
+    _check_rows_add_up(plan)
+    gpus = [r for r in plan.rows if isinstance(r.index, int)]
+    assert [r.device for r in gpus] == ["cuda:0", "cuda:1"]
+    assert all(r.weights_bytes > 0 and r.modules for r in gpus), "both devices hold layers"
+    # The whole model's weights, from the shapes, are the estimate's weights.
+    assert plan.model_weights_bytes == full_generation.totals.model_weights_bytes
+    # One step after a prompt of seq + new - 1 tokens leaves the whole generation's cache.
+    assert sum(r.kv_cache_bytes for r in plan.rows) == full_generation.generation["kv_cache_bytes"]
+    assert plan.estimate_seq == 32 + 4 - 1
+    assert plan.fits and not plan.does_not_fit
+    assert any(isinstance(e, PlanFinished) for e in events.events)
+    assert {e.stage for e in events.of(Progress)} == {"plan"}
+
+
+def test_one_device_plan_is_the_single_device_estimate(full_generation) -> None:
+    plan, _ = _inference(_gen(), 1, "1GiB")
+    _check_rows_add_up(plan)
+    (gpu,) = plan.rows
+    assert plan.device_map == {"": 0}
+    assert gpu.weights_bytes == full_generation.totals.model_weights_bytes
+    assert gpu.kv_cache_bytes == full_generation.generation["kv_cache_bytes"]
+    # KV cache at its longest plus activations at prefill bound the whole run's peak from above,
+    # and by little: the per-layer composition is close to what the estimate counts at once.
+    peak = full_generation.totals.peak_bytes
+    assert peak <= gpu.total_bytes <= 1.05 * peak
+
+
+def test_full_generation_gives_the_same_kv_cache() -> None:
+    short, _ = _inference(_gen(), 2, 400 * KiB)
+    full, _ = _inference(_gen(), 2, 400 * KiB, full_generation=True)
+    assert full.estimate_seq == 32 and full.estimate_new_tokens == 4
+    assert [r.kv_cache_bytes for r in full.rows] == [r.kv_cache_bytes for r in short.rows]
+    assert [r.weights_bytes for r in full.rows] == [r.weights_bytes for r in short.rows]
+
+
+def test_cpu_offload_is_reported_and_runs_on_the_first_gpu(full_generation) -> None:
+    plan, _ = _inference(_gen(), 1, 300_000, "2MiB")
+    _check_rows_add_up(plan)
+    assert plan.fits, plan.does_not_fit
+    cpu = plan.row("cpu")
+    assert cpu.modules and cpu.weights_bytes > 0, "something is offloaded"
+    assert cpu.kv_cache_bytes == cpu.activation_bytes == 0, "offloaded layers run on a GPU"
+    gpu = plan.row("cuda:0")
+    assert gpu.runs == cpu.modules
+    # Every layer's KV cache is on the GPU that runs it; the weights in transit are one module
+    # that holds tensors directly (here the head's Linear), not a whole offloaded entry.
+    assert gpu.kv_cache_bytes == full_generation.generation["kv_cache_bytes"]
+    head = full_generation.layer("lm_head").weights_bytes
+    assert gpu.offload_transit_bytes == head < cpu.weights_bytes
+    text = format_plan(plan)
+    assert "offloaded: run on cuda:0" in text and "CPU offload" in text
+    # Too small to run anything: the whole model would run on the CPU, and the plan says so.
+    tiny, _ = _inference(_gen(), 1, 150_000, "2MiB")
+    assert not tiny.fits and "no GPU holds a layer" in tiny.does_not_fit[0]
+    assert tiny.row("cpu").kv_cache_bytes == full_generation.generation["kv_cache_bytes"]
+
+
+def test_a_budget_too_small_names_what_does_not_fit() -> None:
+    plan, _ = _inference(_gen(), 2, 100 * KiB, reserve="none")
+    _check_rows_add_up(plan)
+    assert not plan.fits
+    disk = plan.row("disk")
+    assert not disk.fits and disk.weights_bytes > 0
+    assert any("fit in none of the budgets" in m and "model.layers" in m
+               for m in plan.does_not_fit)
+    assert "DOES NOT FIT" in format_plan(plan)
+    # Weights that fit, but the runtime memory does not: the binding part is named.
+    big, _ = _inference(_gen(batch=16, seq=128), 1, 500 * KiB, reserve="none")
+    (gpu,) = big.rows
+    assert not gpu.fits and gpu.over_by_bytes == gpu.total_bytes - 500 * KiB > 0
+    assert gpu.binding in ("kv_cache", "activations", "weights")
+    assert big.does_not_fit and "binding" in big.does_not_fit[0]
+
+
+def test_runtime_reserve_leaves_room_that_none_does_not() -> None:
+    cfg = _gen(batch=2)
+    packed, _ = _inference(cfg, 2, 400 * KiB, 4 * 1024 * KiB, strategy="sequential",
+                           reserve="none")
+    reserved, _ = _inference(cfg, 2, 400 * KiB, 4 * 1024 * KiB, strategy="sequential")
+    assert not packed.fits
+    assert reserved.fits, reserved.does_not_fit
+    assert reserved.row("cpu").weights_bytes > packed.row("cpu").weights_bytes
+    assert int(reserved.max_memory["0"]) < 400 * KiB
+
+
+def test_strategies_and_placement_libraries() -> None:
+    low0, _ = _inference(_gen(), 3, 400 * KiB, strategy="balanced_low_0")
+    bal, _ = _inference(_gen(), 3, 400 * KiB, strategy="balanced")
+    assert low0.row("cuda:0").weights_bytes < bal.row("cuda:0").weights_bytes
+    auto, _ = _inference(_gen(), 3, 400 * KiB)
+    assert auto.device_map == bal.device_map  # transformers: "auto" is "balanced"
+    acc, _ = _inference(_gen(), 3, 400 * KiB, placement="accelerate")
+    assert acc.device_map == bal.device_map  # no tied weights here: both libraries agree
+
+
+@pytest.mark.parametrize(("call", "kind", "words"), [
+    (lambda: plan_inference(_gen(), 0, "80GiB"), ErrorKind.INVALID_WORKLOAD, "--devices"),
+    (lambda: plan_inference(_gen(), "four", "80GiB"), ErrorKind.INVALID_WORKLOAD, "--devices"),
+    (lambda: plan_inference(_gen(), 2, "80 gigs"), ErrorKind.INVALID_WORKLOAD, "--per-device"),
+    (lambda: plan_inference(_gen(), 2, 0), ErrorKind.INVALID_WORKLOAD, "--per-device"),
+    (lambda: plan_inference(_gen(), 2, "80GiB", "lots"), ErrorKind.INVALID_WORKLOAD,
+     "--cpu-offload"),
+    (lambda: plan_inference(_gen(), 2, "80GiB", strategy="fastest"), ErrorKind.INVALID_WORKLOAD,
+     "balanced_low_0"),
+    (lambda: plan_inference(_train(), 2, "80GiB"), ErrorKind.INVALID_WORKLOAD, "--ranks"),
+    (lambda: plan_inference(_gen(optimizations=[{"id": "cast", "params": {}}]), 2, "80GiB"),
+     ErrorKind.NOT_APPLICABLE, "--dtype"),
+    (lambda: plan_training(_train(), 0), ErrorKind.INVALID_WORKLOAD, "--ranks"),
+    (lambda: plan_training(_train(), 2, method="guess"), ErrorKind.INVALID_WORKLOAD, "tracker"),
+    (lambda: plan_training(_gen(), 2), ErrorKind.INVALID_WORKLOAD, "--devices"),
+])
+def test_bad_arguments_are_refused_with_the_fix(call, kind, words) -> None:
+    with pytest.raises(MemLensError) as info:
+        call()
+    assert info.value.kind == kind
+    assert info.value.hint, "every refusal names the fix"
+    assert words in info.value.message + info.value.hint
+
+
+def test_cancel_and_failures_are_events() -> None:
+    cancel = threading.Event()
+    cancel.set()
+    events = Collector()
+    assert plan_inference(_gen(), 2, "1GiB", listener=events, cancel=cancel) is None
+    assert events.failed.kind == "cancelled"
+    events = Collector()
+    assert plan_training(_train(), 2, listener=events, cancel=cancel) is None
+    assert events.failed.kind == "cancelled"
+    events = Collector()  # a sequence beyond the model's positions fails in the estimate
+    assert plan_inference(_gen(seq=400), 2, "1GiB", listener=events) is None
+    assert events.failed.kind == "invalid_workload" and events.failed.hint
+
+
+# -- training (FSDP2) ------------------------------------------------------------------------------
+def test_shard_rows_follow_torch_chunk() -> None:
+    import torch
+
+    for dim0, ranks in [(5, 4), (64, 3), (256, 2), (1, 4), (128256, 7)]:
+        chunk, rows = shard_rows(dim0, ranks)
+        chunks = torch.chunk(torch.empty(dim0), ranks)
+        assert chunk == chunks[0].numel()
+        assert rows == [c.numel() for c in chunks] + [0] * (ranks - len(chunks))
+        assert sum(rows) == dim0
+
+
+@pytest.fixture(scope="module")
+def train_estimate():
+    return _estimate(_train())
+
+
+def test_fsdp2_shards_cover_the_model_within_the_padding(train_estimate) -> None:
+    three, _ = _training(_train(), 3)
+    one, _ = _training(_train(), 1)
+    params = three.model_params_bytes
+    assert params == train_estimate.totals.model_weights_bytes - three.model_buffers_bytes
+    # Every rank stores a full chunk: × ranks covers the model, and exceeds it by less than one
+    # row per rank for each parameter.
+    import torch
+
+    from engine.distributed import _empty_model
+
+    model = _empty_model(_train(), torch.float32)
+    pad_bound = sum((3 - 1) * math.prod(p.shape[1:]) * p.element_size()
+                    for p in model.parameters())
+    sharded = three.parts["sharded_params"]
+    assert params <= sharded * 3 <= params + pad_bound
+    assert three.padding_bytes == sharded * 3 - params > 0  # 64 rows / 3 ranks pads
+    assert three.parts["sharded_gradients"] == sharded
+    assert sum(three.per_rank_optimizer_state) == three.all_ranks["optimizer_state"]
+    assert three.per_rank_optimizer_state[0] == max(three.per_rank_optimizer_state)
+    # One rank is the single-device run: its shards are the estimate's weights, gradients and
+    # optimizer state.
+    assert one.parts["sharded_params"] == params and one.padding_bytes == 0
+    assert one.parts["sharded_gradients"] == train_estimate.training["gradient_bytes"]
+    assert one.parts["optimizer_state"] == train_estimate.training["optimizer_state_bytes"]
+    for plan in (three, one):
+        assert plan.total_bytes == sum(plan.parts.values())
+    # Mixed precision: fp32 master shards, bf16 all-gathers.
+    mixed, _ = _training(_train(dtype="bfloat16"), 3, master_dtype="float32")
+    assert mixed.parts["sharded_params"] == sharded
+    assert mixed.parts["unsharded_params"] * 2 == three.parts["unsharded_params"]
+
+
+def test_fsdp2_budget_names_the_binding_part() -> None:
+    plan, _ = _training(_train(), 2, "512KiB")
+    assert plan.fits is False and plan.over_by_bytes == plan.total_bytes - 512 * KiB
+    assert plan.binding in plan.parts and plan.does_not_fit
+    ok, _ = _training(_train(), 2, "1GiB")
+    assert ok.fits is True and not ok.does_not_fit
+
+
+def test_fsdp2_plan_agrees_with_fsdpmemtracker() -> None:
+    """PyTorch's FSDPMemTracker runs real FSDP2 code (fully_shard per block and on the root) on
+    rank 0 of a fake 3-rank process group under FakeTensorMode. Its state categories must equal
+    the shapes' figures (with FSDP2's padding), and every other part, taken by the plan at its
+    own maximum, must be at least what the tracker saw at its peak. At seq 256 the backward peak
+    of this model is at the start of backward (logits), where the estimate's activations are
+    exactly what the tracker counts."""
+    import torch.distributed as dist
+
+    plan, _ = _training(_train(seq=256), 3, method="tracker")
+    assert not dist.is_initialized(), "the fake process group is destroyed"
+    tracked = plan.tracker["parts"]
+    for part in ("sharded_params", "buffers", "optimizer_state"):
+        assert plan.parts[part] == tracked[part], part
+    for part in plan.parts:
+        assert plan.parts[part] >= tracked[part], part
+    assert abs(plan.parts["activations"] - tracked["activations"]) <= 0.01 * tracked["activations"]
+    assert plan.tracker["peak_bytes"] == sum(plan.tracker["categories"].values())
+    assert plan.tracker["peak_bytes"] <= plan.total_bytes
+    assert "FSDPMemTracker at its peak" in format_plan(plan)
+
+
+# -- records and command line ----------------------------------------------------------------------
+def test_plans_are_json_and_labelled_estimates() -> None:
+    inf, _ = _inference(_gen(), 2, 400 * KiB)
+    tr, _ = _training(_train(), 2)
+    for plan in (inf, tr):
+        data = json.loads(json.dumps(plan.to_dict()))
+        assert data["figures"] == "estimate" and data["schema_version"] == 1
+        assert data["estimate_run_id"] and "-estimate-" in data["estimate_run_id"]
+        text = format_plan(plan)
+        assert text.startswith("ESTIMATE") and "ESTIMATE:" in text
+    assert json.loads(json.dumps(inf.to_dict()))["device_map"] == inf.device_map
+
+
+def _cli_common():
+    """engine.cli's shared sweep/fit options (``common``, nested in ``_add_sweep_parsers``)."""
+    for const in cli._add_sweep_parsers.__code__.co_consts:
+        if isinstance(const, types.CodeType) and const.co_name == "common":
+            if not const.co_freevars:
+                return types.FunctionType(const, vars(cli))
+    return None
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="memlens")
+    ap.add_argument("--store", default=None)
+    sub = ap.add_subparsers(dest="command")
+    add_cli_parser(sub, _cli_common())
+    return ap.parse_args(argv)
+
+
+def test_cli_plan_prints_tables_json_and_errors(tmp_path, capsys) -> None:
+    assert _cli_common() is not None, "engine.cli's common options are found"
+    out = tmp_path / "plan.json"
+    args = _parse(["plan", "--model", TINY, "--workload", "generate", "--seq", "32",
+                   "--new-tokens", "4", "--devices", "2", "--per-device", "400KiB",
+                   "--cpu-offload", "1MiB", "--strategy", "sequential", "--out", str(out)])
+    assert run_cli(args) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("ESTIMATE — inference plan") and "cuda:1" in text
+    assert json.loads(out.read_text())["kind"] == "inference_plan"
+    args = _parse(["plan", "--model", TINY, "--workload", "train", "--seq", "16", "--ranks",
+                   "2", "--per-device", "80GiB", "--json"])
+    assert run_cli(args) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "training_plan"
+    for bad, words in [(["--devices", "0", "--per-device", "80GiB"], "--devices"),
+                       (["--devices", "2", "--per-device", "eighty"], "--per-device"),
+                       (["--devices", "2", "--per-device", "8GiB", "--strategy", "fast"],
+                        "strategy"),
+                       (["--devices", "2"], "--per-device")]:
+        args = _parse(["plan", "--model", TINY, "--workload", "generate", *bad])
+        assert run_cli(args) == 1
+        err = capsys.readouterr().err
+        assert "memlens: error:" in err and "hint:" in err and words in err, err
