@@ -51,7 +51,8 @@ def cache_bytes_per_layer(cache: Any) -> list[int]:
     for i in range(len(layers)):
         seen: set[int] = set()
         total = 0
-        for t in cache_layer_tensors(cache, i):
+        # Quantized caches (optimum-quanto) hold wrapper subclasses: count their inner tensors.
+        for t in (leaf for x in cache_layer_tensors(cache, i) for leaf in leaves(x)):
             key = storage_key(t)
             if key in seen:
                 continue
