@@ -77,6 +77,9 @@ class RunHooks:
     # the memory pass steps it outside tensor accounting (and says so).
     optimizer_compiled: bool = False
     cache_policy: str = "dynamic"
+    # torch.compile: the compiled model, which the plain (timed) passes call; the memory pass and
+    # the hooked passes call the eager model (compiled code cannot run under a dispatch mode).
+    compiled: Any = None
 
     @contextlib.contextmanager
     def context(self, device: torch.device) -> Iterator[None]:
@@ -280,11 +283,11 @@ def _missing(module: str, package: str) -> str | None:
 
 @contextlib.contextmanager
 def _quiet_import() -> Iterator[None]:
-    """torchao and peft announce optional CUDA kernels they cannot load on import; those lines
-    say nothing about this run, so they are kept out of the CLI's output."""
+    """torchao, peft and bitsandbytes announce optional kernels they cannot load on import; those
+    lines say nothing about this run, so they are kept out of the CLI's output."""
     import logging
 
-    names = ("torchao", "torch.utils._pytree", "peft")
+    names = ("torchao", "torch.utils._pytree", "peft", "bitsandbytes", "optimum.quanto")
     levels = {n: logging.getLogger(n).level for n in names}
     try:
         for n in names:
@@ -330,6 +333,80 @@ class TorchaoInt8(Optimization):
         record.modules_touched = len(targets)
         record.notes.append("int8 weights are tensor subclasses; their bytes are those of the "
                             "inner int8 data and scales")
+
+
+def _quanto_extension(device: torch.device, record: Applied) -> None:
+    """Build (or load) optimum-quanto's C++ extension for ``device`` now.
+
+    On the CPU, quanto unpacks 4- and 2-bit data with a C++ extension that torch's cpp_extension
+    compiles the first time it is needed after installation (then reuses from the package's
+    build folder). Doing it while applying the technique keeps that one-time cost out of the
+    measured passes (it shows as the technique's apply time); a build that fails refuses the
+    technique with the compiler's own reason.
+    """
+    with _quiet_import():
+        from optimum.quanto.library.extensions import get_extension, is_extension_available
+
+    name = {"cpu": "quanto_cpp", "cuda": "quanto_cuda"}.get(device.type)
+    if name is None or not is_extension_available(name):
+        return
+    ext = get_extension(name)
+    if getattr(ext, "_lib", None) is not None:  # already loaded in this process
+        return
+    t0 = time.perf_counter()
+    try:
+        with _quiet_import():
+            _ = ext.lib
+    except Exception as exc:  # noqa: BLE001 - a compiler error, a missing ninja, a bad build
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                           f"optimum-quanto's C++ extension {name} could not be built or loaded "
+                           f"here: {first}",
+                           "It needs a C++ compiler and ninja on first use; or choose an 8-bit "
+                           "type, which needs no extension.") from exc
+    record.notes.append(f"optimum-quanto's C++ extension {name} loaded in "
+                        f"{time.perf_counter() - t0:.1f} s (compiled on its first use after "
+                        f"installing optimum-quanto, then reused from {ext.build_directory})")
+
+
+class QuantoWeights(Optimization):
+    id = "quanto-weights"
+    name = "optimum-quanto weight quantization"
+    summary = ("Linear weights as int8, int4 or int2 tensors with float scales (optimum-quanto "
+               "quantize + freeze), weight-only; runs on the CPU under no_grad (4- and 2-bit "
+               "weights refuse inference_mode). 4/2-bit data is unpacked by a C++ extension "
+               "compiled on first use.")
+    category = "quantization"
+    params = (Param("weights", "choice", "qint8", ("qint8", "qint4", "qint2"),
+                    help="qint4/qint2 keep a float scale and shift per group of 128 inputs"),)
+    workloads = ("forward", "generate")
+    # Other quantizers and casts would act on the quantized tensors; the pruning techniques
+    # slice or mask weight matrices that are no longer plain tensors.
+    conflicts = ("int8-dynamic", "torchao-int8", "cast", "prune-unstructured", "prune-ffn",
+                 "prune-heads")
+
+    def check_config(self, workload, device, params):
+        return (_missing("optimum.quanto", "optimum-quanto")
+                or super().check_config(workload, device, params))
+
+    def check_model(self, model, params):
+        if not _linears(model):
+            return "the model has no nn.Linear layers to quantize"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        with _quiet_import():
+            import optimum.quanto as quanto
+
+        if params["weights"] != "qint8":
+            _quanto_extension(device, record)
+        names = [name for name, _ in _linears(model)]
+        with _quiet_import():
+            quanto.quantize(model, weights=getattr(quanto, params["weights"]), include=names)
+            quanto.freeze(model)
+        record.modules_touched = len(names)
+        record.notes.append(f"{params['weights']} weights are tensor subclasses (QLinear); their "
+                            "bytes are those of the inner integer data, scales and shifts")
 
 
 # -- pruning ------------------------------------------------------------------------------------------
@@ -702,19 +779,59 @@ class LoRA(Optimization):
         record.notes.append(f"adapters on {', '.join(targets)}; {_trainable(model)}")
 
 
+def _bnb_refusal(device: str, bits: str) -> str | None:
+    """Why bitsandbytes cannot give a ``bits``-bit AdamW on ``device``, read from the installed
+    library: whether it has the class, and whether it registers a kernel for this device type
+    for the optimizer-update ops the step calls (None when it can)."""
+    with _quiet_import():
+        import bitsandbytes as bnb
+
+    version = getattr(bnb, "__version__", "?")
+    cls = f"AdamW{bits}bit"
+    if not hasattr(bnb.optim, cls):
+        have = sorted(c for c in dir(bnb.optim)
+                      if c.startswith("AdamW") and c.endswith("bit") and c != "AdamW32bit")
+        return (f"bitsandbytes {version} has no {cls} (its low-bit AdamW: "
+                f"{', '.join(have) or 'none'})")
+    key = "CUDA" if device.startswith("cuda") else device.split(":")[0].upper()
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    for op in ("bitsandbytes::optimizer_update_8bit_blockwise",
+               "bitsandbytes::optimizer_update_32bit"):
+        try:
+            found = has(op, key) or has(op, "CompositeExplicitAutograd")
+        except RuntimeError:  # the op is not defined in this version
+            found = False
+        if not found:
+            return (f"bitsandbytes {version} registers no {key} kernel for {op} (the "
+                    f"{bits}-bit optimizer step) in this installation")
+    return None
+
+
 class LowBitOptimizer(Optimization):
     id = "low-bit-optimizer"
     name = "Low-bit AdamW state"
-    summary = ("AdamW with its two moment tensors stored in 8 or 4 bits (torchao.optim; its "
-               "step is compiled on first use, which the first-step time shows).")
+    summary = ("AdamW with its two moment tensors stored in 8 or 4 bits: torchao.optim (its step "
+               "is compiled on first use, which the first-step time shows) or bitsandbytes "
+               "(8-bit, blockwise; small parameters keep 32-bit moments).")
     category = "training"
-    params = (Param("bits", "choice", "8", ("8", "4")),)
+    params = (Param("bits", "choice", "8", ("8", "4")),
+              Param("backend", "choice", "torchao", ("torchao", "bitsandbytes"),
+                    help="the library whose AdamW keeps the low-bit state"))
     workloads = ("train",)
 
     def check_config(self, workload, device, params):
-        return _missing("torchao", "torchao") or super().check_config(workload, device, params)
+        reason = super().check_config(workload, device, params)
+        if reason:
+            return reason
+        if params["backend"] == "bitsandbytes":
+            return _missing("bitsandbytes", "bitsandbytes") or _bnb_refusal(device,
+                                                                            params["bits"])
+        return _missing("torchao", "torchao")
 
     def _apply(self, model, params, hooks, device, record):
+        if params["backend"] == "bitsandbytes":
+            self._apply_bnb(params, hooks, device, record)
+            return
         with _quiet_import():
             from torchao.optim import AdamW4bit, AdamW8bit
 
@@ -727,6 +844,28 @@ class LowBitOptimizer(Optimization):
         hooks.optimizer_compiled = True
         record.notes.append(f"optimizer: torchao {cls.__name__} (moments in {params['bits']} "
                             "bits, blockwise scales)")
+
+    @staticmethod
+    def _apply_bnb(params, hooks, device, record):
+        import inspect
+
+        with _quiet_import():
+            import bitsandbytes as bnb
+
+        cls = getattr(bnb.optim, f"AdamW{params['bits']}bit")
+        min_size = inspect.signature(cls).parameters.get("min_8bit_size")
+
+        def factory(parameters: list[nn.Parameter], lr: float) -> Any:
+            with _quiet_import():
+                return cls(parameters, lr=lr)
+
+        hooks.optimizer_factory = factory
+        hooks.optimizer_compiled = False  # plain torch ops (CPU) or a custom op: accounted
+        small = (f"; parameters under {min_size.default} values keep 32-bit moments"
+                 if min_size is not None and isinstance(min_size.default, int) else "")
+        record.notes.append(f"optimizer: bitsandbytes {getattr(bnb, '__version__', '?')} "
+                            f"{cls.__name__} (moments in {params['bits']} bits, blockwise "
+                            f"scales{small})")
 
 
 # -- KV cache -----------------------------------------------------------------------------------------
@@ -768,6 +907,7 @@ class KVCache(Optimization):
                 return QuantizedCache(backend="fp8", config=m.config)
         elif policy.startswith("quanto"):
             nbits = 4 if policy.endswith("int4") else 2
+            _quanto_extension(device, record)
 
             def factory(m: nn.Module, batch: int, max_len: int) -> Any:
                 return QuantizedCache(backend="quanto", config=m.config, nbits=nbits)
@@ -778,10 +918,71 @@ class KVCache(Optimization):
         record.notes.append(f"generation uses a {policy} cache")
 
 
+# -- compilation -----------------------------------------------------------------------------------
+class CompiledModel:
+    """The compiled model as the workloads call it: calls go to ``torch.compile``'s wrapper;
+    every attribute (``forward``'s signature, ``config``, ``train()``/``eval()``) is the eager
+    model's, which the compiled code runs on (same parameters)."""
+
+    def __init__(self, model: nn.Module, compiled: Callable[..., Any]) -> None:
+        self._model = model
+        self._compiled = compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._compiled(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class Compile(Optimization):
+    id = "compile"
+    name = "torch.compile"
+    summary = ("Compile the model (TorchDynamo + Inductor): a static or dynamic graph. Timed "
+               "passes run the compiled model; the compile time (first call minus the steady "
+               "state) is reported apart from the latency. Memory figures are the eager "
+               "model's: compiled code cannot run under tensor accounting.")
+    category = "compilation"
+    params = (
+        Param("mode", "choice", "default", ("default", "reduce-overhead",
+                                             "max-autotune-no-cudagraphs"),
+              help="torch.compile mode"),
+        Param("dynamic", "choice", "auto", ("auto", "true", "false"),
+              help="shapes: auto = static, then dynamic once a shape changes; true = dynamic "
+                   "from the start; false = one graph per shape"),
+    )
+
+    def check_config(self, workload, device, params):
+        reason = super().check_config(workload, device, params)
+        if reason:
+            return reason
+        if params["mode"] == "reduce-overhead" and not device.startswith("cuda"):
+            return ("reduce-overhead records CUDA graphs, which need a CUDA device (elsewhere it "
+                    "is the default mode)")
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        import torch._dynamo
+
+        with warnings.catch_warnings():
+            # Importing Inductor trips torch's own deprecations (torch.jit.script_method).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import torch._inductor.compile_fx  # noqa: F401
+
+        # Each run compiles from a clean Dynamo state: graphs compiled for an earlier run's model
+        # would count against the recompile limit (then Dynamo silently runs eager).
+        torch._dynamo.reset()
+        dynamic = {"auto": None, "true": True, "false": False}[params["dynamic"]]
+        mode = None if params["mode"] == "default" else params["mode"]
+        hooks.compiled = CompiledModel(model, torch.compile(model, mode=mode, dynamic=dynamic))
+        record.notes.append("compiled lazily: the first call of the compiled model compiles it; "
+                            "that time is reported as compile_seconds, apart from the latency")
+
+
 REGISTRY: dict[str, Optimization] = {o.id: o for o in (
-    Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), PruneUnstructured(), PruneFFN(),
-    PruneHeads(), DropBlocks(), Attention(), SlidingWindow(), Checkpointing(), FreezeBase(),
-    LoRA(), LowBitOptimizer(), KVCache(),
+    Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), QuantoWeights(), PruneUnstructured(),
+    PruneFFN(), PruneHeads(), DropBlocks(), Attention(), SlidingWindow(), Checkpointing(),
+    FreezeBase(), LoRA(), LowBitOptimizer(), KVCache(), Compile(),
 )}
 
 

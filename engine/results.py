@@ -25,6 +25,9 @@ from .config import RunConfig
 SCHEMA_VERSION = 2
 # Schema history: 1 = the first; 2 adds ``estimate`` (null for measured runs), so that a MemLens
 # that predates estimation refuses an estimate instead of showing it as a measurement.
+# Optional fields added since with a null default (``totals.compile_seconds``,
+# ``totals.compiled_peak_bytes``) keep version 2: older files read them as null (not measured),
+# and an older MemLens ignores them without misreading anything else.
 
 # Categories of memory live at the peak (str values are saved in run files).
 CATEGORIES = ("weights", "activations", "kv_cache", "gradients", "optimizer_state", "temporaries")
@@ -86,6 +89,11 @@ class Totals:
     load_source: str = ""
     process_rss_peak_bytes: int | None = None
     cuda_reserved_peak_bytes: int | None = None
+    # torch.compile (None otherwise): the first compiled call minus the steady-state latency,
+    # and the compiled model's own allocator peak over one pass (CUDA only; the peak above is
+    # the eager model's, measured under tensor accounting).
+    compile_seconds: float | None = None
+    compiled_peak_bytes: int | None = None
 
     def reconciles(self) -> bool:
         return self.attributed_bytes + self.unattributed_bytes == self.peak_bytes

@@ -177,6 +177,7 @@ class _Run:
         self.sampler: Any = None
         self.attention_event: AttentionMaps | None = None
         self.hooks: Any = None
+        self._compile_first: dict[str, Any] | None = None  # the compiled model's first call
         self.t_start = time.perf_counter()
         self.phases: list[dict[str, Any]] = []
 
@@ -197,6 +198,12 @@ class _Run:
     def cleanup(self) -> None:
         if self.sampler is not None:
             self.sampler.stop()
+        if getattr(self.hooks, "compiled", None) is not None:
+            # Dynamo's caches hold the compiled graphs and, through their guards, the model.
+            import torch._dynamo as dynamo
+
+            self.hooks.compiled = None
+            dynamo.reset()
         self.loaded = None
         self.optimizer = None
         gc.collect()
@@ -309,13 +316,28 @@ class _Run:
             tracked = select_layers(model)  # modules may have been replaced or removed
             result.model_info = self._model_info(model, tracked, device)
             result.model_info["module_tree"] = module_tree(model, changes)
+            if self.hooks.compiled is not None:
+                result.limitations.extend(_compile_limitations(cuda))
             # Quality of the optimized model as applied (before any training step moves it).
-            self.progress("quality", None, "comparing outputs with the reference")
-            result.quality = quality_mod.measure(reference, model, self.hooks.context(device))
+            # A compiled model is compared through its compiled outputs; for inference that
+            # waits until the timing passes, so that their first call is the model's first.
+            quality_later = self.hooks.compiled is not None and cfg.workload != "train"
+            if not quality_later:
+                self.progress("quality", None, "comparing outputs with the reference")
+                with self._compile_errors():
+                    result.quality = quality_mod.measure(
+                        reference, self.hooks.compiled or model, self.hooks.context(device))
         else:
+            quality_later = False
             result.quality = quality_mod.measure(reference)
 
         layers = self._measure(model, tracked, inputs, device, result)
+        if quality_later:
+            self.progress("quality", None, "comparing the compiled model's outputs with the "
+                                           "reference")
+            with self._compile_errors():
+                result.quality = quality_mod.measure(reference, self.hooks.compiled,
+                                                     self.hooks.context(device))
         if chosen and result.generation and result.baseline:
             # Cache policies do not change a plain forward; what they change shows in what is
             # generated, compared token by token with the baseline's greedy output.
@@ -356,6 +378,8 @@ class _Run:
         tag = "baseline " if baseline else ""
         if cfg.workload == "train":
             self.optimizer = wl.make_optimizer(model, cfg.lr, self.hooks.optimizer_factory)
+        if self.hooks.compiled is not None and not baseline:
+            self._first_compiled_call(model, inputs, device)
         warm: list[float] = []
         for i in range(cfg.warmup):
             self.progress("baseline" if baseline else "warmup", i / max(1, cfg.warmup),
@@ -388,9 +412,14 @@ class _Run:
             wl.check_positions(model, length, "The input")
         return inputs
 
-    def _plain_pass(self, model: torch.nn.Module, inputs: wl.Inputs, device: torch.device) -> Any:
+    def _plain_pass(self, model: torch.nn.Module, inputs: wl.Inputs, device: torch.device,
+                    eager: bool = False) -> Any:
+        """One unhooked pass; with torch.compile applied, through the compiled model unless
+        ``eager`` (hooked passes must be eager: hooks cannot see inside a compiled graph)."""
         cfg = self.config
         hooks = self.hooks
+        if hooks.compiled is not None and not eager:
+            model = hooks.compiled
         if cfg.workload == "forward":
             with hooks.context(device):
                 wl.forward(model, inputs)
@@ -558,6 +587,7 @@ class _Run:
             step = extra["step"]
             result.training = {
                 "loss": step.loss, "synthetic_loss": step.synthetic_loss, "optimizer": type(self.optimizer).__name__,
+                "optimizer_module": type(self.optimizer).__module__,
                 "lr": cfg.lr,
                 "saved_for_backward_bytes": sum(probe.saved_bytes.values()),
                 "gradient_bytes": sum(grads.values()),
@@ -590,13 +620,15 @@ class _Run:
         per_layer: dict[str, list[float]] = {}
         gens: list[wl.GenerationTrace] = []
         steps: list[wl.StepTrace] = []
+        compiled = self.hooks.compiled is not None and stage != "baseline"
+        eager_plain: list[float] = []
 
         def instrumented(modules: list[TrackedModule], times: list[float], keep: set[str]) -> Any:
             probe = TimingProbe(modules, device, self.cancel)
             wl.sync(device)
             t0 = time.perf_counter()
             with probe:
-                out = self._plain_pass(model, inputs, device)
+                out = self._plain_pass(model, inputs, device, eager=True)
             wl.sync(device)
             times.append((time.perf_counter() - t0) * 1e3)
             for name, ms in probe.totals_ms().items():
@@ -613,6 +645,11 @@ class _Run:
             self._plain_pass(model, inputs, device)
             wl.sync(device)
             plain.append((time.perf_counter() - t0) * 1e3)
+            if compiled:  # the eager model's plain time, for the hooks' overhead
+                t0 = time.perf_counter()
+                self._plain_pass(model, inputs, device, eager=True)
+                wl.sync(device)
+                eager_plain.append((time.perf_counter() - t0) * 1e3)
             out = instrumented(top, timed, {t.name for t in top})
             if sub:
                 instrumented(tracked, detailed, {t.name for t in sub})
@@ -626,16 +663,20 @@ class _Run:
         totals = result.totals
         totals.plain_latency_ms = statistics.median(plain)
         totals.latency_ms = statistics.median(timed)
-        totals.instrumentation_overhead = totals.latency_ms / totals.plain_latency_ms
+        # Hooked passes run the eager model: their overhead is taken against its plain time.
+        hooked_base = statistics.median(eager_plain) if compiled else totals.plain_latency_ms
+        totals.instrumentation_overhead = totals.latency_ms / hooked_base
         result.timing = {
             "repeats": cfg.repeats, "plain_ms": plain, "instrumented_ms": timed,
             "detailed_ms": detailed,
-            "detailed_overhead": (statistics.median(detailed) / totals.plain_latency_ms
+            "detailed_overhead": (statistics.median(detailed) / hooked_base
                                   if detailed else None),
             "live_modules": len(top), "detailed_modules": len(tracked),
             "method": "CUDA events per module, no per-module sync" if device.type == "cuda"
             else "perf_counter per module",
         }
+        if compiled:
+            self._compile_figures(model, inputs, device, result, eager_plain)
         n_tokens = cfg.batch * inputs.input_ids.shape[1]
         if cfg.workload == "forward":
             totals.tokens_per_s = n_tokens / (totals.plain_latency_ms / 1e3)
@@ -657,6 +698,80 @@ class _Run:
                 "optimizer_ms": statistics.median(s.optimizer_ms for s in steps),
             })
             totals.tokens_per_s = n_tokens / (totals.plain_latency_ms / 1e3)
+
+    # -- torch.compile -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _compile_errors(self) -> Any:
+        """A compiled call that fails (an op Dynamo or Inductor cannot handle, no C++ compiler)
+        refuses the technique with the compiler's reason instead of reporting a MemLens bug."""
+        try:
+            yield
+        except (Cancelled, MemLensError):
+            raise
+        except Exception as exc:
+            if self.hooks is None or self.hooks.compiled is None or _is_oom(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               f"torch.compile could not compile or run this model here: "
+                               f"{type(exc).__name__}: {first}",
+                               "Run without compile, or with other optimizations.") from exc
+
+    def _first_compiled_call(self, model, inputs, device) -> None:
+        """The compiled model's first pass: it traces and compiles (timed, apart)."""
+        self.progress("compile", None, "first call of the compiled model (compiles it)")
+        before = _dynamo_counts()
+        wl.sync(device)
+        t0 = time.perf_counter()
+        with self._compile_errors():
+            self._plain_pass(model, inputs, device)
+        wl.sync(device)
+        first_ms = (time.perf_counter() - t0) * 1e3
+        after = _dynamo_counts()
+        self._compile_first = {"first_call_ms": first_ms, "before": before, "after": after}
+
+    def _compile_figures(self, model, inputs, device, result, eager_plain: list[float]) -> None:
+        """compile_seconds (first call minus the steady state) and, on CUDA, the compiled
+        model's own allocator peak over one pass."""
+        first = getattr(self, "_compile_first", None)
+        if first is None:
+            return
+        totals = result.totals
+        steady = totals.plain_latency_ms
+        now = _dynamo_counts()
+        before, after = first["before"], first["after"]
+        totals.compile_seconds = max(0.0, (first["first_call_ms"] - steady) / 1e3)
+        info: dict[str, Any] = {
+            "params": next((a["params"] for a in result.optimizations if a["id"] == "compile"),
+                           {}),
+            "first_call_ms": first["first_call_ms"], "steady_ms": steady,
+            "compile_seconds": totals.compile_seconds,
+            "eager_plain_ms": eager_plain,
+            "eager_latency_ms": statistics.median(eager_plain) if eager_plain else None,
+        }
+        if before is not None and after is not None and now is not None:
+            info.update({
+                "graphs_first_call": after["graphs"] - before["graphs"],
+                "graph_breaks_first_call": after["graph_breaks"] - before["graph_breaks"],
+                "graphs_after_first_call": now["graphs"] - after["graphs"],
+                "inductor_cache_hits": now["cache_hits"] - before["cache_hits"],
+                "inductor_cache_misses": now["cache_misses"] - before["cache_misses"],
+            })
+            if info["graphs_after_first_call"]:
+                result.warnings.append(
+                    f"torch.compile compiled {info['graphs_after_first_call']} more graph(s) "
+                    "after the first call (new shapes or recompiles): the warm-up and timing "
+                    "passes include compilation, so the steady-state latency is too high.")
+        if device.type == "cuda":
+            gc.collect()
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self._plain_pass(model, inputs, device)
+            torch.cuda.synchronize(device)
+            totals.compiled_peak_bytes = torch.cuda.max_memory_allocated(device)
+            info["compiled_peak_source"] = ("cuda_allocator (max_memory_allocated, one compiled "
+                                            "pass)")
+        result.timing["compile"] = info
 
     def _attention(self, model, inputs, device, result) -> None:
         from .attention import capture_attention
@@ -694,15 +809,26 @@ class _Run:
         return {o: (unique_nbytes(ts), counts.get(o, 0)) for o, ts in grouped.items()}
 
     def _train_state_by_owner(self, model, probe: MemoryProbe) -> tuple[dict, dict]:
+        from .accounting import leaves, storage_key
+
         grads: dict[str, int] = {}
         opt: dict[str, int] = {}
+        seen: set[int] = set()  # state shared by parameters (bitsandbytes' quantization maps)
         for p in model.parameters():
             owner = probe.param_owner.get(id(p))
             if owner is None:
                 continue
             state = self.optimizer.state.get(p, {}) if self.optimizer is not None else {}
-            opt[owner] = opt.get(owner, 0) + unique_nbytes(
-                [v for v in state.values() if isinstance(v, torch.Tensor)])
+            fresh = []
+            for v in state.values():
+                if not isinstance(v, torch.Tensor):
+                    continue
+                keys = {storage_key(leaf) for leaf in leaves(v) if not leaf.is_meta}
+                if keys and keys <= seen:
+                    continue
+                seen |= keys
+                fresh.append(v)
+            opt[owner] = opt.get(owner, 0) + unique_nbytes(fresh)
             if p.requires_grad:
                 # Gradients are freed by the next zero_grad; their size is the parameter's.
                 grads[owner] = grads.get(owner, 0) + p.numel() * p.element_size()
@@ -739,6 +865,38 @@ class _Run:
             "tracked_modules": len(tracked),
             "load_seconds": loaded.load_seconds,
         }
+
+
+def _compile_limitations(cuda: bool) -> list[str]:
+    where = (
+        "The compiled model's own peak is measured apart (compiled_peak_bytes: the CUDA "
+        "allocator's max_memory_allocated over one compiled pass, after the timing passes)."
+        if cuda else
+        "No peak of the compiled model itself is given: on the CPU there is no allocator "
+        "counter to read, and the process RSS also holds the compiler's own memory.")
+    return [
+        "torch.compile: the memory pass runs the eager (uncompiled) model, because compiled code "
+        "cannot run under the tensor-accounting dispatch mode. The peak, every per-layer memory "
+        "figure and the FLOPs describe the eager model; the compiled graph may fuse operations "
+        "and free or reuse intermediates differently. " + where,
+        "torch.compile: the plain latency is the compiled model's steady state (median of the "
+        "timing passes, after its first call and the warm-up); compile_seconds is the first "
+        "call minus that. Per-layer latencies come from hooked passes of the eager model "
+        "(hooks cannot see inside a compiled graph); the hooks' overhead is taken against the "
+        "eager model's plain passes. Quality compares the compiled model's outputs.",
+    ]
+
+
+def _dynamo_counts() -> dict[str, int] | None:
+    """Graphs compiled, graph breaks and Inductor cache hits so far (Dynamo's counters)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return None
+    return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            "cache_hits": int(counters["inductor"].get("fxgraph_cache_hit", 0)),
+            "cache_misses": int(counters["inductor"].get("fxgraph_cache_miss", 0))}
 
 
 def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str, Any]:

@@ -316,16 +316,6 @@ def test_fp8_kv_cache_is_a_quarter_and_its_quality_shows_in_generation():
     assert 0.0 <= r.quality["generated_token_agreement"] <= 1.0
 
 
-def test_quanto_cache_needs_its_library():
-    from engine.optimizations import _missing
-
-    if _missing("optimum.quanto", "optimum-quanto") is None:
-        pytest.skip("optimum-quanto is installed here")
-    with pytest.raises(MemLensError) as e:
-        resolve([{"id": "kv-cache", "params": {"policy": "quanto-int4"}}], "generate", "cpu")
-    assert "pip install optimum-quanto" in e.value.message
-
-
 # torchao compiles its optimizer step with inductor, which trips torch's own deprecations
 # (torch.jit.script_method) and asks subclasses for a caching hash: torch's business, not ours.
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
