@@ -34,13 +34,16 @@ optimizer of MemLens' training workload, stepped on fake tensors of the rank's l
 shapes: nothing assumed about its states), the unsharded parameters FSDP2 all-gathers (the root
 group, which FSDP2 does not reshard after forward, plus the block running and ``prefetch`` blocks
 gathered ahead, padded), one group's unsharded gradients being reduce-scattered, and the
-activations of the per-rank micro-batch (from the estimate of the train workload: its largest
-forward or backward phase peak minus the weights and optimizer state it holds). Each part is
-taken at its own maximum, so the total bounds the rank's peak from above.
+activations of the per-rank micro-batch: one training step on fake tensors built as
+``engine.estimate`` builds them and counted by the measured runs' tensor accounting, in which
+each gradient is handed over as soon as it is accumulated, as FSDP2 does (so activations are
+not mixed up with gradients a single device would accumulate). Each part is taken at its own
+maximum, so the total bounds the rank's peak from above.
 ``method="tracker"`` also runs PyTorch's ``FSDPMemTracker`` on rank 0 of a fake process group
 under ``FakeTensorMode`` (real FSDP2 code, no memory, no communication) and reports its peak
 and parts beside the shapes' figures. It runs the whole step through three dispatch layers:
-seconds for small models, about 10 s at 8B and 40 s at 70B on this project's 2-core CPU.
+seconds for small models, about 10 s at 8B and 30 s at 70B (seq 2048) on this project's 2-core
+CPU, on top of the plan.
 
 Every figure is an **estimate** (shapes and fake tensors, CPU kernels); plans say so in their
 text, JSON (``figures: "estimate"``) and notes. Both planners report progress to a listener
@@ -232,9 +235,9 @@ class ShardPlan:
     padding_bytes: int = 0  # FSDP2's padding over all ranks (sharded parameters × ranks − all)
     groups: list[FSDPGroup] = field(default_factory=list)
     largest_block: str | None = None
-    estimate_run_id: str | None = None
-    estimate_peak_bytes: int | None = None  # the single-device estimate of the micro-batch
-    estimate_activation_bytes: int | None = None
+    estimate_run_id: str | None = None  # the single-device estimate, when saved (store)
+    estimate_peak_bytes: int | None = None
+    estimate_activation_bytes: int | None = None  # max(forward, backward) of the pass
     activations_forward_bytes: int | None = None  # forward phase peak - weights - optimizer
     activations_backward_bytes: int | None = None  # backward phase peak - weights - optimizer
     tracker: dict[str, Any] | None = None  # FSDPMemTracker's peak and parts (method "tracker")
@@ -923,11 +926,17 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
     config = dataclasses.replace(config, device="cpu", prompt=None, attention_maps=False)
     config.validate()
     seconds: dict[str, float] = {}
-    _progress(listener, 0.0, f"estimating the per-rank micro-batch (batch {config.batch}, seq "
-              f"{config.seq}) on fake tensors")
+    _progress(listener, 0.0, f"estimating the activations of the per-rank micro-batch (batch "
+              f"{config.batch}, seq {config.seq}) on fake tensors, gradients handed over as "
+              "FSDP2 does")
     t = time.perf_counter()
-    result = _estimate(config, listener, cancel, store, "estimate", 0.0)
-    seconds["estimate"] = round(time.perf_counter() - t, 3)
+    acts = activation_pass(config, listener, cancel)
+    seconds["activations"] = round(time.perf_counter() - t, 3)
+    result = None
+    if store is not None:  # the single-device estimate too, saved in the store
+        t = time.perf_counter()
+        result = _estimate(config, listener, cancel, store, "estimate", 0.4)
+        seconds["estimate"] = round(time.perf_counter() - t, 3)
     _check_cancel(cancel)
 
     compute = _resolved_dtype(config)
@@ -988,11 +997,7 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
     unsharded = root["unsharded"] + in_flight * biggest_block
     reduction = max((g["grad"] for g in groups.values()), default=0)
 
-    tr = result.training or {}
-    weights_est = result.totals.model_weights_bytes or 0
-    opt_est = tr.get("optimizer_state_bytes") or 0
-    act_forward = max(0, (tr.get("forward_peak_bytes") or 0) - weights_est - opt_est)
-    act_backward = max(0, (tr.get("backward_peak_bytes") or 0) - weights_est - opt_est)
+    act_forward, act_backward = acts["forward"], acts["backward"]
     activations = max(act_forward, act_backward)
 
     plan = ShardPlan(
@@ -1003,7 +1008,8 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
         reshard_after_forward=reshard_after_forward, method=method, optimizer=opt_name,
         model_parameters=n_params, model_params_bytes=params_bytes, model_buffers_bytes=buffers,
         padding_bytes=padding, largest_block=largest,
-        estimate_run_id=result.run_id, estimate_peak_bytes=result.totals.peak_bytes,
+        estimate_run_id=result.run_id if result else None,
+        estimate_peak_bytes=result.totals.peak_bytes if result else None,
         estimate_activation_bytes=activations, activations_forward_bytes=act_forward,
         activations_backward_bytes=act_backward,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -1038,14 +1044,16 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
                    "checkpointing) or a smaller micro-batch the activations"))
     plan.notes.append(FIGURES_NOTE)
     plan.notes.append(
-        f"Activations from the estimate of one rank's micro-batch ({result.run_id}): its "
-        f"forward and backward phase peaks minus the weights {human_bytes(weights_est)} and "
-        f"optimizer state {human_bytes(opt_est)} it holds: forward "
-        f"{human_bytes(act_forward)}, backward {human_bytes(act_backward)}. The backward "
-        "figure includes the gradients the single-device run had accumulated at its backward "
-        "peak (none when the peak is at the start of backward, as for large vocabularies; all "
-        "of them when it is at the end, as for tiny models), which FSDP2 shards instead: an "
-        "upper bound.")
+        "Activations: one training step of a rank's micro-batch on fake tensors (the estimate's "
+        "build, MemLens' tensor accounting and training workload) in which every gradient is "
+        "handed over as soon as it is accumulated, as FSDP2 reduce-scatters and frees them: "
+        f"the forward and backward phase peaks above the weights, forward "
+        f"{human_bytes(act_forward)}, backward {human_bytes(act_backward)} (largest: "
+        f"{'backward' if act_backward >= act_forward else 'forward'}); "
+        f"{acts['seconds']:.1f} s.")
+    if result is not None:
+        plan.notes.append(f"Single-device estimate of the micro-batch (saved): peak "
+                          f"{human_bytes(result.totals.peak_bytes)} ({result.run_id}).")
     plan.seconds = seconds
     plan.duration_s = round(time.perf_counter() - t0, 3)
     _progress(listener, 1.0, "plan done")
@@ -1074,6 +1082,83 @@ def _training_assumptions(plan: ShardPlan, in_flight: int, blocks: int) -> list[
         "Each part at its own maximum; they do not all peak at once, so the total bounds the "
         "rank's peak from above (method 'tracker' finds the moment of the peak).",
     ]
+
+
+def activation_pass(config: RunConfig, listener: Listener = lambda e: None,
+                    cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Activation bytes of one training step of ``config`` as a rank of FSDP2 holds them.
+
+    The model is built on fake tensors as ``engine.estimate`` builds it, its optimizations are
+    applied, and one step of MemLens' training workload runs under the measured runs' tensor
+    accounting (``MemoryProbe``), except that every parameter's gradient is dropped as soon as
+    it is accumulated: FSDP2 reduce-scatters a group's gradients and frees the unsharded ones
+    (the sharded gradients and the group being reduced are counted apart, from the shapes). The
+    step has no optimizer state (nothing to step). Returns the forward and backward phase peaks
+    above the weights, in bytes (``forward``, ``backward``), the step's saved-for-backward bytes
+    and the seconds it took.
+    """
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from . import workloads as wl
+    from .estimate import _as_in_a_real_run, _EstimateRun, _fake_tensor_error
+    from .instrument import MemoryProbe
+    from .layers import select_layers
+    from .models import preimport_architecture
+
+    cancel = cancel or threading.Event()
+    t0 = time.perf_counter()
+    device = torch.device("cpu")
+    config = dataclasses.replace(config, workload="train", device="cpu", prompt=None,
+                                 attention_maps=False)
+    run = _EstimateRun(config, listener, cancel)
+    handles: list[Any] = []
+    stage = "build"
+    try:
+        preimport_architecture(config.model)
+        run.fake_mode = FakeTensorMode()
+        model = run._build(device).model
+        chosen = _resolved_optimizations(config)
+        if chosen:
+            from .optimizations import apply_all
+
+            with run.fake_mode, _as_in_a_real_run():
+                apply_all(model, chosen, device, cancel, lambda f, m: None)
+        tracked = select_layers(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE, "The model has no trainable parameters.",
+                               "Unfreeze some parameters, or plan an inference workload.")
+
+        def hand_over(p: torch.Tensor) -> None:
+            p.grad = None
+
+        stage = "memory"
+        with run.fake_mode, _as_in_a_real_run():
+            wl.check_positions(model, config.seq, "The input")
+            ids = torch.zeros((config.batch, config.seq), dtype=torch.long, device=device)
+            optimizer = torch.optim.SGD(params, lr=0.0)  # every gradient is handed over
+            probe = MemoryProbe(model, tracked, cancel, training=True, count_flops=False)
+            with probe:
+                base = probe.acc.total  # the weights
+                handles = [p.register_post_accumulate_grad_hook(hand_over) for p in params]
+                probe.acc.track(ids, None, "activations")
+                wl.train_step(model, wl.Inputs(ids, "fake ids (shape only)"), optimizer, device,
+                              probe)
+            peaks = dict(probe.acc.phase_peaks)
+            saved = sum(probe.saved_bytes.values())
+    except BaseException as exc:
+        err = _fake_tensor_error(exc, stage, config.model)
+        if err is not None:
+            raise err from exc
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+        run.cleanup()
+    return {"forward": max(0, peaks.get("forward", base) - base),
+            "backward": max(0, peaks.get("backward", base) - base),
+            "saved_for_backward": saved, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def track_fsdp2(config: RunConfig, ranks: int, master_dtype: str | None = None,
@@ -1291,8 +1376,7 @@ def _format_training(plan: ShardPlan) -> str:
     lines.append("")
     lines.append(f"whole model: parameters {human_bytes(plan.model_params_bytes)}, buffers "
                  f"{human_bytes(plan.model_buffers_bytes)}; FSDP2 padding "
-                 f"{human_bytes(plan.padding_bytes)} over all ranks; single-device estimate of the "
-                 f"micro-batch: peak {human_bytes(plan.estimate_peak_bytes)}")
+                 f"{human_bytes(plan.padding_bytes)} over all ranks")
     if len(set(plan.per_rank_optimizer_state)) > 1:
         lines.append("optimizer state per rank: " + ", ".join(
             human_bytes(b) for b in plan.per_rank_optimizer_state))
@@ -1360,7 +1444,7 @@ def add_cli_parser(sub: Any, common: Callable[[Any], None] | None = None) -> Any
                    help="training: keep every block's parameters unsharded after forward")
     p.add_argument("--method", default="shapes",
                    help="training: shapes | tracker (also run PyTorch's FSDPMemTracker on fake "
-                        "tensors: ~10 s at 8B, ~40 s at 70B)")
+                        "tensors: ~10 s at 8B, ~30 s at 70B)")
     return p
 
 
@@ -1467,6 +1551,8 @@ def run_cli(args: Any) -> int:
         print()
     else:
         sys.stdout.write(format_plan(plan))
+        if store is not None and plan.estimate_run_id:
+            print(f"saved (as an estimate): {store.path_for(plan.estimate_run_id)}")
         if args.out is not None:
             print(f"written: {args.out}")
     return EXIT_OK
