@@ -306,8 +306,17 @@ class _EstimateRun(_Run):
             warm_s = time.perf_counter() - t1
             self.progress("memory", None, "memory pass (tensor accounting on fake tensors)")
             t2 = time.perf_counter()
-            layers, _extra = self._memory_pass(model, tracked, inputs, device, result)
+            layers, extra = self._memory_pass(model, tracked, inputs, device, result)
             pass_s = time.perf_counter() - t2
+        skipped = getattr(extra.get("generation"), "skipped_steps", 0) if extra else 0
+        if skipped and result.generation is not None:
+            result.generation["skipped_decode_steps"] = skipped
+            result.limitations.append(
+                f"Generation: decode steps 2 to {skipped + 1} of {skipped + 2} were not run. "
+                "With a growing cache each step is the previous one with one more position, so "
+                "its peak is at most the last step's: the first and the last step ran, the cache "
+                "was grown to the last step's length in between, and the skipped steps' KV "
+                "bytes and FLOPs were filled in linearly from the two ends.")
 
         totals = result.totals
         totals.peak_source = PEAK_SOURCE

@@ -126,6 +126,9 @@ class GenerationTrace:
     kv_bytes_per_layer: list[int] = field(default_factory=list)  # at the end
     cached_positions: int = 0
     new_ids: list[int] = field(default_factory=list)
+    # Estimation only: decode steps not run (see :func:`_fast_forward`); their KV bytes in
+    # ``kv_bytes_per_step`` and their FLOPs are interpolated, exactly for a growing cache.
+    skipped_steps: int = 0
 
 
 def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.device,
@@ -161,9 +164,21 @@ def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.de
         _keep_token(trace, next_ids)
         if probe is not None:
             probe.phase = "decode"
-        for _ in range(new_tokens - 1):
+        steps = new_tokens - 1
+        flops_before: list[dict[str, dict[Any, int]]] = []
+        step = 0
+        while step < steps:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
+            skip = step == 1 and _can_fast_forward(probe, cache, next_ids, steps)
+            if skip:
+                first_step_flops = _flop_delta(probe, flops_before[0])
+                _fast_forward(probe, cache, int(cache.get_seq_length()) + steps - 2)
+                before_last = int(sum(cache_bytes_per_layer(cache)))
+                trace.skipped_steps = steps - 2
+                step = steps - 1
+            if step in (0, steps - 1):
+                flops_before.append(_flop_counts(probe))
             t0 = time.perf_counter()
             out = model(input_ids=next_ids, use_cache=True, **{cache_arg: cache}, **extra)
             next_ids = out.logits[:, -1:].argmax(-1)
@@ -172,11 +187,97 @@ def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.de
             trace.decode_ms.append((time.perf_counter() - t0) * 1e3)
             cache = _returned_cache(out)
             del out
+            if skip:
+                _fill_skipped(trace, before_last, steps)
+                _add_skipped_flops(probe, first_step_flops,
+                                   _flop_delta(probe, flops_before[-1]), steps - 2)
             trace.kv_bytes_per_step.append(sum(cache_bytes_per_layer(cache)))
             _keep_token(trace, next_ids)
+            step += 1
         trace.kv_bytes_per_layer = cache_bytes_per_layer(cache)
         trace.cached_positions = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
     return trace
+
+
+# -- estimation: the decode steps between the first and the last are not run ---------------------
+# Each decode step of a growing (dynamic) cache is the one before with one more cached position:
+# its cache, attention scores and concatenation transients only grow, so the peak of every step
+# is at most the last step's, its KV bytes grow by the same amount per step, and its FLOPs are
+# affine in the position. On fake tensors (no values to carry from step to step) an estimate
+# therefore runs the first decode step, grows each layer's cache to the length the last step
+# starts from, and runs the last step: the same peak, per-layer figures and KV bytes as every
+# step, with the skipped steps' KV bytes and FLOPs filled in from the two ends (exact for an
+# affine sequence; checked against measured runs in tests/test_estimate.py).
+def _can_fast_forward(probe: MemoryProbe | None, cache: Any, ids: torch.Tensor,
+                      steps: int) -> bool:
+    if probe is None or steps < 3 or not is_fake(ids):
+        return False
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None) or []
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized
+                                for layer in layers)
+
+
+def _fast_forward(probe: MemoryProbe, cache: Any, length: int) -> None:
+    """Grow every cache layer to ``length`` positions, one tensor at a time (each old tensor
+    is dropped before its longer replacement exists, so the live total never exceeds the
+    result's), and give the new tensors to their attention module as KV cache, as a step
+    would have."""
+    owners = {}
+    for t in probe.tracked:
+        if t.kind == "attention":
+            idx = getattr(t.module, "layer_idx", None)
+            owners[t.layer_index if idx is None else idx] = t.name
+    for i, layer in enumerate(cache.layers):
+        for attr in ("keys", "values"):
+            old = getattr(layer, attr)
+            shape, dtype, device = list(old.shape), old.dtype, old.device
+            setattr(layer, attr, None)
+            del old
+            shape[-2] = length
+            new = torch.empty(shape, dtype=dtype, device=device)
+            setattr(layer, attr, new)
+            if i in owners:
+                probe.acc.reclassify(new, owners[i], "kv_cache")
+
+
+def _fill_skipped(trace: GenerationTrace, before_last: int, steps: int) -> None:
+    """KV bytes after each skipped step: from the bytes after the first decode step to the
+    bytes the last step started from (measured on the grown cache), in equal steps."""
+    first = trace.kv_bytes_per_step[-1]
+    gaps = steps - 2
+    for j in range(1, gaps):
+        trace.kv_bytes_per_step.append(first + (before_last - first) * j // gaps)
+    trace.kv_bytes_per_step.append(before_last)
+
+
+def _flop_counts(probe: MemoryProbe | None) -> dict[str, dict[Any, int]]:
+    counter = getattr(probe, "_flops", None)
+    if counter is None:
+        return {}
+    return {mod: dict(ops) for mod, ops in counter.flop_counts.items()}
+
+
+def _flop_delta(probe: MemoryProbe | None, before: dict[str, dict[Any, int]]
+                ) -> dict[str, dict[Any, int]]:
+    now = _flop_counts(probe)
+    return {mod: {op: n - before.get(mod, {}).get(op, 0) for op, n in ops.items()}
+            for mod, ops in now.items()}
+
+
+def _add_skipped_flops(probe: MemoryProbe | None, first: dict[str, dict[Any, int]],
+                       last: dict[str, dict[Any, int]], skipped: int) -> None:
+    """The skipped steps' FLOPs: for counts affine in the step, the sum over the steps between
+    the first and the last is ``skipped × (first + last) / 2``."""
+    counter = getattr(probe, "_flops", None)
+    if counter is None:
+        return
+    for mod in set(first) | set(last):
+        for op in set(first.get(mod, {})) | set(last.get(mod, {})):
+            total = skipped * (first.get(mod, {}).get(op, 0) + last.get(mod, {}).get(op, 0))
+            if total:
+                counter.flop_counts[mod][op] += total // 2
 
 
 def _keep_token(trace: GenerationTrace, next_ids: torch.Tensor) -> None:

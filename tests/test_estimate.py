@@ -116,6 +116,29 @@ def test_estimate_matches_a_measured_cpu_run(model: str, workload: str, attentio
             assert est.training[key] == real.training[key] > 0
 
 
+@pytest.mark.parametrize(("model", "attention", "opts", "skipped"), [
+    ("preset:tiny-llama", "sdpa", [], 6),
+    ("preset:tiny-gpt2", "eager", [], 6),
+    # a preallocated cache does not grow: every step runs
+    ("preset:tiny-llama", "sdpa", [{"id": "kv-cache", "params": {"policy": "static"}}], None),
+])
+def test_long_generation_estimates_skip_middle_steps_exactly(model, attention, opts,
+                                                             skipped) -> None:
+    """8 decode steps: the estimate runs the first and the last on a grown cache, and still
+    equals the measured run in every figure, FLOPs and per-step KV bytes included."""
+    config = _config(model, "generate", attention, new_tokens=9, optimizations=opts)
+    real = execute(config, Collector())
+    est = _estimate_ok(_config(model, "generate", attention, new_tokens=9, optimizations=opts))
+    assert est.generation.get("skipped_decode_steps") == skipped
+    assert est.totals.peak_bytes == real.totals.peak_bytes
+    assert est.totals.flops == real.totals.flops
+    assert [x.flops for x in est.layers] == [x.flops for x in real.layers]
+    assert [x.at_peak_bytes for x in est.layers] == [x.at_peak_bytes for x in real.layers]
+    assert est.generation["kv_bytes_per_step"] == real.generation["kv_bytes_per_step"]
+    assert not _differences(est, real), "\n".join(_differences(est, real))
+    assert any("were not run" in x for x in est.limitations) == bool(skipped)
+
+
 def test_estimate_of_the_demo_folder_matches_its_measured_run() -> None:
     """The demo loads real trained weights and tokenizes sample text; the estimate reads only
     its config.json and uses fake ids of the same length."""
