@@ -42,7 +42,9 @@ def test_cancel_at_each_stage_stops_quickly_and_frees_the_model(stage):
     opts = [{"id": "cast"}] if stage in ("optimize", "baseline") else []
     runner.start(tiny(workload="generate", new_tokens=50, warmup=2, repeats=20,
                       optimizations=opts))
-    assert runner.wait(30)
+    # Reaching a late stage takes the baseline's 20 timing passes first: generous on a loaded
+    # machine; what is asserted is the time from the cancel to the end.
+    assert runner.wait(120)
     assert "t0" in runner_box, f"the run never reached {stage}"
     assert time.perf_counter() - runner_box["t0"] < 1.0
     assert events.failed is not None and events.failed.kind == "cancelled"
