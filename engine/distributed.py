@@ -10,19 +10,23 @@ for real: transformers' ``from_pretrained(device_map=STRATEGY, max_memory=...)``
 
 * **weights**: the bytes of the parameters and buffers placed there (real shapes and dtype);
 * **KV cache**: the per-layer KV cache of the estimate (``engine.estimate``: the same workload on
-  fake tensors, the measured runs' instrumentation) of the attention layers that *run* there;
+  fake tensors, the measured runs' instrumentation) of the attention layers that *run* there
+  (for generate, one step after a prompt of ``seq + new_tokens - 1`` tokens: the whole
+  generation's cache length, with the largest prefill);
 * **activations**: the largest per-layer peak among the layers that run there (the estimate's
   transient peak of the layer, plus the hidden state it receives and, for blocks, the tables every
   block receives such as the rotary cos/sin);
 * **offload in transit**: on the device that runs CPU-offloaded layers (accelerate's main device,
-  the first GPU), the largest offloaded module, whose weights are copied in while it runs.
+  the first GPU), the largest offloaded module that holds tensors directly (a Linear, a norm):
+  accelerate copies each one in for its forward and drops the copy after it.
 
 Offloaded layers' weights are reported on the ``cpu`` row; their KV cache and activations on the
 device that runs them. Layers that fit in no budget are what the libraries would offload to disk:
 they are named as not fitting. By default the placement leaves room on each device for its KV
 cache and activations (``reserve="runtime"``: the weights budget given to the library is the
-device's size minus its runtime memory, iterated until the placement no longer changes); the
-``max_memory`` that produced the plan is reported, ready for ``from_pretrained``.
+device's size minus what it ran in the previous placement; of up to 8 placements, the one that
+fits with the most weights on the GPUs is kept); the ``max_memory`` that produced the plan is
+reported, ready for ``from_pretrained``.
 ``reserve="none"`` places the weights in the whole budget, as ``from_pretrained`` with
 ``max_memory`` equal to the device sizes would, and reports what then overflows.
 
@@ -57,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import gc
 import logging
 import math
 import threading
@@ -1130,8 +1135,18 @@ def activation_pass(config: RunConfig, listener: Listener = lambda e: None,
             raise MemLensError(ErrorKind.NOT_APPLICABLE, "The model has no trainable parameters.",
                                "Unfreeze some parameters, or plan an inference workload.")
 
+        # With activation checkpointing, each block recomputed in the backward leaves reference
+        # cycles that hold tensors until Python's garbage collector runs, so the live bytes
+        # depended on when it ran (at 70B, seq 4096 the backward peak grew by about half a GiB
+        # per block). The collector therefore runs after every gradient is handed over: what
+        # is counted is what is still reachable. What existed before the step is frozen first
+        # (below), so each collection looks at the step's own objects only.
+        collect = any(o.get("id") == "checkpointing" for o in config.optimizations)
+
         def hand_over(p: torch.Tensor) -> None:
             p.grad = None
+            if collect:
+                gc.collect()
 
         stage = "memory"
         with run.fake_mode, _as_in_a_real_run():
@@ -1143,8 +1158,13 @@ def activation_pass(config: RunConfig, listener: Listener = lambda e: None,
                 base = probe.acc.total  # the weights
                 handles = [p.register_post_accumulate_grad_hook(hand_over) for p in params]
                 probe.acc.track(ids, None, "activations")
-                wl.train_step(model, wl.Inputs(ids, "fake ids (shape only)"), optimizer, device,
-                              probe)
+                gc.collect()
+                gc.freeze()
+                try:
+                    wl.train_step(model, wl.Inputs(ids, "fake ids (shape only)"), optimizer,
+                                  device, probe)
+                finally:
+                    gc.unfreeze()
             peaks = dict(probe.acc.phase_peaks)
             saved = sum(probe.saved_bytes.values())
     except BaseException as exc:
@@ -1433,7 +1453,8 @@ def add_cli_parser(sub: Any, common: Callable[[Any], None] | None = None) -> Any
     p.add_argument("--full-generation", action="store_true",
                    help="generate: estimate every new token (slower) instead of one step with "
                         "the same cache length")
-    p.add_argument("--ranks", default=None, metavar="N", help="FSDP2 ranks (training)")
+    p.add_argument("--ranks", default=None, metavar="N",
+                   help="FSDP2 ranks (training; --devices is taken when --ranks is not given)")
     p.add_argument("--master-dtype", default=None,
                    help="training: dtype of the sharded parameters, gradients and optimizer "
                         "state (default: the run's dtype; float32: fp32 master weights with "

@@ -277,6 +277,25 @@ def test_fsdp2_shards_cover_the_model_within_the_padding(train_estimate) -> None
     assert mixed.parts["unsharded_params"] * 2 == three.parts["unsharded_params"]
 
 
+def test_checkpointed_activations_do_not_grow_with_depth(tmp_path) -> None:
+    """With activation checkpointing each recomputed block leaves reference cycles; the pass
+    collects them, so what the backward adds over the forward is one block's recomputation,
+    the same for 2 and 8 blocks (it grew with every block before)."""
+    import resources
+    from engine.distributed import activation_pass
+
+    values = {k: v for k, v in resources.preset_config("tiny-llama").items()
+              if not k.startswith("_")}
+    extra = []
+    for layers in (2, 8):
+        path = tmp_path / f"llama-{layers}.json"
+        path.write_text(json.dumps(dict(values, num_hidden_layers=layers)))
+        acts = activation_pass(_train(model=str(path), seq=128,
+                                      optimizations=[{"id": "checkpointing", "params": {}}]))
+        extra.append(acts["backward"] - acts["forward"])
+    assert extra[0] == extra[1] > 0
+
+
 def test_fsdp2_budget_names_the_binding_part() -> None:
     plan, _ = _training(_train(), 2, "512KiB")
     assert plan.fits is False and plan.over_by_bytes == plan.total_bytes - 512 * KiB
