@@ -381,9 +381,10 @@ class QuantoWeights(Optimization):
                     help="qint4/qint2 keep a float scale and shift per group of 128 inputs"),)
     workloads = ("forward", "generate")
     # Other quantizers and casts would act on the quantized tensors; the pruning techniques
-    # slice or mask weight matrices that are no longer plain tensors.
-    conflicts = ("int8-dynamic", "torchao-int8", "cast", "prune-unstructured", "prune-ffn",
-                 "prune-heads")
+    # slice or mask weight matrices that are no longer plain tensors; under autocast quanto's
+    # linear fails (optimum-quanto 0.2.7: "expected scalar type BFloat16 but found Float").
+    conflicts = ("int8-dynamic", "torchao-int8", "cast", "autocast", "prune-unstructured",
+                 "prune-ffn", "prune-heads")
 
     def check_config(self, workload, device, params):
         return (_missing("optimum.quanto", "optimum-quanto")

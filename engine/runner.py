@@ -756,7 +756,19 @@ class _Run:
                 "graphs_after_first_call": now["graphs"] - after["graphs"],
                 "inductor_cache_hits": now["cache_hits"] - before["cache_hits"],
                 "inductor_cache_misses": now["cache_misses"] - before["cache_misses"],
+                "recompile_limit_hits": (now["recompile_limit_hits"]
+                                         - before["recompile_limit_hits"]),
             })
+            if info["recompile_limit_hits"]:
+                from torch._dynamo import config as dynamo_config
+
+                limit = getattr(dynamo_config, "recompile_limit", None)
+                result.warnings.append(
+                    f"torch.compile hit Dynamo's recompile limit ({limit} graphs per function) "
+                    f"{info['recompile_limit_hits']} time(s): every later new shape ran eager "
+                    "(uncompiled), so the latency mixes compiled and eager calls and the quality "
+                    "comparison may be of eager outputs. Each new shape (with dynamic=false, "
+                    "each cache length while generating) needs its own graph.")
             if info["graphs_after_first_call"]:
                 result.warnings.append(
                     f"torch.compile compiled {info['graphs_after_first_call']} more graph(s) "
@@ -895,6 +907,9 @@ def _dynamo_counts() -> dict[str, int] | None:
         return None
     return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
             "graph_breaks": int(sum(counters["graph_break"].values())),
+            "recompile_limit_hits": int(sum(
+                n for reason, n in counters["unimplemented"].items()
+                if str(reason).startswith("Dynamo recompile limit exceeded"))),
             "cache_hits": int(counters["inductor"].get("fxgraph_cache_hit", 0)),
             "cache_misses": int(counters["inductor"].get("fxgraph_cache_miss", 0))}
 

@@ -71,7 +71,7 @@ def test_quanto_weights_are_counted_by_their_integer_data_and_scales(qtype, bits
 
 
 def test_quanto_weights_conflict_with_other_quantizers_and_casts():
-    for other in ("cast", "torchao-int8", "int8-dynamic", "prune-ffn"):
+    for other in ("cast", "autocast", "torchao-int8", "int8-dynamic", "prune-ffn"):
         e = refused([{"id": "quanto-weights"}, {"id": other}])
         assert "conflicts" in e.message and other in e.message
     e = refused([{"id": "quanto-weights"}], workload="train")
@@ -203,6 +203,25 @@ def test_compile_time_is_reported_apart_from_the_steady_state(tmp_path):
     assert r.quality["kl_divergence"] < 1e-4  # the compiled model's outputs
     back = RunResult.from_dict(json.loads(json.dumps(r.to_dict())))
     assert back.totals.compile_seconds == t.compile_seconds
+
+
+@pytest.mark.slow
+def test_static_shapes_while_generating_hit_the_recompile_limit_and_say_so(tmp_path):
+    import resources
+
+    config = json.loads(resources.path("presets/tiny-llama.json").read_text())
+    config.pop("_memlens", None)
+    config["num_hidden_layers"] = 1
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    r = run([{"id": "compile", "params": {"dynamic": "false"}}], model=str(path),
+            workload="generate", seq=8, new_tokens=10)
+    info = r.timing["compile"]
+    from torch._dynamo import config as dynamo_config
+
+    assert info["graphs_first_call"] == dynamo_config.recompile_limit  # one graph per shape
+    assert info["recompile_limit_hits"] >= 1
+    assert any("recompile limit" in w and "ran eager" in w for w in r.warnings)
 
 
 def test_runs_saved_before_compile_read_its_figures_as_unmeasured():
