@@ -1045,8 +1045,11 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
                 f"by {human_bytes(plan.over_by_bytes)}); binding: "
                 f"{_PART_LABELS.get(plan.binding, plan.binding)} "
                 f"{human_bytes(plan.parts[plan.binding])}"
-                + ("; more ranks shrink the sharded parts, activation checkpointing (--opt "
-                   "checkpointing) or a smaller micro-batch the activations"))
+                + "; more ranks shrink the sharded parts, "
+                + ("a smaller micro-batch or sequence the activations"
+                   if any(o.get("id") == "checkpointing" for o in config.optimizations) else
+                   "activation checkpointing (--opt checkpointing) or a smaller micro-batch the "
+                   "activations"))
     plan.notes.append(FIGURES_NOTE)
     plan.notes.append(
         "Activations: one training step of a rank's micro-batch on fake tensors (the estimate's "
