@@ -70,7 +70,9 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
     ``run``: :func:`engine.runner.execute`; ``estimate``: :func:`engine.estimate.estimate`;
     ``guide``: :func:`engine.guide.run_guide` (ends with ``GuideFinished``); ``sweep`` and
     ``fit``: :func:`engine.sweep.sweep` / :func:`engine.sweep.what_fits` with ``extra`` giving
-    their arguments (see :func:`job_arguments`). The engine process and the window's in-process
+    their arguments; ``plan``: :func:`engine.distributed.plan_inference` (forward, generate:
+    ``devices``, ``per_device``, ``cpu_offload``, ``strategy``) or ``plan_training`` (train:
+    ``ranks``, ``per_device``). The engine process and the window's in-process
     engine both call this, so a mode behaves the same in either."""
     extra = dict(extra or {})
     if mode == "guide":
@@ -98,13 +100,26 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
                          granularity=extra.get("granularity"), axis=extra.get("axis", "seq"),
                          seqs=extra.get("seqs"),
                          max_batch=extra.get("max_batch") or DEFAULT_MAX_BATCH)
+    if mode == "plan":
+        from .distributed import plan_inference, plan_training
+
+        try:  # bad arguments are refused before the planner starts: report them as events too
+            if config.workload == "train":
+                return plan_training(config, extra.get("ranks", 1), extra.get("per_device"),
+                                     listener=listener, cancel=cancel, store=store)
+            return plan_inference(config, extra.get("devices", 1), extra.get("per_device"),
+                                  extra.get("cpu_offload"), extra.get("strategy", "auto"),
+                                  listener=listener, cancel=cancel, store=store)
+        except MemLensError as exc:
+            listener(Failed(exc.kind.value, exc.message, exc.hint))
+            return None
     if mode == "estimate":
         from .estimate import estimate
 
         return estimate(config, listener=listener, cancel=cancel, store=store)
     if mode != "run":
         raise MemLensError("invalid_workload", f"Unknown engine job {mode!r}.",
-                           "Use run, estimate, guide, sweep or fit.")
+                           "Use run, estimate, guide, sweep, fit or plan.")
     from .runner import execute
 
     return execute(config, listener=listener, cancel=cancel, store=store)
@@ -284,6 +299,8 @@ class EngineProcess:
                     result = payload.guide  # a guide job's result
                 elif type(payload).__name__ in ("SweepFinished", "FitFinished"):
                     result = payload.record
+                elif type(payload).__name__ == "PlanFinished":
+                    result = payload.plan
                 listener(payload)
 
     def _died(self) -> Failed:

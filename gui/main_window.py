@@ -31,6 +31,7 @@ from .panels.layer_table import LayerTablePanel
 from .panels.log import LogPanel
 from .panels.model_tree import ModelTreePanel
 from .panels.saved_runs import SavedRunsPanel
+from .panels.plan import PlanPanel
 from .panels.status import StatusPanel
 from .panels.sweep import SweepPanel
 from .panels.timeline import TimelinePanel
@@ -69,6 +70,7 @@ class MainWindow(QMainWindow):
         self.model_panel = ModelTreePanel()
         self.guide_panel = GuidePanel()
         self.sweep_panel = SweepPanel()
+        self.plan_panel = PlanPanel()
         self.status = StatusPanel()
         self.chart = LayerChartPanel()
         self.table = LayerTablePanel()
@@ -91,6 +93,10 @@ class MainWindow(QMainWindow):
         self.sweep_panel.sweep_requested.connect(lambda _=None: self.run_sweep())
         self.sweep_panel.fit_requested.connect(lambda _=None: self.run_fit())
         self.sweep_panel.save_requested.connect(self.save_sweep_dialog)
+        self.plan_panel.plan_requested.connect(self.run_plan)
+        self.plan_panel.save_requested.connect(self.save_plan_dialog)
+        self.controls.workload_combo.currentTextChanged.connect(self.plan_panel.set_workload)
+        self.plan_panel.set_workload(self.controls.workload_combo.currentText())
         self.controller.item.connect(self._on_item)
         self.controller.progress.connect(self._on_progress)
         self.controller.sample.connect(self._on_samples)
@@ -143,6 +149,7 @@ class MainWindow(QMainWindow):
         self.workspace.addTab(runs_tab, "Saved runs && compare")
         self.workspace.addTab(self.guide_panel, "Guide")
         self.workspace.addTab(self.sweep_panel, "Sweep && fit")
+        self.workspace.addTab(self.plan_panel, "Multi-GPU plan")
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.addWidget(self.status)
@@ -192,6 +199,8 @@ class MainWindow(QMainWindow):
         self.sweep_action = self._action(run_menu, "Run a &sweep", self.run_sweep,
                                          "Ctrl+Shift+R")
         self.fit_action = self._action(run_menu, "Find what &fits", self.run_fit, "Ctrl+Shift+F")
+        self.plan_action = self._action(run_menu, "&Plan across devices", self.run_plan,
+                                        "Ctrl+Shift+P")
         self.cancel_action = self._action(run_menu, "&Cancel", self.cancel_run, "Ctrl+.")
         self.cancel_action.setShortcuts([QKeySequence("Ctrl+."), QKeySequence("Escape")])
         self.cancel_action.setEnabled(False)
@@ -207,6 +216,8 @@ class MainWindow(QMainWindow):
             self.guide_panel))
         self._action(view_menu, "Sweep && fit", lambda: self.workspace.setCurrentWidget(
             self.sweep_panel), "Ctrl+9")
+        self._action(view_menu, "Multi-GPU plan", lambda: self.workspace.setCurrentWidget(
+            self.plan_panel), "Ctrl+8")
         view_menu.addSeparator()
         themes = QActionGroup(self)
         self.theme_actions: dict[str, QAction] = {}
@@ -269,7 +280,9 @@ class MainWindow(QMainWindow):
             self.guide_action.setEnabled(not running)
             self.sweep_action.setEnabled(not running)
             self.fit_action.setEnabled(not running)
+            self.plan_action.setEnabled(not running)
             self.sweep_panel.set_running(running)
+            self.plan_panel.set_running(running)
             self.cancel_action.setEnabled(running)
 
     @Slot(str, float, str)
@@ -355,6 +368,51 @@ class MainWindow(QMainWindow):
         self.log.info(what)
         return self.controller.start(config)
 
+    def run_plan(self) -> bool:
+        """Run → Plan across devices: per-device memory of the controls' model and workload
+        split across the Multi-GPU plan page's devices (an estimate, in the engine process)."""
+        if self.controller.is_running:
+            self.log.warning("A run is already in progress: wait for it or cancel it first.")
+            return False
+        from engine.errors import MemLensError
+
+        config = self.controls.config()
+        try:
+            job = self.plan_panel.plan_job(config["workload"])
+        except MemLensError as exc:
+            self.status.show_error(exc.message, exc.hint)
+            self.log.error(exc.message, exc.hint, "invalid_workload")
+            self.workspace.setCurrentWidget(self.plan_panel)
+            return False
+        config.update({"mode": "plan", "job": job, "attention_maps": False})
+        self.controller.set_store(self._get_store())
+        self._last_stage = ""
+        self.workspace.setCurrentWidget(self.plan_panel)
+        n = job.get("ranks") or job.get("devices")
+        what = (f"Plan: {config['workload']} on {config['model']} across {n} × "
+                f"{job['per_device']}" + (" (FSDP2)" if "ranks" in job else ""))
+        self.plan_panel.clear(what + " — running…")
+        self.status.show_started(config["model"], f"plan · {config['workload']}")
+        self.log.info(what)
+        return self.controller.start(config)
+
+    def show_plan(self, plan: Any) -> None:
+        self.plan_panel.render(plan)
+        self.workspace.setCurrentWidget(self.plan_panel)
+        fits = plan.fits
+        self.status.show_finished("Plan finished (estimate): " + (
+            "no budget to check" if fits is None else "fits" if fits else "does not fit") + ".")
+        for note in plan.notes:
+            self.log.info(note)
+
+    def save_plan_dialog(self) -> None:
+        if self.plan_panel.plan is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save the plan as JSON", "memlens-plan.json",
+                                              "JSON (*.json)")
+        if path:
+            self.save_record(path, self.plan_panel.plan)
+
     @Slot(object)
     def _on_item(self, event: Any) -> None:
         if self._closing:
@@ -376,9 +434,12 @@ class MainWindow(QMainWindow):
 
     def save_sweep(self, path: str | Path) -> Path | None:
         """Write the sweep or fit on show as JSON (what ``memlens sweep/fit --out`` writes)."""
+        return self.save_record(path, self.sweep_panel.record)
+
+    def save_record(self, path: str | Path, record: Any) -> Path | None:
+        """Write a sweep, fit or plan record as JSON (what the CLI's ``--out`` writes)."""
         import json
 
-        record = self.sweep_panel.record
         if record is None:
             return None
         path = Path(path)
@@ -439,6 +500,9 @@ class MainWindow(QMainWindow):
             return
         if getattr(result, "kind", None) in ("sweep", "fit"):
             self.show_sweep(result)
+            return
+        if getattr(result, "kind", None) in ("inference_plan", "training_plan"):
+            self.show_plan(result)
             return
         if not isinstance(result, RunResult):  # a guide's result
             self.show_guide(result)
@@ -813,7 +877,7 @@ class MainWindow(QMainWindow):
                 "Latency": self.latency_panel, "Model": self.model_panel,
                 "Timeline": self.timeline, "Per-layer table": self.table,
                 "Totals": self.totals, "Compare view": self.compare_panel,
-                "Sweep & fit": self.sweep_panel}
+                "Sweep & fit": self.sweep_panel, "Multi-GPU plan": self.plan_panel}
 
     def current_plot(self) -> QWidget:
         return self.plot_tabs.currentWidget()
@@ -888,6 +952,7 @@ class MainWindow(QMainWindow):
             "gpu" if any(d.startswith("cuda") for d in devices) else "ram")
         self.sweep_panel.restore({key: s.value(f"sweep/{key}")
                                   for key in self.sweep_panel.inputs()})
+        self.plan_panel.restore({key: s.value(f"plan/{key}") for key in self.plan_panel.inputs()})
         self._fill_recent_menu()
         self.set_theme(str(s.value("theme", "light") or "light"))
 
@@ -903,6 +968,8 @@ class MainWindow(QMainWindow):
             s.setValue("recent_models", ([model] + [m for m in recent if m != model])[:MAX_RECENT])
         for key, value in self.sweep_panel.inputs().items():
             s.setValue(f"sweep/{key}", value)
+        for key, value in self.plan_panel.inputs().items():
+            s.setValue(f"plan/{key}", value)
         s.setValue("window/geometry", self.saveGeometry())
         for name, splitter in self._splitters.items():
             s.setValue(f"window/splitter_{name}", splitter.saveState())

@@ -1,0 +1,316 @@
+"""Plans across devices, in the window: the engine's ``DevicePlan`` (inference split across GPUs
+by transformers/accelerate ``device_map``) or ``ShardPlan`` (FSDP2 training on N ranks) drawn as
+stacked bars per device against its budget, with a table and the plan's notes.
+
+Every figure is an estimate and says so. The panel turns what the user typed into the plan job's
+arguments (sizes are read by the engine's own parser, so the messages are the CLI's) and draws
+the record; it computes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.distributed import STRATEGIES, TRAIN_PARTS
+from engine.format import MISSING, human_bytes
+from engine.sweep import parse_bytes
+
+from .. import theme
+from .layer_chart import CATEGORY_COLORS
+from .sweep import byte_unit
+
+INFERENCE_PARTS = (("weights", "weights"), ("kv_cache", "KV cache"),
+                   ("activations", "activations"), ("offload_transit", "offload in transit"))
+PART_COLORS = {**CATEGORY_COLORS, "offload_transit": "#76b7b2", "sharded_params": "#4e79a7",
+               "buffers": "#9c755f", "sharded_gradients": "#e15759",
+               "unsharded_params": "#a0cbe8", "gradient_reduction": "#ff9da7"}
+INFERENCE_COLUMNS = ("Device", "Budget", "Weights", "KV cache", "Activations",
+                     "Offload in transit", "Total", "Fits", "Holds")
+TRAINING_COLUMNS = ("Part (per rank)", "Bytes", "All ranks")
+
+
+def _item(text: str, right: bool = False) -> QTableWidgetItem:
+    item = QTableWidgetItem(text)
+    if right:
+        item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    return item
+
+
+class PlanPanel(QWidget):
+    """Inputs for a plan and its result. Emits ``plan_requested()``; the window builds the job
+    with :meth:`plan_job` and the controls' model, workload, sizes and dtype."""
+
+    plan_requested = Signal()
+    save_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plan: Any = None
+
+        self.devices_spin = QSpinBox()
+        self.devices_spin.setRange(1, 4096)
+        self.devices_spin.setValue(2)
+        self.devices_spin.setToolTip("GPUs to split the model across (inference), or FSDP2 "
+                                     "ranks (training)")
+        self.per_device_edit = QLineEdit("80GiB")
+        self.per_device_edit.setToolTip("Memory of each GPU or rank: 80GiB, 80GB, 24GiB…")
+        self.offload_edit = QLineEdit("")
+        self.offload_edit.setPlaceholderText("none")
+        self.offload_edit.setToolTip("Inference: CPU memory for layers that do not fit the GPUs "
+                                     "(accelerate offload); empty for none")
+        self.strategy_combo = QComboBox()
+        self.strategy_combo.addItems(STRATEGIES)
+        self.strategy_combo.setToolTip("Inference: from_pretrained's device_map strategy")
+        self.plan_button = QPushButton("Plan")
+        self.plan_button.setToolTip("Per-device memory (estimate) for the model, workload, batch, "
+                                    "sequence and dtype on the left")
+        self.plan_button.clicked.connect(lambda _=False: self.plan_requested.emit())
+        self.save_button = QPushButton("Save JSON…")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(self.save_requested)
+
+        box = QGroupBox("Split across devices: forward and generate are placed with device_map, "
+                        "train is sharded with FSDP2 (model, workload, batch, sequence and dtype "
+                        "from the left)")
+        grid = QGridLayout(box)
+        grid.addWidget(QLabel("GPUs / ranks"), 0, 0)
+        grid.addWidget(self.devices_spin, 0, 1)
+        grid.addWidget(QLabel("Memory each"), 0, 2)
+        grid.addWidget(self.per_device_edit, 0, 3)
+        grid.addWidget(QLabel("CPU offload"), 0, 4)
+        grid.addWidget(self.offload_edit, 0, 5)
+        grid.addWidget(QLabel("Strategy"), 0, 6)
+        grid.addWidget(self.strategy_combo, 0, 7)
+        grid.addWidget(self.save_button, 0, 8)
+        grid.addWidget(self.plan_button, 0, 9)
+        grid.setColumnStretch(3, 1)
+        grid.setColumnStretch(5, 1)
+
+        self.message = QLabel("Plan how a model splits across GPUs for inference, or shards "
+                              "across ranks for training. Every figure is an estimate.")
+        self.message.setWordWrap(True)
+        self.chart = pg.GraphicsLayoutWidget()
+        self.chart.setBackground(theme.current().background)
+        self.plot = self.chart.addPlot(row=0, col=0)
+        self.legend = pg.LegendItem(colCount=4, labelTextColor=theme.current().text)
+        self.chart.addItem(self.legend, row=1, col=0)
+        self._style("Memory per device (ESTIMATE)", "bytes")
+        self.table = QTableWidget(0, len(INFERENCE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(INFERENCE_COLUMNS))
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.notes = QPlainTextEdit()
+        self.notes.setReadOnly(True)
+        self.notes.setMaximumHeight(130)
+
+        lower = QWidget()
+        lower_layout = QVBoxLayout(lower)
+        lower_layout.setContentsMargins(0, 0, 0, 0)
+        lower_layout.addWidget(self.table, 1)
+        lower_layout.addWidget(self.notes)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.chart)
+        split.addWidget(lower)
+        split.setSizes([330, 250])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(box)
+        layout.addWidget(self.message)
+        layout.addWidget(split, 1)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def set_running(self, running: bool) -> None:
+        self.plan_button.setEnabled(not running)
+
+    def set_workload(self, workload: str) -> None:
+        """Training is sharded (FSDP2): CPU offload and the placement strategy do not apply."""
+        inference = workload != "train"
+        for widget in (self.offload_edit, self.strategy_combo):
+            widget.setEnabled(inference)
+            widget.setToolTip(widget.toolTip().split(" (not for training")[0]
+                              + ("" if inference else " (not for training: FSDP2 shards every "
+                                                      "block across the ranks)"))
+
+    def plan_job(self, workload: str) -> dict[str, Any]:
+        """The plan job's arguments (raises ``MemLensError`` naming a bad size)."""
+        per_device = self.per_device_edit.text().strip()
+        parse_bytes(per_device)
+        offload = self.offload_edit.text().strip()
+        if offload:
+            parse_bytes(offload)
+        job: dict[str, Any] = {"per_device": per_device}
+        if workload == "train":
+            job["ranks"] = self.devices_spin.value()
+        else:
+            job.update({"devices": self.devices_spin.value(), "cpu_offload": offload or None,
+                        "strategy": self.strategy_combo.currentText()})
+        return job
+
+    def inputs(self) -> dict[str, Any]:
+        return {"devices": self.devices_spin.value(), "per_device": self.per_device_edit.text(),
+                "cpu_offload": self.offload_edit.text(),
+                "strategy": self.strategy_combo.currentText()}
+
+    def restore(self, values: dict[str, Any]) -> None:
+        try:
+            if values.get("devices") is not None:
+                self.devices_spin.setValue(int(values["devices"]))
+        except (TypeError, ValueError):
+            pass
+        if values.get("per_device"):
+            self.per_device_edit.setText(str(values["per_device"]))
+        if values.get("cpu_offload") is not None:
+            self.offload_edit.setText(str(values["cpu_offload"]))
+        index = self.strategy_combo.findText(str(values.get("strategy") or ""))
+        if index >= 0:
+            self.strategy_combo.setCurrentIndex(index)
+
+    # -- drawing --------------------------------------------------------------------------------
+    def _style(self, title: str, unit: str) -> None:
+        t = theme.current()
+        self.plot.setTitle(title, color=t.text, size="9pt")
+        self.plot.setLabel("left", unit)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
+        self.plot.showGrid(y=True, alpha=0.25)
+        self.plot.setMenuEnabled(False)
+        self.plot.getViewBox().setMouseEnabled(x=False, y=False)
+        for axis in ("left", "bottom"):
+            self.plot.getAxis(axis).setTextPen(t.text)
+            self.plot.getAxis(axis).setPen(t.axis)
+
+    def clear(self, text: str = "") -> None:
+        self.plan = None
+        self.plot.clear()
+        self.legend.clear()
+        self.table.setRowCount(0)
+        self.notes.setPlainText("")
+        self.save_button.setEnabled(False)
+        if text:
+            self.message.setText(text)
+
+    def render(self, plan: Any) -> None:
+        self.clear()
+        self.plan = plan
+        if plan.kind == "training_plan":
+            self._render_training(plan)
+        else:
+            self._render_inference(plan)
+        self.notes.setPlainText("\n".join(f"• {n}" for n in plan.notes))
+        self.save_button.setEnabled(True)
+
+    def _stack(self, labels: list[str], parts: list[tuple[str, str, list[int]]],
+               budgets: list[int | None], title: str) -> None:
+        largest = max([sum(v[i] for _k, _l, v in parts) for i in range(len(labels))]
+                      + [b or 0 for b in budgets] + [1])
+        unit, scale = byte_unit(largest)
+        self._style(title, unit)
+        x = np.arange(len(labels), dtype=float)
+        bottom = np.zeros(len(labels))
+        for key, label, values in parts:
+            heights = np.array(values, dtype=float) / scale
+            if not heights.any():
+                continue
+            bars = pg.BarGraphItem(x=x, height=heights, y0=bottom, width=0.6,
+                                   brush=PART_COLORS.get(key, "#bab0ac"), pen=pg.mkPen(None))
+            self.plot.addItem(bars)
+            self.legend.addItem(bars, label)
+            bottom += heights
+        for i, budget in enumerate(budgets):
+            if budget:
+                y = budget / scale
+                self.plot.plot([i - 0.4, i + 0.4], [y, y],
+                               pen=pg.mkPen("#d62728", width=2, style=Qt.PenStyle.DashLine))
+        if any(budgets):
+            self.legend.addItem(pg.PlotDataItem(pen=pg.mkPen("#d62728", width=2,
+                                                             style=Qt.PenStyle.DashLine)),
+                                "budget")
+        self.plot.getAxis("bottom").setTicks([list(enumerate(labels)), []])
+        self.plot.setXRange(-0.6, len(labels) - 0.4, padding=0)
+        self.plot.setYRange(0, largest / scale * 1.08, padding=0)
+
+    def _render_inference(self, plan: Any) -> None:
+        rows = plan.rows
+        self._stack([r.device for r in rows],
+                    [(k, label, [r.parts()[k] for r in rows]) for k, label in INFERENCE_PARTS],
+                    [r.budget_bytes for r in rows],
+                    f"Memory per device, {plan.workload} (ESTIMATE)")
+        self.table.setColumnCount(len(INFERENCE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(INFERENCE_COLUMNS))
+        self.table.setRowCount(len(rows))
+        for i, r in enumerate(rows):
+            fits = "yes" if r.fits else f"no: over by {human_bytes(r.over_by_bytes)}"
+            values = [(r.device, False), (human_bytes(r.budget_bytes), True),
+                      (human_bytes(r.weights_bytes), True), (human_bytes(r.kv_cache_bytes), True),
+                      (human_bytes(r.activation_bytes), True),
+                      (human_bytes(r.offload_transit_bytes), True),
+                      (human_bytes(r.total_bytes), True), (fits, False),
+                      (r.summary or MISSING, False)]
+            for c, (text, right) in enumerate(values):
+                self.table.setItem(i, c, _item(text, right))
+        self.table.resizeColumnsToContents()
+        verdict = ("fits" if plan.fits else "does NOT fit: " + "; ".join(plan.does_not_fit))
+        self.message.setText(
+            f"ESTIMATE — {plan.model} · {plan.workload} (batch {plan.batch}, seq {plan.seq}"
+            + (f" + {plan.new_tokens} new" if plan.workload == "generate" else "")
+            + f", {plan.dtype}) on {plan.devices} × {human_bytes(plan.per_device_bytes)}"
+            + (f" + {human_bytes(plan.cpu_offload_bytes)} CPU offload"
+               if plan.cpu_offload_bytes else "")
+            + f", device_map {plan.strategy!r} ({plan.placement}): {verdict}. Weights in all: "
+            f"{human_bytes(plan.model_weights_bytes)}.")
+
+    def _render_training(self, plan: Any) -> None:
+        self._stack(["each rank"],
+                    [(k, label, [plan.parts.get(k, 0)]) for k, label in TRAIN_PARTS],
+                    [plan.per_rank_budget_bytes],
+                    f"FSDP2 on {plan.ranks} ranks: memory per rank (ESTIMATE)")
+        self.table.setColumnCount(len(TRAINING_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(TRAINING_COLUMNS))
+        self.table.setRowCount(len(TRAIN_PARTS) + 1)
+        for i, (key, label) in enumerate(TRAIN_PARTS):
+            self.table.setItem(i, 0, _item(label))
+            self.table.setItem(i, 1, _item(human_bytes(plan.parts.get(key)), True))
+            self.table.setItem(i, 2, _item(human_bytes(plan.all_ranks.get(key)), True))
+        self.table.setItem(len(TRAIN_PARTS), 0, _item("total (each part at its maximum)"))
+        self.table.setItem(len(TRAIN_PARTS), 1, _item(human_bytes(plan.total_bytes), True))
+        self.table.setItem(len(TRAIN_PARTS), 2, _item(MISSING, True))
+        self.table.resizeColumnsToContents()
+        if plan.fits is None:
+            verdict = "no budget given"
+        elif plan.fits:
+            verdict = f"fits {human_bytes(plan.per_rank_budget_bytes)} per rank"
+        else:
+            verdict = (f"does NOT fit {human_bytes(plan.per_rank_budget_bytes)} per rank (over "
+                       f"by {human_bytes(plan.over_by_bytes)}; largest part: "
+                       f"{plan.binding})")
+        self.message.setText(
+            f"ESTIMATE — {plan.model} · train, FSDP2 on {plan.ranks} ranks (micro-batch "
+            f"{plan.batch}, seq {plan.seq}, compute {plan.dtype}, master {plan.master_dtype}): "
+            f"{human_bytes(plan.total_bytes)} per rank, {verdict}.")
+
+    def text(self) -> str:
+        rows = [self.message.text()]
+        for r in range(self.table.rowCount()):
+            rows.append(" | ".join(self.table.item(r, c).text() if self.table.item(r, c) else ""
+                                   for c in range(self.table.columnCount())))
+        return "\n".join(rows)
