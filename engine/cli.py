@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args, store)
         if args.command == "fit":
             return _fit(args, store)
+        if args.command == "plan":
+            from .distributed import run_cli
+
+            return run_cli(args)
         if args.command == "runs":
             return _runs(store, args.json)
         if args.command == "show":
@@ -478,7 +482,7 @@ def _estimate(args: argparse.Namespace, store) -> int:
 
 # -- sweep and fit (issue 6: sweeps and what fits) -----------------------------------------------
 def _add_sweep_parsers(sub) -> None:
-    """``memlens sweep`` and ``memlens fit``."""
+    """``memlens sweep``, ``memlens fit`` and ``memlens plan`` (``engine.distributed``)."""
     from .sweep import BUDGET_FORMS
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -542,6 +546,10 @@ def _add_sweep_parsers(sub) -> None:
                         "(comma-separated; for generate: prompt lengths)")
     f.add_argument("--max-batch", type=int, default=None,
                    help="upper end of the batch search (default 65536)")
+
+    from .distributed import add_cli_parser
+
+    add_cli_parser(sub, common)
 
 
 def _opt_sets(args: argparse.Namespace) -> list[list[dict]]:
