@@ -11,8 +11,7 @@ for real: transformers' ``from_pretrained(device_map=STRATEGY, max_memory=...)``
 * **weights**: the bytes of the parameters and buffers placed there (real shapes and dtype);
 * **KV cache**: the per-layer KV cache of the estimate (``engine.estimate``: the same workload on
   fake tensors, the measured runs' instrumentation) of the attention layers that *run* there
-  (for generate, one step after a prompt of ``seq + new_tokens - 1`` tokens: the whole
-  generation's cache length, with the largest prefill);
+  (for generate, at the end of the generation: its longest);
 * **activations**: the largest per-layer peak among the layers that run there (the estimate's
   transient peak of the layer, plus the hidden state it receives and, for blocks, the tables every
   block receives such as the rotary cos/sin);
@@ -24,8 +23,8 @@ Offloaded layers' weights are reported on the ``cpu`` row; their KV cache and ac
 device that runs them. Layers that fit in no budget are what the libraries would offload to disk:
 they are named as not fitting. By default the placement leaves room on each device for its KV
 cache and activations (``reserve="runtime"``: the weights budget given to the library is the
-device's size minus what it ran in the previous placement; of up to 8 placements, the one that
-fits with the most weights on the GPUs is kept); the ``max_memory`` that produced the plan is
+device's size minus what it ran in the previous placement; of the placements tried, the one
+that fits with the most weights on the GPUs is kept); the ``max_memory`` that produced the plan is
 reported, ready for ``from_pretrained``.
 ``reserve="none"`` places the weights in the whole budget, as ``from_pretrained`` with
 ``max_memory`` equal to the device sizes would, and reports what then overflows.
@@ -481,7 +480,7 @@ def _run_planner(work: Callable[[], Any], listener: Listener, what: str) -> Any:
 def plan_inference(config: RunConfig, devices: int | str, per_device: int | str,
                    cpu_offload: int | str | None = None, strategy: str = "auto", *,
                    placement: str = "transformers", reserve: str = "runtime",
-                   full_generation: bool = False, listener: Listener = lambda e: None,
+                   full_generation: bool = True, listener: Listener = lambda e: None,
                    cancel: threading.Event | None = None, store: Any = None,
                    ) -> DevicePlan | None:
     """Per-device memory of ``config``'s forward or generate workload on ``devices`` GPUs of
@@ -489,10 +488,10 @@ def plan_inference(config: RunConfig, devices: int | str, per_device: int | str,
     CPU memory for offloaded layers (None or 0: no offload), placed by ``strategy``.
 
     ``config.batch`` and ``config.seq`` are the workload's (for generate, ``seq`` is the prompt
-    and ``new_tokens`` follow it). For generate the estimate runs one step after a prompt of
-    ``seq + new_tokens - 1`` tokens: the same KV cache length as the whole generation (the cache
-    holds every position), its prefill the largest activations; ``full_generation=True``
-    estimates every step instead (about 1 s per token at 70B).
+    and ``new_tokens`` follow it). For generate the estimate is of the whole generation (the
+    estimator runs the first and last decode steps); ``full_generation=False`` estimates one
+    step after a prompt of ``seq + new_tokens - 1`` tokens instead: the same KV cache length
+    (the cache holds every position) with a slightly longer prefill.
 
     Raises ``MemLensError`` for invalid arguments; any later failure is a ``Failed`` event and
     the result None. ``store``: the estimate behind the plan is saved there.
@@ -671,33 +670,40 @@ def _plan_inference(config: RunConfig, n: int, budget: int, cpu: int, strategy: 
     # reserve "runtime": a placement is good when every GPU holds its weights and runs its KV
     # cache, activations and offloaded weights in transit within its size, and nothing goes
     # to disk. From the whole budgets, each next placement gets as weights budget the device's
-    # size minus what it ran in the previous one; of the placements tried (at most 8, until the
-    # budgets repeat), the good one with the most weights on the GPUs is kept (else the last).
+    # size minus what it ran in the previous one: as is (which can move layers back and forth)
+    # and, in a second sequence, never more than before (the budgets only shrink, so layers
+    # spill forward and the search ends). Each sequence stops when its budgets repeat or after
+    # 8 placements; of all placements tried, the good one with the most weights on the GPUs is
+    # kept (else the last one).
     tried: list[tuple[dict, dict[Any, int], bool, int]] = []
-    budgets_seen: list[dict[Any, int]] = []
     t = time.perf_counter()
-    while True:
-        _check_cancel(cancel)
-        _progress(listener, 0.7, f"placing the layers ({placement}, {strategy}), "
-                  f"placement {len(tried) + 1}")
-        device_map = _place(model, strategy, placement, max_memory)
-        budgets_seen.append(dict(max_memory))
-        by_entry = _weights_by_entry(names, device_map)
-        need = runtime.per_device(device_map, by_entry)
-        nxt = dict(full)
-        good = "disk" not in device_map.values() and _main_device(device_map) != "cpu"
-        on_gpus = 0
-        for i in range(n):
-            s = need.get(i, {"kv": 0, "act": 0, "transit": 0})
-            run = s["kv"] + s["act"] + s["transit"]
-            held = sum(b for e, b in by_entry.items() if device_map.get(e) == i)
-            on_gpus += held
-            good = good and held + run <= budget
-            nxt[i] = max(0, budget - run)
-        tried.append((device_map, dict(max_memory), good, on_gpus))
-        if reserve == "none" or nxt in budgets_seen or len(tried) >= 8:
-            break
-        max_memory = nxt
+    for shrink in ((False,) if reserve == "none" else (False, True)):
+        max_memory = dict(full)
+        budgets_seen: list[dict[Any, int]] = []
+        while True:
+            _check_cancel(cancel)
+            _progress(listener, 0.7, f"placing the layers ({placement}, {strategy}), "
+                      f"placement {len(tried) + 1}")
+            device_map = _place(model, strategy, placement, max_memory)
+            budgets_seen.append(dict(max_memory))
+            by_entry = _weights_by_entry(names, device_map)
+            need = runtime.per_device(device_map, by_entry)
+            nxt = dict(full)
+            good = "disk" not in device_map.values() and _main_device(device_map) != "cpu"
+            on_gpus = 0
+            for i in range(n):
+                s = need.get(i, {"kv": 0, "act": 0, "transit": 0})
+                run = s["kv"] + s["act"] + s["transit"]
+                held = sum(b for e, b in by_entry.items() if device_map.get(e) == i)
+                on_gpus += held
+                good = good and held + run <= budget
+                nxt[i] = max(0, budget - run)
+                if shrink:
+                    nxt[i] = min(nxt[i], max_memory[i])
+            tried.append((device_map, dict(max_memory), good, on_gpus))
+            if reserve == "none" or nxt in budgets_seen or len(budgets_seen) >= 8:
+                break
+            max_memory = nxt
     goods = [x for x in tried if x[2]]
     device_map, max_memory = (max(goods, key=lambda x: x[3]) if goods else tried[-1])[:2]
     seen = tried
@@ -817,7 +823,7 @@ def _inference_notes(plan: DevicePlan, est_config: RunConfig, full_generation: b
                           "from_pretrained with max_memory equal to the device sizes); the KV "
                           "cache and activations then come on top.")
     if plan.workload == "generate":
-        how = ("every generated token estimated" if full_generation else
+        how = ("the whole generation estimated" if full_generation else
                f"estimated as one step after a {est_config.seq}-token prompt (= {plan.seq} + "
                f"{plan.new_tokens} − 1): the same cache length as the whole generation; its "
                "prefill gives the largest activations")
@@ -1453,9 +1459,9 @@ def add_cli_parser(sub: Any, common: Callable[[Any], None] | None = None) -> Any
                         "accelerate")
     p.add_argument("--reserve", default="runtime",
                    help="runtime: leave each GPU room for its KV cache and activations | none")
-    p.add_argument("--full-generation", action="store_true",
-                   help="generate: estimate every new token (slower) instead of one step with "
-                        "the same cache length")
+    p.add_argument("--one-step", action="store_true",
+                   help="generate: estimate one step after a prompt of seq + new tokens - 1 "
+                        "(the same cache length) instead of the whole generation")
     p.add_argument("--ranks", default=None, metavar="N",
                    help="FSDP2 ranks (training; --devices is taken when --ranks is not given)")
     p.add_argument("--master-dtype", default=None,
@@ -1535,7 +1541,7 @@ def run_cli(args: Any) -> int:
             work = lambda: plan_inference(  # noqa: E731
                 config, args.devices, args.per_device, args.cpu_offload, args.strategy,
                 placement=args.placement, reserve=args.reserve,
-                full_generation=args.full_generation, listener=printer, cancel=cancel,
+                full_generation=not args.one_step, listener=printer, cancel=cancel,
                 store=store)
         out: dict[str, Any] = {}
 

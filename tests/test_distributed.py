@@ -86,14 +86,13 @@ def _check_rows_add_up(plan: DevicePlan) -> None:
 def test_two_devices_split_the_model_and_the_parts_add_up(full_generation) -> None:
     plan, events = _inference(_gen(), 2, 400 * KiB)
     _check_rows_add_up(plan)
+    assert (plan.estimate_seq, plan.estimate_new_tokens) == (32, 4)  # the whole generation
     gpus = [r for r in plan.rows if isinstance(r.index, int)]
     assert [r.device for r in gpus] == ["cuda:0", "cuda:1"]
     assert all(r.weights_bytes > 0 and r.modules for r in gpus), "both devices hold layers"
     # The whole model's weights, from the shapes, are the estimate's weights.
     assert plan.model_weights_bytes == full_generation.totals.model_weights_bytes
-    # One step after a prompt of seq + new - 1 tokens leaves the whole generation's cache.
     assert sum(r.kv_cache_bytes for r in plan.rows) == full_generation.generation["kv_cache_bytes"]
-    assert plan.estimate_seq == 32 + 4 - 1
     assert plan.fits and not plan.does_not_fit
     assert any(isinstance(e, PlanFinished) for e in events.events)
     assert {e.stage for e in events.of(Progress)} == {"plan"}
@@ -112,10 +111,11 @@ def test_one_device_plan_is_the_single_device_estimate(full_generation) -> None:
     assert peak <= gpu.total_bytes <= 1.05 * peak
 
 
-def test_full_generation_gives_the_same_kv_cache() -> None:
-    short, _ = _inference(_gen(), 2, 400 * KiB)
-    full, _ = _inference(_gen(), 2, 400 * KiB, full_generation=True)
-    assert full.estimate_seq == 32 and full.estimate_new_tokens == 4
+def test_one_step_gives_the_whole_generations_kv_cache() -> None:
+    """One step after a prompt of seq + new - 1 tokens leaves the same cache."""
+    short, _ = _inference(_gen(), 2, 400 * KiB, full_generation=False)
+    full, _ = _inference(_gen(), 2, 400 * KiB)
+    assert (short.estimate_seq, short.estimate_new_tokens) == (32 + 4 - 1, 1)
     assert [r.kv_cache_bytes for r in full.rows] == [r.kv_cache_bytes for r in short.rows]
     assert [r.weights_bytes for r in full.rows] == [r.weights_bytes for r in short.rows]
 
@@ -161,13 +161,16 @@ def test_a_budget_too_small_names_what_does_not_fit() -> None:
 
 def test_runtime_reserve_leaves_room_that_none_does_not() -> None:
     cfg = _gen(batch=2)
-    packed, _ = _inference(cfg, 2, 400 * KiB, 4 * 1024 * KiB, strategy="sequential",
-                           reserve="none")
-    reserved, _ = _inference(cfg, 2, 400 * KiB, 4 * 1024 * KiB, strategy="sequential")
-    assert not packed.fits
+    packed, _ = _inference(cfg, 2, 420 * KiB, "4MiB", strategy="sequential", reserve="none")
+    reserved, _ = _inference(cfg, 2, 420 * KiB, "4MiB", strategy="sequential")
+    # The whole model's weights fit on the first GPU, its KV cache and activations do not.
+    assert packed.row("cuda:0").weights_bytes == packed.model_weights_bytes
+    assert not packed.fits and packed.row("cuda:0").over_by_bytes > 0
+    # Leaving room for them moves layers to the second GPU, and the plan fits.
     assert reserved.fits, reserved.does_not_fit
-    assert reserved.row("cpu").weights_bytes > packed.row("cpu").weights_bytes
-    assert int(reserved.max_memory["0"]) < 400 * KiB
+    assert reserved.row("cuda:1").weights_bytes > 0
+    assert int(reserved.max_memory["0"]) < 420 * KiB
+    assert reserved.iterations > 1 and "max_memory=" in format_plan(reserved)
 
 
 def test_strategies_and_placement_libraries() -> None:
