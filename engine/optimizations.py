@@ -378,7 +378,7 @@ class QuantoWeights(Optimization):
                "compiled on first use.")
     category = "quantization"
     params = (Param("weights", "choice", "qint8", ("qint8", "qint4", "qint2"),
-                    help="qint4/qint2 keep a float scale and shift per group of 128 inputs"),)
+                    help="qint4/qint2 keep a float scale and shift per group of inputs"),)
     workloads = ("forward", "generate")
     # Other quantizers and casts would act on the quantized tensors; the pruning techniques
     # slice or mask weight matrices that are no longer plain tensors; under autocast quanto's
@@ -784,8 +784,12 @@ def _bnb_refusal(device: str, bits: str) -> str | None:
     """Why bitsandbytes cannot give a ``bits``-bit AdamW on ``device``, read from the installed
     library: whether it has the class, and whether it registers a kernel for this device type
     for the optimizer-update ops the step calls (None when it can)."""
-    with _quiet_import():
-        import bitsandbytes as bnb
+    try:
+        with _quiet_import():
+            import bitsandbytes as bnb
+    except Exception as exc:  # noqa: BLE001 - e.g. its native library missing from a bundle
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return f"bitsandbytes is installed but cannot be imported here ({first})"
 
     version = getattr(bnb, "__version__", "?")
     cls = f"AdamW{bits}bit"
