@@ -29,6 +29,9 @@ ROWS = [
     ("forward", "int8-dynamic"),
     ("forward", "torchao-int8:activations=weight-only"),
     ("forward", "torchao-int8:activations=dynamic"),
+    ("forward", "quanto-weights:weights=qint8"),
+    ("forward", "quanto-weights:weights=qint4"),
+    ("forward", "quanto-weights:weights=qint2"),
     ("forward", "prune-unstructured:amount=0.5"),
     ("forward", "prune-unstructured:amount=0.5,permanent=true"),
     ("forward", "prune-ffn:amount=0.25"),
@@ -36,13 +39,17 @@ ROWS = [
     ("forward", "drop-blocks:count=2"),
     ("forward", "attention:impl=eager"),
     ("forward", "attention:impl=sdpa"),
+    ("forward", "compile"),
     ("generate", "kv-cache:policy=static"),
     ("generate", "kv-cache:policy=fp8"),
+    ("generate", "kv-cache:policy=quanto-int4"),
+    ("generate", "kv-cache:policy=quanto-int2"),
     ("generate", "sliding-window:window=64"),
     ("train", "checkpointing"),
     ("train", "freeze-base"),
     ("train", "lora:rank=8,targets=attention"),
     ("train", "low-bit-optimizer:bits=8"),
+    ("train", "low-bit-optimizer:bits=8,backend=bitsandbytes"),
     ("train", "cast:dtype=bfloat16"),
 ]
 
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     MiB = 2**20
     rows, records = [], []
+    load_start = os.getloadavg()[0]
     for workload, spec in ROWS:
         failures: list[Failed] = []
         cfg = RunConfig(model=args.model, device=args.device, dtype=args.dtype, workload=workload,
@@ -92,17 +100,23 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             f"| {workload} | `{spec}` | {b['model_weights_bytes'] / MiB:.2f} → "
             f"{t.model_weights_bytes / MiB:.2f} | {b['peak_bytes'] / MiB:.2f} → "
-            f"{t.peak_bytes / MiB:.2f} | ×{d['latency_ratio']:.2f} | {qual} | "
+            f"{t.peak_bytes / MiB:.2f} | ×{d['latency_ratio']:.2f}"
+            + (f" (+{t.compile_seconds:.1f} s compile)" if t.compile_seconds is not None else "")
+            + f" | {qual} | "
             f"{'; '.join(w for w in r.warnings if 'FLOPs' not in w)[:160]} |")
         records.append({"workload": workload, "spec": spec, "baseline": b, "deltas": d,
                         "quality": q, "peak_bytes": t.peak_bytes,
+                        "compile_seconds": t.compile_seconds,
                         "weights_bytes": t.model_weights_bytes, "warnings": r.warnings})
         print(rows[-1], file=sys.stderr, flush=True)
     cpu = platform.processor() or platform.machine()
     table = "\n".join([
         f"{args.model} on {args.device} ({cpu}, {os.cpu_count()} cores), seq {args.seq}, "
         f"{dt.date.today().isoformat()}; baseline and optimized measured in the same run, "
-        f"latency = optimized / baseline (median of {args.repeats}).", "",
+        f"latency = optimized / baseline (median of {args.repeats}); 1-minute load average "
+        f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (other jobs on "
+        "the machine make latency ratios noisy; memory and quality figures are not affected).",
+        "",
         "| workload | optimization | weights MiB | peak MiB | latency | quality | warnings |",
         "| --- | --- | --- | --- | --- | --- | --- |", *rows])
     print(table)

@@ -40,8 +40,9 @@ def refused(opts, workload="forward", device="cpu") -> MemLensError:
 
 # -- optimum-quanto --------------------------------------------------------------------------------
 # 4- and 2-bit data is unpacked by a C++ extension that optimum-quanto compiles on its first use
-# after installation (41 s on an idle 2-core machine, 99 s on a busy one; then loaded in well
-# under a second): whichever of these tests runs first on a fresh install pays it, once.
+# after installation (41 s alone, 99 s inside this test file, on a shared 2-core machine; then
+# it loads in well under a second): whichever of these tests runs first on a fresh install pays
+# it, once.
 EXTENSION = pytest.mark.slow
 
 
