@@ -1,0 +1,432 @@
+"""Measured FSDP2 training across processes (issue 6): one training step per rank, MemLens' own
+tensor accounting on every rank, every rank's figures gathered into one record by rank 0.
+
+Launched by PyTorch's own launcher, not a home-made one::
+
+    torchrun --nproc-per-node 2 -m engine.distributed_run --model preset:tiny-llama \\
+        --seq 32 --batch 1 --out DIR
+
+Each rank (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from torchrun) joins the default process group
+(``gloo`` on CPU, ``nccl`` on CUDA with device ``cuda:LOCAL_RANK``), builds the model as a measured
+run does (``engine.models.load_model``, same seed on every rank), applies
+``torch.distributed.fsdp.fully_shard`` to every decoder block and then to the root (the recipe of
+``engine.distributed.plan_training``, no mixed-precision policy, FSDP2's defaults otherwise), runs
+one unmeasured step (it creates the optimizer state and FSDP2's all-gather buffers, as every step
+after the first finds them) and then one step of MemLens' training workload
+(``engine.workloads.train_step``) inside ``engine.instrument.MemoryProbe``.
+
+What the accounting sees under FSDP2, and what this module adds to it:
+
+* **sharded parameters** are ``DTensor`` s; ``engine.accounting.leaves`` already counts a wrapper
+  subclass by its inner tensors (``DTensor.__tensor_flatten__`` names ``_local_tensor``), so each
+  rank counts its local shard, whose storage is FSDP2's padded chunk. Buffers (replicated) are
+  moved to their own category, ``buffers``.
+* **unsharded parameters**: FSDP2 keeps each parameter's all-gather output storage for the whole
+  run and frees / re-allocates it with ``UntypedStorage.resize_``, which ``TorchDispatchMode``
+  does not see (``engine.accounting`` names that limitation). During the measured step
+  ``UntypedStorage.resize_`` is wrapped, as PyTorch's own ``MemTracker`` does (``_track_resize``),
+  and every resize of a storage changes its counted bytes; a storage that grows from nothing is
+  counted as ``unsharded_params`` of the module running.
+* **sharded gradients**: FSDP2 assigns them after the reduce-scatter (no gradient accumulation
+  hook fires on a sharded parameter); every FSDP module's ``set_all_reduce_hook`` (public API:
+  called with the reduce-scatter output, the storage the sharded gradients view) moves that
+  storage to ``gradients`` as soon as it exists.
+* everything else is the probe's own categories: ``activations`` (forward), ``temporaries``
+  (backward and optimizer step: unsharded gradients being reduce-scattered, the all-gather
+  buffers, the optimizer's scratch), ``optimizer_state``, ``inputs``.
+
+Per rank: the peak of the tensor accounting and its parts at the peak (attributed to modules +
+unattributed = peak), on CUDA also ``torch.cuda.max_memory_allocated`` over the step, and the
+per-rank total of ``plan_training`` for the same config (an upper bound by construction: each
+part at its own maximum). Rank 0 gathers the rows with ``dist.gather_object`` and writes one
+:class:`DistributedRun` (JSON) with the run store's atomic writer.
+
+CUDA/nccl is written (device ``cuda:LOCAL_RANK``, ``max_memory_allocated``) but was not run on a
+GPU when this module was written; CPU/gloo is what the tests run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as _dt
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+
+DISTRIBUTED_RUN_SCHEMA_VERSION = 1
+
+
+@dataclass
+class RankRow:
+    """One rank's measured step."""
+
+    rank: int
+    world_size: int
+    device: str
+    peak_bytes: int  # tensor accounting's peak over the measured step
+    parts: dict[str, int] = field(default_factory=dict)  # by category, live at the peak
+    attributed_bytes: int = 0  # charged to a tracked module at the peak
+    unattributed_bytes: int = 0  # the rest (attributed + unattributed == peak)
+    phase_peaks: dict[str, int] = field(default_factory=dict)
+    sharded_params_bytes: int = 0  # this rank's local shards' storages (padded), params only
+    buffers_bytes: int = 0
+    optimizer_state_bytes: int = 0  # after the step
+    gradients_bytes: int = 0  # after backward (sharded, padded storages)
+    cuda_max_allocated_bytes: int | None = None  # CUDA: allocator peak over the step
+    plan_bound_bytes: int | None = None  # plan_training's per-rank total for this rank
+    plan_parts: dict[str, int] = field(default_factory=dict)
+    loss: float | None = None
+    step_ms: float = 0.0
+
+
+@dataclass
+class DistributedRun:
+    """Every rank's figures of one measured FSDP2 training step, gathered by rank 0."""
+
+    run_id: str
+    created: str
+    config: dict[str, Any]
+    world_size: int
+    backend: str
+    recipe: str
+    model_parameters: int = 0
+    model_params_bytes: int = 0  # every parameter, unsharded
+    ranks: list[RankRow] = field(default_factory=list)
+    plan_total_bytes: int | None = None  # rank 0's (the largest) per-rank plan total
+    within_plan: bool | None = None  # every rank's measured peak <= its plan bound
+    notes: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    kind: str = "distributed_run"
+    figures: str = "measured"
+    schema_version: int = DISTRIBUTED_RUN_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistributedRun:
+        data = dict(data)
+        data["ranks"] = [RankRow(**r) for r in data.get("ranks", [])]
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+RECIPE = ("torch.distributed.fsdp.fully_shard on every decoder block, then on the root; one "
+          "mesh of all ranks; no mixed-precision policy; FSDP2 defaults (reshard after forward, "
+          "one block prefetched); AdamW (MemLens' training workload)")
+
+
+# -- accounting of storages FSDP2 resizes ----------------------------------------------------------
+def _all_gather_owners(groups: list[tuple[str, Any]], probe: Any) -> Any:
+    """FSDP2's per-parameter all-gather output storages -> the tracked module owning the
+    parameter (private FSDP2 attributes, best effort: empty when they move)."""
+    from torch.utils.weak import WeakIdKeyDictionary
+
+    owners: Any = WeakIdKeyDictionary()
+    for _, module in groups:
+        try:
+            group = module._get_fsdp_state()._fsdp_param_group
+            for fp in (group.fsdp_params if group is not None else []):
+                owner = probe.param_owner.get(id(fp.sharded_param))
+                for t in fp.all_gather_outputs:
+                    owners[t.untyped_storage()] = owner
+        except Exception:  # noqa: BLE001 - attribution only
+            continue
+    return owners
+
+
+@contextlib.contextmanager
+def _track_resize(probe: Any, owners: Any = None) -> Iterator[None]:
+    """Count ``UntypedStorage.resize_`` (not seen by dispatch modes) in ``probe``'s accountant;
+    a storage growing from nothing is charged to ``owners[storage]`` if known, else to the module
+    running."""
+    import torch
+
+    from .accounting import _Info, storage_bytes
+
+    acc = probe.acc
+    orig = torch.UntypedStorage.resize_
+
+    def resize_(st: Any, size: int) -> Any:
+        out = orig(st, size)
+        try:
+            dev = st.device.type
+            found = acc._info.get(st)
+            new = storage_bytes(st, dev)
+            if found is None:
+                if new:
+                    owner = owners.get(st, probe._owner()) if owners is not None else None
+                    acc._register(st, dev, owner if owners is not None else probe._owner(),
+                                  "unsharded_params")
+                return out
+            info: _Info = found[0]
+            delta = new - info.nbytes
+            if delta:
+                info.nbytes = new
+                key = (info.owner, info.category)
+                if delta > 0:
+                    acc._add(key, delta)
+                else:
+                    left = acc.live.get(key, 0) + delta
+                    if left:
+                        acc.live[key] = left
+                    else:
+                        acc.live.pop(key, None)
+                    acc.total += delta
+        except Exception:  # noqa: BLE001 - accounting must never break the step
+            pass
+        return out
+
+    torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.UntypedStorage.resize_ = orig  # type: ignore[method-assign]
+
+
+# -- one rank --------------------------------------------------------------------------------------
+def _shard(model: Any, mesh: Any) -> list[tuple[str, Any]]:
+    """fully_shard on every block, then the root; returns (name, FSDP module) pairs."""
+    from torch.distributed.fsdp import fully_shard
+
+    from .layers import _blocks
+
+    found = _blocks(model)
+    groups: list[tuple[str, Any]] = []
+    if found:
+        prefix, blocks = found
+        for name, block in blocks.named_children():
+            fully_shard(block, mesh=mesh)
+            groups.append((f"{prefix}.{name}", block))
+    fully_shard(model, mesh=mesh)
+    groups.append(("(root)", model))
+    return groups
+
+
+def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None) -> RankRow:
+    """One rank's measured FSDP2 training step; the default process group must exist.
+
+    ``device`` None is ``config.device`` (``cuda`` becomes ``cuda:LOCAL_RANK``)."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from . import workloads as wl
+    from .instrument import MemoryProbe
+    from .layers import select_layers, unique_nbytes
+    from .models import load_model
+
+    if not dist.is_initialized():
+        raise RuntimeError("run_rank needs torch.distributed's default process group")
+    if device is None:
+        device = config.device
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+    cfg = dataclasses.replace(config, device=str(device), workload="train", prompt=None,
+                              attention_maps=False)
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    loaded = load_model(cfg)
+    model = loaded.model
+    mesh = init_device_mesh(device.type, (world_size,))
+    groups = _shard(model, mesh)
+    tracked = select_layers(model)
+    optimizer = wl.make_optimizer(model, cfg.lr)
+    inputs = wl.make_inputs(model, loaded.tokenizer, cfg.batch, cfg.seq, None, device, cfg.seed)
+    wl.train_step(model, inputs, optimizer, device)  # optimizer state, all-gather buffers
+
+    params = [p for p in model.parameters()]
+    buffers = [b for b in model.buffers()]
+    probe = MemoryProbe(model, tracked, training=True, count_flops=False, optimizer=optimizer)
+    def grads_hook(name: str) -> Any:
+        def hook(reduce_output: torch.Tensor) -> None:
+            probe.acc.reclassify(reduce_output, None if name == "(root)" else name, "gradients")
+        return hook
+
+    for name, m in groups:
+        m.set_all_reduce_hook(grads_hook(name))
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    with _track_resize(probe, _all_gather_owners(groups, probe)), probe:
+        for b in buffers:
+            probe.acc.reclassify(b, probe.param_owner.get(id(b)), "buffers")
+        probe.track_input(inputs.input_ids)
+        probe.acc.reset_peak()
+        step = wl.train_step(model, inputs, optimizer, device, probe)
+    step_ms = (time.perf_counter() - t0) * 1e3
+    cuda_peak = None
+    if cuda:
+        torch.cuda.synchronize(device)
+        cuda_peak = int(torch.cuda.max_memory_allocated(device))
+
+    per_owner, unowned = probe.at_peak()
+    parts: dict[str, int] = {}
+    attributed = 0
+    for cats in per_owner.values():
+        for cat, n in cats.items():
+            parts[cat] = parts.get(cat, 0) + n
+            attributed += n
+    for cat, n in unowned.items():
+        parts[cat] = parts.get(cat, 0) + n
+    state = [v for s in optimizer.state.values() for v in s.values()
+             if isinstance(v, torch.Tensor)]
+    grads = [p.grad for p in params if p.grad is not None]
+    return RankRow(
+        rank=rank, world_size=world_size, device=str(device), peak_bytes=int(probe.acc.peak),
+        parts=dict(sorted(parts.items())), attributed_bytes=attributed,
+        unattributed_bytes=sum(unowned.values()), phase_peaks=dict(probe.acc.phase_peaks),
+        sharded_params_bytes=unique_nbytes(params), buffers_bytes=unique_nbytes(buffers),
+        optimizer_state_bytes=unique_nbytes(state), gradients_bytes=unique_nbytes(grads),
+        cuda_max_allocated_bytes=cuda_peak, loss=step.loss, step_ms=round(step_ms, 3))
+
+
+def _plan_rows(config: RunConfig, world_size: int) -> Any:
+    """plan_training for the same config, on CPU (fake tensors); None if it fails."""
+    from .distributed import plan_training
+
+    return plan_training(dataclasses.replace(config, device="cpu", workload="train"), world_size)
+
+
+def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
+               t_start: float | None = None) -> DistributedRun | None:
+    """Gather every rank's row on rank 0 (``dist.gather_object``); rank 0 returns the record."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(row, rows, dst=0)
+    if rank != 0:
+        return None
+    assert rows is not None
+    created = _dt.datetime.now(_dt.timezone.utc)
+    run = DistributedRun(
+        run_id=f"fsdp2-{world}x-{created.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        created=created.isoformat(timespec="seconds"), config=config.to_dict(),
+        world_size=world, backend=dist.get_backend(), recipe=RECIPE,
+        ranks=sorted(rows, key=lambda r: r.rank))
+    if plan is not None:
+        run.model_parameters = plan.model_parameters
+        run.model_params_bytes = plan.model_params_bytes
+        run.plan_total_bytes = plan.total_bytes
+        for r in run.ranks:
+            opt = (plan.per_rank_optimizer_state[r.rank]
+                   if r.rank < len(plan.per_rank_optimizer_state) else plan.parts["optimizer_state"])
+            r.plan_parts = dict(plan.parts, optimizer_state=opt)
+            r.plan_bound_bytes = sum(r.plan_parts.values())
+        run.within_plan = all(r.peak_bytes <= (r.plan_bound_bytes or 0) for r in run.ranks)
+        run.notes.append("plan_bound_bytes: engine.distributed.plan_training's per-rank total for "
+                         "the same config (shapes and fake tensors; each part at its own maximum, "
+                         "an upper bound), with this rank's own optimizer state.")
+    run.notes.append("peak_bytes: MemLens' tensor accounting over the measured step (the second; "
+                     "the first created the optimizer state and FSDP2's all-gather buffers); "
+                     "FSDP2's resize_ of all-gather storages counted (see engine.distributed_run).")
+    if t_start is not None:
+        run.duration_s = round(time.perf_counter() - t_start, 3)
+    return run
+
+
+def write_run(run: DistributedRun, out: Path | str | None) -> Path:
+    """Write the record atomically: ``out`` a ``.json`` file, a folder (``RUN_ID.json`` in it),
+    or None (``distributed/`` in the run store's folder)."""
+    from .store import _atomic_write, default_root
+
+    path = Path(out) if out is not None else default_root() / "distributed"
+    if path.suffix != ".json":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / f"{run.run_id}.json"
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(run.to_dict(), indent=1, allow_nan=False).encode("utf-8")
+    _atomic_write(path, data)
+    return path
+
+
+def run_distributed(config: RunConfig, out: Path | str | None = None,
+                    plan: bool = True) -> tuple[DistributedRun | None, Path | None]:
+    """This process's part of a distributed run (torch.distributed already initialised):
+    measure this rank, gather on rank 0, which writes the record; returns (record, path) on rank
+    0 and (None, None) elsewhere."""
+    import torch.distributed as dist
+
+    t0 = time.perf_counter()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    row = run_rank(config, rank, world)
+    shard_plan = _plan_rows(config, world) if plan and rank == 0 else None
+    run = gather_run(config, row, shard_plan, t0)
+    path = write_run(run, out) if run is not None else None
+    return run, path
+
+
+def format_run(run: DistributedRun) -> str:
+    from .format import human_bytes
+
+    lines = [f"FSDP2 training, {run.world_size} ranks ({run.backend}), {run.config.get('model')}, "
+             f"batch {run.config.get('batch')} per rank, seq {run.config.get('seq')} — measured"]
+    for r in run.ranks:
+        bound = human_bytes(r.plan_bound_bytes) if r.plan_bound_bytes is not None else "-"
+        parts = ", ".join(f"{k} {human_bytes(v)}" for k, v in r.parts.items())
+        cuda = (f", CUDA max allocated {human_bytes(r.cuda_max_allocated_bytes)}"
+                if r.cuda_max_allocated_bytes is not None else "")
+        lines.append(f"  rank {r.rank}: peak {human_bytes(r.peak_bytes)} (plan bound {bound})"
+                     f"{cuda}; at the peak: {parts}")
+    if run.within_plan is not None:
+        lines.append("  every rank within its plan bound" if run.within_plan
+                     else "  a rank exceeded its plan bound")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point under torchrun (``python -m engine.distributed_run``)."""
+    import torch
+    import torch.distributed as dist
+
+    p = argparse.ArgumentParser(prog="python -m engine.distributed_run",
+                                description="One measured FSDP2 training step on every rank "
+                                            "(run under torchrun).")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--batch", type=int, default=1, help="per-rank micro-batch")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder or .json file (default: the run store's "
+                                                "distributed/ folder)")
+    p.add_argument("--no-plan", action="store_true", help="skip the plan_training comparison")
+    args = p.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = RunConfig(model=args.model, workload="train", batch=args.batch, seq=args.seq,
+                       dtype=args.dtype, device=device, lr=args.lr, seed=args.seed)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    try:
+        run, path = run_distributed(config, args.out, plan=not args.no_plan)
+        if run is not None:
+            print(format_run(run))
+            print(f"saved {path}")
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Measured FSDP2 training across processes (engine/distributed_run.py): two gloo ranks on the CPU
+launched by torchrun, each measuring its own step with MemLens' tensor accounting, rank 0 writing
+one record of both, checked against the FSDP2 plan of the same config."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.accounting import TensorAccountant
+from engine.distributed_run import DistributedRun, _track_resize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_resize_is_counted() -> None:
+    """FSDP2 frees and re-allocates its all-gather storages with UntypedStorage.resize_, which no
+    dispatch mode sees: the wrapper counts it, and charges a storage that grows from nothing."""
+    acc = TensorAccountant()
+    probe = types.SimpleNamespace(acc=acc, _owner=lambda: "layer")
+    outside = torch.empty(256, dtype=torch.uint8)  # made before accounting, like FSDP2's buffers
+    outside.untyped_storage().resize_(0)
+    with _track_resize(probe), acc:
+        t = torch.empty(1000, dtype=torch.uint8)
+        assert acc.total == 1000
+        t.untyped_storage().resize_(0)
+        assert acc.total == 0
+        t.untyped_storage().resize_(1000)
+        outside.untyped_storage().resize_(256)
+        assert acc.total == 1256 and acc.peak == 1256
+        assert acc.live[("layer", "unsharded_params")] == 256
+    assert torch.UntypedStorage.resize_.__name__ == "resize_"  # restored
+    del t
+    assert acc.total == 256
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_measured_and_within_the_plan(tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MEMLENS_HOME=str(tmp_path / "home"),
+               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           "-m", "engine.distributed_run", "--model", "preset:tiny-llama", "--seq", "32",
+           "--batch", "1", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    run = DistributedRun.from_dict(data)
+    assert run.kind == "distributed_run" and run.figures == "measured"
+    assert run.backend == "gloo" and run.world_size == 2
+    assert [r.rank for r in run.ranks] == [0, 1]  # both ranks reported, in one record
+    assert run.model_params_bytes > 0 and run.plan_total_bytes
+    half = run.model_params_bytes / 2
+    for r in run.ranks:
+        # Each rank holds its shard: half the parameters, up to FSDP2's padding (the plan's
+        # padded chunk is what every rank stores).
+        assert half <= r.sharded_params_bytes <= r.plan_parts["sharded_params"]
+        assert r.sharded_params_bytes == pytest.approx(half, rel=0.05)
+        assert r.parts["weights"] == r.sharded_params_bytes  # the local shards, live throughout
+        # AdamW state (exp_avg, exp_avg_sq of the shard, plus step counters) exists and is live
+        # at the peak.
+        assert r.optimizer_state_bytes >= 2 * r.sharded_params_bytes
+        assert r.parts["optimizer_state"] == r.optimizer_state_bytes
+        assert r.gradients_bytes == r.sharded_params_bytes  # sharded gradients after backward
+        assert r.parts.get("unsharded_params", 0) > 0  # all-gathered parameters seen (resize_)
+        # The parts reconcile with the peak.
+        assert r.attributed_bytes + r.unattributed_bytes == r.peak_bytes
+        assert sum(r.parts.values()) == r.peak_bytes
+        assert r.peak_bytes == max(r.phase_peaks.values())
+        assert r.cuda_max_allocated_bytes is None
+        assert math.isfinite(r.loss)
+        # The plan is an upper bound of every rank's measured peak.
+        assert r.plan_bound_bytes is not None and r.peak_bytes <= r.plan_bound_bytes, (
+            r.rank, r.peak_bytes, r.plan_bound_bytes, r.parts, r.plan_parts)
+    assert run.within_plan is True
+    assert run.ranks[0].loss == pytest.approx(run.ranks[1].loss)  # same data, same model
+    assert "rank 1: peak" in proc.stdout and str(out) in proc.stdout
