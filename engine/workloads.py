@@ -333,7 +333,10 @@ def train_step(model: nn.Module, inputs: Inputs, optimizer: torch.optim.Optimize
         t0 = time.perf_counter()
         with context(device):
             if is_causal_lm(model):
-                loss = model(input_ids=inputs.input_ids, labels=inputs.input_ids).loss
+                # No KV cache in training (transformers builds one by default: memory that a
+                # training step never reads), as training loops ask for.
+                extra = {"use_cache": False} if _accepts(model, "use_cache") else {}
+                loss = model(input_ids=inputs.input_ids, labels=inputs.input_ids, **extra).loss
             else:
                 # Encoders have no labels here: a synthetic loss (mean square of the last hidden
                 # state) exercises the same backward; reported as such.
