@@ -935,6 +935,12 @@ def print_report(result: RunResult, out: TextIO) -> None:
         if t.tokens_per_s:
             w(f" · {t.tokens_per_s:,.0f} tokens/s")
         w("\n")
+        if t.compile_seconds is not None:
+            w(f"torch.compile: {t.compile_seconds:.1f} s to compile (first call minus the steady "
+              "state), not in the latency above; compiled peak "
+              + (human_bytes(t.compiled_peak_bytes) + " (CUDA allocator)"
+                 if t.compiled_peak_bytes is not None else "not measured on this device")
+              + "\n")
         if timing.get("warmup_ms"):
             w(f"first (warm-up) pass {timing['warmup_ms'][0]:.1f} ms: one-time costs such as "
               "lazy initialisation or compilation\n")

@@ -35,6 +35,10 @@ def totals_lines(result: RunResult) -> list[str]:
              f"latency {human_ms(t.plain_latency_ms)}"]
     if t.instrumentation_overhead is not None:
         speed.append(f"profiler overhead ×{t.instrumentation_overhead:.2f}")
+    if t.compile_seconds is not None:
+        speed.append(f"compile {human_seconds(t.compile_seconds)} (not in the latency)")
+    if t.compiled_peak_bytes is not None:
+        speed.append(f"compiled peak {human_bytes(t.compiled_peak_bytes)}")
     if t.tokens_per_s is not None:
         speed.append(f"{t.tokens_per_s:.1f} tokens/s")
     if t.flops is not None:
