@@ -75,6 +75,7 @@ class RankRow:
     device: str
     peak_bytes: int  # tensor accounting's peak over the measured step
     parts: dict[str, int] = field(default_factory=dict)  # by category, live at the peak
+    by_owner: dict[str, dict[str, int]] = field(default_factory=dict)  # module -> category
     attributed_bytes: int = 0  # charged to a tracked module at the peak
     unattributed_bytes: int = 0  # the rest (attributed + unattributed == peak)
     phase_peaks: dict[str, int] = field(default_factory=dict)
@@ -83,8 +84,10 @@ class RankRow:
     optimizer_state_bytes: int = 0  # after the step
     gradients_bytes: int = 0  # after backward (sharded, padded storages)
     cuda_max_allocated_bytes: int | None = None  # CUDA: allocator peak over the step
+    as_plan_parts: dict[str, int] = field(default_factory=dict)  # parts under the plan's names
     plan_bound_bytes: int | None = None  # plan_training's per-rank total for this rank
     plan_parts: dict[str, int] = field(default_factory=dict)
+    over_plan_parts: dict[str, int] = field(default_factory=dict)  # measured part - plan's, > 0
     loss: float | None = None
     step_ms: float = 0.0
 
@@ -119,6 +122,23 @@ class DistributedRun:
         data["ranks"] = [RankRow(**r) for r in data.get("ranks", [])]
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# The accounting's categories -> plan_training's parts (engine.distributed.TRAIN_PARTS).
+PLAN_PART_OF = {"weights": "sharded_params", "buffers": "buffers",
+                "gradients": "sharded_gradients", "optimizer_state": "optimizer_state",
+                "unsharded_params": "unsharded_params", "gradient_reduction": "gradient_reduction"}
+
+
+def as_plan_parts(parts: dict[str, int]) -> dict[str, int]:
+    """Measured parts under the plan's part names (activations, temporaries, inputs and KV cache
+    are the plan's ``activations``)."""
+    out = {k: 0 for k in ("sharded_params", "buffers", "sharded_gradients", "optimizer_state",
+                          "unsharded_params", "gradient_reduction", "activations")}
+    for cat, n in parts.items():
+        key = PLAN_PART_OF.get(cat, "activations")
+        out[key] += n
+    return out
 
 
 RECIPE = ("torch.distributed.fsdp.fully_shard on every decoder block, then on the root; one "
@@ -194,6 +214,78 @@ def _track_resize(probe: Any, owners: Any = None) -> Iterator[None]:
         torch.UntypedStorage.resize_ = orig  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def _fsdp_categories(probe: Any, groups: list[tuple[str, Any]]) -> Iterator[None]:
+    """Name FSDP2's own memory while the step runs, as PyTorch's ``FSDPMemTracker`` does (it
+    wraps the same ``FSDPParamGroup`` methods of each module's group, private attributes):
+
+    * storages made inside a group's ``unshard`` / ``wait_for_unshard`` (the flat all-gather
+      buffers) are ``unsharded_params`` of the group;
+    * at a group's ``post_backward`` its unsharded gradients, and the storages made inside it
+      (the reduce-scatter input, kept alive across layers by FSDP2), are
+      ``gradient_reduction``; after it, the sharded gradients it assigned are ``gradients``.
+
+    Best effort: if the attributes are not there, the probe's own categories stay
+    (``temporaries``, ``activations``)."""
+    acc = probe.acc
+    current: list[tuple[str | None, str]] = []
+    base_owner, base_category = acc.owner_fn, acc.category_fn
+    acc.owner_fn = lambda: current[-1][0] if current else base_owner()
+    acc.category_fn = lambda: current[-1][1] if current else base_category()
+    patched: list[tuple[Any, str]] = []
+
+    def wrap(group: Any, name: str, owner: str | None, category: str,
+             before: Any = None, after: Any = None) -> None:
+        orig = getattr(group, name)
+
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            if before is not None:
+                before()
+            current.append((owner, category))
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                current.pop()
+                if after is not None:
+                    after()
+
+        setattr(group, name, inner)
+        patched.append((group, name))
+
+    def grads(group: Any, which: str, category: str) -> Any:
+        def move() -> None:
+            for fp in group.fsdp_params:
+                if which == "unsharded":
+                    p = getattr(fp, "_unsharded_param", None)
+                else:
+                    p = fp.sharded_param
+                g = getattr(p, "grad", None)
+                if g is not None:
+                    acc.reclassify(g, probe.param_owner.get(id(fp.sharded_param)), category)
+        return move
+
+    try:
+        for name, module in groups:
+            try:
+                group = module._get_fsdp_state()._fsdp_param_group
+                if group is None or not hasattr(group, "fsdp_params"):
+                    continue
+                owner = None if name == "(root)" else name
+                wrap(group, "unshard", owner, "unsharded_params")
+                wrap(group, "wait_for_unshard", owner, "unsharded_params")
+                wrap(group, "post_backward", owner, "gradient_reduction",
+                     grads(group, "unsharded", "gradient_reduction"),
+                     grads(group, "sharded", "gradients"))
+            except Exception:  # noqa: BLE001 - naming only
+                continue
+        yield
+    finally:
+        for group, name in patched:
+            with contextlib.suppress(AttributeError):
+                delattr(group, name)
+        acc.owner_fn, acc.category_fn = base_owner, base_category
+
+
 # -- one rank --------------------------------------------------------------------------------------
 def _shard(model: Any, mesh: Any) -> list[tuple[str, Any]]:
     """fully_shard on every block, then the root; returns (name, FSDP module) pairs."""
@@ -252,19 +344,13 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None) 
     params = [p for p in model.parameters()]
     buffers = [b for b in model.buffers()]
     probe = MemoryProbe(model, tracked, training=True, count_flops=False, optimizer=optimizer)
-    def grads_hook(name: str) -> Any:
-        def hook(reduce_output: torch.Tensor) -> None:
-            probe.acc.reclassify(reduce_output, None if name == "(root)" else name, "gradients")
-        return hook
-
-    for name, m in groups:
-        m.set_all_reduce_hook(grads_hook(name))
     gc.collect()
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    with _track_resize(probe, _all_gather_owners(groups, probe)), probe:
+    with _track_resize(probe, _all_gather_owners(groups, probe)), _fsdp_categories(probe, groups), \
+            probe:
         for b in buffers:
             probe.acc.reclassify(b, probe.param_owner.get(id(b)), "buffers")
         probe.track_input(inputs.input_ids)
@@ -290,7 +376,8 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None) 
     grads = [p.grad for p in params if p.grad is not None]
     return RankRow(
         rank=rank, world_size=world_size, device=str(device), peak_bytes=int(probe.acc.peak),
-        parts=dict(sorted(parts.items())), attributed_bytes=attributed,
+        parts=dict(sorted(parts.items())), as_plan_parts=as_plan_parts(parts),
+        by_owner=per_owner, attributed_bytes=attributed,
         unattributed_bytes=sum(unowned.values()), phase_peaks=dict(probe.acc.phase_peaks),
         sharded_params_bytes=unique_nbytes(params), buffers_bytes=unique_nbytes(buffers),
         optimizer_state_bytes=unique_nbytes(state), gradients_bytes=unique_nbytes(grads),
@@ -305,7 +392,8 @@ def _plan_rows(config: RunConfig, world_size: int) -> Any:
 
 
 def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
-               t_start: float | None = None) -> DistributedRun | None:
+               t_start: float | None = None, run_id: str | None = None
+               ) -> DistributedRun | None:
     """Gather every rank's row on rank 0 (``dist.gather_object``); rank 0 returns the record."""
     import torch.distributed as dist
 
@@ -317,7 +405,7 @@ def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
     assert rows is not None
     created = _dt.datetime.now(_dt.timezone.utc)
     run = DistributedRun(
-        run_id=f"fsdp2-{world}x-{created.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        run_id=run_id or new_run_id(world, created),
         created=created.isoformat(timespec="seconds"), config=config.to_dict(),
         world_size=world, backend=dist.get_backend(), recipe=RECIPE,
         ranks=sorted(rows, key=lambda r: r.rank))
@@ -330,6 +418,18 @@ def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
                    if r.rank < len(plan.per_rank_optimizer_state) else plan.parts["optimizer_state"])
             r.plan_parts = dict(plan.parts, optimizer_state=opt)
             r.plan_bound_bytes = sum(r.plan_parts.values())
+            r.over_plan_parts = {k: v - r.plan_parts.get(k, 0) for k, v in r.as_plan_parts.items()
+                                 if v > r.plan_parts.get(k, 0)}
+        over = sorted({k for r in run.ranks for k in r.over_plan_parts})
+        if over:
+            run.notes.append(
+                "At the measured peak these parts exceed the plan's figure for the part: "
+                + ", ".join(over) + " (over_plan_parts per rank). The plan's total bounds the "
+                "peak because its other parts are each taken at their own maximum. "
+                "gradient_reduction can hold a group's unsharded gradients, FSDP2's flat "
+                "reduce-scatter input copied from them and the sharded output at once (seen on "
+                "preset:tiny-llama: 2.5 times one group), where the plan counts one group's "
+                "unsharded gradients.")
         run.within_plan = all(r.peak_bytes <= (r.plan_bound_bytes or 0) for r in run.ranks)
         run.notes.append("plan_bound_bytes: engine.distributed.plan_training's per-rank total for "
                          "the same config (shapes and fake tensors; each part at its own maximum, "
@@ -340,6 +440,11 @@ def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
     if t_start is not None:
         run.duration_s = round(time.perf_counter() - t_start, 3)
     return run
+
+
+def new_run_id(world: int, created: _dt.datetime | None = None) -> str:
+    created = created or _dt.datetime.now(_dt.timezone.utc)
+    return f"fsdp2-{world}x-{created.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def write_run(run: DistributedRun, out: Path | str | None) -> Path:
@@ -358,8 +463,8 @@ def write_run(run: DistributedRun, out: Path | str | None) -> Path:
     return path
 
 
-def run_distributed(config: RunConfig, out: Path | str | None = None,
-                    plan: bool = True) -> tuple[DistributedRun | None, Path | None]:
+def run_distributed(config: RunConfig, out: Path | str | None = None, plan: bool = True,
+                    run_id: str | None = None) -> tuple[DistributedRun | None, Path | None]:
     """This process's part of a distributed run (torch.distributed already initialised):
     measure this rank, gather on rank 0, which writes the record; returns (record, path) on rank
     0 and (None, None) elsewhere."""
@@ -369,7 +474,7 @@ def run_distributed(config: RunConfig, out: Path | str | None = None,
     rank, world = dist.get_rank(), dist.get_world_size()
     row = run_rank(config, rank, world)
     shard_plan = _plan_rows(config, world) if plan and rank == 0 else None
-    run = gather_run(config, row, shard_plan, t0)
+    run = gather_run(config, row, shard_plan, t0, run_id)
     path = write_run(run, out) if run is not None else None
     return run, path
 
@@ -392,6 +497,56 @@ def format_run(run: DistributedRun) -> str:
     return "\n".join(lines)
 
 
+def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
+           plan: bool = True, env: dict[str, str] | None = None, timeout: float | None = None,
+           master_port: int | None = None) -> tuple[DistributedRun, Path, str]:
+    """Run ``config``'s FSDP2 step on ``nproc`` local ranks with PyTorch's launcher (``python -m
+    torch.distributed.run``, i.e. torchrun) and read the record back: (record, path, output).
+
+    ``out``: a ``.json`` file or a folder (default: ``distributed/`` in the run store's folder).
+    Raises ``MemLensError`` when the launch fails, with the ranks' last output."""
+    import socket
+    import subprocess
+
+    from .errors import ErrorKind, MemLensError
+    from .store import default_root
+
+    if not isinstance(nproc, int) or nproc < 1:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Ranks must be 1 or more (got {nproc!r}).",
+                           "Use --distributed 2 for two processes.")
+    run_id = new_run_id(nproc)
+    target = Path(out) if out is not None else default_root() / "distributed"
+    if target.suffix != ".json":
+        target = target / f"{run_id}.json"
+    if master_port is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            master_port = s.getsockname()[1]
+    device = "cuda" if config.device.startswith("cuda") else "cpu"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+           "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+           "--master-port", str(master_port), "-m", "engine.distributed_run",
+           "--model", config.model, "--batch", str(config.batch), "--seq", str(config.seq),
+           "--dtype", config.dtype, "--device", device, "--lr", repr(config.lr),
+           "--seed", str(config.seed), "--out", str(target), "--run-id", run_id]
+    if not plan:
+        cmd.append("--no-plan")
+    full_env = dict(os.environ if env is None else env)
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    root = Path(__file__).resolve().parent.parent
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(root), full_env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0 or not target.exists():
+        raise MemLensError(ErrorKind.INTERNAL, f"The distributed run failed (torchrun exit {proc.returncode}): "
+                           + output.strip()[-1500:],
+                           "Run the torchrun command by hand to see every rank's output: "
+                           + " ".join(cmd))
+    run = DistributedRun.from_dict(json.loads(target.read_text(encoding="utf-8")))
+    return run, target, proc.stdout
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point under torchrun (``python -m engine.distributed_run``)."""
     import torch
@@ -410,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder or .json file (default: the run store's "
                                                 "distributed/ folder)")
     p.add_argument("--no-plan", action="store_true", help="skip the plan_training comparison")
+    p.add_argument("--run-id", default=None, help="the record's id (default: from the time)")
     args = p.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = RunConfig(model=args.model, workload="train", batch=args.batch, seq=args.seq,
@@ -419,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend)
     try:
-        run, path = run_distributed(config, args.out, plan=not args.no_plan)
+        run, path = run_distributed(config, args.out, plan=not args.no_plan, run_id=args.run_id)
         if run is not None:
             print(format_run(run))
             print(f"saved {path}")

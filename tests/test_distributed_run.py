@@ -8,8 +8,6 @@ import json
 import math
 import os
 import socket
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -17,7 +15,9 @@ import pytest
 import torch
 
 from engine.accounting import TensorAccountant
-from engine.distributed_run import DistributedRun, _track_resize
+from engine.config import RunConfig
+from engine.distributed_run import _track_resize, launch
+from engine.errors import ErrorKind, MemLensError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,18 +51,15 @@ def test_resize_is_counted() -> None:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_measured_and_within_the_plan(tmp_path: Path) -> None:
+    """torchrun launches two gloo ranks on the CPU; each measures its FSDP2 step; rank 0 writes one
+    record of both, beside plan_training's per-rank bound for the same config."""
     out = tmp_path / "run.json"
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MEMLENS_HOME=str(tmp_path / "home"),
-               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           "-m", "engine.distributed_run", "--model", "preset:tiny-llama", "--seq", "32",
-           "--batch", "1", "--device", "cpu", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(out.read_text())
-    run = DistributedRun.from_dict(data)
-    assert run.kind == "distributed_run" and run.figures == "measured"
+               PYTHONWARNINGS="ignore")
+    config = RunConfig(model="preset:tiny-llama", workload="train", batch=1, seq=32)
+    run, path, stdout = launch(config, 2, out, env=env, timeout=180, master_port=_free_port())
+    assert path == out and json.loads(out.read_text())["kind"] == "distributed_run"
+    assert run.figures == "measured"
     assert run.backend == "gloo" and run.world_size == 2
     assert [r.rank for r in run.ranks] == [0, 1]  # both ranks reported, in one record
     assert run.model_params_bytes > 0 and run.plan_total_bytes
@@ -79,9 +76,12 @@ def test_two_gloo_ranks_measured_and_within_the_plan(tmp_path: Path) -> None:
         assert r.parts["optimizer_state"] == r.optimizer_state_bytes
         assert r.gradients_bytes == r.sharded_params_bytes  # sharded gradients after backward
         assert r.parts.get("unsharded_params", 0) > 0  # all-gathered parameters seen (resize_)
+        assert r.parts.get("gradient_reduction", 0) > 0  # FSDP2's post-backward named
         # The parts reconcile with the peak.
         assert r.attributed_bytes + r.unattributed_bytes == r.peak_bytes
         assert sum(r.parts.values()) == r.peak_bytes
+        assert sum(r.as_plan_parts.values()) == r.peak_bytes
+        assert set(r.as_plan_parts) == set(r.plan_parts)
         assert r.peak_bytes == max(r.phase_peaks.values())
         assert r.cuda_max_allocated_bytes is None
         assert math.isfinite(r.loss)
@@ -90,4 +90,10 @@ def test_two_gloo_ranks_measured_and_within_the_plan(tmp_path: Path) -> None:
             r.rank, r.peak_bytes, r.plan_bound_bytes, r.parts, r.plan_parts)
     assert run.within_plan is True
     assert run.ranks[0].loss == pytest.approx(run.ranks[1].loss)  # same data, same model
-    assert "rank 1: peak" in proc.stdout and str(out) in proc.stdout
+    assert "rank 1: peak" in stdout and str(out) in stdout
+
+
+def test_launch_refuses_no_ranks() -> None:
+    with pytest.raises(MemLensError) as info:
+        launch(RunConfig(model="preset:tiny-llama", workload="train"), 0)
+    assert info.value.kind == ErrorKind.INVALID_WORKLOAD
