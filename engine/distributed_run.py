@@ -45,10 +45,11 @@ part at its own maximum). Rank 0 gathers the rows with ``dist.gather_object`` an
 
 Run-to-run variation: on CPU/gloo the moment of the peak, and so its size, can change from run to
 run and from rank to rank. On ``preset:tiny-llama`` (seq 32, batch 1, 2 ranks) the peak was
-1,508,892 B on most runs and 1,656,604 B on some, on either rank: the larger one is the
-prefetched block's flat all-gather buffer still alive while the last block's gradients are being
-reduce-scattered. Communication buffers are released when the process group's own threads drop
-them, which this accounting sees as it happens. Both stayed under the plan's bound (1,845,532 B).
+1,508,892 B on most runs, and 1,574,684 B or 1,656,604 B on some, on either rank: the larger ones
+have the prefetched block's flat all-gather buffer still alive beside the per-parameter copies
+made from it (and, for the largest, the last block's gradients being reduce-scattered).
+Communication buffers are released when the process group's own threads drop them, which this
+accounting sees as it happens. All stayed under the plan's bound (1,845,532 B).
 
 CUDA/nccl is written (device ``cuda:LOCAL_RANK``, ``max_memory_allocated``) but was not run on a
 GPU when this module was written; CPU/gloo is what the tests run.
@@ -88,6 +89,8 @@ class RankRow:
     attributed_bytes: int = 0  # charged to a tracked module at the peak
     unattributed_bytes: int = 0  # the rest (attributed + unattributed == peak)
     phase_peaks: dict[str, int] = field(default_factory=dict)
+    model_parameters: int = 0  # elements, before sharding (shared parameters once)
+    model_params_bytes: int = 0  # the model's parameters before sharding (shared ones once)
     sharded_params_bytes: int = 0  # this rank's local shards' storages (padded), params only
     buffers_bytes: int = 0
     optimizer_state_bytes: int = 0  # after the step
@@ -111,8 +114,9 @@ class DistributedRun:
     world_size: int
     backend: str
     recipe: str
-    model_parameters: int = 0
-    model_params_bytes: int = 0  # every parameter, unsharded
+    model_parameters: int = 0  # before sharding, shared parameters once (measured model)
+    model_params_bytes: int = 0  # every parameter, unsharded (measured model)
+    plan_model_params_bytes: int | None = None  # the same as plan_training counted it
     ranks: list[RankRow] = field(default_factory=list)
     plan_total_bytes: int | None = None  # rank 0's (the largest) per-rank plan total
     within_plan: bool | None = None  # every rank's measured peak <= its plan bound
@@ -343,6 +347,8 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None) 
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg)
     model = loaded.model
+    n_params = sum(p.numel() for p in model.parameters())
+    params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     mesh = init_device_mesh(device.type, (world_size,))
     groups = _shard(model, mesh)
     tracked = select_layers(model)
@@ -388,7 +394,7 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None) 
         parts=dict(sorted(parts.items())), as_plan_parts=as_plan_parts(parts),
         by_owner=per_owner, attributed_bytes=attributed,
         unattributed_bytes=sum(unowned.values()), phase_peaks=dict(probe.acc.phase_peaks),
-        sharded_params_bytes=unique_nbytes(params), buffers_bytes=unique_nbytes(buffers),
+        model_parameters=n_params, model_params_bytes=params_bytes, sharded_params_bytes=unique_nbytes(params), buffers_bytes=unique_nbytes(buffers),
         optimizer_state_bytes=unique_nbytes(state), gradients_bytes=unique_nbytes(grads),
         cuda_max_allocated_bytes=cuda_peak, loss=step.loss, step_ms=round(step_ms, 3))
 
@@ -418,9 +424,15 @@ def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
         created=created.isoformat(timespec="seconds"), config=config.to_dict(),
         world_size=world, backend=dist.get_backend(), recipe=RECIPE,
         ranks=sorted(rows, key=lambda r: r.rank))
+    run.model_params_bytes = run.ranks[0].model_params_bytes
+    run.model_parameters = run.ranks[0].model_parameters
     if plan is not None:
-        run.model_parameters = plan.model_parameters
-        run.model_params_bytes = plan.model_params_bytes
+        run.plan_model_params_bytes = plan.model_params_bytes
+        if plan.model_params_bytes != run.model_params_bytes:
+            run.notes.append(
+                f"The plan counts {plan.model_params_bytes} B of parameters, the model built "
+                f"here {run.model_params_bytes} B (e.g. tied embeddings: the plan's model, built "
+                "without memory, does not tie them, so it counts the shared weight twice).")
         run.plan_total_bytes = plan.total_bytes
         for r in run.ranks:
             opt = (plan.per_rank_optimizer_state[r.rank]
@@ -434,11 +446,12 @@ def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
             run.notes.append(
                 "At the measured peak these parts exceed the plan's figure for the part: "
                 + ", ".join(over) + " (over_plan_parts per rank). The plan's total bounds the "
-                "peak because its other parts are each taken at their own maximum. "
-                "gradient_reduction can hold a group's unsharded gradients, FSDP2's flat "
-                "reduce-scatter input copied from them and the sharded output at once (seen on "
-                "preset:tiny-llama: 2.5 times one group), where the plan counts one group's "
-                "unsharded gradients.")
+                "peak because its other parts are each taken at their own maximum. Seen on "
+                "preset:tiny-llama: gradient_reduction holding a group's unsharded gradients, "
+                "FSDP2's flat reduce-scatter input copied from them and the sharded output at "
+                "once (2.5 times the plan's one group of unsharded gradients); unsharded_params "
+                "holding a prefetched block twice, its flat all-gather buffer not yet released "
+                "beside the per-parameter copies made from it (one block over the plan).")
         run.within_plan = all(r.peak_bytes <= (r.plan_bound_bytes or 0) for r in run.ranks)
         run.notes.append("plan_bound_bytes: engine.distributed.plan_training's per-rank total for "
                          "the same config (shapes and fake tensors; each part at its own maximum, "
