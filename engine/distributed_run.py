@@ -132,7 +132,9 @@ class DistributedRun:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistributedRun:
         data = dict(data)
-        data["ranks"] = [RankRow(**r) for r in data.get("ranks", [])]
+        row_names = {f.name for f in dataclasses.fields(RankRow)}
+        data["ranks"] = [RankRow(**{k: v for k, v in r.items() if k in row_names})
+                         for r in data.get("ranks", [])]
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -198,9 +200,9 @@ def _track_resize(probe: Any, owners: Any = None) -> Iterator[None]:
             new = storage_bytes(st, dev)
             if found is None:
                 if new:
-                    owner = owners.get(st, probe._owner()) if owners is not None else None
-                    acc._register(st, dev, owner if owners is not None else probe._owner(),
-                                  "unsharded_params")
+                    owner = owners.get(st, probe._owner()) if owners is not None else \
+                        probe._owner()
+                    acc._register(st, dev, owner, "unsharded_params")
                 return out
             info: _Info = found[0]
             delta = new - info.nbytes
