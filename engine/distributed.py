@@ -376,6 +376,16 @@ def _empty_model(config: RunConfig, dtype: Any) -> Any:
     try:
         with init_empty_weights(), no_init_weights(), _quiet_transformers():
             model = auto_cls.from_config(arch.hf_config, **kwargs)
+        # Tied weights (an LM head sharing the embedding) are one tensor in a real model; left
+        # untied they would be counted twice (the demo: 11.7 MB instead of 10.1 MB). Under
+        # init_empty_weights the tie does not hold (every parameter assignment makes a new meta
+        # parameter), so it is made here, after it.
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        text_config = getattr(model.config, "get_text_config", lambda: model.config)()
+        if (getattr(text_config, "tie_word_embeddings", False) and head is not None
+                and embed is not None and head.weight is not embed.weight
+                and head.weight.shape == embed.weight.shape):
+            head.weight = embed.weight
     except Exception as exc:
         from .models import _first_line
 
@@ -1250,6 +1260,7 @@ def track_fsdp2(config: RunConfig, ranks: int, master_dtype: str | None = None,
         fake = FakeTensorMode()
         with fake, no_init_weights(), _quiet_transformers(), torch.device("cpu"):
             model = auto_cls.from_config(arch.hf_config, **kwargs)
+            model.tie_weights()  # as engine.estimate builds it: tied weights are one tensor
         chosen = _resolved_optimizations(config)
         if chosen:
             from .optimizations import apply_all

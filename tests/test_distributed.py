@@ -396,3 +396,16 @@ def test_cli_plan_prints_tables_json_and_errors(tmp_path, capsys) -> None:
         assert run_cli(args) == 1
         err = capsys.readouterr().err
         assert "memlens: error:" in err and "hint:" in err and words in err, err
+
+
+def test_tied_embeddings_are_counted_once():
+    """The demo's LM head shares the embedding matrix: one tensor, as in the loaded model."""
+    from engine.models import load_model
+
+    real = load_model(RunConfig(model="demo")).model
+    real_bytes = sum(p.numel() * p.element_size() for p in real.parameters())
+    plan = plan_training(RunConfig(model="demo", workload="train", seq=16), 2)
+    assert plan is not None and plan.model_params_bytes == real_bytes
+    inference = plan_inference(RunConfig(model="demo", workload="forward", seq=16), 2, "1GiB")
+    buffers = sum(b.numel() * b.element_size() for b in real.buffers())
+    assert inference.model_weights_bytes == real_bytes + buffers
