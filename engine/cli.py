@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the run JSON here")
     p.add_argument("--no-save", action="store_true", help="do not add the run to the store")
+    p.add_argument("--distributed", type=int, default=None, metavar="N",
+                   help="train: FSDP2 on N local processes launched with torchrun (gloo on CPU, "
+                        "nccl on CUDA); every rank measured, one record of all ranks beside the "
+                        "plan's per-rank bound")
     p.add_argument("--json", action="store_true", help="print the run JSON instead of the table")
 
     e = sub.add_parser(
@@ -404,6 +408,8 @@ def _profile(args: argparse.Namespace, store) -> int:
     from .optimizations import parse_spec
     from .runner import Runner
 
+    if args.distributed is not None:
+        return _profile_distributed(args, store)
     config = RunConfig(
         model=args.model, workload=args.workload, batch=args.batch, seq=args.seq,
         new_tokens=args.new_tokens, prompt=args.prompt, device=args.device, dtype=args.dtype,
@@ -481,6 +487,39 @@ def _estimate(args: argparse.Namespace, store) -> int:
 
 
 # -- sweep and fit (issue 6: sweeps and what fits) -----------------------------------------------
+def _profile_distributed(args: argparse.Namespace, store) -> int:
+    """``memlens profile --workload train --distributed N``: engine.distributed_run under
+    PyTorch's launcher; the record (every rank) is written to --out or the store's folder."""
+    from .distributed_run import format_run, launch
+
+    if args.workload != "train":
+        _error("--distributed measures FSDP2 training.", "Add --workload train.")
+        return EXIT_USAGE
+    if args.distributed < 1:
+        _error(f"--distributed needs at least 1 process (got {args.distributed}).",
+               "Use --distributed 2 (or the number of GPUs).")
+        return EXIT_USAGE
+    unsupported = [flag for flag, on in (("--opt", args.opt), ("--attention-maps",
+                                                                args.attention_maps),
+                                         ("--memory-snapshot", args.memory_snapshot)) if on]
+    if unsupported:
+        _error(f"{', '.join(unsupported)} cannot be combined with --distributed yet.",
+               "Leave them out; `memlens plan --workload train --ranks N` models optimizations.")
+        return EXIT_USAGE
+    config = RunConfig(model=args.model, workload="train", batch=args.batch, seq=args.seq,
+                       device=args.device, dtype=args.dtype, seed=args.seed,
+                       trust_remote_code=args.trust_remote_code)
+    out = args.out if args.out is not None else Path(store.root).parent / "distributed"
+    run, path, _ = launch(config, args.distributed, out=out)
+    if args.json:
+        json.dump(run.to_dict(), sys.stdout, indent=1)
+        print()
+    else:
+        print(format_run(run))
+        print(f"saved: {path}")
+    return EXIT_OK
+
+
 def _add_sweep_parsers(sub) -> None:
     """``memlens sweep``, ``memlens fit`` and ``memlens plan`` (``engine.distributed``)."""
     from .sweep import BUDGET_FORMS

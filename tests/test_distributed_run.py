@@ -99,3 +99,13 @@ def test_launch_refuses_no_ranks() -> None:
     with pytest.raises(MemLensError) as info:
         launch(RunConfig(model="preset:tiny-llama", workload="train"), 0)
     assert info.value.kind == ErrorKind.INVALID_WORKLOAD
+
+
+def test_profile_distributed_refuses_what_it_cannot_measure(capsys):
+    from engine import cli
+
+    assert cli.main(["profile", "--workload", "forward", "--distributed", "2"]) == cli.EXIT_USAGE
+    assert "--workload train" in capsys.readouterr().err
+    assert cli.main(["profile", "--workload", "train", "--distributed", "2", "--opt",
+                     "checkpointing"]) == cli.EXIT_USAGE
+    assert "memlens plan --workload train" in capsys.readouterr().err
