@@ -95,10 +95,41 @@ def _module_tracker() -> Any:
     ``ModuleTracker`` remains the fallback where torch.distributed is not built. The FLOP
     counter's tracker is replaced the same way."""
     try:
-        from torch.distributed._tools.mod_tracker import ModTracker
+        import torch.distributed._tools.mod_tracker as mod_tracker
     except ImportError:  # pragma: no cover - builds without torch.distributed
-        from torch.utils.module_tracker import ModuleTracker as ModTracker
-    return ModTracker()
+        from torch.utils.module_tracker import ModuleTracker
+
+        return ModuleTracker()
+
+    class Tracker(mod_tracker.ModTracker):
+        """``ModTracker`` that removes the gradient hooks it registered when it exits. A forward
+        that fails before its backward leaves a graph whose hooks (closures over the graph's own
+        nodes) form a cycle through C++ that Python's collector cannot break: the graph, its
+        saved tensors and, through their saved-tensor hooks, the model stayed alive
+        (tests/test_runner.py). The pass has finished its backward by the time it exits."""
+
+        def __enter__(self) -> Any:
+            self._grad_hooks: list[Any] = []
+            self._register = mod_tracker.register_multi_grad_hook
+
+            def register(*args: Any, **kwargs: Any) -> Any:
+                handle = self._register(*args, **kwargs)
+                self._grad_hooks.append(handle)
+                return handle
+
+            mod_tracker.register_multi_grad_hook = register
+            return super().__enter__()
+
+        def __exit__(self, *exc: Any) -> None:
+            try:
+                super().__exit__(*exc)
+            finally:
+                mod_tracker.register_multi_grad_hook = self._register
+                for handle in self._grad_hooks:
+                    handle.remove()
+                self._grad_hooks = []
+
+    return Tracker()
 
 
 class MemoryProbe:
