@@ -777,74 +777,38 @@ def _fit(args: argparse.Namespace, store) -> int:
 
 
 def print_fit(record, out: TextIO) -> None:
-    """The fit answers: the longest length per set and batch, the next tested, the binding."""
+    """The fit answers: per set, the longest length per batch (or, by batch, the largest batch
+    per length), the next tested value that does not fit, and the binding category."""
     from .sweep import CATEGORY_LABELS
 
     w = out.write
     gen = record.workload == "generate"
-    if record.axis == "batch":
-        return _print_fit_batch(record, out)
-    w(f"ESTIMATE — what fits in {record.budget_description}\n")
+    by_batch = record.axis == "batch"
+    if by_batch:
+        w(f"ESTIMATE — the largest batch that fits in {record.budget_description}\n")
+    else:
+        w(f"ESTIMATE — what fits in {record.budget_description}\n")
     w(f"{record.model} · {record.workload}"
       f"{f' ({record.new_tokens} new tokens after the prompt)' if gen else ''} · dtype "
-      f"{record.dtype} · attention {record.attention_impl} · max positions "
-      f"{record.max_positions} → {'prompt' if gen else 'sequence'} ≤ {record.seq_limit}; search "
-      f"step {record.granularity} token{'s' if record.granularity != 1 else ''}\n\n")
-    cols = ["opt set", "batch", "longest prompt" if gen else "longest seq", "est. peak",
-            "next tested", "its peak", "binding", "grows", "estimates", "s"]
+      f"{record.dtype} · attention {record.attention_impl} · ")
+    if by_batch:
+        w(f"batch searched up to {record.max_batch}\n\n")
+        fixed, found = ("prompt" if gen else "seq"), "largest batch"
+    else:
+        w(f"max positions {record.max_positions} → {'prompt' if gen else 'sequence'} ≤ "
+          f"{record.seq_limit}; search step {record.granularity} "
+          f"token{'s' if record.granularity != 1 else ''}\n\n")
+        fixed, found = "batch", ("longest prompt" if gen else "longest seq")
+    cols = ["opt set", fixed, found, "est. peak", "next tested", "its peak", "binding", "grows",
+            "estimates", "s"]
     rows = []
     for a in record.answers:
-        seq = MISSING if a.seq is None else f"{a.seq}{' (limit)' if a.status == 'limit' else ''}"
-        rows.append([a.opt_set, str(a.batch), seq, _cell(a.peak_bytes),
-                     str(a.next_seq) if a.next_seq is not None else MISSING,
-                     _cell(a.next_peak_bytes),
-                     CATEGORY_LABELS.get(a.binding, a.binding) if a.binding else MISSING,
-                     CATEGORY_LABELS.get(a.grows, a.grows) if a.grows else MISSING,
-                     str(a.estimates), f"{a.seconds:.1f}"])
-    widths = [max(len(r[i]) for r in rows + [cols]) for i in range(len(cols))]
-    def fmt(r: list[str]) -> str:
-        return "  ".join(v.ljust(widths[i]) if i in (0, 6, 7) else v.rjust(widths[i])
-                         for i, v in enumerate(r))
-
-    line = fmt(cols)
-    w(line.rstrip() + "\n" + "-" * len(line) + "\n")
-    for r in rows:
-        w(fmt(r).rstrip() + "\n")
-    w("\n")
-    for a in record.answers:
-        w(f"{a.opt_set}, batch {a.batch}: {a.message}\n")
-        if a.categories:
-            w("  at the longest fitting length: " + " · ".join(
-                f"{CATEGORY_LABELS[c]} {human_bytes(v)}" for c, v in a.categories.items() if v)
-              + "\n")
-        if a.run_ids:
-            w(f"  saved estimates: {', '.join(a.run_ids.values())}\n")
-    w(f"\nsearch: {record.search}.\n")
-    for note in record.notes:
-        w(f"note: {note}\n")
-    w(f"made in {record.duration_s:.1f} s\n")
-
-
-def _print_fit_batch(record, out: TextIO) -> None:
-    """The batch answers: the largest batch per set and sequence length, the next tested."""
-    from .sweep import CATEGORY_LABELS
-
-    w = out.write
-    gen = record.workload == "generate"
-    w(f"ESTIMATE — the largest batch that fits in {record.budget_description}\n")
-    w(f"{record.model} · {record.workload}"
-      f"{f' ({record.new_tokens} new tokens after the prompt)' if gen else ''} · dtype "
-      f"{record.dtype} · attention {record.attention_impl} · batch searched up to "
-      f"{record.max_batch}\n\n")
-    cols = ["opt set", "prompt" if gen else "seq", "largest batch", "est. peak", "next tested",
-            "its peak", "binding", "grows", "estimates", "s"]
-    rows = []
-    for a in record.answers:
-        batch = (MISSING if a.batch is None
-                 else f"{a.batch}{' (search end)' if a.status == 'limit' else ''}")
-        rows.append([a.opt_set, str(a.seq), batch, _cell(a.peak_bytes),
-                     str(a.next_batch) if a.next_batch is not None else MISSING,
-                     _cell(a.next_peak_bytes),
+        at, best, nxt = ((a.seq, a.batch, a.next_batch) if by_batch
+                         else (a.batch, a.seq, a.next_seq))
+        end = " (search end)" if by_batch else " (limit)"
+        value = MISSING if best is None else f"{best}{end if a.status == 'limit' else ''}"
+        rows.append([a.opt_set, str(at), value, _cell(a.peak_bytes),
+                     str(nxt) if nxt is not None else MISSING, _cell(a.next_peak_bytes),
                      CATEGORY_LABELS.get(a.binding, a.binding) if a.binding else MISSING,
                      CATEGORY_LABELS.get(a.grows, a.grows) if a.grows else MISSING,
                      str(a.estimates), f"{a.seconds:.1f}"])
@@ -860,11 +824,11 @@ def _print_fit_batch(record, out: TextIO) -> None:
         w(fmt(r).rstrip() + "\n")
     w("\n")
     for a in record.answers:
-        w(f"{a.opt_set}, seq {a.seq}: {a.message}\n")
+        w(f"{a.opt_set}, {f'seq {a.seq}' if by_batch else f'batch {a.batch}'}: {a.message}\n")
         if a.categories:
-            w("  at the largest fitting batch: " + " · ".join(
-                f"{CATEGORY_LABELS[c]} {human_bytes(v)}" for c, v in a.categories.items() if v)
-              + "\n")
+            w(f"  at the {'largest fitting batch' if by_batch else 'longest fitting length'}: "
+              + " · ".join(f"{CATEGORY_LABELS[c]} {human_bytes(v)}"
+                           for c, v in a.categories.items() if v) + "\n")
         if a.run_ids:
             w(f"  saved estimates: {', '.join(a.run_ids.values())}\n")
     w(f"\nsearch: {record.search}.\n")

@@ -210,6 +210,17 @@ def dominant_category(categories: dict[str, int]) -> str | None:
     return max(categories, key=lambda c: categories[c])
 
 
+def _check_record(data: dict[str, Any], kind: str, schema: int) -> None:
+    """Refuse a file that is not a ``kind`` record, or one from a newer MemLens."""
+    if data.get("kind") != kind:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The file is not a MemLens {kind}.",
+                           f"Pass a file written by memlens {kind} --out.")
+    if int(data.get("schema_version", 0)) > schema:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"The {kind} was written by a newer MemLens (schema "
+                           f"{data.get('schema_version')}).", "Upgrade MemLens to read it.")
+
+
 @dataclass
 class SweepPoint:
     """One grid point. ``kind`` says where its figures come from: measured, estimate or failed."""
@@ -278,13 +289,7 @@ class SweepRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepRecord:
-        if data.get("kind") != "sweep":
-            raise MemLensError(ErrorKind.INVALID_WORKLOAD, "The file is not a MemLens sweep.",
-                               "Pass a file written by memlens sweep --out.")
-        if int(data.get("schema_version", 0)) > SWEEP_SCHEMA_VERSION:
-            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
-                               f"The sweep was written by a newer MemLens (schema "
-                               f"{data.get('schema_version')}).", "Upgrade MemLens to read it.")
+        _check_record(data, "sweep", SWEEP_SCHEMA_VERSION)
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["points"] = [SweepPoint.from_dict(p) for p in data.get("points") or []]
@@ -378,13 +383,7 @@ class FitRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitRecord:
-        if data.get("kind") != "fit":
-            raise MemLensError(ErrorKind.INVALID_WORKLOAD, "The file is not a MemLens fit.",
-                               "Pass a file written by memlens fit --out.")
-        if int(data.get("schema_version", 0)) > FIT_SCHEMA_VERSION:
-            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
-                               f"The fit was written by a newer MemLens (schema "
-                               f"{data.get('schema_version')}).", "Upgrade MemLens to read it.")
+        _check_record(data, "fit", FIT_SCHEMA_VERSION)
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["answers"] = [FitAnswer.from_dict(a) for a in data.get("answers") or []]
