@@ -469,21 +469,9 @@ def _estimate(config: RunConfig, listener: Listener, cancel: threading.Event, st
 
 
 def _run_planner(work: Callable[[], Any], listener: Listener, what: str) -> Any:
-    try:
-        plan = work()
-    except MemLensError as exc:  # also Cancelled
-        _emit(listener, Failed(exc.kind.value, exc.message, exc.hint))
-        return None
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes an event
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        _emit(listener, Failed(ErrorKind.INTERNAL.value,
-                               f"Unexpected error during the {what}: {type(exc).__name__}: {exc}",
-                               "This is a MemLens bug; the details are in the log."))
-        traceback.print_exc()
-        return None
-    _emit(listener, PlanFinished(plan))
-    return plan
+    from .sweep import run_reported
+
+    return run_reported(work, listener, what, PlanFinished)
 
 
 # -- inference -------------------------------------------------------------------------------------

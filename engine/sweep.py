@@ -472,9 +472,17 @@ def sweep(config: RunConfig, seqs: list[int], batches: list[int],
     saved in ``store`` when one is given. Returns the record, or None after a ``Failed`` event.
     """
     cancel = cancel or threading.Event()
+    return run_reported(lambda: _sweep(config, seqs, batches, opt_sets, listener, cancel, store,
+                                       measure_limit_bytes), listener, "sweep", SweepFinished)
+
+
+def run_reported(work: Callable[[], Any], listener: Listener, what: str,
+                 finished: Callable[[Any], Any]) -> Any:
+    """Run ``work``; its result goes to ``listener`` as ``finished(result)`` and is returned. A
+    failure becomes a ``Failed`` event (MemLens' own message, or an internal error with the
+    traceback in the log) and None: the contract of sweeps, fits and plans."""
     try:
-        record = _sweep(config, seqs, batches, opt_sets, listener, cancel, store,
-                        measure_limit_bytes)
+        result = work()
     except MemLensError as exc:  # also Cancelled
         _emit(listener, Failed(exc.kind.value, exc.message, exc.hint))
         return None
@@ -482,12 +490,12 @@ def sweep(config: RunConfig, seqs: list[int], batches: list[int],
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         _emit(listener, Failed(ErrorKind.INTERNAL.value,
-                               f"Unexpected error during the sweep: {type(exc).__name__}: {exc}",
+                               f"Unexpected error during the {what}: {type(exc).__name__}: {exc}",
                                "This is a MemLens bug; the details are in the log."))
         traceback.print_exc()
         return None
-    _emit(listener, SweepFinished(record))
-    return record
+    _emit(listener, finished(result))
+    return result
 
 
 def _sweep(config, seqs, batches, opt_sets, listener, cancel, store, measure_limit_bytes):
@@ -765,26 +773,15 @@ def what_fits(config: RunConfig, budget: Budget, batches: list[int] | None = Non
     ``batches``. ``axis="batch"``: the largest batch (up to ``max_batch``) per sequence length in
     ``seqs``. Returns the record, or None after a ``Failed`` event."""
     cancel = cancel or threading.Event()
-    try:
+    def work() -> FitRecord:
         if axis not in ("seq", "batch"):
             raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Unknown fit axis {axis!r}.",
                                "Use 'seq' (longest sequence per batch) or 'batch' (largest "
                                "batch per sequence length).")
-        record = _what_fits(config, budget, batches or [config.batch], opt_sets, listener,
-                            cancel, store, granularity, axis, seqs or [config.seq], max_batch)
-    except MemLensError as exc:
-        _emit(listener, Failed(exc.kind.value, exc.message, exc.hint))
-        return None
-    except BaseException as exc:  # noqa: BLE001
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        _emit(listener, Failed(ErrorKind.INTERNAL.value,
-                               f"Unexpected error during the fit: {type(exc).__name__}: {exc}",
-                               "This is a MemLens bug; the details are in the log."))
-        traceback.print_exc()
-        return None
-    _emit(listener, FitFinished(record))
-    return record
+        return _what_fits(config, budget, batches or [config.batch], opt_sets, listener,
+                          cancel, store, granularity, axis, seqs or [config.seq], max_batch)
+
+    return run_reported(work, listener, "fit", FitFinished)
 
 
 class _WeightsExceed(Exception):
@@ -910,22 +907,31 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
     return record
 
 
-def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
-                 results: dict[int, RunResult], budget: Budget, seq_limit: int, limit: int,
-                 extra: int) -> None:
-    b = human_bytes(budget.bytes)
+def _fill_figures(answer: FitAnswer, fits: int | None, nxt: int | None,
+                  results: dict[int, RunResult], value: str, next_value: str) -> None:
+    """The estimates at the answer (``value``: the field it goes in) and at the next tested
+    value (``next_value``), and the categories that bind and grow."""
     if fits is not None:
         r = results[fits]
-        answer.seq, answer.peak_bytes = fits, r.totals.peak_bytes
+        setattr(answer, value, fits)
+        answer.peak_bytes = r.totals.peak_bytes
         answer.categories = _categories(r)
         answer.binding = dominant_category(answer.categories)
     if nxt is not None:
         r = results[nxt]
-        answer.next_seq, answer.next_peak_bytes = nxt, r.totals.peak_bytes
+        setattr(answer, next_value, nxt)
+        answer.next_peak_bytes = r.totals.peak_bytes
         answer.next_categories = _categories(r)
         if fits is None:
             answer.binding = dominant_category(answer.next_categories)
     answer.grows = _growth(answer.categories, answer.next_categories)
+
+
+def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
+                 results: dict[int, RunResult], budget: Budget, seq_limit: int, limit: int,
+                 extra: int) -> None:
+    b = human_bytes(budget.bytes)
+    _fill_figures(answer, fits, nxt, results, "seq", "next_seq")
     weights = answer.model_weights_bytes or 0
     if fits == seq_limit:
         answer.status = "limit"
@@ -963,18 +969,7 @@ def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
 def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                       results: dict[int, RunResult], budget: Budget, max_batch: int) -> None:
     b = human_bytes(budget.bytes)
-    if fits is not None:
-        r = results[fits]
-        answer.batch, answer.peak_bytes = fits, r.totals.peak_bytes
-        answer.categories = _categories(r)
-        answer.binding = dominant_category(answer.categories)
-    if nxt is not None:
-        r = results[nxt]
-        answer.next_batch, answer.next_peak_bytes = nxt, r.totals.peak_bytes
-        answer.next_categories = _categories(r)
-        if fits is None:
-            answer.binding = dominant_category(answer.next_categories)
-    answer.grows = _growth(answer.categories, answer.next_categories)
+    _fill_figures(answer, fits, nxt, results, "batch", "next_batch")
     weights = answer.model_weights_bytes or 0
     label = lambda c: CATEGORY_LABELS.get(c or "", c)  # noqa: E731
     if fits is not None and nxt is None:
@@ -1011,5 +1006,5 @@ __all__ = [
     "measure_rule", "PointDone", "SweepFinished", "SweepPoint", "SweepRecord",
     "default_granularity", "dominant_category", "fit_batch", "fit_sequence", "model_max_positions",
     "opt_set_label", "parse_bytes", "parse_int_list", "parse_opt_set", "resolve_budget",
-    "sweep", "what_fits",
+    "run_reported", "sweep", "what_fits",
 ]
