@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                    dest="attention_impl", help="attention implementation")
     e.add_argument("--trust-remote-code", action="store_true",
                    help="allow a config's own Python code to run (only for sources you trust)")
+    e.add_argument("--opt", action="append", default=[], metavar="ID[:key=value,...]",
+                   help="apply an optimization to the fake model (repeatable); all but "
+                        "int8-dynamic, low-bit-optimizer, compile and quanto's 4/2-bit ones")
     e.add_argument("--label", default="")
     e.add_argument("--out", type=Path, default=None, help="also write the estimate JSON here")
     e.add_argument("--save", action="store_true",
@@ -453,11 +456,13 @@ def _profile(args: argparse.Namespace, store) -> int:
 
 def _estimate(args: argparse.Namespace, store) -> int:
     from .estimate import estimate
+    from .optimizations import parse_spec
 
     config = RunConfig(
         model=args.model, workload=args.workload, batch=args.batch, seq=args.seq,
         new_tokens=args.new_tokens, dtype=args.dtype, attention_impl=args.attention_impl,
-        trust_remote_code=args.trust_remote_code, label=args.label)
+        trust_remote_code=args.trust_remote_code, label=args.label,
+        optimizations=[parse_spec(spec) for spec in args.opt])
     printer = _ProgressPrinter(sys.stderr)
     try:
         result = estimate(config, printer, store=store if args.save else None)

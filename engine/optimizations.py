@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .accounting import is_fake
 from .errors import Cancelled, ErrorKind, MemLensError
 from .layers import module_weight_tensors, unique_nbytes
 
@@ -437,7 +438,22 @@ class PruneUnstructured(Optimization):
                 prune.remove(mod, "weight")
         record.modules_touched = len(layers)
         dense = sum(m.weight.numel() * m.weight.element_size() for _, m in layers)
-        # What a sparse format would really take, measured by converting one copy at a time.
+        if not dense:
+            record.notes.append("no weights")
+        elif is_fake(layers[0][1].weight):
+            record.notes.append(f"pruned Linear weights: {dense} B dense; a sparse format's size "
+                                "depends on the values, which an estimate does not have")
+        else:
+            csr = self._csr_bytes(layers)
+            record.notes.append(f"pruned Linear weights: {dense} B dense; as CSR they would "
+                                f"take {csr} B ({csr / dense:.2f}× dense)")
+        if not params["permanent"]:
+            record.notes.append("not permanent: each pruned Linear keeps weight_orig, a float "
+                                "weight_mask and a recomputed weight (three dense copies)")
+
+    @staticmethod
+    def _csr_bytes(layers: list[tuple[str, nn.Linear]]) -> int:
+        """What a sparse format would really take, measured by converting one copy at a time."""
         csr = 0
         for _, mod in layers:
             w = mod.weight.detach()
@@ -447,11 +463,7 @@ class PruneUnstructured(Optimization):
                     s = w.to_sparse_csr()
                 csr += sum(t.numel() * t.element_size()
                            for t in (s.values(), s.col_indices(), s.crow_indices()))
-        record.notes.append(f"pruned Linear weights: {dense} B dense; as CSR they would take "
-                            f"{csr} B ({csr / dense:.2f}× dense)" if dense else "no weights")
-        if not params["permanent"]:
-            record.notes.append("not permanent: each pruned Linear keeps weight_orig, a float "
-                                "weight_mask and a recomputed weight (three dense copies)")
+        return csr
 
 
 class DropBlocks(Optimization):
@@ -583,7 +595,12 @@ class PruneHeads(Optimization):
             group_width = q_per_kv * d
             score = torch.stack([o[:, g * group_width:(g + 1) * group_width].norm()
                                  for g in range(kv)])
-            keep_groups = score.topk(kv - params["groups"]).indices.sort().values.tolist()
+            if score.is_meta or is_fake(score):
+                # An estimate or a plan (no values to rank) keeps the first groups: which
+                # groups stay changes no size.
+                keep_groups = list(range(kv - params["groups"]))
+            else:
+                keep_groups = score.topk(kv - params["groups"]).indices.sort().values.tolist()
             dev = attn.q_proj.weight.device
             q_idx = torch.tensor([g * group_width + i for g in keep_groups
                                   for i in range(group_width)], device=dev)

@@ -116,6 +116,51 @@ def test_estimate_matches_a_measured_cpu_run(model: str, workload: str, attentio
             assert est.training[key] == real.training[key] > 0
 
 
+def _opts(*specs: str) -> list[dict]:
+    from engine.optimizations import parse_spec
+
+    return [parse_spec(s) for s in specs]
+
+
+OPTIMIZED = [
+    # (workload, optimizations, the library it needs): each one swaps parameters, adds modules
+    # or reads weights on the fake model, and must still give the measured run's figures.
+    ("forward", ("cast:dtype=bfloat16",), None),
+    ("generate", ("cast:dtype=float16", "prune-heads:groups=1"), None),
+    ("train", ("lora",), "peft"),
+    ("train", ("lora:rank=4,targets=all-linear", "checkpointing"), "peft"),
+    ("train", ("cast:dtype=bfloat16", "lora"), "peft"),
+    ("forward", ("torchao-int8",), "torchao"),
+    ("generate", ("torchao-int8:activations=dynamic",), "torchao"),
+    ("forward", ("quanto-weights:weights=qint8",), "optimum.quanto"),
+    ("forward", ("prune-unstructured:amount=0.5",), None),
+    ("train", ("prune-unstructured:permanent=true",), None),
+    ("train", ("prune-ffn", "prune-heads"), None),
+]
+
+
+@pytest.mark.parametrize(("workload", "specs", "library"), OPTIMIZED,
+                         ids=[f"{w}-{'+'.join(s)}" for w, s, _ in OPTIMIZED])
+def test_optimized_estimate_matches_a_measured_cpu_run(workload, specs, library) -> None:
+    """Optimizations applied to the fake model by their own code (casts and peft's adapters
+    convert fake parameters, quantizers make fake packed tensors) give the measured figures."""
+    if library:
+        pytest.importorskip(library)
+    config = _config("preset:tiny-llama", workload, optimizations=_opts(*specs))
+    events = Collector()
+    real = execute(config, events)
+    assert real is not None, events.failed
+    est = _estimate_ok(_config("preset:tiny-llama", workload, optimizations=_opts(*specs)))
+    assert not _differences(est, real), "\n".join(_differences(est, real))
+    assert est.totals.reconciles()
+    for a, b in zip(est.optimizations, real.optimizations):
+        assert a["id"] == b["id"] and a["modules_touched"] == b["modules_touched"]
+        assert a["weights_bytes_after"] == b["weights_bytes_after"]
+    if workload == "train":
+        for key in ("gradient_bytes", "optimizer_state_bytes"):
+            assert est.training[key] == real.training[key] > 0
+
+
 @pytest.mark.parametrize(("model", "attention", "opts", "skipped"), [
     ("preset:tiny-llama", "sdpa", [], 6),
     ("preset:tiny-gpt2", "eager", [], 6),
@@ -257,7 +302,14 @@ def test_estimate_refuses_unknown_models_with_the_fix(capsys) -> None:
 
 
 @pytest.mark.parametrize(("change", "kind", "words"), [
-    (dict(optimizations=[{"id": "cast", "params": {}}]), "not_applicable", "optimizations"),
+    (dict(optimizations=[{"id": "int8-dynamic", "params": {}}]), "not_applicable",
+     "read the weights' values"),
+    (dict(optimizations=[{"id": "compile", "params": {}}]), "not_applicable", "eager graph"),
+    (dict(optimizations=[{"id": "quanto-weights", "params": {"weights": "qint4"}}]),
+     "not_applicable", "quanto-weights:weights=qint4"),
+    (dict(workload="generate", optimizations=[{"id": "kv-cache",
+                                               "params": {"policy": "quanto-int2"}}]),
+     "not_applicable", "memlens profile"),
     (dict(prompt="hello"), "invalid_workload", "--seq"),
     (dict(attention_maps=True), "not_applicable", "memlens profile"),
     (dict(seq=300), "invalid_workload", "at most 256"),

@@ -313,8 +313,8 @@ def test_cli_fit_json_and_table(capsys) -> None:
     (["sweep", "--model", "preset:tiny-llama", "--seq", "128,512"],
      ["supports 256 positions", "at or below 256"]),
     (["sweep", "--model", "preset:tiny-llama", "--seq", "12,x"], ["Cannot read 'x'"]),
-    (["fit", "--model", "preset:tiny-llama", "--budget", "1GiB", "--opt", "cast"],
-     ["cannot apply Cast weights", "--dtype"]),
+    (["fit", "--model", "preset:tiny-llama", "--budget", "1GiB", "--opt", "int8-dynamic"],
+     ["cannot apply int8 dynamic quantization", "read the weights' values", "memlens profile"]),
     (["fit", "--model", "preset:tiny-llama", "--budget", "1GiB", "--opt", "lora"],
      ["LoRA", "train"]),
 ])
