@@ -93,6 +93,10 @@ TRAIN_METHODS = ("shapes", "tracker")
 #: Optimizations a plan can pass to its estimate: those that leave the parameters unchanged (the
 #: placement and the shards are computed from the unchanged model).
 PLAN_OPTIMIZATIONS = ("attention", "sliding-window", "kv-cache", "checkpointing", "autocast")
+# Optimizations that change the model's parameters (their shapes, number or trainable flags) and
+# that run on its empty (meta) build: the plan's model has them applied, by their own code,
+# before anything is placed or sharded.
+PLAN_MODEL_OPTIMIZATIONS = ("lora", "freeze-base", "prune-ffn", "prune-heads", "drop-blocks")
 
 FIGURES_NOTE = ("ESTIMATE: every figure comes from the model's parameter shapes and from an "
                 "estimate on fake tensors (CPU kernels, tensor bytes as a CPU run would count "
@@ -234,6 +238,7 @@ class ShardPlan:
     all_ranks: dict[str, int] = field(default_factory=dict)  # summed over ranks
     per_rank_optimizer_state: list[int] = field(default_factory=list)
     model_parameters: int = 0
+    trainable_parameters: int | None = None  # with gradients and optimizer state (None: older)
     model_params_bytes: int = 0  # every parameter, unsharded, in the master dtype
     model_buffers_bytes: int = 0
     padding_bytes: int = 0  # FSDP2's padding over all ranks (sharded parameters × ranks − all)
@@ -311,14 +316,16 @@ def _check_choice(value: str, choices: tuple[str, ...], option: str, why: str) -
 
 
 def _check_optimizations(config: RunConfig) -> None:
-    refused = [o.get("id") for o in config.optimizations if o.get("id") not in PLAN_OPTIMIZATIONS]
+    allowed = PLAN_OPTIMIZATIONS + PLAN_MODEL_OPTIMIZATIONS
+    refused = [o.get("id") for o in config.optimizations if o.get("id") not in allowed]
     if refused:
         raise MemLensError(
             ErrorKind.NOT_APPLICABLE,
             f"A distributed plan cannot apply {', '.join(map(str, refused))}: the placement and "
-            "the shards are computed from the unchanged model's parameters.",
-            f"Plans take the optimizations that leave the parameters unchanged: "
-            f"{', '.join(PLAN_OPTIMIZATIONS)}; for a smaller dtype use --dtype.")
+            "the shards are computed from parameters built without memory, and it needs their "
+            "values (or packs them in formats the placement does not size).",
+            f"Plans take {', '.join(allowed)}; for a smaller dtype use --dtype; measure "
+            "quantization on one device with memlens profile.")
 
 
 # -- shared helpers --------------------------------------------------------------------------------
@@ -394,6 +401,22 @@ def _empty_model(config: RunConfig, dtype: Any) -> Any:
                            "Check the config values (sizes must divide evenly by the head "
                            "counts).") from exc
     model.eval()
+    return model
+
+
+def _planned_model(config: RunConfig, dtype: Any, cancel: threading.Event) -> Any:
+    """``_empty_model`` with the optimizations of ``config`` that change parameters
+    (``PLAN_MODEL_OPTIMIZATIONS``) applied to it by their own code: peft's adapters, frozen
+    flags, sliced or dropped layers, all on the meta device."""
+    model = _empty_model(config, dtype)
+    chosen = [(o, p) for o, p in _resolved_optimizations(config)
+              if o.id in PLAN_MODEL_OPTIMIZATIONS]
+    if chosen:
+        import torch
+
+        from .optimizations import apply_all
+
+        apply_all(model, chosen, torch.device("cpu"), cancel, lambda f, m: None)
     return model
 
 
@@ -655,7 +678,7 @@ def _plan_inference(config: RunConfig, n: int, budget: int, cpu: int, strategy: 
     _progress(listener, 0.6, "building the model without memory (init_empty_weights)")
     t = time.perf_counter()
     dtype = _resolved_dtype(config)
-    model = _empty_model(config, dtype)
+    model = _planned_model(config, dtype, cancel)
     names = _named_weights(model)
     seconds["build"] = round(time.perf_counter() - t, 3)
     ids_bytes = config.batch * est_config.seq * torch.empty((), dtype=torch.long).element_size()
@@ -953,7 +976,7 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
     reduce = master
     _progress(listener, 0.5, "building the model without memory (init_empty_weights)")
     t = time.perf_counter()
-    model = _empty_model(config, master)
+    model = _planned_model(config, master, cancel)
     seconds["build"] = round(time.perf_counter() - t, 3)
 
     found = _blocks(model)
@@ -963,7 +986,7 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
     r_size = torch.empty((), dtype=reduce).element_size()
 
     groups: dict[str, dict[str, int]] = {}
-    sharded = grads = params_bytes = n_params = 0
+    sharded = grads = params_bytes = n_params = n_trainable = 0
     per_rank_shapes: list[list[tuple[tuple[int, ...], Any]]] = [[] for _ in range(n)]
     for name, p in model.named_parameters():
         shape = tuple(p.shape) or (1,)
@@ -972,17 +995,19 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
         size = p.element_size()
         padded = chunk * rest * size
         sharded += padded
-        grads += padded
         params_bytes += p.numel() * size
         n_params += p.numel()
-        for r in range(n):
-            per_rank_shapes[r].append(((rows[r], *shape[1:]), p.dtype))
         group = next((b for b in block_names if name.startswith(b + ".")), "(root)")
         g = groups.setdefault(group, {"params": 0, "unsharded": 0, "sharded": 0, "grad": 0})
         g["params"] += p.numel()
-        g["unsharded"] += chunk * n * rest * c_size
+        g["unsharded"] += chunk * n * rest * c_size  # frozen ones are all-gathered too
         g["sharded"] += padded
-        g["grad"] += chunk * n * rest * r_size
+        if p.requires_grad:  # a frozen parameter has no gradient and no optimizer state
+            n_trainable += p.numel()
+            grads += padded
+            g["grad"] += chunk * n * rest * r_size
+            for r in range(n):
+                per_rank_shapes[r].append(((rows[r], *shape[1:]), p.dtype))
     # Every rank stores a full chunk of every parameter: the padding over all ranks is the
     # storage of all ranks minus the parameters.
     padding = sharded * n - params_bytes
@@ -1015,7 +1040,8 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
         reduce_dtype=_dtype_name(reduce), attention_impl=config.attention_impl,
         per_rank_budget_bytes=budget, prefetch=prefetch,
         reshard_after_forward=reshard_after_forward, method=method, optimizer=opt_name,
-        model_parameters=n_params, model_params_bytes=params_bytes, model_buffers_bytes=buffers,
+        model_parameters=n_params, trainable_parameters=n_trainable,
+        model_params_bytes=params_bytes, model_buffers_bytes=buffers,
         padding_bytes=padding, largest_block=largest,
         estimate_run_id=result.run_id if result else None,
         estimate_peak_bytes=result.totals.peak_bytes if result else None,
@@ -1075,7 +1101,11 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
 def _training_assumptions(plan: ShardPlan, in_flight: int, blocks: int) -> list[str]:
     mp = (f"MixedPrecisionPolicy(param_dtype={plan.dtype}, reduce_dtype={plan.reduce_dtype})"
           if plan.master_dtype != plan.dtype else "no mixed-precision policy")
-    return [
+    frozen = ([f"Frozen parameters ({plan.model_parameters - plan.trainable_parameters:,} of "
+               f"{plan.model_parameters:,}) are sharded and all-gathered like the others but "
+               "have no gradient, no reduction and no optimizer state."]
+              if plan.trainable_parameters not in (None, plan.model_parameters) else [])
+    return frozen + [
         f"fully_shard on each of the {blocks} blocks, then on the root (its other parameters: "
         "embeddings, final norm, head); one mesh of "
         f"{plan.ranks} ranks; {mp}: sharded parameters, gradients and optimizer state in "
@@ -1113,7 +1143,7 @@ def activation_pass(config: RunConfig, listener: Listener = lambda e: None,
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from . import workloads as wl
-    from .estimate import _as_in_a_real_run, _EstimateRun, _fake_tensor_error
+    from .estimate import _as_in_a_real_run, _EstimateRun, _fake_tensor_error, apply_on_fake
     from .instrument import MemoryProbe
     from .layers import select_layers
     from .models import preimport_architecture
@@ -1132,10 +1162,7 @@ def activation_pass(config: RunConfig, listener: Listener = lambda e: None,
         model = run._build(device).model
         chosen = _resolved_optimizations(config)
         if chosen:
-            from .optimizations import apply_all
-
-            with run.fake_mode, _as_in_a_real_run():
-                apply_all(model, chosen, device, cancel, lambda f, m: None)
+            apply_on_fake(model, chosen, run.fake_mode, device, cancel)
         tracked = select_layers(model)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -1251,10 +1278,9 @@ def track_fsdp2(config: RunConfig, ranks: int, master_dtype: str | None = None,
             model.tie_weights()  # as engine.estimate builds it: tied weights are one tensor
         chosen = _resolved_optimizations(config)
         if chosen:
-            from .optimizations import apply_all
+            from .estimate import apply_on_fake
 
-            with fake:
-                apply_all(model, chosen, torch.device("cpu"), cancel, lambda f, m: None)
+            apply_on_fake(model, chosen, fake, torch.device("cpu"), cancel)
         mp = MixedPrecisionPolicy(param_dtype=compute if master != compute else None,
                                   reduce_dtype=master if master != compute else None)
         found = _blocks(model)
@@ -1383,7 +1409,9 @@ def _format_training(plan: ShardPlan) -> str:
                  f"{plan.batch * plan.ranks}) · compute {plan.dtype} · master {plan.master_dtype}"
                  f" · {plan.optimizer} · attention {plan.attention_impl} · "
                  f"{plan.model_parameters:,} parameters "
-                 f"({human_bytes(plan.model_params_bytes)} in {plan.master_dtype})")
+                 f"({human_bytes(plan.model_params_bytes)} in {plan.master_dtype})"
+                 + (f", {plan.trainable_parameters:,} trainable"
+                    if plan.trainable_parameters not in (None, plan.model_parameters) else ""))
     lines.append("")
     tracked = plan.tracker is not None
     cols = ["part", "per rank (rank 0)", f"× {plan.ranks} ranks"] + (

@@ -280,6 +280,36 @@ def test_fsdp2_shards_cover_the_model_within_the_padding(train_estimate) -> None
     assert mixed.parts["unsharded_params"] * 2 == three.parts["unsharded_params"]
 
 
+def test_a_lora_plan_gives_gradients_and_optimizer_state_to_the_adapters_only() -> None:
+    """LoRA on one rank is the single-device estimate with LoRA (itself equal to a measured
+    run, test_estimate.py): the adapters' gradients and AdamW state, the whole model's shards."""
+    lora = [{"id": "lora", "params": {}}]
+    one, _ = _training(_train(optimizations=lora), 1)
+    est = _estimate(_train(optimizations=lora, warmup=1))
+    assert one.parts["sharded_gradients"] == est.training["gradient_bytes"] > 0
+    assert one.parts["optimizer_state"] == est.training["optimizer_state_bytes"]
+    assert one.parts["sharded_params"] == est.totals.model_weights_bytes - one.model_buffers_bytes
+    assert 0 < one.trainable_parameters < one.model_parameters
+    full, _ = _training(_train(), 3)
+    three, _ = _training(_train(optimizations=lora), 3)
+    assert three.parts["sharded_gradients"] * 10 < full.parts["sharded_gradients"]
+    assert three.parts["unsharded_params"] >= full.parts["unsharded_params"]  # base + adapters
+    assert "Frozen parameters" in " ".join(three.assumptions)
+    assert "trainable" in format_plan(three)
+
+
+def test_inference_plans_place_the_pruned_model() -> None:
+    """Structural pruning runs on the plan's empty model: fewer blocks, fewer weights placed,
+    and the same weights as the estimate of the pruned model."""
+    plain, _ = _inference(_gen(), 2, 400 * KiB)
+    drop = [{"id": "drop-blocks", "params": {"count": 1}}]
+    pruned, _ = _inference(_gen(optimizations=drop), 2, 400 * KiB)
+    est = _estimate(_gen(optimizations=drop))
+    assert pruned.model_weights_bytes == est.totals.model_weights_bytes
+    assert pruned.model_weights_bytes < plain.model_weights_bytes
+    assert sum(r.weights_bytes for r in pruned.rows) == pruned.model_weights_bytes
+
+
 def test_checkpointed_activations_do_not_grow_with_depth(tmp_path) -> None:
     """With activation checkpointing each recomputed block leaves reference cycles; the pass
     collects them, so what the backward adds over the forward is one block's recomputation,
@@ -307,8 +337,13 @@ def test_fsdp2_budget_names_the_binding_part() -> None:
     assert ok.fits is True and not ok.does_not_fit
 
 
-@pytest.mark.parametrize(("model", "seq"), [(TINY, 256), ("preset:tiny-gpt2", 32)])
-def test_fsdp2_plan_agrees_with_fsdpmemtracker(model: str, seq: int) -> None:
+@pytest.mark.parametrize(("model", "seq", "opts"), [
+    (TINY, 256, ()), ("preset:tiny-gpt2", 32, ()),
+    # "will it fine-tune with LoRA and checkpointing?": peft's adapters on the plan's model,
+    # only they have gradients and optimizer state
+    (TINY, 256, ("lora", "checkpointing")),
+])
+def test_fsdp2_plan_agrees_with_fsdpmemtracker(model: str, seq: int, opts) -> None:
     """PyTorch's FSDPMemTracker runs real FSDP2 code (fully_shard per block and on the root) on
     rank 0 of a fake 3-rank process group under FakeTensorMode. Its state categories must equal
     the shapes' figures (with FSDP2's padding: 64 rows over 3 ranks), and the plan's total, each
@@ -322,7 +357,10 @@ def test_fsdp2_plan_agrees_with_fsdpmemtracker(model: str, seq: int) -> None:
     the tracker's."""
     import torch.distributed as dist
 
-    plan, _ = _training(_train(model=model, seq=seq), 3, method="tracker")
+    from engine.optimizations import parse_spec
+
+    config = _train(model=model, seq=seq, optimizations=[parse_spec(o) for o in opts])
+    plan, _ = _training(config, 3, method="tracker")
     assert not dist.is_initialized(), "the fake process group is destroyed"
     tracked = plan.tracker["parts"]
     for part in ("sharded_params", "buffers", "optimizer_state"):
