@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="train: FSDP2 on N local processes launched with torchrun (gloo on CPU, "
                         "nccl on CUDA); every rank measured, one record of all ranks beside the "
                         "plan's per-rank bound")
+    p.add_argument("--master-dtype", type=_dtype, default=None,
+                   help="with --distributed: FSDP2 mixed precision, the model loaded (sharded "
+                        "parameters, gradients, optimizer state) in this dtype and all-gathered "
+                        "in --dtype (as memlens plan --master-dtype)")
     p.add_argument("--json", action="store_true", help="print the run JSON instead of the table")
 
     e = sub.add_parser(
@@ -413,6 +417,10 @@ def _profile(args: argparse.Namespace, store) -> int:
 
     if args.distributed is not None:
         return _profile_distributed(args, store)
+    if args.master_dtype is not None:
+        _error("--master-dtype is FSDP2's mixed precision across processes.",
+               "Add --distributed N, or use --opt autocast for mixed precision on one device.")
+        return EXIT_USAGE
     config = RunConfig(
         model=args.model, workload=args.workload, batch=args.batch, seq=args.seq,
         new_tokens=args.new_tokens, prompt=args.prompt, device=args.device, dtype=args.dtype,
@@ -504,18 +512,23 @@ def _profile_distributed(args: argparse.Namespace, store) -> int:
         _error(f"--distributed needs at least 1 process (got {args.distributed}).",
                "Use --distributed 2 (or the number of GPUs).")
         return EXIT_USAGE
-    unsupported = [flag for flag, on in (("--opt", args.opt), ("--attention-maps",
-                                                                args.attention_maps),
+    unsupported = [flag for flag, on in (("--attention-maps", args.attention_maps),
                                          ("--memory-snapshot", args.memory_snapshot)) if on]
     if unsupported:
         _error(f"{', '.join(unsupported)} cannot be combined with --distributed yet.",
-               "Leave them out; `memlens plan --workload train --ranks N` models optimizations.")
+               "Leave them out, or measure them on one device without --distributed.")
         return EXIT_USAGE
+    from .distributed import _check_optimizations
+    from .optimizations import parse_spec
+
     config = RunConfig(model=args.model, workload="train", batch=args.batch, seq=args.seq,
                        device=args.device, dtype=args.dtype, seed=args.seed,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code,
+                       optimizations=[parse_spec(spec) for spec in args.opt])
+    _check_optimizations(config)  # refused here, before any process starts
     out = args.out if args.out is not None else Path(store.root).parent / "distributed"
-    run, path, _ = launch(config, args.distributed, out=out)
+    master = None if args.master_dtype in (None, "auto") else args.master_dtype
+    run, path, _ = launch(config, args.distributed, out=out, master_dtype=master)
     if args.json:
         json.dump(run.to_dict(), sys.stdout, indent=1)
         print()

@@ -321,7 +321,8 @@ def _check_optimizations(config: RunConfig) -> None:
     if refused:
         raise MemLensError(
             ErrorKind.NOT_APPLICABLE,
-            f"A distributed plan cannot apply {', '.join(map(str, refused))}: the placement and "
+            f"A distributed plan or run cannot apply {', '.join(map(str, refused))}: the "
+            "placement and "
             "the shards are computed from parameters built without memory, and it needs their "
             "values (or packs them in formats the placement does not size).",
             f"Plans take {', '.join(allowed)}; for a smaller dtype use --dtype; measure "

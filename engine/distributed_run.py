@@ -8,9 +8,12 @@ Launched by PyTorch's own launcher, not a home-made one::
 
 Each rank (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from torchrun) joins the default process group
 (``gloo`` on CPU, ``nccl`` on CUDA with device ``cuda:LOCAL_RANK``), builds the model as a measured
-run does (``engine.models.load_model``, same seed on every rank), applies
-``torch.distributed.fsdp.fully_shard`` to every decoder block and then to the root (the recipe of
-``engine.distributed.plan_training``, no mixed-precision policy, FSDP2's defaults otherwise), runs
+run does (``engine.models.load_model``, same seed on every rank), applies the run's optimizations
+(those a plan takes: LoRA, a frozen base, pruning, checkpointing, autocast...; LoRA's adapters are
+then sharded with the rest), applies ``torch.distributed.fsdp.fully_shard`` to every decoder block
+and then to the root (the recipe of ``engine.distributed.plan_training``: with ``--master-dtype``
+the model is loaded in that dtype and a ``MixedPrecisionPolicy`` all-gathers in the run's dtype
+and reduces gradients in the master dtype; FSDP2's defaults otherwise), runs
 one unmeasured step (it creates the optimizer state and FSDP2's all-gather buffers, as every step
 after the first finds them) and then one step of MemLens' training workload
 (``engine.workloads.train_step``) inside ``engine.instrument.MemoryProbe``.
@@ -90,6 +93,7 @@ class RankRow:
     unattributed_bytes: int = 0  # the rest (attributed + unattributed == peak)
     phase_peaks: dict[str, int] = field(default_factory=dict)
     model_parameters: int = 0  # elements, before sharding (shared parameters once)
+    trainable_parameters: int = 0  # elements with requires_grad (after the optimizations)
     model_params_bytes: int = 0  # the model's parameters before sharding (shared ones once)
     sharded_params_bytes: int = 0  # this rank's local shards' storages (padded), params only
     buffers_bytes: int = 0
@@ -102,6 +106,7 @@ class RankRow:
     over_plan_parts: dict[str, int] = field(default_factory=dict)  # measured part - plan's, > 0
     loss: float | None = None
     step_ms: float = 0.0
+    applied: list[dict[str, Any]] = field(default_factory=list)  # the optimizations' records
 
 
 @dataclass
@@ -114,6 +119,8 @@ class DistributedRun:
     world_size: int
     backend: str
     recipe: str
+    master_dtype: str | None = None  # FSDP2 mixed precision: sharded parameters' dtype (None: off)
+    optimizations: list[dict[str, Any]] = field(default_factory=list)  # as applied on rank 0
     model_parameters: int = 0  # before sharding, shared parameters once (measured model)
     model_params_bytes: int = 0  # every parameter, unsharded (measured model)
     plan_model_params_bytes: int | None = None  # the same as plan_training counted it
@@ -156,9 +163,11 @@ def as_plan_parts(parts: dict[str, int]) -> dict[str, int]:
     return out
 
 
-RECIPE = ("torch.distributed.fsdp.fully_shard on every decoder block, then on the root; one "
-          "mesh of all ranks; no mixed-precision policy; FSDP2 defaults (reshard after forward, "
-          "one block prefetched); AdamW (MemLens' training workload)")
+RECIPE = ("the optimizations applied first (LoRA's adapters are sharded with the rest); "
+          "torch.distributed.fsdp.fully_shard on every decoder block, then on the root; one "
+          "mesh of all ranks; a mixed-precision policy only with a master dtype (loaded in it, "
+          "all-gathered in the run's dtype, gradients reduced in it); FSDP2 defaults (reshard "
+          "after forward, one block prefetched); AdamW (MemLens' training workload)")
 
 
 # -- accounting of storages FSDP2 resizes ----------------------------------------------------------
@@ -302,36 +311,58 @@ def _fsdp_categories(probe: Any, groups: list[tuple[str, Any]]) -> Iterator[None
 
 
 # -- one rank --------------------------------------------------------------------------------------
-def _shard(model: Any, mesh: Any) -> list[tuple[str, Any]]:
+def _shard(model: Any, mesh: Any, mp_policy: Any = None) -> list[tuple[str, Any]]:
     """fully_shard on every block, then the root; returns (name, FSDP module) pairs."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from .layers import _blocks
 
+    mp_policy = mp_policy or MixedPrecisionPolicy()
     found = _blocks(model)
     groups: list[tuple[str, Any]] = []
     if found:
         prefix, blocks = found
         for name, block in blocks.named_children():
-            fully_shard(block, mesh=mesh)
+            fully_shard(block, mesh=mesh, mp_policy=mp_policy)
             groups.append((f"{prefix}.{name}", block))
-    fully_shard(model, mesh=mesh)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
     groups.append(("(root)", model))
     return groups
 
 
-def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None) -> RankRow:
+def _optimize(model: Any, config: RunConfig, device: Any) -> tuple[list[dict[str, Any]], Any]:
+    """The optimizations of ``config`` applied before sharding (LoRA's adapters are sharded
+    with the rest), by the registry's own code; the ones a plan takes (its comparison must
+    hold), others refused with the reason. Returns (what was applied, the run hooks)."""
+    import threading
+
+    from .distributed import _check_optimizations
+    from .optimizations import RunHooks, apply_all, resolve
+
+    if not config.optimizations:
+        return [], RunHooks()
+    _check_optimizations(config)
+    chosen = resolve(config.optimizations, "train", str(device))
+    applied, hooks = apply_all(model, chosen, device, threading.Event(), lambda f, m: None)
+    return [a.to_dict() for a in applied], hooks
+
+
+def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None,
+             master_dtype: str | None = None) -> RankRow:
     """One rank's measured FSDP2 training step; the default process group must exist.
 
-    ``device`` None is ``config.device`` (``cuda`` becomes ``cuda:LOCAL_RANK``)."""
+    ``device`` None is ``config.device`` (``cuda`` becomes ``cuda:LOCAL_RANK``). ``master_dtype``
+    (as ``plan_training``'s): the model is loaded in it and FSDP2's ``MixedPrecisionPolicy``
+    all-gathers in ``config.dtype`` and reduces gradients in it."""
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
     from . import workloads as wl
     from .instrument import MemoryProbe
     from .layers import select_layers, unique_nbytes
-    from .models import load_model
+    from .models import DTYPES, load_model
 
     if not dist.is_initialized():
         raise RuntimeError("run_rank needs torch.distributed's default process group")
@@ -347,16 +378,23 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None) 
                               attention_maps=False)
     cfg.validate()
     torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg)
+    loaded = load_model(dataclasses.replace(cfg, dtype=master_dtype) if master_dtype else cfg)
     model = loaded.model
+    applied, hooks = _optimize(model, cfg, device)
     n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    mp = MixedPrecisionPolicy()
+    compute = DTYPES.get(cfg.dtype)
+    if master_dtype and compute is not None and compute != DTYPES[master_dtype]:
+        mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=DTYPES[master_dtype])
     mesh = init_device_mesh(device.type, (world_size,))
-    groups = _shard(model, mesh)
+    groups = _shard(model, mesh, mp)
     tracked = select_layers(model)
     optimizer = wl.make_optimizer(model, cfg.lr)
     inputs = wl.make_inputs(model, loaded.tokenizer, cfg.batch, cfg.seq, None, device, cfg.seed)
-    wl.train_step(model, inputs, optimizer, device)  # optimizer state, all-gather buffers
+    # optimizer state, all-gather buffers
+    wl.train_step(model, inputs, optimizer, device, context=hooks.context)
 
     params = [p for p in model.parameters()]
     buffers = [b for b in model.buffers()]
@@ -372,7 +410,7 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None) 
             probe.acc.reclassify(b, probe.param_owner.get(id(b)), "buffers")
         probe.track_input(inputs.input_ids)
         probe.acc.reset_peak()
-        step = wl.train_step(model, inputs, optimizer, device, probe)
+        step = wl.train_step(model, inputs, optimizer, device, probe, context=hooks.context)
     step_ms = (time.perf_counter() - t0) * 1e3
     cuda_peak = None
     if cuda:
@@ -396,21 +434,24 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None) 
         parts=dict(sorted(parts.items())), as_plan_parts=as_plan_parts(parts),
         by_owner=per_owner, attributed_bytes=attributed,
         unattributed_bytes=sum(unowned.values()), phase_peaks=dict(probe.acc.phase_peaks),
-        model_parameters=n_params, model_params_bytes=params_bytes, sharded_params_bytes=unique_nbytes(params), buffers_bytes=unique_nbytes(buffers),
-        optimizer_state_bytes=unique_nbytes(state), gradients_bytes=unique_nbytes(grads),
-        cuda_max_allocated_bytes=cuda_peak, loss=step.loss, step_ms=round(step_ms, 3))
+        model_parameters=n_params, trainable_parameters=n_trainable,
+        model_params_bytes=params_bytes, sharded_params_bytes=unique_nbytes(params),
+        buffers_bytes=unique_nbytes(buffers), optimizer_state_bytes=unique_nbytes(state),
+        gradients_bytes=unique_nbytes(grads), cuda_max_allocated_bytes=cuda_peak, loss=step.loss,
+        step_ms=round(step_ms, 3), applied=applied)
 
 
-def _plan_rows(config: RunConfig, world_size: int) -> Any:
+def _plan_rows(config: RunConfig, world_size: int, master_dtype: str | None = None) -> Any:
     """plan_training for the same config, on CPU (fake tensors); None if it fails."""
     from .distributed import plan_training
 
-    return plan_training(dataclasses.replace(config, device="cpu", workload="train"), world_size)
+    return plan_training(dataclasses.replace(config, device="cpu", workload="train"), world_size,
+                         master_dtype=master_dtype)
 
 
 def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
-               t_start: float | None = None, run_id: str | None = None
-               ) -> DistributedRun | None:
+               t_start: float | None = None, run_id: str | None = None,
+               master_dtype: str | None = None) -> DistributedRun | None:
     """Gather every rank's row on rank 0 (``dist.gather_object``); rank 0 returns the record."""
     import torch.distributed as dist
 
@@ -424,8 +465,9 @@ def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
     run = DistributedRun(
         run_id=run_id or new_run_id(world, created),
         created=created.isoformat(timespec="seconds"), config=config.to_dict(),
-        world_size=world, backend=dist.get_backend(), recipe=RECIPE,
+        world_size=world, backend=dist.get_backend(), recipe=RECIPE, master_dtype=master_dtype,
         ranks=sorted(rows, key=lambda r: r.rank))
+    run.optimizations = run.ranks[0].applied
     run.model_params_bytes = run.ranks[0].model_params_bytes
     run.model_parameters = run.ranks[0].model_parameters
     if plan is not None:
@@ -488,7 +530,8 @@ def write_run(run: DistributedRun, out: Path | str | None) -> Path:
 
 
 def run_distributed(config: RunConfig, out: Path | str | None = None, plan: bool = True,
-                    run_id: str | None = None) -> tuple[DistributedRun | None, Path | None]:
+                    run_id: str | None = None, master_dtype: str | None = None,
+                    ) -> tuple[DistributedRun | None, Path | None]:
     """This process's part of a distributed run (torch.distributed already initialised):
     measure this rank, gather on rank 0, which writes the record; returns (record, path) on rank
     0 and (None, None) elsewhere."""
@@ -496,9 +539,9 @@ def run_distributed(config: RunConfig, out: Path | str | None = None, plan: bool
 
     t0 = time.perf_counter()
     rank, world = dist.get_rank(), dist.get_world_size()
-    row = run_rank(config, rank, world)
-    shard_plan = _plan_rows(config, world) if plan and rank == 0 else None
-    run = gather_run(config, row, shard_plan, t0, run_id)
+    row = run_rank(config, rank, world, master_dtype=master_dtype)
+    shard_plan = _plan_rows(config, world, master_dtype) if plan and rank == 0 else None
+    run = gather_run(config, row, shard_plan, t0, run_id, master_dtype)
     path = write_run(run, out) if run is not None else None
     return run, path
 
@@ -523,7 +566,8 @@ def format_run(run: DistributedRun) -> str:
 
 def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
            plan: bool = True, env: dict[str, str] | None = None, timeout: float | None = None,
-           master_port: int | None = None) -> tuple[DistributedRun, Path, str]:
+           master_port: int | None = None, master_dtype: str | None = None,
+           ) -> tuple[DistributedRun, Path, str]:
     """Run ``config``'s FSDP2 step on ``nproc`` local ranks with PyTorch's launcher (``python -m
     torch.distributed.run``, i.e. torchrun) and read the record back: (record, path, output).
 
@@ -533,6 +577,7 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
     import subprocess
 
     from .errors import ErrorKind, MemLensError
+    from .optimizations import format_spec
     from .store import default_root
 
     if not isinstance(nproc, int) or nproc < 1:
@@ -553,6 +598,10 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
            "--model", config.model, "--batch", str(config.batch), "--seq", str(config.seq),
            "--dtype", config.dtype, "--device", device, "--lr", repr(config.lr),
            "--seed", str(config.seed), "--out", str(target), "--run-id", run_id]
+    for selected in config.optimizations:
+        cmd += ["--opt", format_spec(selected)]
+    if master_dtype:
+        cmd += ["--master-dtype", master_dtype]
     if not plan:
         cmd.append("--no-plan")
     full_env = dict(os.environ if env is None else env)
@@ -589,18 +638,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder or .json file (default: the run store's "
                                                 "distributed/ folder)")
+    p.add_argument("--opt", action="append", default=[], metavar="ID[:key=value,...]",
+                   help="an optimization applied before sharding (repeatable; those a plan "
+                        "takes)")
+    p.add_argument("--master-dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="FSDP2 mixed precision: load in this dtype, all-gather in --dtype")
     p.add_argument("--no-plan", action="store_true", help="skip the plan_training comparison")
     p.add_argument("--run-id", default=None, help="the record's id (default: from the time)")
     args = p.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .optimizations import parse_spec
+
     config = RunConfig(model=args.model, workload="train", batch=args.batch, seq=args.seq,
-                       dtype=args.dtype, device=device, lr=args.lr, seed=args.seed)
+                       dtype=args.dtype, device=device, lr=args.lr, seed=args.seed,
+                       optimizations=[parse_spec(s) for s in args.opt])
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend)
     try:
-        run, path = run_distributed(config, args.out, plan=not args.no_plan, run_id=args.run_id)
+        run, path = run_distributed(config, args.out, plan=not args.no_plan, run_id=args.run_id,
+                                    master_dtype=args.master_dtype)
         if run is not None:
             print(format_run(run))
             print(f"saved {path}")

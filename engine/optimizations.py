@@ -1022,6 +1022,13 @@ def parse_spec(spec: str) -> dict[str, Any]:
     return {"id": ident.strip(), "params": params}
 
 
+def format_spec(selected: dict[str, Any]) -> str:
+    """``{"id": ID, "params": {...}}`` -> ``ID[:key=value,...]`` (what :func:`parse_spec` reads)."""
+    params = selected.get("params") or {}
+    return selected["id"] + (":" + ",".join(f"{k}={v}" for k, v in params.items())
+                             if params else "")
+
+
 def resolve(selected: list[dict[str, Any]], workload: str, device: str
             ) -> list[tuple[Optimization, dict[str, Any]]]:
     """Validate a run's optimizations before anything loads: ids, parameters, conflicts and

@@ -95,6 +95,33 @@ def test_two_gloo_ranks_measured_and_within_the_plan(tmp_path: Path) -> None:
     assert "rank 1: peak" in stdout and str(out) in stdout
 
 
+@pytest.mark.slow
+def test_lora_checkpointing_and_mixed_precision_across_ranks(tmp_path: Path) -> None:
+    """LoRA's adapters injected before sharding, checkpointed blocks and FSDP2 mixed precision
+    (fp32 shards, bf16 all-gathers): each rank's shards, gradients and optimizer state are the
+    plan's for the same config, byte for byte, and its peak is within the plan's bound."""
+    out = tmp_path / "run.json"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MEMLENS_HOME=str(tmp_path / "home"),
+               PYTHONWARNINGS="ignore")
+    config = RunConfig(model="preset:tiny-llama", workload="train", batch=1, seq=32,
+                       dtype="bfloat16", optimizations=[{"id": "lora", "params": {}},
+                                                        {"id": "checkpointing", "params": {}}])
+    run, _, _ = launch(config, 2, out, env=env, timeout=180, master_port=_free_port(),
+                       master_dtype="float32")
+    assert run.master_dtype == "float32" and "mixed-precision" in run.recipe
+    assert [o["id"] for o in run.optimizations] == ["lora", "checkpointing"]
+    for r in run.ranks:
+        assert 0 < r.trainable_parameters < r.model_parameters / 10  # the adapters only
+        assert r.sharded_params_bytes == r.plan_parts["sharded_params"]
+        assert r.optimizer_state_bytes == r.plan_parts["optimizer_state"]
+        assert r.gradients_bytes == r.plan_parts["sharded_gradients"]
+        # fp32 master shards: 4 bytes per parameter of the rank's half
+        assert r.sharded_params_bytes == pytest.approx(r.model_parameters * 4 / 2, rel=0.05)
+        assert sum(r.as_plan_parts.values()) == r.peak_bytes <= r.plan_bound_bytes
+        assert math.isfinite(r.loss)
+    assert run.within_plan is True
+
+
 def test_launch_refuses_no_ranks() -> None:
     with pytest.raises(MemLensError) as info:
         launch(RunConfig(model="preset:tiny-llama", workload="train"), 0)
@@ -106,6 +133,9 @@ def test_profile_distributed_refuses_what_it_cannot_measure(capsys):
 
     assert cli.main(["profile", "--workload", "forward", "--distributed", "2"]) == cli.EXIT_USAGE
     assert "--workload train" in capsys.readouterr().err
+    # refused before any process starts, naming the fix
     assert cli.main(["profile", "--workload", "train", "--distributed", "2", "--opt",
-                     "checkpointing"]) == cli.EXIT_USAGE
-    assert "memlens plan --workload train" in capsys.readouterr().err
+                     "cast"]) == cli.EXIT_FAILED
+    assert "cannot apply cast" in capsys.readouterr().err
+    assert cli.main(["profile", "--workload", "train", "--master-dtype", "fp32"]) == cli.EXIT_USAGE
+    assert "--distributed N" in capsys.readouterr().err
