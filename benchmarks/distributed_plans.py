@@ -28,10 +28,12 @@ INFERENCE = [
     ("preset:llama-3-70b", 4096, 32, 1, 2, "48GiB", "200GiB"),
 ]
 TRAINING = [
-    # model, seq, micro-batch, ranks, per rank, method ("+ckpt": activation checkpointing)
+    # model, seq, micro-batch, ranks, per rank, method ("+ckpt": activation checkpointing,
+    # "+lora": LoRA adapters, the base frozen)
     ("preset:llama-3-8b", 4096, 1, 8, "80GiB", "shapes"),
     ("preset:llama-3-70b", 4096, 1, 8, "80GiB", "shapes"),
     ("preset:llama-3-70b", 4096, 1, 8, "80GiB", "shapes+ckpt"),
+    ("preset:llama-3-70b", 4096, 1, 8, "80GiB", "shapes+ckpt+lora"),
     ("preset:llama-3-8b", 2048, 1, 8, "80GiB", "tracker"),
     ("preset:llama-3-70b", 2048, 1, 8, "80GiB", "tracker"),
 ]
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     for model, seq, batch, n, per, method in TRAINING:
         if method == "tracker" and args.no_tracker:
             continue
-        opts = [{"id": "checkpointing", "params": {}}] if method.endswith("+ckpt") else []
+        extra = method.split("+")[1:]
+        opts = [{"id": {"ckpt": "checkpointing"}.get(x, x), "params": {}} for x in extra]
         cfg = RunConfig(model=model, workload="train", seq=seq, batch=batch, dtype="bfloat16",
                         optimizations=opts)
         t = time.perf_counter()

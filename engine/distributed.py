@@ -36,8 +36,9 @@ storage padded to that chunk), buffers (replicated), optimizer state (``torch.op
 optimizer of MemLens' training workload, stepped on fake tensors of the rank's local shard
 shapes: nothing assumed about its states), the unsharded parameters FSDP2 all-gathers (the root
 group, which FSDP2 does not reshard after forward, plus the block running and ``prefetch`` blocks
-gathered ahead, padded), one group's unsharded gradients being reduce-scattered, and the
-activations of the per-rank micro-batch: one training step on fake tensors built as
+gathered ahead, padded, plus the flat all-gather buffer of the group being gathered), the
+gradients being reduce-scattered (two groups' worth with the sharded output, beside the root's
+unsharded gradients, which wait for the end of the backward), and the activations of the per-rank micro-batch: one training step on fake tensors built as
 ``engine.estimate`` builds them and counted by the measured runs' tensor accounting, in which
 each gradient is handed over as soon as it is accumulated, as FSDP2 does (so activations are
 not mixed up with gradients a single device would accumulate). Each part is taken at its own
@@ -193,7 +194,7 @@ TRAIN_PARTS = (
     ("sharded_gradients", "sharded gradients (padded)"),
     ("optimizer_state", "optimizer state"),
     ("unsharded_params", "unsharded parameters (all-gather)"),
-    ("gradient_reduction", "gradient reduction (one group, unsharded)"),
+    ("gradient_reduction", "gradient reduction (one group)"),
     ("activations", "activations (micro-batch)"),
 )
 # FSDPMemTracker's categories (its _FSDPRefType values) -> the part they belong to.
@@ -1029,8 +1030,29 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
     biggest_block = block_groups[largest]["unsharded"] if largest else 0
     in_flight = len(block_groups) if not reshard_after_forward else min(
         len(block_groups), 1 + prefetch)
-    unsharded = root["unsharded"] + in_flight * biggest_block
-    reduction = max((g["grad"] for g in groups.values()), default=0)
+    # FSDP2 all-gathers a group into one flat buffer and copies it out into the parameters' own
+    # storages: until the flat buffer is released both exist (measured on gloo: a prefetched
+    # block held twice). With a mixed-precision policy each shard is first cast to the compute
+    # dtype: those casts (1/ranks of the group) coexist with the flat buffer while it is filled.
+    # The root is gathered first, alone; then the blocks, one more (its flat buffer) than those
+    # in use.
+    def gathering(group: int) -> int:
+        return group + (group // n if compute != master else 0)
+
+    unsharded = max(root["unsharded"] + gathering(root["unsharded"]),
+                    root["unsharded"] + in_flight * biggest_block + gathering(biggest_block))
+    # Reduce-scatter of a group: two groups' worth (measured on gloo: its unsharded gradients
+    # beside the flat input they are copied into; in FSDP2's code the gradients are freed after
+    # the copy-in, but the previous group's input is kept until its reduction is waited on) and
+    # the sharded output (1/ranks). The root's gradients (the head's and the final norm's
+    # backward runs first) stay unsharded until the root's own reduce-scatter at the end of the
+    # backward, beside every block's (all of the root's are counted: an upper bound by the
+    # embedding's).
+    def reducing(grads: int) -> int:
+        return 2 * grads + grads // n
+
+    reduction = max(root["grad"] + max((reducing(g["grad"]) for g in block_groups.values()),
+                                       default=0), reducing(root["grad"]))
 
     act_forward, act_backward = acts["forward"], acts["backward"]
     activations = max(act_forward, act_backward)
@@ -1119,9 +1141,18 @@ def _training_assumptions(plan: ShardPlan, in_flight: int, blocks: int) -> list[
         + (f"{in_flight} block(s) at once: the one running and {plan.prefetch} prefetched"
            if plan.reshard_after_forward else
            f"all {in_flight} blocks (reshard_after_forward=False keeps them after forward)")
-        + f" (largest block {plan.largest_block}), padded chunks × ranks.",
-        "Gradient reduction: the unsharded gradients of the largest group while it is "
-        "reduce-scattered.",
+        + f" (largest block {plan.largest_block}), plus the flat all-gather buffer of the "
+        "group being gathered (it coexists with the parameters copied out of it until it is "
+        "released)"
+        + (" and the rank's shards of it cast to the compute dtype (the mixed-precision "
+           "policy's all-gather input)" if plan.master_dtype != plan.dtype else "")
+        + "; the root alone when it is gathered first; padded chunks × ranks.",
+        "Gradient reduction: two groups' worth of unsharded gradients and reduce-scatter input "
+        "(a block's gradients beside the flat input they are copied into, as measured on gloo; "
+        "or, in FSDP2's code, that input beside the previous group's, kept until its reduction "
+        "is waited on) and the sharded output, beside the root's unsharded gradients, kept "
+        "until the root's reduce-scatter ends the backward (the larger of that and the root's "
+        "own reduction).",
         "Each part at its own maximum; they do not all peak at once, so the total bounds the "
         "rank's peak from above (method 'tracker' finds the moment of the peak).",
     ]

@@ -87,7 +87,9 @@ def test_two_gloo_ranks_measured_and_within_the_plan(tmp_path: Path) -> None:
         assert r.peak_bytes == max(r.phase_peaks.values())
         assert r.cuda_max_allocated_bytes is None
         assert math.isfinite(r.loss)
-        # The plan is an upper bound of every rank's measured peak.
+        # The plan is an upper bound of every rank's measured peak, and each of its parts of
+        # the part measured at the peak.
+        assert not r.over_plan_parts, (r.rank, r.over_plan_parts)
         assert r.plan_bound_bytes is not None and r.peak_bytes <= r.plan_bound_bytes, (
             r.rank, r.peak_bytes, r.plan_bound_bytes, r.parts, r.plan_parts)
     assert run.within_plan is True
@@ -118,6 +120,7 @@ def test_lora_checkpointing_and_mixed_precision_across_ranks(tmp_path: Path) -> 
         # fp32 master shards: 4 bytes per parameter of the rank's half
         assert r.sharded_params_bytes == pytest.approx(r.model_parameters * 4 / 2, rel=0.05)
         assert sum(r.as_plan_parts.values()) == r.peak_bytes <= r.plan_bound_bytes
+        assert not r.over_plan_parts, (r.rank, r.over_plan_parts)
         assert math.isfinite(r.loss)
     assert run.within_plan is True
 
