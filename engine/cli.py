@@ -123,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list saved runs")
     r.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("show", help="print a saved run's table (RUN_ID or path to a run JSON)")
+    s = sub.add_parser("show", help="print a saved run's table (RUN_ID or path to a run JSON); "
+                                    "also prints a sweep, fit, plan or distributed run file")
     s.add_argument("run")
 
     o = sub.add_parser("optimizations", help="list the optimizations and what applies here")
@@ -214,8 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "runs":
             return _runs(store, args.json)
         if args.command == "show":
-            result = store.load(args.run)
-            print_report(result, sys.stdout)
+            from .records import print_record, read
+
+            if Path(args.run).suffix == ".json":  # a run, or a sweep, fit, plan, FSDP2 run
+                kind, record = read(args.run)
+                if kind is not None:
+                    print_record(kind, record, sys.stdout)
+                    return EXIT_OK
+            else:
+                record = store.load(args.run)
+            print_report(record, sys.stdout)
             return EXIT_OK
         if args.command == "optimizations":
             return _optimizations(args)

@@ -268,6 +268,24 @@ class ShardPlan:
         return _jsonable(dataclasses.asdict(self))
 
 
+def plan_from_dict(data: dict[str, Any]) -> DevicePlan | ShardPlan:
+    """A plan read back from its JSON (``to_dict``): an inference or a training plan."""
+    from .records import check_record
+
+    kind = data.get("kind")
+    cls: type = ShardPlan if kind == "training_plan" else DevicePlan
+    check_record(data, str(kind) if kind in ("inference_plan", "training_plan")
+                 else "inference_plan", PLAN_SCHEMA_VERSION)
+    kwargs = {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}}
+    if cls is DevicePlan:
+        names = {f.name for f in dataclasses.fields(DeviceRow)}
+        kwargs["rows"] = [DeviceRow(**{k: v for k, v in r.items() if k in names})
+                          for r in data.get("rows") or []]
+    else:
+        kwargs["groups"] = [FSDPGroup(**g) for g in data.get("groups") or []]
+    return cls(**kwargs)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}

@@ -139,6 +139,9 @@ class DistributedRun:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistributedRun:
+        from .records import check_record
+
+        check_record(data, "distributed_run", DISTRIBUTED_RUN_SCHEMA_VERSION)
         data = dict(data)
         row_names = {f.name for f in dataclasses.fields(RankRow)}
         data["ranks"] = [RankRow(**{k: v for k, v in r.items() if k in row_names})

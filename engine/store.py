@@ -20,6 +20,7 @@ from typing import Any
 
 from .compare import optimizations_text, quality_text
 from .errors import ErrorKind, MemLensError
+from .records import not_a_run, record_kind
 from .results import RunResult, SchemaError
 
 
@@ -212,6 +213,9 @@ def load_run_file(path: Path | str) -> RunResult:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
+        kind = record_kind(data)
+        if kind is not None:  # a sweep, fit, plan or distributed run: not a run
+            raise not_a_run(path, kind)
         return RunResult.from_dict(data)
     except SchemaError as exc:
         raise MemLensError(ErrorKind.STORE, f"{path.name}: {exc}", "Open it with the MemLens "

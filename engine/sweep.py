@@ -36,6 +36,7 @@ from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import Failed, Progress
 from .format import human_bytes
+from .records import check_record
 from .results import RunResult
 
 SWEEP_SCHEMA_VERSION = 1
@@ -210,17 +211,6 @@ def dominant_category(categories: dict[str, int]) -> str | None:
     return max(categories, key=lambda c: categories[c])
 
 
-def _check_record(data: dict[str, Any], kind: str, schema: int) -> None:
-    """Refuse a file that is not a ``kind`` record, or one from a newer MemLens."""
-    if data.get("kind") != kind:
-        raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The file is not a MemLens {kind}.",
-                           f"Pass a file written by memlens {kind} --out.")
-    if int(data.get("schema_version", 0)) > schema:
-        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
-                           f"The {kind} was written by a newer MemLens (schema "
-                           f"{data.get('schema_version')}).", "Upgrade MemLens to read it.")
-
-
 @dataclass
 class SweepPoint:
     """One grid point. ``kind`` says where its figures come from: measured, estimate or failed."""
@@ -289,7 +279,7 @@ class SweepRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepRecord:
-        _check_record(data, "sweep", SWEEP_SCHEMA_VERSION)
+        check_record(data, "sweep", SWEEP_SCHEMA_VERSION)
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["points"] = [SweepPoint.from_dict(p) for p in data.get("points") or []]
@@ -383,7 +373,7 @@ class FitRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitRecord:
-        _check_record(data, "fit", FIT_SCHEMA_VERSION)
+        check_record(data, "fit", FIT_SCHEMA_VERSION)
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["answers"] = [FitAnswer.from_dict(a) for a in data.get("answers") or []]

@@ -690,21 +690,23 @@ class MainWindow(QMainWindow):
 
     # -- files ----------------------------------------------------------------------------------
     def open_run_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a MemLens run", "",
-                                              "MemLens run (*.json);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a MemLens run or record", "",
+            "MemLens run, sweep, fit, plan or distributed run (*.json);;All files (*)")
         if path:
             self.open_run_file(path)
 
     def open_run_file(self, path: str | Path) -> bool:
-        """Show a run JSON from anywhere on disk (no model is loaded)."""
-        from engine.store import load_run_file
+        """Show a run JSON from anywhere on disk (no model is loaded), or a sweep, fit, plan or
+        distributed run record on its own page."""
+        from engine.records import RECORD_KINDS, read
 
         if self.controller.is_running:
             self.log.warning("Wait for the current run to finish (or cancel it) "
                              "before opening a run file.")
             return False
         try:
-            result = load_run_file(path)
+            kind, result = read(path)
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc)
             hint = getattr(exc, "hint", "") or "Check the file."
@@ -712,6 +714,18 @@ class MainWindow(QMainWindow):
             self.log.error(f"Could not open {path}: {message}", hint)
             self._forget_recent(str(path))
             return False
+        if kind is not None:
+            if kind in ("sweep", "fit"):
+                (self.sweep_panel.render_sweep if kind == "sweep"
+                 else self.sweep_panel.render_fit)(result)
+                self.workspace.setCurrentWidget(self.sweep_panel)
+            else:
+                self.plan_panel.render(result)
+                self.workspace.setCurrentWidget(self.plan_panel)
+            self.status.show_message(f"{Path(path).name}: {RECORD_KINDS[kind]}.")
+            self.log.info(f"Opened {path} ({RECORD_KINDS[kind]}).")
+            self._remember_recent(str(Path(path).resolve()))
+            return True
         self.timeline.clear()
         self._live_attention = None
         captured = bool((result.attention or {}).get("captured"))

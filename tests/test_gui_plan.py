@@ -93,3 +93,68 @@ def test_a_bad_plan_size_is_refused_before_anything_runs(qtbot, tmp_path):
     assert not window.controller.is_running
     assert "Cannot read the memory size" in window.status.text()
     assert "80GB" in window.status.text()
+
+
+def _distributed_run():
+    """A measured FSDP2 record as engine.distributed_run writes it (two ranks; the figures are
+    what tests/test_distributed_run.py measured on tiny-llama, to exercise the drawing)."""
+    from engine.distributed_run import DistributedRun, RankRow
+
+    parts = {"sharded_params": 213632, "buffers": 64, "sharded_gradients": 0,
+             "optimizer_state": 427348, "unsharded_params": 139648,
+             "gradient_reduction": 370048, "activations": 117896}
+    rows = [RankRow(rank=r, world_size=2, device="cpu", peak_bytes=sum(parts.values()),
+                    as_plan_parts=dict(parts), plan_bound_bytes=2_346_780)
+            for r in (0, 1)]
+    return DistributedRun(run_id="fsdp2-2x-test", created="2026-11-29T05:00:00+00:00",
+                          config={"model": "preset:tiny-llama", "batch": 1, "seq": 32,
+                                  "dtype": "bfloat16"},
+                          world_size=2, backend="gloo", recipe="fully_shard", ranks=rows,
+                          master_dtype="float32", within_plan=True,
+                          optimizations=[{"id": "lora"}, {"id": "checkpointing"}])
+
+
+def test_saved_records_open_on_their_pages(qtbot, tmp_path):
+    """File → Open run file takes every record MemLens writes: a distributed run and a plan on
+    the Multi-GPU plan page, a sweep on the Sweep & fit page; a newer record is refused."""
+    from engine.config import RunConfig
+    from engine.distributed import plan_training
+    from engine.sweep import sweep
+
+    window = make_window(qtbot, tmp_path, "train")
+    run_path = tmp_path / "dist.json"
+    run_path.write_text(json.dumps(_distributed_run().to_dict()), encoding="utf-8")
+    assert window.open_run_file(run_path)
+    page = window.plan_panel
+    assert window.workspace.currentWidget() is page
+    text = page.text()
+    assert text.startswith("MEASURED — preset:tiny-llama · train, FSDP2 on 2 ranks (gloo")
+    assert "master float32; lora, checkpointing" in text
+    assert "every rank within its plan bound" in text
+    assert "0 | cpu | 1.21 MiB | 2.24 MiB |" in text and "1 | cpu |" in text
+    assert "measured distributed run" in window.status.text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    image = window.grab().toImage()
+    assert image.save(str(ARTIFACTS / "distributed_run_page.png"))
+    assert distinct_colours(image) > 100
+
+    plan = plan_training(RunConfig(model="preset:tiny-llama", workload="train", seq=16), 2)
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan.to_dict()), encoding="utf-8")
+    assert window.open_run_file(plan_path)
+    assert page.text().startswith("ESTIMATE — preset:tiny-llama · train, FSDP2 on 2 ranks")
+
+    record = sweep(RunConfig(model="preset:tiny-llama", workload="forward"), [16], [1],
+                   measure_limit_bytes=0)
+    sweep_path = tmp_path / "sweep.json"
+    sweep_path.write_text(json.dumps(record.to_dict()), encoding="utf-8")
+    assert window.open_run_file(sweep_path)
+    assert window.workspace.currentWidget() is window.sweep_panel
+    assert "16" in window.sweep_panel.text()
+
+    newer = dict(_distributed_run().to_dict(), schema_version=99)
+    newer_path = tmp_path / "newer.json"
+    newer_path.write_text(json.dumps(newer), encoding="utf-8")
+    assert not window.open_run_file(newer_path)
+    assert "newer MemLens" in window.status.text()
+    assert window.controls.run_button.isEnabled()

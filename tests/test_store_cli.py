@@ -148,3 +148,30 @@ def test_a_memory_snapshot_needs_cuda():
     events = Collector()
     assert execute(tiny(memory_snapshot="/tmp/x.pickle"), events) is None
     assert events.failed.kind == ErrorKind.INVALID_WORKLOAD.value
+
+
+@pytest.mark.fault(area="data", case="a sweep, fit, plan or distributed run file given where a run "
+                                     "is expected",
+                   outcome="refused naming what the file is; `memlens show` prints it instead")
+def test_records_are_shown_and_refused_where_a_run_is_expected(tmp_path, capsys):
+    from engine.config import RunConfig
+    from engine.distributed import plan_training
+    from engine.store import load_run_file
+
+    plan = plan_training(RunConfig(model="preset:tiny-llama", workload="train", seq=16), 2)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan.to_dict()), encoding="utf-8")
+    assert cli.main(["show", str(path)]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("ESTIMATE — FSDP2 training plan: preset:tiny-llama on 2 ranks")
+    assert "sharded parameters (padded)" in out
+    with pytest.raises(MemLensError) as info:
+        load_run_file(path)
+    assert "is an FSDP2 training plan" in info.value.message and "not a single run" in \
+        info.value.message and f"memlens show {path}" in info.value.hint
+    assert cli.main(["compare", str(path), str(path)]) == cli.EXIT_FAILED
+    assert "not a single run" in capsys.readouterr().err
+    # a record from a newer MemLens is refused, not misread
+    path.write_text(json.dumps(dict(plan.to_dict(), schema_version=99)), encoding="utf-8")
+    assert cli.main(["show", str(path)]) == cli.EXIT_FAILED
+    assert "newer MemLens" in capsys.readouterr().err

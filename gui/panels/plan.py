@@ -214,13 +214,15 @@ class PlanPanel(QWidget):
         self.plan = plan
         if plan.kind == "training_plan":
             self._render_training(plan)
+        elif plan.kind == "distributed_run":
+            self._render_distributed(plan)
         else:
             self._render_inference(plan)
         self.notes.setPlainText("\n".join(f"• {n}" for n in plan.notes))
         self.save_button.setEnabled(True)
 
     def _stack(self, labels: list[str], parts: list[tuple[str, str, list[int]]],
-               budgets: list[int | None], title: str) -> None:
+               budgets: list[int | None], title: str, line: str = "budget") -> None:
         largest = max([sum(v[i] for _k, _l, v in parts) for i in range(len(labels))]
                       + [b or 0 for b in budgets] + [1])
         unit, scale = byte_unit(largest)
@@ -244,7 +246,7 @@ class PlanPanel(QWidget):
         if any(budgets):
             self.legend.addItem(pg.PlotDataItem(pen=pg.mkPen("#d62728", width=2,
                                                              style=Qt.PenStyle.DashLine)),
-                                "budget")
+                                line)
         self.plot.getAxis("bottom").setTicks([list(enumerate(labels)), []])
         self.plot.setXRange(-0.6, len(labels) - 0.4, padding=0)
         self.plot.setYRange(0, largest / scale * 1.08, padding=0)
@@ -307,6 +309,41 @@ class PlanPanel(QWidget):
             f"ESTIMATE — {plan.model} · train, FSDP2 on {plan.ranks} ranks (micro-batch "
             f"{plan.batch}, seq {plan.seq}, compute {plan.dtype}, master {plan.master_dtype}): "
             f"{human_bytes(plan.total_bytes)} per rank, {verdict}.")
+
+    def _render_distributed(self, run: Any) -> None:
+        """A measured FSDP2 run (engine.distributed_run): every rank's parts at its peak, under
+        the plan's names, against the plan's per-rank bound."""
+        ranks = run.ranks
+        self._stack([f"rank {r.rank}" for r in ranks],
+                    [(k, label, [r.as_plan_parts.get(k, 0) for r in ranks])
+                     for k, label in TRAIN_PARTS],
+                    [r.plan_bound_bytes for r in ranks],
+                    f"FSDP2 on {run.world_size} ranks: each rank at its peak (MEASURED)",
+                    line="plan bound")
+        columns = ["Rank", "Device", "Peak (measured)", "Plan bound"] + [
+            label for _k, label in TRAIN_PARTS]
+        self.table.setColumnCount(len(columns))
+        self.table.setHorizontalHeaderLabels(columns)
+        self.table.setRowCount(len(ranks))
+        for i, r in enumerate(ranks):
+            values = [(str(r.rank), False), (r.device, False), (human_bytes(r.peak_bytes), True),
+                      (human_bytes(r.plan_bound_bytes), True)] + [
+                (human_bytes(r.as_plan_parts.get(k)), True) for k, _label in TRAIN_PARTS]
+            for c, (text, right) in enumerate(values):
+                self.table.setItem(i, c, _item(text, right))
+        self.table.resizeColumnsToContents()
+        cfg = run.config
+        peaks = [r.peak_bytes for r in ranks]
+        verdict = ("no plan to compare" if run.within_plan is None else
+                   "every rank within its plan bound" if run.within_plan else
+                   "a rank EXCEEDED its plan bound")
+        opts = ", ".join(o.get("id", "?") for o in run.optimizations) or "no optimizations"
+        self.message.setText(
+            f"MEASURED — {cfg.get('model')} · train, FSDP2 on {run.world_size} ranks "
+            f"({run.backend}; micro-batch {cfg.get('batch')}, seq {cfg.get('seq')}, "
+            f"{cfg.get('dtype')}" + (f", master {run.master_dtype}" if run.master_dtype else "")
+            + f"; {opts}): peaks {human_bytes(min(peaks))}–{human_bytes(max(peaks))}, "
+            f"{verdict}.")
 
     def text(self) -> str:
         rows = [self.message.text()]
