@@ -12,6 +12,11 @@ Needs only torch, transformers, psutil, nvidia-ml-py (no Qt, no network):
     python3 benchmarks/gpu_check.py --out DIR
 A dry run of the same script on the CPU with a tiny config: ``--device cpu --tiny``.
 
+The device has no torchao: its rows (int8, fp8, int4) need the wheel carried along. Here, once:
+``sh benchmarks/fetch_gpu_wheels.sh`` (writes the ignored ``.whl/``); there, start the command
+with ``python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
+--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;`` and name ``.whl`` in carry.
+
 ``--estimate`` also estimates every run with ``memlens estimate`` (fake tensors, the CPU's
 kernels, no memory) and records the estimated peak against the measured one (the allocator's on
 CUDA), plus an 8B-shaped forward at seq 4096: the accuracy table issue 6 asks for.

@@ -98,8 +98,12 @@ class TensorAccountant(TorchDispatchMode):
     """
 
     def __init__(self, owner_fn: Callable[[], str | None] = lambda: None,
-                 category_fn: Callable[[], str] = lambda: "activations") -> None:
+                 category_fn: Callable[[], str] = lambda: "activations",
+                 only_device: str | None = None) -> None:
         super().__init__()
+        # On a GPU run only that device's storages are the run's memory: what a workload keeps
+        # in CPU memory (an offloaded KV cache, pinned staging copies) is not counted with it.
+        self.only_device = only_device
         self.owner_fn = owner_fn
         self.category_fn = category_fn
         self.live: dict[tuple[str | None, str], int] = {}
@@ -141,6 +145,8 @@ class TensorAccountant(TorchDispatchMode):
 
     def _register(self, st: torch.UntypedStorage, device_type: str, owner: str | None,
                   category: str) -> _Info | None:
+        if self.only_device is not None and device_type != self.only_device:
+            return None
         found = self._info.get(st)
         if found is not None:
             return found[0]

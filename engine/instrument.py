@@ -157,7 +157,10 @@ class MemoryProbe:
         self.training = training
         self.count_flops = count_flops
         self.optimizer = optimizer
-        self.acc = TensorAccountant(self._owner, self._category)
+        first = next(model.parameters(), None)
+        self.acc = TensorAccountant(
+            self._owner, self._category,
+            only_device="cuda" if first is not None and first.device.type == "cuda" else None)
         self._stack: list[str] = []
         self._handles: list[Any] = []
         self._opaque: list[torch.Tensor] = []  # unpacked copies of packed weights (see __enter__)

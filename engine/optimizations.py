@@ -336,6 +336,128 @@ class TorchaoInt8(Optimization):
                             "inner int8 data and scales")
 
 
+def _cuda_capability(device: str) -> tuple[int, int] | None:
+    """The compute capability of ``device`` when it is a usable CUDA device, else None."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    try:
+        return torch.cuda.get_device_capability(torch.device(device))
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+
+
+def _needs_capability(device: str, minimum: tuple[int, int], what: str,
+                      elsewhere: str = "") -> str | None:
+    """Why ``what`` cannot run on ``device`` (None when its compute capability suffices);
+    ``elsewhere`` says what to use instead on a device without it."""
+    found = _cuda_capability(device)
+    if found is None:
+        return (f"needs a CUDA GPU of compute capability {minimum[0]}.{minimum[1]} or newer "
+                f"({what}); this run is on {device}" + (f": {elsewhere}" if elsewhere else ""))
+    if found < minimum:
+        return (f"needs compute capability {minimum[0]}.{minimum[1]} or newer ({what}); "
+                f"{device} has {found[0]}.{found[1]}")
+    return None
+
+
+class TorchaoInt4(Optimization):
+    id = "torchao-int4"
+    name = "torchao int4 weight-only"
+    summary = ("Linear weights as 4-bit integers with a bfloat16 scale and zero point per group "
+               "(torchao Int4WeightOnlyConfig, tinygemm's tile-packed layout); CUDA only.")
+    category = "quantization"
+    params = (Param("group_size", "choice", "128", ("32", "64", "128", "256"),
+                    help="input features sharing one scale and zero point"),)
+    workloads = ("forward", "generate")
+    conflicts = ("int8-dynamic", "torchao-int8", "torchao-fp8", "quanto-weights",
+                 "prune-unstructured", "sparsity-24", "cast")
+
+    def check_config(self, workload, device, params):
+        return (_missing("torchao", "torchao") or super().check_config(workload, device, params)
+                or _needs_capability(device, (8, 0), "tinygemm's int4 kernels",
+                                     "4-bit weights on a CPU: quanto-weights:weights=qint4"))
+
+    @staticmethod
+    def _fits(layer: nn.Linear, group: int) -> bool:
+        # tinygemm's tile packing: 8 output rows and 16 × 8 inputs per tile, whole groups
+        return (layer.out_features % 8 == 0 and layer.in_features % 128 == 0
+                and layer.in_features % group == 0)
+
+    def check_model(self, model, params):
+        layers = _linears(model)
+        if not layers:
+            return "the model has no nn.Linear layers to quantize"
+        if any(m.weight.dtype != torch.bfloat16 for _, m in layers):
+            return ("tinygemm's int4 kernels take bfloat16 weights and activations: run with "
+                    "--dtype bfloat16")
+        if not any(self._fits(m, int(params["group_size"])) for _, m in layers):
+            return ("no Linear layer has input features divisible by 128 and by the group size "
+                    "and output features divisible by 8")
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        with _quiet_import():
+            from torchao.quantization import Int4WeightOnlyConfig, quantize_
+
+        group = int(params["group_size"])
+        layers = _linears(model)
+        targets = {id(m) for _, m in layers if self._fits(m, group)}
+        config = Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
+        with _quiet_import():
+            quantize_(model, config, filter_fn=lambda m, fqn: id(m) in targets)
+        record.modules_touched = len(targets)
+        if len(targets) < len(layers):
+            record.notes.append(f"{len(layers) - len(targets)} Linear layer(s) kept in bfloat16: "
+                                "their sizes do not tile (inputs % 128, outputs % 8)")
+        record.notes.append("int4 weights are tensor subclasses: their bytes are the packed "
+                            "data and the per-group scales and zero points")
+
+
+class TorchaoFloat8(Optimization):
+    id = "torchao-fp8"
+    name = "torchao float8 quantization"
+    summary = ("Linear weights as float8 (e4m3) with a scale per row (torchao): weight-only runs "
+               "anywhere, dequantized for each matmul where the hardware has no fp8 arithmetic; "
+               "dynamic also quantizes activations and needs fp8 matmuls (CUDA 8.9+).")
+    category = "quantization"
+    params = (Param("activations", "choice", "weight-only", ("weight-only", "dynamic"),
+                    help="dynamic: fp8 activations and fp8 matmuls (torch._scaled_mm)"),)
+    workloads = ("forward", "generate")
+    conflicts = ("int8-dynamic", "torchao-int8", "torchao-int4", "quanto-weights",
+                 "prune-unstructured", "sparsity-24", "cast")
+
+    def check_config(self, workload, device, params):
+        reason = _missing("torchao", "torchao") or super().check_config(workload, device, params)
+        if reason is None and params["activations"] == "dynamic":
+            reason = _needs_capability(device, (8, 9), "fp8 matmuls",
+                                       "activations=weight-only stores fp8 weights anywhere")
+        return reason
+
+    def check_model(self, model, params):
+        return None if _linears(model) else "the model has no nn.Linear layers to quantize"
+
+    def _apply(self, model, params, hooks, device, record):
+        with _quiet_import():
+            from torchao.quantization import (
+                Float8DynamicActivationFloat8WeightConfig,
+                Float8WeightOnlyConfig,
+                PerRow,
+                quantize_,
+            )
+
+        config = (Float8WeightOnlyConfig() if params["activations"] == "weight-only"
+                  else Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        targets = {id(m) for _, m in _linears(model)}
+        with _quiet_import():
+            quantize_(model, config, filter_fn=lambda m, fqn: id(m) in targets)
+        record.modules_touched = len(targets)
+        record.notes.append("fp8 weights are tensor subclasses: their bytes are the float8 data "
+                            "and the per-row scales")
+        if params["activations"] == "weight-only" and _cuda_capability(str(device)) is None:
+            record.notes.append("no fp8 arithmetic on this device: each matmul "
+                                "dequantizes the weight first (the latency shows the cost)")
+
+
 def _quanto_extension(device: torch.device, record: Applied) -> None:
     """Build (or load) optimum-quanto's C++ extension for ``device`` now.
 
@@ -464,6 +586,68 @@ class PruneUnstructured(Optimization):
                 csr += sum(t.numel() * t.element_size()
                            for t in (s.values(), s.col_indices(), s.crow_indices()))
         return csr
+
+
+def _two_of_four(weight: torch.Tensor) -> torch.Tensor:
+    """The 2:4 mask keeping the two largest magnitudes of every four consecutive inputs.
+
+    Written here rather than through torch.ao.pruning's WeightNormSparsifier (which PyTorch's
+    semi-structured tutorial uses): that one installs parametrizations per module to compute
+    this same mask, then has to squash them again."""
+    groups = weight.detach().abs().reshape(-1, 4)
+    keep = groups.topk(2, dim=1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, keep, True)
+    return mask.reshape(weight.shape)
+
+
+class Sparsity24(Optimization):
+    id = "sparsity-24"
+    name = "2:4 semi-structured sparsity"
+    summary = ("Zero the two smallest of every four Linear weights and store them in PyTorch's "
+               "semi-structured format (half the values plus metadata; sparse tensor-core "
+               "matmuls); CUDA only, fp16 or bf16 weights.")
+    category = "pruning"
+    workloads = ("forward", "generate")
+    conflicts = ("int8-dynamic", "torchao-int8", "torchao-int4", "torchao-fp8",
+                 "quanto-weights", "prune-unstructured")
+
+    def check_config(self, workload, device, params):
+        return (super().check_config(workload, device, params)
+                or _needs_capability(device, (8, 0), "sparse tensor cores",
+                                     "without them zeros in a dense weight save nothing "
+                                     "(prune-unstructured measures that)"))
+
+    @staticmethod
+    def _fits(layer: nn.Linear) -> bool:
+        # PyTorch's minimum tile for fp16/bf16 semi-structured tensors: 32 rows × 64 columns
+        return layer.out_features % 32 == 0 and layer.in_features % 64 == 0
+
+    def check_model(self, model, params):
+        layers = _linears(model)
+        if not layers:
+            return "the model has no nn.Linear layers to sparsify"
+        if any(m.weight.dtype not in (torch.float16, torch.bfloat16) for _, m in layers):
+            return "semi-structured sparse weights are fp16 or bf16: run with --dtype bfloat16"
+        if not any(self._fits(m) for _, m in layers):
+            return "no Linear layer has outputs divisible by 32 and inputs by 64"
+        return None
+
+    def _apply(self, model, params, hooks, device, record):
+        from torch.sparse import to_sparse_semi_structured
+
+        layers = [(n, m) for n, m in _linears(model) if self._fits(m)]
+        for _, mod in layers:
+            w = mod.weight.detach()
+            sparse = to_sparse_semi_structured(w * _two_of_four(w))
+            mod.weight = nn.Parameter(sparse, requires_grad=False)
+        record.modules_touched = len(layers)
+        skipped = len(_linears(model)) - len(layers)
+        if skipped:
+            record.notes.append(f"{skipped} Linear layer(s) kept dense: their sizes do not tile "
+                                "(outputs % 32, inputs % 64)")
+        record.notes.append("half of each sparsified weight is zero; the semi-structured tensor "
+                            "keeps the other half and its metadata (bytes counted from its "
+                            "inner tensors)")
 
 
 class DropBlocks(Optimization):
@@ -896,10 +1080,11 @@ class KVCache(Optimization):
     name = "KV cache policy"
     summary = ("dynamic grows by concatenation each step; static preallocates prompt + new "
                "tokens once; fp8 stores keys/values in 8-bit floats (transformers' quantized "
-               "cache); quanto-int4/int2 quantize them group-wise (optimum-quanto).")
+               "cache); quanto-int4/int2 quantize them group-wise (optimum-quanto); offloaded "
+               "keeps each layer's keys/values in CPU memory between uses (CUDA only).")
     category = "kv_cache"
     params = (Param("policy", "choice", "static",
-                    ("dynamic", "static", "fp8", "quanto-int4", "quanto-int2")),)
+                    ("dynamic", "static", "fp8", "quanto-int4", "quanto-int2", "offloaded")),)
     workloads = ("generate",)
 
     def check_config(self, workload, device, params):
@@ -907,6 +1092,10 @@ class KVCache(Optimization):
             missing = _missing("optimum.quanto", "optimum-quanto")
             if missing:
                 return missing
+        if params["policy"] == "offloaded" and not device.startswith("cuda"):
+            return ("offloaded needs a CUDA device: transformers moves each layer's cache to "
+                    f"the CPU and back on CUDA streams; this run is on {device}, where the cache "
+                    "is in CPU memory already")
         return super().check_config(workload, device, params)
 
     def check_model(self, model, params):
@@ -933,6 +1122,12 @@ class KVCache(Optimization):
 
             def factory(m: nn.Module, batch: int, max_len: int) -> Any:
                 return QuantizedCache(backend="quanto", config=m.config, nbits=nbits)
+        elif policy == "offloaded":
+            def factory(m: nn.Module, batch: int, max_len: int) -> Any:
+                return DynamicCache(config=m.config, offloading=True)
+
+            record.notes.append("offloaded layers' keys and values are in CPU memory, outside "
+                                "the GPU figures (the process RSS holds them)")
         else:
             def factory(m: nn.Module, batch: int, max_len: int) -> Any:
                 return DynamicCache(config=m.config)
@@ -1002,8 +1197,9 @@ class Compile(Optimization):
 
 
 REGISTRY: dict[str, Optimization] = {o.id: o for o in (
-    Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), QuantoWeights(), PruneUnstructured(),
-    PruneFFN(), PruneHeads(), DropBlocks(), Attention(), SlidingWindow(), Checkpointing(),
+    Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), TorchaoInt4(), TorchaoFloat8(),
+    QuantoWeights(), PruneUnstructured(), Sparsity24(), PruneFFN(), PruneHeads(), DropBlocks(),
+    Attention(), SlidingWindow(), Checkpointing(),
     FreezeBase(), LoRA(), LowBitOptimizer(), KVCache(), Compile(),
 )}
 

@@ -133,6 +133,7 @@ OPTIMIZED = [
     ("forward", ("torchao-int8",), "torchao"),
     ("generate", ("torchao-int8:activations=dynamic",), "torchao"),
     ("forward", ("quanto-weights:weights=qint8",), "optimum.quanto"),
+    ("generate", ("torchao-fp8",), "torchao"),
     ("forward", ("prune-unstructured:amount=0.5",), None),
     ("train", ("prune-unstructured:permanent=true",), None),
     ("train", ("prune-ffn", "prune-heads"), None),

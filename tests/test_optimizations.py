@@ -63,6 +63,17 @@ def test_parse_spec():
     ([{"id": "cast"}, {"id": "int8-dynamic"}], "forward", "cpu", ErrorKind.NOT_APPLICABLE,
      "conflicts"),
     ([{"id": "cast"}, {"id": "cast"}], "forward", "cpu", ErrorKind.INVALID_WORKLOAD, "twice"),
+    # CUDA-only techniques name the hardware they need and what to use instead
+    ([{"id": "torchao-int4"}], "forward", "cpu", ErrorKind.NOT_APPLICABLE,
+     "compute capability 8.0 or newer (tinygemm's int4 kernels); this run is on cpu: 4-bit "
+     "weights on a CPU: quanto-weights:weights=qint4"),
+    ([{"id": "sparsity-24"}], "generate", "cpu", ErrorKind.NOT_APPLICABLE, "sparse tensor cores"),
+    ([{"id": "torchao-fp8", "params": {"activations": "dynamic"}}], "forward", "cpu",
+     ErrorKind.NOT_APPLICABLE, "8.9 or newer (fp8 matmuls)"),
+    ([{"id": "kv-cache", "params": {"policy": "offloaded"}}], "generate", "cpu",
+     ErrorKind.NOT_APPLICABLE, "offloaded needs a CUDA device"),
+    ([{"id": "torchao-int4"}], "forward", "cuda:0", ErrorKind.NOT_APPLICABLE,
+     "needs a CUDA GPU" if not torch.cuda.is_available() else "torchao-int4"),
 ])
 @pytest.mark.fault(area='inputs', case='an unknown, misconfigured, inapplicable or conflicting optimization',
                    outcome='refused before loading, naming the reason')
@@ -227,6 +238,52 @@ def test_torchao_int8_weight_only_counts_inner_int8_data():
         linear - linear // 4 - n_out_features * (4 + 1))
     assert r.quality["kl_divergence"] < 0.01
     assert r.totals.reconciles()
+
+
+def test_torchao_fp8_weight_only_stores_one_byte_per_weight():
+    """fp8 weights run on a CPU (dequantized per matmul): one byte per Linear weight plus a
+    float32 scale per output row, measured; the run says the CPU has no fp8 arithmetic."""
+    pytest.importorskip("torchao")
+    r = run([{"id": "torchao-fp8"}])
+    a = r.optimizations[0]
+    linear = linear_weight_bytes()
+    n_out_features = LAYERS * (HEADS * HEAD_DIM * 2 + KV_HEADS * HEAD_DIM * 2 + 2 * INTER + HIDDEN)
+    assert a["weights_bytes_before"] - a["weights_bytes_after"] == (
+        linear - linear // 4 - n_out_features * 4)
+    assert any("no fp8 arithmetic" in n for n in a["notes"])
+    assert 0 < r.quality["kl_divergence"] < 0.01
+    assert r.totals.reconciles()
+
+
+def test_two_of_four_mask_keeps_the_two_largest_of_every_four():
+    from engine.optimizations import _two_of_four
+
+    w = torch.tensor([[0.1, -3.0, 2.0, 0.0, 5.0, 4.0, -6.0, 1.0]])
+    mask = _two_of_four(w)
+    assert mask.tolist() == [[False, True, True, False, True, False, True, False]]
+    big = torch.randn(64, 128)
+    m = _two_of_four(big)
+    assert (m.reshape(-1, 4).sum(1) == 2).all()  # exactly two of every four kept
+    kept = (big.abs() * m).reshape(-1, 4)
+    dropped = (big.abs() * ~m).reshape(-1, 4)
+    assert (kept.max(1).values >= dropped.max(1).values).all()
+
+
+def test_a_gpu_run_counts_only_gpu_storages():
+    """On a CUDA run what stays in CPU memory (an offloaded KV cache) is not GPU memory: the
+    accountant counts the run's device only (fake CUDA tensors need no GPU)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from engine.accounting import TensorAccountant
+
+    with FakeTensorMode():
+        gpu_only, every = TensorAccountant(only_device="cuda"), TensorAccountant()
+        with gpu_only, every:
+            on_gpu = torch.empty(1000, device="cuda")
+            in_ram = torch.empty(1000)
+        assert gpu_only.peak == 4096  # 4000 B in the CUDA allocator's 512-byte blocks
+        assert every.peak == 4096 + 4000
+        del on_gpu, in_ram
 
 
 def test_lora_trains_only_the_adapters():
