@@ -301,16 +301,13 @@ def _quiet_import() -> Iterator[None]:
             logging.getLogger(n).setLevel(level)
 
 
-class TorchaoInt8(Optimization):
-    id = "torchao-int8"
-    name = "torchao int8 quantization"
-    summary = ("Linear weights as int8 tensor subclasses (torchao quantize_): weight-only, or "
-               "with activations quantized dynamically.")
+class _TorchaoWeights(Optimization):
+    """Linear weights replaced by torchao tensor subclasses (``quantize_``); their bytes are
+    those of their inner tensors (``Applied.weights_bytes_after`` counts them)."""
+
     category = "quantization"
-    params = (Param("activations", "choice", "weight-only", ("weight-only", "dynamic"),
-                    help="weight-only keeps float activations; dynamic quantizes them too"),)
     workloads = ("forward", "generate")
-    conflicts = ("int8-dynamic", "prune-unstructured", "cast")
+    inner = ""  # what the subclass holds, for the note
 
     def check_config(self, workload, device, params):
         return _missing("torchao", "torchao") or super().check_config(workload, device, params)
@@ -318,22 +315,43 @@ class TorchaoInt8(Optimization):
     def check_model(self, model, params):
         return None if _linears(model) else "the model has no nn.Linear layers to quantize"
 
+    def _config(self, params: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _targets(self, model: nn.Module, params: dict[str, Any]) -> list[nn.Linear]:
+        return [m for _, m in _linears(model)]
+
     def _apply(self, model, params, hooks, device, record):
         with _quiet_import():
-            from torchao.quantization import (
-                Int8DynamicActivationInt8WeightConfig,
-                Int8WeightOnlyConfig,
-                quantize_,
-            )
+            from torchao.quantization import quantize_
 
-        config = (Int8WeightOnlyConfig() if params["activations"] == "weight-only"
-                  else Int8DynamicActivationInt8WeightConfig())
-        targets = {id(m) for _, m in _linears(model)}
+            config = self._config(params)
+        targets = {id(m) for m in self._targets(model, params)}
         with _quiet_import():
             quantize_(model, config, filter_fn=lambda m, fqn: id(m) in targets)
         record.modules_touched = len(targets)
-        record.notes.append("int8 weights are tensor subclasses; their bytes are those of the "
-                            "inner int8 data and scales")
+        record.notes.append(f"the quantized weights are torchao tensor subclasses; their bytes "
+                            f"are {self.inner}")
+
+
+class TorchaoInt8(_TorchaoWeights):
+    id = "torchao-int8"
+    name = "torchao int8 quantization"
+    summary = ("Linear weights as int8 tensor subclasses (torchao quantize_): weight-only, or "
+               "with activations quantized dynamically.")
+    params = (Param("activations", "choice", "weight-only", ("weight-only", "dynamic"),
+                    help="weight-only keeps float activations; dynamic quantizes them too"),)
+    conflicts = ("int8-dynamic", "prune-unstructured", "cast")
+    inner = "the int8 data and the per-row scales"
+
+    def _config(self, params):
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+        )
+
+        return (Int8WeightOnlyConfig() if params["activations"] == "weight-only"
+                else Int8DynamicActivationInt8WeightConfig())
 
 
 def _cuda_capability(device: str) -> tuple[int, int] | None:
@@ -360,20 +378,19 @@ def _needs_capability(device: str, minimum: tuple[int, int], what: str,
     return None
 
 
-class TorchaoInt4(Optimization):
+class TorchaoInt4(_TorchaoWeights):
     id = "torchao-int4"
     name = "torchao int4 weight-only"
     summary = ("Linear weights as 4-bit integers with a bfloat16 scale and zero point per group "
                "(torchao Int4WeightOnlyConfig, tinygemm's tile-packed layout); CUDA only.")
-    category = "quantization"
     params = (Param("group_size", "choice", "128", ("32", "64", "128", "256"),
                     help="input features sharing one scale and zero point"),)
-    workloads = ("forward", "generate")
     conflicts = ("int8-dynamic", "torchao-int8", "torchao-fp8", "quanto-weights",
                  "prune-unstructured", "sparsity-24", "cast")
+    inner = "the packed 4-bit data and the per-group scales and zero points"
 
     def check_config(self, workload, device, params):
-        return (_missing("torchao", "torchao") or super().check_config(workload, device, params)
+        return (super().check_config(workload, device, params)
                 or _needs_capability(device, (8, 0), "tinygemm's int4 kernels",
                                      "4-bit weights on a CPU: quanto-weights:weights=qint4"))
 
@@ -390,72 +407,62 @@ class TorchaoInt4(Optimization):
         if any(m.weight.dtype != torch.bfloat16 for _, m in layers):
             return ("tinygemm's int4 kernels take bfloat16 weights and activations: run with "
                     "--dtype bfloat16")
-        if not any(self._fits(m, int(params["group_size"])) for _, m in layers):
+        if not self._targets(model, params):
             return ("no Linear layer has input features divisible by 128 and by the group size "
                     "and output features divisible by 8")
         return None
 
+    def _config(self, params):
+        from torchao.quantization import Int4WeightOnlyConfig
+
+        return Int4WeightOnlyConfig(group_size=int(params["group_size"]),
+                                    int4_packing_format="tile_packed_to_4d")
+
+    def _targets(self, model, params):
+        return [m for _, m in _linears(model) if self._fits(m, int(params["group_size"]))]
+
     def _apply(self, model, params, hooks, device, record):
-        with _quiet_import():
-            from torchao.quantization import Int4WeightOnlyConfig, quantize_
-
-        group = int(params["group_size"])
-        layers = _linears(model)
-        targets = {id(m) for _, m in layers if self._fits(m, group)}
-        config = Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
-        with _quiet_import():
-            quantize_(model, config, filter_fn=lambda m, fqn: id(m) in targets)
-        record.modules_touched = len(targets)
-        if len(targets) < len(layers):
-            record.notes.append(f"{len(layers) - len(targets)} Linear layer(s) kept in bfloat16: "
-                                "their sizes do not tile (inputs % 128, outputs % 8)")
-        record.notes.append("int4 weights are tensor subclasses: their bytes are the packed "
-                            "data and the per-group scales and zero points")
+        kept = len(_linears(model)) - len(self._targets(model, params))
+        super()._apply(model, params, hooks, device, record)
+        if kept:
+            record.notes.append(f"{kept} Linear layer(s) kept in bfloat16: their sizes do not "
+                                "tile (inputs % 128, outputs % 8)")
 
 
-class TorchaoFloat8(Optimization):
+class TorchaoFloat8(_TorchaoWeights):
     id = "torchao-fp8"
     name = "torchao float8 quantization"
     summary = ("Linear weights as float8 (e4m3) with a scale per row (torchao): weight-only runs "
                "anywhere, dequantized for each matmul where the hardware has no fp8 arithmetic; "
                "dynamic also quantizes activations and needs fp8 matmuls (CUDA 8.9+).")
-    category = "quantization"
     params = (Param("activations", "choice", "weight-only", ("weight-only", "dynamic"),
                     help="dynamic: fp8 activations and fp8 matmuls (torch._scaled_mm)"),)
-    workloads = ("forward", "generate")
     conflicts = ("int8-dynamic", "torchao-int8", "torchao-int4", "quanto-weights",
                  "prune-unstructured", "sparsity-24", "cast")
+    inner = "the float8 data and the per-row scales"
 
     def check_config(self, workload, device, params):
-        reason = _missing("torchao", "torchao") or super().check_config(workload, device, params)
+        reason = super().check_config(workload, device, params)
         if reason is None and params["activations"] == "dynamic":
             reason = _needs_capability(device, (8, 9), "fp8 matmuls",
                                        "activations=weight-only stores fp8 weights anywhere")
         return reason
 
-    def check_model(self, model, params):
-        return None if _linears(model) else "the model has no nn.Linear layers to quantize"
+    def _config(self, params):
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            Float8WeightOnlyConfig,
+            PerRow,
+        )
+
+        return (Float8WeightOnlyConfig() if params["activations"] == "weight-only"
+                else Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
 
     def _apply(self, model, params, hooks, device, record):
-        with _quiet_import():
-            from torchao.quantization import (
-                Float8DynamicActivationFloat8WeightConfig,
-                Float8WeightOnlyConfig,
-                PerRow,
-                quantize_,
-            )
-
-        config = (Float8WeightOnlyConfig() if params["activations"] == "weight-only"
-                  else Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-        targets = {id(m) for _, m in _linears(model)}
-        with _quiet_import():
-            quantize_(model, config, filter_fn=lambda m, fqn: id(m) in targets)
-        record.modules_touched = len(targets)
-        record.notes.append("fp8 weights are tensor subclasses: their bytes are the float8 data "
-                            "and the per-row scales")
+        super()._apply(model, params, hooks, device, record)
         if params["activations"] == "weight-only" and _cuda_capability(str(device)) is None:
-            record.notes.append("no fp8 arithmetic on this device: each matmul "
-                                "dequantizes the weight first (the latency shows the cost)")
+            record.notes.append("no fp8 arithmetic on this device: each matmul dequantizes the "
+                                "weight first (the latency shows the cost)")
 
 
 def _quanto_extension(device: torch.device, record: Applied) -> None:
