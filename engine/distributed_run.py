@@ -564,6 +564,26 @@ def format_run(run: DistributedRun) -> str:
     return "\n".join(lines)
 
 
+# The packaged app's executable takes these as its first argument (packaging/memlens_entry.py):
+# it has no Python interpreter to run ``-m torch.distributed.run`` or ``-m engine...`` with.
+FROZEN_TORCHRUN = "--memlens-torchrun"
+FROZEN_WORKER = "--memlens-distributed-worker"
+
+
+def launcher_command(torchrun_args: list[str], worker_args: list[str]) -> list[str]:
+    """The command that runs this module on every rank under PyTorch's launcher (torchrun).
+
+    From Python: ``python -m torch.distributed.run ... -m engine.distributed_run ...``. From the
+    packaged app, which has no interpreter to give ``-m``: the app's executable runs torchrun
+    (``FROZEN_TORCHRUN``), and torchrun starts the executable itself on every rank
+    (``--no-python``) as a worker (``FROZEN_WORKER``)."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, FROZEN_TORCHRUN, *torchrun_args, "--no-python", sys.executable,
+                FROZEN_WORKER, *worker_args]
+    return [sys.executable, "-m", "torch.distributed.run", *torchrun_args,
+            "-m", "engine.distributed_run", *worker_args]
+
+
 def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
            plan: bool = True, env: dict[str, str] | None = None, timeout: float | None = None,
            master_port: int | None = None, master_dtype: str | None = None,
@@ -592,12 +612,12 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
             s.bind(("127.0.0.1", 0))
             master_port = s.getsockname()[1]
     device = "cuda" if config.device.startswith("cuda") else "cpu"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-           "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-           "--master-port", str(master_port), "-m", "engine.distributed_run",
-           "--model", config.model, "--batch", str(config.batch), "--seq", str(config.seq),
-           "--dtype", config.dtype, "--device", device, "--lr", repr(config.lr),
-           "--seed", str(config.seed), "--out", str(target), "--run-id", run_id]
+    cmd = launcher_command(
+        ["--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+         "--master-port", str(master_port)],
+        ["--model", config.model, "--batch", str(config.batch), "--seq", str(config.seq),
+         "--dtype", config.dtype, "--device", device, "--lr", repr(config.lr),
+         "--seed", str(config.seed), "--out", str(target), "--run-id", run_id])
     for selected in config.optimizations:
         cmd += ["--opt", format_spec(selected)]
     if master_dtype:

@@ -152,7 +152,8 @@ if [ "$SELF_TEST" = 1 ]; then
   frozen --self-test --out "$ROOT/build/selftest/out"
   # The command line on what the self-test does not reach, so that a module the analysis
   # missed shows here: a preset, an architecture that is not compiled in (its sources load
-  # from disk), the optional libraries (peft, torchao), attention maps, an estimate, a report.
+  # from disk), the optional libraries (peft, torchao), attention maps, an estimate, FSDP2 on
+  # two processes, a report.
   printf '%s\n' '{"model_type": "phi", "architectures": ["PhiForCausalLM"], "vocab_size": 256,' \
     '"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,' \
     '"num_attention_heads": 4, "max_position_embeddings": 128}' > "$ROOT/build/selftest/phi.json"
@@ -173,6 +174,8 @@ if [ "$SELF_TEST" = 1 ]; then
   smoke profile --model demo --workload forward --opt torchao-int8 "${Q[@]}" --no-save
   smoke profile --model demo --workload generate --new-tokens 4 --attention-maps "${Q[@]}"
   smoke estimate --model preset:llama-3-8b --seq 128
+  # two ranks: the app's executable runs torchrun and is started again as each rank's worker
+  smoke profile --model preset:tiny-llama --workload train --seq 16 --distributed 2
   run_id=$(frozen runs | awk 'NR > 1 && $1 ~ /generate/ {print $1; exit}')
   smoke report "$run_id" --out "$ROOT/build/selftest/report" --pdf
   step "self-test and command-line checks of the frozen app passed"

@@ -142,3 +142,32 @@ def test_profile_distributed_refuses_what_it_cannot_measure(capsys):
     assert "cannot apply cast" in capsys.readouterr().err
     assert cli.main(["profile", "--workload", "train", "--master-dtype", "fp32"]) == cli.EXIT_USAGE
     assert "--distributed N" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_packaged_app_launches_ranks_with_its_own_executable(tmp_path, monkeypatch):
+    """A frozen app has no interpreter for ``python -m torch.distributed.run``: its executable
+    runs torchrun and is started again on every rank. The packaged app's entry point stands in
+    for the executable here (PyInstaller itself is exercised by packaging/build.sh)."""
+    import sys
+
+    from engine.distributed_run import FROZEN_TORCHRUN, FROZEN_WORKER, launcher_command
+
+    app = tmp_path / "memlens"
+    app.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                   f"runpy.run_path({str(ROOT / 'packaging' / 'memlens_entry.py')!r}, "
+                   "run_name='__main__')\n", encoding="utf-8")
+    app.chmod(0o755)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(app))
+    cmd = launcher_command(["--nproc-per-node", "2"], ["--seq", "16"])
+    assert cmd == [str(app), FROZEN_TORCHRUN, "--nproc-per-node", "2", "--no-python", str(app),
+                   FROZEN_WORKER, "--seq", "16"]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MEMLENS_HOME=str(tmp_path / "home"),
+               PYTHONWARNINGS="ignore")
+    out = tmp_path / "run.json"
+    config = RunConfig(model="preset:tiny-llama", workload="train", batch=1, seq=16)
+    run, _, _ = launch(config, 2, out, env=env, timeout=180, master_port=_free_port(),
+                       plan=False)
+    assert [r.rank for r in run.ranks] == [0, 1] and run.backend == "gloo"
+    assert all(r.peak_bytes > 0 for r in run.ranks)
