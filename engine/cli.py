@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --distributed: FSDP2 mixed precision, the model loaded (sharded "
                         "parameters, gradients, optimizer state) in this dtype and all-gathered "
                         "in --dtype (as memlens plan --master-dtype)")
+    p.add_argument("--replicas", type=int, default=1, metavar="R",
+                   help="with --distributed: HSDP, R groups each holding the model sharded "
+                        "among N / R processes (as memlens plan --replicas)")
     p.add_argument("--json", action="store_true", help="print the run JSON instead of the table")
 
     e = sub.add_parser(
@@ -426,6 +429,9 @@ def _profile(args: argparse.Namespace, store) -> int:
 
     if args.distributed is not None:
         return _profile_distributed(args, store)
+    if args.replicas != 1:
+        _error("--replicas is HSDP across processes.", "Add --distributed N.")
+        return EXIT_USAGE
     if args.master_dtype is not None:
         _error("--master-dtype is FSDP2's mixed precision across processes.",
                "Add --distributed N, or use --opt autocast for mixed precision on one device.")
@@ -537,7 +543,8 @@ def _profile_distributed(args: argparse.Namespace, store) -> int:
     _check_optimizations(config)  # refused here, before any process starts
     out = args.out if args.out is not None else Path(store.root).parent / "distributed"
     master = None if args.master_dtype in (None, "auto") else args.master_dtype
-    run, path, _ = launch(config, args.distributed, out=out, master_dtype=master)
+    run, path, _ = launch(config, args.distributed, out=out, master_dtype=master,
+                          replicas=args.replicas)
     if args.json:
         json.dump(run.to_dict(), sys.stdout, indent=1)
         print()

@@ -233,6 +233,7 @@ class ShardPlan:
     prefetch: int
     reshard_after_forward: bool
     method: str
+    replicas: int = 1  # HSDP: groups each holding the model sharded over ranks / replicas
     optimizer: str = ""
     parts: dict[str, int] = field(default_factory=dict)  # rank 0 (the largest), bytes
     total_bytes: int = 0  # per rank: the parts' sum (each at its own maximum)
@@ -903,6 +904,7 @@ def shard_rows(dim0: int, ranks: int) -> tuple[int, list[int]]:
 def plan_training(config: RunConfig, ranks: int | str, per_rank_budget: int | str | None = None,
                   *, master_dtype: str | None = None, prefetch: int = 1,
                   reshard_after_forward: bool = True, method: str = "shapes",
+                  replicas: int | str = 1,
                   listener: Listener = lambda e: None, cancel: threading.Event | None = None,
                   store: Any = None) -> ShardPlan | None:
     """Per-rank memory of FSDP2 training of ``config`` (train workload; ``config.batch`` is the
@@ -913,11 +915,20 @@ def plan_training(config: RunConfig, ranks: int | str, per_rank_budget: int | st
     of fp32 master weights with ``MixedPrecisionPolicy(param_dtype=<the run's dtype>,
     reduce_dtype=float32)``. ``prefetch``: blocks all-gathered ahead of the one running (FSDP2
     prefetches one by default). ``method="tracker"`` adds PyTorch's FSDPMemTracker run.
+    ``replicas`` > 1 is HSDP: a 2-D mesh of ``replicas`` groups of ``ranks / replicas`` ranks,
+    each group holding the whole model sharded among its ranks, gradients reduce-scattered in a
+    group and all-reduced across groups (``fully_shard`` on a ("replicate", "shard") mesh).
 
     Raises ``MemLensError`` for invalid arguments; later failures are a ``Failed`` event and the
     result None.
     """
     n = parse_count(ranks, "ranks")
+    r = parse_count(replicas, "replicas")
+    if n % r:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"{r} replicas do not divide {n} ranks evenly.",
+                           "HSDP splits the ranks into equal groups: --replicas must divide "
+                           "--ranks (e.g. --ranks 16 --replicas 2 for two groups of 8).")
     budget = parse_size(per_rank_budget, "--per-device") if per_rank_budget else None
     _check_choice(method, TRAIN_METHODS, "method", "shapes: from the parameter shapes; tracker: "
                   "also PyTorch's FSDPMemTracker on fake tensors")
@@ -938,7 +949,7 @@ def plan_training(config: RunConfig, ranks: int | str, per_rank_budget: int | st
     cancel = cancel or threading.Event()
     return _run_planner(lambda: _plan_training(config, n, budget, master_dtype, prefetch,
                                                reshard_after_forward, method, listener, cancel,
-                                               store), listener, "training plan")
+                                               store, r), listener, "training plan")
 
 
 def _optimizer_state_bytes(shapes: set[tuple[tuple[int, ...], Any]], lr: float,
@@ -966,15 +977,16 @@ def _optimizer_state_bytes(shapes: set[tuple[tuple[int, ...], Any]], lr: float,
     return out, name
 
 
-def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: str | None,
+def _plan_training(config: RunConfig, ranks: int, budget: int | None, master_dtype: str | None,
                    prefetch: int, reshard_after_forward: bool, method: str, listener: Listener,
-                   cancel: threading.Event, store: Any) -> ShardPlan:
+                   cancel: threading.Event, store: Any, replicas: int = 1) -> ShardPlan:
     import torch
 
     from .layers import _blocks
     from .models import DTYPES
 
     t0 = time.perf_counter()
+    n = ranks // replicas  # the ranks sharing one copy of the model (all of them, without HSDP)
     config = dataclasses.replace(config, device="cpu", prompt=None, attention_maps=False)
     config.validate()
     seconds: dict[str, float] = {}
@@ -1030,7 +1042,7 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
                 per_rank_shapes[r].append(((rows[r], *shape[1:]), p.dtype))
     # Every rank stores a full chunk of every parameter: the padding over all ranks is the
     # storage of all ranks minus the parameters.
-    padding = sharded * n - params_bytes
+    padding = (sharded * n - params_bytes) * replicas
     buffers = sum(b.numel() * b.element_size() for _, b in model.named_buffers())
 
     _check_cancel(cancel)
@@ -1076,7 +1088,7 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
     activations = max(act_forward, act_backward)
 
     plan = ShardPlan(
-        model=config.model, ranks=n, batch=config.batch, seq=config.seq,
+        model=config.model, ranks=ranks, replicas=replicas, batch=config.batch, seq=config.seq,
         dtype=_dtype_name(compute), master_dtype=_dtype_name(master),
         reduce_dtype=_dtype_name(reduce), attention_impl=config.attention_impl,
         per_rank_budget_bytes=budget, prefetch=prefetch,
@@ -1095,17 +1107,19 @@ def _plan_training(config: RunConfig, n: int, budget: int | None, master_dtype: 
                   "optimizer_state": per_rank_opt[0], "unsharded_params": unsharded,
                   "gradient_reduction": reduction, "activations": activations}
     plan.per_rank_optimizer_state = per_rank_opt
-    plan.all_ranks = {"sharded_params": sharded * n, "buffers": buffers * n,
-                      "sharded_gradients": grads * n, "optimizer_state": sum(per_rank_opt)}
+    plan.all_ranks = {"sharded_params": sharded * ranks, "buffers": buffers * ranks,
+                      "sharded_gradients": grads * ranks,
+                      "optimizer_state": sum(per_rank_opt) * replicas}
     plan.total_bytes = sum(plan.parts.values())
     plan.binding = max(plan.parts, key=lambda k: plan.parts[k])
     plan.assumptions = _training_assumptions(plan, in_flight, len(block_groups))
     if method == "tracker":
         _check_cancel(cancel)
-        _progress(listener, 0.7, f"FSDPMemTracker: FSDP2 on rank 0 of a fake {n}-rank group, "
+        _progress(listener, 0.7, f"FSDPMemTracker: FSDP2 on rank 0 of a fake {ranks}-rank group, "
                   "fake tensors")
         t = time.perf_counter()
-        plan.tracker = track_fsdp2(config, n, master_dtype, reshard_after_forward, cancel)
+        plan.tracker = track_fsdp2(config, ranks, master_dtype, reshard_after_forward, cancel,
+                                   replicas)
         seconds["tracker"] = round(time.perf_counter() - t, 3)
     if budget is not None:
         plan.fits = plan.total_bytes <= budget
@@ -1146,12 +1160,16 @@ def _training_assumptions(plan: ShardPlan, in_flight: int, blocks: int) -> list[
                f"{plan.model_parameters:,}) are sharded and all-gathered like the others but "
                "have no gradient, no reduction and no optimizer state."]
               if plan.trainable_parameters not in (None, plan.model_parameters) else [])
+    group = plan.ranks // max(1, plan.replicas)
+    mesh = (f"a 2-D mesh (HSDP) of {plan.replicas} replica groups × {group} ranks: each group "
+            "holds the whole model sharded among its ranks, gradients are reduce-scattered in "
+            "the group and then all-reduced across the groups in place"
+            if plan.replicas > 1 else f"one mesh of {plan.ranks} ranks")
     return frozen + [
         f"fully_shard on each of the {blocks} blocks, then on the root (its other parameters: "
-        "embeddings, final norm, head); one mesh of "
-        f"{plan.ranks} ranks; {mp}: sharded parameters, gradients and optimizer state in "
-        f"{plan.master_dtype}, all-gathered parameters in {plan.dtype}.",
-        "Sharding: each parameter on dim 0 in chunks of ceil(rows / ranks); every rank stores "
+        f"embeddings, final norm, head); {mesh}; {mp}: sharded parameters, gradients and "
+        f"optimizer state in {plan.master_dtype}, all-gathered parameters in {plan.dtype}.",
+        f"Sharding: each parameter on dim 0 in chunks of ceil(rows / {group}); every rank stores "
         "a full chunk (FSDP2 pads), so rank 0's figures are the largest; its optimizer state "
         f"covers its own rows ({plan.optimizer}, stepped once on fake tensors of those shapes).",
         "Unsharded parameters: the root group all the time from its forward to the end of "
@@ -1267,7 +1285,7 @@ def activation_pass(config: RunConfig, listener: Listener = lambda e: None,
 
 def track_fsdp2(config: RunConfig, ranks: int, master_dtype: str | None = None,
                 reshard_after_forward: bool = True,
-                cancel: threading.Event | None = None) -> dict[str, Any]:
+                cancel: threading.Event | None = None, replicas: int = 1) -> dict[str, Any]:
     """One training step of ``config`` under FSDP2 on rank 0 of a fake ``ranks``-rank process
     group, in ``FakeTensorMode``, tracked by PyTorch's ``FSDPMemTracker``.
 
@@ -1319,7 +1337,9 @@ def track_fsdp2(config: RunConfig, ranks: int, master_dtype: str | None = None,
         kwargs["trust_remote_code"] = True
     dist.init_process_group("fake", rank=0, world_size=ranks, store=store)
     try:
-        mesh = init_device_mesh("cpu", (ranks,))
+        mesh = (init_device_mesh("cpu", (replicas, ranks // replicas),
+                                 mesh_dim_names=("replicate", "shard"))
+                if replicas > 1 else init_device_mesh("cpu", (ranks,)))
         from transformers.initialization import no_init_weights
 
         fake = FakeTensorMode()
@@ -1453,6 +1473,8 @@ def _format_inference(plan: DevicePlan) -> str:
 def _format_training(plan: ShardPlan) -> str:
     lines = []
     lines.append(f"ESTIMATE — FSDP2 training plan: {plan.model} on {plan.ranks} ranks"
+                 + (f" (HSDP: {plan.replicas} replicas × {plan.ranks // plan.replicas} shards)"
+                    if plan.replicas > 1 else "")
                  + (f" × {human_bytes(plan.per_rank_budget_bytes)}"
                     if plan.per_rank_budget_bytes else ""))
     lines.append(f"per-rank micro-batch {plan.batch} × seq {plan.seq} (global batch "
@@ -1541,6 +1563,9 @@ def add_cli_parser(sub: Any, common: Callable[[Any], None] | None = None) -> Any
                         "(the same cache length) instead of the whole generation")
     p.add_argument("--ranks", default=None, metavar="N",
                    help="FSDP2 ranks (training; --devices is taken when --ranks is not given)")
+    p.add_argument("--replicas", default=1, metavar="R",
+                   help="training: HSDP, R groups of ranks / R ranks, each group holding the "
+                        "model sharded among its ranks (default 1: plain FSDP2)")
     p.add_argument("--master-dtype", default=None,
                    help="training: dtype of the sharded parameters, gradients and optimizer "
                         "state (default: the run's dtype; float32: fp32 master weights with "
@@ -1608,7 +1633,8 @@ def run_cli(args: Any) -> int:
             work = lambda: plan_training(  # noqa: E731
                 config, ranks, args.per_device, master_dtype=args.master_dtype,
                 prefetch=args.prefetch, reshard_after_forward=not args.no_reshard_after_forward,
-                method=args.method, listener=printer, cancel=cancel, store=store)
+                method=args.method, replicas=args.replicas, listener=printer, cancel=cancel,
+                store=store)
         else:
             if args.devices is None or args.per_device is None:
                 raise MemLensError(ErrorKind.INVALID_WORKLOAD,

@@ -121,6 +121,7 @@ class DistributedRun:
     backend: str
     recipe: str
     master_dtype: str | None = None  # FSDP2 mixed precision: sharded parameters' dtype (None: off)
+    replicas: int = 1  # HSDP: groups of world_size / replicas ranks (1: plain FSDP2)
     optimizations: list[dict[str, Any]] = field(default_factory=list)  # as applied on rank 0
     model_parameters: int = 0  # before sharding, shared parameters once (measured model)
     model_params_bytes: int = 0  # every parameter, unsharded (measured model)
@@ -352,12 +353,13 @@ def _optimize(model: Any, config: RunConfig, device: Any) -> tuple[list[dict[str
 
 
 def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None,
-             master_dtype: str | None = None) -> RankRow:
+             master_dtype: str | None = None, replicas: int = 1) -> RankRow:
     """One rank's measured FSDP2 training step; the default process group must exist.
 
     ``device`` None is ``config.device`` (``cuda`` becomes ``cuda:LOCAL_RANK``). ``master_dtype``
     (as ``plan_training``'s): the model is loaded in it and FSDP2's ``MixedPrecisionPolicy``
-    all-gathers in ``config.dtype`` and reduces gradients in it."""
+    all-gathers in ``config.dtype`` and reduces gradients in it. ``replicas`` > 1: HSDP on a
+    ("replicate", "shard") mesh of ``replicas`` × ``world_size / replicas`` ranks."""
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -392,7 +394,9 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None,
     compute = DTYPES.get(cfg.dtype)
     if master_dtype and compute is not None and compute != DTYPES[master_dtype]:
         mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=DTYPES[master_dtype])
-    mesh = init_device_mesh(device.type, (world_size,))
+    mesh = (init_device_mesh(device.type, (replicas, world_size // replicas),
+                             mesh_dim_names=("replicate", "shard"))
+            if replicas > 1 else init_device_mesh(device.type, (world_size,)))
     groups = _shard(model, mesh, mp)
     tracked = select_layers(model)
     optimizer = wl.make_optimizer(model, cfg.lr)
@@ -445,17 +449,18 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None,
         step_ms=round(step_ms, 3), applied=applied)
 
 
-def _plan_rows(config: RunConfig, world_size: int, master_dtype: str | None = None) -> Any:
+def _plan_rows(config: RunConfig, world_size: int, master_dtype: str | None = None,
+               replicas: int = 1) -> Any:
     """plan_training for the same config, on CPU (fake tensors); None if it fails."""
     from .distributed import plan_training
 
     return plan_training(dataclasses.replace(config, device="cpu", workload="train"), world_size,
-                         master_dtype=master_dtype)
+                         master_dtype=master_dtype, replicas=replicas)
 
 
 def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
                t_start: float | None = None, run_id: str | None = None,
-               master_dtype: str | None = None) -> DistributedRun | None:
+               master_dtype: str | None = None, replicas: int = 1) -> DistributedRun | None:
     """Gather every rank's row on rank 0 (``dist.gather_object``); rank 0 returns the record."""
     import torch.distributed as dist
 
@@ -470,7 +475,7 @@ def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
         run_id=run_id or new_run_id(world, created),
         created=created.isoformat(timespec="seconds"), config=config.to_dict(),
         world_size=world, backend=dist.get_backend(), recipe=RECIPE, master_dtype=master_dtype,
-        ranks=sorted(rows, key=lambda r: r.rank))
+        replicas=replicas, ranks=sorted(rows, key=lambda r: r.rank))
     run.optimizations = run.ranks[0].applied
     run.model_params_bytes = run.ranks[0].model_params_bytes
     run.model_parameters = run.ranks[0].model_parameters
@@ -483,8 +488,9 @@ def gather_run(config: RunConfig, row: RankRow, plan: Any = None,
                 "without memory, does not tie them, so it counts the shared weight twice).")
         run.plan_total_bytes = plan.total_bytes
         for r in run.ranks:
-            opt = (plan.per_rank_optimizer_state[r.rank]
-                   if r.rank < len(plan.per_rank_optimizer_state) else plan.parts["optimizer_state"])
+            # ranks are numbered replica by replica: rank % group is the shard a rank holds
+            shards = plan.per_rank_optimizer_state
+            opt = shards[r.rank % len(shards)] if shards else plan.parts["optimizer_state"]
             r.plan_parts = dict(plan.parts, optimizer_state=opt)
             r.plan_bound_bytes = sum(r.plan_parts.values())
             r.over_plan_parts = {k: v - r.plan_parts.get(k, 0) for k, v in r.as_plan_parts.items()
@@ -531,7 +537,7 @@ def write_run(run: DistributedRun, out: Path | str | None) -> Path:
 
 def run_distributed(config: RunConfig, out: Path | str | None = None, plan: bool = True,
                     run_id: str | None = None, master_dtype: str | None = None,
-                    ) -> tuple[DistributedRun | None, Path | None]:
+                    replicas: int = 1) -> tuple[DistributedRun | None, Path | None]:
     """This process's part of a distributed run (torch.distributed already initialised):
     measure this rank, gather on rank 0, which writes the record; returns (record, path) on rank
     0 and (None, None) elsewhere."""
@@ -539,9 +545,9 @@ def run_distributed(config: RunConfig, out: Path | str | None = None, plan: bool
 
     t0 = time.perf_counter()
     rank, world = dist.get_rank(), dist.get_world_size()
-    row = run_rank(config, rank, world, master_dtype=master_dtype)
-    shard_plan = _plan_rows(config, world, master_dtype) if plan and rank == 0 else None
-    run = gather_run(config, row, shard_plan, t0, run_id, master_dtype)
+    row = run_rank(config, rank, world, master_dtype=master_dtype, replicas=replicas)
+    shard_plan = _plan_rows(config, world, master_dtype, replicas) if plan and rank == 0 else None
+    run = gather_run(config, row, shard_plan, t0, run_id, master_dtype, replicas)
     path = write_run(run, out) if run is not None else None
     return run, path
 
@@ -549,8 +555,11 @@ def run_distributed(config: RunConfig, out: Path | str | None = None, plan: bool
 def format_run(run: DistributedRun) -> str:
     from .format import human_bytes
 
-    lines = [f"FSDP2 training, {run.world_size} ranks ({run.backend}), {run.config.get('model')}, "
-             f"batch {run.config.get('batch')} per rank, seq {run.config.get('seq')} — measured"]
+    hsdp = (f" (HSDP: {run.replicas} replicas × {run.world_size // run.replicas} shards)"
+            if run.replicas > 1 else "")
+    lines = [f"FSDP2 training, {run.world_size} ranks{hsdp} ({run.backend}), "
+             f"{run.config.get('model')}, batch {run.config.get('batch')} per rank, seq "
+             f"{run.config.get('seq')} — measured"]
     for r in run.ranks:
         bound = human_bytes(r.plan_bound_bytes) if r.plan_bound_bytes is not None else "-"
         parts = ", ".join(f"{k} {human_bytes(v)}" for k, v in r.parts.items())
@@ -587,7 +596,7 @@ def launcher_command(torchrun_args: list[str], worker_args: list[str]) -> list[s
 def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
            plan: bool = True, env: dict[str, str] | None = None, timeout: float | None = None,
            master_port: int | None = None, master_dtype: str | None = None,
-           ) -> tuple[DistributedRun, Path, str]:
+           replicas: int = 1) -> tuple[DistributedRun, Path, str]:
     """Run ``config``'s FSDP2 step on ``nproc`` local ranks with PyTorch's launcher (``python -m
     torch.distributed.run``, i.e. torchrun) and read the record back: (record, path, output).
 
@@ -603,6 +612,11 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
     if not isinstance(nproc, int) or nproc < 1:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Ranks must be 1 or more (got {nproc!r}).",
                            "Use --distributed 2 for two processes.")
+    if not isinstance(replicas, int) or replicas < 1 or nproc % replicas:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"{replicas!r} replicas do not divide {nproc} processes evenly.",
+                           "HSDP splits the processes into equal groups: --replicas must divide "
+                           "--distributed.")
     run_id = new_run_id(nproc)
     target = Path(out) if out is not None else default_root() / "distributed"
     if target.suffix != ".json":
@@ -622,6 +636,8 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
         cmd += ["--opt", format_spec(selected)]
     if master_dtype:
         cmd += ["--master-dtype", master_dtype]
+    if replicas > 1:
+        cmd += ["--replicas", str(replicas)]
     if not plan:
         cmd.append("--no-plan")
     full_env = dict(os.environ if env is None else env)
@@ -663,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
                         "takes)")
     p.add_argument("--master-dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="FSDP2 mixed precision: load in this dtype, all-gather in --dtype")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="HSDP: groups of world size / replicas ranks (default 1: FSDP2)")
     p.add_argument("--no-plan", action="store_true", help="skip the plan_training comparison")
     p.add_argument("--run-id", default=None, help="the record's id (default: from the time)")
     args = p.parse_args(argv)
@@ -678,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group(backend)
     try:
         run, path = run_distributed(config, args.out, plan=not args.no_plan, run_id=args.run_id,
-                                    master_dtype=args.master_dtype)
+                                    master_dtype=args.master_dtype, replicas=args.replicas)
         if run is not None:
             print(format_run(run))
             print(f"saved {path}")

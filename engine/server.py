@@ -106,6 +106,8 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
         try:  # bad arguments are refused before the planner starts: report them as events too
             if config.workload == "train":
                 return plan_training(config, extra.get("ranks", 1), extra.get("per_device"),
+                                     master_dtype=extra.get("master_dtype"),
+                                     replicas=extra.get("replicas", 1),
                                      listener=listener, cancel=cancel, store=store)
             return plan_inference(config, extra.get("devices", 1), extra.get("per_device"),
                                   extra.get("cpu_offload"), extra.get("strategy", "auto"),

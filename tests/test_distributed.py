@@ -301,6 +301,28 @@ def test_a_lora_plan_gives_gradients_and_optimizer_state_to_the_adapters_only() 
     assert "trainable" in format_plan(three)
 
 
+def test_hsdp_shards_within_a_group_and_agrees_with_fsdpmemtracker() -> None:
+    """HSDP, 2 replicas × 2 shards: each rank holds what plain FSDP2 on 2 ranks gives it (the
+    shards of its group); the totals over all ranks count each replica; PyTorch's tracker on a
+    fake 4-rank ("replicate", "shard") mesh agrees on the shards and state."""
+    hsdp, _ = _training(_train(seq=64), 4, replicas=2, method="tracker")
+    two, _ = _training(_train(seq=64), 2)
+    for part in ("sharded_params", "sharded_gradients", "optimizer_state", "unsharded_params",
+                 "gradient_reduction", "activations"):
+        assert hsdp.parts[part] == two.parts[part], part
+    assert hsdp.all_ranks["sharded_params"] == 2 * two.all_ranks["sharded_params"]
+    assert hsdp.all_ranks["optimizer_state"] == 2 * two.all_ranks["optimizer_state"]
+    tracked = hsdp.tracker["parts"]
+    for part in ("sharded_params", "buffers", "optimizer_state"):
+        assert hsdp.parts[part] == tracked[part], part
+    assert hsdp.tracker["peak_bytes"] <= hsdp.total_bytes
+    text = format_plan(hsdp)
+    assert "4 ranks (HSDP: 2 replicas × 2 shards)" in text and "2-D mesh (HSDP)" in text
+    with pytest.raises(MemLensError) as info:
+        plan_training(_train(), 4, replicas=3)
+    assert "--replicas must divide" in info.value.hint
+
+
 def test_inference_plans_place_the_pruned_model() -> None:
     """Structural pruning runs on the plan's empty model: fewer blocks, fewer weights placed,
     and the same weights as the estimate of the pruned model."""

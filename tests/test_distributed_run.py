@@ -125,6 +125,31 @@ def test_lora_checkpointing_and_mixed_precision_across_ranks(tmp_path: Path) -> 
     assert run.within_plan is True
 
 
+@pytest.mark.slow
+def test_hsdp_across_four_ranks_matches_the_plan(tmp_path: Path) -> None:
+    """HSDP on 4 gloo processes, 2 replicas × 2 shards: every rank holds its group's shard, as
+    the plan says byte for byte, within the plan's bound part by part."""
+    out = tmp_path / "run.json"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MEMLENS_HOME=str(tmp_path / "home"),
+               PYTHONWARNINGS="ignore")
+    config = RunConfig(model="preset:tiny-llama", workload="train", batch=1, seq=32)
+    run, _, stdout = launch(config, 4, out, env=env, timeout=240, master_port=_free_port(),
+                            replicas=2)
+    assert run.replicas == 2 and [r.rank for r in run.ranks] == [0, 1, 2, 3]
+    for r in run.ranks:
+        assert r.sharded_params_bytes == r.plan_parts["sharded_params"]
+        assert r.sharded_params_bytes == pytest.approx(r.model_params_bytes / 2, rel=0.05)
+        assert r.optimizer_state_bytes == r.plan_parts["optimizer_state"]
+        assert r.gradients_bytes == r.plan_parts["sharded_gradients"]
+        assert not r.over_plan_parts, (r.rank, r.over_plan_parts)
+        assert r.peak_bytes <= r.plan_bound_bytes
+    assert run.within_plan is True
+    assert "HSDP: 2 replicas × 2 shards" in stdout
+    with pytest.raises(MemLensError) as info:
+        launch(config, 4, out, replicas=3)
+    assert "--replicas must divide" in info.value.hint
+
+
 def test_launch_refuses_no_ranks() -> None:
     with pytest.raises(MemLensError) as info:
         launch(RunConfig(model="preset:tiny-llama", workload="train"), 0)

@@ -158,3 +158,22 @@ def test_saved_records_open_on_their_pages(qtbot, tmp_path):
     assert not window.open_run_file(newer_path)
     assert "newer MemLens" in window.status.text()
     assert window.controls.run_button.isEnabled()
+
+
+def test_training_plan_options_hsdp_and_master_weights(qtbot, tmp_path):
+    """Replicas and master weights apply to training only; replicas must divide the ranks
+    (refused before any job starts, naming the fix)."""
+    window = make_window(qtbot, tmp_path, "train")
+    page = window.plan_panel
+    assert page.replicas_spin.isEnabled() and page.master_combo.isEnabled()
+    page.devices_spin.setValue(4)
+    page.replicas_spin.setValue(2)
+    page.master_combo.setCurrentIndex(1)
+    job = page.plan_job("train")
+    assert (job["ranks"], job["replicas"], job["master_dtype"]) == (4, 2, "float32")
+    page.replicas_spin.setValue(3)
+    assert not window.run_plan()
+    assert "3 replicas do not divide 4 ranks" in window.status.text()
+    assert not window.controller.is_running
+    window.controls.set_workload("generate")
+    assert not page.replicas_spin.isEnabled() and not page.master_combo.isEnabled()

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.distributed import STRATEGIES, TRAIN_PARTS
+from engine.errors import ErrorKind, MemLensError
 from engine.format import MISSING, human_bytes
 from engine.sweep import parse_bytes
 
@@ -81,6 +82,16 @@ class PlanPanel(QWidget):
         self.strategy_combo = QComboBox()
         self.strategy_combo.addItems(STRATEGIES)
         self.strategy_combo.setToolTip("Inference: from_pretrained's device_map strategy")
+        self.replicas_spin = QSpinBox()
+        self.replicas_spin.setRange(1, 4096)
+        self.replicas_spin.setToolTip("Training: HSDP replica groups; each group holds the model "
+                                      "sharded among ranks / replicas ranks (1: plain FSDP2)")
+        self.master_combo = QComboBox()
+        self.master_combo.addItem("the run's dtype", None)
+        self.master_combo.addItem("float32 (mixed precision)", "float32")
+        self.master_combo.setToolTip("Training: dtype of the sharded parameters, gradients and "
+                                     "optimizer state; float32 all-gathers in the run's dtype "
+                                     "(FSDP2 MixedPrecisionPolicy)")
         self.plan_button = QPushButton("Plan")
         self.plan_button.setToolTip("Per-device memory (estimate) for the model, workload, batch, "
                                     "sequence and dtype on the left")
@@ -103,6 +114,10 @@ class PlanPanel(QWidget):
         grid.addWidget(self.strategy_combo, 0, 7)
         grid.addWidget(self.save_button, 0, 8)
         grid.addWidget(self.plan_button, 0, 9)
+        grid.addWidget(QLabel("Replicas (HSDP)"), 1, 0)
+        grid.addWidget(self.replicas_spin, 1, 1)
+        grid.addWidget(QLabel("Master weights"), 1, 2)
+        grid.addWidget(self.master_combo, 1, 3)
         grid.setColumnStretch(3, 1)
         grid.setColumnStretch(5, 1)
 
@@ -144,13 +159,16 @@ class PlanPanel(QWidget):
         self.plan_button.setEnabled(not running)
 
     def set_workload(self, workload: str) -> None:
-        """Training is sharded (FSDP2): CPU offload and the placement strategy do not apply."""
+        """Training is sharded (FSDP2): CPU offload and the placement strategy do not apply;
+        replicas and master weights apply to training only."""
         inference = workload != "train"
         for widget in (self.offload_edit, self.strategy_combo):
             widget.setEnabled(inference)
             widget.setToolTip(widget.toolTip().split(" (not for training")[0]
                               + ("" if inference else " (not for training: FSDP2 shards every "
                                                       "block across the ranks)"))
+        for widget in (self.replicas_spin, self.master_combo):
+            widget.setEnabled(not inference)
 
     def plan_job(self, workload: str) -> dict[str, Any]:
         """The plan job's arguments (raises ``MemLensError`` naming a bad size)."""
@@ -161,7 +179,14 @@ class PlanPanel(QWidget):
             parse_bytes(offload)
         job: dict[str, Any] = {"per_device": per_device}
         if workload == "train":
-            job["ranks"] = self.devices_spin.value()
+            ranks, replicas = self.devices_spin.value(), self.replicas_spin.value()
+            if ranks % replicas:
+                raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                                   f"{replicas} replicas do not divide {ranks} ranks evenly.",
+                                   "HSDP splits the ranks into equal groups: choose replicas "
+                                   "that divide the ranks.")
+            job.update({"ranks": ranks, "replicas": replicas,
+                        "master_dtype": self.master_combo.currentData()})
         else:
             job.update({"devices": self.devices_spin.value(), "cpu_offload": offload or None,
                         "strategy": self.strategy_combo.currentText()})
@@ -170,12 +195,20 @@ class PlanPanel(QWidget):
     def inputs(self) -> dict[str, Any]:
         return {"devices": self.devices_spin.value(), "per_device": self.per_device_edit.text(),
                 "cpu_offload": self.offload_edit.text(),
-                "strategy": self.strategy_combo.currentText()}
+                "strategy": self.strategy_combo.currentText(),
+                "replicas": self.replicas_spin.value(),
+                "master": self.master_combo.currentIndex()}
 
     def restore(self, values: dict[str, Any]) -> None:
+        for spin, key in ((self.devices_spin, "devices"), (self.replicas_spin, "replicas")):
+            try:
+                if values.get(key) is not None:
+                    spin.setValue(int(values[key]))
+            except (TypeError, ValueError):
+                pass
         try:
-            if values.get("devices") is not None:
-                self.devices_spin.setValue(int(values["devices"]))
+            if values.get("master") is not None:
+                self.master_combo.setCurrentIndex(int(values["master"]))
         except (TypeError, ValueError):
             pass
         if values.get("per_device"):
@@ -306,7 +339,10 @@ class PlanPanel(QWidget):
                        f"by {human_bytes(plan.over_by_bytes)}; largest part: "
                        f"{plan.binding})")
         self.message.setText(
-            f"ESTIMATE — {plan.model} · train, FSDP2 on {plan.ranks} ranks (micro-batch "
+            f"ESTIMATE — {plan.model} · train, FSDP2 on {plan.ranks} ranks"
+            + (f" (HSDP: {plan.replicas} replicas × {plan.ranks // plan.replicas} shards)"
+               if plan.replicas > 1 else "")
+            + f" (micro-batch "
             f"{plan.batch}, seq {plan.seq}, compute {plan.dtype}, master {plan.master_dtype}): "
             f"{human_bytes(plan.total_bytes)} per rank, {verdict}.")
 
