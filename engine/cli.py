@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--opt", action="append", default=[], metavar="ID[:key=value,...]",
                    help="apply an optimization to the fake model (repeatable); all but "
                         "int8-dynamic, low-bit-optimizer, compile and quanto's 4/2-bit ones")
+    e.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="estimate rank 0 of N ranks of tensor parallelism (the architecture's "
+                        "own plan in transformers; PyTorch DTensor on a fake process group)")
     e.add_argument("--label", default="")
     e.add_argument("--out", type=Path, default=None, help="also write the estimate JSON here")
     e.add_argument("--save", action="store_true",
@@ -488,7 +491,8 @@ def _estimate(args: argparse.Namespace, store) -> int:
         optimizations=[parse_spec(spec) for spec in args.opt])
     printer = _ProgressPrinter(sys.stderr)
     try:
-        result = estimate(config, printer, store=store if args.save else None)
+        result = estimate(config, printer, store=store if args.save else None,
+                          tensor_parallel=args.tensor_parallel)
     except KeyboardInterrupt:
         print("\nmemlens: estimate cancelled", file=sys.stderr)
         return EXIT_CANCELLED

@@ -81,6 +81,11 @@ NOT_ESTIMABLE_VALUES = {
 }
 
 
+# With tensor parallelism, the optimizations that leave the blocks' nn.Linear layers in place.
+TENSOR_PARALLEL_OPTIMIZATIONS = ("cast", "autocast", "checkpointing", "freeze-base",
+                                 "attention", "sliding-window", "kv-cache", "drop-blocks")
+
+
 def not_estimable(opt_id: str, params: dict[str, Any]) -> tuple[str, str] | None:
     """``(what, why)`` when the optimization ``opt_id`` with ``params`` cannot be estimated
     (``what`` names it as ``--opt`` does), None when it can."""
@@ -148,13 +153,17 @@ def apply_on_fake(model: Any, chosen: list[Any], fake_mode: Any, device: torch.d
 
 
 def estimate(config: RunConfig, listener: Listener = lambda e: None,
-             cancel: threading.Event | None = None, store: Any = None) -> RunResult | None:
+             cancel: threading.Event | None = None, store: Any = None,
+             tensor_parallel: int = 1) -> RunResult | None:
     """Estimate ``config`` in this thread; returns the result, or None after a ``Failed`` event.
+
+    ``tensor_parallel`` > 1 estimates rank 0 of that many ranks of tensor parallelism (the
+    architecture's own plan, :meth:`_EstimateRun._parallelize`).
 
     Events and error handling are those of :func:`engine.runner.execute`.
     """
     cancel = cancel or threading.Event()
-    run = _EstimateRun(config, listener, cancel)
+    run = _EstimateRun(config, listener, cancel, tensor_parallel)
     try:
         result = run.go()
     except MemLensError as exc:  # also Cancelled
@@ -260,15 +269,98 @@ def _as_in_a_real_run() -> Iterator[None]:
 class _EstimateRun(_Run):
     """One estimate: the runner's run with the model built on fake tensors and no timing."""
 
-    def __init__(self, config: RunConfig, listener: Listener, cancel: threading.Event) -> None:
+    def __init__(self, config: RunConfig, listener: Listener, cancel: threading.Event,
+                 tensor_parallel: int = 1) -> None:
         super().__init__(config, listener, cancel)
         self.fake_mode: Any = None
+        self.tensor_parallel = tensor_parallel
+        self._process_group = False  # a fake one made for tensor parallelism, destroyed at the end
 
     def cleanup(self) -> None:
         self.loaded = None
         self.optimizer = None
         self.fake_mode = None
+        if self._process_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self._process_group = False
         gc.collect()
+
+    def _parallelize(self, model: Any) -> str:
+        """Rank 0 of ``self.tensor_parallel`` ranks of tensor parallelism on a fake process group:
+        PyTorch's ``parallelize_module`` with the plan the architecture declares in transformers
+        (``config.base_model_tp_plan``: colwise / rowwise Linear layers of the blocks, the model
+        class's ``_tp_plan`` for the head, its logits gathered). Returns the limitation line."""
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor import Replicate
+        from torch.distributed.tensor.parallel import (
+            ColwiseParallel,
+            RowwiseParallel,
+            parallelize_module,
+        )
+
+        tp = self.tensor_parallel
+        config = getattr(model.config, "get_text_config", lambda: model.config)()
+        declared = dict(getattr(config, "base_model_tp_plan", None) or {})
+        name = type(model).__name__
+        if not declared:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               f"{name} declares no tensor-parallel plan in transformers "
+                               "(base_model_tp_plan), so its layers' split is not known.",
+                               "Estimate it on one device, or plan FSDP2 training "
+                               "(memlens plan --workload train --ranks N).")
+        styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+        unknown = sorted({v for v in declared.values() if v not in styles})
+        if unknown:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               f"{name}'s tensor-parallel plan uses {', '.join(unknown)}, which "
+                               "MemLens does not model (only colwise and rowwise layers).",
+                               "Estimate it on one device.")
+        for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value % tp:
+                raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                                   f"{key} = {value} does not split over {tp} ranks.",
+                                   "Tensor parallelism splits heads and channels evenly: choose "
+                                   f"a rank count that divides {key}.")
+        changed = [o.get("id") for o in self.config.optimizations
+                   if o.get("id") not in TENSOR_PARALLEL_OPTIMIZATIONS]
+        if changed:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               f"{', '.join(map(str, changed))} replaces or reshapes the Linear "
+                               "layers tensor parallelism splits.",
+                               "With --tensor-parallel use "
+                               f"{', '.join(TENSOR_PARALLEL_OPTIMIZATIONS)}.")
+        if dist.is_initialized():
+            raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                               "A tensor-parallel estimate needs a fake process group of its "
+                               "own, and this process already has one.",
+                               "Estimate from a process without torch.distributed initialised.")
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+
+        dist.init_process_group("fake", rank=0, world_size=tp, store=FakeStore())
+        self._process_group = True
+        # PyTorch's FLOP counter sees a split layer's matmul at the DTensor level, with the
+        # global shapes, and the attention at the local ones: its sum would be neither.
+        self.count_flops = False
+        mesh = init_device_mesh("cpu", (tp,))
+        head = getattr(type(model), "_tp_plan", None) or {}
+        with self.fake_mode:
+            parallelize_module(model.base_model, mesh,
+                               {k: styles[v]() for k, v in declared.items()})
+            if head.get("lm_head") == "colwise_gather_output" and hasattr(model, "lm_head"):
+                parallelize_module(model, mesh,
+                                   {"lm_head": ColwiseParallel(output_layouts=Replicate())})
+        return (f"Tensor parallelism: rank 0 of {tp}. The blocks' Linear layers are split as "
+                f"{name} declares in transformers (base_model_tp_plan: "
+                + ", ".join(f"{k.replace('layers.*.', '')} {v}" for k, v in declared.items())
+                + ")" + (", the head column-wise with its logits gathered" if head else "")
+                + "; embeddings and norms are replicated. PyTorch's DTensor layers ran on a "
+                "fake process group: each rank's shards and activations are counted, the "
+                "collectives' communication buffers are not. FLOPs are not estimated (PyTorch's "
+                "counter sees split layers with their global shapes).")
 
     def go(self) -> RunResult:
         from torch._subclasses.fake_tensor import FakeTensorMode
@@ -281,6 +373,11 @@ class _EstimateRun(_Run):
 
         cfg = self.config
         cfg.validate()
+        tp = self.tensor_parallel
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                               f"Tensor parallelism needs 1 or more ranks (got {tp!r}).",
+                               "Use --tensor-parallel 2 (or the number of GPUs).")
         if describe_source(cfg.model) == "hub":  # also refuses unknown presets and paths
             raise MemLensError(
                 ErrorKind.NOT_APPLICABLE,
@@ -308,7 +405,8 @@ class _EstimateRun(_Run):
         created = _dt.datetime.now(_dt.timezone.utc)
         run_id = _run_id(cfg, created)
         head, _, tail = run_id.rpartition(f"-{cfg.workload}-")
-        result = RunResult(config=cfg, run_id=f"{head}-estimate-{cfg.workload}-{tail}",
+        kind = "estimate" if tp == 1 else f"estimate-tp{tp}"
+        result = RunResult(config=cfg, run_id=f"{head}-{kind}-{cfg.workload}-{tail}",
                            created=created.isoformat(timespec="seconds"))
         self.progress("prepare", None, "importing libraries")
         import transformers
@@ -332,6 +430,7 @@ class _EstimateRun(_Run):
                                                 lambda f, m: self.progress("optimize", f, m))
             result.optimizations = [a.to_dict() for a in applied]
 
+        tp_note = self._parallelize(model) if self.tensor_parallel > 1 else None
         tracked = select_layers(model)
         with self.fake_mode:
             ids = torch.zeros((cfg.batch, cfg.seq), dtype=torch.long, device=device)
@@ -343,7 +442,7 @@ class _EstimateRun(_Run):
         result.model_info = self._model_info(model, tracked, device)
         result.model_info["weights"] = "none (fake tensors: shapes only)"
         result.environment = environment(str(device))
-        result.limitations = list(LIMITATIONS_ESTIMATE)
+        result.limitations = list(LIMITATIONS_ESTIMATE) + ([tp_note] if tp_note else [])
         if not wl.is_causal_lm(model) and cfg.workload == "generate":
             raise MemLensError(ErrorKind.NOT_APPLICABLE,
                                f"{self.loaded.architecture} is not a causal language model: it "
@@ -387,6 +486,7 @@ class _EstimateRun(_Run):
         result.estimate = {
             "method": METHOD,
             "device_modelled": str(device),
+            "tensor_parallel": self.tensor_parallel,
             "build_seconds": round(build_s, 3),
             "warmup_seconds": round(warm_s, 3),
             "pass_seconds": round(pass_s, 3),

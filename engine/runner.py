@@ -177,6 +177,7 @@ class _Run:
         self.sampler: Any = None
         self.attention_event: AttentionMaps | None = None
         self.hooks: Any = None
+        self.count_flops = True  # the memory pass's FLOP counter (an estimate may turn it off)
         self._compile_first: dict[str, Any] | None = None  # the compiled model's first call
         self.t_start = time.perf_counter()
         self.phases: list[dict[str, Any]] = []
@@ -444,7 +445,8 @@ class _Run:
         extra: dict[str, Any] = {}
         detailed = device if (cuda and cfg.detailed) else None
         probe = MemoryProbe(model, tracked, self.cancel, training=training,
-                            optimizer=self.optimizer, cuda_detailed=detailed)
+                            count_flops=self.count_flops, optimizer=self.optimizer,
+                            cuda_detailed=detailed)
         recording: Any = contextlib.nullcontext()
         if snapshot and cuda and cfg.memory_snapshot:
             from .export import cuda_memory_snapshot
@@ -842,8 +844,10 @@ class _Run:
                 fresh.append(v)
             opt[owner] = opt.get(owner, 0) + unique_nbytes(fresh)
             if p.requires_grad:
-                # Gradients are freed by the next zero_grad; their size is the parameter's.
-                grads[owner] = grads.get(owner, 0) + p.numel() * p.element_size()
+                # Gradients are freed by the next zero_grad; their size is the parameter's (a
+                # DTensor's local shard: its leaves).
+                grads[owner] = grads.get(owner, 0) + sum(
+                    leaf.numel() * leaf.element_size() for leaf in leaves(p))
         return grads, opt
 
     def _decode(self, ids: list[int]) -> str | None:

@@ -349,3 +349,47 @@ def test_estimate_names_the_operator_fake_tensors_cannot_run(monkeypatch, read) 
     op = "aten._local_scalar_dense" if read == "value" else "aten.nonzero"
     assert failed.kind == "not_applicable" and op in failed.message
     assert "test_estimate.py" in failed.message and "memlens profile" in failed.hint
+
+
+def test_tensor_parallel_estimate_splits_what_the_architecture_declares() -> None:
+    """Rank 0 of 2 ranks of tensor parallelism (transformers' base_model_tp_plan through
+    PyTorch's parallelize_module on a fake process group): the blocks' projections and the head
+    hold half their weights, embeddings and norms all of theirs; the KV cache holds half the
+    key/value heads; training keeps gradients and AdamW state of the local shards."""
+    import torch.distributed as dist
+
+    one = _estimate_ok(_config("preset:tiny-llama", "generate"))
+    events = Collector()
+    two = estimate(_config("preset:tiny-llama", "generate"), events, tensor_parallel=2)
+    assert two is not None, events.failed
+    assert not dist.is_initialized(), "the fake process group is destroyed"
+    a, b = ({x.name: x for x in r.layers} for r in (one, two))
+    for name in ("model.layers.0.self_attn", "model.layers.1.mlp", "lm_head"):
+        assert b[name].weights_bytes * 2 == a[name].weights_bytes, name
+    for name in ("model.embed_tokens", "model.norm"):
+        assert b[name].weights_bytes == a[name].weights_bytes, name
+    assert two.generation["kv_cache_bytes"] * 2 == one.generation["kv_cache_bytes"]
+    assert two.totals.reconciles() and two.totals.peak_bytes < one.totals.peak_bytes
+    assert two.estimate["tensor_parallel"] == 2 and "-estimate-tp2-" in two.run_id
+    assert all(x.flops is None for x in two.layers)  # not estimated, and said so
+    assert any(line.startswith("Tensor parallelism: rank 0 of 2") for line in two.limitations)
+    train = estimate(_config("preset:tiny-llama", "train"), Collector(), tensor_parallel=2)
+    assert train.training["gradient_bytes"] == train.totals.model_weights_bytes - sum(
+        x.weights_bytes for x in train.layers if x.name == "model.rotary_emb")
+
+
+@pytest.mark.parametrize(("model", "tp", "opts", "words"), [
+    ("preset:tiny-gpt2", 2, [], "declares no tensor-parallel plan"),
+    ("preset:tiny-llama", 4, [], "num_key_value_heads = 2 does not split over 4 ranks"),
+    ("preset:tiny-llama", 2, [{"id": "lora", "params": {}}], "lora replaces or reshapes"),
+    ("preset:tiny-llama", 0, [], "1 or more ranks"),
+])
+def test_tensor_parallel_refusals_name_the_fix(model, tp, opts, words) -> None:
+    import torch.distributed as dist
+
+    events = Collector()
+    workload = "train" if opts else "forward"
+    assert estimate(_config(model, workload, optimizations=opts), events,
+                    tensor_parallel=tp) is None
+    assert words in events.failed.message and events.failed.hint
+    assert not dist.is_initialized()
