@@ -118,7 +118,8 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
     if mode == "estimate":
         from .estimate import estimate
 
-        return estimate(config, listener=listener, cancel=cancel, store=store)
+        return estimate(config, listener=listener, cancel=cancel, store=store,
+                        tensor_parallel=extra.get("tensor_parallel", 1))
     if mode != "run":
         raise MemLensError("invalid_workload", f"Unknown engine job {mode!r}.",
                            "Use run, estimate, guide, sweep, fit or plan.")

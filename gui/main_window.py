@@ -94,6 +94,7 @@ class MainWindow(QMainWindow):
         self.sweep_panel.fit_requested.connect(lambda _=None: self.run_fit())
         self.sweep_panel.save_requested.connect(self.save_sweep_dialog)
         self.plan_panel.plan_requested.connect(self.run_plan)
+        self.plan_panel.tensor_parallel_requested.connect(self.run_tensor_parallel_estimate)
         self.plan_panel.save_requested.connect(self.save_plan_dialog)
         self.controls.workload_combo.currentTextChanged.connect(self.plan_panel.set_workload)
         self.plan_panel.set_workload(self.controls.workload_combo.currentText())
@@ -261,8 +262,10 @@ class MainWindow(QMainWindow):
         model, workload = config.get("model", "?"), config.get("workload", "?")
         self.status.show_started(model, workload)
         what = "Estimate" if config.get("mode") == "estimate" else "Run"
+        tp = (config.get("job") or {}).get("tensor_parallel")
         self.log.info(f"{what}: {workload} on {model} (batch {config.get('batch')}, "
-                      f"seq {config.get('seq')}, {config.get('device')}, {config.get('dtype')})")
+                      f"seq {config.get('seq')}, {config.get('device')}, {config.get('dtype')}"
+                      + (f"; tensor parallel, rank 0 of {tp}" if tp else "") + ")")
         return self.controller.start(config)
 
     @Slot()
@@ -367,6 +370,13 @@ class MainWindow(QMainWindow):
         self.status.show_started(model, f"{mode} · {workload}")
         self.log.info(what)
         return self.controller.start(config)
+
+    def run_tensor_parallel_estimate(self) -> bool:
+        """Estimate rank 0 of the plan page's GPUs / ranks of tensor parallelism for the
+        controls' model and workload (shown like any estimate, on the Current run page)."""
+        ranks = self.plan_panel.devices_spin.value()
+        return self.start_run({**self.controls.config(), "mode": "estimate",
+                               "attention_maps": False, "job": {"tensor_parallel": ranks}})
 
     def run_plan(self) -> bool:
         """Run → Plan across devices: per-device memory of the controls' model and workload
@@ -547,10 +557,14 @@ class MainWindow(QMainWindow):
         if result.timeline:
             self.timeline.set_timeline(result.timeline)
         config = result.config
-        kind = " · ESTIMATE" if getattr(result, "estimate", None) is not None else ""
+        estimated = getattr(result, "estimate", None)
+        tp = (estimated or {}).get("tensor_parallel") or 1
+        rank = f", rank 0 of {tp} (tensor parallel)" if tp > 1 else ""
+        kind = f" · ESTIMATE{rank}" if estimated is not None else ""
         self.setWindowTitle(f"MemLens · {config.model} · {config.workload}{kind}")
-        self.chart.plot.setTitle(("Estimated memory at peak by layer (estimate)" if kind
-                                  else "Memory at peak by layer"), color=theme.current().text)
+        self.chart.plot.setTitle((f"Estimated memory at peak by layer{rank} (estimate)"
+                                  if estimated is not None else "Memory at peak by layer"),
+                                 color=theme.current().text)
 
     # -- saved runs -----------------------------------------------------------------------------
     def _get_store(self) -> Any:

@@ -267,7 +267,10 @@ def _config_rows(result: RunResult) -> list[tuple[str, str]]:
 
     cfg, info = result.config, result.model_info
     rows = [("run id", result.run_id or MISSING), ("created", result.created or MISSING),
-            ("kind", "ESTIMATE (fake tensors)" if result.estimate is not None else "measured"),
+            ("kind", ("ESTIMATE (fake tensors" + (
+                f"; rank 0 of {result.estimate['tensor_parallel']}, tensor parallel"
+                if (result.estimate.get("tensor_parallel") or 1) > 1 else "") + ")")
+             if result.estimate is not None else "measured"),
             ("model", cfg.model), ("label", cfg.label or MISSING),
             ("workload", cfg.workload), ("batch", _v(cfg.batch)),
             ("sequence", _v(cfg.seq))]

@@ -177,3 +177,28 @@ def test_training_plan_options_hsdp_and_master_weights(qtbot, tmp_path):
     assert not window.controller.is_running
     window.controls.set_workload("generate")
     assert not page.replicas_spin.isEnabled() and not page.master_combo.isEnabled()
+
+
+@pytest.mark.slow
+def test_a_tensor_parallel_estimate_from_the_plan_page(qtbot, tmp_path):
+    """The plan page's Tensor-parallel estimate: rank 0 of its GPUs / ranks, estimated in the
+    engine process and shown on the Current run page like any estimate."""
+    window = make_window(qtbot, tmp_path, "generate")
+    window.plan_panel.devices_spin.setValue(2)
+    failures: list = []
+    window.controller.failed.connect(lambda *args: failures.append(args))
+    with qtbot.waitSignal(window.controller.running_changed, timeout=5000):
+        assert window.run_tensor_parallel_estimate()
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=180_000)
+    assert failures == []
+    result = window.current_result
+    assert result is not None and result.estimate["tensor_parallel"] == 2
+    assert any(line.startswith("Tensor parallelism: rank 0 of 2") for line in result.limitations)
+    assert window.workspace.currentIndex() == 0
+    assert "rank 0 of 2 (tensor parallel) (estimate)" in window.chart.plot.titleLabel.text
+    assert "ESTIMATE, rank 0 of 2" in window.windowTitle()
+    assert "rank 0 of 2, tensor parallel" in window.totals.text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    image = window.grab().toImage()
+    assert image.save(str(ARTIFACTS / "tensor_parallel_estimate.png"))
+    assert distinct_colours(image) > 100

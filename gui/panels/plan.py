@@ -62,6 +62,7 @@ class PlanPanel(QWidget):
     with :meth:`plan_job` and the controls' model, workload, sizes and dtype."""
 
     plan_requested = Signal()
+    tensor_parallel_requested = Signal()
     save_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -99,6 +100,11 @@ class PlanPanel(QWidget):
         self.save_button = QPushButton("Save JSON…")
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(self.save_requested)
+        self.tp_button = QPushButton("Tensor-parallel estimate")
+        self.tp_button.setToolTip("Estimate rank 0 of GPUs / ranks ranks of tensor parallelism "
+                                  "(each block's layers split as the architecture declares), "
+                                  "shown on the Current run page")
+        self.tp_button.clicked.connect(lambda _=False: self.tensor_parallel_requested.emit())
 
         box = QGroupBox("Split across devices: forward and generate are placed with device_map, "
                         "train is sharded with FSDP2 (model, workload, batch, sequence and dtype "
@@ -118,6 +124,7 @@ class PlanPanel(QWidget):
         grid.addWidget(self.replicas_spin, 1, 1)
         grid.addWidget(QLabel("Master weights"), 1, 2)
         grid.addWidget(self.master_combo, 1, 3)
+        grid.addWidget(self.tp_button, 1, 8, 1, 2)
         grid.setColumnStretch(3, 1)
         grid.setColumnStretch(5, 1)
 
@@ -157,6 +164,7 @@ class PlanPanel(QWidget):
     # -- inputs ---------------------------------------------------------------------------------
     def set_running(self, running: bool) -> None:
         self.plan_button.setEnabled(not running)
+        self.tp_button.setEnabled(not running)
 
     def set_workload(self, workload: str) -> None:
         """Training is sharded (FSDP2): CPU offload and the placement strategy do not apply;

@@ -18,7 +18,10 @@ def totals_lines(result: RunResult) -> list[str]:
     t = result.totals
     lines = [reconciliation_line(t, human_bytes)]
     if getattr(result, "estimate", None) is not None:
-        lines[0] = "ESTIMATE (fake tensors: no weights, no real memory) · " + lines[0]
+        tp = result.estimate.get("tensor_parallel") or 1
+        lines[0] = ("ESTIMATE (fake tensors: no weights, no real memory"
+                    + (f"; rank 0 of {tp}, tensor parallel" if tp > 1 else "") + ") · "
+                    + lines[0])
     detail = getattr(t, "unattributed_detail", None)  # newer engines name the remainder's parts
     if isinstance(detail, dict) and detail:
         lines.append("unattributed: " + " · ".join(f"{name} {human_bytes(value)}"
