@@ -25,6 +25,11 @@ def run(opts, **kw):
     return result
 
 
+# Output rows of every Linear but the head (q, k, v, o; gate, up, down): one scale each when
+# quantized per row.
+LINEAR_OUT_ROWS = LAYERS * (HEADS * HEAD_DIM * 2 + KV_HEADS * HEAD_DIM * 2 + 2 * INTER + HIDDEN)
+
+
 def linear_weight_bytes(dtype_bytes=4):
     per_block = (HIDDEN * HEADS * HEAD_DIM * 2 + HIDDEN * KV_HEADS * HEAD_DIM * 2
                  + 3 * HIDDEN * INTER)
@@ -232,10 +237,9 @@ def test_torchao_int8_weight_only_counts_inner_int8_data():
     r = run([{"id": "torchao-int8"}])
     a = r.optimizations[0]
     linear = linear_weight_bytes()
-    n_out_features = LAYERS * (HEADS * HEAD_DIM * 2 + KV_HEADS * HEAD_DIM * 2 + 2 * INTER + HIDDEN)
     # int8 data (a quarter of fp32) plus a float32 scale and an int8 zero point per output row
     assert a["weights_bytes_before"] - a["weights_bytes_after"] == (
-        linear - linear // 4 - n_out_features * (4 + 1))
+        linear - linear // 4 - LINEAR_OUT_ROWS * (4 + 1))
     assert r.quality["kl_divergence"] < 0.01
     assert r.totals.reconciles()
 
@@ -247,9 +251,8 @@ def test_torchao_fp8_weight_only_stores_one_byte_per_weight():
     r = run([{"id": "torchao-fp8"}])
     a = r.optimizations[0]
     linear = linear_weight_bytes()
-    n_out_features = LAYERS * (HEADS * HEAD_DIM * 2 + KV_HEADS * HEAD_DIM * 2 + 2 * INTER + HIDDEN)
     assert a["weights_bytes_before"] - a["weights_bytes_after"] == (
-        linear - linear // 4 - n_out_features * 4)
+        linear - linear // 4 - LINEAR_OUT_ROWS * 4)
     assert any("no fp8 arithmetic" in n for n in a["notes"])
     assert 0 < r.quality["kl_divergence"] < 0.01
     assert r.totals.reconciles()
