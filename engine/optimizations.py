@@ -1099,6 +1099,17 @@ class KVCache(Optimization):
             missing = _missing("optimum.quanto", "optimum-quanto")
             if missing:
                 return missing
+        if params["policy"] == "fp8":
+            import transformers.cache_utils as cache_utils
+
+            # The fp8 backend of QuantizedCache came after transformers 5.17 (where
+            # QuantizedCache(backend="fp8") raises "Unknown quantization backend").
+            if not hasattr(cache_utils, "Fp8QuantizedLayer"):
+                import transformers
+
+                return (f"fp8 needs a transformers newer than {transformers.__version__} (its "
+                        "QuantizedCache has no fp8 backend): pip install -U transformers, or "
+                        "pick quanto-int4")
         if params["policy"] == "offloaded" and not device.startswith("cuda"):
             return ("offloaded needs a CUDA device: transformers moves each layer's cache to "
                     f"the CPU and back on CUDA streams; this run is on {device}, where the cache "
