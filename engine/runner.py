@@ -361,6 +361,9 @@ class _Run:
         if self.phases and self.phases[-1].get("end") is None:
             self.phases[-1]["end"] = end
         self.sampler.stop()
+        # One last sample, taken here: the timeline always reaches the end of the run, even
+        # where a short run on a loaded machine gave the sampling thread no turn.
+        self.sampler.take()
         result.layers = layers
         result.phases = self.phases
         result.timeline = self.sampler.columns()

@@ -79,37 +79,40 @@ def test_report_of_one_run(qapp, saved, tmp_path):
     names = sorted(p.name for p in files.images)
     assert names == sorted(f"run-{k}.png" for k in ("memory-by-layer", "per-layer-table",
                                                     "totals", "timeline", "latency",
-                                                    "attention", "model"))
+                                                    "attention", "model")), "images"
     for path in files.images:  # real content, not an empty widget
         image = QImage(str(path))
         assert image.width() == 1200 and distinct_colours(image) > 8, path.name
-    assert distinct_colours(QImage(str(files.folder / "run-attention.png"))) > 100
+    assert distinct_colours(QImage(str(files.folder / "run-attention.png"))) > 100, "attention"
     text = files.html.read_text(encoding="utf-8")
     # Self-contained: every picture is embedded, nothing is linked.
     for path in files.images:
-        assert base64.b64encode(path.read_bytes()).decode("ascii") in text
-    assert text.count("data:image/png;base64,") == len(files.images)
-    assert not re.search(r"src='(?!data:)", text)
+        assert base64.b64encode(path.read_bytes()).decode("ascii") in text, path.name
+    assert text.count("data:image/png;base64,") == len(files.images), "html image count"
+    assert not re.search(r"src='(?!data:)", text), "html links a file"
     t = plain.totals
-    assert f"{t.peak_bytes:,} = {t.attributed_bytes:,} + {t.unattributed_bytes:,} bytes" in text
+    line = f"{t.peak_bytes:,} = {t.attributed_bytes:,} + {t.unattributed_bytes:,} bytes"
+    assert line in text, "html reconciles"
     for heading in ("Run configuration", "Environment", "Totals", "Per-layer table",
                     "Optimization effects and quality", "Warnings", "Limitations"):
-        assert f"<h3>{heading}</h3>" in text
-    assert plain.environment["libraries"]["torch"] in text
-    assert plain.limitations[0][:40] in text
+        assert f"<h3>{heading}</h3>" in text, heading
+    assert plain.environment["libraries"]["torch"] in text, "html torch version"
+    assert plain.limitations[0][:40] in text, "html limitations"
     # A forward run has no KV cache: the table says "—", never 0.
     row = re.search(r"<tr><td[^>]*>model\.embed_tokens</td>(.*?)</tr>", text).group(1)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
-    assert cells[4] == "—" and cells[3] == "—"  # saved for backward, KV cache
+    assert cells[4] == "—" and cells[3] == "—", cells  # saved for backward, KV cache
     assert "ESTIMATE" not in text
     # The PDF: pages that are not blank, with the run's text.
     pages = _pdf_pages(files.pdf, tmp_path)
-    assert len(pages) >= 3
+    assert len(pages) >= 3, "pdf pages"
     colours = [distinct_colours(page) for page in pages]
-    assert min(colours) > 4 and max(colours) > 200, colours
+    assert min(colours) > 4 and max(colours) > 200, f"pdf page colours {colours}"
     pdf_text = _pdf_text(files.pdf).replace("\ufb01", "fi")  # pdftotext keeps the ligature
-    assert "Run configuration" in pdf_text and plain.run_id in pdf_text
-    assert f"{t.peak_bytes:,}" in pdf_text
+    # Short messages first: a failure's one-line summary in CI keeps only the start.
+    assert "Run configuration" in pdf_text, "pdf: configuration heading"
+    assert plain.run_id in pdf_text, f"pdf: run id {plain.run_id}"
+    assert f"{t.peak_bytes:,}" in pdf_text, f"pdf: peak {t.peak_bytes:,}"
 
 
 def test_csv_columns_are_the_gui_tables(qapp):
