@@ -167,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--workload", default="forward,generate,train",
                    help="comma-separated workloads to cover (default: all three)")
     g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="auto", help="the weights' dtype for every run "
+                   "(auto: the checkpoint's; float32 for a model built from a config)")
+    g.add_argument("--techniques", default=None, metavar="ID,...",
+                   help="only the entries made of these registry ids (memlens optimizations "
+                        "lists them), e.g. torchao-int4,kv-cache")
     g.add_argument("--seq", type=int, default=128)
     g.add_argument("--new-tokens", type=int, default=16)
     g.add_argument("--repeats", type=int, default=3)
@@ -266,21 +271,49 @@ def _guide(args: argparse.Namespace, store) -> int:
         _error(f"Unknown workload(s) {', '.join(unknown)}.",
                f"Choose from {', '.join(WORKLOADS)}, comma-separated.")
         return EXIT_USAGE
+    from .config import DTYPES
+
+    if args.dtype not in DTYPES:
+        _error(f"Unknown dtype {args.dtype!r}.", f"Choose one of {', '.join(DTYPES)}.")
+        return EXIT_USAGE
+    techniques = None
+    if args.techniques is not None:
+        from .optimizations import REGISTRY
+
+        techniques = [t.strip() for t in args.techniques.split(",") if t.strip()]
+        unknown = [t for t in techniques if t not in REGISTRY]
+        if unknown or not techniques:
+            _error(f"Unknown technique(s) {', '.join(unknown) or '(none given)'}.",
+                   f"Choose registry ids, comma-separated: {', '.join(REGISTRY)}.")
+            return EXIT_USAGE
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         _error(f"Cannot create {args.out}: {exc.strerror or exc}.", "Choose a writable folder.")
         return EXIT_FAILED
+    from .guide import write_guide
+
     printer = _ProgressPrinter(sys.stderr)
     cancel = threading.Event()
     out: dict[str, Any] = {}
+
+    def keep(guide) -> None:
+        """The guide so far, written after each technique: Ctrl+C, a time limit or a crash
+        leaves every finished technique in --out (its Markdown says it is partial)."""
+        if guide.partial and "write_error" not in out:
+            try:
+                write_guide(guide, args.out)
+                out["kept"] = len(guide.entries)
+            except OSError as exc:
+                out["write_error"] = exc
 
     def work() -> None:
         try:
             out["guide"] = run_guide(model=args.model, device=args.device, seq=args.seq,
                                      new_tokens=args.new_tokens, workloads=workloads,
+                                     techniques=techniques, dtype=args.dtype,
                                      repeats=args.repeats, listener=printer, cancel=cancel,
-                                     store=store)
+                                     store=store, on_entry=keep)
         except MemLensError as exc:  # also Cancelled
             out["error"] = exc
 
@@ -296,10 +329,11 @@ def _guide(args: argparse.Namespace, store) -> int:
     if "error" in out:
         exc = out["error"]
         _error(exc.message, exc.hint)
+        if out.get("kept"):
+            print(f"memlens: the {out['kept']} technique(s) that finished are in "
+                  f"{args.out / 'guide.md'} (marked partial).", file=sys.stderr)
         return EXIT_CANCELLED if exc.kind == ErrorKind.CANCELLED else EXIT_FAILED
     guide = out["guide"]
-    from .guide import write_guide
-
     try:
         _path, charts = write_guide(guide, args.out)
     except OSError as exc:

@@ -62,6 +62,7 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("forward", ("int8-dynamic",)),
     ("forward", ("torchao-int8:activations=weight-only",)),
     ("forward", ("torchao-fp8:activations=weight-only",)),
+    ("forward", ("torchao-fp8:activations=dynamic",)),  # fp8 matmuls: CUDA 8.9+
     ("forward", ("torchao-int4:group_size=128",)),
     ("forward", ("quanto-weights:weights=qint8",)),
     ("forward", ("quanto-weights:weights=qint4",)),
@@ -128,10 +129,17 @@ class Guide:
     entries: list[Entry] = field(default_factory=list)
     seq: int = 0
     new_tokens: int = 0
+    planned: int = 0  # techniques the guide set out to run; more than entries: cut short
+    dtype: str = "auto"
+
+    @property
+    def partial(self) -> bool:
+        return len(self.entries) < self.planned
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "device": self.device, "seq": self.seq,
-                "new_tokens": self.new_tokens, "entries": [asdict(e) for e in self.entries]}
+                "new_tokens": self.new_tokens, "planned": self.planned, "dtype": self.dtype,
+                "entries": [asdict(e) for e in self.entries]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Guide:
@@ -144,7 +152,9 @@ class Guide:
                    for e in data.get("entries") or []]
         return cls(model=str(data["model"]), device=str(data.get("device", "")),
                    entries=entries, seq=int(data.get("seq") or 0),
-                   new_tokens=int(data.get("new_tokens") or 0))
+                   new_tokens=int(data.get("new_tokens") or 0),
+                   planned=int(data.get("planned") or 0),
+                   dtype=str(data.get("dtype") or "auto"))
 
     def ranked(self, workload: str) -> list[Entry]:
         """Measured entries of ``workload``, most peak memory saved first."""
@@ -250,23 +260,38 @@ def note(entry: Entry) -> str:
 
 def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_tokens: int = 16,
               workloads: Sequence[str] = ("forward", "generate", "train"),
+              techniques: Sequence[str] | None = None, dtype: str = "auto",
               plan: Sequence[tuple[str, Sequence[str]]] = PLAN, repeats: int = 3,
               listener: Callable[[Event], None] = lambda e: None,
               cancel: threading.Event | None = None, store: Any = None,
-              execute: Callable[..., Any] | None = None) -> Guide:
+              execute: Callable[..., Any] | None = None,
+              on_entry: Callable[[Guide], None] | None = None) -> Guide:
     """Run ``plan`` (only its ``workloads``); progress as ``Progress("guide", i/n, label)``
-    events to ``listener``; a cancel stops after the current run (``Cancelled``)."""
+    events to ``listener``; a cancel stops after the current run (``Cancelled``).
+    ``techniques`` (registry ids) keeps the entries made only of those, in the plan's order;
+    ``dtype`` is every run's (the baseline's) weight dtype.
+    ``on_entry(guide)`` after each technique, with the guide so far (``guide.partial`` until the
+    last): ``memlens guide`` writes its files there, so a cancelled or killed guide keeps every
+    technique that finished."""
     from .optimizations import parse_spec
 
     if execute is None:
         from .runner import execute
     cancel = cancel or threading.Event()
     todo = [(w, list(specs)) for w, specs in plan if w in workloads]
+    if techniques is not None:
+        wanted = set(techniques)
+        todo = [(w, specs) for w, specs in todo
+                if {s.split(":", 1)[0] for s in specs} <= wanted]
     if not todo:
+        only = f" among {', '.join(techniques)}" if techniques is not None else ""
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
-                           f"No technique of the guide runs the workload(s) {', '.join(workloads)}.",
-                           "Choose forward, generate or train.")
-    guide = Guide(model=model, device=device, seq=seq, new_tokens=new_tokens)
+                           f"No technique of the guide{only} runs the workload(s) "
+                           f"{', '.join(workloads)}.",
+                           "Choose other workloads (forward, generate, train) or techniques "
+                           "(memlens optimizations lists them).")
+    guide = Guide(model=model, device=device, seq=seq, new_tokens=new_tokens,
+                  planned=len(todo), dtype=dtype)
     for i, (workload, specs) in enumerate(todo):
         if cancel.is_set():
             raise Cancelled()
@@ -280,13 +305,15 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
                 failures.append(event)
 
         try:
-            config = RunConfig(model=model, device=device, workload=workload, seq=seq,
+            config = RunConfig(model=model, device=device, dtype=dtype, workload=workload, seq=seq,
                                new_tokens=new_tokens, repeats=repeats,
                                label=f"guide: {entry.label}",
                                optimizations=[parse_spec(s) for s in specs])
         except MemLensError as exc:
             entry.status, entry.reason = "not applicable", exc.message
             guide.entries.append(entry)
+            if on_entry is not None:
+                on_entry(guide)
             continue
         result = execute(config, forward_events, cancel, store=store)
         if result is None:
@@ -300,6 +327,8 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
         else:
             _fill(entry, result)
         guide.entries.append(entry)
+        if on_entry is not None:
+            on_entry(guide)
     listener(Progress("guide", 1.0, "done"))
     return guide
 
@@ -309,8 +338,12 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
     lines = [f"# The measured guide: {guide.model} on {guide.device}", "",
              f"Each row is one MemLens run that measured the unoptimized model and the optimized "
              f"one in the same process (sequence {guide.seq}"
+             + (f", weights {guide.dtype}" if guide.dtype != "auto" else "")
              + (f", {guide.new_tokens} new tokens" if guide.new_tokens else "") + "). Ranked by "
              "peak memory saved. Verdicts compare the claim with the measured numbers.", ""]
+    if guide.partial:
+        lines += [f"**Partial guide: {len(guide.entries)} of the {guide.planned} techniques "
+                  "planned ran** (the guide was cancelled or stopped before the rest).", ""]
     for workload in guide.workloads():
         ranked = guide.ranked(workload)
         if not ranked:

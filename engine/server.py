@@ -78,8 +78,8 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
     if mode == "guide":
         from .guide import GuideFinished, run_guide
 
-        guide = run_guide(model=config.model, device=config.device, seq=config.seq,
-                          new_tokens=config.new_tokens, repeats=config.repeats,
+        guide = run_guide(model=config.model, device=config.device, dtype=config.dtype,
+                          seq=config.seq, new_tokens=config.new_tokens, repeats=config.repeats,
                           listener=listener, cancel=cancel, store=store)
         listener(GuideFinished(guide))
         return guide

@@ -66,9 +66,37 @@ def test_guide_cancel_stops_between_runs():
         if isinstance(event, Progress) and event.stage == "guide" and len(seen) > 1:
             cancel.set()
 
+    kept = []
     with pytest.raises(Cancelled):
         run_guide(model="preset:tiny-llama", seq=16, repeats=1, plan=PLAN_SMALL,
-                  listener=listener, cancel=cancel)
+                  listener=listener, cancel=cancel,
+                  on_entry=lambda g: kept.append((len(g.entries), g.planned, g.partial)))
+    # What finished before the cancel was handed out as it finished, marked partial.
+    assert kept and kept[0] == (1, len(PLAN_SMALL), True)
+    assert len(kept) < len(PLAN_SMALL)
+
+
+def test_memlens_guide_keeps_what_finished_when_cancelled(tmp_path, monkeypatch, capsys):
+    from engine import guide as guide_module
+    from engine.guide import Entry, Guide
+
+    def cut_short(**kw):  # one technique measured, then the user's Ctrl+C
+        g = Guide(model=kw["model"], device=kw["device"], seq=kw["seq"], planned=3)
+        g.entries.append(Entry(workload="train", specs=["freeze-base"], status="not applicable",
+                               reason="refused for the test"))
+        kw["on_entry"](g)
+        raise Cancelled()
+
+    monkeypatch.setattr(guide_module, "run_guide", cut_short)
+    out = tmp_path / "guide"
+    code = cli.main(["--store", str(tmp_path / "runs"), "guide", "--model", "preset:tiny-llama",
+                     "--out", str(out)])
+    assert code == cli.EXIT_CANCELLED
+    text = (out / "guide.md").read_text()
+    assert "Partial guide: 1 of the 3 techniques planned ran" in text
+    assert "refused for the test" in text
+    assert json.loads((out / "guide.json").read_text())["planned"] == 3
+    assert "1 technique(s) that finished" in capsys.readouterr().err
 
 
 def test_guide_plan_covers_every_registry_technique():
@@ -91,3 +119,29 @@ def test_memlens_guide_writes_the_report(tmp_path, capsys):
     assert "written:" in capsys.readouterr().out
     assert cli.main(["guide", "--workload", "fly", "--out", str(out)]) == cli.EXIT_USAGE
     assert "Unknown workload" in capsys.readouterr().err
+
+
+def test_memlens_guide_takes_some_techniques_at_a_dtype(tmp_path, capsys):
+    out = tmp_path / "guide"
+    code = cli.main(["--store", str(tmp_path / "runs"), "guide", "--model", "preset:tiny-llama",
+                     "--techniques", "freeze-base,cast", "--dtype", "bfloat16", "--seq", "16",
+                     "--repeats", "1", "--out", str(out)])
+    assert code == cli.EXIT_OK
+    data = json.loads((out / "guide.json").read_text())
+    # Only entries made of the named techniques (no combination with LoRA), in the plan's
+    # order; every run at the dtype asked for, so a cast to bfloat16 is refused with why.
+    labels = [e["specs"] for e in data["entries"]]
+    assert labels == [["cast:dtype=bfloat16"], ["freeze-base"]]
+    assert data["dtype"] == "bfloat16" and data["planned"] == 2
+    cast, freeze = data["entries"]
+    assert cast["status"] == "not applicable" and "already bfloat16" in cast["reason"]
+    assert freeze["status"] == "ok"
+    assert freeze["baseline"]["model_weights_bytes"] == freeze["measured"]["model_weights_bytes"]
+    run = RunStore(tmp_path / "runs").load(freeze["run_id"])
+    assert run.config.dtype == "bfloat16" and run.model_info["dtype"] == "bfloat16"
+    assert "weights bfloat16" in (out / "guide.md").read_text()
+    capsys.readouterr()
+    for bad, words in ((["--techniques", "teleport"], "Unknown technique(s) teleport"),
+                       (["--dtype", "int3"], "Unknown dtype")):
+        assert cli.main(["guide", *bad, "--out", str(out)]) == cli.EXIT_USAGE
+        assert words in capsys.readouterr().err
