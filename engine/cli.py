@@ -292,6 +292,7 @@ def _guide(args: argparse.Namespace, store) -> int:
         _error(f"Cannot create {args.out}: {exc.strerror or exc}.", "Choose a writable folder.")
         return EXIT_FAILED
     from .guide import write_guide
+    from .runner import in_thread
 
     printer = _ProgressPrinter(sys.stderr)
     cancel = threading.Event()
@@ -317,15 +318,14 @@ def _guide(args: argparse.Namespace, store) -> int:
         except MemLensError as exc:  # also Cancelled
             out["error"] = exc
 
-    thread = threading.Thread(target=work, name="memlens-guide")
-    thread.start()
+    done = in_thread(work, "memlens-guide")
     try:
-        while thread.is_alive():
-            thread.join(0.2)
+        while not done.wait(0.2):
+            pass
     except KeyboardInterrupt:
         print("\nmemlens: cancelling after the current run…", file=sys.stderr)
         cancel.set()
-        thread.join()
+        done.wait()
     if "error" in out:
         exc = out["error"]
         _error(exc.message, exc.hint)

@@ -1654,15 +1654,16 @@ def run_cli(args: Any) -> int:
             except MemLensError as exc:
                 out["error"] = exc
 
-        thread = threading.Thread(target=target, name="memlens-plan")
-        thread.start()
+        from .runner import in_thread
+
+        done = in_thread(target, "memlens-plan")
         try:
-            while thread.is_alive():
-                thread.join(0.2)
+            while not done.wait(0.2):
+                pass
         except KeyboardInterrupt:
             print("\nmemlens: plan cancelled", file=sys.stderr)
             cancel.set()
-            thread.join()
+            done.wait()
             return EXIT_CANCELLED
         if "error" in out:
             raise out["error"]

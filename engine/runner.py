@@ -128,19 +128,38 @@ def execute(config: RunConfig, listener: Listener = lambda e: None,
     return result
 
 
+def in_thread(work: Callable[[], None], name: str, daemon: bool = False) -> threading.Event:
+    """Start ``work`` on a thread; the Event returned is set once ``work`` has ended.
+
+    Wait on that Event, not on ``Thread.join``: on CPython up to 3.11 a KeyboardInterrupt
+    inside ``join()`` marks the thread finished while it still runs (python/cpython#90882), so
+    after a Ctrl+C ``join()`` and ``is_alive()`` return at once and the caller would go on as
+    if the work had ended. ``Event.wait`` is interrupted cleanly and can be waited on again."""
+    done = threading.Event()
+
+    def body() -> None:
+        try:
+            work()
+        finally:
+            done.set()
+
+    threading.Thread(target=body, name=name, daemon=daemon).start()
+    return done
+
+
 class Runner:
     """Runs configs one at a time in a background thread; cancel is cooperative (≤1 s)."""
 
     def __init__(self, listener: Listener, store: Any = None) -> None:
         self.listener = listener
         self.store = store
-        self._thread: threading.Thread | None = None
+        self._done: threading.Event | None = None
         self._cancel = threading.Event()
         self.result: RunResult | None = None
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._done is not None and not self._done.is_set()
 
     def start(self, config: RunConfig) -> None:
         if self.running:
@@ -151,17 +170,14 @@ class Runner:
         def target() -> None:
             self.result = execute(config, self.listener, self._cancel, self.store)
 
-        self._thread = threading.Thread(target=target, name="memlens-runner", daemon=True)
-        self._thread.start()
+        self._done = in_thread(target, "memlens-runner", daemon=True)
 
     def cancel(self) -> None:
         self._cancel.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Whether the run has ended, after waiting at most ``timeout`` seconds for it."""
+        return self._done is None or self._done.wait(timeout)
 
 
 class _Run:
