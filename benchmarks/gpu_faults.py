@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: {'PASS' if entry['pass'] else 'FAIL'} — {entry['failed_kind']}: "
             f"{(entry['message'] or '')[:110]} | allocated {before / MiB:.0f} → "
             f"{after / MiB:.0f} MiB | next run {'ok' if entry['next_run_ok'] else 'FAILED'}")
+        _write(args.out, report, lines)  # each case as it ends: a time limit keeps them
 
     gpu = nvml()
     per_process = None

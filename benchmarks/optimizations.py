@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             reason = failures[-1].message if failures else "no result"
             rows.append(f"| {workload} | `{spec}` | — | — | — | — | not applied: {reason} |")
             records.append({"workload": workload, "spec": spec, "skipped": reason})
+            _progress(rows[-1], records, args.json)
             continue
         b, t, d, q = r.baseline, r.totals, r.deltas, r.quality or {}
         if q.get("kl_divergence") is not None:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                         "quality": q, "peak_bytes": t.peak_bytes,
                         "compile_seconds": t.compile_seconds,
                         "weights_bytes": t.model_weights_bytes, "warnings": r.warnings})
-        print(rows[-1], file=sys.stderr, flush=True)
+        _progress(rows[-1], records, args.json)
     cpu = platform.processor() or platform.machine()
     table = "\n".join([
         f"{args.model} on {args.device} ({cpu}, {os.cpu_count()} cores), seq {args.seq}, "
@@ -137,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(records, indent=1, default=str))
     return 0
+
+
+def _progress(row: str, records: list[dict], path: Path | None) -> None:
+    """Each row as it is measured: on stderr, and in the JSON file so far (a run cut short by a
+    time limit, as on a lent GPU, keeps every row it finished)."""
+    print(row, file=sys.stderr, flush=True)
+    if path:
+        path.write_text(json.dumps(records, indent=1, default=str))
 
 
 def _replace_block(text: str, name: str, body: str) -> str:
