@@ -172,6 +172,14 @@ class GuideFinished:
     guide: Guide
 
 
+@dataclass(frozen=True)
+class GuideEntryDone:
+    """The guide so far, after each technique (a copy: the guide itself goes on growing); the
+    window shows it as it grows, and keeps it if the guide is cancelled."""
+
+    guide: Guide
+
+
 _QUANTITY_KEYS = {"peak": "peak_bytes", "weights": "model_weights_bytes",
                   "optimizer_state": "optimizer_state_bytes", "kv_cache": "kv_cache_bytes",
                   "latency": "plain_latency_ms"}

@@ -68,7 +68,8 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
     """Run one job of any mode in this process; returns its result (None after ``Failed``).
 
     ``run``: :func:`engine.runner.execute`; ``estimate``: :func:`engine.estimate.estimate`;
-    ``guide``: :func:`engine.guide.run_guide` (ends with ``GuideFinished``); ``sweep`` and
+    ``guide``: :func:`engine.guide.run_guide` (``GuideEntryDone`` after each technique, ends
+    with ``GuideFinished``); ``sweep`` and
     ``fit``: :func:`engine.sweep.sweep` / :func:`engine.sweep.what_fits` with ``extra`` giving
     their arguments; ``plan``: :func:`engine.distributed.plan_inference` (forward, generate:
     ``devices``, ``per_device``, ``cpu_offload``, ``strategy``) or ``plan_training`` (train:
@@ -76,11 +77,13 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
     engine both call this, so a mode behaves the same in either."""
     extra = dict(extra or {})
     if mode == "guide":
-        from .guide import GuideFinished, run_guide
+        from .guide import Guide, GuideEntryDone, GuideFinished, run_guide
 
         guide = run_guide(model=config.model, device=config.device, dtype=config.dtype,
                           seq=config.seq, new_tokens=config.new_tokens, repeats=config.repeats,
-                          listener=listener, cancel=cancel, store=store)
+                          listener=listener, cancel=cancel, store=store,
+                          on_entry=lambda g: listener(GuideEntryDone(
+                              Guide.from_dict(g.to_dict()))))
         listener(GuideFinished(guide))
         return guide
     if mode == "sweep":

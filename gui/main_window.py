@@ -62,6 +62,7 @@ class MainWindow(QMainWindow):
         self._config: dict[str, Any] = {}
         self.current_result: RunResult | None = None
         self._live_attention: AttentionMaps | None = None  # the maps of the run in progress
+        self._guide_folder: Path | None = None  # a guide job's files, chosen at its first entry
 
         self.controller = RunController(execute, store=store, parent=self)
         self.controls = ControlPanel(model=model or "demo", devices=devices)
@@ -250,6 +251,7 @@ class MainWindow(QMainWindow):
         self._last_stage = ""
         self.current_result = None
         self._live_attention = None
+        self._guide_folder = None
         self.attention_panel.clear(
             "Attention maps arrive near the end of the run." if config.get("attention_maps")
             else NO_MAPS)
@@ -432,6 +434,8 @@ class MainWindow(QMainWindow):
         elif type(event).__name__ == "FitDone":
             self.sweep_panel.add_answer(event.answer)
             self.log.info(f"{event.answer.opt_set}: {event.answer.message}")
+        elif type(event).__name__ == "GuideEntryDone":
+            self.show_guide(event.guide)
 
     def save_sweep_dialog(self) -> None:
         record = self.sweep_panel.record
@@ -481,23 +485,35 @@ class MainWindow(QMainWindow):
         self.refresh_saved_runs()
 
     def show_guide(self, guide: Any) -> bool:
+        """Write the guide's files and show them on the Guide page: after each technique while
+        the guide runs (``guide.partial``; the page is brought forward at the first), and at
+        the end. A cancelled guide stays on show as far as it got."""
         from engine.guide import write_guide
 
-        store = self._get_store()
-        import datetime as _dt
-        import tempfile
+        folder = self._guide_folder
+        first = folder is None
+        if folder is None:
+            import datetime as _dt
+            import tempfile
 
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = (Path(store.root).parent / "guides") if getattr(store, "root", None) else Path(
-            tempfile.gettempdir()) / "memlens-guides"
+            store = self._get_store()
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            base = (Path(store.root).parent / "guides") if getattr(store, "root", None) else Path(
+                tempfile.gettempdir()) / "memlens-guides"
+            folder = self._guide_folder = base / f"{stamp}-{guide.model.replace('/', '_')}"
         try:
-            path, _charts = write_guide(guide, base / f"{stamp}-{guide.model.replace('/', '_')}")
+            path, _charts = write_guide(guide, folder)
         except OSError as exc:
             self.status.show_error(f"Could not write the guide: {exc}", "Check the data folder.")
             return False
         self.guide_panel.render(guide, path.parent)
-        self.workspace.setCurrentWidget(self.guide_panel)
+        if first:
+            self.workspace.setCurrentWidget(self.guide_panel)
         ran = sum(e.status == "ok" for e in guide.entries)
+        if guide.partial:
+            self.log.info(f"Guide: {len(guide.entries)} of {guide.planned} techniques done "
+                          f"({guide.entries[-1].label}: {guide.entries[-1].status}).")
+            return True
         self.status.show_finished(f"Guide finished: {ran} of {len(guide.entries)} techniques "
                                   "measured.")
         self.log.info(f"Guide written to {path}.")
@@ -538,6 +554,9 @@ class MainWindow(QMainWindow):
         else:
             self.status.show_error(message, hint)
             self.log.error(message, hint, kind)
+        if self._guide_folder is not None:  # a guide job: what finished stays on its page
+            self.guide_panel.stopped("Cancelled" if kind == "cancelled" else "Failed")
+            self.refresh_saved_runs()
             self.totals.clear("The run failed: see the log.")
 
     # -- results --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from engine.events import AttentionMaps, Failed, Finished, LayerStatsReady, Progress, Sample
 
 # Events of sweeps and fits that the window shows as they arrive (one per point or answer).
-ITEM_EVENTS = ("PointDone", "FitDone")
+ITEM_EVENTS = ("PointDone", "FitDone", "GuideEntryDone")
 
 MAX_EMITS_PER_S = 30.0
 UNKNOWN_FRACTION = -1.0  # ``progress`` carries this when the engine does not know the fraction
@@ -76,7 +76,8 @@ class EngineWorker(QObject):
     * ``sample(list[Sample])``: a batch of telemetry samples, oldest first.
     * ``layers(tuple[LayerStats, ...])``: the latest per-layer figures.
     * ``attention(AttentionMaps)``: captured attention probabilities.
-    * ``item(event)``: a sweep point or fit answer as it is done (``PointDone`` / ``FitDone``).
+    * ``item(event)``: a sweep point, fit answer or the guide so far as it is done
+      (``PointDone`` / ``FitDone`` / ``GuideEntryDone``).
     * ``finished(result)`` / ``failed(kind, message, hint)``: how the job ended (exactly one);
       the result is a ``RunResult``, or the guide / sweep / fit record of those jobs.
     * ``done()``: ``run`` has returned; the thread may be stopped.

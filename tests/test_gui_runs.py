@@ -454,8 +454,10 @@ def test_run_the_guide_from_the_window(qtbot, tmp_path):
     window.controls.set_model("preset:tiny-llama")
     window.controls.seq_spin.setValue(16)
     window.controls.new_tokens_spin.setValue(4)
-    failures = []
+    failures, so_far = [], []
     window.controller.failed.connect(lambda *args: failures.append(args))
+    window.controller.item.connect(lambda e: so_far.append(
+        (len(e.guide.entries), e.guide.planned, window.guide_panel.message.text())))
     assert window.guide_action.shortcut().toString() == "Ctrl+G"
     with qtbot.waitSignal(window.controller.running_changed, timeout=5000):
         # What Run the guide starts, with one timing pass per run to keep the test short.
@@ -470,6 +472,10 @@ def test_run_the_guide_from_the_window(qtbot, tmp_path):
     guide = window.guide_panel.guide
     saved = {s.run_id for s in store.list()}
     assert {e.run_id for e in guide.entries if e.status == "ok"} <= saved
+    # The page grew one technique at a time while the guide ran.
+    assert [n for n, _, _ in so_far] == list(range(1, len(guide.entries) + 1))
+    assert so_far[0][1] == len(guide.entries) and "done so far" in so_far[-2][2]
+    assert "Partial guide" not in text
     buttons = window.guide_panel._compare_buttons
     assert buttons
     # the guide's report, from the Guide page's button (File → Export report does the same)
@@ -480,3 +486,32 @@ def test_run_the_guide_from_the_window(qtbot, tmp_path):
     buttons[0].click()
     assert window.workspace.currentWidget() is window.runs_tab
     assert window.compare_panel.comparison is not None
+
+
+@pytest.mark.slow
+def test_a_cancelled_guide_stays_on_its_page(qtbot, tmp_path):
+    """Cancel during the guide: the techniques that finished stay on the Guide page, marked
+    partial, and their runs are in the store."""
+    from gui.main_window import MainWindow
+
+    store = RunStore(tmp_path / "runs")
+    window = MainWindow(store=store, devices=["cpu"],
+                        settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(window)
+    window.controls.set_model("preset:tiny-llama")
+    window.controls.seq_spin.setValue(16)
+    failures = []
+    window.controller.failed.connect(lambda *args: failures.append(args))
+    window.start_run({**window.controls.config(), "mode": "guide", "optimizations": [],
+                      "repeats": 1})
+    qtbot.waitUntil(lambda: window.guide_panel.guide is not None, timeout=120_000)
+    assert window.workspace.currentWidget() is window.guide_panel
+    window.cancel_run()
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=60_000)
+    assert [f[0] for f in failures] == ["cancelled"]
+    guide = window.guide_panel.guide
+    assert guide.partial and 1 <= len(guide.entries) < guide.planned
+    assert "Cancelled: the guide stopped after" in window.guide_panel.message.text()
+    assert "Partial guide:" in window.guide_panel.text()
+    saved = {s.run_id for s in store.list()}
+    assert {e.run_id for e in guide.entries if e.status == "ok"} <= saved

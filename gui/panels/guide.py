@@ -44,8 +44,13 @@ class GuidePanel(QWidget):
         self.browser.setSearchPaths([str(folder)])
         self.browser.setMarkdown((folder / "guide.md").read_text(encoding="utf-8"))
         ran = sum(e.status == "ok" for e in guide.entries)
-        self.message.setText(f"{ran} of {len(guide.entries)} techniques measured on "
-                             f"{guide.model} ({guide.device}); files in {folder}.")
+        if guide.partial:
+            self.message.setText(f"{len(guide.entries)} of {guide.planned} techniques done so "
+                                 f"far ({ran} measured) on {guide.model} ({guide.device}); files "
+                                 f"in {folder}.")
+        else:
+            self.message.setText(f"{ran} of {len(guide.entries)} techniques measured on "
+                                 f"{guide.model} ({guide.device}); files in {folder}.")
         for button in self._compare_buttons:
             self.buttons.removeWidget(button)
             button.deleteLater()
@@ -59,6 +64,12 @@ class GuidePanel(QWidget):
             button.clicked.connect(lambda _=False, ids=ids: self.compare_requested.emit(ids))
             self.buttons.insertWidget(self.buttons.count() - 1, button)
             self._compare_buttons.append(button)
+
+    def stopped(self, why: str) -> None:
+        """The guide on show was cut short (cancelled or failed): say so above it."""
+        if self.guide is not None and self.guide.partial:
+            self.message.setText(f"{why}: the guide stopped after {len(self.guide.entries)} of "
+                                 f"{self.guide.planned} techniques; those are shown.")
 
     def text(self) -> str:
         return self.browser.toPlainText()
