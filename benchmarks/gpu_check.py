@@ -12,6 +12,9 @@ Needs only torch, transformers, psutil, nvidia-ml-py (no Qt, no network):
     python3 benchmarks/gpu_check.py --out DIR
 A dry run of the same script on the CPU with a tiny config: ``--device cpu --tiny``.
 
+On a lent GPU, ``sh benchmarks/gpu_session.sh OUT`` runs this with the other GPU steps in one
+command sized for its limits (it was dry-run with the device's torch 2.11 and transformers 5.17).
+
 The device has no torchao: its rows (int8, fp8, int4) need the wheel carried along. Here, once:
 ``sh benchmarks/fetch_gpu_wheels.sh`` (writes the ignored ``.whl/``); there, start the command
 with ``python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
@@ -296,8 +299,6 @@ def main(argv: list[str] | None = None) -> int:
         log(lines, buffer.getvalue())
     report["nvml"] = {"available": gpu.available, "reason": gpu.reason,
                       "driver": gpu.driver_version()}
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
-    (args.out / "gpu_check.txt").write_text("\n".join(lines) + "\n")
     if args.estimate:
         rows = [(r["label"], r["estimate"]) for r in report["runs"] if "peak_vs_measured" in
                 r.get("estimate", {})]
@@ -310,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate:
         ok = ok and all("failed" not in r.get("estimate", {}) for r in report["runs"])
     log(lines, "ALL RECONCILED" if ok else "SOME CHECKS FAILED")
+    report["ok"] = ok
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    (args.out / "gpu_check.txt").write_text("\n".join(lines) + "\n")
     return 0 if ok else 1
 
 

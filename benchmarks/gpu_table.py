@@ -1,6 +1,9 @@
-"""Render a gpu_check.json as the Markdown table shown in README.md.
+"""Render a gpu_check.json as the Markdown tables shown in README.md, or every result of a GPU
+session (``benchmarks/gpu_session.sh OUT``): the check, the estimate-vs-measured accuracy table,
+the out-of-memory cases and the guides.
 
     python benchmarks/gpu_table.py benchmarks/results/h200_gpu_check.json
+    python benchmarks/gpu_table.py OUT
 """
 
 from __future__ import annotations
@@ -12,7 +15,73 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     path = Path((argv or sys.argv[1:])[0])
-    report = json.loads(path.read_text())
+    if path.is_dir():
+        return session(path)
+    return check(json.loads(path.read_text()))
+
+
+def session(folder: Path) -> int:
+    """Every file a GPU session brought back, as Markdown."""
+    check_file = folder / "gpu_check.json"
+    if check_file.is_file():
+        report = json.loads(check_file.read_text())
+        check(report)
+        accuracy(report)
+    faults_file = folder / "gpu_faults.json"
+    if faults_file.is_file():
+        faults(json.loads(faults_file.read_text()))
+    for name in ("guide_cuda.json", "guide.json"):
+        if (folder / name).is_file():
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from engine.guide import Guide, markdown
+
+            guide = Guide.from_dict(json.loads((folder / name).read_text()))
+            text = "\n" + markdown(guide)
+            print(text.replace("\n# ", "\n#### ").replace("\n## ", "\n##### "))
+    return 0
+
+
+def accuracy(report: dict) -> None:
+    """Estimate (fake tensors, no memory) against the measured peak, run by run."""
+    rows = [r for r in report["runs"] if "estimate" in r]
+    if not rows:
+        return
+    print("\n| run | measured peak | estimated peak | error | error above weights | estimate took |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        e = r["estimate"]
+        if "failed" in e:
+            print(f"| {r['label']} | {r.get('peak_MiB', 0):.0f} MiB | failed: {e['failed']} | | | |")
+            continue
+        took = sum(v for k, v in e["seconds"].items() if k.endswith("seconds"))
+        print(f"| {r['label']} | {r['peak_MiB']:.0f} MiB | {e['peak_MiB']:.0f} MiB "
+              f"| {e['peak_vs_measured'] * 100:+.2f}% | {e['above_weights_vs_measured'] * 100:+.1f}% "
+              f"| {took:.1f} s |")
+    summary = report.get("estimate_summary") or {}
+    if summary.get("max_abs_peak_vs_measured") is not None:
+        print(f"\nLargest peak error over {summary['runs']} runs: "
+              f"{summary['max_abs_peak_vs_measured'] * 100:.2f}%.")
+
+
+def faults(report: dict) -> None:
+    """The fault matrix's GPU cases."""
+    if report.get("skipped"):
+        print(f"\nGPU fault cases skipped: {report['skipped']}.")
+        return
+    print("\n| case | outcome | memory before → after | next run | pass |")
+    print("| --- | --- | ---: | --- | :---: |")
+    for c in report["cases"]:
+        outcome = c.get("raised") or f"{c['failed_kind']}: {(c['message'] or '')[:90]}"
+        print(f"| {c['case']} (cap {c['cap_MiB']:.0f} MiB) | {outcome} "
+              f"| {c['allocated_before_MiB']:.0f} → {c['allocated_after_MiB']:.0f} MiB "
+              f"| {'ok' if c['next_run_ok'] else c['next_run_error']} "
+              f"| {'yes' if c['pass'] else 'NO'} |")
+    nv = report.get("nvml") or {}
+    print(f"\nNVML per-process memory: {nv.get('process_used_bytes')!r} (None: not supported "
+          "by this driver or container, never shown as 0).")
+
+
+def check(report: dict) -> int:
     env = report.get("environment", {})
     cuda = env.get("cuda", {})
     libs = env.get("libraries", {})
