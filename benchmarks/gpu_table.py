@@ -46,16 +46,19 @@ def accuracy(report: dict) -> None:
     rows = [r for r in report["runs"] if "estimate" in r]
     if not rows:
         return
-    print("\n| run | measured peak | estimated peak | error | error above weights | estimate took |")
+    print("\n| run | measured peak | estimated peak | error | error above weights "
+          "| estimate took |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         e = r["estimate"]
         if "failed" in e:
-            print(f"| {r['label']} | {r.get('peak_MiB', 0):.0f} MiB | failed: {e['failed']} | | | |")
+            print(f"| {r['label']} | {r.get('peak_MiB', 0):.0f} MiB | failed: {e['failed']} "
+                  "| | | |")
             continue
         took = sum(v for k, v in e["seconds"].items() if k.endswith("seconds"))
         print(f"| {r['label']} | {r['peak_MiB']:.0f} MiB | {e['peak_MiB']:.0f} MiB "
-              f"| {e['peak_vs_measured'] * 100:+.2f}% | {e['above_weights_vs_measured'] * 100:+.1f}% "
+              f"| {e['peak_vs_measured'] * 100:+.2f}% "
+              f"| {e['above_weights_vs_measured'] * 100:+.1f}% "
               f"| {took:.1f} s |")
     summary = report.get("estimate_summary") or {}
     if summary.get("max_abs_peak_vs_measured") is not None:

@@ -391,6 +391,10 @@ def _quality_axis(entries: Sequence[Entry]) -> tuple[str, str] | None:
     return None
 
 
+_QUALITY_LABELS = {"perplexity": "perplexity", "kl_divergence": "KL divergence (nats/token)",
+                   "cosine_similarity": "cosine similarity"}
+
+
 def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400) -> str | None:
     """Memory vs quality for one workload as a small SVG (peak after on x, the quality figure
     every entry shares on y; the unoptimized model as a hollow point when its figure was
@@ -414,8 +418,11 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
     x0, x1 = (x0 - 1, x1 + 1) if x0 == x1 else (x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0))
+    low = y0
     y0, y1 = (y0 - 1, y1 + 1) if y0 == y1 else (y0 - 0.08 * (y1 - y0), y1 + 0.08 * (y1 - y0))
-    left, right, top, bottom = 70, 20, 30, 50
+    if low >= 0:  # every quality figure here is non-negative: no axis below zero
+        y0 = max(0.0, y0)
+    left, right, top, bottom = 84, 20, 30, 50
 
     def px(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * (width - left - right)
@@ -439,16 +446,40 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
         out.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
     out.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" '
                f'text-anchor="middle">peak MiB (measured)</text>')
-    out.append(f'<text x="16" y="{(top + height - bottom) / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 16 {(top + height - bottom) / 2})">'
-               f'{after_key.replace("_", " ")}</text>')
+    out.append(f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 14 {(top + height - bottom) / 2})">'
+               f'{_QUALITY_LABELS.get(after_key, after_key)}</text>')
+    def label_at(x: float, y: float, text: str, dy: float) -> str:
+        """A label right of its point, or left of it near the right edge (never clipped)."""
+        if x + 7 + 7 * len(text) > width - 4:
+            return f'<text x="{x - 8:.1f}" y="{y + dy:.1f}" text-anchor="end">{text}</text>'
+        return f'<text x="{x + 7:.1f}" y="{y + dy:.1f}">{text}</text>'
+
     if base:
         out.append(f'<circle cx="{px(base[0]):.1f}" cy="{py(base[1]):.1f}" r="6" fill="none" '
                    f'stroke="#202020" stroke-width="1.5"/>')
-        out.append(f'<text x="{px(base[0]) + 8:.1f}" y="{py(base[1]) - 8:.1f}">unoptimized</text>')
+        out.append(label_at(px(base[0]), py(base[1]), "unoptimized", -8))
+    # Points closer than a label's height share one label ("[4, 5]"), so none is drawn over.
+    groups: list[list[Any]] = []  # [leftmost x, rightmost x, y, labels]
     for x, y, label in points:
-        out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="#4e79a7"/>')
-        out.append(f'<text x="{px(x) + 7:.1f}" y="{py(y) + 4:.1f}">{label}</text>')
+        cx, cy = px(x), py(y)
+        out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="#4e79a7"/>')
+        near = next((g for g in groups if g[0] - 24 < cx < g[1] + 24 and abs(g[2] - cy) < 12),
+                    None)
+        if near is None:
+            groups.append([cx, cx, cy, [label.strip("[]")]])
+        else:
+            near[0], near[1] = min(near[0], cx), max(near[1], cx)
+            near[3].append(label.strip("[]"))
+    for left_x, right_x, cy, labels in groups:
+        text = f"[{', '.join(labels)}]"
+        ring_right = base is not None and 0 < px(base[0]) - right_x < 30 and abs(
+            py(base[1]) - cy) < 12
+        if ring_right:  # the unoptimized ring sits just right of the group: label on the left
+            out.append(f'<text x="{left_x - 8:.1f}" y="{cy + 4:.1f}" text-anchor="end">'
+                       f'{text}</text>')
+        else:
+            out.append(label_at(right_x, cy, text, 4))
     out.append("</svg>")
     return "\n".join(out)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -145,3 +146,19 @@ def test_memlens_guide_takes_some_techniques_at_a_dtype(tmp_path, capsys):
                        (["--dtype", "int3"], "Unknown dtype")):
         assert cli.main(["guide", *bad, "--out", str(out)]) == cli.EXIT_USAGE
         assert words in capsys.readouterr().err
+
+
+def test_the_chart_never_draws_labels_over_each_other():
+    from engine.guide import Entry, Guide
+
+    def entry(peak, kl):
+        return Entry(workload="forward", specs=[f"cast:p={peak}"], baseline={"peak_bytes": 8 << 20},
+                     measured={"peak_bytes": peak << 20}, quality={"kl_divergence": kl})
+
+    guide = Guide(model="m", device="cpu", entries=[entry(2, 0.0), entry(2, 0.0), entry(6, 0.5)])
+    svg = scatter_svg(guide, "forward")
+    assert svg.count("<circle") == 3  # every point drawn; the two that coincide share a label
+    assert ">[1, 2]</text>" in svg and ">[3]</text>" in svg and ">[1]</text>" not in svg
+    assert "KL divergence (nats/token)" in svg
+    ticks = [float(t) for t in re.findall(r'text-anchor="end">([-0-9.e+]+)</text>', svg)]
+    assert min(ticks) == 0.0  # a KL divergence axis does not go below zero
