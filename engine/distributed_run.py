@@ -570,6 +570,7 @@ def format_run(run: DistributedRun) -> str:
     if run.within_plan is not None:
         lines.append("  every rank within its plan bound" if run.within_plan
                      else "  a rank exceeded its plan bound")
+    lines += [f"  note: {note}" for note in run.notes]
     return "\n".join(lines)
 
 
@@ -647,13 +648,50 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
         p for p in (str(root), full_env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
-    if proc.returncode != 0 or not target.exists():
-        raise MemLensError(ErrorKind.INTERNAL, f"The distributed run failed (torchrun exit {proc.returncode}): "
-                           + output.strip()[-1500:],
+    run = None
+    if target.exists():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            run = DistributedRun.from_dict(json.loads(target.read_text(encoding="utf-8")))
+    if run is None or run.run_id != run_id:
+        raise MemLensError(ErrorKind.INTERNAL, f"The distributed run failed (torchrun exit "
+                           f"{proc.returncode}): {_failure_summary(output)}",
                            "Run the torchrun command by hand to see every rank's output: "
                            + " ".join(cmd))
-    run = DistributedRun.from_dict(json.loads(target.read_text(encoding="utf-8")))
+    if proc.returncode != 0:
+        # Rank 0 saves the record only once every rank has measured its step, so the figures
+        # stand; what failed came after (seen: a rank aborting in torch's teardown at exit).
+        run.notes.append(f"torchrun exited {proc.returncode} after every rank had measured and "
+                         f"the record was saved: {_failure_summary(output)}")
+        write_run(run, target)
     return run, target, proc.stdout
+
+
+def _failure_summary(output: str) -> str:
+    """What went wrong on the ranks, from torchrun's combined output: the last traceback a
+    rank printed (its last lines) and torchrun's root cause (which rank, exit code or signal),
+    rather than the tail of torchrun's own traceback, which names neither."""
+    lines = output.strip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+    rank_error = ""
+    for i in reversed(starts):
+        block = lines[i:next((j for j in starts if j > i), len(lines))]
+        if not any("torch/distributed/run.py" in line for line in block):
+            # the frames, then the exception's line (the first not indented)
+            end = next((k for k, line in enumerate(block[1:], 1)
+                        if line and not line[0].isspace()), len(block) - 1)
+            rank_error = " ".join(line.strip() for line in block[max(1, end - 2):end + 1])
+            break
+    cause = ""
+    if "Root Cause" in output:
+        section = output.split("Root Cause", 1)[1].split("=====", 1)[0]
+        fields = dict(line.strip().split(":", 1) for line in section.splitlines()
+                      if ":" in line and line.strip().split(":", 1)[0].strip() in
+                      ("rank", "exitcode", "traceback"))
+        cause = "; ".join(f"{k.strip()} {v.strip()}" for k, v in fields.items())
+    extra = [line.strip() for line in lines if "terminate called" in line]
+    parts = [rank_error] if rank_error else []
+    parts += [p for p in (cause, *extra[:1]) if p and p not in rank_error]
+    return " — ".join(parts) if parts else output.strip()[-600:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -700,6 +738,11 @@ def main(argv: list[str] | None = None) -> int:
         if run is not None:
             print(format_run(run))
             print(f"saved {path}")
+        # Leave together before the group is torn down (not after a failure: that would wait
+        # for a rank that is gone). On torch 2.11 a rank once aborted in teardown after a
+        # complete run ("terminate called without an active exception"); launch() keeps such
+        # a run's record with a note.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0

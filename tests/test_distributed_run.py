@@ -196,3 +196,64 @@ def test_the_packaged_app_launches_ranks_with_its_own_executable(tmp_path, monke
                        plan=False)
     assert [r.rank for r in run.ranks] == [0, 1] and run.backend == "gloo"
     assert all(r.peak_bytes > 0 for r in run.ranks)
+
+
+# What torchrun printed when a rank aborted in torch 2.11's teardown after a complete run
+# (shortened), and a rank that raised: the message names the rank's error, not torchrun's.
+TEARDOWN_ABORT = """saved /x/run.json
+terminate called without an active exception
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/torch/distributed/run.py", line 994, in <module>
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+=======================================================
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-29_07:44:19
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -6 (pid: 14988)
+  error_file: <N/A>
+  traceback : Signal 6 (SIGABRT) received by PID 14988
+=======================================================
+"""
+RANK_RAISED = """Traceback (most recent call last):
+  File "/repo/engine/distributed_run.py", line 700, in main
+    run, path = run_distributed(config)
+ValueError: the shards do not fit
+""" + TEARDOWN_ABORT.split("saved /x/run.json\n", 1)[1]
+
+
+def _fake_torchrun(monkeypatch, code: int, output: str, write: bool) -> None:
+    import subprocess
+
+    from engine.distributed_run import DistributedRun, write_run
+
+    def fake(cmd, **kw):
+        if write:
+            args = dict(zip(cmd[:-1], cmd[1:]))
+            write_run(DistributedRun(run_id=args["--run-id"], created="now", config={},
+                                     world_size=2, backend="gloo", recipe="FSDP2"),
+                      args["--out"])
+        return subprocess.CompletedProcess(cmd, code, "", output)
+
+    monkeypatch.setattr(subprocess, "run", fake)
+
+
+@pytest.mark.fault(area='resources', case='a rank of a distributed run fails, or aborts at exit '
+                   'after the run was saved', outcome="the rank's own error and torchrun's root "
+                   "cause are named; a complete record is kept with a note")
+def test_a_failed_rank_is_named_and_a_saved_run_is_kept(tmp_path, monkeypatch) -> None:
+    config = RunConfig(model="preset:tiny-llama", workload="train", seq=16)
+    _fake_torchrun(monkeypatch, 1, TEARDOWN_ABORT, write=True)
+    run, path, _ = launch(config, 2, tmp_path / "kept.json")
+    assert "torchrun exited 1 after every rank had measured" in run.notes[-1]
+    assert "rank 1 (local_rank: 1)" in run.notes[-1] and "Signal 6" in run.notes[-1]
+    assert json.loads(path.read_text())["notes"] == run.notes  # the note is in the file too
+
+    _fake_torchrun(monkeypatch, 1, RANK_RAISED, write=False)
+    with pytest.raises(MemLensError) as err:
+        launch(config, 2, tmp_path / "failed.json")
+    message = err.value.message
+    assert "ValueError: the shards do not fit" in message and "exitcode -6" in message
+    assert "ChildFailedError" not in message
+    assert not (tmp_path / "failed.json").exists()
