@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings
 
-from engine.store import RunStore
+pytest.importorskip("pytestqt")  # engine-only installs (no Qt) skip this module
 
-from .qt_helpers import distinct_colours
+from PySide6.QtCore import QSettings  # noqa: E402
+
+from engine.store import RunStore  # noqa: E402
+
+from .qt_helpers import distinct_colours  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

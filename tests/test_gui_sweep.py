@@ -7,13 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
 
-from engine.estimate import estimate
-from engine.store import RunStore
-from engine.sweep import FitRecord, SweepRecord
+pytest.importorskip("pytestqt")  # engine-only installs (no Qt) skip this module
 
-from .helpers import tiny
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+
+from engine.estimate import estimate  # noqa: E402
+from engine.store import RunStore  # noqa: E402
+from engine.sweep import FitRecord, SweepRecord  # noqa: E402
+
+from .helpers import tiny  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

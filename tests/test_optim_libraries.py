@@ -72,6 +72,7 @@ def test_quanto_weights_are_counted_by_their_integer_data_and_scales(qtype, bits
 
 
 def test_quanto_weights_conflict_with_other_quantizers_and_casts():
+    pytest.importorskip("optimum.quanto")  # without it, refused for the missing package first
     for other in ("cast", "autocast", "torchao-int8", "int8-dynamic", "prune-ffn"):
         e = refused([{"id": "quanto-weights"}, {"id": other}])
         assert "conflicts" in e.message and other in e.message
