@@ -408,7 +408,7 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
     if axis is None:
         return None
     after_key, before_key = axis
-    points = [(e.measured["peak_bytes"] / 2**20, float(e.quality[after_key]), f"[{i + 1}]")
+    points = [(e.measured["peak_bytes"] / 2**20, float(e.quality[after_key]), str(i + 1))
               for i, e in enumerate(entries)]
     base = None
     if before_key and entries and entries[0].quality.get(before_key) is not None:
@@ -449,6 +449,7 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
     out.append(f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" '
                f'transform="rotate(-90 14 {(top + height - bottom) / 2})">'
                f'{_QUALITY_LABELS.get(after_key, after_key)}</text>')
+
     def label_at(x: float, y: float, text: str, dy: float) -> str:
         """A label right of its point, or left of it near the right edge (never clipped)."""
         if x + 7 + 7 * len(text) > width - 4:
@@ -467,10 +468,10 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
         near = next((g for g in groups if g[0] - 24 < cx < g[1] + 24 and abs(g[2] - cy) < 12),
                     None)
         if near is None:
-            groups.append([cx, cx, cy, [label.strip("[]")]])
+            groups.append([cx, cx, cy, [label]])
         else:
             near[0], near[1] = min(near[0], cx), max(near[1], cx)
-            near[3].append(label.strip("[]"))
+            near[3].append(label)
     for left_x, right_x, cy, labels in groups:
         text = f"[{', '.join(labels)}]"
         ring_right = base is not None and 0 < px(base[0]) - right_x < 30 and abs(
