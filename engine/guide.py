@@ -55,6 +55,18 @@ CLAIMS = {
     "compile": ("latency", "a compiled graph runs faster than eager execution"),
 }
 
+# The KV-cache policies claim different things: a static cache is for compiled decoding and
+# preallocates, so its claim is that it holds at least the dynamic cache's bytes.
+KV_CLAIMS = {
+    "static": ("kv_cache", "up", "a static cache preallocates every position up front (for "
+                                 "compiled decoding): at least the dynamic cache's bytes"),
+    "fp8": ("kv_cache", "down", "an fp8 cache stores a byte per key and value element"),
+    "quanto-int4": ("kv_cache", "down", "a 4-bit quantized cache shrinks keys and values"),
+    "quanto-int2": ("kv_cache", "down", "a 2-bit quantized cache shrinks keys and values"),
+    "offloaded": ("peak", "down", "offloading keeps the KV cache in CPU memory, lowering the GPU "
+                                  "peak"),
+}
+
 # (workload, optimization specs): one technique each, then the combinations the issue names.
 PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("forward", ("cast:dtype=bfloat16",)),
@@ -194,6 +206,10 @@ def _claim(specs: Sequence[str]) -> tuple[str, str, str]:
     if ident == "attention" and "impl=eager" in spec:
         # Going back to eager is the experiment that shows what the efficient kernel saves.
         return "peak", "up", "eager attention materialises the attention maps, raising the peak"
+    if ident == "kv-cache":
+        policy = spec.split("policy=", 1)[1].split(",", 1)[0] if "policy=" in spec else "static"
+        if policy in KV_CLAIMS:
+            return KV_CLAIMS[policy]
     quantity, text = CLAIMS.get(ident, ("peak", "it reduces memory"))
     return quantity, "down", text
 
@@ -263,6 +279,9 @@ def note(entry: Entry) -> str:
         parts.append(quality + ".")
     elif q.get("cosine_similarity") is not None:
         parts.append(f"Quality: pooled-embedding cosine {q['cosine_similarity']:.4f}.")
+    if q.get("generated_token_agreement") is not None:
+        parts.append(f"Generated tokens: {q['generated_token_agreement']:.1%} the same as the "
+                     "unoptimized model's (greedy decoding).")
     return " ".join(parts)
 
 
@@ -367,6 +386,10 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
             quality = (f"KL {q['kl_divergence']:.2g}" if q.get("kl_divergence") is not None
                        else f"cos {q['cosine_similarity']:.4f}"
                        if q.get("cosine_similarity") is not None else "—")
+            if q.get("generated_token_agreement") is not None:
+                # A cache policy leaves the prompt's forward (the KL) untouched: what it
+                # changes shows in the tokens generated from the cache.
+                quality += f"; tokens {q['generated_token_agreement']:.0%} same"
             lines.append(
                 f"| {n} | `{e.label}` | {human_bytes(b.get('peak_bytes'))} → "
                 f"{human_bytes(m.get('peak_bytes'))} | {human_bytes(e.peak_saved_bytes)} | "

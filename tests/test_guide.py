@@ -162,3 +162,24 @@ def test_the_chart_never_draws_labels_over_each_other():
     assert "KL divergence (nats/token)" in svg
     ticks = [float(t) for t in re.findall(r'text-anchor="end">([-0-9.e+]+)</text>', svg)]
     assert min(ticks) == 0.0  # a KL divergence axis does not go below zero
+
+
+def test_kv_cache_policies_are_judged_by_their_own_claims():
+    from engine.guide import _claim
+
+    assert _claim(["kv-cache:policy=static"])[:2] == ("kv_cache", "up")  # preallocates
+    assert _claim(["kv-cache:policy=fp8"])[:2] == ("kv_cache", "down")
+    assert _claim(["kv-cache:policy=offloaded"])[:2] == ("peak", "down")
+    import transformers.cache_utils as cache_utils
+
+    if not hasattr(cache_utils, "Fp8QuantizedLayer"):
+        pytest.skip("this transformers has no fp8 quantized cache")
+    # In a real run: a quantized cache shrinks the cache, and the guide reports the generated
+    # tokens' agreement (the prompt's forward, hence the KL, is the same with any cache).
+    guide = run_guide(model="preset:tiny-llama", seq=24, new_tokens=8, repeats=1, plan=(
+        ("generate", ("kv-cache:policy=static",)), ("generate", ("kv-cache:policy=fp8",))))
+    static, fp8 = guide.entries
+    assert static.verdict in ("as claimed", "no change")
+    assert fp8.verdict == "as claimed"
+    assert fp8.measured["kv_cache_bytes"] < fp8.baseline["kv_cache_bytes"]
+    assert "Generated tokens:" in fp8.note and "% same" in markdown(guide)
