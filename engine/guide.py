@@ -407,7 +407,10 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
 
 def _quality_axis(entries: Sequence[Entry]) -> tuple[str, str] | None:
     """(quality key after, key before) every measured entry has, best first; None if none."""
-    for after, before in (("perplexity", "baseline_perplexity"), ("kl_divergence", ""),
+    # Generated-token agreement first: where every entry has it (generation), it is what a
+    # cache policy changes; the prompt's perplexity and KL stay the baseline's.
+    for after, before in (("generated_token_agreement", ""),
+                          ("perplexity", "baseline_perplexity"), ("kl_divergence", ""),
                           ("cosine_similarity", "")):
         if entries and all(e.quality.get(after) is not None for e in entries):
             return after, before
@@ -415,7 +418,8 @@ def _quality_axis(entries: Sequence[Entry]) -> tuple[str, str] | None:
 
 
 _QUALITY_LABELS = {"perplexity": "perplexity", "kl_divergence": "KL divergence (nats/token)",
-                   "cosine_similarity": "cosine similarity"}
+                   "cosine_similarity": "cosine similarity",
+                   "generated_token_agreement": "generated tokens the same (share)"}
 
 
 def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400) -> str | None:
@@ -436,6 +440,8 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
     base = None
     if before_key and entries and entries[0].quality.get(before_key) is not None:
         base = (entries[0].baseline["peak_bytes"] / 2**20, float(entries[0].quality[before_key]))
+    elif after_key == "generated_token_agreement" and entries:
+        base = (entries[0].baseline["peak_bytes"] / 2**20, 1.0)  # its own tokens, all of them
     xs = [p[0] for p in points] + ([base[0]] if base else [])
     ys = [p[1] for p in points] + ([base[1]] if base else [])
     x0, x1 = min(xs), max(xs)
