@@ -172,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--techniques", default=None, metavar="ID,...",
                    help="only the entries made of these registry ids (memlens optimizations "
                         "lists them), e.g. torchao-int4,kv-cache")
+    g.add_argument("--batch", type=int, default=1)
     g.add_argument("--seq", type=int, default=128)
     g.add_argument("--new-tokens", type=int, default=16)
     g.add_argument("--repeats", type=int, default=3)
@@ -313,6 +314,7 @@ def _guide(args: argparse.Namespace, store) -> int:
             out["guide"] = run_guide(model=args.model, device=args.device, seq=args.seq,
                                      new_tokens=args.new_tokens, workloads=workloads,
                                      techniques=techniques, dtype=args.dtype,
+                                     batch=args.batch,
                                      repeats=args.repeats, listener=printer, cancel=cancel,
                                      store=store, on_entry=keep)
         except MemLensError as exc:  # also Cancelled

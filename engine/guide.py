@@ -143,6 +143,7 @@ class Guide:
     new_tokens: int = 0
     planned: int = 0  # techniques the guide set out to run; more than entries: cut short
     dtype: str = "auto"
+    batch: int = 1
 
     @property
     def partial(self) -> bool:
@@ -151,6 +152,7 @@ class Guide:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "device": self.device, "seq": self.seq,
                 "new_tokens": self.new_tokens, "planned": self.planned, "dtype": self.dtype,
+                "batch": self.batch,
                 "entries": [asdict(e) for e in self.entries]}
 
     @classmethod
@@ -166,7 +168,7 @@ class Guide:
                    entries=entries, seq=int(data.get("seq") or 0),
                    new_tokens=int(data.get("new_tokens") or 0),
                    planned=int(data.get("planned") or 0),
-                   dtype=str(data.get("dtype") or "auto"))
+                   dtype=str(data.get("dtype") or "auto"), batch=int(data.get("batch") or 1))
 
     def ranked(self, workload: str) -> list[Entry]:
         """Measured entries of ``workload``, most peak memory saved first."""
@@ -287,7 +289,7 @@ def note(entry: Entry) -> str:
 
 def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_tokens: int = 16,
               workloads: Sequence[str] = ("forward", "generate", "train"),
-              techniques: Sequence[str] | None = None, dtype: str = "auto",
+              techniques: Sequence[str] | None = None, dtype: str = "auto", batch: int = 1,
               plan: Sequence[tuple[str, Sequence[str]]] = PLAN, repeats: int = 3,
               listener: Callable[[Event], None] = lambda e: None,
               cancel: threading.Event | None = None, store: Any = None,
@@ -296,7 +298,7 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
     """Run ``plan`` (only its ``workloads``); progress as ``Progress("guide", i/n, label)``
     events to ``listener``; a cancel stops after the current run (``Cancelled``).
     ``techniques`` (registry ids) keeps the entries made only of those, in the plan's order;
-    ``dtype`` is every run's (the baseline's) weight dtype.
+    ``dtype`` is every run's (the baseline's) weight dtype, ``batch`` its batch size.
     ``on_entry(guide)`` after each technique, with the guide so far (``guide.partial`` until the
     last): ``memlens guide`` writes its files there, so a cancelled or killed guide keeps every
     technique that finished."""
@@ -318,7 +320,7 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
                            "Choose other workloads (forward, generate, train) or techniques "
                            "(memlens optimizations lists them).")
     guide = Guide(model=model, device=device, seq=seq, new_tokens=new_tokens,
-                  planned=len(todo), dtype=dtype)
+                  planned=len(todo), dtype=dtype, batch=batch)
     for i, (workload, specs) in enumerate(todo):
         if cancel.is_set():
             raise Cancelled()
@@ -333,7 +335,7 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
 
         try:
             config = RunConfig(model=model, device=device, dtype=dtype, workload=workload, seq=seq,
-                               new_tokens=new_tokens, repeats=repeats,
+                               batch=batch, new_tokens=new_tokens, repeats=repeats,
                                label=f"guide: {entry.label}",
                                optimizations=[parse_spec(s) for s in specs])
         except MemLensError as exc:
@@ -364,7 +366,8 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
     """The guide as Markdown: per workload a ranked table and the notes; then what could not run."""
     lines = [f"# The measured guide: {guide.model} on {guide.device}", "",
              f"Each row is one MemLens run that measured the unoptimized model and the optimized "
-             f"one in the same process (sequence {guide.seq}"
+             f"one in the same process ("
+             + (f"batch {guide.batch}, " if guide.batch != 1 else "") + f"sequence {guide.seq}"
              + (f", weights {guide.dtype}" if guide.dtype != "auto" else "")
              + (f", {guide.new_tokens} new tokens" if guide.new_tokens else "") + "). Ranked by "
              "peak memory saved. Verdicts compare the claim with the measured numbers.", ""]

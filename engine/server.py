@@ -80,7 +80,7 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
         from .guide import Guide, GuideEntryDone, GuideFinished, run_guide
 
         guide = run_guide(model=config.model, device=config.device, dtype=config.dtype,
-                          seq=config.seq, new_tokens=config.new_tokens, repeats=config.repeats,
+                          batch=config.batch, seq=config.seq, new_tokens=config.new_tokens, repeats=config.repeats,
                           listener=listener, cancel=cancel, store=store,
                           on_entry=lambda g: listener(GuideEntryDone(
                               Guide.from_dict(g.to_dict()))))

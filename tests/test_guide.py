@@ -125,7 +125,8 @@ def test_memlens_guide_writes_the_report(tmp_path, capsys):
 def test_memlens_guide_takes_some_techniques_at_a_dtype(tmp_path, capsys):
     out = tmp_path / "guide"
     code = cli.main(["--store", str(tmp_path / "runs"), "guide", "--model", "preset:tiny-llama",
-                     "--techniques", "freeze-base,cast", "--dtype", "bfloat16", "--seq", "16",
+                     "--techniques", "freeze-base,cast", "--dtype", "bfloat16", "--batch", "2",
+                     "--seq", "16",
                      "--repeats", "1", "--out", str(out)])
     assert code == cli.EXIT_OK
     data = json.loads((out / "guide.json").read_text())
@@ -140,7 +141,8 @@ def test_memlens_guide_takes_some_techniques_at_a_dtype(tmp_path, capsys):
     assert freeze["baseline"]["model_weights_bytes"] == freeze["measured"]["model_weights_bytes"]
     run = RunStore(tmp_path / "runs").load(freeze["run_id"])
     assert run.config.dtype == "bfloat16" and run.model_info["dtype"] == "bfloat16"
-    assert "weights bfloat16" in (out / "guide.md").read_text()
+    assert run.config.batch == 2 and data["batch"] == 2 and run.inputs["shape"][0] == 2
+    assert "batch 2, sequence 16, weights bfloat16" in (out / "guide.md").read_text()
     capsys.readouterr()
     for bad, words in ((["--techniques", "teleport"], "Unknown technique(s) teleport"),
                        (["--dtype", "int3"], "Unknown dtype")):
