@@ -11,7 +11,9 @@
 #    snapshot (memory_viz), and estimate vs measured (the accuracy table).
 # 2. gpu_faults.py: out of memory in load, forward, generate and backward; NVML per process.
 # 3. memlens guide on the same 1.1B model (float32 baseline, as the demo's): first the
-#    techniques only CUDA runs, then the whole guide with the time left (kept partial if cut).
+#    techniques only CUDA runs (int4, fp8 matmuls, 2:4 sparsity, the offloaded KV cache; compile
+#    stays in the whole guide, its compile time would eat this step), then the whole guide with
+#    the time left (kept partial if cut).
 # Only a few files come back from a lent machine (8), so the steps work in a scratch folder and
 # OUT gets the JSON each one wrote (gpu_table.py and `memlens show` render them) and the log.
 # Budgets in seconds: CHECK=190 FAULTS=90 CUDA_GUIDE=120 GUIDE=140 (about 560 in all).
@@ -58,7 +60,7 @@ guide() {
 }
 stamp "guide: the techniques only CUDA runs"
 guide "${CUDA_GUIDE:-120}" --out "$work/guide-cuda" \
-    --techniques torchao-int4,torchao-fp8,sparsity-24,kv-cache,compile
+    --techniques torchao-int4,torchao-fp8,sparsity-24,kv-cache
 stamp "guide (CUDA techniques) exit $?"
 keep guide-cuda/guide.json guide_cuda.json
 
