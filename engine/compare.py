@@ -12,6 +12,10 @@ from .results import RunResult
 
 # Quality figures a scatter can use, best first: (key in RunResult.quality, axis label, better).
 QUALITY_METRICS = (
+    # Only where every run has it (generation with a technique): what a KV-cache policy
+    # changes, while the prompt's perplexity stays the unoptimized model's.
+    ("generated_token_agreement", "generated tokens the same as the unoptimized model's",
+     "higher"),
     ("perplexity", "perplexity on resources/quality_text.txt", "lower"),
     ("kl_divergence", "KL divergence from the unoptimized model", "lower"),
     ("cosine_similarity", "cosine similarity to the unoptimized model", "higher"),
@@ -35,11 +39,14 @@ def optimizations_text(optimizations: Sequence[dict[str, Any]]) -> str:
 def quality_text(quality: dict[str, Any] | None) -> str:
     """A short quality figure: ``KL 0.012, ppl 31.2``, ``ppl 31.0``, ``cos 0.9990`` or ``—``."""
     q = quality or {}
+    tokens = (f", tokens {q['generated_token_agreement']:.0%} same"
+              if q.get("generated_token_agreement") is not None else "")
     if q.get("kl_divergence") is not None:
         ppl = q.get("perplexity")
-        return f"KL {q['kl_divergence']:.3g}" + (f", ppl {ppl:.2f}" if ppl is not None else "")
+        return (f"KL {q['kl_divergence']:.3g}" + (f", ppl {ppl:.2f}" if ppl is not None else "")
+                + tokens)
     if q.get("perplexity") is not None:
-        return f"ppl {q['perplexity']:.2f}"
+        return f"ppl {q['perplexity']:.2f}" + tokens
     if q.get("cosine_similarity") is not None:
         return f"cos {q['cosine_similarity']:.4f}"
     return MISSING
@@ -112,7 +119,8 @@ def compare(runs: Sequence[RunResult]) -> Comparison:
                                 for ms in comparison.latency_ms]
     for key, label, better in QUALITY_METRICS:
         values = [(r.quality or {}).get(key) for r in runs]
-        if sum(v is not None for v in values) >= min(2, len(runs)):
+        needed = len(runs) if key == "generated_token_agreement" else min(2, len(runs))
+        if sum(v is not None for v in values) >= needed:
             comparison.metric, comparison.metric_label = key, label
             comparison.metric_better = better
             comparison.quality = [float(v) if v is not None else None for v in values]

@@ -106,7 +106,7 @@ def test_cli_errors_name_the_problem_and_the_fix(tmp_path, capsys):
 def test_compare_aligns_bars_and_reconciles_each_run(tmp_path):
     """The compare view's data: bars matched by name, each run's bars + unattributed = its
     peak, deltas against the first run, and the quality metric every run shares."""
-    from engine.compare import compare
+    from engine.compare import compare, quality_text
     from engine.runner import execute
 
     base = execute(tiny(model="demo"))  # the demo has a tokenizer: perplexity is meaningful
@@ -125,6 +125,19 @@ def test_compare_aligns_bars_and_reconciles_each_run(tmp_path):
     # no metric is shared, so none is claimed.
     assert compare([execute(tiny()), execute(tiny(optimizations=[
         {"id": "prune-ffn", "params": {"amount": 0.5}}]))]).metric is None
+    # Generation runs with a technique each: the tokens generated the same as the unoptimized
+    # model's are what a cache policy changes, so they are the metric (the prompt's perplexity
+    # is the same under any cache); a plain run has none, so then perplexity is.
+    gen = [execute(tiny(model="demo", workload="generate", new_tokens=4, optimizations=[
+        {"id": "kv-cache", "params": {"policy": "static"}}])),
+           execute(tiny(model="demo", workload="generate", new_tokens=4, optimizations=[
+               {"id": "cast", "params": {"dtype": "bfloat16"}}]))]
+    c = compare(gen)
+    assert c.metric == "generated_token_agreement" and c.metric_better == "higher"
+    assert c.quality[0] == 1.0 and 0.0 <= c.quality[1] <= 1.0
+    assert compare([execute(tiny(model="demo", workload="generate", new_tokens=4)),
+                    *gen]).metric == "perplexity"
+    assert "tokens 100% same" in quality_text(gen[0].quality)
 
 
 def test_summaries_carry_optimizations_and_quality(tmp_path):
