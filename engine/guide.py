@@ -150,7 +150,7 @@ class Guide:
         return len(self.entries) < self.planned
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "device": self.device, "seq": self.seq,
+        return {"kind": "guide", "model": self.model, "device": self.device, "seq": self.seq,
                 "new_tokens": self.new_tokens, "planned": self.planned, "dtype": self.dtype,
                 "batch": self.batch,
                 "entries": [asdict(e) for e in self.entries]}

@@ -1,8 +1,9 @@
 """The JSON records MemLens writes besides runs, told apart by their ``kind``.
 
 A run file (``engine.results.RunResult``) has no ``kind``; every other record names its own:
-sweeps and fits (``engine.sweep``), inference and training plans (``engine.distributed``) and
-measured distributed runs (``engine.distributed_run``). ``memlens show`` prints any of them;
+sweeps and fits (``engine.sweep``), inference and training plans (``engine.distributed``),
+measured distributed runs (``engine.distributed_run``) and measured guides (``engine.guide``;
+a ``guide.json`` written before guides named their kind is told by its shape). ``memlens show`` prints any of them;
 what takes a single run (File → Open run file, ``compare``, ``export``, ``report``) refuses the
 others with a message naming what the file is (``engine.store.load_run_file``).
 """
@@ -22,6 +23,7 @@ RECORD_KINDS = {
     "inference_plan": "an inference plan across devices (memlens plan)",
     "training_plan": "an FSDP2 training plan (memlens plan --workload train)",
     "distributed_run": "a measured distributed run (memlens profile --distributed)",
+    "guide": "a measured guide (memlens guide)",
 }
 
 
@@ -38,7 +40,11 @@ def check_record(data: dict[str, Any], kind: str, schema: int) -> None:
 
 def record_kind(data: Any) -> str | None:
     """The record kind of parsed JSON ``data``, None for a run (or anything else)."""
-    kind = data.get("kind") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind")
+    if kind is None and "schema_version" not in data and {"model", "entries"} <= set(data):
+        kind = "guide"  # guide.json files from before guides named their kind
     return kind if kind in RECORD_KINDS else None
 
 
@@ -68,8 +74,12 @@ def from_dict(data: dict[str, Any]) -> Any:
         from .distributed_run import DistributedRun
 
         return DistributedRun.from_dict(data)
+    if kind == "guide":
+        from .guide import Guide
+
+        return Guide.from_dict(data)
     raise MemLensError(ErrorKind.INVALID_WORKLOAD, "The file is not a MemLens record.",
-                       "Pass a file written by memlens sweep, fit, plan or profile.")
+                       "Pass a file written by memlens sweep, fit, plan, guide or profile.")
 
 
 def read(path: Path | str) -> tuple[str | None, Any]:
@@ -108,6 +118,10 @@ def print_record(kind: str, record: Any, out: TextIO) -> None:
         from .distributed import format_plan
 
         out.write(format_plan(record))
+    elif kind == "guide":
+        from .guide import markdown
+
+        out.write(markdown(record) + "\n")
     else:
         from .distributed_run import format_run
 

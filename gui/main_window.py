@@ -484,6 +484,18 @@ class MainWindow(QMainWindow):
         self.workspace.setCurrentWidget(self.sweep_panel)
         self.refresh_saved_runs()
 
+    def _new_guide_folder(self, guide: Any) -> Path:
+        """Where a guide's files go: ``guides/`` beside the run store, one folder a guide."""
+        import datetime as _dt
+        import re
+        import tempfile
+
+        store = self._get_store()
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = (Path(store.root).parent / "guides") if getattr(store, "root", None) else Path(
+            tempfile.gettempdir()) / "memlens-guides"
+        return base / f"{stamp}-{re.sub(r'[^A-Za-z0-9._-]+', '_', guide.model)[-60:]}"
+
     def show_guide(self, guide: Any) -> bool:
         """Write the guide's files and show them on the Guide page: after each technique while
         the guide runs (``guide.partial``; the page is brought forward at the first), and at
@@ -493,14 +505,7 @@ class MainWindow(QMainWindow):
         folder = self._guide_folder
         first = folder is None
         if folder is None:
-            import datetime as _dt
-            import tempfile
-
-            store = self._get_store()
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            base = (Path(store.root).parent / "guides") if getattr(store, "root", None) else Path(
-                tempfile.gettempdir()) / "memlens-guides"
-            folder = self._guide_folder = base / f"{stamp}-{guide.model.replace('/', '_')}"
+            folder = self._guide_folder = self._new_guide_folder(guide)
         try:
             path, _charts = write_guide(guide, folder)
         except OSError as exc:
@@ -725,7 +730,7 @@ class MainWindow(QMainWindow):
     def open_run_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Open a MemLens run or record", "",
-            "MemLens run, sweep, fit, plan or distributed run (*.json);;All files (*)")
+            "MemLens run, sweep, fit, plan, distributed run or guide (*.json);;All files (*)")
         if path:
             self.open_run_file(path)
 
@@ -752,6 +757,18 @@ class MainWindow(QMainWindow):
                 (self.sweep_panel.render_sweep if kind == "sweep"
                  else self.sweep_panel.render_fit)(result)
                 self.workspace.setCurrentWidget(self.sweep_panel)
+            elif kind == "guide":
+                # Drawn afresh from the JSON (the Markdown and charts beside it may be older).
+                from engine.guide import write_guide
+
+                try:
+                    written, _charts = write_guide(result, self._new_guide_folder(result))
+                except OSError as exc:
+                    self.status.show_error(f"Could not show the guide: {exc}",
+                                           "Check the data folder.")
+                    return False
+                self.guide_panel.render(result, written.parent)
+                self.workspace.setCurrentWidget(self.guide_panel)
             else:
                 self.plan_panel.render(result)
                 self.workspace.setCurrentWidget(self.plan_panel)

@@ -155,6 +155,14 @@ def test_saved_records_open_on_their_pages(qtbot, tmp_path):
     assert window.workspace.currentWidget() is window.sweep_panel
     assert "16" in window.sweep_panel.text()
 
+    # A guide.json (README's own, written before guides named their kind) on the Guide page,
+    # drawn afresh from the JSON.
+    guide_path = Path(__file__).parent.parent / "docs" / "guide" / "guide.json"
+    assert window.open_run_file(guide_path)
+    assert window.workspace.currentWidget() is window.guide_panel
+    assert "The measured guide: demo on cpu" in window.guide_panel.text()
+    assert "measured guide" in window.status.text()
+
     newer = dict(_distributed_run().to_dict(), schema_version=99)
     newer_path = tmp_path / "newer.json"
     newer_path.write_text(json.dumps(newer), encoding="utf-8")

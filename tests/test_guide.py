@@ -118,6 +118,12 @@ def test_memlens_guide_writes_the_report(tmp_path, capsys):
     assert "## train" in text and "freeze-base" in text
     assert json.loads((out / "guide.json").read_text())["model"] == "preset:tiny-llama"
     assert "written:" in capsys.readouterr().out
+    # guide.json is a record of its own: memlens show prints it; what takes a run refuses it.
+    assert json.loads((out / "guide.json").read_text())["kind"] == "guide"
+    assert cli.main(["show", str(out / "guide.json")]) == cli.EXIT_OK
+    assert "# The measured guide: preset:tiny-llama" in capsys.readouterr().out
+    assert cli.main(["export", str(out / "guide.json"), "--csv", str(tmp_path / "x")]) != 0
+    assert "a measured guide (memlens guide), not a single run" in capsys.readouterr().err
     assert cli.main(["guide", "--workload", "fly", "--out", str(out)]) == cli.EXIT_USAGE
     assert "Unknown workload" in capsys.readouterr().err
 
