@@ -191,3 +191,11 @@ def test_kv_cache_policies_are_judged_by_their_own_claims():
     assert fp8.verdict == "as claimed"
     assert fp8.measured["kv_cache_bytes"] < fp8.baseline["kv_cache_bytes"]
     assert "Generated tokens:" in fp8.note and "% same" in markdown(guide)
+
+
+def test_a_guide_json_from_before_guides_named_their_kind_is_still_a_guide():
+    from engine.records import record_kind
+
+    assert record_kind({"model": "demo", "device": "cpu", "entries": []}) == "guide"
+    assert record_kind({"model": "demo", "entries": [], "schema_version": 3}) is None  # a run
+    assert record_kind({"kind": "guide", "model": "demo", "entries": []}) == "guide"
