@@ -15,10 +15,12 @@ A dry run of the same script on the CPU with a tiny config: ``--device cpu --tin
 On a lent GPU, ``sh benchmarks/gpu_session.sh OUT`` runs this with the other GPU steps in one
 command sized for its limits (it was dry-run with the device's torch 2.11 and transformers 5.17).
 
-The device has no torchao: its rows (int8, fp8, int4) need the wheel carried along. Here, once:
-``sh benchmarks/fetch_gpu_wheels.sh`` (writes the ignored ``.whl/``); there, start the command
-with ``python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
---target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;`` and name ``.whl`` in carry.
+The device has no torchao (its rows: int8, fp8, int4) and has transformers 5.17 (no fp8 KV
+cache): ``sh benchmarks/fetch_gpu_wheels.sh`` here, once, writes torchao and CI's transformers
+and peft as wheels into the ignored ``.whl/``; gpu_session.sh installs them there (name ``.whl``
+in carry). Run alone, start the command with ``python3 -m pip install -q --no-index --no-deps
+--no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export
+PYTHONPATH=/tmp/site;``.
 
 ``--estimate`` also estimates every run with ``memlens estimate`` (fake tensors, the CPU's
 kernels, no memory) and records the estimated peak against the measured one (the allocator's on

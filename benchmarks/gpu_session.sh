@@ -4,7 +4,7 @@
 # under its own time limit, each writing its results as it goes, so a limit reached keeps
 # everything finished before it.
 #
-#   here:  sh benchmarks/fetch_gpu_wheels.sh          (once: torchao for the device, in .whl/)
+#   here:  sh benchmarks/fetch_gpu_wheels.sh          (once: torchao, transformers, peft: .whl/)
 #   there: sh benchmarks/gpu_session.sh "$OUT"        (run tool: carry [".whl"], timeout_s 590)
 #
 # 1. gpu_check.py --estimate: reconciliation with the allocator, NVML, overhead, the CUDA memory
@@ -22,17 +22,28 @@ set -u
 out=${1:?usage: gpu_session.sh OUT_DIR}
 cd "$(dirname "$0")/.."
 work=${WORK:-/tmp/memlens-gpu-session}
-mkdir -p "$out" "$work"
+rm -rf "$work" && mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
 if [ -n "${DRY:-}" ]; then device=cpu tiny=--tiny seq=64; else device=cuda tiny= seq=2048; fi
 start=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - start )) s: $*" | tee -a "$out/session.log"; }
 keep() { [ -f "$work/$1" ] && cp "$work/$1" "$out/$2"; }
 
-if ls .whl/*.whl >/dev/null 2>&1; then
+carried() {  # install these wheels into /tmp/site, ahead of the machine's own packages
+    rm -rf /tmp/site
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+        --target /tmp/site "$@" && export PYTHONPATH=/tmp/site
+}
+if ls .whl/*.whl >/dev/null 2>&1; then
+    carried .whl/*.whl
+    if ! python3 -c "import torchao, transformers, peft" >>"$out/session.log" 2>&1; then
+        stamp "the carried wheels do not import together here: only torchao is kept"
+        unset PYTHONPATH
+        carried .whl/torchao-*.whl
+    fi
 fi
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', \
+transformers.__version__)" 2>&1 | tee -a "$out/session.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
     | tee -a "$out/session.log" || true
 
