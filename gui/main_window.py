@@ -559,10 +559,10 @@ class MainWindow(QMainWindow):
         else:
             self.status.show_error(message, hint)
             self.log.error(message, hint, kind)
+            self.totals.clear("The run failed: see the log.")
         if self._guide_folder is not None:  # a guide job: what finished stays on its page
             self.guide_panel.stopped("Cancelled" if kind == "cancelled" else "Failed")
             self.refresh_saved_runs()
-            self.totals.clear("The run failed: see the log.")
 
     # -- results --------------------------------------------------------------------------------
     def render_result(self, result: RunResult, attention: AttentionMaps | None = None,
