@@ -55,7 +55,8 @@ stamp "gpu_check exit $?"
 keep check/gpu_check.json gpu_check.json
 
 stamp "gpu_faults"
-timeout -k 10 "${FAULTS:-90}" python3 benchmarks/gpu_faults.py --device $device --out "$work/faults" \
+timeout -k 10 "${FAULTS:-90}" python3 benchmarks/gpu_faults.py --device $device \
+    --out "$work/faults" \
     >>"$out/session.log" 2>&1
 stamp "gpu_faults exit $?"
 keep faults/gpu_faults.json gpu_faults.json

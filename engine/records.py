@@ -3,9 +3,10 @@
 A run file (``engine.results.RunResult``) has no ``kind``; every other record names its own:
 sweeps and fits (``engine.sweep``), inference and training plans (``engine.distributed``),
 measured distributed runs (``engine.distributed_run``) and measured guides (``engine.guide``;
-a ``guide.json`` written before guides named their kind is told by its shape). ``memlens show`` prints any of them;
-what takes a single run (File → Open run file, ``compare``, ``export``, ``report``) refuses the
-others with a message naming what the file is (``engine.store.load_run_file``).
+a ``guide.json`` written before guides named their kind is told by its shape). ``memlens
+show`` prints any of them; what takes a single run (File → Open run file, ``compare``,
+``export``, ``report``) refuses the others with a message naming what the file is
+(``engine.store.load_run_file``).
 """
 
 from __future__ import annotations

@@ -69,19 +69,18 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
 
     ``run``: :func:`engine.runner.execute`; ``estimate``: :func:`engine.estimate.estimate`;
     ``guide``: :func:`engine.guide.run_guide` (``GuideEntryDone`` after each technique, ends
-    with ``GuideFinished``); ``sweep`` and
-    ``fit``: :func:`engine.sweep.sweep` / :func:`engine.sweep.what_fits` with ``extra`` giving
-    their arguments; ``plan``: :func:`engine.distributed.plan_inference` (forward, generate:
-    ``devices``, ``per_device``, ``cpu_offload``, ``strategy``) or ``plan_training`` (train:
-    ``ranks``, ``per_device``). The engine process and the window's in-process
+    with ``GuideFinished``); ``sweep`` and ``fit``: :func:`engine.sweep.sweep` /
+    :func:`engine.sweep.what_fits` with ``extra`` giving their arguments; ``plan``:
+    :func:`engine.distributed.plan_inference` (forward, generate: ``devices``, ``per_device``,
+    ``cpu_offload``, ``strategy``) or ``plan_training`` (train: ``ranks``, ``per_device``). The engine process and the window's in-process
     engine both call this, so a mode behaves the same in either."""
     extra = dict(extra or {})
     if mode == "guide":
         from .guide import Guide, GuideEntryDone, GuideFinished, run_guide
 
         guide = run_guide(model=config.model, device=config.device, dtype=config.dtype,
-                          batch=config.batch, seq=config.seq, new_tokens=config.new_tokens, repeats=config.repeats,
-                          listener=listener, cancel=cancel, store=store,
+                          batch=config.batch, seq=config.seq, new_tokens=config.new_tokens,
+                          repeats=config.repeats, listener=listener, cancel=cancel, store=store,
                           on_entry=lambda g: listener(GuideEntryDone(
                               Guide.from_dict(g.to_dict()))))
         listener(GuideFinished(guide))

@@ -24,7 +24,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from engine.events import AttentionMaps, Failed, Finished, LayerStatsReady, Progress, Sample
 
-# Events of sweeps and fits that the window shows as they arrive (one per point or answer).
+# Events the window shows as they arrive: a sweep's points, a fit's answers, the guide so far.
 ITEM_EVENTS = ("PointDone", "FitDone", "GuideEntryDone")
 
 MAX_EMITS_PER_S = 30.0
