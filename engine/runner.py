@@ -456,6 +456,8 @@ class _Run:
         cuda = device.type == "cuda"
         totals = result.totals
         training = cfg.workload == "train"
+        if self.cancel.is_set():  # before the collection: it holds the interpreter ~0.3 s
+            raise Cancelled()
         gc.collect()
         if cuda:
             torch.cuda.synchronize(device)
