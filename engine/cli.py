@@ -196,7 +196,16 @@ def wants_window(argv: list[str]) -> bool:
 
     The ``memlens`` command itself lives in ``gui.launcher`` so that ``engine`` never imports
     Qt or ``gui``; this function lets it route without parsing twice."""
+    argv = split_store(argv)[1]
     return not argv or argv[0] == "gui" or argv[0].split("=")[0] in GUI_OPTIONS
+
+
+def split_store(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv``'s leading global ``--store DIR`` (or ``--store=DIR``) words, and the rest."""
+    i = 0
+    while i < len(argv) and (argv[i] == "--store" or argv[i].startswith("--store=")):
+        i += 2 if argv[i] == "--store" else 1
+    return argv[:i], argv[i:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,7 +74,7 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
-from .events import Failed, Progress
+from .events import Progress
 from .format import MISSING, human_bytes
 
 PLAN_SCHEMA_VERSION = 1

@@ -365,8 +365,8 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
 def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
     """The guide as Markdown: per workload a ranked table and the notes; then what could not run."""
     lines = [f"# The measured guide: {guide.model} on {guide.device}", "",
-             f"Each row is one MemLens run that measured the unoptimized model and the optimized "
-             f"one in the same process ("
+             "Each row is one MemLens run that measured the unoptimized model and the optimized "
+             "one in the same process ("
              + (f"batch {guide.batch}, " if guide.batch != 1 else "") + f"sequence {guide.seq}"
              + (f", weights {guide.dtype}" if guide.dtype != "auto" else "")
              + (f", {guide.new_tokens} new tokens" if guide.new_tokens else "") + "). Ranked by "

@@ -31,7 +31,7 @@ from .instrument import MemoryProbe, TimingProbe
 from .layers import (TrackedModule, module_weight_tensors, owned_submodules, select_layers,
                      unique_nbytes)
 from .modeltree import ChangeTracker, module_tree
-from .results import CATEGORIES, LayerStats, RunResult, Totals
+from .results import CATEGORIES, LayerStats, RunResult
 from . import quality as quality_mod
 from . import workloads as wl
 

@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="workload to preselect")
     parser.add_argument("--opt", action="append", default=[], metavar="ID[:key=value,...]",
                         help="optimization to preselect (repeatable)")
+    parser.add_argument("--store", type=Path, default=None, metavar="DIR",
+                        help="run store folder (default: $MEMLENS_HOME/runs or the user data "
+                             "directory)")
     return parser
 
 
@@ -53,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"memlens: cannot open the window: {problem}.", file=sys.stderr)
         return 1
 
+    store = None
+    if args.store is not None:  # an unusable folder is reported where it is used, as by default
+        from engine.store import RunStore
+
+        store = RunStore(args.store)
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
@@ -72,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         scratch = tempfile.TemporaryDirectory(prefix="memlens-settings-")
         settings = QSettings(str(Path(scratch.name) / "memlens.ini"), QSettings.Format.IniFormat)
-    window = MainWindow(model=args.model, settings=settings)
+    window = MainWindow(model=args.model, settings=settings, store=store)
     if args.workload:
         window.controls.set_workload(args.workload)
     for spec in args.opt:

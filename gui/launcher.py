@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if SELF_TEST_OPTION in argv:
         return self_test(argv)
 
-    from engine.cli import error, main as cli_main, wants_window
+    from engine.cli import error, main as cli_main, split_store, wants_window
 
     index = _subcommand_index(argv)
     if index is not None and argv[index] in QT_SUBCOMMANDS:
@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
               "libraries listed in README.md; the command line (memlens profile) works without "
               "them.")
         return 1
-    return window_main(argv[1:] if argv and argv[0] == "gui" else argv)
+    # The global ``--store DIR`` goes to the window too (its saved runs and new runs).
+    store_words, argv = split_store(argv)
+    argv = argv[1:] if argv and argv[0] == "gui" else argv
+    return window_main(argv + store_words)
 
 
 # Subcommands that the launcher runs itself instead of ``engine.cli`` (they need Qt).
@@ -71,11 +74,9 @@ SELF_TEST_CONFIG = {"model": "demo", "workload": "forward", "batch": 1, "seq": 3
 def _subcommand_index(argv: list[str]) -> int | None:
     """Where the subcommand is in ``argv`` (the first word after the global ``--store DIR``),
     or None when ``argv`` starts with window options or is empty."""
-    i = 0
-    while i < len(argv) and argv[i] == "--store":
-        i += 2
-    if i < len(argv) and argv[i].startswith("--store="):
-        i += 1
+    from engine.cli import split_store
+
+    i = len(split_store(argv)[0])
     return i if i < len(argv) and not argv[i].startswith("-") else None
 
 

@@ -644,6 +644,24 @@ def test_launcher_routes_subcommands_to_the_headless_cli(tmp_path, capsys):
     assert cli.main([]) == cli.EXIT_USAGE  # the engine's own entry never opens a window
 
 
+def test_launcher_gives_the_global_store_to_the_window(monkeypatch, tmp_path):
+    """`memlens --store DIR [gui] [window options]` opens the window on that store (it once
+    went to the headless CLI, which refused the window options)."""
+    from engine import cli
+    from gui import app, launcher
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(app, "main", lambda argv: seen.append(list(argv)) or 0)
+    assert cli.wants_window(["--store", "x"]) and cli.wants_window(["--store=x", "--run"])
+    assert cli.wants_window(["--store", "x", "gui", "--run"])
+    assert launcher.main(["--store", str(tmp_path), "gui", "--run"]) == 0
+    assert launcher.main([f"--store={tmp_path}", "--model", "demo"]) == 0
+    assert seen == [["--run", "--store", str(tmp_path)],
+                    ["--model", "demo", f"--store={tmp_path}"]]
+    args = app._parser().parse_args(seen[1])
+    assert args.store == tmp_path and args.model == "demo"
+
+
 def test_timeline_shades_the_phases(qtbot):
     from gui.panels.timeline import TimelinePanel, phase_spans
 
@@ -659,3 +677,34 @@ def test_timeline_shades_the_phases(qtbot):
     assert panel.set_timeline({"t": [0.0, 1.0], "phase": ["load", "timing"],
                                "rss_bytes": [1 << 20, 2 << 20]})
     assert [name for name, _, _ in panel.spans()] == ["load", "timing"]
+
+
+def test_timeline_phase_labels_never_overlap_as_the_run_grows(qtbot):
+    """A phase wide on screen when it began narrows as the run goes on: its label must go then
+    (the window once printed 'loadqualitymemory' run together after a run)."""
+    from gui.panels.timeline import TimelinePanel
+
+    panel = TimelinePanel()
+    qtbot.addWidget(panel)
+    panel.resize(500, 300)
+    panel.show()
+    qtbot.waitExposed(panel)
+
+    def labels() -> dict[str, str]:
+        return {name: item.toPlainText()
+                for (name, _, _), item in zip(panel.spans(), panel._bands[1::2], strict=False)}
+
+    phases = ["load"] * 3 + ["quality"] * 3 + ["memory"] * 3
+    panel.set_timeline({"t": [0.1 * i for i in range(9)], "phase": phases,
+                        "rss_bytes": [(i + 1) << 20 for i in range(9)]})
+    qtbot.waitUntil(lambda: labels() == {"load": "load", "quality": "quality",
+                                         "memory": "memory"}, timeout=3000)
+    # The last phase grows sample by sample, as in a live run (the set of phases stays the same).
+    panel.add_samples([Sample(t=1.0 + 0.5 * i, phase="timing", rss_bytes=10 << 20)
+                       for i in range(2)])
+    qtbot.waitUntil(lambda: labels().get("timing") == "timing", timeout=3000)
+    panel.add_samples([Sample(t=1.0 + 0.5 * i, phase="timing", rss_bytes=(10 + i) << 20)
+                       for i in range(2, 40)])
+    # 0.3 s phases in a 20 s view of ~450 px are ~7 px wide: no room for a name.
+    qtbot.waitUntil(lambda: labels() == {"load": "", "quality": "", "memory": "",
+                                         "timing": "timing"}, timeout=3000)

@@ -13,7 +13,6 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
-from PySide6.QtGui import QImage  # noqa: E402
 
 from engine.config import RunConfig  # noqa: E402
 from engine.events import AttentionMaps, Finished, LayerStatsReady, Progress  # noqa: E402

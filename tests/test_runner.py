@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine.errors import ErrorKind
-from engine.events import Failed, Finished, LayerStatsReady, Progress, Sample
+from engine.events import Finished, LayerStatsReady, Progress, Sample
 from engine.runner import Runner, execute
 
 from .helpers import Collector, tiny

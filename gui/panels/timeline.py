@@ -180,6 +180,8 @@ class TimelinePanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot_widget)
         layout.addWidget(self.gpu_note)
+        self.plot.getViewBox().sigRangeChanged.connect(self._place_phase_labels)
+        self.plot.getViewBox().sigResized.connect(self._place_phase_labels)
         self._redraw()
         self._last_draw_ms = -1e12  # the first samples draw at once
 
@@ -275,39 +277,51 @@ class TimelinePanel(QWidget):
         if key == self._phase_key and len(self._bands) == 2 * len(spans):
             # Same phases: only the last band grows.
             if spans:
-                region, _ = self._bands[-2], self._bands[-1]
-                region.setRegion((spans[-1][1], spans[-1][2]))
+                self._bands[-2].setRegion((spans[-1][1], spans[-1][2]))
+        else:
+            for item in self._bands:
+                self.plot.removeItem(item)
+            self._bands = []
+            colours = DARK_PHASE_COLOURS if theme.current().name == "dark" else PHASE_COLOURS
+            for i, (name, start, end) in enumerate(spans):
+                region = pg.LinearRegionItem((start, end), movable=False,
+                                             brush=pg.mkBrush(colours[i % 2]),
+                                             pen=pg.mkPen(None))
+                region.setZValue(-10)
+                region.setToolTip(f"{name}: {start:.2f}–{end:.2f} s")
+                label = pg.TextItem("", color="#707070", anchor=(0, 0))
+                self.plot.addItem(region)
+                self.plot.addItem(label, ignoreBounds=True)
+                self._bands += [region, label]
+            self._phase_key = key
+        self._place_phase_labels()
+
+    def _place_phase_labels(self, *_: Any) -> None:
+        """Name each phase band along the top where the name fits in the band as drawn now.
+
+        Called on every redraw and whenever the view's range or size changes: a phase that
+        was wide when it began (the run was short then) narrows on screen as the run goes on,
+        and its label must go rather than run into the next one. Short phases keep their band
+        and tooltip."""
+        if not self._bands:
             return
-        for item in self._bands:
-            self.plot.removeItem(item)
-        self._bands = []
-        total = (spans[-1][2] - spans[0][1]) if spans else 0.0
-        colours = DARK_PHASE_COLOURS if theme.current().name == "dark" else PHASE_COLOURS
+        spans = self.spans()
+        viewbox = self.plot.getViewBox()
+        (x0, x1), _ = viewbox.viewRange()
+        px_per_s = viewbox.width() / (x1 - x0) if x1 > x0 else 0.0
         metrics = QFontMetrics(self.font())
-        px_per_s = max(self.plot.getViewBox().width(), 50.0) / total if total else 0.0
-        for i, (name, start, end) in enumerate(spans):
-            region = pg.LinearRegionItem((start, end), movable=False,
-                                         brush=pg.mkBrush(colours[i % 2]), pen=pg.mkPen(None))
-            region.setZValue(-10)
-            region.setToolTip(f"{name}: {start:.2f}–{end:.2f} s")
-            # Short phases keep their band and tooltip but no label, so labels never overlap.
-            fits = (end - start) * px_per_s >= metrics.horizontalAdvance(name) + 8
-            label = pg.TextItem(name if total and fits else "",
-                                color="#707070", anchor=(0, 0))
-            label.setPos(start, 0)
-            self.plot.addItem(region)
-            self.plot.addItem(label, ignoreBounds=True)
-            self._bands += [region, label]
-        self._phase_key = key
         ymax = None
         for field, _, _ in SERIES:
             values = self._columns[field].view()
             if values.size and np.isfinite(values).any():
                 top = float(np.nanmax(values))
                 ymax = top if ymax is None else max(ymax, top)
-        if ymax is not None:
-            for item in self._bands[1::2]:
-                item.setPos(item.pos().x(), ymax)
+        for (name, start, end), label in zip(spans, self._bands[1::2], strict=False):
+            fits = (end - start) * px_per_s >= metrics.horizontalAdvance(name) + 8
+            text = name if fits else ""
+            if label.toPlainText() != text:
+                label.setText(text)
+            label.setPos(start, ymax if ymax is not None else 0)
 
     def hideEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
         if self._redraw_timer.isActive():
