@@ -1051,10 +1051,15 @@ def print_report(result: RunResult, out: TextIO) -> None:
         timing = (f"prefill {g['prefill_ms']:.2f} ms, decode {sum(steps or [0]):.2f} ms for "
                   f"{len(steps or [])} steps" if g.get("prefill_ms") is not None
                   else f"{g.get('new_tokens', '?')} new tokens (not timed)")
+        per_step = g.get("kv_bytes_per_step") or []
+        growth = ("" if len(per_step) < 2 else
+                  f" (grew {human_bytes(per_step[0])} → {human_bytes(per_step[-1])})"
+                  if per_step[0] != per_step[-1] else
+                  f" (the same {human_bytes(per_step[0])} after every step: allocated up front)")
         w(f"generation: {timing}; KV cache {human_bytes(g.get('kv_cache_bytes'))} for "
-          f"{g.get('cached_positions')} positions (grew {human_bytes(g['kv_bytes_per_step'][0])}"
-          f" → {human_bytes(g['kv_bytes_per_step'][-1])}); peak prefill "
-          f"{human_bytes(g.get('prefill_peak_bytes'))}, decode {human_bytes(g.get('decode_peak_bytes'))}\n")
+          f"{g.get('cached_positions')} positions{growth}; peak prefill "
+          f"{human_bytes(g.get('prefill_peak_bytes'))}, decode "
+          f"{human_bytes(g.get('decode_peak_bytes'))}\n")
         if g.get("text"):
             w(f"  generated: {g['text']!r}\n")
     tr = result.training

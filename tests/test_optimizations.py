@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -199,7 +200,11 @@ def test_static_kv_cache_preallocates_prompt_plus_new_tokens():
     # keys + values, plus the few bytes of bookkeeping tensors a static layer keeps
     assert all(expected <= layer.kv_cache_bytes <= expected + 64 for layer in attn)
     steps = r.generation["kv_bytes_per_step"]
-    assert len(set(steps)) == 1  # no growth: preallocated
+    assert len(steps) > 1 and len(set(steps)) == 1  # no growth: preallocated
+    out = io.StringIO()
+    cli.print_report(r, out)
+    assert "after every step: allocated up front" in out.getvalue(), out.getvalue()
+    assert "grew" not in out.getvalue()
 
 
 def test_autocast_runs_and_is_compared():
