@@ -152,19 +152,27 @@ def print_comparison(runs: list[RunResult], out: TextIO) -> None:
     names = [layer.name for layer in ref.layers]
     for r in runs[1:]:
         names += [layer.name for layer in r.layers if layer.name not in names]
-    w("\nat-peak bytes per layer" + "".join(f"{f'[{i}]':>12}" for i in range(len(runs)))
+    # Wide enough for the longest name (up to a limit); a longer one keeps its end after "…".
+    width = min(max([len("at-peak bytes per layer"), *map(len, names)]), 48)
+
+    def label(name: str) -> str:
+        return name if len(name) <= width else "…" + name[-(width - 1):]
+
+    w(f"\n{'at-peak bytes per layer':<{width}}"
+      + "".join(f"{f'[{i}]':>12}" for i in range(len(runs)))
       + "".join(f"{f'Δ[{i}]':>12}" for i in range(1, len(runs))) + "\n")
     by_run = [{layer.name: layer for layer in r.layers} for r in runs]
     for name in names:
         vals = [m.get(name).at_peak_bytes if m.get(name) else None for m in by_run]
-        row = f"{name[-23:]:<23}" + "".join(f"{human_bytes(v) if v is not None else MISSING:>12}"
-                                            for v in vals)
-        row += "".join(f"{_signed(v - vals[0]) if v is not None and vals[0] is not None else MISSING:>12}"
-                       for v in vals[1:])
+        row = f"{label(name):<{width}}" + "".join(
+            f"{human_bytes(v) if v is not None else MISSING:>12}" for v in vals)
+        row += "".join(
+            f"{_signed(v - vals[0]) if v is not None and vals[0] is not None else MISSING:>12}"
+            for v in vals[1:])
         w(row + "\n")
     unat = [r.totals.unattributed_bytes for r in runs]
-    w(f"{'unattributed':<23}" + "".join(f"{human_bytes(v):>12}" for v in unat)
+    w(f"{'unattributed':<{width}}" + "".join(f"{human_bytes(v):>12}" for v in unat)
       + "".join(f"{_signed(v - unat[0]):>12}" for v in unat[1:]) + "\n")
     peaks = [r.totals.peak_bytes for r in runs]
-    w(f"{'total (peak)':<23}" + "".join(f"{human_bytes(v):>12}" for v in peaks)
+    w(f"{'total (peak)':<{width}}" + "".join(f"{human_bytes(v):>12}" for v in peaks)
       + "".join(f"{_signed(v - peaks[0]):>12}" for v in peaks[1:]) + "\n")

@@ -235,6 +235,8 @@ def test_cli_optimizations_and_compare(tmp_path, capsys):
     assert cli.main(store + ["compare", *reversed(ids)]) == 0
     out = capsys.readouterr().out
     assert "cast:dtype=bfloat16" in out and "Δ[1]" in out and "total (peak)" in out
+    # Whole layer names (they were cut to their last 23 characters: 'odel.layers.0.self_attn').
+    assert "\nmodel.layers.0.self_attn " in out, out
 
 
 def test_torchao_int8_weight_only_counts_inner_int8_data():
