@@ -35,7 +35,7 @@ from typing import Any
 from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import Failed, Progress
-from .format import human_bytes
+from .format import human_bytes, human_count
 from .records import check_record
 from .results import RunResult
 
@@ -917,6 +917,23 @@ def _fill_figures(answer: FitAnswer, fits: int | None, nxt: int | None,
     answer.grows = _growth(answer.categories, answer.next_categories)
 
 
+def _weights_exceed_message(weights: int, results: dict[int, RunResult], budget: Budget) -> str:
+    """Nothing fits because of the weights: say so, with what a 16-bit dtype would need
+    (parameter count × 2 bytes, from the estimate's own model) when the weights are float32."""
+    b = human_bytes(budget.bytes)
+    info = next((r.model_info for r in results.values()), {})
+    params = info.get("parameters")
+    fix = "quantize the weights (--opt), pick a smaller model, or shard it with memlens plan"
+    if info.get("dtype") == "float32" and params:
+        half = 2 * int(params)
+        fix = (f"in bfloat16 its {human_count(params)} parameters take {human_bytes(half)}"
+               + (": try --dtype bfloat16" if half < budget.bytes else
+                  ", still more than the budget: quantize the weights (--opt) or shard them "
+                  "with memlens plan"))
+    return (f"the weights alone need {human_bytes(weights)} in {info.get('dtype', '?')}, more "
+            f"than the budget {b}: nothing fits; {fix}")
+
+
 def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                  results: dict[int, RunResult], budget: Budget, seq_limit: int, limit: int,
                  extra: int) -> None:
@@ -944,8 +961,7 @@ def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
     elif weights > budget.bytes:
         answer.status = "weights_exceed"
         answer.binding = "weights"
-        answer.message = (f"the weights alone need {human_bytes(weights)}, more than the budget "
-                          f"{b}: nothing fits (pick a smaller dtype or model, or shard it)")
+        answer.message = _weights_exceed_message(weights, results, budget)
     else:
         answer.status = "nothing_fits"
         parts = ", ".join(f"{CATEGORY_LABELS[c]} {human_bytes(v)}"
@@ -979,8 +995,7 @@ def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
     elif weights > budget.bytes:
         answer.status = "weights_exceed"
         answer.binding = "weights"
-        answer.message = (f"the weights alone need {human_bytes(weights)}, more than the budget "
-                          f"{b}: nothing fits (pick a smaller dtype or model, or shard it)")
+        answer.message = _weights_exceed_message(weights, results, budget)
     else:
         answer.status = "nothing_fits"
         parts = ", ".join(f"{CATEGORY_LABELS[c]} {human_bytes(v)}"

@@ -233,6 +233,11 @@ def test_fit_says_when_the_weights_alone_exceed_the_budget() -> None:
     a = what_fits(tiny(), Budget(100 * 1024, "given", "t")).answer(1)
     assert a.status == "weights_exceed" and a.binding == "weights" and a.estimates == 1
     assert "weights alone" in a.message and a.model_weights_bytes > 100 * 1024
+    # float32 weights: what bfloat16 would take, from the model's own parameter count
+    assert "in float32" in a.message and "still more than the budget" in a.message, a.message
+    half = a.model_weights_bytes // 2  # the tiny model's weights are float32 parameters only
+    b = what_fits(tiny(), Budget(half + 4096, "given", "t")).answer(1)
+    assert b.status == "weights_exceed" and "try --dtype bfloat16" in b.message, b.message
 
 
 def test_fit_reports_the_model_limit_when_everything_fits() -> None:
