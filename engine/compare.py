@@ -100,6 +100,25 @@ class Comparison:
         return [r.run_id for r, q in zip(self.runs, self.quality) if q is None]
 
 
+def reference_first(runs: Sequence[RunResult], preferred: str | None = None
+                    ) -> tuple[list[RunResult], str]:
+    """``runs`` with the one to compare against moved to the front, and why it was chosen.
+
+    The reference is the run ``preferred`` names (the window's chosen baseline) when it is
+    among ``runs``; else the first measured run without optimizations, since "what did each
+    optimization change" reads against the unoptimized model; else the first run. The others
+    keep their order. The CLI does not call this: there the first run named is the reference."""
+    runs = list(runs)
+    picks = [(lambda r: r.run_id == preferred, "the chosen baseline")] if preferred else []
+    picks.append((lambda r: not r.optimizations and not r.is_estimate,
+                  "the first unoptimized run"))
+    for matches, why in picks:
+        for i, run in enumerate(runs):
+            if matches(run):
+                return [run, *runs[:i], *runs[i + 1:]], why
+    return runs, "the first run"
+
+
 def compare(runs: Sequence[RunResult]) -> Comparison:
     """Align ``runs`` (two or more; the first is the reference) bar by bar."""
     if not runs:

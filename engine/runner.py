@@ -947,6 +947,7 @@ def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str,
         "kv_cache_bytes": t.kv_cache_bytes, "gradient_bytes": t.gradient_bytes,
         "optimizer_state_bytes": t.optimizer_state_bytes,
         "plain_latency_ms": t.plain_latency_ms, "tokens_per_s": t.tokens_per_s,
+        "plain_ms": list((scratch.timing or {}).get("plain_ms") or []),
         "flops": t.flops,
         "generated_token_ids": (scratch.generation or {}).get("token_ids"),
         "layers": {layer.name: {"at_peak_bytes": layer.at_peak_bytes,
@@ -1008,3 +1009,27 @@ def _trap_warnings(result: RunResult) -> None:
         if d["latency_ratio"] and d["latency_ratio"] > 1.1:
             result.warnings.append(f"With {names} the workload ran ×{d['latency_ratio']:.2f} "
                                    "slower than the unoptimized baseline on this device.")
+    _noise_warnings(result)
+
+
+# Timing passes of one model further apart than this (slowest / fastest) make its median
+# latency, and any ratio taken from it, unreliable: one pass disturbed by other work on the
+# machine, or passes too short to time.
+NOISY_TIMING_SPREAD = 1.5
+
+
+def _noise_warnings(result: RunResult) -> None:
+    """Say so when the plain timing passes of this run (or of its baseline) disagree widely:
+    with few repeats one disturbed pass moves the median, and the latency ratio with it."""
+    cfg = result.config
+    for who, times in (("", (result.timing or {}).get("plain_ms")),
+                       ("the unoptimized baseline's ", (result.baseline or {}).get("plain_ms"))):
+        times = [ms for ms in times or [] if ms and ms > 0]
+        if len(times) < 2 or max(times) / min(times) <= NOISY_TIMING_SPREAD:
+            continue
+        ratio = " and the latency ratio against the baseline" if result.deltas else ""
+        result.warnings.append(
+            f"Latency is noisy: {who}{len(times)} plain timing passes took {min(times):.2f} to "
+            f"{max(times):.2f} ms (×{max(times) / min(times):.1f} apart), so the median"
+            f"{ratio} may be off. Rerun on a quieter machine or with more --repeats (now "
+            f"{cfg.repeats}).")

@@ -177,7 +177,12 @@ class RunStore:
                 out.append(RunSummary(
                     run_id=data["run_id"], created=data.get("created", ""),
                     model=cfg.get("model", "?"), workload=cfg.get("workload", "?"),
-                    peak_bytes=totals.get("peak_bytes"), latency_ms=totals.get("latency_ms"),
+                    peak_bytes=totals.get("peak_bytes"),
+                    # The plain (unhooked) pass, as the run's own totals and the compare view
+                    # show it; runs saved without one keep the hooked figure.
+                    latency_ms=(totals.get("plain_latency_ms")
+                                if totals.get("plain_latency_ms") is not None
+                                else totals.get("latency_ms")),
                     label=cfg.get("label", ""), path=path,
                     optimizations=optimizations_text(data.get("optimizations") or []),
                     quality=quality_text(data.get("quality")),

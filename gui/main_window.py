@@ -696,7 +696,7 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def compare_saved_runs(self, run_ids: Sequence[str]) -> bool:
-        from engine.compare import compare
+        from engine.compare import compare, reference_first
 
         runs = []
         for run_id in run_ids:
@@ -707,9 +707,12 @@ class MainWindow(QMainWindow):
         if len(runs) < 2:
             self.compare_panel.clear("Select two or more runs to compare.")
             return False
-        self.compare_panel.render(compare(runs))
+        baseline = self._baseline_run.run_id if self._baseline_run is not None else None
+        runs, why = reference_first(runs, baseline)
+        self.compare_panel.render(compare(runs), why)
         self.workspace.setCurrentWidget(self.runs_tab)
-        self.log.info(f"Comparing {len(runs)} runs: {', '.join(run_ids)}.")
+        self.log.info(f"Comparing {len(runs)} runs against {runs[0].run_id} ({why}): "
+                      f"{', '.join(r.run_id for r in runs[1:])}.")
         return True
 
     def _load_from_store(self, run_id: str) -> RunResult | None:

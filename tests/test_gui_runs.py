@@ -119,6 +119,24 @@ def test_compare_view_draws_each_run_and_the_scatter(qtbot, real_store, tmp_path
     image.save(str(tmp_path.parent / "compare-view.png"))
 
 
+def test_compare_puts_the_unoptimized_run_or_the_chosen_baseline_first(qtbot, real_store):
+    """The reference is what "what did each optimization change" reads against: the chosen
+    baseline if selected, else the unoptimized run, whatever the table's order."""
+    window = make_window(qtbot, FakeEngine(), real_store)
+    panel = window.saved_runs
+    for order in (Qt.SortOrder.AscendingOrder, Qt.SortOrder.DescendingOrder):
+        panel.view.sortByColumn(6, order)
+        panel.select(["ref", "opt"])
+        assert window.compare_saved_runs(panel.selected_ids())
+        assert [r.run_id for r in window.compare_panel.comparison.runs] == ["ref", "opt"]
+        assert "ref is the reference (the first unoptimized run)" in \
+            window.compare_panel.message.text()
+    assert window.set_baseline_run("opt")
+    assert window.compare_saved_runs(["ref", "opt"])
+    assert [r.run_id for r in window.compare_panel.comparison.runs] == ["opt", "ref"]
+    assert "(the chosen baseline)" in window.compare_panel.message.text()
+
+
 def test_compare_without_a_shared_quality_metric_says_so(qtbot, tmp_path):
     store = RunStore(tmp_path / "runs")
     a, b = make_result("a"), optimized("b", perplexity=None)

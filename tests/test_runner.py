@@ -180,3 +180,39 @@ def test_engine_never_imports_qt():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_noisy_timing_passes_are_reported_not_hidden_in_the_median():
+    """With few repeats one disturbed pass moves the median (a saved run once had plain passes
+    of 152 and 9.6 ms: 'latency 80.8 ms', ×8.5 against the baseline); the run says so."""
+    from engine.config import RunConfig
+    from engine.results import RunResult
+    from engine.runner import _noise_warnings
+
+    def warned(plain, base=None):
+        r = RunResult(config=RunConfig(repeats=len(plain)), timing={"plain_ms": plain},
+                      baseline={"plain_ms": base} if base is not None else None,
+                      deltas={"latency_ratio": 1.0} if base is not None else None)
+        _noise_warnings(r)
+        return r.warnings
+
+    assert warned([9.5, 9.8, 10.1]) == [] and warned([9.5]) == []
+    (w,) = warned([151.9, 9.57])
+    assert "9.57 to 151.90 ms (×15.9 apart)" in w and "more --repeats (now 2)" in w, w
+    assert "latency ratio" not in w  # no baseline in this run
+    (w,) = warned([9.5, 9.6, 9.7], base=[389.9, 9.4, 9.6])
+    assert "the unoptimized baseline's 3 plain timing passes" in w and "latency ratio" in w, w
+
+
+def test_run_list_shows_the_plain_latency_like_the_run_itself(tmp_path):
+    """The saved-runs list (window and `memlens runs`) gives the plain pass's latency, as the
+    run's totals and the compare view do, not the pass with live hooks."""
+    from engine.store import RunStore
+
+    result = execute(tiny(repeats=1))
+    assert result is not None
+    result.totals.plain_latency_ms, result.totals.latency_ms = 5.0, 7.0
+    store = RunStore(tmp_path)
+    store.save(result)
+    (summary,) = store.list()
+    assert summary.latency_ms == 5.0

@@ -188,3 +188,23 @@ def test_records_are_shown_and_refused_where_a_run_is_expected(tmp_path, capsys)
     path.write_text(json.dumps(dict(plan.to_dict(), schema_version=99)), encoding="utf-8")
     assert cli.main(["show", str(path)]) == cli.EXIT_FAILED
     assert "newer MemLens" in capsys.readouterr().err
+
+
+def test_reference_first_prefers_the_chosen_baseline_then_the_unoptimized_run():
+    from engine.compare import reference_first
+    from engine.config import RunConfig
+    from engine.results import RunResult
+
+    def run(run_id, optimized=False, estimate=False):
+        return RunResult(config=RunConfig(), run_id=run_id,
+                         optimizations=[{"id": "cast"}] if optimized else [],
+                         estimate={"method": "fake"} if estimate else None)
+
+    a, est, plain, b = run("a", True), run("est", estimate=True), run("plain"), run("b", True)
+    ordered, why = reference_first([a, est, plain, b])
+    assert [r.run_id for r in ordered] == ["plain", "a", "est", "b"]
+    assert why == "the first unoptimized run"  # an estimate is never the measured reference
+    ordered, why = reference_first([a, est, plain, b], preferred="b")
+    assert [r.run_id for r in ordered] == ["b", "a", "est", "plain"] and why == "the chosen baseline"
+    ordered, why = reference_first([a, b], preferred="missing")
+    assert [r.run_id for r in ordered] == ["a", "b"] and why == "the first run"

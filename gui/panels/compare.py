@@ -136,11 +136,13 @@ class ComparePanel(QWidget):
                              "Compare.")
         self._apply_ticks()
 
-    def render(self, comparison: Comparison) -> None:
+    def render(self, comparison: Comparison, why: str = "") -> None:
+        """``why``: how the reference (the first run) was chosen, said after its id."""
         self.comparison = comparison
         runs = comparison.runs
-        text = (f"Comparing {len(runs)} runs; [0] {runs[0].run_id} is the reference. Each run's "
-                "bars plus its unattributed bytes add up to its peak.")
+        text = (f"Comparing {len(runs)} runs; [0] {runs[0].run_id} is the reference"
+                f"{f' ({why})' if why else ''}. Each run's bars plus its unattributed bytes add "
+                "up to its peak.")
         if comparison.different_models:
             text += " Different models: bars are matched by layer name."
         self.message.setText(text)
