@@ -352,6 +352,9 @@ def test_run_shows_progress_then_renders_the_result(qtbot, store):
     # Totals: the reconciliation line; the timeline got samples; warnings logged.
     assert window.totals.text().splitlines()[0] == reconciliation_line(result.totals, human_bytes)
     assert "(tensor accounting)" in window.totals.text()
+    # Wrapped lines never part a number from its unit ("367" / "ms").
+    shown = window.totals.label.text()
+    assert "&nbsp;MiB" in shown and " MiB" not in shown.replace("&nbsp;MiB", ""), shown
     assert window.timeline.sample_count == len(result.timeline["t"])
     assert "Finished" in window.status.text()
     assert "Random weights" in window.log.text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
@@ -88,6 +89,14 @@ def totals_lines(result: RunResult) -> list[str]:
     return lines
 
 
+# A number and its unit ("367 ms", "9.67 MiB", "124 MFLOP") stay on one line when wrapped.
+_NUMBER_UNIT = re.compile(r"(\d) (?=(?:[KMGTP]i?B|B|ms|s|[kMGTP]?FLOP|[kMGT]\b|nats))")
+
+
+def _html(line: str) -> str:
+    return _NUMBER_UNIT.sub("\\1&nbsp;", html.escape(line))
+
+
 class TotalsPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -105,7 +114,7 @@ class TotalsPanel(QWidget):
 
     def render(self, result: RunResult) -> None:
         lines = totals_lines(result)
-        parts = [f"<b>{html.escape(lines[0])}</b>"] + [html.escape(line) for line in lines[1:]]
+        parts = [f"<b>{_html(lines[0])}</b>"] + [_html(line) for line in lines[1:]]
         if not result.totals.reconciles():
             warning = "the figures do not add up: attributed + unattributed ≠ peak"
             lines.append(warning)
