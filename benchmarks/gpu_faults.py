@@ -62,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     from engine.config import RunConfig
     from engine.events import Failed
     from engine.runner import execute
+    from engine.models import resolve_device
     from engine.telemetry import nvml, nvml_index
 
-    device = torch.device(args.device)
+    # With its index: set_per_process_memory_fraction refuses a bare torch.device("cuda").
+    device = resolve_device(args.device)
     folders = {}
     for name, values in (("llama-1b", LLAMA_1B), ("small", SMALL)):
         folder = args.out / name
@@ -78,7 +80,34 @@ def main(argv: list[str] | None = None) -> int:
         result = execute(cfg, lambda e: failures.append(e) if isinstance(e, Failed) else None)
         return result, (failures[-1] if failures else None)
 
-    # (case, cap in bytes, config): each is expected to fail with out_of_memory.
+    # The backward case caps the allocator when the backward pass starts (at what is reserved
+    # then, after emptying the cache, plus 64 MiB): the gradients cannot be allocated, so the
+    # out-of-memory error is raised in backward, whatever the forward needed. A fixed cap
+    # chosen between the forward and backward peaks would depend on estimates of both.
+    backward = {"armed": False, "reached": False}
+    plain_backward = torch.Tensor.backward
+
+    def backward_with_cap(self, *a, **k):  # noqa: ANN001, ANN202 - a patch
+        if backward["armed"] and not backward["reached"]:
+            backward["reached"] = True
+            torch.cuda.empty_cache()
+            limit = torch.cuda.memory_reserved(device) + 64 * MiB
+            torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
+        return plain_backward(self, *a, **k)
+
+    torch.Tensor.backward = backward_with_cap
+
+    def clear_workspaces() -> None:
+        # cuBLAS keeps a workspace per handle (one per thread: autograd's device thread has
+        # its own) that empty_cache does not free; torch's own leak checks clear it the same way.
+        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear is not None:
+            clear()
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    # (case, cap in bytes or None for the cap set when backward starts, config): each is
+    # expected to fail with out_of_memory.
     cases = [
         ("load", 1 << 30, RunConfig(model=folders["llama-1b"], device=args.device,
                                     dtype="bfloat16", repeats=1, warmup=0)),
@@ -88,25 +117,30 @@ def main(argv: list[str] | None = None) -> int:
         ("generate", 3 << 30, RunConfig(model=folders["llama-1b"], device=args.device,
                                         dtype="bfloat16", workload="generate", batch=256,
                                         seq=4096, new_tokens=64, repeats=1, warmup=0)),
-        ("backward", 12 << 30, RunConfig(model=folders["llama-1b"], device=args.device,
-                                         dtype="bfloat16", workload="train", batch=8, seq=8192,
-                                         attention_impl="eager", repeats=1, warmup=0)),
+        ("backward", None, RunConfig(model=folders["llama-1b"], device=args.device,
+                                     dtype="bfloat16", workload="train", batch=1, seq=2048,
+                                     attention_impl="sdpa", repeats=1, warmup=0)),
     ]
     for name, cap, cfg in cases:
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        clear_workspaces()
+        if cap is not None:
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        backward.update(armed=cap is None, reached=False)
         before = torch.cuda.memory_allocated(device)
-        entry: dict = {"case": name, "cap_MiB": cap / MiB, "config": cfg.to_dict()}
+        entry: dict = {"case": name, "cap_MiB": cap / MiB if cap is not None else None,
+                       "config": cfg.to_dict()}
         try:
             result, failed = run(cfg)
         except Exception as exc:  # the runner promises not to raise: record it if it does
             result, failed = None, None
             entry["raised"] = f"{type(exc).__name__}: {exc}"
         torch.cuda.set_per_process_memory_fraction(1.0, device)
-        gc.collect()
-        torch.cuda.empty_cache()
+        backward["armed"] = False
+        clear_workspaces()
         after = torch.cuda.memory_allocated(device)
+        if cap is None:
+            entry["cap_note"] = "set when backward started: reserved then + 64 MiB"
+            entry["reached_backward"] = backward["reached"]
         entry.update({
             "failed_kind": failed.kind if failed else None,
             "message": failed.message if failed else None,
@@ -121,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         entry["next_run_error"] = f"{small_failed.kind}: {small_failed.message}" \
             if small_failed else None
         entry["pass"] = (entry["failed_kind"] == "out_of_memory" and entry["memory_back"]
-                         and entry["next_run_ok"])
+                         and entry["next_run_ok"] and entry.get("reached_backward", True))
         report["cases"].append(entry)
         log(f"{name}: {'PASS' if entry['pass'] else 'FAIL'} — {entry['failed_kind']}: "
             f"{(entry['message'] or '')[:110]} | allocated {before / MiB:.0f} → "
             f"{after / MiB:.0f} MiB | next run {'ok' if entry['next_run_ok'] else 'FAILED'}")
         _write(args.out, report, lines)  # each case as it ends: a time limit keeps them
+    torch.Tensor.backward = plain_backward
 
     gpu = nvml()
     per_process = None

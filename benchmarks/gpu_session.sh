@@ -10,10 +10,10 @@
 # 1. gpu_check.py --estimate: reconciliation with the allocator, NVML, overhead, the CUDA memory
 #    snapshot (memory_viz), and estimate vs measured (the accuracy table).
 # 2. gpu_faults.py: out of memory in load, forward, generate and backward; NVML per process.
-# 3. memlens guide on the same 1.1B model (float32 baseline, as the demo's): first the
-#    techniques only CUDA runs (int4, fp8 matmuls, 2:4 sparsity, the offloaded KV cache; compile
-#    stays in the whole guide, its compile time would eat this step), then the whole guide with
-#    the time left (kept partial if cut).
+# 3. memlens guide on the same 1.1B model: first the techniques only CUDA runs (int4, fp8
+#    matmuls, 2:4 sparsity, the offloaded KV cache; compile stays in the whole guide, its
+#    compile time would eat this step) in bfloat16, which they need; then the whole guide
+#    (float32 baseline, as the demo's) with the time left (kept partial if cut).
 # Only a few files come back from a lent machine (8), so the steps work in a scratch folder and
 # OUT gets the JSON each one wrote (gpu_table.py and `memlens show` render them) and the log.
 # Budgets in seconds: CHECK=190 FAULTS=90 CUDA_GUIDE=120 GUIDE=140 (about 560 in all).
@@ -65,19 +65,20 @@ model="$work/check/model/config.json"
 [ -f "$model" ] || { stamp "no model config from gpu_check: guides skipped"; exit 1; }
 guide() {
     # SIGINT at the limit: the guide cancels its current run and keeps what finished.
-    limit=$1; shift
+    limit=$1; dtype=$2; shift 2
     timeout -k 15 -s INT "$limit" python3 -m engine.cli --store "$work/runs" guide \
-        --model "$model" --device $device --dtype float32 --seq $seq --new-tokens 32 --repeats 3 \
-        "$@" >>"$out/session.log" 2>&1
+        --model "$model" --device $device --dtype $dtype --seq $seq --new-tokens 32 \
+        --repeats 3 "$@" >>"$out/session.log" 2>&1
 }
+# In bfloat16: int4 (tinygemm), 2:4 sparsity and fp8 activations take 16-bit weights only.
 stamp "guide: the techniques only CUDA runs"
-guide "${CUDA_GUIDE:-120}" --out "$work/guide-cuda" \
+guide "${CUDA_GUIDE:-120}" bfloat16 --out "$work/guide-cuda" \
     --techniques torchao-int4,torchao-fp8,sparsity-24,kv-cache
 stamp "guide (CUDA techniques) exit $?"
 keep guide-cuda/guide.json guide_cuda.json
 
 stamp "guide: every technique"
-guide "${GUIDE:-140}" --out "$work/guide"
+guide "${GUIDE:-140}" float32 --out "$work/guide"
 stamp "guide exit $?"
 keep guide/guide.json guide.json
 ls -l "$out"

@@ -1057,7 +1057,7 @@ def print_report(result: RunResult, out: TextIO) -> None:
                   if per_step[0] != per_step[-1] else
                   f" (the same {human_bytes(per_step[0])} after every step: allocated up front)")
         w(f"generation: {timing}; KV cache {human_bytes(g.get('kv_cache_bytes'))} for "
-          f"{g.get('cached_positions')} positions{growth}; peak prefill "
+          f"{g.get('cached_positions')} positions{growth}; tensor-accounting peak prefill "
           f"{human_bytes(g.get('prefill_peak_bytes'))}, decode "
           f"{human_bytes(g.get('decode_peak_bytes'))}\n")
         if g.get("text"):
@@ -1068,7 +1068,7 @@ def print_report(result: RunResult, out: TextIO) -> None:
         w(f"training step: loss {loss}{' (synthetic)' if tr.get('synthetic_loss') else ''}"
           f"; saved for backward {human_bytes(tr['saved_for_backward_bytes'])}, gradients "
           f"{human_bytes(tr['gradient_bytes'])}, optimizer state "
-          f"{human_bytes(tr['optimizer_state_bytes'])}; phase peaks forward "
+          f"{human_bytes(tr['optimizer_state_bytes'])}; tensor-accounting peaks forward "
           f"{human_bytes(tr.get('forward_peak_bytes'))}, backward "
           f"{human_bytes(tr.get('backward_peak_bytes'))}, optimizer "
           f"{human_bytes(tr.get('optimizer_peak_bytes'))}\n")

@@ -448,6 +448,15 @@ class TorchaoFloat8(_TorchaoWeights):
                                        "activations=weight-only stores fp8 weights anywhere")
         return reason
 
+    def check_model(self, model, params):
+        reason = super().check_model(model, params)
+        if reason is None and params["activations"] == "dynamic" and any(
+                m.weight.dtype != torch.bfloat16 for _, m in _linears(model)):
+            # torchao asserts it (PerRow scales are for bfloat16 weights only)
+            reason = ("fp8 activations with per-row scales take bfloat16 weights: run with "
+                      "--dtype bfloat16")
+        return reason
+
     def _config(self, params):
         from torchao.quantization import (
             Float8DynamicActivationFloat8WeightConfig,
@@ -1274,6 +1283,17 @@ def resolve(selected: list[dict[str, Any]], workload: str, device: str
     return chosen
 
 
+def check_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]]) -> None:
+    """Refuse (``NOT_APPLICABLE``) the first optimization that does not apply to the loaded,
+    unmodified model; the runner calls it before measuring the baseline, so a refusal costs
+    no measurement."""
+    for opt, params in chosen:
+        reason = opt.check_model(model, params)
+        if reason:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.name} ({opt.id}) does not apply "
+                               f"to this model: {reason}.", "Remove it from the run.")
+
+
 def apply_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]],
               device: torch.device, cancel: Any = None,
               progress: Callable[[float, str], None] | None = None,
@@ -1281,11 +1301,7 @@ def apply_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]
               ) -> tuple[list[Applied], RunHooks]:
     """Check each optimization against the loaded model, then apply them in order
     (``on_applied`` is called after each one, e.g. to see which modules it changed)."""
-    for opt, params in chosen:
-        reason = opt.check_model(model, params)
-        if reason:
-            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.name} ({opt.id}) does not apply "
-                               f"to this model: {reason}.", "Remove it from the run.")
+    check_all(model, chosen)
     hooks = RunHooks()
     applied = []
     for i, (opt, params) in enumerate(chosen):

@@ -232,7 +232,7 @@ class _Run:
         from .models import load_model, resolve_device
         from .telemetry import Sampler, environment
 
-        from .optimizations import RunHooks, apply_all, resolve
+        from .optimizations import RunHooks, apply_all, check_all, resolve
 
         cfg = self.config
         cfg.validate()
@@ -308,6 +308,9 @@ class _Run:
         reference = quality_mod.reference(model, self.loaded.tokenizer, device, causal)
 
         if chosen:
+            # A technique that does not apply to this model is refused before anything is
+            # measured (apply_all checks again, on the same unmodified model).
+            check_all(model, chosen)
             # The unoptimized baseline, measured in this run on the same inputs, so the deltas
             # are ratios taken on one machine in one sitting. Training steps change the weights:
             # they are put back (from a CPU copy, which no device allocator sees) afterwards.

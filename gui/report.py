@@ -331,7 +331,7 @@ def _totals_html(result: RunResult) -> str:
         parts.append(
             f"<li>generation: {_v(g.get('prompt_tokens'))} prompt tokens, "
             f"{_v(g.get('new_tokens'))} new; KV cache {human_bytes(g.get('kv_cache_bytes'))} for "
-            f"{_v(g.get('cached_positions'))} positions; peak prefill "
+            f"{_v(g.get('cached_positions'))} positions; tensor-accounting peak prefill "
             f"{human_bytes(g.get('prefill_peak_bytes'))}, decode "
             f"{human_bytes(g.get('decode_peak_bytes'))}; {len(steps)} decode steps timed</li>")
         if g.get("text"):

@@ -102,6 +102,22 @@ def test_model_level_refusal_after_loading():
     assert execute(tiny(optimizations=opts), events) is None
     assert events.failed.kind == ErrorKind.NOT_APPLICABLE.value
     assert "at least one must stay" in events.failed.message
+    # ...and before the unoptimized baseline is measured: a refusal costs no measurement
+    # (it cost a whole baseline, minutes for a large model on a lent GPU).
+    stages = {getattr(e, "stage", "") for e in events.events}
+    assert "baseline" not in stages and "memory" not in stages, stages
+
+
+def test_fp8_dynamic_activations_refuse_weights_other_than_bfloat16():
+    """torchao asserts it deep inside quantize_ (an 'internal error' before this check)."""
+    from engine.optimizations import REGISTRY as registry
+
+    fp8 = registry["torchao-fp8"]
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    reason = fp8.check_model(model, {"activations": "dynamic"})
+    assert reason and "--dtype bfloat16" in reason
+    assert fp8.check_model(model, {"activations": "weight-only"}) is None
+    assert fp8.check_model(model.to(torch.bfloat16), {"activations": "dynamic"}) is None
 
 
 # -- techniques ------------------------------------------------------------------------------------
