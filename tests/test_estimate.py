@@ -83,7 +83,7 @@ def _differences(est: RunResult, real: RunResult) -> list[str]:
 
 CASES = [
     # grouped-query attention (Llama: every workload and kernel), dense attention (GPT-2), an
-    # encoder (BERT), a sliding-window config (Mistral) and the demo model's own config.
+    # encoder (BERT), a sliding-window config (Mistral), Qwen2 and the demo model's own config.
     *[("preset:tiny-llama", w, a) for w in ("forward", "generate", "train")
       for a in ("sdpa", "eager")],
     ("preset:tiny-gpt2", "forward", "sdpa"),
@@ -92,6 +92,9 @@ CASES = [
     ("preset:tiny-bert", "forward", "eager"),
     ("preset:tiny-bert", "train", "sdpa"),
     ("preset:tiny-mistral", "generate", "sdpa"),
+    # Qwen2: biased q/k/v projections and tied embeddings
+    ("preset:tiny-qwen", "forward", "eager"),
+    ("preset:tiny-qwen", "train", "sdpa"),
     (DEMO_CONFIG, "generate", "sdpa"),
     (DEMO_CONFIG, "train", "eager"),
 ]
