@@ -1566,10 +1566,14 @@ def add_cli_parser(sub: Any, common: Callable[[Any], None] | None = None) -> Any
     p.add_argument("--replicas", default=1, metavar="R",
                    help="training: HSDP, R groups of ranks / R ranks, each group holding the "
                         "model sharded among its ranks (default 1: plain FSDP2)")
+    from .cli import _DTYPE_ALIASES
+
+    # the short forms too (fp32, bf16, fp16), as profile --master-dtype takes them
     p.add_argument("--master-dtype", default=None,
+                   type=lambda text: _DTYPE_ALIASES.get(text.lower(), text),
                    help="training: dtype of the sharded parameters, gradients and optimizer "
-                        "state (default: the run's dtype; float32: fp32 master weights with "
-                        "mixed precision)")
+                        "state (default: the run's dtype; float32 or fp32: fp32 master weights "
+                        "with mixed precision)")
     p.add_argument("--prefetch", type=int, default=1,
                    help="training: blocks FSDP2 all-gathers ahead (default 1)")
     p.add_argument("--no-reshard-after-forward", action="store_true",

