@@ -711,3 +711,12 @@ def test_timeline_phase_labels_never_overlap_as_the_run_grows(qtbot):
     # 0.3 s phases in a 20 s view of ~450 px are ~7 px wide: no room for a name.
     qtbot.waitUntil(lambda: labels() == {"load": "", "quality": "", "memory": "",
                                          "timing": "timing"}, timeout=3000)
+
+
+def test_window_fits_a_1280_pixel_wide_screen(qtbot):
+    """No page may force the window wider than a 1280-pixel screen (the Multi-GPU plan page's
+    one-row inputs once made the minimum 1368 px)."""
+    window = make_window(qtbot, FakeEngine())
+    assert window.minimumSizeHint().width() <= 1200, window.minimumSizeHint()
+    window.resize(1200, 720)
+    qtbot.waitUntil(lambda: window.width() == 1200, timeout=2000)

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QGridLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -106,30 +107,33 @@ class PlanPanel(QWidget):
                                   "shown on the Current run page")
         self.tp_button.clicked.connect(lambda _=False: self.tensor_parallel_requested.emit())
 
-        box = QGroupBox("Split across devices: forward and generate are placed with device_map, "
-                        "train is sharded with FSDP2 (model, workload, batch, sequence and dtype "
-                        "from the left)")
+        box = QGroupBox("Split across devices")
+        box.setToolTip("Forward and generate are placed with device_map, train is sharded with "
+                       "FSDP2; model, workload, batch, sequence and dtype come from the left")
         grid = QGridLayout(box)
-        grid.addWidget(QLabel("GPUs / ranks"), 0, 0)
-        grid.addWidget(self.devices_spin, 0, 1)
-        grid.addWidget(QLabel("Memory each"), 0, 2)
-        grid.addWidget(self.per_device_edit, 0, 3)
-        grid.addWidget(QLabel("CPU offload"), 0, 4)
-        grid.addWidget(self.offload_edit, 0, 5)
-        grid.addWidget(QLabel("Strategy"), 0, 6)
-        grid.addWidget(self.strategy_combo, 0, 7)
-        grid.addWidget(self.save_button, 0, 8)
-        grid.addWidget(self.plan_button, 0, 9)
-        grid.addWidget(QLabel("Replicas (HSDP)"), 1, 0)
-        grid.addWidget(self.replicas_spin, 1, 1)
-        grid.addWidget(QLabel("Master weights"), 1, 2)
-        grid.addWidget(self.master_combo, 1, 3)
-        grid.addWidget(self.tp_button, 1, 8, 1, 2)
-        grid.setColumnStretch(3, 1)
-        grid.setColumnStretch(5, 1)
+        # Three short rows rather than one long one: the page must not set the window's
+        # minimum width (a 10-column row made it 1368 px, wider than many laptop screens).
+        for row, pairs in enumerate(((("GPUs / ranks", self.devices_spin),
+                                      ("Memory each", self.per_device_edit),
+                                      ("CPU offload", self.offload_edit)),
+                                     (("Strategy", self.strategy_combo),
+                                      ("Replicas (HSDP)", self.replicas_spin),
+                                      ("Master weights", self.master_combo)))):
+            for i, (label, widget) in enumerate(pairs):
+                grid.addWidget(QLabel(label), row, 2 * i)
+                grid.addWidget(widget, row, 2 * i + 1)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        for button in (self.tp_button, self.save_button, self.plan_button):
+            buttons.addWidget(button)
+        grid.addLayout(buttons, 2, 0, 1, 6)
+        for column in (1, 3, 5):
+            grid.setColumnStretch(column, 1)
 
-        self.message = QLabel("Plan how a model splits across GPUs for inference, or shards "
-                              "across ranks for training. Every figure is an estimate.")
+        self.message = QLabel("Plan how a model splits across GPUs for inference (placed with "
+                              "device_map), or shards across ranks for training (FSDP2), with "
+                              "the model, workload, batch, sequence and dtype on the left. Every "
+                              "figure is an estimate.")
         self.message.setWordWrap(True)
         self.chart = pg.GraphicsLayoutWidget()
         self.chart.setBackground(theme.current().background)
