@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from .results import CATEGORIES, LayerStats, Totals
 
 UNATTRIBUTED = "unattributed"
-PEAK_SOURCES = {"cuda_allocator": "CUDA allocator", "tensor_accounting": "tensor accounting"}
+PEAK_SOURCES = {"cuda_allocator": "CUDA allocator", "tensor_accounting": "tensor accounting",
+                "fake_tensor_accounting": "estimate: tensor accounting on fake tensors"}
 
 
 @dataclass

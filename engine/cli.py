@@ -995,9 +995,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
         w("  ".join(str(c).ljust(widths[i]) if i < 2 else str(c).rjust(widths[i])
                     for i, c in enumerate(r)) + "\n")
     w("\n")
-    src = {"tensor_accounting": "tensor accounting", "cuda_allocator": "CUDA allocator",
-           "fake_tensor_accounting": "estimate: tensor accounting on fake tensors"}.get(
-        t.peak_source, t.peak_source)
+    from .aggregate import PEAK_SOURCES
+
+    src = PEAK_SOURCES.get(t.peak_source, t.peak_source)
     ok = "reconciles" if t.reconciles() else "DOES NOT RECONCILE"
     w(f"{'estimated peak' if est is not None else 'peak'} {human_bytes(t.peak_bytes)} ({src}) "
       f"= attributed {human_bytes(t.attributed_bytes)} "

@@ -540,7 +540,9 @@ class MainWindow(QMainWindow):
             return
         self.render_result(result, self._live_attention)
         t = result.totals
-        self.status.show_finished(f"Finished: peak {human_bytes(t.peak_bytes)} "
+        what = ("Estimate finished (fake tensors): estimated peak" if result.is_estimate
+                else "Finished: peak")
+        self.status.show_finished(f"{what} {human_bytes(t.peak_bytes)} "
                                   f"in {human_seconds(result.duration_s)}.")
         self.log.info(f"Finished run {result.run_id or '(unsaved)'}: "
                       f"peak {human_bytes(t.peak_bytes)}.")

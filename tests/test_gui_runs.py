@@ -454,6 +454,11 @@ def test_estimate_button_runs_an_estimate_in_the_engine_process(qtbot, tmp_path)
     assert result is not None and result.estimate is not None
     assert result.totals.model_weights_bytes > 16 * 2**30  # 8B parameters in float32
     assert window.totals.text().startswith("ESTIMATE") and "ESTIMATE" in window.windowTitle()
+    assert "(estimate: tensor accounting on fake tensors)" in window.totals.text()
+    assert window.latency_panel.summary.text().startswith("ESTIMATE: latency is not estimated")
+    assert window.latency_panel.bars_widget.isHidden()
+    assert window.status.text().startswith("Estimate finished (fake tensors): estimated "
+                                           "peak"), window.status.text()
     assert [s.kind for s in store.list()] == ["estimate"]
 
 

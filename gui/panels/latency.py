@@ -45,6 +45,9 @@ def _ms(value: Any) -> float:
 def summary_lines(result: RunResult) -> list[str]:
     """Plain-text lines: latencies and the profiler's overhead, generation, one-time costs."""
     t, timing = result.totals, result.timing or {}
+    if getattr(result, "estimate", None) is not None:
+        return ["ESTIMATE: latency is not estimated (fake tensors do no arithmetic to time); "
+                "measure the run to see it."]
     live = timing.get("live_modules")
     detailed = timing.get("detailed_modules")
     line = (f"latency {human_ms(t.plain_latency_ms)} plain, {human_ms(t.latency_ms)} with live "
@@ -168,12 +171,15 @@ class LatencyPanel(QWidget):
             bar.setVisible(False)
         self.decode_curve.setData([], [])
         self.decode_widget.setVisible(False)
+        self.bars_widget.setVisible(True)
         self.summary.setText(message)
         self._apply_ticks()
 
     def render(self, result: RunResult) -> None:
         self._result = result
         self.summary.setText("\n".join(summary_lines(result)))
+        # An estimate has no latency to draw: the sentence above says so, no empty axes.
+        self.bars_widget.setVisible(getattr(result, "estimate", None) is None)
         top = [layer for layer in result.layers if layer.depth == 0]
         self.labels = [short_layer_label(layer.name) for layer in top]
         self.series = {
