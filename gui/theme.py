@@ -110,3 +110,8 @@ def recolor_plots(root: QWidget, theme: Theme | None = None) -> None:
                 item.setText(item.text, color=theme.text)
             elif isinstance(item, pg.TextItem):
                 item.setColor(theme.text)
+    # Panels with colours of their own (phase bands, secondary text) recolour themselves.
+    for widget in [root, *root.findChildren(QWidget)]:
+        hook = getattr(widget, "theme_changed", None)
+        if callable(hook):
+            hook(theme)

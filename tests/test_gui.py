@@ -720,3 +720,27 @@ def test_window_fits_a_1280_pixel_wide_screen(qtbot):
     assert window.minimumSizeHint().width() <= 1200, window.minimumSizeHint()
     window.resize(1200, 720)
     qtbot.waitUntil(lambda: window.width() == 1200, timeout=2000)
+
+
+def test_a_theme_switch_recolours_the_timeline_bands_and_secondary_text(qtbot):
+    """The phase bands were drawn once per set of phases: after a switch to dark they stayed
+    light (and the names on them unreadable) until the next run."""
+    from gui import theme
+    from gui.panels.timeline import DARK_PHASE_COLOURS, PHASE_COLOURS, TimelinePanel
+
+    panel = TimelinePanel()
+    qtbot.addWidget(panel)
+    panel.set_timeline({"t": [0.0, 0.1, 0.2], "phase": ["load", "load", "memory"],
+                        "rss_bytes": [1 << 20, 2 << 20, 3 << 20]})
+
+    def band_colour() -> str:
+        return panel._bands[0].brush.color().name()
+
+    assert band_colour() == PHASE_COLOURS[0]
+    try:
+        theme.apply("dark", panel)
+        assert band_colour() == DARK_PHASE_COLOURS[0]
+        assert theme.THEMES["dark"].axis in panel.gpu_note.styleSheet()
+    finally:
+        theme.apply("light", panel)
+    assert band_colour() == PHASE_COLOURS[0]

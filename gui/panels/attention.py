@@ -45,6 +45,10 @@ _TEXT = "#202020"
 _CMAP = pg.colormap.get("viridis")
 
 
+def _message_style(current: theme.Theme) -> str:
+    return f"color: {current.axis}; font-size: 14px; padding: 24px;"
+
+
 def block_mean(maps: np.ndarray, side: int = GRID_SIDE) -> np.ndarray:
     """Shrink the last two axes to at most ``side`` bins by near-equal block means (display)."""
     out = np.asarray(maps, dtype=np.float32)
@@ -164,7 +168,7 @@ class AttentionPanel(QWidget):
         self.message = QLabel(NO_MAPS)
         self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.message.setWordWrap(True)
-        self.message.setStyleSheet("color: #505050; font-size: 14px; padding: 24px;")
+        self.message.setStyleSheet(_message_style(theme.current()))
 
         self.caption = QLabel()
         self.caption.setWordWrap(True)
@@ -236,7 +240,7 @@ class AttentionPanel(QWidget):
         self.entropy_plot.addItem(self.entropy_bars)
         self.entropy_label = QLabel()
         self.entropy_label.setWordWrap(True)
-        self.entropy_label.setStyleSheet("color: #404040;")
+        self.entropy_label.setStyleSheet(f"color: {theme.current().axis};")
         tip = ("Entropy of each head's attention rows, −Σ p ln p in nats, averaged over query "
                "rows (on downsampled maps: over the stored key bins). Uniform attention over k "
                "keys gives ln k; attention on one key gives 0.")
@@ -245,6 +249,13 @@ class AttentionPanel(QWidget):
 
         self._build_layout()
         self.clear()
+
+    def theme_changed(self, new: theme.Theme) -> None:
+        """Called by ``theme.apply``: labels styled here follow the theme (a style sheet
+        keeps the colours it was given, and Qt re-polishes a label only when it is set)."""
+        self.message.setStyleSheet(_message_style(new))
+        self.entropy_label.setStyleSheet(f"color: {new.axis};")
+        self.caption.setStyleSheet(f"font-size: 11px; color: {new.text};")
 
     def _build_layout(self) -> None:
         controls = QHBoxLayout()

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QWidget
 ERROR_COLOR = "#c62828"
 HINT_COLOR = "#e65100"
 OK_COLOR = "#2e7d32"
+DARK_OK_COLOR = "#66bb6a"  # the same green, readable on the dark theme's window
 
 
 class StatusPanel(QWidget):
@@ -52,7 +53,10 @@ class StatusPanel(QWidget):
 
     def show_finished(self, text: str) -> None:
         self._stop_bar(full=True)
-        self.label.setText(f'<span style="color:{OK_COLOR}">{html.escape(text)}</span>')
+        from .. import theme
+
+        ok = DARK_OK_COLOR if theme.current().name == "dark" else OK_COLOR
+        self.label.setText(f'<span style="color:{ok}">{html.escape(text)}</span>')
 
     def show_error(self, message: str, hint: str = "") -> None:
         self._stop_bar(full=False)

@@ -175,7 +175,7 @@ class TimelinePanel(QWidget):
         # Said in words, not drawn as zeros: a run without GPU readings has no GPU series.
         self.gpu_note = QLabel()
         self.gpu_note.setWordWrap(True)
-        self.gpu_note.setStyleSheet("color: #606060;")
+        self.gpu_note.setStyleSheet(f"color: {theme.current().axis};")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot_widget)
@@ -295,6 +295,12 @@ class TimelinePanel(QWidget):
                 self._bands += [region, label]
             self._phase_key = key
         self._place_phase_labels()
+
+    def theme_changed(self, new: theme.Theme) -> None:
+        """Called by ``theme.apply``: the phase bands take the new theme's colours."""
+        self.gpu_note.setStyleSheet(f"color: {new.axis};")
+        self._phase_key = ()  # draw the bands afresh
+        self._redraw()
 
     def _place_phase_labels(self, *_: Any) -> None:
         """Name each phase band along the top where the name fits in the band as drawn now.
