@@ -90,6 +90,22 @@ class Comparison:
     def different_models(self) -> bool:
         return any(r.config.model != self.runs[0].config.model for r in self.runs[1:])
 
+    @property
+    def workloads(self) -> list[str]:
+        """The workloads compared, in order of first appearance (more than one: the peaks and
+        latencies are of different work)."""
+        return list(dict.fromkeys(r.config.workload for r in self.runs))
+
+    def labels(self) -> list[str]:
+        """A short name per run that tells the runs apart: the optimizations, then the
+        workload where that repeats, then the run id's end where even that repeats."""
+        names = [optimizations_text(r.optimizations) for r in self.runs]
+        for extra in (lambda r: r.config.workload, lambda r: r.run_id[-4:]):
+            repeated = {n for n in names if names.count(n) > 1}
+            names = [f"{n} · {extra(r)}" if n in repeated else n
+                     for n, r in zip(names, self.runs)]
+        return names
+
     def deltas(self, i: int) -> list[int | None]:
         """Run ``i`` minus the first run, per bar (``None`` where either lacks the bar)."""
         ref = self.at_peak[0]

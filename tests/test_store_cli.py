@@ -208,3 +208,19 @@ def test_reference_first_prefers_the_chosen_baseline_then_the_unoptimized_run():
     assert [r.run_id for r in ordered] == ["b", "a", "est", "plain"] and why == "the chosen baseline"
     ordered, why = reference_first([a, b], preferred="missing")
     assert [r.run_id for r in ordered] == ["a", "b"] and why == "the first run"
+
+
+def test_comparison_labels_tell_runs_apart_and_name_mixed_workloads():
+    from engine.compare import compare
+    from engine.config import RunConfig
+    from engine.results import RunResult
+
+    def run(run_id, workload, optimized=False):
+        return RunResult(config=RunConfig(workload=workload), run_id=run_id,
+                         optimizations=[{"id": "cast", "params": {}}] if optimized else [])
+
+    c = compare([run("r-aaaa", "forward"), run("r-bbbb", "generate"),
+                 run("r-cccc", "generate"), run("r-dddd", "forward", optimized=True)])
+    assert c.labels() == ["none · forward", "none · generate · bbbb", "none · generate · cccc",
+                          "cast"]
+    assert c.workloads == ["forward", "generate"]

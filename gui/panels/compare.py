@@ -145,6 +145,9 @@ class ComparePanel(QWidget):
                 "up to its peak.")
         if comparison.different_models:
             text += " Different models: bars are matched by layer name."
+        if len(comparison.workloads) > 1:
+            text += (f" Different workloads ({', '.join(comparison.workloads)}): their peaks and "
+                     "latencies measure different work.")
         self.message.setText(text)
         self._redraw()
         self._render_scatter()
@@ -165,7 +168,7 @@ class ComparePanel(QWidget):
         self.heights = []
         for item in self._bar_items:
             item.setVisible(False)
-        for i, run in enumerate(c.runs):
+        for i, name in enumerate(c.labels()):
             if delta:
                 values = c.deltas(i) + [c.unattributed[i] - c.unattributed[0]]
             else:
@@ -177,8 +180,7 @@ class ComparePanel(QWidget):
             item.setOpts(x=x[shown] - 0.4 + width * (i + 0.5), height=heights[shown],
                          width=width * 0.92, brush=pg.mkBrush(run_color(i)))
             item.setVisible(True)
-            name = optimizations_text(run.optimizations)
-            self.legend.addItem(item, f"[{i}] {name if len(name) <= 28 else name[:27] + '…'}")
+            self.legend.addItem(item, f"[{i}] {name if len(name) <= 36 else name[:35] + '…'}")
         self.bars_plot.setLabel("left", "Δ MiB at peak" if delta else "MiB at peak")
         self.bars_plot.setTitle("Δ at peak by layer, against [0]" if delta
                                 else "Memory at peak by layer", color=theme.current().text)
@@ -222,14 +224,29 @@ class ComparePanel(QWidget):
             spots.append({"pos": (c.peaks[i] / MIB, q), "brush": pg.mkBrush(run_color(i)),
                           "data": i})
         self.scatter.setData(spots)
-        for n, spot in enumerate(spots):
+        # Runs at (nearly) the same point share one label, "[0,2]", rather than printing over
+        # each other: within a tenth of the peak axis's span and a twentieth of the quality
+        # axis's (about a label's width and height on the page).
+        xs = [spot["pos"][0] for spot in spots]
+        ys = [spot["pos"][1] for spot in spots]
+        near_x = 0.1 * ((max(xs) - min(xs)) if xs else 0.0)
+        near_y = 0.05 * ((max(ys) - min(ys)) if ys else 0.0)
+        at: dict[tuple[float, float], list[int]] = {}
+        for spot in spots:
+            x, y = spot["pos"]
+            key = next((k for k in at if abs(k[0] - x) <= near_x and abs(k[1] - y) <= near_y),
+                       (x, y))
+            at.setdefault(key, []).append(spot["data"])
+        for n, (pos, indices) in enumerate(at.items()):
             while len(self._point_labels) <= n:
                 label = pg.TextItem(color=theme.current().text, anchor=(0, 1))
                 self._point_labels.append(label)
                 self.scatter_plot.addItem(label)
             label = self._point_labels[n]
-            label.setText(f"[{spot['data']}]")
-            label.setPos(*spot["pos"])
+            label.setText(f"[{','.join(map(str, indices))}]")
+            # right of the point in the left half, left of it in the right half: never clipped
+            label.setAnchor((1, 1) if xs and pos[0] > (min(xs) + max(xs)) / 2 else (0, 1))
+            label.setPos(*pos)
             label.setVisible(True)
         self.scatter_plot.setLabel("left", c.metric.replace("_", " "))
         note = f"y: {c.metric_label} ({c.metric_better} is better); x: measured peak."
