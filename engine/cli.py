@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
-from .format import MISSING, human_bytes, si_number
+from .format import MISSING, human_bytes, overhead, si_number
 from .results import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -1014,10 +1014,10 @@ def print_report(result: RunResult, out: TextIO) -> None:
         timing = result.timing or {}
         w(f"latency {t.plain_latency_ms:.2f} ms plain, {t.latency_ms:.2f} ms with live hooks on "
           f"{timing.get('live_modules', '?')} top-level layers (profiler overhead "
-          f"×{t.instrumentation_overhead:.2f}, median of {cfg.repeats})")
+          f"{overhead(t.instrumentation_overhead)}, median of {cfg.repeats})")
         if timing.get("detailed_overhead"):
             w(f"; attention/MLP rows from a pass hooking all {timing['detailed_modules']} "
-              f"modules (×{timing['detailed_overhead']:.2f})")
+              f"modules ({overhead(timing['detailed_overhead'])})")
         if t.tokens_per_s:
             w(f" · {t.tokens_per_s:,.0f} tokens/s")
         w("\n")

@@ -92,6 +92,14 @@ def human_seconds(value: float | None) -> str:
     return f"{minutes} min {seconds:02d} s"
 
 
+def overhead(ratio: float | None) -> str:
+    """A profiler overhead (hooked / plain time): ``×1.06``; below 1 the hooked pass was not
+    slower, and that is timing noise, not a speed-up: ``×0.98 (none measurable)``."""
+    if _is_missing(ratio):
+        return MISSING
+    return f"×{ratio:.2f}" + (" (none measurable)" if ratio < 1.0 else "")
+
+
 def percent(fraction: float | None) -> str:
     if _is_missing(fraction):
         return MISSING

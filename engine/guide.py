@@ -373,7 +373,8 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
              "peak memory saved. Verdicts compare the claim with the measured numbers.", ""]
     if guide.partial:
         lines += [f"**Partial guide: {len(guide.entries)} of the {guide.planned} techniques "
-                  "planned ran** (the guide was cancelled or stopped before the rest).", ""]
+                  "planned ran** (the rest had not run when this was written: the guide was "
+                  "still running, or it was cancelled or stopped).", ""]
     for workload in guide.workloads():
         ranked = guide.ranked(workload)
         if not ranked:

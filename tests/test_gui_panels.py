@@ -395,3 +395,11 @@ def test_real_engine_attention_and_latency_tabs(qtbot, tmp_path):
     # Reopened from the store, the maps come from the saved file.
     assert window.load_saved_run(result.run_id)
     assert panel.shape == (6, 6) and panel.message_text() == ""
+
+
+def test_an_overhead_below_one_reads_as_none_measurable():
+    from engine.format import overhead
+
+    assert overhead(1.06) == "×1.06"
+    assert overhead(0.98) == "×0.98 (none measurable)"  # noise, never a speed-up
+    assert overhead(None) == "—"

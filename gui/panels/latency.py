@@ -16,7 +16,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import QCheckBox, QLabel, QSplitter, QVBoxLayout, QWidget
 
-from engine.format import MISSING, human_ms, si_number, short_layer_label
+from engine.format import human_ms, overhead, si_number, short_layer_label
 from engine.results import LayerStats, RunResult
 
 from .. import theme
@@ -30,12 +30,6 @@ SERIES = (
     ("mlp", "MLP", "#59a14f"),
 )
 _WIDE, _NARROW = 0.75, 0.27  # bar widths: top-level rows alone, or grouped with sub-rows
-
-
-def _ratio(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return MISSING
-    return f"×{value:.2f}"
 
 
 def _ms(value: Any) -> float:
@@ -52,9 +46,9 @@ def summary_lines(result: RunResult) -> list[str]:
     detailed = timing.get("detailed_modules")
     line = (f"latency {human_ms(t.plain_latency_ms)} plain, {human_ms(t.latency_ms)} with live "
             f"hooks{f' on {live} top-level layers' if live else ''} (profiler overhead "
-            f"{_ratio(t.instrumentation_overhead)}); attention/MLP rows from a pass hooking "
+            f"{overhead(t.instrumentation_overhead)}); attention/MLP rows from a pass hooking "
             f"{f'all {detailed} modules' if detailed else 'every module'} (overhead "
-            f"{_ratio(timing.get('detailed_overhead'))}) · "
+            f"{overhead(timing.get('detailed_overhead'))}) · "
             f"{si_number(t.tokens_per_s)} tokens/s")
     lines = [line]
     gen = result.generation or {}

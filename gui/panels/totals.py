@@ -11,7 +11,8 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from engine.results import RunResult
 
 from engine.aggregate import reconciliation_line
-from engine.format import human_bytes, human_count, human_flops, human_ms, human_seconds
+from engine.format import (human_bytes, human_count, human_flops, human_ms, human_seconds,
+                           overhead)
 from .status import ERROR_COLOR
 
 def totals_lines(result: RunResult) -> list[str]:
@@ -38,7 +39,7 @@ def totals_lines(result: RunResult) -> list[str]:
              f"model weights {human_bytes(t.model_weights_bytes)}",
              f"latency {human_ms(t.plain_latency_ms)}"]
     if t.instrumentation_overhead is not None:
-        speed.append(f"profiler overhead ×{t.instrumentation_overhead:.2f}")
+        speed.append(f"profiler overhead {overhead(t.instrumentation_overhead)}")
     if t.compile_seconds is not None:
         speed.append(f"compile {human_seconds(t.compile_seconds)} (not in the latency)")
     if t.compiled_peak_bytes is not None:
