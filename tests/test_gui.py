@@ -680,6 +680,16 @@ def test_timeline_shades_the_phases(qtbot):
     assert panel.set_timeline({"t": [0.0, 1.0], "phase": ["load", "timing"],
                                "rss_bytes": [1 << 20, 2 << 20]})
     assert [name for name, _, _ in panel.spans()] == ["load", "timing"]
+    panel.show()
+    qtbot.waitExposed(panel)
+    panel.set_timeline({"t": [0.0, 40.0], "phase": ["load", "timing"],
+                        "rss_bytes": [100 << 20, 900 << 20]})
+    view = panel.plot.getViewBox()
+    qtbot.waitUntil(lambda: view.viewRange()[0][1] > 30, timeout=2000)
+    panel.clear()  # the next run starts from empty axes, not the last run's range
+    qtbot.wait(50)
+    (x0, x1), (y0, y1) = view.viewRange()
+    assert x1 <= 1.5 and y1 <= 1.5 and panel.peaks == {}, (x0, x1, y0, y1, panel.peaks)
 
 
 def test_timeline_phase_labels_never_overlap_as_the_run_grows(qtbot):

@@ -222,6 +222,9 @@ class TimelinePanel(QWidget):
         for column in self._columns.values():
             column.clear()
         self._redraw()
+        # Nothing left to fit the view to: back to the empty axes, not the last run's range.
+        self.plot.setRange(xRange=(0.0, 1.0), yRange=(0.0, 1.0), padding=0)
+        self.plot.enableAutoRange()
         self._last_draw_ms = -1e12
 
     def add_samples(self, samples: Iterable[Sample]) -> None:
