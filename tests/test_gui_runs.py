@@ -222,6 +222,11 @@ def test_model_tree_shows_modules_and_what_changed_them(qtbot):
     panel.changed_only.setChecked(False)
     panel.filter_edit.setText("norm")
     assert panel.visible_names() == ["", "model", "model.norm"]
+    assert panel.changed_only.isEnabled()
+    for row in result.model_info["module_tree"]["modules"]:
+        row["touched_by"] = []  # a run no optimization changed: nothing to narrow down to
+    window.render_result(result)
+    assert not panel.changed_only.isEnabled() and not panel.changed_only.isChecked()
     window.render_result(make_result("old"))  # a record without a tree
     assert "no module tree" in panel.summary.text()
 

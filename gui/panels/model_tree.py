@@ -72,6 +72,7 @@ class ModelTreePanel(QWidget):
         self._items = {}
         if not record or not record.get("modules"):
             self.summary.setText(NO_TREE)
+            self.changed_only.setEnabled(False)
             return
         rows = record["modules"]
         bold = QFont(self.tree.font())
@@ -136,6 +137,12 @@ class ModelTreePanel(QWidget):
         if whole:
             text += (f". Changed no module (they act on the whole run): {', '.join(whole)}")
         self.summary.setText(text + ".")
+        # Nothing to narrow the tree to when no optimization changed a module.
+        self.changed_only.setEnabled(changed > 0)
+        if not changed:
+            self.changed_only.setChecked(False)
+        self.changed_only.setToolTip("" if changed else "No optimization changed a module in "
+                                                        "this run.")
         self._apply_filter()
 
     def module_names(self) -> list[str]:
