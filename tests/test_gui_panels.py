@@ -403,3 +403,27 @@ def test_an_overhead_below_one_reads_as_none_measurable():
     assert overhead(1.06) == "×1.06"
     assert overhead(0.98) == "×0.98 (none measurable)"  # noise, never a speed-up
     assert overhead(None) == "—"
+
+
+def test_bar_labels_name_the_largest_bars_first(qtbot):
+    """Labels placed from the left dropped whatever came after a long one, the head's big
+    logits bar included; with the bars' sizes the largest keep their names."""
+    import pyqtgraph as pg
+
+    from gui.panels.axis import fit_bar_labels
+
+    widget = pg.GraphicsLayoutWidget()
+    qtbot.addWidget(widget)
+    widget.resize(360, 240)
+    widget.show()
+    qtbot.waitExposed(widget)
+    plot = widget.addPlot()
+    labels = ["embed_tokens", *map(str, range(12)), "norm", "lm_head", "unattributed"]
+    sizes = [1.5, *[1.4] * 12, 0.1, 3.0, 0.01]
+    fit_bar_labels(plot, labels, widget.font(), sizes)
+    shown = [label for _, label in plot.getAxis("bottom")._tickLevels[0]]
+    assert "lm_head" in shown and "embed_tokens" in shown, shown
+    assert "unattributed" not in shown  # the smallest bar, beside the largest: it gave way
+    fit_bar_labels(plot, labels, widget.font())  # without sizes: from the left, as before
+    shown = [label for _, label in plot.getAxis("bottom")._tickLevels[0]]
+    assert shown[0] == "embed_tokens" and shown[-1] == "unattributed", shown

@@ -202,7 +202,11 @@ class ComparePanel(QWidget):
 
     @Slot()
     def _apply_ticks(self, *_: object) -> None:
-        fit_bar_labels(self.bars_plot, self.labels, self.font())
+        sizes = None
+        if self.heights and all(len(h) == len(self.labels) for h in self.heights):
+            stacked = np.abs(np.vstack(self.heights))
+            sizes = np.where(np.isnan(stacked), -np.inf, stacked).max(axis=0)
+        fit_bar_labels(self.bars_plot, self.labels, self.font(), sizes)
 
     def _render_scatter(self) -> None:
         c = self.comparison

@@ -235,4 +235,4 @@ class LatencyPanel(QWidget):
         self._apply_ticks()
 
     def _apply_ticks(self) -> None:
-        fit_bar_labels(self.plot, self.labels, self.font())
+        fit_bar_labels(self.plot, self.labels, self.font(), self.series.get("layer"))

@@ -278,7 +278,9 @@ class LayerChartPanel(QWidget):
         QToolTip.showText(QCursor.pos(), self.hover_text(index), self.plot_widget)
 
     def _apply_ticks(self) -> None:
-        fit_bar_labels(self.plot, self.labels, self.font())
+        sizes = (np.nansum(np.vstack(list(self.stacks.values())), axis=0) if self.stacks
+                 else None)
+        fit_bar_labels(self.plot, self.labels, self.font(), sizes)
 
     def _bar(self, category: str) -> pg.BarGraphItem:
         bar = self._bars.get(category)

@@ -222,9 +222,11 @@ class TimelinePanel(QWidget):
         for column in self._columns.values():
             column.clear()
         self._redraw()
-        # Nothing left to fit the view to: back to the empty axes, not the last run's range.
+        # Nothing left to fit the view to: back to the empty axes, not the last run's range;
+        # and the next run's first samples draw at once.
         self.plot.setRange(xRange=(0.0, 1.0), yRange=(0.0, 1.0), padding=0)
         self.plot.enableAutoRange()
+        self._last_draw_ms = -1e12
         self._last_draw_ms = -1e12
 
     def add_samples(self, samples: Iterable[Sample]) -> None:
@@ -303,7 +305,9 @@ class TimelinePanel(QWidget):
         """Called by ``theme.apply``: the phase bands take the new theme's colours."""
         self.gpu_note.setStyleSheet(f"color: {new.axis};")
         self._phase_key = ()  # draw the bands afresh
+        last = self._last_draw_ms
         self._redraw()
+        self._last_draw_ms = last  # a recolouring is not a live draw: no throttling after it
 
     def _place_phase_labels(self, *_: Any) -> None:
         """Name each phase band along the top where the name fits in the band as drawn now.
