@@ -427,3 +427,13 @@ def test_bar_labels_name_the_largest_bars_first(qtbot):
     fit_bar_labels(plot, labels, widget.font())  # without sizes: from the left, as before
     shown = [label for _, label in plot.getAxis("bottom")._tickLevels[0]]
     assert shown[0] == "embed_tokens" and shown[-1] == "unattributed", shown
+
+
+def test_the_guide_page_explains_itself_and_has_its_run_button(qtbot):
+    from gui.panels.guide import GuidePanel
+
+    panel = GuidePanel()
+    qtbot.addWidget(panel)
+    assert "No guide yet" in panel.browser.placeholderText()
+    with qtbot.waitSignal(panel.run_requested, timeout=1000):
+        qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)

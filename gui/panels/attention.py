@@ -348,8 +348,9 @@ class AttentionPanel(QWidget):
             self._set_maps(maps)
         tiles = self.grid_tiles[0].shape[-1] if self.grid_tiles else 0
         self.caption.setText(capture_text(self.info, maps) +
-                             f" Grid: ≤ {tiles} × {tiles} block means, one scale "
-                             f"0–{self.grid_levels[1]:.3g}.")
+                             f" Grid: ≤ {tiles} × {tiles} block means, all tiles on one "
+                             f"scale 0–{self.grid_levels[1]:.3g} (the colour bar is the large "
+                             "view's).")
         self.stack.setCurrentIndex(1)
 
     def select(self, layer: int, head: int | None = None) -> None:

@@ -15,14 +15,24 @@ class GuidePanel(QWidget):
 
     compare_requested = Signal(object)
     report_requested = Signal()
+    run_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.browser = QTextBrowser()
         self.browser.setOpenExternalLinks(True)
-        self.message = QLabel("Run → Run the guide measures every technique on the chosen model.")
+        self.browser.setPlaceholderText(
+            "No guide yet. The guide runs every technique in the registry that applies here (and "
+            "two combinations) on the model, sizes and dtype chosen on the left, each against "
+            "the unoptimized model measured in the same run, then ranks them by memory saved "
+            "with latency and quality beside. On the demo model it takes a few minutes.")
+        self.message = QLabel("Run → Run the guide (Ctrl+G) measures every technique on the "
+                              "chosen model.")
         self.message.setWordWrap(True)
         self.buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run the guide")
+        self.run_button.clicked.connect(lambda _=False: self.run_requested.emit())
+        self.buttons.addWidget(self.run_button)
         self.buttons.addStretch(1)
         self.report_button = QPushButton("Export report…")
         self.report_button.setToolTip("guide.html and guide.pdf: the ranked tables and notes "

@@ -22,7 +22,8 @@ class LogPanel(QWidget):
         self.view.setMaximumBlockCount(MAX_BLOCKS)
         font = QFont("DejaVu Sans Mono")
         font.setStyleHint(QFont.StyleHint.Monospace)
-        font.setPointSizeF(max(font.pointSizeF() - 1, 7.0))
+        # The window's text size, not QFont's 12 pt default (it read larger than the rest).
+        font.setPointSizeF(max(self.font().pointSizeF(), 7.0))
         self.view.setFont(font)
         self.view.setPlaceholderText("Messages and warnings appear here.")
         layout = QVBoxLayout(self)

@@ -12,7 +12,7 @@ from engine.results import RunResult
 
 from engine.aggregate import reconciliation_line
 from engine.format import (human_bytes, human_count, human_flops, human_ms, human_seconds,
-                           overhead)
+                           overhead, si_number)
 from .status import ERROR_COLOR
 
 def totals_lines(result: RunResult) -> list[str]:
@@ -45,7 +45,7 @@ def totals_lines(result: RunResult) -> list[str]:
     if t.compiled_peak_bytes is not None:
         speed.append(f"compiled peak {human_bytes(t.compiled_peak_bytes)}")
     if t.tokens_per_s is not None:
-        speed.append(f"{t.tokens_per_s:.1f} tokens/s")
+        speed.append(f"{si_number(t.tokens_per_s)} tokens/s")  # as on the Latency tab
     if t.flops is not None:
         speed.append(human_flops(t.flops))
     if t.process_rss_peak_bytes is not None:
