@@ -84,6 +84,13 @@ def test_an_fsdp2_training_plan(qtbot, tmp_path):
     text = page.text()
     assert "FSDP2 on 2 ranks" in text and "does NOT fit" in text
     assert "sharded parameters (padded)" in text
+    # A budget far above the bars does not flatten them: the legend gives it instead.
+    page.per_device_edit.setText("80GiB")
+    assert plan_and_wait(qtbot, window) == []
+    legend = [label.text for _, label in page.legend.items]
+    assert any("budget 80.0 GiB: above the scale" in t for t in legend), legend
+    top = page.plot.getViewBox().viewRange()[1][1]
+    assert top < 1024, top  # the axis is in KiB or MiB, not up to 80 GiB
 
 
 @pytest.mark.fault(area="inputs", case="an unreadable per-device size for a multi-GPU plan",

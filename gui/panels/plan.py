@@ -268,8 +268,11 @@ class PlanPanel(QWidget):
 
     def _stack(self, labels: list[str], parts: list[tuple[str, str, list[int]]],
                budgets: list[int | None], title: str, line: str = "budget") -> None:
-        largest = max([sum(v[i] for _k, _l, v in parts) for i in range(len(labels))]
-                      + [b or 0 for b in budgets] + [1])
+        tallest = max([sum(v[i] for _k, _l, v in parts) for i in range(len(labels))] + [1])
+        # A budget far above the bars (an 80 GiB GPU for a small model) would flatten them to
+        # nothing: then the bars keep the scale and the budget is said in the legend instead.
+        off_scale = max((b or 0 for b in budgets), default=0) > 4 * tallest
+        largest = tallest if off_scale else max([tallest] + [b or 0 for b in budgets])
         unit, scale = byte_unit(largest)
         self._style(title, unit)
         x = np.arange(len(labels), dtype=float)
@@ -284,14 +287,16 @@ class PlanPanel(QWidget):
             self.legend.addItem(bars, label)
             bottom += heights
         for i, budget in enumerate(budgets):
-            if budget:
+            if budget and not off_scale:
                 y = budget / scale
                 self.plot.plot([i - 0.4, i + 0.4], [y, y],
                                pen=pg.mkPen("#d62728", width=2, style=Qt.PenStyle.DashLine))
         if any(budgets):
+            top = max(b or 0 for b in budgets)
             self.legend.addItem(pg.PlotDataItem(pen=pg.mkPen("#d62728", width=2,
                                                              style=Qt.PenStyle.DashLine)),
-                                line)
+                                f"{line} {human_bytes(top)}: above the scale (the tallest bar "
+                                f"is {tallest / top:.1%} of it)" if off_scale else line)
         self.plot.getAxis("bottom").setTicks([list(enumerate(labels)), []])
         self.plot.setXRange(-0.6, len(labels) - 0.4, padding=0)
         self.plot.setYRange(0, largest / scale * 1.08, padding=0)
