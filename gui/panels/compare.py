@@ -1,4 +1,4 @@
-"""Saved runs side by side: per-layer bars (or deltas against the first run), a memory-vs-quality
+"""Saved runs side by side: per-layer bars (or deltas against the reference, run [0]), a memory-vs-quality
 scatter and a totals table. Renders an ``engine.compare.Comparison``; nothing here measures.
 """
 
@@ -63,7 +63,7 @@ class ComparePanel(QWidget):
 
         self.message = QLabel("Select two or more saved runs in the table and press Compare.")
         self.message.setWordWrap(True)
-        self.delta_check = QCheckBox("Δ against the first run")
+        self.delta_check = QCheckBox("Δ against the reference [0]")
         self.delta_check.setToolTip("Bars show each run's bytes minus the first run's")
         self.delta_check.toggled.connect(self._redraw)
 
