@@ -205,7 +205,8 @@ def test_reference_first_prefers_the_chosen_baseline_then_the_unoptimized_run():
     assert [r.run_id for r in ordered] == ["plain", "a", "est", "b"]
     assert why == "the first unoptimized run"  # an estimate is never the measured reference
     ordered, why = reference_first([a, est, plain, b], preferred="b")
-    assert [r.run_id for r in ordered] == ["b", "a", "est", "plain"] and why == "the chosen baseline"
+    assert [r.run_id for r in ordered] == ["b", "a", "est", "plain"]
+    assert why == "the chosen baseline"
     ordered, why = reference_first([a, b], preferred="missing")
     assert [r.run_id for r in ordered] == ["a", "b"] and why == "the first run"
 

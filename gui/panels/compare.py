@@ -1,5 +1,6 @@
-"""Saved runs side by side: per-layer bars (or deltas against the reference, run [0]), a memory-vs-quality
-scatter and a totals table. Renders an ``engine.compare.Comparison``; nothing here measures.
+"""Saved runs side by side: per-layer bars (or deltas against the reference, run [0]), a
+memory-vs-quality scatter and a totals table. Renders an ``engine.compare.Comparison``; nothing
+here measures.
 """
 
 from __future__ import annotations
