@@ -385,6 +385,7 @@ def test_failure_shows_message_and_hint_and_window_stays_usable(qtbot):
     assert "No model named 'nope'." in window.status.text()
     assert "Check the name, or open a local folder." in window.status.text()
     assert "open a local folder" in window.log.text()
+    assert "invalid model: No model named 'nope'." in window.log.text()  # words, not an id
     assert window.totals.text() == "The run failed: see the log."  # not "Running…"
     assert window.isVisible()
 

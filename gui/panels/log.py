@@ -40,7 +40,7 @@ class LogPanel(QWidget):
         self._append(f'<span style="color:{WARNING_COLOR}">warning: {html.escape(text)}</span>')
 
     def error(self, message: str, hint: str = "", kind: str = "") -> None:
-        prefix = f"{kind}: " if kind else "error: "
+        prefix = f"{kind.replace('_', ' ')}: " if kind else "error: "  # "not found: ..."
         line = f'<span style="color:{ERROR_COLOR}"><b>{html.escape(prefix + message)}</b></span>'
         if hint:
             line += f' <span style="color:{HINT_COLOR}">→ {html.escape(hint)}</span>'

@@ -368,7 +368,9 @@ class TimelinePanel(QWidget):
             self.curves[field].setData(t, values, connect="finite")
         else:
             self.curves[field].setData([], [])
-        self.curves[field].setVisible(has_data)
+        # The first series stays in the legend even before any sample: visible (and empty) it
+        # shows its line there, where a hidden item shows pyqtgraph's crossed-out eye.
+        self.curves[field].setVisible(has_data or field == SERIES[0][0])
         return has_data
 
     def _draw_peaks(self, t: np.ndarray) -> None:
