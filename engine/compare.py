@@ -184,6 +184,10 @@ def print_comparison(runs: list[RunResult], out: TextIO) -> None:
           f"{(f'{ratio:.2f}' if ratio else MISSING):>10}  {_quality(r)}\n")
     if any(r.config.model != ref.config.model for r in runs[1:]):
         w("\n(different models: per-layer deltas are shown for layers with the same name)\n")
+    workloads = list(dict.fromkeys(r.config.workload for r in runs))
+    if len(workloads) > 1:
+        w(f"\n(different workloads, {', '.join(workloads)}: their peaks and latencies measure "
+          "different work)\n")
     names = [layer.name for layer in ref.layers]
     for r in runs[1:]:
         names += [layer.name for layer in r.layers if layer.name not in names]
