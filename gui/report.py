@@ -137,8 +137,16 @@ def _tree_height(panel: Any) -> int:
     return min(chrome + rows * row + 8, PANEL_HEIGHTS["model"])
 
 
+TABLE_PICTURE_MAX_HEIGHT = 1600
+
+
 def _table_height(rows: int) -> int:
-    return min(30 + 22 * rows + 6, 1600)
+    return min(30 + 22 * rows + 6, TABLE_PICTURE_MAX_HEIGHT)
+
+
+def _table_rows_shown(rows: int) -> int:
+    """How many of ``rows`` the per-layer table's picture holds (its height is capped)."""
+    return min(rows, (TABLE_PICTURE_MAX_HEIGHT - 36) // 22)
 
 
 def _chart_outline(chart: Any, result: RunResult) -> None:
@@ -175,21 +183,27 @@ def render_run_panels(result: RunResult, folder: Path, prefix: str,
     def fill_chart() -> None:
         chart.render(result.layers, result.totals)
         _chart_outline(chart, result)
-        chart.plot.setTitle("Estimated memory at peak by layer (estimate)" if estimate
+        chart.plot.setTitle("Estimated memory at peak by layer" if estimate
                             else "Memory at peak by layer", color="#202020")
 
     shots.append(Shot("memory-by-layer", "Memory at peak by layer"
                       + (" (estimate)" if estimate else ""),
                       _grab(chart, PANEL_HEIGHTS["chart"], folder / f"{prefix}-memory-by-layer.png",
                             fill_chart),
-                      "Stacked bytes live at the measured peak per block or top-level layer; the "
-                      "unattributed bar completes the peak. A dashed outline, when drawn, is the "
-                      "unoptimized model measured in the same run."))
+                      f"Stacked bytes live at the {'estimated' if estimate else 'measured'} "
+                      "peak per block or top-level layer; the unattributed bar completes the "
+                      "peak. A dashed outline, when drawn, is the unoptimized model measured in "
+                      "the same run."))
+    mark = " (estimate)" if estimate else ""
     table = LayerTablePanel()
-    add("per-layer-table", "Per-layer table", table, _table_height(len(result.layers)),
+    add("per-layer-table", "Per-layer table" + mark, table, _table_height(len(result.layers)),
         lambda: table.render(result.layers))
+    shown = _table_rows_shown(len(result.layers))
+    if shown < len(result.layers):
+        shots[-1].caption = (f"The first {shown} of {len(result.layers)} rows; the per-layer "
+                             "table in the text lists every row.")
     totals = TotalsPanel()
-    add("totals", "Totals", totals, None, lambda: totals.render(result))
+    add("totals", "Totals" + mark, totals, None, lambda: totals.render(result))
     if result.timeline and result.timeline.get("t"):
         timeline = TimelinePanel()
         add("timeline", "Memory over time", timeline, PANEL_HEIGHTS["timeline"],
@@ -206,6 +220,9 @@ def render_run_panels(result: RunResult, folder: Path, prefix: str,
         tree = ModelTreePanel()
         add("model", "Model (module tree)", tree, PANEL_HEIGHTS["model"],
             lambda: tree.render(result), lambda: _tree_height(tree))
+        shots[-1].caption = ("Opened as the window opens it (the first levels, and every module "
+                             "an optimization changed), up to the picture's height; the run file "
+                             "lists every module.")
     return shots
 
 
@@ -278,13 +295,18 @@ def _config_rows(result: RunResult) -> list[tuple[str, str]]:
         rows.append(("new tokens", _v(cfg.new_tokens)))
     rows += [("prompt", cfg.prompt if cfg.prompt is not None else MISSING),
              ("inputs", f"{(result.inputs or {}).get('source', MISSING)}, shape "
-                        f"{_v((result.inputs or {}).get('shape'))}"),
+                        + ("(" + ", ".join(map(str, shape)) + ")"
+                           if (shape := (result.inputs or {}).get("shape")) else MISSING)),
+             ("seed", _v(getattr(cfg, "seed", None))),
              ("device", _v(info.get("device") or cfg.device)),
              ("dtype", f"{_v(info.get('dtype'))} (asked: {cfg.dtype})"),
              ("attention", f"{_v(info.get('attn_implementation'))} (asked: {cfg.attention_impl})"),
              ("attention maps", _v(cfg.attention_maps)),
-             ("repeats / warm-up", f"{cfg.repeats} / {cfg.warmup}"),
+             ("repeats / warm-up", "none: an estimate times nothing" if result.estimate
+              is not None else f"{cfg.repeats} / {cfg.warmup}"),
              ("optimizations", optimizations_text(result.optimizations)),
+             *([("optimizer", f"{result.training.get('optimizer', MISSING)}, learning rate "
+                              f"{_v(result.training.get('lr'))}")] if result.training else []),
              ("architecture", _v(info.get("architecture"))),
              ("parameters", f"{human_count(info.get('parameters'))} ({_v(info.get('parameters'))})"),
              ("layers × heads (KV heads, head dim)",
@@ -360,7 +382,9 @@ def _totals_html(result: RunResult) -> str:
 def _layer_table_html(result: RunResult) -> str:
     from .panels.layer_table import COLUMNS
 
-    head = "".join(f"<th>{_e(c.title)}</th>" for c in COLUMNS)
+    # Header words broken mid-word ("Activation s") read badly: a header breaks only at spaces.
+    head = "".join(f"<th style='white-space: nowrap'>{_e(c.title).replace(' ', '<br>')}</th>"
+                   for c in COLUMNS)
     rows = []
     for layer in result.layers:
         cells = []
@@ -376,11 +400,15 @@ def _layer_table_html(result: RunResult) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     t = result.totals
     blank = "<td></td>" * (len(COLUMNS) - 2)
-    rows.append(f"<tr class='sum'><td>unattributed</td>{blank}"
-                f"<td align='right'>{_e(human_bytes(t.unattributed_bytes))}</td></tr>")
-    rows.append(f"<tr class='sum'><td><b>{'estimated peak' if result.estimate is not None else 'peak'}"
-                f"</b></td>{blank}<td align='right'><b>{_e(human_bytes(t.peak_bytes))}</b></td></tr>")
-    return (f"<table class='grid' border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>"
+    nowrap = "style='white-space: nowrap'"
+    peak_name = "estimated peak" if result.estimate is not None else "peak"
+    rows.append(f"<tr class='sum'><td {nowrap}>unattributed</td>{blank}"
+                f"<td align='right' {nowrap}>{_e(human_bytes(t.unattributed_bytes))}</td></tr>")
+    rows.append(f"<tr class='sum'><td {nowrap}><b>{peak_name}</b></td>{blank}"
+                f"<td align='right' {nowrap}><b>{_e(human_bytes(t.peak_bytes))}</b></td></tr>")
+    # <thead>: the PDF repeats the header row on every page the table continues on.
+    return (f"<table class='grid' border='1' cellspacing='0' cellpadding='3'>"
+            f"<thead><tr>{head}</tr></thead>"
             + "".join(rows) + "</table>"
             "<p class='note'>Weights, saved for backward and at-peak bytes are exclusive (a "
             "block's row excludes its attention and MLP rows); output bytes, transient peaks, "
@@ -472,10 +500,14 @@ def _compare_table_html(results: Sequence[RunResult]) -> str:
         rows.append("<tr>" + "".join(f"<td>{_e(x)}</td>" for x in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("run", "model · workload", "optimizations", "peak",
                                              "Δ peak", "weights", "latency", "× latency",
-                                             "quality"))
+                                             "quality (vs its own baseline)"))
     note = ("Different models: per-layer bars are matched by layer name. "
             if c.different_models else "")
-    return (f"<table class='grid' border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>"
+    if len(c.workloads) > 1:
+        note += (f"Different workloads ({', '.join(c.workloads)}): their peaks and latencies "
+                 "measure different work. ")
+    return (f"<table class='grid' border='1' cellspacing='0' cellpadding='3'>"
+            f"<thead><tr>{head}</tr></thead>"
             + "".join(rows) + "</table>"
             f"<p class='note'>{note}The first run is the reference; each run's bars plus its "
             "unattributed bytes add up to its peak.</p>")
@@ -525,7 +557,8 @@ def build_html(results: Sequence[RunResult], shots: Mapping[str, Sequence[Shot]]
     for i, r in enumerate(results):
         prefix = f"[{i}] " if len(results) > 1 else ""
         kind = " — ESTIMATE" if r.estimate is not None else ""
-        out.append(f"<h2>{prefix}{_e(r.config.model)} · {_e(r.config.workload)}{kind}</h2>")
+        brk = " style='page-break-before: always'" if i else ""  # each run on a new page
+        out.append(f"<h2{brk}>{prefix}{_e(r.config.model)} · {_e(r.config.workload)}{kind}</h2>")
         if r.estimate is not None:
             out.append(f"<p class='estimate'>{_e(ESTIMATE_BANNER)}</p>")
         out.append("<h3>Run configuration</h3>" + _kv_table(_config_rows(r)))
@@ -537,7 +570,8 @@ def build_html(results: Sequence[RunResult], shots: Mapping[str, Sequence[Shot]]
         out.append("<h3>Environment</h3>" + _kv_table(_environment_rows(r)))
         pictures(shots.get(r.run_id, ()))
     if len(results) > 1:
-        out.append(f"<h2>Comparison of {len(results)} runs</h2>" + _compare_table_html(results))
+        out.append(f"<h2 style='page-break-before: always'>Comparison of {len(results)} runs"
+                   "</h2>" + _compare_table_html(results))
         pictures(shots.get("compare", ()))
     out.append("</body></html>")
     return "\n".join(out)
