@@ -317,7 +317,10 @@ def _config_rows(result: RunResult) -> list[tuple[str, str]]:
               else "loaded" if info else MISSING),
              ("run took", human_seconds(result.duration_s) if result.duration_s else MISSING)]
     if result.estimate is not None:
-        rows.append(("estimate", _v(result.estimate)))
+        rows.append(("estimate", "; ".join(
+            f"{k.removesuffix('_seconds').replace('_', ' ')} {v:.2f} s"
+            if k.endswith("seconds") and isinstance(v, (int, float))
+            else f"{k.replace('_', ' ')} {v}" for k, v in result.estimate.items())))
     return rows
 
 
@@ -350,10 +353,16 @@ def _totals_html(result: RunResult) -> str:
     g = result.generation
     if g:
         steps = g.get("decode_ms_per_step") or []
+        per_step = g.get("kv_bytes_per_step") or []
+        growth = ("" if len(per_step) < 2 else
+                  f" (grew {human_bytes(per_step[0])} → {human_bytes(per_step[-1])}; the "
+                  "totals' KV cache is the cache at the peak)" if per_step[0] != per_step[-1]
+                  else " (the same after every step: allocated up front)")
         parts.append(
-            f"<li>generation: {_v(g.get('prompt_tokens'))} prompt tokens, "
-            f"{_v(g.get('new_tokens'))} new; KV cache {human_bytes(g.get('kv_cache_bytes'))} for "
-            f"{_v(g.get('cached_positions'))} positions; tensor-accounting peak prefill "
+            f"<li>KV cache and memory of the generation: {_v(g.get('prompt_tokens'))} prompt "
+            f"tokens + {_v(g.get('new_tokens'))} new; KV cache at the end "
+            f"{human_bytes(g.get('kv_cache_bytes'))} for {_v(g.get('cached_positions'))} "
+            f"positions{growth}; tensor-accounting peak prefill "
             f"{human_bytes(g.get('prefill_peak_bytes'))}, decode "
             f"{human_bytes(g.get('decode_peak_bytes'))}; {len(steps)} decode steps timed</li>")
         if g.get("text"):
