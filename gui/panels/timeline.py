@@ -320,21 +320,18 @@ class TimelinePanel(QWidget):
             return
         spans = self.spans()
         viewbox = self.plot.getViewBox()
-        (x0, x1), _ = viewbox.viewRange()
+        (x0, x1), (_, top) = viewbox.viewRange()
         px_per_s = viewbox.width() / (x1 - x0) if x1 > x0 else 0.0
         metrics = QFontMetrics(self.font())
-        ymax = None
-        for field, _, _ in SERIES:
-            values = self._columns[field].view()
-            if values.size and np.isfinite(values).any():
-                top = float(np.nanmax(values))
-                ymax = top if ymax is None else max(ymax, top)
         for (name, start, end), label in zip(spans, self._bands[1::2], strict=False):
             fits = (end - start) * px_per_s >= metrics.horizontalAdvance(name) + 8
             text = name if fits else ""
             if label.toPlainText() != text:
                 label.setText(text)
-            label.setPos(start, ymax if ymax is not None else 0)
+            # Hung from the top edge of the view (the anchor is the text's top left), above
+            # the curves' highest point, which autoranging keeps a little below that edge.
+            if label.pos().x() != start or label.pos().y() != top:
+                label.setPos(start, top)
 
     def hideEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
         if self._redraw_timer.isActive():
