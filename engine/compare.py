@@ -99,7 +99,8 @@ class Comparison:
     def labels(self) -> list[str]:
         """A short name per run that tells the runs apart: the optimizations, then the
         workload where that repeats, then the run id's end where even that repeats."""
-        names = [optimizations_text(r.optimizations) for r in self.runs]
+        names = [optimizations_text(r.optimizations) + (" (estimate)" if r.is_estimate else "")
+                 for r in self.runs]
         for extra in (lambda r: r.config.workload, lambda r: r.run_id[-4:]):
             repeated = {n for n in names if names.count(n) > 1}
             names = [f"{n} · {extra(r)}" if n in repeated else n

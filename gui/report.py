@@ -233,8 +233,27 @@ def render_compare_panel(results: Sequence[RunResult], folder: Path,
     from .panels.compare import ComparePanel
 
     panel = ComparePanel()
+
+    def fit() -> int:
+        """The charts at their usual height and the table at its rows' height: no empty
+        space under a short table, no rows cut from a long one."""
+        table = panel.table
+        table.resizeColumnsToContents()
+        for column in range(table.columnCount()):  # long optimization lists wrap instead
+            table.setColumnWidth(column, min(table.columnWidth(column), 320))
+        table.setWordWrap(True)
+        table.resizeRowsToContents()
+        rows = (table.horizontalHeader().height() + 6
+                + sum(table.rowHeight(r) for r in range(table.rowCount())))
+        if table.horizontalHeader().length() > PANEL_WIDTH:
+            rows += table.horizontalScrollBar().sizeHint().height()
+        plots = 460
+        panel.splitter.setSizes([plots, rows])
+        message = panel.message.heightForWidth(PANEL_WIDTH - panel.delta_check.width() - 12)
+        return max(message, 20) + plots + rows + panel.splitter.handleWidth() + 12
+
     path = _grab(panel, PANEL_HEIGHTS["compare"], folder / name,
-                 lambda: panel.render(compare(results)))
+                 lambda: panel.render(compare(results)), fit)
     return Shot("compare", "Compare view", path)
 
 

@@ -225,3 +225,7 @@ def test_comparison_labels_tell_runs_apart_and_name_mixed_workloads():
     assert c.labels() == ["none · forward", "none · generate · bbbb", "none · generate · cccc",
                           "cast"]
     assert c.workloads == ["forward", "generate"]
+    estimate = run("r-eeee", "forward")
+    estimate.estimate = {"method": "fake"}
+    assert compare([run("r-ffff", "forward", optimized=True), estimate]).labels() == [
+        "cast", "none (estimate)"]

@@ -113,6 +113,7 @@ class ComparePanel(QWidget):
         vertical.addWidget(plots)
         vertical.addWidget(self.table)
         vertical.setSizes([300, 140])
+        self.splitter = vertical
         top = QHBoxLayout()
         top.addWidget(self.message, 1)
         top.addWidget(self.delta_check)
