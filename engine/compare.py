@@ -92,9 +92,7 @@ class Comparison:
 
     @property
     def workloads(self) -> list[str]:
-        """The workloads compared, in order of first appearance (more than one: the peaks and
-        latencies are of different work)."""
-        return list(dict.fromkeys(r.config.workload for r in self.runs))
+        return workloads_of(self.runs)
 
     def labels(self) -> list[str]:
         """A short name per run that tells the runs apart: the optimizations, then the
@@ -115,6 +113,12 @@ class Comparison:
     def not_plotted(self) -> list[str]:
         """Run ids the scatter leaves out (no figure for ``metric``)."""
         return [r.run_id for r, q in zip(self.runs, self.quality) if q is None]
+
+
+def workloads_of(runs: Sequence[RunResult]) -> list[str]:
+    """The workloads of ``runs``, in order of first appearance (more than one: their peaks and
+    latencies are of different work)."""
+    return list(dict.fromkeys(r.config.workload for r in runs))
 
 
 def reference_first(runs: Sequence[RunResult], preferred: str | None = None
@@ -185,7 +189,7 @@ def print_comparison(runs: list[RunResult], out: TextIO) -> None:
           f"{(f'{ratio:.2f}' if ratio else MISSING):>10}  {_quality(r)}\n")
     if any(r.config.model != ref.config.model for r in runs[1:]):
         w("\n(different models: per-layer deltas are shown for layers with the same name)\n")
-    workloads = list(dict.fromkeys(r.config.workload for r in runs))
+    workloads = workloads_of(runs)
     if len(workloads) > 1:
         w(f"\n(different workloads, {', '.join(workloads)}: their peaks and latencies measure "
           "different work)\n")
