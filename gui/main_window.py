@@ -63,6 +63,9 @@ class MainWindow(QMainWindow):
         self.current_result: RunResult | None = None
         self._live_attention: AttentionMaps | None = None  # the maps of the run in progress
         self._guide_folder: Path | None = None  # a guide job's files, chosen at its first entry
+        self._job = ""  # the page the running job reports to: "run", "sweep", "fit" or "plan"
+        self._shown: tuple | None = None  # the run on the Current run page (render_result's args)
+        self._shown_before: tuple | None = None  # what it showed before the running run cleared it
 
         self.controller = RunController(execute, store=store, parent=self)
         self.controls = ControlPanel(model=model or "demo", devices=devices)
@@ -250,6 +253,8 @@ class MainWindow(QMainWindow):
         self._config = dict(config)
         self.workspace.setCurrentIndex(0)
         self._last_stage = ""
+        self._job = "run"
+        self._shown_before, self._shown = self._shown, None
         self.current_result = None
         self._live_attention = None
         self._guide_folder = None
@@ -360,6 +365,7 @@ class MainWindow(QMainWindow):
                        "optimizations": optimizations})
         self.controller.set_store(self._get_store())
         self._last_stage = ""
+        self._job = mode
         self.workspace.setCurrentWidget(self.sweep_panel)
         model, workload = config["model"], config["workload"]
         if mode == "sweep":
@@ -401,6 +407,7 @@ class MainWindow(QMainWindow):
         config.update({"mode": "plan", "job": job, "attention_maps": False})
         self.controller.set_store(self._get_store())
         self._last_stage = ""
+        self._job = "plan"
         self.workspace.setCurrentWidget(self.plan_panel)
         n = job.get("ranks") or job.get("devices")
         what = (f"Plan: {config['workload']} on {config['model']} across {n} × "
@@ -554,19 +561,41 @@ class MainWindow(QMainWindow):
 
     @Slot(str, str, str)
     def _on_failed(self, kind: str, message: str, hint: str) -> None:
+        """A job ended without a result: say so in the status line and the log, and on the page
+        the job reports to. A run that stopped before it measured anything (a refusal, a
+        cancel, a missing model) gives the Current run page back to the run it showed before,
+        marked as such; one that ran out of memory keeps its own timeline (how memory climbed)."""
         if self._closing:
             return
-        if kind == "cancelled":
+        cancelled = kind == "cancelled"
+        if cancelled:
             self.status.show_message("Cancelled.")
             self.log.info(f"{message} {hint}".strip())
-            self.totals.clear("Cancelled.")
         else:
             self.status.show_error(message, hint)
             self.log.error(message, hint, kind)
-            self.totals.clear("The run failed: see the log.")
+        what = "Cancelled" if cancelled else "Failed"
+        job, self._job = self._job, ""
+        if job in ("sweep", "fit"):
+            self.sweep_panel.message.setText(
+                f"{what}: {message}" + ("" if cancelled or not hint else f" {hint}"))
+            return
+        if job == "plan":
+            self.plan_panel.clear(f"{what}: {message}"
+                                  + ("" if cancelled or not hint else f" {hint}"))
+            return
         if self._guide_folder is not None:  # a guide job: what finished stays on its page
-            self.guide_panel.stopped("Cancelled" if kind == "cancelled" else "Failed")
+            self.guide_panel.stopped(what)
             self.refresh_saved_runs()
+        previous, self._shown_before = self._shown_before, None
+        if (previous is not None and self._guide_folder is None
+                and kind != "out_of_memory" and self.current_result is None):
+            self.render_result(*previous)
+            self.totals.render(previous[0], note=(
+                f"The last run {'was cancelled' if cancelled else 'failed'}"
+                " (see the log): this is still the run shown before it."))
+            return
+        self.totals.clear("Cancelled." if cancelled else "The run failed: see the log.")
 
     # -- results --------------------------------------------------------------------------------
     def render_result(self, result: RunResult, attention: AttentionMaps | None = None,
@@ -575,6 +604,7 @@ class MainWindow(QMainWindow):
         latency, and the attention maps (``attention``: the live event or the store's file)
         with the run's capture record; ``attention_reason`` says why maps are missing."""
         self.current_result = result
+        self._shown = (result, attention, attention_reason)
         self.table.render(result.layers)
         self.chart.render(result.layers, result.totals)
         self._draw_outline()
@@ -584,6 +614,8 @@ class MainWindow(QMainWindow):
         self.attention_panel.render(attention, result.attention, attention_reason)
         if result.timeline:
             self.timeline.set_timeline(result.timeline)
+        else:  # not the samples of a run that did not finish
+            self.timeline.clear()
         config = result.config
         estimated = getattr(result, "estimate", None)
         tp = (estimated or {}).get("tensor_parallel") or 1

@@ -93,7 +93,7 @@ class FakeEngine:
     """Stands in for ``engine.runner.execute``; runs in the worker thread like the real one.
 
     Modes: ``ok`` (progress, samples from a second thread, layer updates, Finished), ``fail``
-    (Failed with a hint), ``slow`` (works until cancelled, then Failed('cancelled')), ``raise``.
+    (Failed with a hint), ``oom`` (samples, then Failed('out_of_memory')), ``slow`` (works until cancelled, then Failed('cancelled')), ``raise``.
     """
 
     def __init__(self, mode: str = "ok", gate: threading.Event | None = None,
@@ -129,6 +129,12 @@ class FakeEngine:
         if self.mode == "fail":
             listener(Failed("invalid_model", "No model named 'nope'.",
                             "Check the name, or open a local folder."))
+            return None
+        if self.mode == "oom":
+            for i in range(3):
+                listener(Sample(t=i * 0.01, rss_bytes=(900 + i) * MIB))
+            listener(Failed("out_of_memory", "Out of memory in the forward pass.",
+                            "Use a smaller batch."))
             return None
         if self.mode == "slow":
             deadline = time.monotonic() + 20
@@ -395,6 +401,38 @@ def test_failure_shows_message_and_hint_and_window_stays_usable(qtbot):
     wait_idle(qtbot, window)
     assert len(engine.configs) == 2
     assert window.table.model.rowCount() == 8
+
+
+def test_a_failed_run_gives_the_page_back_to_the_run_shown_before(qtbot):
+    """A refusal or a cancel measures nothing: the Current run page shows the previous run
+    again (its table, chart and timeline), marked so, not an empty page or a mix of the two."""
+    engine = FakeEngine("ok")
+    window = make_window(qtbot, engine)
+    with qtbot.waitSignal(window.controller.finished, timeout=5000):
+        click_run(qtbot, window)
+    wait_idle(qtbot, window)
+    shown = window.current_result
+    samples = window.timeline.sample_count
+    assert shown is not None and samples > 0
+    engine.mode = "fail"
+    with qtbot.waitSignal(window.controller.failed, timeout=5000):
+        click_run(qtbot, window)
+    wait_idle(qtbot, window)
+    assert window.current_result is shown
+    assert window.table.model.rowCount() == 8
+    assert window.timeline.sample_count == samples
+    first, *rest = window.totals.text().splitlines()
+    assert first.startswith("The last run failed (see the log)")
+    assert rest == window.totals.text().splitlines()[1:] and "peak" in rest[0]
+    assert "No model named 'nope'." in window.status.text()  # the failure is still what it says
+
+    engine.mode = "oom"  # memory ran out while measuring: its own timeline stays on show
+    with qtbot.waitSignal(window.controller.failed, timeout=5000):
+        click_run(qtbot, window)
+    wait_idle(qtbot, window)
+    assert window.current_result is None
+    assert window.totals.text() == "The run failed: see the log."
+    assert window.timeline.sample_count == 3
 
 
 def test_engine_exception_is_reported_not_raised(qtbot):

@@ -105,6 +105,20 @@ def test_a_bad_plan_size_is_refused_before_anything_runs(qtbot, tmp_path):
     assert "80GB" in window.status.text()
 
 
+@pytest.mark.fault(area="inputs", case="a multi-GPU plan whose model cannot be loaded (window)",
+                   outcome="the plan page says it failed and why instead of 'running…'; the "
+                           "Current run page is left as it was")
+def test_a_failed_plan_says_so_on_its_page(qtbot, tmp_path):
+    window = make_window(qtbot, tmp_path, "forward")
+    window.controls.set_model(str(tmp_path / "no-such-model"))
+    before = window.totals.text()
+    failures = plan_and_wait(qtbot, window)
+    assert [f[0] for f in failures] == ["not_found"]
+    text = window.plan_panel.message.text()
+    assert text.startswith("Failed: ") and "no-such-model" in text
+    assert window.totals.text() == before
+
+
 def _distributed_run():
     """A measured FSDP2 record as engine.distributed_run writes it (two ranks; the figures are
     what tests/test_distributed_run.py measured on tiny-llama, to exercise the drawing)."""

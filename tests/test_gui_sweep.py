@@ -129,3 +129,19 @@ def test_bad_sweep_input_is_refused_before_anything_runs(qtbot, tmp_path):
     assert not window.run_fit()
     assert "Cannot read the memory size" in window.status.text()
     assert "24GiB" in window.status.text()  # the fix: the accepted forms
+
+
+@pytest.mark.fault(area="inputs", case="a sweep whose model cannot be loaded (window)",
+                   outcome="the Sweep & fit page says it failed and why; the Current run page "
+                           "is left as it was")
+def test_a_failed_sweep_says_so_on_its_page_and_leaves_the_current_run_alone(qtbot, tmp_path):
+    window = make_window(qtbot, tmp_path)
+    window.controls.set_model(str(tmp_path / "no-such-model"))
+    window.sweep_panel.seq_edit.setText("16")
+    before = window.totals.text()
+    failures, _ = run_and_wait(qtbot, window, window.run_sweep)
+    assert [f[0] for f in failures] == ["not_found"]
+    text = window.sweep_panel.message.text()
+    assert text.startswith("Failed: ") and "no-such-model" in text
+    assert "running" not in text
+    assert window.totals.text() == before  # not "The run failed" over a run that is not there

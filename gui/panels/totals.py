@@ -113,9 +113,13 @@ class TotalsPanel(QWidget):
     def text(self) -> str:
         return self._plain
 
-    def render(self, result: RunResult) -> None:
+    def render(self, result: RunResult, note: str = "") -> None:
+        """Show ``result``'s totals; ``note`` (in the error colour) goes above them."""
         lines = totals_lines(result)
         parts = [f"<b>{_html(lines[0])}</b>"] + [_html(line) for line in lines[1:]]
+        if note:
+            lines.insert(0, note)
+            parts.insert(0, f'<span style="color:{ERROR_COLOR}">{html.escape(note)}</span>')
         if not result.totals.reconciles():
             warning = "the figures do not add up: attributed + unattributed ≠ peak"
             lines.append(warning)
