@@ -435,6 +435,21 @@ def test_a_failed_run_gives_the_page_back_to_the_run_shown_before(qtbot):
     assert window.timeline.sample_count == 3
 
 
+def test_a_message_that_wraps_does_not_move_the_pages_below_the_status_line(qtbot):
+    window = make_window(qtbot, FakeEngine("ok"))
+    window.resize(1100, 800)
+    qtbot.wait(50)
+    top = window.workspace.mapTo(window, window.workspace.rect().topLeft()).y()
+    window.status.show_error("Out of memory in the forward pass of model.layers.3.mlp at "
+                             "batch 64 × seq 8192: 23.4 GiB of 24.0 GiB were in use.",
+                             "Lower the batch or the sequence, pick bfloat16, or turn on "
+                             "activation checkpointing in the optimizations list.")
+    qtbot.wait(50)
+    assert window.status.label.heightForWidth(window.status.label.width()) > \
+        window.status.label.fontMetrics().lineSpacing() * 1.5  # it does wrap to two lines
+    assert window.workspace.mapTo(window, window.workspace.rect().topLeft()).y() == top
+
+
 def test_engine_exception_is_reported_not_raised(qtbot):
     engine = FakeEngine("raise")
     window = make_window(qtbot, engine)

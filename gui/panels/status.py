@@ -19,6 +19,11 @@ class StatusPanel(QWidget):
         self.label = QLabel("Ready.")
         self.label.setTextFormat(Qt.TextFormat.RichText)
         self.label.setWordWrap(True)
+        # Three lines, whatever the text: a message that wraps (an error and its hint) does not
+        # push the pages below down and back up as the run goes on. A longer one is whole in
+        # the tooltip and in the log.
+        self.label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+        self.label.setFixedHeight(3 * self.label.fontMetrics().lineSpacing() + 4)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1000)
         self.progress_bar.setValue(0)
@@ -32,6 +37,10 @@ class StatusPanel(QWidget):
     def text(self) -> str:
         """The status as plain text (for tests and accessibility)."""
         return _plain(self.label.text())
+
+    def _show(self, rich: str) -> None:
+        self.label.setText(rich)
+        self.label.setToolTip(_plain(rich))
 
     def show_started(self, model: str, workload: str) -> None:
         self.progress_bar.setRange(0, 0)  # busy until the first progress event
@@ -49,28 +58,28 @@ class StatusPanel(QWidget):
             text += f" {fraction * 100:.0f}%"
         if message:
             text += f" · {html.escape(message)}"
-        self.label.setText(text)
+        self._show(text)
 
     def show_finished(self, text: str) -> None:
         self._stop_bar(full=True)
         from .. import theme
 
         ok = DARK_OK_COLOR if theme.current().name == "dark" else OK_COLOR
-        self.label.setText(f'<span style="color:{ok}">{html.escape(text)}</span>')
+        self._show(f'<span style="color:{ok}">{html.escape(text)}</span>')
 
     def show_error(self, message: str, hint: str = "") -> None:
         self._stop_bar(full=False)
         text = f'<span style="color:{ERROR_COLOR}"><b>{html.escape(message)}</b></span>'
         if hint:
             text += f' <span style="color:{HINT_COLOR}">{html.escape(hint)}</span>'
-        self.label.setText(text)
+        self._show(text)
 
     def show_message(self, text: str) -> None:
         self._stop_bar(full=False)
         self._set(text)
 
     def _set(self, text: str) -> None:
-        self.label.setText(html.escape(text))
+        self._show(html.escape(text))
 
     def _stop_bar(self, full: bool) -> None:
         self.progress_bar.setRange(0, 1000)
