@@ -358,7 +358,8 @@ def _totals_html(result: RunResult) -> str:
     from .panels.totals import totals_lines
 
     t = result.totals
-    lines = totals_lines(result)
+    timed = any(layer.latency_ms is not None for layer in result.layers)
+    lines = totals_lines(result, speed=not timed)  # the latency lines below say it once
     ok = "reconciles" if t.reconciles() else "DOES NOT RECONCILE"
     exact = (f"{ok}: {t.peak_bytes:,} = {t.attributed_bytes:,} + {t.unattributed_bytes:,} bytes "
              f"({reconciliation_line(t, str).split('(')[-1].rstrip(')')})")
@@ -367,7 +368,7 @@ def _totals_html(result: RunResult) -> str:
     if result.phase_peaks:
         parts.append("<li>phase peaks: " + _e(" · ".join(
             f"{k} {human_bytes(v)}" for k, v in result.phase_peaks.items())) + "</li>")
-    if any(layer.latency_ms is not None for layer in result.layers):
+    if timed:
         parts += [f"<li>{_e(line)}</li>" for line in summary_lines(result)]
     g = result.generation
     if g:

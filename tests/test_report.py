@@ -93,6 +93,9 @@ def test_report_of_one_run(qapp, saved, tmp_path):
     t = plain.totals
     line = f"{t.peak_bytes:,} = {t.attributed_bytes:,} + {t.unattributed_bytes:,} bytes"
     assert line in text, "html reconciles"
+    totals = text.split("<h3>Totals</h3>")[1].split("<h3>")[0]
+    assert totals.count("tokens/s") == 1 and totals.count("profiler overhead") == 1, \
+        "the latency is said once in the totals"
     for heading in ("Run configuration", "Environment", "Totals", "Per-layer table",
                     "Optimization effects and quality", "Warnings", "Limitations"):
         assert f"<h3>{heading}</h3>" in text, heading

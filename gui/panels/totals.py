@@ -15,8 +15,10 @@ from engine.format import (human_bytes, human_count, human_flops, human_ms, huma
                            overhead, si_number)
 from .status import ERROR_COLOR
 
-def totals_lines(result: RunResult) -> list[str]:
-    """Plain-text lines: the reconciliation first, then the categories and speeds."""
+def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
+    """Plain-text lines: the reconciliation first, then the categories and speeds
+    (``speed=False`` leaves out the latency, overhead and tokens/s, for a page that shows the
+    latency panel's own lines beside them)."""
     t = result.totals
     lines = [reconciliation_line(t, human_bytes)]
     if getattr(result, "estimate", None) is not None:
@@ -35,16 +37,18 @@ def totals_lines(result: RunResult) -> list[str]:
     ]
     lines.append("at peak: " + " · ".join(f"{name} {human_bytes(value)}"
                                          for name, value in categories if value))
+    timing = speed
     speed = [f"{human_count(t.parameters)} parameters",
-             f"model weights {human_bytes(t.model_weights_bytes)}",
-             f"latency {human_ms(t.plain_latency_ms)}"]
-    if t.instrumentation_overhead is not None:
+             f"model weights {human_bytes(t.model_weights_bytes)}"]
+    if timing:
+        speed.append(f"latency {human_ms(t.plain_latency_ms)}")
+    if timing and t.instrumentation_overhead is not None:
         speed.append(f"profiler overhead {overhead(t.instrumentation_overhead)}")
     if t.compile_seconds is not None:
         speed.append(f"compile {human_seconds(t.compile_seconds)} (not in the latency)")
     if t.compiled_peak_bytes is not None:
         speed.append(f"compiled peak {human_bytes(t.compiled_peak_bytes)}")
-    if t.tokens_per_s is not None:
+    if timing and t.tokens_per_s is not None:
         speed.append(f"{si_number(t.tokens_per_s)} tokens/s")  # as on the Latency tab
     if t.flops is not None:
         speed.append(human_flops(t.flops))
