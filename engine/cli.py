@@ -182,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also put the guide between <!-- guide:start --> and <!-- guide:end --> "
                         "in this Markdown file (chart paths relative to it)")
 
+    # `memlens profile --store DIR` works as well as `memlens --store DIR profile`: SUPPRESS
+    # keeps the leading option's value when the command does not repeat it.
+    for command in sub.choices.values():
+        command.add_argument("--store", type=Path, default=argparse.SUPPRESS,
+                             help="run store folder (the same as `memlens --store DIR ...`)")
     sub.add_parser("gui", help="open the desktop app (options: --model, --workload, --run, "
                               "--screenshot PATH, --quit-after-ms N; `memlens --self-test` "
                               "checks an installation offscreen)")

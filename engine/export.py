@@ -59,14 +59,14 @@ from .results import CATEGORIES, LayerStats, RunResult
 LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("name", "Name"),
     ("kind", "Kind"),
-    ("weights_bytes", "Weights"),
+    ("weights_bytes", "Weights (own)"),
     ("activation_bytes", "Activations (output)"),
-    ("saved_for_backward_bytes", "Saved for backward"),
+    ("saved_for_backward_bytes", "Saved for backward (own)"),
     ("kv_cache_bytes", "KV cache"),
     ("transient_peak_bytes", "Transient peak"),
     ("latency_ms", "Latency"),
     ("flops", "FLOPs"),
-    ("at_peak_bytes", "At peak"),
+    ("at_peak_bytes", "At peak (own)"),
 )
 # The rest of a LayerStats record, after the GUI's columns.
 _EXTRA_COLUMNS = ("parent", "depth", "parameters", "gradient_bytes", "optimizer_state_bytes",

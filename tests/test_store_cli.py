@@ -91,6 +91,10 @@ def test_cli_profile_prints_a_reconciled_table(tmp_path, capsys):
     assert json.loads((tmp_path / "run.json").read_text())["totals"]["peak_bytes"] > 0
     assert cli.main(["--store", str(tmp_path), "runs"]) == 0
     assert "preset:tiny-llama" in capsys.readouterr().out
+    assert cli.main(["runs", "--store", str(tmp_path)]) == 0  # after the command works too
+    assert "preset:tiny-llama" in capsys.readouterr().out
+    assert cli.main(["runs", "--store", str(tmp_path / "other")]) == 0
+    assert "preset:tiny-llama" not in capsys.readouterr().out
     run_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
     assert cli.main(["--store", str(tmp_path), "show", run_id]) == 0
     assert "reconciles" in capsys.readouterr().out

@@ -32,13 +32,13 @@ def _exact_bytes(value: Any) -> str:
 COLUMNS: tuple[Column, ...] = (
     Column("Name", lambda s: s.name, str, "Fully qualified module name", numeric=False),
     Column("Kind", lambda s: s.kind, str, numeric=False),
-    Column("Weights", lambda s: s.weights_bytes, human_bytes,
+    Column("Weights (own)", lambda s: s.weights_bytes, human_bytes,
            "Parameters and buffers of this module not counted by its tracked children "
            "(exclusive: a block's row leaves out its attention and MLP rows; the chart's bar "
            "for a block includes them)"),
     Column("Activations (output)", lambda s: s.activation_bytes, human_bytes,
            "Bytes of the module's output (inclusive of children)"),
-    Column("Saved for backward", lambda s: s.saved_for_backward_bytes, human_bytes,
+    Column("Saved for backward (own)", lambda s: s.saved_for_backward_bytes, human_bytes,
            "Tensors kept for the backward pass (exclusive)"),
     Column("KV cache", lambda s: s.kv_cache_bytes, human_bytes,
            "This layer's key/value cache when generation ended (the totals' KV cache is the "
@@ -47,7 +47,7 @@ COLUMNS: tuple[Column, ...] = (
            "Highest live bytes during the module minus those at its entry (inclusive)"),
     Column("Latency", lambda s: s.latency_ms, human_ms, "Milliseconds (inclusive)"),
     Column("FLOPs", lambda s: s.flops, human_flops, "Floating-point operations (inclusive)"),
-    Column("At peak", lambda s: s.at_peak_bytes if s.at_peak else None, human_bytes,
+    Column("At peak (own)", lambda s: s.at_peak_bytes if s.at_peak else None, human_bytes,
            "Bytes this module holds at the measured peak (exclusive)"),
 )
 
