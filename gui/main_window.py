@@ -262,7 +262,9 @@ class MainWindow(QMainWindow):
             "Attention maps arrive near the end of the run." if config.get("attention_maps")
             else NO_MAPS)
         self.latency_panel.clear("Running…")
-        self.chart.clear()
+        self.chart.clear("Estimating…\nthe bars appear when the estimate ends."
+                         if config.get("mode") == "estimate"
+                         else "Measuring…\nthe bars appear as the layers are measured.")
         self.table.clear()
         self.model_panel.clear("The module tree appears when the run ends.")
         self.totals.clear("Running…")
@@ -596,6 +598,9 @@ class MainWindow(QMainWindow):
                 " (see the log): this is still the run shown before it."))
             return
         self.totals.clear("Cancelled." if cancelled else "The run failed: see the log.")
+        if not self.chart.labels:  # no layer arrived: say why the chart stays empty
+            self.chart.clear("Cancelled before any layer was measured." if cancelled
+                             else "The run failed before any layer was measured:\nsee the log.")
 
     # -- results --------------------------------------------------------------------------------
     def render_result(self, result: RunResult, attention: AttentionMaps | None = None,

@@ -408,9 +408,11 @@ def test_a_failed_run_gives_the_page_back_to_the_run_shown_before(qtbot):
     again (its table, chart and timeline), marked so, not an empty page or a mix of the two."""
     engine = FakeEngine("ok")
     window = make_window(qtbot, engine)
+    assert window.chart.empty_text().startswith("No run yet.\nRun measures")  # not fake ticks
     with qtbot.waitSignal(window.controller.finished, timeout=5000):
         click_run(qtbot, window)
     wait_idle(qtbot, window)
+    assert window.chart.empty_text() == ""
     shown = window.current_result
     samples = window.timeline.sample_count
     assert shown is not None and samples > 0
@@ -433,6 +435,8 @@ def test_a_failed_run_gives_the_page_back_to_the_run_shown_before(qtbot):
     assert window.current_result is None
     assert window.totals.text() == "The run failed: see the log."
     assert window.timeline.sample_count == 3
+    assert window.chart.empty_text() == ("The run failed before any layer was measured:\nsee "
+                                         "the log.")
 
 
 def test_a_message_that_wraps_does_not_move_the_pages_below_the_status_line(qtbot):

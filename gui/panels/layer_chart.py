@@ -25,6 +25,8 @@ from .. import theme
 from .axis import fit_bar_labels
 
 MIB = 1024.0 * 1024.0
+EMPTY_TEXT = ("No run yet.\nRun measures the chosen model;\nEstimate works it out without "
+              "loading weights.")
 
 CATEGORY_COLORS = {
     "weights": "#4e79a7",
@@ -86,6 +88,10 @@ class LayerChartPanel(QWidget):
         self._outline_item.setZValue(10)
         self._outline_item.setVisible(False)
         self.plot.addItem(self._outline_item)
+        # What an empty chart is waiting for, instead of axes with made-up ticks.
+        self.empty_item = pg.TextItem(EMPTY_TEXT, color=theme.current().text, anchor=(0.5, 0.5))
+        self.plot.addItem(self.empty_item, ignoreBounds=True)
+        self.empty_item.setPos(0.5, 0.5)
 
         self.toggles_row = QHBoxLayout()
         self.toggles_row.setContentsMargins(4, 0, 4, 0)
@@ -102,12 +108,19 @@ class LayerChartPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(self.toggles_row)
         layout.addWidget(self.plot_widget)
+        self._show_empty(True)
 
     @Slot(object)
     def _on_resized(self, _view: object = None) -> None:
         self._apply_ticks()
 
-    def clear(self) -> None:
+    def empty_text(self) -> str:
+        """The message an empty chart shows ("" when bars are drawn)."""
+        return self.empty_item.toPlainText() if self.empty_item.isVisible() else ""
+
+    def clear(self, text: str = "") -> None:
+        """Empty the chart; ``text`` (or what it waits for by default) stands in its middle."""
+        self.empty_item.setText(text or EMPTY_TEXT)
         self.groups, self.labels, self.stacks = [], [], {}
         self.outline, self.outline_label = None, ""
         self._segments = {}
@@ -116,6 +129,14 @@ class LayerChartPanel(QWidget):
         self._outline_item.setVisible(False)
         self.legend.clear()
         self._apply_ticks()
+        self._show_empty(True)
+
+    def _show_empty(self, empty: bool) -> None:
+        self.empty_item.setVisible(empty)
+        for axis in ("left", "bottom"):
+            self.plot.getAxis(axis).setStyle(showValues=not empty)
+        if empty:
+            self.plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
 
     def render(self, layers: Sequence[LayerStats], totals: Totals | None = None) -> None:
         """Draw one bar per group, plus an ``unattributed`` bar when ``totals`` are given.
@@ -178,6 +199,7 @@ class LayerChartPanel(QWidget):
     @Slot()
     def _redraw(self, *_: object) -> None:
         count = len(self.labels)
+        self._show_empty(not count)
         log = self.log_check.isChecked()
         x = np.arange(count, dtype=float)
         positive = np.zeros(count)

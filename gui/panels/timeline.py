@@ -348,6 +348,8 @@ class TimelinePanel(QWidget):
             has_data = self._draw_curve(field, t)
             self._show_in_legend(field, name, has_data or field == SERIES[0][0])
         self._draw_peaks(t)
+        for axis in ("left", "bottom"):  # no samples: no made-up 0.2…0.8 ticks
+            self.plot.getAxis(axis).setStyle(showValues=bool(t.size))
         shown = [self._draw_curve(field, t) for field, _, _ in ACTIVITY]
         self.activity_plot.setVisible(any(shown))
         gpu = self._columns["gpu_used_bytes"].view()
