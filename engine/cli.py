@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
-from .format import MISSING, human_bytes, overhead, si_number
+from .format import MISSING, human_bytes, overhead, quality_parts, si_number
 from .results import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -163,19 +163,25 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser(
         "guide", help="run every applicable memory technique (and combinations) on one model "
                       "and write a ranked, measured guide")
-    g.add_argument("--model", default="demo")
+    g.add_argument("--model", default="demo",
+                   help="demo | demo-encoder | PATH (folder or config.json) | HUB_ID | "
+                        "preset:NAME (default: %(default)s)")
     g.add_argument("--workload", default="forward,generate,train",
                    help="comma-separated workloads to cover (default: all three)")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: %(default)s)")
     g.add_argument("--dtype", default="auto", help="the weights' dtype for every run "
                    "(auto: the checkpoint's; float32 for a model built from a config)")
     g.add_argument("--techniques", default=None, metavar="ID,...",
                    help="only the entries made of these registry ids (memlens optimizations "
                         "lists them), e.g. torchao-int4,kv-cache")
-    g.add_argument("--batch", type=int, default=1)
-    g.add_argument("--seq", type=int, default=128)
-    g.add_argument("--new-tokens", type=int, default=16)
-    g.add_argument("--repeats", type=int, default=3)
+    g.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
+    g.add_argument("--seq", type=int, default=128,
+                   help="sequence length; for generate, the prompt's (default: %(default)s)")
+    g.add_argument("--new-tokens", type=int, default=16,
+                   help="tokens each generate run adds (default: %(default)s)")
+    g.add_argument("--repeats", type=int, default=3,
+                   help="timing passes per run, whose median is the latency (default: "
+                        "%(default)s)")
     g.add_argument("--out", type=Path, required=True,
                    help="folder for guide.md, guide.json and the charts (runs go to the store)")
     g.add_argument("--readme", type=Path, default=None,
@@ -409,6 +415,7 @@ class _ProgressPrinter:
         self.stream = stream
         self.tty = stream.isatty()
         self.stage = ""
+        self.step: tuple = ()
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.failed: Failed | None = None
@@ -417,14 +424,17 @@ class _ProgressPrinter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, Progress):
             now = time.perf_counter()
-            if event.stage != self.stage or (self.tty and now - self.last > 0.1):
+            # A terminal rewrites one line; a log (not a terminal) gets a line per stage, and
+            # per step where a stage names its steps (the guide's techniques, warm-up passes).
+            step = (event.fraction, event.message)
+            if (event.stage != self.stage or (self.tty and now - self.last > 0.1)
+                    or (not self.tty and event.fraction is not None and step != self.step)):
                 self.last = now
+                self.step = step
                 frac = f" {event.fraction * 100:3.0f}%" if event.fraction is not None else ""
                 line = f"[{now - self.t0:6.1f}s] {event.stage:<9}{frac} {event.message}"
                 if self.tty:
                     self.stream.write("\r\033[K" + line)
-                    if event.stage != self.stage and self.stage:
-                        pass
                 else:
                     self.stream.write(line + "\n")
                 self.stream.flush()
@@ -1092,25 +1102,10 @@ def print_report(result: RunResult, out: TextIO) -> None:
           f" → {human_bytes(t.peak_bytes)} ({_signed(d['peak_bytes'])}), weights "
           f"{_signed(d['model_weights_bytes'])}, latency ×{lat:.2f}\n" if lat else "\n")
     q = result.quality
-    if q:
-        if q.get("kind") == "causal":
-            parts = []
-            if q.get("kl_divergence") is not None:
-                parts.append(f"KL(baseline‖this) {q['kl_divergence']:.4g} nats/token")
-                parts.append(f"top-1 agreement {q['top1_agreement']:.1%}")
-            if q.get("perplexity") is not None:
-                ppl = f"perplexity {q['perplexity']:.2f}"
-                if q.get("kl_divergence") is not None and q.get("baseline_perplexity"):
-                    ppl += f" (baseline {q['baseline_perplexity']:.2f})"
-                parts.append(ppl)
-            if parts:
-                w(f"quality on {q['text']} ({q['tokens']} tokens): {'; '.join(parts)}\n")
-            if q.get("generated_token_agreement") is not None:
-                w(f"generated tokens identical to the baseline's: "
-                  f"{q['generated_token_agreement']:.1%}\n")
-        elif q.get("cosine_similarity") is not None:
-            w(f"quality on {q['text']}: cosine similarity of pooled embeddings "
-              f"{q['cosine_similarity']:.5f}\n")
+    parts = quality_parts(q)
+    if parts:
+        w(f"quality on {q.get('text', '?')}"
+          + (f" ({q['tokens']} tokens)" if q.get("tokens") else "") + f": {'; '.join(parts)}\n")
     a = result.attention
     if a and a.get("captured"):
         c = a["cost"]

@@ -37,19 +37,28 @@ def optimizations_text(optimizations: Sequence[dict[str, Any]]) -> str:
 
 
 def quality_text(quality: dict[str, Any] | None) -> str:
-    """A short quality figure: ``KL 0.012, ppl 31.2``, ``ppl 31.0``, ``cos 0.9990`` or ``—``."""
+    """A short quality figure: ``KL 0.012, ppl 31.2``, ``ppl 31.0``, ``cos 0.9990``,
+    ``tokens 62.5% same, prompt KL 0`` (generation: what a cache changes first), ``…; trained
+    KL 0.0089`` (training: after the steps, against the baseline trained alike) or ``—``."""
     q = quality or {}
-    tokens = (f", tokens {q['generated_token_agreement']:.0%} same"
-              if q.get("generated_token_agreement") is not None else "")
+    parts = []
+    tokens = q.get("generated_token_agreement")
+    if tokens is not None:
+        parts.append(f"tokens {tokens:.1%} same")
     if q.get("kl_divergence") is not None:
-        ppl = q.get("perplexity")
-        return (f"KL {q['kl_divergence']:.3g}" + (f", ppl {ppl:.2f}" if ppl is not None else "")
-                + tokens)
+        parts.append(("prompt KL" if tokens is not None else "KL")
+                     + f" {q['kl_divergence']:.3g}")
     if q.get("perplexity") is not None:
-        return f"ppl {q['perplexity']:.2f}" + tokens
+        parts.append(f"ppl {q['perplexity']:.2f}")
     if q.get("cosine_similarity") is not None:
-        return f"cos {q['cosine_similarity']:.4f}"
-    return MISSING
+        parts.append(f"cos {q['cosine_similarity']:.4f}")
+    text = ", ".join(parts)
+    trained = q.get("after_training") or {}
+    if trained.get("kl_divergence") is not None:
+        text += ("; " if text else "") + f"trained KL {trained['kl_divergence']:.3g}"
+    elif trained.get("cosine_similarity") is not None:
+        text += ("; " if text else "") + f"trained cos {trained['cosine_similarity']:.4f}"
+    return text or MISSING
 
 
 def _describe(r: RunResult) -> str:

@@ -126,3 +126,32 @@ def short_layer_label(name: str) -> str:
     if last_digit is None:
         return parts[-1]
     return ".".join(parts[last_digit:])
+
+
+def quality_parts(q: dict | None) -> list[str]:
+    """A run's quality record in words, one figure per item (the CLI, the totals, reports and
+    the guide say it the same way). Empty when nothing was compared."""
+    q = q or {}
+    parts: list[str] = []
+    if q.get("kl_divergence") is not None:
+        parts.append(f"KL(baseline ‖ this) {q['kl_divergence']:.3g} nats/token")
+    if q.get("top1_agreement") is not None:
+        parts.append(f"top-1 agreement {q['top1_agreement']:.1%}")
+    if q.get("perplexity") is not None:
+        parts.append(f"perplexity {q['perplexity']:.2f}" + (
+            f" (baseline {q['baseline_perplexity']:.2f})"
+            if q.get("baseline_perplexity") is not None and q.get("kl_divergence") is not None
+            else ""))
+    if q.get("generated_token_agreement") is not None:
+        parts.append("generated tokens identical to the baseline's "
+                     f"{q['generated_token_agreement']:.1%}")
+    if q.get("cosine_similarity") is not None:
+        parts.append(f"pooled-embedding cosine similarity {q['cosine_similarity']:.5f}")
+    trained = q.get("after_training") or {}
+    if trained:
+        steps = trained.get("steps")
+        inner = quality_parts({k: v for k, v in trained.items() if k != "steps"})
+        if inner:
+            parts.append(f"after {steps if steps is not None else 'the'} training steps, "
+                         "against the baseline trained the same way: " + ", ".join(inner))
+    return parts

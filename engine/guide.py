@@ -23,7 +23,7 @@ from typing import Any
 from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import Event, Failed, Progress
-from .format import human_bytes
+from .format import human_bytes, quality_parts
 
 # What guides claim, as (quantity that goes down). Quantities: "peak" (bytes at the measured
 # peak), "weights" (model weight bytes), "latency" (plain pass time), "optimizer_state",
@@ -54,6 +54,26 @@ CLAIMS = {
     "low-bit-optimizer": ("optimizer_state", "8-bit optimizer states are a quarter of fp32"),
     "compile": ("latency", "a compiled graph runs faster than eager execution"),
 }
+
+# How much a claim says the quantity changes, as (lowest, highest) ratio after / before, where it
+# names an amount ("halves", "a quarter of fp32"). A measured ratio outside the range (with
+# MAGNITUDE_TOLERANCE either side) goes the claimed way only "partly". "fp8-weights" stands for
+# one byte per parameter, whatever the baseline's dtype (a quarter of fp32, half of bf16).
+MAGNITUDES: dict[str, tuple[float, float] | str] = {
+    "cast": (0.5, 0.5),
+    "int8-dynamic": (0.25, 0.25),
+    "torchao-int4": (0.25, 0.25),
+    "torchao-fp8": "fp8-weights",
+    "quanto-weights": (0.125, 0.5),
+    "sparsity-24": (0.5, 0.5),
+    "low-bit-optimizer": (0.25, 0.25),
+}
+MAGNITUDE_TOLERANCE = 0.15
+
+# Run failures that are about the model, the sizes or the device, not about one technique: every
+# other technique would fail the same way, so the guide stops with the message instead.
+WHOLE_GUIDE_FAILURES = ("not_found", "invalid_model", "corrupt_checkpoint", "unsafe_checkpoint",
+                        "remote_code", "offline", "too_large", "no_device")
 
 # The KV-cache policies claim different things: a static cache is for compiled decoding and
 # preallocates, so its claim is that it holds at least the dynamic cache's bytes.
@@ -128,6 +148,14 @@ class Entry:
         return " + ".join(self.specs)
 
     @property
+    def latency_noisy(self) -> bool:
+        """The timing passes of this run or of its baseline spread too far apart to trust the
+        latency ratio (the run's own warning says by how much)."""
+        from .runner import NOISY_TIMING_SPREAD
+
+        return (self.measured.get("latency_spread") or 0) > NOISY_TIMING_SPREAD
+
+    @property
     def peak_saved_bytes(self) -> int | None:
         if "peak_bytes" not in self.baseline or "peak_bytes" not in self.measured:
             return None
@@ -144,6 +172,9 @@ class Guide:
     planned: int = 0  # techniques the guide set out to run; more than entries: cut short
     dtype: str = "auto"
     batch: int = 1
+    repeats: int = 0  # timing passes per run (0: not recorded)
+    weights_dtype: str = ""  # what "auto" resolved to, from the first run
+    quality_text: str = ""  # the text quality is measured on
 
     @property
     def partial(self) -> bool:
@@ -152,7 +183,8 @@ class Guide:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "guide", "model": self.model, "device": self.device, "seq": self.seq,
                 "new_tokens": self.new_tokens, "planned": self.planned, "dtype": self.dtype,
-                "batch": self.batch,
+                "batch": self.batch, "repeats": self.repeats,
+                "weights_dtype": self.weights_dtype, "quality_text": self.quality_text,
                 "entries": [asdict(e) for e in self.entries]}
 
     @classmethod
@@ -168,7 +200,10 @@ class Guide:
                    entries=entries, seq=int(data.get("seq") or 0),
                    new_tokens=int(data.get("new_tokens") or 0),
                    planned=int(data.get("planned") or 0),
-                   dtype=str(data.get("dtype") or "auto"), batch=int(data.get("batch") or 1))
+                   dtype=str(data.get("dtype") or "auto"), batch=int(data.get("batch") or 1),
+                   repeats=int(data.get("repeats") or 0),
+                   weights_dtype=str(data.get("weights_dtype") or ""),
+                   quality_text=str(data.get("quality_text") or ""))
 
     def ranked(self, workload: str) -> list[Entry]:
         """Measured entries of ``workload``, most peak memory saved first."""
@@ -230,24 +265,55 @@ def _fill(entry: Entry, result: Any) -> None:
                       "plain_latency_ms": t.plain_latency_ms}
     if getattr(t, "compile_seconds", None) is not None:
         entry.measured["compile_seconds"] = t.compile_seconds
+    entry.baseline["parameters"] = base.get("parameters")
+    spreads = [max(times) / min(times) for times in (
+        (result.timing or {}).get("plain_ms"), base.get("plain_ms"))
+        if times and len(times) > 1 and min(times) > 0]
+    entry.measured["latency_spread"] = max(spreads) if spreads else None
     entry.latency_ratio = (result.deltas or {}).get("latency_ratio")
     entry.quality = dict(result.quality or {})
     entry.warnings = [w for w in result.warnings if "FLOPs" not in w]
-    key = _QUANTITY_KEYS[entry.claimed_quantity]
-    before, after = entry.baseline.get(key), entry.measured.get(key)
-    if before is None or after is None:
-        entry.verdict = "not measurable here"
-    elif after == before:
-        entry.verdict = "no change"
-    elif (after < before) == (entry.claimed_direction == "down"):
-        entry.verdict = "as claimed"
-    else:
-        entry.verdict = "contrary to the claim"
+    entry.verdict = verdict(entry)
     entry.note = note(entry)
 
 
+def expected_ratio(entry: Entry) -> tuple[float, float] | None:
+    """The (lowest, highest) after / before ratio the claim names, or None if it names none."""
+    if len(entry.specs) != 1:
+        return None
+    expected = MAGNITUDES.get(entry.specs[0].split(":", 1)[0])
+    if expected == "fp8-weights":
+        weights, params = entry.baseline.get("model_weights_bytes"), entry.baseline.get(
+            "parameters")
+        if not weights or not params:
+            return None
+        return (params / weights,) * 2  # one byte per parameter over the baseline's bytes
+    return expected if isinstance(expected, tuple) else None
+
+
+def verdict(entry: Entry) -> str:
+    """The claim against the numbers: its direction, then the amount where it names one."""
+    key = _QUANTITY_KEYS[entry.claimed_quantity]
+    before, after = entry.baseline.get(key), entry.measured.get(key)
+    if before is None or after is None:
+        return "not measurable here"
+    if after == before:
+        return "no change"
+    if (after < before) != (entry.claimed_direction == "down"):
+        return "contrary to the claim"
+    expected = expected_ratio(entry)
+    if expected is None or not before:
+        return "as claimed"
+    ratio, (low, high) = after / before, expected
+    if low * (1 - MAGNITUDE_TOLERANCE) <= ratio <= high * (1 + MAGNITUDE_TOLERANCE):
+        return "as claimed"
+    claimed = f"×{low:.2f}" if low == high else f"×{low:.2f}–{high:.2f}"
+    return f"partly: ×{ratio:.2f} of before, the claim says {claimed}"
+
+
 def _pct(after: float, before: float) -> str:
-    return f"{(after - before) / before * 100:+.1f}%" if before else "—"
+    """The change in percent, signed with a real minus sign (as the table's changes are)."""
+    return f"{(after - before) / before * 100:+.1f}%".replace("-", "−") if before else "—"
 
 
 def note(entry: Entry) -> str:
@@ -267,23 +333,15 @@ def note(entry: Entry) -> str:
         parts.append(f"Peak {human_bytes(b['peak_bytes'])} → {human_bytes(m['peak_bytes'])} "
                      f"({_pct(m['peak_bytes'], b['peak_bytes'])}).")
     if entry.latency_ratio is not None:
-        parts.append(f"Latency ×{entry.latency_ratio:.2f} of the unoptimized model's.")
+        parts.append(f"Latency ×{entry.latency_ratio:.2f} of the unoptimized model's"
+                     + (f" (noisy: timing passes ×{entry.measured['latency_spread']:.1f} apart, "
+                        "so this ratio may be off)." if entry.latency_noisy else "."))
     if m.get("compile_seconds") is not None:
         parts.append(f"Compiling took {m['compile_seconds']:.1f} s (first call minus the steady "
                      "state), not counted in the latency.")
-    q = entry.quality
-    if q.get("kl_divergence") is not None:
-        quality = f"Quality: KL divergence {q['kl_divergence']:.3g} nats/token"
-        if q.get("top1_agreement") is not None:
-            quality += f", top-1 agreement {q['top1_agreement']:.1%}"
-        if q.get("perplexity") is not None and q.get("baseline_perplexity") is not None:
-            quality += f", perplexity {q['baseline_perplexity']:.2f} → {q['perplexity']:.2f}"
-        parts.append(quality + ".")
-    elif q.get("cosine_similarity") is not None:
-        parts.append(f"Quality: pooled-embedding cosine {q['cosine_similarity']:.4f}.")
-    if q.get("generated_token_agreement") is not None:
-        parts.append(f"Generated tokens: {q['generated_token_agreement']:.1%} the same as the "
-                     "unoptimized model's (greedy decoding).")
+    quality = quality_parts(entry.quality)
+    if quality:
+        parts.append("Quality: " + "; ".join(quality) + ".")
     return " ".join(parts)
 
 
@@ -319,8 +377,17 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
                            f"{', '.join(workloads)}.",
                            "Choose other workloads (forward, generate, train) or techniques "
                            "(memlens optimizations lists them).")
+    # Sizes, device and model are checked once, before anything runs: a bad one would fail
+    # every technique the same way.
+    for workload in dict.fromkeys(w for w, _ in todo):
+        RunConfig(model=model, device=device, dtype=dtype, workload=workload, seq=seq,
+                  batch=batch, new_tokens=new_tokens, repeats=repeats).validate()
+    from .models import architecture_config, describe_source
+
+    if describe_source(model) != "hub":  # a Hub id is checked by its first load
+        architecture_config(RunConfig(model=model, dtype=dtype))
     guide = Guide(model=model, device=device, seq=seq, new_tokens=new_tokens,
-                  planned=len(todo), dtype=dtype, batch=batch)
+                  planned=len(todo), dtype=dtype, batch=batch, repeats=repeats)
     for i, (workload, specs) in enumerate(todo):
         if cancel.is_set():
             raise Cancelled()
@@ -349,12 +416,17 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
             failed = failures[-1] if failures else None
             if failed is not None and failed.kind == "cancelled":
                 raise Cancelled()
+            if failed is not None and failed.kind in WHOLE_GUIDE_FAILURES:
+                raise MemLensError(failed.kind, failed.message, failed.hint)
             entry.status = ("not applicable" if failed is not None and failed.kind in (
                 "not_applicable", "missing_dependency", "no_device") else "failed")
-            entry.reason = (f"{failed.message} {failed.hint}".strip() if failed
-                            else "no result")
+            entry.reason = ((f"{failed.message} — {failed.hint}" if failed.hint
+                             else failed.message) if failed else "no result")
         else:
             _fill(entry, result)
+            if not guide.weights_dtype:
+                guide.weights_dtype = str((result.model_info or {}).get("dtype") or "")
+                guide.quality_text = str((result.quality or {}).get("text") or "")
         guide.entries.append(entry)
         if on_entry is not None:
             on_entry(guide)
@@ -362,19 +434,48 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
     return guide
 
 
+def _change(entry: Entry) -> str:
+    """The peak's change, signed (− less memory, + more) with its percentage."""
+    before, after = entry.baseline.get("peak_bytes"), entry.measured.get("peak_bytes")
+    if before is None or after is None:
+        return "—"
+    diff = after - before
+    sign = "−" if diff < 0 else "+" if diff > 0 else "±"
+    return f"{sign}{human_bytes(abs(diff))} ({_pct(after, before)})" if diff else "±0 B"
+
+
+def _runs_line(guide: Guide) -> str:
+    """What every run of the guide shared: sizes, weights dtype, timing passes, quality text."""
+    dtype = guide.weights_dtype.replace("torch.", "") or guide.dtype
+    if guide.dtype == "auto" and dtype != "auto":
+        dtype += " (auto)"
+    parts = ([f"batch {guide.batch}"] if guide.batch != 1 else []) + [f"sequence {guide.seq}"]
+    if guide.new_tokens:
+        parts.append(f"{guide.new_tokens} new tokens")
+    parts.append(f"weights {dtype}")
+    if guide.repeats:
+        parts.append(f"latency the median of {guide.repeats} timing pass"
+                     + ("es" if guide.repeats > 1 else ""))
+    if guide.quality_text:
+        parts.append(f"quality on {guide.quality_text}")
+    return ", ".join(parts)
+
+
 def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
     """The guide as Markdown: per workload a ranked table and the notes; then what could not run."""
     lines = [f"# The measured guide: {guide.model} on {guide.device}", "",
              "Each row is one MemLens run that measured the unoptimized model and the optimized "
-             "one in the same process ("
-             + (f"batch {guide.batch}, " if guide.batch != 1 else "") + f"sequence {guide.seq}"
-             + (f", weights {guide.dtype}" if guide.dtype != "auto" else "")
-             + (f", {guide.new_tokens} new tokens" if guide.new_tokens else "") + "). Ranked by "
-             "peak memory saved. Verdicts compare the claim with the measured numbers.", ""]
+             f"one in the same process ({_runs_line(guide)}). Ranked by peak memory saved; a "
+             "change is − for less memory, + for more. Verdicts compare the claim with the "
+             "measured numbers: its direction, and its amount where it names one (within "
+             f"{MAGNITUDE_TOLERANCE:.0%}). A latency marked *noisy* came from timing passes that "
+             "disagreed widely.", ""]
     if guide.partial:
         lines += [f"**Partial guide: {len(guide.entries)} of the {guide.planned} techniques "
                   "planned ran** (the rest had not run when this was written: the guide was "
                   "still running, or it was cancelled or stopped).", ""]
+    from .compare import quality_text
+
     for workload in guide.workloads():
         ranked = guide.ranked(workload)
         if not ranked:
@@ -382,25 +483,25 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
         lines += [f"## {workload}", ""]
         if charts and workload in charts:
             lines += [f"![{workload}: memory vs quality]({charts[workload]})", ""]
-        lines += ["| # | technique | peak before → after | saved | weights after | latency | "
+        lines += ["| # | technique | peak before → after | change | weights after | latency | "
                   "quality | claim | verdict |",
                   "| --- | --- | --- | ---: | ---: | ---: | --- | --- | --- |"]
         for n, e in enumerate(ranked, 1):
-            b, m, q = e.baseline, e.measured, e.quality
-            quality = (f"KL {q['kl_divergence']:.2g}" if q.get("kl_divergence") is not None
-                       else f"cos {q['cosine_similarity']:.4f}"
-                       if q.get("cosine_similarity") is not None else "—")
-            if q.get("generated_token_agreement") is not None:
-                # A cache policy leaves the prompt's forward (the KL) untouched: what it
-                # changes shows in the tokens generated from the cache.
-                quality += f"; tokens {q['generated_token_agreement']:.0%} same"
+            b, m = e.baseline, e.measured
+            latency = "—" if e.latency_ratio is None else (
+                f"×{e.latency_ratio:.2f}" + (" *noisy*" if e.latency_noisy else ""))
             lines.append(
                 f"| {n} | `{e.label}` | {human_bytes(b.get('peak_bytes'))} → "
-                f"{human_bytes(m.get('peak_bytes'))} | {human_bytes(e.peak_saved_bytes)} | "
-                f"{human_bytes(m.get('model_weights_bytes'))} | "
-                f"{'×%.2f' % e.latency_ratio if e.latency_ratio is not None else '—'} | "
-                f"{quality} | {e.claim} | {e.verdict} |")
-        lines += [""] + [f"- **{e.label}**: {e.note}" for e in ranked] + [""]
+                f"{human_bytes(m.get('peak_bytes'))} | {_change(e)} | "
+                f"{human_bytes(m.get('model_weights_bytes'))} | {latency} | "
+                f"{quality_text(e.quality)} | {e.claim} | {e.verdict} |")
+        lines.append("")
+        for e in ranked:
+            lines.append(f"- **{e.label}**: {e.note}")
+            # The latency's own noise warning is in the note (with the spread).
+            lines += [f"  - warning: {w}" for w in e.warnings
+                      if not (e.latency_noisy and w.startswith("Latency is noisy"))]
+        lines.append("")
     skipped = [e for e in guide.entries if e.status != "ok"]
     if skipped:
         lines += ["## Could not run here", ""]
@@ -409,21 +510,50 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _figure(quality: dict[str, Any], key: str) -> Any:
+    """``quality[key]``; ``after_training.KEY`` reads the figure after the training steps."""
+    if key.startswith("after_training."):
+        return (quality.get("after_training") or {}).get(key.split(".", 1)[1])
+    return quality.get(key)
+
+
 def _quality_axis(entries: Sequence[Entry]) -> tuple[str, str] | None:
     """(quality key after, key before) every measured entry has, best first; None if none."""
     # Generated-token agreement first: where every entry has it (generation), it is what a
-    # cache policy changes; the prompt's perplexity and KL stay the baseline's.
+    # cache policy changes; the prompt's perplexity and KL stay the baseline's. After training,
+    # the trained model against the baseline trained alike: what a training technique changes
+    # (before its steps the model is the unoptimized one).
     for after, before in (("generated_token_agreement", ""),
+                          ("after_training.kl_divergence", ""),
                           ("perplexity", "baseline_perplexity"), ("kl_divergence", ""),
                           ("cosine_similarity", "")):
-        if entries and all(e.quality.get(after) is not None for e in entries):
+        if entries and all(_figure(e.quality, after) is not None for e in entries):
             return after, before
     return None
 
 
-_QUALITY_LABELS = {"perplexity": "perplexity", "kl_divergence": "KL divergence (nats/token)",
-                   "cosine_similarity": "cosine similarity",
-                   "generated_token_agreement": "generated tokens the same (share)"}
+_QUALITY_LABELS = {"perplexity": "perplexity (lower is better)",
+                   "kl_divergence": "KL divergence, nats/token (0: unchanged)",
+                   "after_training.kl_divergence": "KL after training, nats/token (0: unchanged)",
+                   "cosine_similarity": "cosine similarity (1: unchanged)",
+                   "generated_token_agreement": "generated tokens the same (1: all)"}
+
+
+def _ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """Round tick values (1, 2 or 5 × a power of ten apart) inside [low, high]."""
+    import math
+
+    span = high - low
+    if span <= 0:
+        return [low]
+    step = 10 ** math.floor(math.log10(span / most))
+    for factor in (1, 2, 5, 10):
+        if span / (step * factor) <= most:
+            step *= factor
+            break
+    first = math.ceil(low / step - 1e-9)
+    values = [round(k * step, 12) for k in range(first, int(math.floor(high / step + 1e-9)) + 1)]
+    return values or [low]
 
 
 def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400) -> str | None:
@@ -439,13 +569,16 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
     if axis is None:
         return None
     after_key, before_key = axis
-    points = [(e.measured["peak_bytes"] / 2**20, float(e.quality[after_key]), str(i + 1))
+    points = [(e.measured["peak_bytes"] / 2**20, float(_figure(e.quality, after_key)), str(i + 1))
               for i, e in enumerate(entries)]
     base = None
     if before_key and entries and entries[0].quality.get(before_key) is not None:
         base = (entries[0].baseline["peak_bytes"] / 2**20, float(entries[0].quality[before_key]))
-    elif after_key == "generated_token_agreement" and entries:
-        base = (entries[0].baseline["peak_bytes"] / 2**20, 1.0)  # its own tokens, all of them
+    elif after_key in ("generated_token_agreement", "after_training.kl_divergence") and entries:
+        # By definition: the unoptimized model generates its own tokens (all of them), and
+        # differs from itself trained alike by nothing; labelled so on the chart.
+        same = 1.0 if after_key == "generated_token_agreement" else 0.0
+        base = (entries[0].baseline["peak_bytes"] / 2**20, same)
     xs = [p[0] for p in points] + ([base[0]] if base else [])
     ys = [p[1] for p in points] + ([base[1]] if base else [])
     x0, x1 = min(xs), max(xs)
@@ -455,6 +588,8 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
     y0, y1 = (y0 - 1, y1 + 1) if y0 == y1 else (y0 - 0.08 * (y1 - y0), y1 + 0.08 * (y1 - y0))
     if low >= 0:  # every quality figure here is non-negative: no axis below zero
         y0 = max(0.0, y0)
+    if after_key in ("generated_token_agreement", "cosine_similarity"):
+        y1 = min(y1, 1.0)  # a share (or a cosine) never passes 1
     left, right, top, bottom = 84, 20, 30, 50
 
     def px(x: float) -> float:
@@ -471,12 +606,11 @@ def scatter_svg(guide: Guide, workload: str, width: int = 640, height: int = 400
            f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" '
            f'y2="{height - bottom}" stroke="#606060"/>',
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#606060"/>']
-    for i in range(5):
-        xv = x0 + (x1 - x0) * i / 4
-        yv = y0 + (y1 - y0) * i / 4
+    for xv in _ticks(x0, x1):
         out.append(f'<text x="{px(xv):.1f}" y="{height - bottom + 16}" text-anchor="middle">'
-                   f'{xv:.3g}</text>')
-        out.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
+                   f'{xv:g}</text>')
+    for yv in _ticks(y0, y1):
+        out.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:g}</text>')
     out.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" '
                f'text-anchor="middle">peak MiB (measured)</text>')
     out.append(f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" '

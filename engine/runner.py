@@ -304,6 +304,7 @@ class _Run:
                                f"{self.loaded.architecture} is not a causal language model: it "
                                "cannot generate.", "Use the forward or train workload.")
         causal = wl.is_causal_lm(model)
+        trained_reference = None
         self.progress("quality", None, "reference outputs for quality")
         reference = quality_mod.reference(model, self.loaded.tokenizer, device, causal)
 
@@ -323,6 +324,13 @@ class _Run:
             result.baseline = _baseline_summary(scratch, base_layers)
             self.optimizer = None
             if snapshot is not None:
+                # What the same training steps made of the unoptimized model: the reference for
+                # the optimized model once trained (a training-memory technique leaves the
+                # untrained model's outputs as they were; what it may change is the training).
+                self.progress("quality", None, "reference outputs after the baseline's steps")
+                with _eval_mode(model):
+                    trained_reference = quality_mod.reference(
+                        model, self.loaded.tokenizer, device, causal)
                 model.load_state_dict(snapshot)
                 del snapshot
             gc.collect()
@@ -352,6 +360,16 @@ class _Run:
             result.quality = quality_mod.measure(reference)
 
         layers = self._measure(model, tracked, inputs, device, result)
+        if trained_reference is not None and result.quality is not None:
+            self.progress("quality", None, "comparing the trained model with the baseline's")
+            with _eval_mode(model), self._compile_errors():
+                trained = quality_mod.measure(trained_reference, model,
+                                              self.hooks.context(device))
+            steps = (result.training or {}).get("optimizer_steps")
+            result.quality["after_training"] = {
+                "steps": steps, **{k: trained.get(k) for k in (
+                    "kl_divergence", "top1_agreement", "perplexity", "baseline_perplexity",
+                    "cosine_similarity") if trained.get(k) is not None}}
         if quality_later:
             self.progress("quality", None, "comparing the compiled model's outputs with the "
                                            "reference")
@@ -401,6 +419,12 @@ class _Run:
         tag = "baseline " if baseline else ""
         if cfg.workload == "train":
             self.optimizer = wl.make_optimizer(model, cfg.lr, self.hooks.optimizer_factory)
+            self._steps = 0  # optimizer steps taken on these weights (warm-up, memory, timing)
+
+            def count(*_: Any) -> None:
+                self._steps += 1
+
+            self.optimizer.register_step_post_hook(count)
         if self.hooks.compiled is not None and not baseline:
             self._first_compiled_call(model, inputs, device)
         warm: list[float] = []
@@ -422,6 +446,8 @@ class _Run:
                      stage="baseline" if baseline else "timing")
         # The first pass carries one-time costs (kernel selection, lazy init, compilation).
         result.timing["warmup_ms"] = warm
+        if cfg.workload == "train" and result.training is not None:
+            result.training["optimizer_steps"] = self._steps
         return layers
 
     def _inputs(self, model: torch.nn.Module, device: torch.device) -> wl.Inputs:
@@ -612,7 +638,8 @@ class _Run:
         if training:
             step = extra["step"]
             result.training = {
-                "loss": step.loss, "synthetic_loss": step.synthetic_loss, "optimizer": type(self.optimizer).__name__,
+                "loss": step.loss, "synthetic_loss": step.synthetic_loss,
+                "optimizer": type(self.optimizer).__name__,
                 "optimizer_module": type(self.optimizer).__module__,
                 "lr": cfg.lr,
                 "saved_for_backward_bytes": sum(probe.saved_bytes.values()),
@@ -942,6 +969,17 @@ def _dynamo_counts() -> dict[str, int] | None:
             "cache_misses": int(counters["inductor"].get("fxgraph_cache_miss", 0))}
 
 
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """``model`` in eval mode (no dropout) for a quality pass, then back to its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str, Any]:
     t = scratch.totals
     return {
@@ -950,6 +988,7 @@ def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str,
         "kv_cache_bytes": t.kv_cache_bytes, "gradient_bytes": t.gradient_bytes,
         "optimizer_state_bytes": t.optimizer_state_bytes,
         "plain_latency_ms": t.plain_latency_ms, "tokens_per_s": t.tokens_per_s,
+        "parameters": t.parameters,
         "plain_ms": list((scratch.timing or {}).get("plain_ms") or []),
         "flops": t.flops,
         "generated_token_ids": (scratch.generation or {}).get("token_ids"),

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ErrorKind, MemLensError
-from engine.format import MISSING, human_bytes, human_count, human_ms, human_seconds
+from engine.format import (MISSING, human_bytes, human_count, human_ms, human_seconds,
+                           quality_parts)
 from engine.results import RunResult
 
 PANEL_WIDTH = 1200  # every picture is this many pixels wide
@@ -476,21 +477,7 @@ def _optimizations_html(result: RunResult) -> str:
             f"(Δ {_e(_signed(d.get('model_weights_bytes')))}), latency "
             f"{_e(f'×{ratio:.2f}' if ratio is not None else MISSING)}.</p>")
     q = result.quality or {}
-    quality = []
-    if q.get("kl_divergence") is not None:
-        quality.append(f"KL(baseline ‖ this) {q['kl_divergence']:.4g} nats/token")
-    if q.get("top1_agreement") is not None:
-        quality.append(f"top-1 agreement {q['top1_agreement']:.1%}")
-    if q.get("perplexity") is not None:
-        quality.append(f"perplexity {q['perplexity']:.2f}" + (
-            f" (baseline {q['baseline_perplexity']:.2f})"
-            if q.get("baseline_perplexity") is not None
-            and q.get("kl_divergence") is not None else ""))
-    if q.get("generated_token_agreement") is not None:
-        quality.append(f"generated tokens identical to the baseline's "
-                       f"{q['generated_token_agreement']:.1%}")
-    if q.get("cosine_similarity") is not None:
-        quality.append(f"pooled-embedding cosine similarity {q['cosine_similarity']:.5f}")
+    quality = quality_parts(q)
     if quality:
         parts.append(f"<p>Quality on {_e(q.get('text', MISSING))} ({_e(_v(q.get('tokens')))} "
                      f"tokens): {_e('; '.join(quality))}.</p>")

@@ -148,7 +148,14 @@ def test_memlens_guide_takes_some_techniques_at_a_dtype(tmp_path, capsys):
     run = RunStore(tmp_path / "runs").load(freeze["run_id"])
     assert run.config.dtype == "bfloat16" and run.model_info["dtype"] == "bfloat16"
     assert run.config.batch == 2 and data["batch"] == 2 and run.inputs["shape"][0] == 2
-    assert "batch 2, sequence 16, weights bfloat16" in (out / "guide.md").read_text()
+    text = (out / "guide.md").read_text()
+    assert "batch 2, sequence 16, 16 new tokens, weights bfloat16" in text
+    assert "the median of 1 timing pass," in text
+    # Training techniques leave the untrained model as it was: quality is also measured after
+    # the steps, against the unoptimized model trained the same way.
+    trained = freeze["quality"]["after_training"]
+    assert trained["steps"] >= 2 and trained["kl_divergence"] >= 0
+    assert "trained KL" in text and f"after {trained['steps']} training steps" in text
     capsys.readouterr()
     for bad, words in ((["--techniques", "teleport"], "Unknown technique(s) teleport"),
                        (["--dtype", "int3"], "Unknown dtype")):
@@ -167,7 +174,7 @@ def test_the_chart_never_draws_labels_over_each_other():
     svg = scatter_svg(guide, "forward")
     assert svg.count("<circle") == 3  # every point drawn; the two that coincide share a label
     assert ">[1, 2]</text>" in svg and ">[3]</text>" in svg and ">[1]</text>" not in svg
-    assert "KL divergence (nats/token)" in svg
+    assert "KL divergence, nats/token (0: unchanged)" in svg
     ticks = [float(t) for t in re.findall(r'text-anchor="end">([-0-9.e+]+)</text>', svg)]
     assert min(ticks) == 0.0  # a KL divergence axis does not go below zero
 
@@ -190,7 +197,8 @@ def test_kv_cache_policies_are_judged_by_their_own_claims():
     assert static.verdict in ("as claimed", "no change")
     assert fp8.verdict == "as claimed"
     assert fp8.measured["kv_cache_bytes"] < fp8.baseline["kv_cache_bytes"]
-    assert "Generated tokens:" in fp8.note and "% same" in markdown(guide)
+    assert "generated tokens identical to the baseline's" in fp8.note
+    assert "tokens " in markdown(guide) and "% same, prompt KL" in markdown(guide)
 
 
 def test_a_guide_json_from_before_guides_named_their_kind_is_still_a_guide():
@@ -199,3 +207,67 @@ def test_a_guide_json_from_before_guides_named_their_kind_is_still_a_guide():
     assert record_kind({"model": "demo", "device": "cpu", "entries": []}) == "guide"
     assert record_kind({"model": "demo", "entries": [], "schema_version": 3}) is None  # a run
     assert record_kind({"kind": "guide", "model": "demo", "entries": []}) == "guide"
+
+
+def test_verdicts_weigh_the_amount_a_claim_names():
+    from engine.guide import Entry, verdict
+
+    def entry(spec, before, after, params=None):
+        e = Entry(workload="forward", specs=[spec], claimed_quantity="weights",
+                  baseline={"model_weights_bytes": before, "parameters": params},
+                  measured={"model_weights_bytes": after})
+        return e
+
+    assert verdict(entry("cast:dtype=bfloat16", 1000, 500)) == "as claimed"
+    # "about four times" measured as 2.7 times (embeddings are not quantized): only partly.
+    assert verdict(entry("int8-dynamic", 1000, 367)) == (
+        "partly: ×0.37 of before, the claim says ×0.25")
+    assert verdict(entry("int8-dynamic", 1000, 260)) == "as claimed"  # within 15%
+    assert verdict(entry("quanto-weights", 1000, 371)) == "as claimed"  # two to eight times
+    # fp8: one byte per parameter, so the claimed ratio follows the baseline's dtype.
+    assert verdict(entry("torchao-fp8", 4000, 1000, params=1000)) == "as claimed"
+    assert verdict(entry("torchao-fp8", 2000, 1000, params=1000)) == "as claimed"
+    assert verdict(entry("torchao-fp8", 4000, 1600, params=1000)).startswith("partly")
+    assert verdict(entry("prune-ffn", 1000, 900)) == "as claimed"  # no amount named
+    assert verdict(entry("cast:dtype=bfloat16", 1000, 1000)) == "no change"
+    assert verdict(entry("cast:dtype=bfloat16", 1000, 1200)) == "contrary to the claim"
+
+
+@pytest.mark.fault(area="inputs", case="memlens guide on a missing model or with batch 0",
+                   outcome="refused once, before any run, with the cause and the fix; exit 1 or 2 "
+                           "and no guide written")
+def test_a_guide_that_cannot_run_at_all_says_so_once(tmp_path, capsys):
+    out = tmp_path / "guide"
+    code = cli.main(["--store", str(tmp_path / "runs"), "guide", "--model",
+                     str(tmp_path / "no-such-model"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code != cli.EXIT_OK
+    assert err.count("no-such-model") == 1, err
+    assert not (out / "guide.md").exists()
+    for bad, words in ((["--batch", "0"], "Batch size must be at least 1"),
+                       (["--seq", "0"], "Sequence length must be at least 1"),
+                       (["--repeats", "0"], "Repeats must be")):
+        assert cli.main(["--store", str(tmp_path / "runs"), "guide", *bad,
+                         "--out", str(out)]) != cli.EXIT_OK
+        assert words in capsys.readouterr().err
+    assert not (out / "guide.md").exists()
+
+
+def test_a_noisy_latency_is_marked_in_the_table_and_the_note():
+    from engine.guide import Entry, Guide, markdown, note
+
+    e = Entry(workload="forward", specs=["cast:dtype=bfloat16"], claimed_quantity="weights",
+              claim="lower precision halves the weights", verdict="as claimed",
+              baseline={"peak_bytes": 10 << 20, "model_weights_bytes": 8 << 20},
+              measured={"peak_bytes": 5 << 20, "model_weights_bytes": 4 << 20,
+                        "latency_spread": 24.7},
+              latency_ratio=0.04,
+              warnings=["Latency is noisy: 3 plain timing passes took 12.37 to 306.08 ms.",
+                        "Something else."])
+    e.note = note(e)
+    assert e.latency_noisy
+    assert "noisy: timing passes ×24.7 apart" in e.note
+    text = markdown(Guide(model="m", device="cpu", entries=[e], seq=8))
+    assert "×0.04 *noisy*" in text and "−5.00 MiB (−50.0%)" in text
+    assert "  - warning: Something else." in text
+    assert "warning: Latency is noisy" not in text  # said once, in the note

@@ -141,7 +141,7 @@ def test_compare_aligns_bars_and_reconciles_each_run(tmp_path):
     assert c.quality[0] == 1.0 and 0.0 <= c.quality[1] <= 1.0
     assert compare([execute(tiny(model="demo", workload="generate", new_tokens=4)),
                     *gen]).metric == "perplexity"
-    assert "tokens 100% same" in quality_text(gen[0].quality)
+    assert "tokens 100.0% same" in quality_text(gen[0].quality)
 
 
 def test_summaries_carry_optimizations_and_quality(tmp_path):

@@ -12,7 +12,7 @@ from engine.results import RunResult
 
 from engine.aggregate import reconciliation_line
 from engine.format import (human_bytes, human_count, human_flops, human_ms, human_seconds,
-                           overhead, si_number)
+                           overhead, quality_parts, si_number)
 from .status import ERROR_COLOR
 
 def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
@@ -76,19 +76,7 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
             if d.get("latency_ratio"):
                 line += f", latency ×{d['latency_ratio']:.2f}"
         lines.append(line)
-    q = result.quality or {}
-    quality = []
-    if q.get("kl_divergence") is not None:
-        quality.append(f"KL {q['kl_divergence']:.3g} nats/token")
-        if q.get("top1_agreement") is not None:
-            quality.append(f"top-1 agreement {q['top1_agreement']:.1%}")
-    if q.get("perplexity") is not None:
-        quality.append(f"perplexity {q['perplexity']:.2f}"
-                       + (f" (baseline {q['baseline_perplexity']:.2f})"
-                          if q.get("baseline_perplexity") is not None
-                          and q.get("kl_divergence") is not None else ""))
-    if q.get("cosine_similarity") is not None:
-        quality.append(f"pooled-embedding cosine {q['cosine_similarity']:.4f}")
+    quality = quality_parts(result.quality)
     if quality:
         lines.append("quality: " + " · ".join(quality))
     return lines
