@@ -420,8 +420,11 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
                 raise MemLensError(failed.kind, failed.message, failed.hint)
             entry.status = ("not applicable" if failed is not None and failed.kind in (
                 "not_applicable", "missing_dependency", "no_device") else "failed")
-            entry.reason = ((f"{failed.message} — {failed.hint}" if failed.hint
-                             else failed.message) if failed else "no result")
+            # A refusal's message says why; its hint ("remove it from the run") is for a run
+            # the user put together, not for the guide's own list. A failure keeps its fix.
+            entry.reason = ((failed.message if entry.status == "not applicable"
+                             or not failed.hint else f"{failed.message} — {failed.hint}")
+                            if failed else "no result")
         else:
             _fill(entry, result)
             if not guide.weights_dtype:

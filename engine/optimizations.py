@@ -445,7 +445,8 @@ class TorchaoFloat8(_TorchaoWeights):
         reason = super().check_config(workload, device, params)
         if reason is None and params["activations"] == "dynamic":
             reason = _needs_capability(device, (8, 9), "fp8 matmuls",
-                                       "activations=weight-only stores fp8 weights anywhere")
+                                       "activations=weight-only stores fp8 weights on any "
+                                       "device, this one included")
         return reason
 
     def check_model(self, model, params):
