@@ -469,10 +469,11 @@ class _EstimateRun(_Run):
             result.generation["skipped_decode_steps"] = skipped
             result.limitations.append(
                 f"Generation: decode steps 2 to {skipped + 1} of {skipped + 2} were not run. "
-                "With a growing cache each step is the previous one with one more position, so "
-                "its peak is at most the last step's: the first and the last step ran, the cache "
-                "was grown to the last step's length in between, and the skipped steps' KV "
-                "bytes and FLOPs were filled in linearly from the two ends.")
+                "With a growing cache each step is the previous one with one more position "
+                "(a preallocated, static one has the same shapes at every step), so its peak is "
+                "at most the last step's: the first and the last step ran, the cache was grown "
+                "to the last step's length in between, and the skipped steps' KV bytes and "
+                "FLOPs were filled in linearly from the two ends.")
 
         totals = result.totals
         totals.peak_source = PEAK_SOURCE

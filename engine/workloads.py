@@ -173,7 +173,9 @@ def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.de
             skip = step == 1 and _can_fast_forward(probe, cache, next_ids, steps)
             if skip:
                 first_step_flops = _flop_delta(probe, flops_before[0])
-                _fast_forward(probe, cache, int(cache.get_seq_length()) + steps - 2)
+                # The prompt and the first decode step's token are cached; the last step
+                # starts from every position but its own.
+                _fast_forward(probe, cache, inputs.input_ids.shape[1] + steps - 1)
                 before_last = int(sum(cache_bytes_per_layer(cache)))
                 trace.skipped_steps = steps - 2
                 step = steps - 1
@@ -200,22 +202,36 @@ def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.de
 
 
 # -- estimation: the decode steps between the first and the last are not run ---------------------
-# Each decode step of a growing (dynamic) cache is the one before with one more cached position:
-# its cache, attention scores and concatenation transients only grow, so the peak of every step
-# is at most the last step's, its KV bytes grow by the same amount per step, and its FLOPs are
-# affine in the position. On fake tensors (no values to carry from step to step) an estimate
-# therefore runs the first decode step, grows each layer's cache to the length the last step
-# starts from, and runs the last step: the same peak, per-layer figures and KV bytes as every
-# step, with the skipped steps' KV bytes and FLOPs filled in from the two ends (exact for an
-# affine sequence; checked against measured runs in tests/test_estimate.py).
+# Each decode step of a growing cache is the one before with one more cached position: its
+# cache, attention scores and concatenation (or dequantization) transients only grow, so the
+# peak of every step is at most the last step's, its KV bytes grow by the same amount per step,
+# and its FLOPs are affine in the position. A preallocated (static) cache is the limit case:
+# every step has the same shapes. On fake tensors (no values to carry from step to step) an
+# estimate therefore runs the first decode step, grows each layer's cache to the length the last
+# step starts from, and runs the last step: the same peak, per-layer figures and KV bytes as
+# every step, with the skipped steps' KV bytes and FLOPs filled in from the two ends (exact for
+# an affine sequence; checked against measured runs in tests/test_estimate.py). Caches that
+# re-quantize every so many steps (quanto's residual window) are not affine: every step runs.
+def _growable_layers() -> dict[type, tuple[str, ...]]:
+    """Cache layer classes whose steps are affine -> the attributes holding their states
+    (a tuple ``(tensor, scale)`` for fp8's quantized states; none to grow for a static one)."""
+    from transformers import cache_utils
+
+    kinds: dict[type, tuple[str, ...]] = {cache_utils.DynamicLayer: ("keys", "values"),
+                                          cache_utils.StaticLayer: ()}
+    fp8 = getattr(cache_utils, "Fp8QuantizedLayer", None)  # transformers ≥ 5.x
+    if fp8 is not None:
+        kinds[fp8] = ("_quantized_keys", "_quantized_values")
+    return kinds
+
+
 def _can_fast_forward(probe: MemoryProbe | None, cache: Any, ids: torch.Tensor,
                       steps: int) -> bool:
     if probe is None or steps < 3 or not is_fake(ids):
         return False
-    from transformers.cache_utils import DynamicLayer
-
+    kinds = _growable_layers()
     layers = getattr(cache, "layers", None) or []
-    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized
+    return bool(layers) and all(type(layer) in kinds and layer.is_initialized
                                 for layer in layers)
 
 
@@ -223,23 +239,29 @@ def _fast_forward(probe: MemoryProbe, cache: Any, length: int) -> None:
     """Grow every cache layer to ``length`` positions, one tensor at a time (each old tensor
     is dropped before its longer replacement exists, so the live total never exceeds the
     result's), and give the new tensors to their attention module as KV cache, as a step
-    would have."""
+    would have. A static layer keeps its preallocated tensors."""
     owners = {}
     for t in probe.tracked:
         if t.kind == "attention":
             idx = getattr(t.module, "layer_idx", None)
             owners[t.layer_index if idx is None else idx] = t.name
+    kinds = _growable_layers()
     for i, layer in enumerate(cache.layers):
-        for attr in ("keys", "values"):
+        for attr in kinds[type(layer)]:
             old = getattr(layer, attr)
+            scale = None
+            if isinstance(old, tuple):  # fp8: (states, frozen per-tensor scale)
+                old, scale = old
             shape, dtype, device = list(old.shape), old.dtype, old.device
             setattr(layer, attr, None)
             del old
             shape[-2] = length
             new = torch.empty(shape, dtype=dtype, device=device)
-            setattr(layer, attr, new)
+            setattr(layer, attr, new if scale is None else (new, scale))
             if i in owners:
                 probe.acc.reclassify(new, owners[i], "kv_cache")
+        if isinstance(getattr(layer, "cumulative_length", None), int):
+            layer.cumulative_length = length  # what a quantized layer's length reads
 
 
 def _fill_skipped(trace: GenerationTrace, before_last: int, steps: int) -> None:

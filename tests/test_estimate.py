@@ -169,8 +169,10 @@ def test_optimized_estimate_matches_a_measured_cpu_run(workload, specs, library)
 @pytest.mark.parametrize(("model", "attention", "opts", "skipped"), [
     ("preset:tiny-llama", "sdpa", [], 6),
     ("preset:tiny-gpt2", "eager", [], 6),
-    # a preallocated cache does not grow: every step runs
-    ("preset:tiny-llama", "sdpa", [{"id": "kv-cache", "params": {"policy": "static"}}], None),
+    # a preallocated cache: every step has the same shapes
+    ("preset:tiny-llama", "sdpa", [{"id": "kv-cache", "params": {"policy": "static"}}], 6),
+    # fp8 states are appended as they come (the scale is frozen): they grow as a dynamic cache
+    ("preset:tiny-llama", "sdpa", [{"id": "kv-cache", "params": {"policy": "fp8"}}], 6),
 ])
 def test_long_generation_estimates_skip_middle_steps_exactly(model, attention, opts,
                                                              skipped) -> None:
