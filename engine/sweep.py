@@ -199,9 +199,15 @@ def opt_set_label(optimizations: list[dict[str, Any]]) -> str:
 
 
 # -- records ---------------------------------------------------------------------------------------
-def _categories(result: RunResult) -> dict[str, int]:
+def _categories(result: RunResult, rest: bool = False) -> dict[str, int]:
+    """Bytes at the peak per category; with ``rest``, also the unattributed rest (the loss
+    and its logits in a training step, untracked temporaries), so the parts add up to the
+    peak (a sweep point keeps the rest in its own field)."""
     t = result.totals
-    return {cat: int(getattr(t, f) or 0) for cat, f in CATEGORY_FIELDS.items()}
+    parts = {cat: int(getattr(t, f) or 0) for cat, f in CATEGORY_FIELDS.items()}
+    if rest:
+        parts["unattributed"] = int(t.peak_bytes or 0) - sum(parts.values())
+    return parts
 
 
 def dominant_category(categories: dict[str, int]) -> str | None:
@@ -301,7 +307,10 @@ class FitAnswer:
     seq: int | None = None  # largest tested sequence length that fits
     peak_bytes: int | None = None  # estimated peak at seq
     categories: dict[str, int] = field(default_factory=dict)  # at seq's peak
-    binding: str | None = None  # the category with the most bytes at the peak at the limit
+    # what binds: the category that grew most from the answer to the next tested value (what
+    # runs over the budget), or "max_positions" when the model's positions end the search first,
+    # or "weights" when they alone exceed the budget; without a next value, the largest part
+    binding: str | None = None
     grows: str | None = None  # the category that grew most from seq to next_seq
     next_seq: int | None = None  # the next tested length, which does not fit
     next_peak_bytes: int | None = None
@@ -615,7 +624,8 @@ SEARCH = ("estimates only: first the granularity step (its estimate also gives t
           "sequence length) meets the budget, rounded down to the granularity, and the one just "
           "above it is tried next; every third proposal is a plain bisection so the search "
           "always ends. The answer is the largest tested length that fits, with the next tested "
-          "one that does not (at most one granularity step apart)")
+          "one that does not (at most one granularity step apart; with the default step, finer "
+          "steps follow until they are at most 1/16 of the answer apart)")
 
 
 BATCH_SEARCH = ("estimates only: batch 1 first (its estimate also gives the weights: when they "
@@ -667,14 +677,20 @@ def _predict(points: list[tuple[int, int]], budget: int) -> float | None:
     return x0 + (budget - y0) * (x1 - x0) / (y1 - y0)
 
 
+REFINE_FRACTION = 16  # with the default step, the answer is bracketed to 1/16 of itself
+
+
 def fit_sequence(peak_at: Callable[[int], int], budget: int, seq_limit: int, granularity: int,
-                 ) -> tuple[int | None, int | None, list[tuple[int, int]]]:
+                 refine: bool = False) -> tuple[int | None, int | None, list[tuple[int, int]]]:
     """Largest tested seq in [1, seq_limit] with ``peak_at(seq) <= budget``.
 
     Returns ``(fits, next, tested)``: ``fits`` is the largest tested length that fits (None when
     not even 1 fits), ``next`` the smallest tested length above it that does not (None when
     ``fits == seq_limit``), ``tested`` every (seq, peak) in test order. ``peak_at`` is called at
-    most once per length. See :data:`SEARCH`.
+    most once per length. See :data:`SEARCH`. ``refine``: the step was chosen from the model's
+    positions, not by the user; once the answer is known, finer steps (a quarter each time)
+    narrow the bracket to at most ``answer / REFINE_FRACTION`` (a step from 131072 positions is
+    1024 tokens, ±50% of an answer of 2048).
     """
     g = max(1, granularity)
     probe = _Probe(peak_at)
@@ -689,6 +705,9 @@ def fit_sequence(peak_at: Callable[[int], int], budget: int, seq_limit: int, gra
     else:
         lo, hi = first, seq_limit
     lo, hi = _narrow(probe, budget, lo, hi, g)
+    while refine and g > 1 and hi - lo > max(1, lo // REFINE_FRACTION):
+        g = max(1, g // 4)
+        lo, hi = _narrow(probe, budget, lo, hi, g)
     return lo, hi, probe.order
 
 
@@ -781,7 +800,7 @@ class _WeightsExceed(Exception):
 def _growth(a: dict[str, int], b: dict[str, int]) -> str | None:
     if not a or not b:
         return None
-    diff = {c: b.get(c, 0) - a.get(c, 0) for c in CATEGORY_FIELDS}
+    diff = {c: b.get(c, 0) - a.get(c, 0) for c in b}
     best = max(diff, key=lambda c: diff[c])
     return best if diff[best] > 0 else None
 
@@ -871,7 +890,8 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
             if by_batch:
                 fits, nxt, _ = fit_batch(peak_at, budget.bytes, max_batch)
             else:
-                fits, nxt, _ = fit_sequence(peak_at, budget.bytes, seq_limit, g)
+                fits, nxt, _ = fit_sequence(peak_at, budget.bytes, seq_limit, g,
+                                            refine=granularity is None)
         except _WeightsExceed:
             fits, nxt = None, tested[0][1 if by_batch else 0]
         except Cancelled:
@@ -905,16 +925,38 @@ def _fill_figures(answer: FitAnswer, fits: int | None, nxt: int | None,
         r = results[fits]
         setattr(answer, value, fits)
         answer.peak_bytes = r.totals.peak_bytes
-        answer.categories = _categories(r)
+        answer.categories = _categories(r, rest=True)
         answer.binding = dominant_category(answer.categories)
     if nxt is not None:
         r = results[nxt]
         setattr(answer, next_value, nxt)
         answer.next_peak_bytes = r.totals.peak_bytes
-        answer.next_categories = _categories(r)
+        answer.next_categories = _categories(r, rest=True)
         if fits is None:
             answer.binding = dominant_category(answer.next_categories)
     answer.grows = _growth(answer.categories, answer.next_categories)
+    # What binds is what the next step adds most of (it is what runs over the budget), not the
+    # largest part: fixed weights are often the largest part but do not limit the length.
+    if answer.grows:
+        answer.binding = answer.grows
+
+
+def _growth_text(answer: FitAnswer, step: str) -> str:
+    """What grows from the answer to the next tested value, most first (the two largest), and
+    the largest part of the peak: "KV cache +4.62 GiB, activations +4.21 GiB from 2048 to 3072
+    tokens; largest part of the peak: weights 15.0 GiB"."""
+    a, b = answer.categories, answer.next_categories
+    grew = sorted(((c, b.get(c, 0) - a.get(c, 0)) for c in b), key=lambda kv: -kv[1])
+    grew = [(c, v) for c, v in grew if v > 0][:2]
+    text = ", ".join(f"{CATEGORY_LABELS.get(c, c)} +{human_bytes(v)}" for c, v in grew)
+    largest = dominant_category(a)
+    if text:
+        text += f" {step}"
+    if largest:
+        text += ("; " if text else "") + (f"largest part of the peak: "
+                                          f"{CATEGORY_LABELS.get(largest, largest)} "
+                                          f"{human_bytes(a[largest])}")
+    return text
 
 
 def _weights_exceed_message(weights: int, results: dict[int, RunResult], budget: Budget) -> str:
@@ -942,22 +984,23 @@ def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
     weights = answer.model_weights_bytes or 0
     if fits == seq_limit:
         answer.status = "limit"
+        largest = answer.binding
+        answer.binding = "max_positions"
         answer.message = (
             f"the longest {'prompt' if extra else 'sequence'} the model allows fits: {fits} "
             "tokens"
             + (f" + {extra} new" if extra else "")
             + f" = {limit} positions, estimated peak {human_bytes(answer.peak_bytes)} ≤ {b}; "
             f"the context is bound by the model's maximum positions, not memory (largest part "
-            f"of the peak: {CATEGORY_LABELS.get(answer.binding or '', answer.binding)})")
+            f"of the peak: {CATEGORY_LABELS.get(largest or '', largest)})")
     elif fits is not None:
         answer.status = "fits"
         answer.message = (
             f"largest tested length that fits: {fits} (estimated peak "
             f"{human_bytes(answer.peak_bytes)} ≤ {b}); next tested {nxt} does not "
             f"({human_bytes(answer.next_peak_bytes)}); binding: "
-            f"{CATEGORY_LABELS.get(answer.binding or '', answer.binding)} (largest part of the "
-            "peak)" + (f", {CATEGORY_LABELS.get(answer.grows, answer.grows)} grows with length"
-                       if answer.grows and answer.grows != answer.binding else ""))
+            f"{CATEGORY_LABELS.get(answer.binding or '', answer.binding)}, what the longer "
+            f"length adds most of ({_growth_text(answer, f'from {fits} to {nxt} tokens')})")
     elif weights > budget.bytes:
         answer.status = "weights_exceed"
         answer.binding = "weights"
@@ -988,10 +1031,9 @@ def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
         answer.message = (
             f"largest tested batch that fits at seq {answer.seq}: {fits} (estimated peak "
             f"{human_bytes(answer.peak_bytes)} ≤ {b}); next tested {nxt} does not "
-            f"({human_bytes(answer.next_peak_bytes)}); binding: {label(answer.binding)} "
-            "(largest part of the peak)"
-            + (f", {label(answer.grows)} grows with the batch"
-               if answer.grows and answer.grows != answer.binding else ""))
+            f"({human_bytes(answer.next_peak_bytes)}); binding: {label(answer.binding)}, "
+            f"what the larger batch adds most of "
+            f"({_growth_text(answer, f'from batch {fits} to {nxt}')})")
     elif weights > budget.bytes:
         answer.status = "weights_exceed"
         answer.binding = "weights"
