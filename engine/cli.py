@@ -17,7 +17,8 @@ from typing import Any, TextIO
 from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
-from .format import MISSING, human_bytes, overhead, quality_parts, si_number
+from .format import (MISSING, bytes_against, human_bytes, overhead, quality_parts,
+                     si_number)
 from .results import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -897,18 +898,19 @@ def print_fit(record, out: TextIO) -> None:
           f"{record.seq_limit}; search step {record.granularity} "
           f"token{'s' if record.granularity != 1 else ''}\n\n")
         fixed, found = "batch", ("longest prompt" if gen else "longest seq")
-    cols = ["opt set", fixed, found, "est. peak", "next tested", "its peak", "binding", "grows",
-            "estimates", "s"]
+    cols = ["opt set", fixed, found, "est. peak", "next tested", "its peak", "binding",
+            "largest part", "estimates", "s"]
     rows = []
     for a in record.answers:
         at, best, nxt = ((a.seq, a.batch, a.next_batch) if by_batch
                          else (a.batch, a.seq, a.next_seq))
         end = " (search end)" if by_batch else " (limit)"
         value = MISSING if best is None else f"{best}{end if a.status == 'limit' else ''}"
-        rows.append([a.opt_set, str(at), value, _cell(a.peak_bytes),
-                     str(nxt) if nxt is not None else MISSING, _cell(a.next_peak_bytes),
+        rows.append([a.opt_set, str(at), value, bytes_against(a.peak_bytes, record.budget_bytes),
+                     str(nxt) if nxt is not None else MISSING,
+                     bytes_against(a.next_peak_bytes, record.budget_bytes),
                      CATEGORY_LABELS.get(a.binding, a.binding) if a.binding else MISSING,
-                     CATEGORY_LABELS.get(a.grows, a.grows) if a.grows else MISSING,
+                     CATEGORY_LABELS.get(a.largest, a.largest) if a.largest else MISSING,
                      str(a.estimates), f"{a.seconds:.1f}"])
     widths = [max(len(r[i]) for r in rows + [cols]) for i in range(len(cols))]
 

@@ -41,6 +41,20 @@ def human_bytes(value: int | float | None) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def bytes_against(value: int | float | None, budget: int | float | None) -> str:
+    """``value`` as :func:`human_bytes` writes it, with two more digits when that would read
+    the same as ``budget`` (a peak of 24.04 GiB over a 24.0 GiB budget is not "24.0 GiB")."""
+    text = human_bytes(value)
+    if _is_missing(value) or _is_missing(budget) or text != human_bytes(budget):
+        return text
+    number, unit = text.rsplit(" ", 1)
+    if unit == "B":  # whole bytes are exact already
+        return text
+    decimals = len(number.split(".")[1]) if "." in number else 0
+    sign = "-" if value < 0 else ""
+    return f"{sign}{abs(value) / 1024 ** _BINARY_UNITS.index(unit):.{decimals + 2}f} {unit}"
+
+
 def si_number(value: int | float | None, unit: str = "") -> str:
     """``1.5e9, 'FLOP'`` -> ``'1.50 GFLOP'``; decimal prefixes; ``None`` -> ``'—'``."""
     if _is_missing(value):

@@ -35,7 +35,7 @@ from typing import Any
 from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import Failed, Progress
-from .format import human_bytes, human_count
+from .format import bytes_against, human_bytes, human_count
 from .records import check_record
 from .results import RunResult
 
@@ -54,7 +54,7 @@ CATEGORY_FIELDS = {
 CATEGORY_LABELS = {"weights": "weights", "activations": "activations", "kv_cache": "KV cache",
                    "gradients": "gradients", "optimizer_state": "optimizer state",
                    "temporaries": "temporaries", "unattributed": "unattributed",
-                   "max_positions": "the model's maximum positions"}
+                   "max_positions": "maximum positions"}
 
 Listener = Callable[[Any], None]
 
@@ -324,6 +324,11 @@ class FitAnswer:
     error: str | None = None
     axis: str = "seq"
     next_batch: int | None = None  # axis "batch": the next tested batch, which does not fit
+
+    @property
+    def largest(self) -> str | None:
+        """The largest part of the peak at the answer (at the next tested value without one)."""
+        return dominant_category(self.categories or self.next_categories)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -990,15 +995,15 @@ def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
             f"the longest {'prompt' if extra else 'sequence'} the model allows fits: {fits} "
             "tokens"
             + (f" + {extra} new" if extra else "")
-            + f" = {limit} positions, estimated peak {human_bytes(answer.peak_bytes)} ≤ {b}; "
+            + f" = {limit} positions, estimated peak {bytes_against(answer.peak_bytes, budget.bytes)} ≤ {b}; "
             f"the context is bound by the model's maximum positions, not memory (largest part "
             f"of the peak: {CATEGORY_LABELS.get(largest or '', largest)})")
     elif fits is not None:
         answer.status = "fits"
         answer.message = (
             f"largest tested length that fits: {fits} (estimated peak "
-            f"{human_bytes(answer.peak_bytes)} ≤ {b}); next tested {nxt} does not "
-            f"({human_bytes(answer.next_peak_bytes)}); binding: "
+            f"{bytes_against(answer.peak_bytes, budget.bytes)} ≤ {b}); next tested {nxt} does not "
+            f"({bytes_against(answer.next_peak_bytes, budget.bytes)}); binding: "
             f"{CATEGORY_LABELS.get(answer.binding or '', answer.binding)}, what the longer "
             f"length adds most of ({_growth_text(answer, f'from {fits} to {nxt} tokens')})")
     elif weights > budget.bytes:
@@ -1011,7 +1016,7 @@ def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                           for c, v in sorted(answer.next_categories.items(),
                                              key=lambda kv: -kv[1]) if v)
         answer.message = (f"nothing fits: even at seq {nxt} the estimated peak is "
-                          f"{human_bytes(answer.next_peak_bytes)} > {b} ({parts}); binding: "
+                          f"{bytes_against(answer.next_peak_bytes, budget.bytes)} > {b} ({parts}); binding: "
                           f"{CATEGORY_LABELS.get(answer.binding or '', answer.binding)}")
 
 
@@ -1024,14 +1029,14 @@ def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
     if fits is not None and nxt is None:
         answer.status = "limit"
         answer.message = (f"the search's upper end fits: batch {fits} at seq {answer.seq} "
-                          f"(estimated peak {human_bytes(answer.peak_bytes)} ≤ {b}); raise "
+                          f"(estimated peak {bytes_against(answer.peak_bytes, budget.bytes)} ≤ {b}); raise "
                           f"--max-batch (now {max_batch}) to search further")
     elif fits is not None:
         answer.status = "fits"
         answer.message = (
             f"largest tested batch that fits at seq {answer.seq}: {fits} (estimated peak "
-            f"{human_bytes(answer.peak_bytes)} ≤ {b}); next tested {nxt} does not "
-            f"({human_bytes(answer.next_peak_bytes)}); binding: {label(answer.binding)}, "
+            f"{bytes_against(answer.peak_bytes, budget.bytes)} ≤ {b}); next tested {nxt} does not "
+            f"({bytes_against(answer.next_peak_bytes, budget.bytes)}); binding: {label(answer.binding)}, "
             f"what the larger batch adds most of "
             f"({_growth_text(answer, f'from batch {fits} to {nxt}')})")
     elif weights > budget.bytes:
@@ -1044,7 +1049,7 @@ def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                           for c, v in sorted(answer.next_categories.items(),
                                              key=lambda kv: -kv[1]) if v)
         answer.message = (f"nothing fits at seq {answer.seq}: even batch 1 has an estimated "
-                          f"peak of {human_bytes(answer.next_peak_bytes)} > {b} ({parts}); "
+                          f"peak of {bytes_against(answer.next_peak_bytes, budget.bytes)} > {b} ({parts}); "
                           f"binding: {label(answer.binding)}")
 
 

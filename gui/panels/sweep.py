@@ -49,7 +49,7 @@ def byte_unit(largest: float) -> tuple[str, float]:
     return name, scale
 SWEEP_COLUMNS = ("Set", "Seq", "Batch", "Kind", "Peak", "Binding", "Latency", "Note")
 FIT_COLUMNS = ("Set", "At", "Answer", "Est. peak", "Next tested", "Its peak", "Binding",
-               "Grows", "Estimates", "Says")
+               "Largest part", "Estimates", "Says")
 FIT_AXES = (("seq", "Longest sequence per batch"), ("batch", "Largest batch per sequence"))
 
 
@@ -439,7 +439,7 @@ class SweepPanel(QWidget):
                       (MISSING if nxt is None else str(nxt), True),
                       (human_bytes(a.next_peak_bytes), True),
                       (CATEGORY_LABELS.get(a.binding or "", a.binding or MISSING), False),
-                      (CATEGORY_LABELS.get(a.grows or "", a.grows or MISSING), False),
+                      (CATEGORY_LABELS.get(a.largest or "", a.largest or MISSING), False),
                       (str(a.estimates), True), (a.message or a.error or "", False)]
             for c, (text, right) in enumerate(values):
                 item = _item(text, right)
