@@ -759,7 +759,8 @@ def _plan_inference(config: RunConfig, n: int, budget: int, cpu: int, strategy: 
         reserve=reserve, device_map=dict(device_map),
         max_memory={str(k): int(v) for k, v in max_memory.items()}, iterations=len(seen),
         model_weights_bytes=sum(b for _, b in names),
-        estimate_peak_bytes=result.totals.peak_bytes, estimate_run_id=result.run_id,
+        estimate_peak_bytes=result.totals.peak_bytes,
+        estimate_run_id=result.run_id if store is not None else None,  # only a saved one
         estimate_seq=est_config.seq,
         estimate_new_tokens=est_config.new_tokens if config.workload == "generate" else None,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -888,8 +889,11 @@ def _inference_notes(plan: DevicePlan, est_config: RunConfig, full_generation: b
             "weights are copied to it one module at a time (accelerate hooks each module that "
             "holds tensors, e.g. a Linear, and frees the copy after its forward): the largest "
             "such module is the offload in transit.")
+    # Its id only when it was saved: an unsaved id is one `memlens show` cannot find.
     plan.notes.append(f"Single-device estimate of the workload: peak "
-                      f"{human_bytes(result.totals.peak_bytes)} ({result.run_id}).")
+                      f"{human_bytes(result.totals.peak_bytes)}"
+                      + (f" (saved as {plan.estimate_run_id})." if plan.estimate_run_id
+                         else "."))
 
 
 # -- training (FSDP2) ------------------------------------------------------------------------------

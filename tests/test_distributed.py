@@ -410,10 +410,12 @@ def test_plans_are_json_and_labelled_estimates(tmp_path) -> None:
     inf, _ = _inference(_gen(), 2, 400 * KiB)
     tr, _ = _training(_train(), 2, store=store)  # with a store, the estimate is made and saved
     assert {s.run_id for s in store.list()} == {tr.estimate_run_id}
+    # Without a store the estimate behind a plan is not saved: no id that cannot be opened.
+    assert inf.estimate_run_id is None and "saved as" not in format_plan(inf)
+    assert "-estimate-" in tr.estimate_run_id
     for plan in (inf, tr):
         data = json.loads(json.dumps(plan.to_dict()))
         assert data["figures"] == "estimate" and data["schema_version"] == 1
-        assert data["estimate_run_id"] and "-estimate-" in data["estimate_run_id"]
         text = format_plan(plan)
         assert text.startswith("ESTIMATE") and "ESTIMATE:" in text
     assert json.loads(json.dumps(inf.to_dict()))["device_map"] == inf.device_map
