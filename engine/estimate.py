@@ -420,6 +420,7 @@ class _EstimateRun(_Run):
         t0 = time.perf_counter()
         self.fake_mode = FakeTensorMode()
         self.loaded = self._build(device)
+        result.warnings.extend(self.loaded.warnings)
         model = self.loaded.model
         build_s = time.perf_counter() - t0
 
@@ -531,12 +532,14 @@ class _EstimateRun(_Run):
             _quiet_transformers,
             _weights_dtype,
             architecture_config,
+            auto_float32_note,
             resolve_dtype,
         )
 
         cfg = self.config
         arch = architecture_config(cfg)
         dtype = resolve_dtype(cfg.dtype, arch.dtype)
+        note = auto_float32_note(cfg.dtype, arch.hf_config, dtype)  # before the build sets it
         auto_cls, is_causal = _model_class(arch.hf_config)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if cfg.attention_impl != "auto":
@@ -570,4 +573,4 @@ class _EstimateRun(_Run):
             architecture=type(model).__name__,
             is_causal_lm=is_causal and bool(getattr(model, "can_generate", lambda: False)()),
             random_weights=False, dtype=_weights_dtype(model), device=str(device),
-            load_seconds=time.perf_counter() - t0)
+            load_seconds=time.perf_counter() - t0, warnings=[note] if note else [])

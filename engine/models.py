@@ -441,6 +441,7 @@ class _Loader:
         )
         dtype = resolve_dtype(self.config.dtype, torch.float32)
         assert dtype is not None
+        note = auto_float32_note(self.config.dtype, hf_config, dtype)  # builds set its dtype
         self.step("Estimating the size (meta device, no memory used)", 0.1)
         try:
             need = estimate_param_bytes(hf_config, dtype, trust_remote_code=remote)
@@ -462,7 +463,7 @@ class _Loader:
             raise
         except Exception as exc:
             raise self._attention_or_invalid(exc, where) from exc
-        return self.finish(
+        loaded = self.finish(
             model,
             None,
             name=name,
@@ -472,6 +473,9 @@ class _Loader:
             random_weights=True,
             device=device,
         )
+        if note:
+            loaded.warnings.append(note)
+        return loaded
 
     # -- local folders (and the demos, which are folders)
 
@@ -1165,6 +1169,20 @@ def _available_bytes(device: torch.device) -> int | None:
         return int(psutil.virtual_memory().available)
     except Exception:
         return None
+
+
+def auto_float32_note(requested: str, hf_config: Any, built: torch.dtype | None) -> str | None:
+    """A model built from a config with ``--dtype auto`` gets float32 weights; when its config
+    says it ships in 16 bits, say so (and how to count it as shipped): a trap when sizing a
+    model beyond this machine, where float32 doubles the weights."""
+    stored = _config_dtype(hf_config)
+    if requested != "auto" or built != torch.float32 or stored not in (torch.bfloat16,
+                                                                       torch.float16):
+        return None
+    name = str(stored).replace("torch.", "")
+    return (f"The weights are float32 (--dtype auto builds a model from its config in float32), "
+            f"but its config says it ships in {name}: --dtype {name} counts it as it ships, "
+            "with half the weight bytes.")
 
 
 def _config_dtype(hf_config: Any) -> torch.dtype | None:

@@ -406,3 +406,21 @@ def test_tensor_parallel_refusals_name_the_fix(model, tp, opts, words) -> None:
                     tensor_parallel=tp) is None
     assert words in events.failed.message and events.failed.hint
     assert not dist.is_initialized()
+
+
+def test_a_16_bit_config_built_in_float32_says_how_it_ships(tmp_path) -> None:
+    """--dtype auto builds a config in float32; when the config says bfloat16 (as the presets
+    of real checkpoints do), the estimate and the measured run say so, and how to count it as
+    shipped: doubled weights are a trap when sizing a model beyond this machine."""
+    from engine.models import _preset_values
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**_preset_values("tiny-llama"), "torch_dtype": "bfloat16"}))
+    for run in (estimate, execute):
+        auto = run(RunConfig(model=str(path), seq=8, repeats=1))
+        assert auto is not None and auto.model_info["dtype"] == "float32"
+        assert any("its config says it ships in bfloat16: --dtype bfloat16" in w
+                   for w in auto.warnings), auto.warnings
+        shipped = run(RunConfig(model=str(path), seq=8, repeats=1, dtype="bfloat16"))
+        assert not any("ships in" in w for w in shipped.warnings)
+        assert shipped.totals.model_weights_bytes < auto.totals.model_weights_bytes
