@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.config import RunConfig
     from engine.events import Failed
+    from engine.compare import quality_text
     from engine.optimizations import parse_spec
     from engine.runner import execute
 
@@ -93,23 +94,19 @@ def main(argv: list[str] | None = None) -> int:
             _progress(rows[-1], records, args.json)
             continue
         b, t, d, q = r.baseline, r.totals, r.deltas, r.quality or {}
-        if q.get("kl_divergence") is not None:
-            qual = (f"KL {q['kl_divergence']:.2g}, ppl {q['perplexity']:.2f} "
-                    f"(base {q['baseline_perplexity']:.2f})" if q.get("perplexity")
-                    else f"KL {q['kl_divergence']:.2g}")
-        elif q.get("cosine_similarity") is not None:
-            qual = f"cosine {q['cosine_similarity']:.4f}"
-        else:
-            qual = "—"
-        if q.get("generated_token_agreement") is not None:
-            qual += f"; generated tokens {q['generated_token_agreement']:.0%} as baseline"
+        # The compare view's short form (training rows add the KL after the steps, against
+        # the baseline trained alike), with the baseline's perplexity beside the run's.
+        qual = quality_text(q) + (f" (base ppl {q['baseline_perplexity']:.2f})"
+                                  if q.get("perplexity") and q.get("baseline_perplexity")
+                                  else "")
+        warned = "; ".join(w for w in r.warnings if "FLOPs" not in w)
         rows.append(
             f"| {workload} | `{spec}` | {b['model_weights_bytes'] / MiB:.2f} → "
             f"{t.model_weights_bytes / MiB:.2f} | {b['peak_bytes'] / MiB:.2f} → "
             f"{t.peak_bytes / MiB:.2f} | ×{d['latency_ratio']:.2f}"
             + (f" (+{t.compile_seconds:.1f} s compile)" if t.compile_seconds is not None else "")
             + f" | {qual} | "
-            f"{'; '.join(w for w in r.warnings if 'FLOPs' not in w)[:160]} |")
+            f"{warned if len(warned) <= 240 else warned[:239] + '…'} |")
         records.append({"workload": workload, "spec": spec, "baseline": b, "deltas": d,
                         "quality": q, "peak_bytes": t.peak_bytes,
                         "compile_seconds": t.compile_seconds,

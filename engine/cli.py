@@ -972,8 +972,11 @@ def print_report(result: RunResult, out: TextIO) -> None:
     w = out.write
     est = result.estimate
     if est is not None:
+        tp = est.get("tensor_parallel") or 1
         w("ESTIMATE — no weights, no real memory: the model ran on fake tensors (shapes only); "
-          "figures are what a CPU run would count, latency is not estimated\n")
+          "figures are what a CPU run would count, latency is not estimated"
+          + (f"; rank 0 of {tp} ranks of tensor parallelism (every figure is one rank's)"
+             if tp > 1 else "") + "\n")
     w(f"{info.get('name', cfg.model)} · {info.get('architecture', '?')} · "
       f"{si_number(info.get('parameters'))} parameters · {info.get('dtype', '?')} · "
       f"{info.get('device', cfg.device)} · attention {info.get('attn_implementation', '?')}"

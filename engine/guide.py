@@ -107,6 +107,7 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("forward", ("attention:impl=eager",)),
     ("forward", ("attention:impl=sdpa",)),
     ("forward", ("compile",)),
+    ("generate", ("cast:dtype=bfloat16",)),  # alone, to split the combination below
     ("generate", ("kv-cache:policy=static",)),
     ("generate", ("kv-cache:policy=fp8",)),
     ("generate", ("kv-cache:policy=quanto-int4",)),

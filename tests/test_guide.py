@@ -138,11 +138,13 @@ def test_memlens_guide_takes_some_techniques_at_a_dtype(tmp_path, capsys):
     data = json.loads((out / "guide.json").read_text())
     # Only entries made of the named techniques (no combination with LoRA), in the plan's
     # order; every run at the dtype asked for, so a cast to bfloat16 is refused with why.
-    labels = [e["specs"] for e in data["entries"]]
-    assert labels == [["cast:dtype=bfloat16"], ["freeze-base"]]
-    assert data["dtype"] == "bfloat16" and data["planned"] == 2
-    cast, freeze = data["entries"]
-    assert cast["status"] == "not applicable" and "already bfloat16" in cast["reason"]
+    labels = [(e["workload"], e["specs"]) for e in data["entries"]]
+    assert labels == [("forward", ["cast:dtype=bfloat16"]), ("generate", ["cast:dtype=bfloat16"]),
+                      ("train", ["freeze-base"])]
+    assert data["dtype"] == "bfloat16" and data["planned"] == 3
+    *casts, freeze = data["entries"]
+    for cast in casts:
+        assert cast["status"] == "not applicable" and "already bfloat16" in cast["reason"]
     assert freeze["status"] == "ok"
     assert freeze["baseline"]["model_weights_bytes"] == freeze["measured"]["model_weights_bytes"]
     run = RunStore(tmp_path / "runs").load(freeze["run_id"])
@@ -151,6 +153,7 @@ def test_memlens_guide_takes_some_techniques_at_a_dtype(tmp_path, capsys):
     text = (out / "guide.md").read_text()
     assert "batch 2, sequence 16, 16 new tokens, weights bfloat16" in text
     assert "the median of 1 timing pass," in text
+    assert "1 of 3 techniques measured" in capsys.readouterr().out
     # Training techniques leave the untrained model as it was: quality is also measured after
     # the steps, against the unoptimized model trained the same way.
     trained = freeze["quality"]["after_training"]
