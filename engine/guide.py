@@ -543,7 +543,7 @@ _QUALITY_LABELS = {"perplexity": "perplexity (lower is better)",
                    "generated_token_agreement": "generated tokens the same (1: all)"}
 
 
-def _ticks(low: float, high: float, most: int = 6) -> list[float]:
+def _ticks(low: float, high: float, most: int = 8) -> list[float]:
     """Round tick values (1, 2 or 5 × a power of ten apart) inside [low, high]."""
     import math
 
