@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         b, t, d, q = r.baseline, r.totals, r.deltas, r.quality or {}
         # The compare view's short form (training rows add the KL after the steps, against
         # the baseline trained alike), with the baseline's perplexity beside the run's.
-        qual = quality_text(q) + (f" (base ppl {q['baseline_perplexity']:.2f})"
-                                  if q.get("perplexity") and q.get("baseline_perplexity")
-                                  else "")
+        qual = quality_text(q)
+        if q.get("perplexity") and q.get("baseline_perplexity"):
+            ppl = f"ppl {q['perplexity']:.2f}"
+            qual = qual.replace(ppl, f"{ppl} (base {q['baseline_perplexity']:.2f})", 1)
         warned = "; ".join(w for w in r.warnings if "FLOPs" not in w)
         rows.append(
             f"| {workload} | `{spec}` | {b['model_weights_bytes'] / MiB:.2f} → "

@@ -42,17 +42,25 @@ def human_bytes(value: int | float | None) -> str:
 
 
 def bytes_against(value: int | float | None, budget: int | float | None) -> str:
-    """``value`` as :func:`human_bytes` writes it, with two more digits when that would read
-    the same as ``budget`` (a peak of 24.04 GiB over a 24.0 GiB budget is not "24.0 GiB")."""
+    """``value`` as :func:`human_bytes` writes it, with more digits when that would read the
+    same as ``budget`` (a peak of 24.04 GiB over a 24.0 GiB budget is not "24.0 GiB"), and
+    the difference itself when even six more digits do not tell them apart."""
     text = human_bytes(value)
-    if _is_missing(value) or _is_missing(budget) or text != human_bytes(budget):
+    if (_is_missing(value) or _is_missing(budget) or text != human_bytes(budget)
+            or value == budget):
         return text
     number, unit = text.rsplit(" ", 1)
     if unit == "B":  # whole bytes are exact already
         return text
     decimals = len(number.split(".")[1]) if "." in number else 0
-    sign = "-" if value < 0 else ""
-    return f"{sign}{abs(value) / 1024 ** _BINARY_UNITS.index(unit):.{decimals + 2}f} {unit}"
+    scale = 1024 ** _BINARY_UNITS.index(unit)
+    for extra in range(1, 7):
+        digits = decimals + extra
+        mine = f"{value / scale:.{digits}f}"
+        if mine != f"{budget / scale:.{digits}f}":
+            return f"{mine} {unit}"
+    diff = value - budget
+    return f"{text} ({'+' if diff > 0 else '-'}{human_bytes(abs(diff))})"
 
 
 def si_number(value: int | float | None, unit: str = "") -> str:

@@ -309,6 +309,8 @@ def verdict(entry: Entry) -> str:
     if low * (1 - MAGNITUDE_TOLERANCE) <= ratio <= high * (1 + MAGNITUDE_TOLERANCE):
         return "as claimed"
     claimed = f"×{low:.2f}" if low == high else f"×{low:.2f}–{high:.2f}"
+    if (ratio < low) == (entry.claimed_direction == "down"):  # further than the claim went
+        return f"more than claimed: ×{ratio:.2f} of before, the claim says {claimed}"
     return f"partly: ×{ratio:.2f} of before, the claim says {claimed}"
 
 
@@ -419,8 +421,8 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
                 raise Cancelled()
             if failed is not None and failed.kind in WHOLE_GUIDE_FAILURES:
                 raise MemLensError(failed.kind, failed.message, failed.hint)
-            entry.status = ("not applicable" if failed is not None and failed.kind in (
-                "not_applicable", "missing_dependency", "no_device") else "failed")
+            entry.status = ("not applicable" if failed is not None
+                            and failed.kind == "not_applicable" else "failed")
             # A refusal's message says why; its hint ("remove it from the run") is for a run
             # the user put together, not for the guide's own list. A failure keeps its fix.
             entry.reason = ((failed.message if entry.status == "not applicable"

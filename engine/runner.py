@@ -352,7 +352,8 @@ class _Run:
             quality_later = self.hooks.compiled is not None and cfg.workload != "train"
             if not quality_later:
                 self.progress("quality", None, "comparing outputs with the reference")
-                with self._compile_errors():
+                # eval mode: the baseline's training steps leave the model in train mode
+                with self._compile_errors(), _eval_mode(model):
                     result.quality = quality_mod.measure(
                         reference, self.hooks.compiled or model, self.hooks.context(device))
         else:
@@ -366,10 +367,15 @@ class _Run:
                 trained = quality_mod.measure(trained_reference, model,
                                               self.hooks.context(device))
             steps = (result.training or {}).get("optimizer_steps")
-            result.quality["after_training"] = {
-                "steps": steps, **{k: trained.get(k) for k in (
-                    "kl_divergence", "top1_agreement", "perplexity", "baseline_perplexity",
-                    "cosine_similarity") if trained.get(k) is not None}}
+            if steps == (result.baseline or {}).get("optimizer_steps"):
+                result.quality["after_training"] = {
+                    "steps": steps, **{k: trained.get(k) for k in (
+                        "kl_divergence", "top1_agreement", "perplexity", "baseline_perplexity",
+                        "cosine_similarity") if trained.get(k) is not None}}
+            else:  # e.g. torch.compile's first call is a step of its own
+                result.warnings.append(
+                    f"Quality after training is not compared: the optimized model took {steps} "
+                    f"optimizer steps and the baseline {result.baseline.get('optimizer_steps')}.")
         if quality_later:
             self.progress("quality", None, "comparing the compiled model's outputs with the "
                                            "reference")
@@ -418,6 +424,11 @@ class _Run:
         cfg = self.config
         tag = "baseline " if baseline else ""
         if cfg.workload == "train":
+            # The baseline's steps and the optimized model's draw the same dropout masks: what
+            # training does to each is then comparable (the quality after training).
+            torch.manual_seed(cfg.seed)
+            if device.type == "cuda":
+                torch.cuda.manual_seed_all(cfg.seed)
             self.optimizer = wl.make_optimizer(model, cfg.lr, self.hooks.optimizer_factory)
             self._steps = 0  # optimizer steps taken on these weights (warm-up, memory, timing)
 
@@ -989,6 +1000,7 @@ def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str,
         "optimizer_state_bytes": t.optimizer_state_bytes,
         "plain_latency_ms": t.plain_latency_ms, "tokens_per_s": t.tokens_per_s,
         "parameters": t.parameters,
+        "optimizer_steps": (scratch.training or {}).get("optimizer_steps"),
         "plain_ms": list((scratch.timing or {}).get("plain_ms") or []),
         "flops": t.flops,
         "generated_token_ids": (scratch.generation or {}).get("token_ids"),

@@ -324,6 +324,7 @@ class FitAnswer:
     error: str | None = None
     axis: str = "seq"
     next_batch: int | None = None  # axis "batch": the next tested batch, which does not fit
+    budget_bytes: int | None = None  # the budget searched against (the record's, for display)
 
     @property
     def largest(self) -> str | None:
@@ -871,6 +872,7 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
         label = opt_set_label(opts)
         answer = (FitAnswer(opt_set=label, batch=None, seq=fixed, status="failed", axis="batch")
                   if by_batch else FitAnswer(opt_set=label, batch=fixed, status="failed"))
+        answer.budget_bytes = budget.bytes
         t_job = time.perf_counter()
         results: dict[int, RunResult] = {}
 

@@ -260,8 +260,11 @@ def _fast_forward(probe: MemoryProbe, cache: Any, length: int) -> None:
             setattr(layer, attr, new if scale is None else (new, scale))
             if i in owners:
                 probe.acc.reclassify(new, owners[i], "kv_cache")
-        if isinstance(getattr(layer, "cumulative_length", None), int):
-            layer.cumulative_length = length  # what a quantized layer's length reads
+        cumulative = getattr(layer, "cumulative_length", None)  # what get_seq_length reads
+        if isinstance(cumulative, torch.Tensor):  # static: in place (its address is static)
+            cumulative.fill_(length)
+        elif isinstance(cumulative, int):
+            layer.cumulative_length = length
 
 
 def _fill_skipped(trace: GenerationTrace, before_last: int, steps: int) -> None:

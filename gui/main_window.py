@@ -591,7 +591,7 @@ class MainWindow(QMainWindow):
             self.refresh_saved_runs()
         previous, self._shown_before = self._shown_before, None
         if (previous is not None and self._guide_folder is None
-                and kind != "out_of_memory" and self.current_result is None):
+                and kind != "out_of_memory" and not self.chart.labels):  # no layer arrived
             self.render_result(*previous)
             self.totals.render(previous[0], note=(
                 f"The last run {'was cancelled' if cancelled else 'failed'}"

@@ -232,6 +232,8 @@ def test_verdicts_weigh_the_amount_a_claim_names():
     assert verdict(entry("torchao-fp8", 2000, 1000, params=1000)) == "as claimed"
     assert verdict(entry("torchao-fp8", 4000, 1600, params=1000)).startswith("partly")
     assert verdict(entry("prune-ffn", 1000, 900)) == "as claimed"  # no amount named
+    assert verdict(entry("int8-dynamic", 1000, 100)) == (  # further than the claim went
+        "more than claimed: ×0.10 of before, the claim says ×0.25")
     assert verdict(entry("cast:dtype=bfloat16", 1000, 1000)) == "no change"
     assert verdict(entry("cast:dtype=bfloat16", 1000, 1200)) == "contrary to the claim"
 

@@ -216,3 +216,18 @@ def test_run_list_shows_the_plain_latency_like_the_run_itself(tmp_path):
     store.save(result)
     (summary,) = store.list()
     assert summary.latency_ms == 5.0
+
+
+def test_a_training_technique_is_judged_after_the_same_steps_with_the_same_dropout():
+    """Training techniques leave the untrained model as it was; the quality that tells them
+    apart is after the steps, against the baseline trained alike. The baseline's steps and the
+    optimized model's draw the same dropout masks: checkpointing (exact recomputation) gives
+    exactly the baseline's trained model, on a model with dropout (tiny-gpt2)."""
+    from engine.runner import execute
+
+    result = execute(tiny(model="preset:tiny-gpt2", workload="train", warmup=1,
+                          optimizations=[{"id": "checkpointing", "params": {}}]))
+    trained = result.quality["after_training"]
+    assert trained["steps"] == result.training["optimizer_steps"] == \
+        result.baseline["optimizer_steps"] >= 2
+    assert trained["kl_divergence"] == 0.0 and result.quality["kl_divergence"] == 0.0

@@ -253,8 +253,8 @@ class LayerChartPanel(QWidget):
 
         self._apply_ticks()
         left = self.plot.getAxis("left")
-        if log:
-            top = max(float(positive.max()) if count else 1.0, outline_top, 1e-6)
+        if log and count:
+            top = max(float(positive.max()), outline_top, 1e-6)
             high = math.log10(top) + 0.15
             left.setTicks([[(float(k), _decade(k)) for k in range(int(math.ceil(floor)),
                                                                   int(math.floor(high)) + 1)],

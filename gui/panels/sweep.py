@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.format import MISSING, human_bytes
+from engine.format import MISSING, bytes_against, human_bytes
 from engine.sweep import CATEGORY_LABELS, parse_bytes, parse_int_list
 
 from .. import theme
@@ -435,9 +435,9 @@ class SweepPanel(QWidget):
                 + (" (limit)" if a.status == "limit" else ""))
             values = [(a.opt_set, False),
                       (f"seq {a.seq}" if by_batch else f"batch {a.batch}", False),
-                      (answer, True), (human_bytes(a.peak_bytes), True),
+                      (answer, True), (bytes_against(a.peak_bytes, a.budget_bytes), True),
                       (MISSING if nxt is None else str(nxt), True),
-                      (human_bytes(a.next_peak_bytes), True),
+                      (bytes_against(a.next_peak_bytes, a.budget_bytes), True),
                       (CATEGORY_LABELS.get(a.binding or "", a.binding or MISSING), False),
                       (CATEGORY_LABELS.get(a.largest or "", a.largest or MISSING), False),
                       (str(a.estimates), True), (a.message or a.error or "", False)]
