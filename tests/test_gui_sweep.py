@@ -106,6 +106,12 @@ def test_what_fits_by_batch_from_the_window(qtbot, tmp_path):
     assert text.startswith("ESTIMATE — the largest batch")
     assert "batch 3" in text and "largest tested batch that fits at seq 16: 3" in text
     assert not page.latency_widget.isVisible()  # a fit has no latency to show
+    # the table's columns: the binding part beside the largest part of the peak
+    headers = [page.table.horizontalHeaderItem(c).text() for c in range(page.table.columnCount())]
+    assert headers[6:8] == ["Binding", "Largest part"]
+    assert page.table.item(0, 7).text() == "weights"
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert window.grab().save(str(ARTIFACTS / "fit_page.png"))
     assert FitRecord.from_dict(json.loads(window.save_sweep(tmp_path / "f.json").read_text())
                                ) == record
     # the inputs are remembered for the next session
