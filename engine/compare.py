@@ -16,6 +16,10 @@ QUALITY_METRICS = (
     # changes, while the prompt's perplexity stays the unoptimized model's.
     ("generated_token_agreement", "generated tokens the same as the unoptimized model's",
      "higher"),
+    # Only where every optimized run has it (training with a technique): what the technique
+    # changes is the trained model; before its steps it is the unoptimized one.
+    ("after_training.kl_divergence",
+     "KL divergence after training from the unoptimized model trained alike", "lower"),
     ("perplexity", "perplexity on resources/quality_text.txt", "lower"),
     ("kl_divergence", "KL divergence from the unoptimized model", "lower"),
     ("cosine_similarity", "cosine similarity to the unoptimized model", "higher"),
@@ -59,6 +63,14 @@ def quality_text(quality: dict[str, Any] | None) -> str:
     elif trained.get("cosine_similarity") is not None:
         text += ("; " if text else "") + f"trained cos {trained['cosine_similarity']:.4f}"
     return text or MISSING
+
+
+def quality_figure(quality: dict[str, Any] | None, key: str) -> Any:
+    """``quality[key]``; ``after_training.KEY`` reads the figure after the training steps."""
+    q = quality or {}
+    if key.startswith("after_training."):
+        return (q.get("after_training") or {}).get(key.split(".", 1)[1])
+    return q.get(key)
 
 
 def _describe(r: RunResult) -> str:
@@ -167,8 +179,10 @@ def compare(runs: Sequence[RunResult]) -> Comparison:
     comparison.latency_ratio = [ms / ref_ms if ms and ref_ms else None
                                 for ms in comparison.latency_ms]
     for key, label, better in QUALITY_METRICS:
-        values = [(r.quality or {}).get(key) for r in runs]
-        needed = len(runs) if key == "generated_token_agreement" else min(2, len(runs))
+        values = [quality_figure(r.quality, key) for r in runs]
+        needed = (len(runs) if key == "generated_token_agreement"
+                  else max(1, sum(bool(r.optimizations) for r in runs))
+                  if key.startswith("after_training.") else min(2, len(runs)))
         if sum(v is not None for v in values) >= needed:
             comparison.metric, comparison.metric_label = key, label
             comparison.metric_better = better

@@ -517,10 +517,9 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
 
 
 def _figure(quality: dict[str, Any], key: str) -> Any:
-    """``quality[key]``; ``after_training.KEY`` reads the figure after the training steps."""
-    if key.startswith("after_training."):
-        return (quality.get("after_training") or {}).get(key.split(".", 1)[1])
-    return quality.get(key)
+    from .compare import quality_figure
+
+    return quality_figure(quality, key)
 
 
 def _quality_axis(entries: Sequence[Entry]) -> tuple[str, str] | None:

@@ -233,3 +233,19 @@ def test_comparison_labels_tell_runs_apart_and_name_mixed_workloads():
     estimate.estimate = {"method": "fake"}
     assert compare([run("r-ffff", "forward", optimized=True), estimate]).labels() == [
         "cast", "none (estimate)"]
+
+
+def test_training_runs_are_compared_by_the_quality_after_their_steps():
+    """Before its steps a training technique leaves the model as it was (KL 0 for all): the
+    compare view plots what the steps made of it, against the baseline trained alike."""
+    from engine.compare import compare, quality_text
+    from engine.runner import execute
+
+    plain = execute(tiny(model="demo", workload="train", seq=16))
+    lora = execute(tiny(model="demo", workload="train", seq=16,
+                        optimizations=[{"id": "lora", "params": {"rank": 4}}]))
+    c = compare([plain, lora])
+    assert c.metric == "after_training.kl_divergence" and c.metric_better == "lower"
+    assert c.quality[0] is None and c.quality[1] > 0  # the reference has no baseline of its own
+    assert c.not_plotted() == [plain.run_id]
+    assert "trained KL" in quality_text(lora.quality)

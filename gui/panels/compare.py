@@ -254,10 +254,11 @@ class ComparePanel(QWidget):
             label.setAnchor((1, 1) if xs and pos[0] > (min(xs) + max(xs)) / 2 else (0, 1))
             label.setPos(*pos)
             label.setVisible(True)
-        self.scatter_plot.setLabel("left", c.metric.replace("_", " "))
+        axis = c.metric.replace("after_training.", "trained ").replace("_", " ")
+        self.scatter_plot.setLabel("left", axis)
         note = f"y: {c.metric_label} ({c.metric_better} is better); x: measured peak."
         if missing:
-            note += f" Not plotted (no {c.metric.replace('_', ' ')}): {', '.join(missing)}."
+            note += f" Not plotted (no {axis}): {', '.join(missing)}."
         self.scatter_note.setText(note)
         self.scatter_plot.enableAutoRange()
         ys = [spot["pos"][1] for spot in spots]
