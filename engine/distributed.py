@@ -1235,7 +1235,7 @@ def activation_pass(config: RunConfig, listener: Listener = lambda e: None,
         chosen = _resolved_optimizations(config)
         if chosen:
             apply_on_fake(model, chosen, run.fake_mode, device, cancel)
-        tracked = select_layers(model)
+        tracked = select_layers(model, loss=True)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise MemLensError(ErrorKind.NOT_APPLICABLE, "The model has no trainable parameters.",

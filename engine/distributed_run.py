@@ -398,7 +398,7 @@ def run_rank(config: RunConfig, rank: int, world_size: int, device: Any = None,
                              mesh_dim_names=("replicate", "shard"))
             if replicas > 1 else init_device_mesh(device.type, (world_size,)))
     groups = _shard(model, mesh, mp)
-    tracked = select_layers(model)
+    tracked = select_layers(model, loss=True)
     optimizer = wl.make_optimizer(model, cfg.lr)
     inputs = wl.make_inputs(model, loaded.tokenizer, cfg.batch, cfg.seq, None, device, cfg.seed)
     # optimizer state, all-gather buffers

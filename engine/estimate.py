@@ -432,7 +432,7 @@ class _EstimateRun(_Run):
             result.optimizations = [a.to_dict() for a in applied]
 
         tp_note = self._parallelize(model) if self.tensor_parallel > 1 else None
-        tracked = select_layers(model)
+        tracked = select_layers(model, loss=cfg.workload == "train")
         with self.fake_mode:
             ids = torch.zeros((cfg.batch, cfg.seq), dtype=torch.long, device=device)
         inputs = wl.Inputs(ids, "fake ids (shape only)")

@@ -171,6 +171,11 @@ class MemoryProbe:
         self._saved_ctx: Any = None
         self._saved_seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._tracked_names = {t.name for t in tracked}
+        # Rows that are not submodules of the model (the loss, layers.LossScope): module trackers
+        # name such a module by its class, not by a path under the model's class name.
+        inside = {id(m) for m in model.modules()}
+        self._outside = {type(t.module).__name__: t.name for t in tracked
+                         if id(t.module) not in inside}
         self.output_bytes: dict[str, int] = {}
         self.saved_bytes: dict[str, int] = {}
         self.transient: dict[str, int] = {}
@@ -202,7 +207,7 @@ class MemoryProbe:
         if self.acc.phase == "backward" and self._tracker is not None:
             best = None
             for name in self._tracker.parents:
-                fqn = name.split(".", 1)[1] if "." in name else None
+                fqn = name.split(".", 1)[1] if "." in name else self._outside.get(name)
                 if fqn in self._tracked_names and (best is None or len(fqn) > len(best)):
                     best = fqn
             return best
@@ -406,7 +411,8 @@ class MemoryProbe:
         counts = self._flops.get_flop_counts()
         root = type(self.model).__name__
         for name, per_op in (self._forward_flops or counts).items():
-            fqn = name[len(root) + 1:] if name.startswith(root + ".") else None
+            fqn = (name[len(root) + 1:] if name.startswith(root + ".")
+                   else self._outside.get(name))
             if fqn in self._tracked_names:
                 self.flops[fqn] = int(sum(per_op.values()))
         if root in counts:

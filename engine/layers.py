@@ -8,6 +8,7 @@ that every parameter and buffer of the model has an owner row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,8 +54,18 @@ def _kind_of(name: str, mod: nn.Module) -> str:
     return "other"
 
 
-def select_layers(model: nn.Module) -> list[TrackedModule]:
-    """The tracked modules of ``model`` in execution-like order (embeddings, blocks, head)."""
+def select_layers(model: nn.Module, loss: bool = False) -> list[TrackedModule]:
+    """The tracked modules of ``model`` in execution-like order (embeddings, blocks, head).
+
+    With ``loss`` (a training workload), the loss gets a row of its own after the head (see
+    :func:`loss_row`)."""
+    tracked = _select_layers(model)
+    if loss:
+        tracked.append(loss_row(model))
+    return tracked
+
+
+def _select_layers(model: nn.Module) -> list[TrackedModule]:
     found = _blocks(model)
     tracked: list[TrackedModule] = []
     block_prefix = found[0] if found else None
@@ -99,6 +110,80 @@ def select_layers(model: nn.Module) -> list[TrackedModule]:
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     tracked.sort(key=lambda t: order.get(t.name if t.name != "(root)" else "", -1))
     return tracked
+
+
+# -- the loss as a row ----------------------------------------------------------------------------------
+LOSS_ROW = "(loss)"  # in parentheses like "(root)": a row that is not one of the model's modules
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    return hasattr(model, "lm_head") or type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def synthetic_loss(hidden: torch.Tensor) -> torch.Tensor:
+    """The training loss of a model without an LM head: the mean square of the last hidden state
+    (it exercises the same backward; runs say so)."""
+    return hidden.float().pow(2).mean()
+
+
+class LossScope(nn.Module):
+    """A training step's loss function run as a module, so the hooks that measure every row (its
+    activations, what it saves for the backward, its transient peak, its share of the peak and its
+    latency) measure the loss too.
+
+    A language model's loss is often the largest transient of its training step: transformers
+    upcasts the logits to float32 and cross-entropy keeps a log-softmax of them, and the backward
+    makes their gradients, each batch x seq x vocab. Computed in the model's own forward but in no
+    submodule of it, these bytes used to show only as "unattributed". The scope is held outside
+    the model's children (not in ``named_modules()`` or the state dict).
+
+    Tensor arguments are passed to the module positionally (by name in ``_names``) so that module
+    trackers register gradient hooks on them: ``ModTracker`` sees only positional inputs, and
+    without one on the logits it would leave the loss "running" for the whole backward."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *tensors: Any, _names: tuple[str, ...] = (), _n_args: int = 0,
+                **kwargs: Any) -> Any:
+        args = tensors[:_n_args]
+        kwargs.update(zip(_names, tensors[_n_args:]))
+        return self.fn(*args, **kwargs)
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` through the module (the function installed in the model)."""
+        names = tuple(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+        tensors = [kwargs.pop(k) for k in names]
+        return self(*args, *tensors, _names=names, _n_args=len(args), **kwargs)
+
+
+def _loss_host(model: nn.Module) -> nn.Module | None:
+    """The transformers model whose forward computes the loss through ``self.loss_function``
+    (under a peft wrapper, the wrapped model)."""
+    for m in model.modules():
+        if any("loss_function" in vars(c) for c in type(m).__mro__) and is_causal_lm(m):
+            return m
+    return None
+
+
+def loss_row(model: nn.Module) -> TrackedModule:
+    """The training loss's row, installing its :class:`LossScope` on first use (idempotent).
+
+    A causal LM's own loss function (``PreTrainedModel.loss_function``, called by its forward
+    when labels are given) is routed through the scope by the setter transformers provides for
+    it, so the model computes the same loss the same way. Other models train on
+    :func:`synthetic_loss`, which ``workloads.train_step`` calls through the same scope."""
+    scope = model.__dict__.get("_memlens_loss")
+    if not isinstance(scope, LossScope):
+        host = _loss_host(model) if is_causal_lm(model) else None
+        if host is not None:
+            scope = LossScope(host.loss_function)
+            host.loss_function = scope.call  # a bound method, not a module: not a child
+        else:
+            scope = LossScope(synthetic_loss)
+        model.__dict__["_memlens_loss"] = scope  # not through Module.__setattr__: not a child
+    return TrackedModule(LOSS_ROW, "loss", None, 0, scope)
 
 
 def owned_submodules(tracked: TrackedModule, tracked_names: set[str]) -> list[nn.Module]:

@@ -28,7 +28,7 @@ from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import AttentionMaps, Event, Failed, Finished, LayerStatsReady, Progress
 from .instrument import MemoryProbe, TimingProbe
-from .layers import (TrackedModule, module_weight_tensors, owned_submodules, select_layers,
+from .layers import (LOSS_ROW, TrackedModule, module_weight_tensors, owned_submodules, select_layers,
                      unique_nbytes)
 from .modeltree import ChangeTracker, module_tree
 from .results import CATEGORIES, LayerStats, RunResult
@@ -293,7 +293,7 @@ class _Run:
                 totals.load_source = "steady: tensor bytes of the loaded weights (no RSS peak here)"
         result.warnings.extend(self.loaded.warnings)
 
-        tracked = select_layers(model)
+        tracked = select_layers(model, loss=cfg.workload == "train")
         inputs = self._inputs(model, device)
         result.model_info = self._model_info(model, tracked, device)
         result.model_info["module_tree"] = module_tree(model)
@@ -341,7 +341,8 @@ class _Run:
                 lambda f, m: self.progress("optimize", f, m),
                 on_applied=lambda a: changes.after(a.id))
             result.optimizations = [a.to_dict() for a in applied]
-            tracked = select_layers(model)  # modules may have been replaced or removed
+            # modules may have been replaced or removed
+            tracked = select_layers(model, loss=cfg.workload == "train")
             result.model_info = self._model_info(model, tracked, device)
             result.model_info["module_tree"] = module_tree(model, changes)
             if self.hooks.compiled is not None:
@@ -568,6 +569,8 @@ class _Run:
         gen = extra.get("generation")
         layers: list[LayerStats] = []
         for t in tracked:
+            if t.name == LOSS_ROW and t.name not in probe.output_bytes:
+                continue  # a model whose forward computes its loss another way: no loss row
             w_bytes, n_params = weights.get(t.name, (0, 0))
             kv = None
             if gen is not None and t.kind == "attention":

@@ -110,14 +110,14 @@ BUDGET_FORMS = ("a number of bytes (25769803776), or a number with a unit: B, KB
 
 def parse_bytes(text: str) -> int:
     """``'24GiB'`` -> 25769803776; ``'80GB'`` -> 80000000000; refuses anything else by name."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else None
+    m = re.fullmatch(r"\s*(-?)([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(3).lower() if m else None
     if m is None or unit not in _UNITS:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"Cannot read the memory size {text!r}.",
                            f"Write {BUDGET_FORMS}.")
-    value = float(m.group(1)) * _UNITS[unit]
-    if not math.isfinite(value) or value < 1:
+    value = float(m.group(2)) * _UNITS[unit]
+    if m.group(1) or not math.isfinite(value) or value < 1:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The memory size {text!r} is not positive.",
                            f"Write {BUDGET_FORMS}.")
     return int(value)
@@ -200,9 +200,9 @@ def opt_set_label(optimizations: list[dict[str, Any]]) -> str:
 
 # -- records ---------------------------------------------------------------------------------------
 def _categories(result: RunResult, rest: bool = False) -> dict[str, int]:
-    """Bytes at the peak per category; with ``rest``, also the unattributed rest (the loss
-    and its logits in a training step, untracked temporaries), so the parts add up to the
-    peak (a sweep point keeps the rest in its own field)."""
+    """Bytes at the peak per category; with ``rest``, also the unattributed rest (tensors
+    made outside every row, such as the inputs and an optimizer's step counts), so the parts add
+    up to the peak (a sweep point keeps the rest in its own field)."""
     t = result.totals
     parts = {cat: int(getattr(t, f) or 0) for cat, f in CATEGORY_FIELDS.items()}
     if rest:

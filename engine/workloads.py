@@ -24,6 +24,7 @@ from torch import nn
 from .errors import Cancelled, ErrorKind, MemLensError
 from .accounting import is_fake
 from .instrument import MemoryProbe, cache_bytes_per_layer
+from .layers import is_causal_lm, synthetic_loss
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,8 +103,6 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return False
 
 
-def is_causal_lm(model: nn.Module) -> bool:
-    return hasattr(model, "lm_head") or type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
 # -- forward -------------------------------------------------------------------------------------------
@@ -364,10 +363,12 @@ def train_step(model: nn.Module, inputs: Inputs, optimizer: torch.optim.Optimize
                 loss = model(input_ids=inputs.input_ids, labels=inputs.input_ids, **extra).loss
             else:
                 # Encoders have no labels here: a synthetic loss (mean square of the last hidden
-                # state) exercises the same backward; reported as such.
+                # state) exercises the same backward; reported as such. Through the loss's row
+                # (layers.loss_row) where the run has one.
                 out = model(input_ids=inputs.input_ids)
                 hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-                loss = hidden.float().pow(2).mean()
+                scope = model.__dict__.get("_memlens_loss")
+                loss = scope.call(hidden) if scope is not None else synthetic_loss(hidden)
                 trace.synthetic_loss = True
         sync(device)
         t1 = time.perf_counter()

@@ -174,6 +174,52 @@ def test_training_counts_each_category(train_run):
         assert r.training[phase] > n_param_bytes
 
 
+def test_the_training_loss_is_a_row_of_its_own():
+    """Cross-entropy keeps a float32 log-softmax of the logits for the backward, which makes two
+    gradients of that size: the loss's own bytes, which used to be left unattributed."""
+    r = _run(workload="train", seq=128, batch=4)
+    loss = r.layer("(loss)")
+    assert loss is not None and loss.kind == "loss" and loss.weights_bytes == 0
+    logits_fp32 = 4 * 128 * r.model_info["vocab_size"] * 4
+    assert loss.saved_for_backward_bytes >= logits_fp32
+    assert r.training["backward_peak_bytes"] == r.totals.peak_bytes  # the peak is in the backward
+    assert loss.at_peak["activations"] >= logits_fp32
+    assert loss.at_peak["temporaries"] >= 2 * logits_fp32
+    # left unattributed: the input ids and the backward's seed (one scalar), nothing of the loss
+    assert r.totals.unattributed_detail == {"untracked inputs": 4 * 128 * 8,
+                                            "untracked temporaries": 4}
+    assert loss.latency_ms is not None and loss.latency_ms > 0
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-bert"])
+def test_the_loss_scope_leaves_the_model_and_its_loss_as_they_were(preset):
+    from engine import workloads as wl
+    from engine.layers import LOSS_ROW
+
+    model = load_model(RunConfig(model=f"preset:{preset}")).model
+    names = [n for n, _ in model.named_modules()]
+    keys = list(model.state_dict())
+    ids = torch.randint(0, 256, (2, 16))
+    inputs = wl.Inputs(ids, "test")
+
+    def step_loss() -> float:
+        torch.manual_seed(0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay
+        return wl.train_step(model, inputs, opt, torch.device("cpu")).loss
+
+    before = step_loss()
+    tracked = select_layers(model, loss=True)
+    assert tracked[-1].name == LOSS_ROW and select_layers(model, loss=True)[-1].module \
+        is tracked[-1].module  # installed once
+    assert [n for n, _ in model.named_modules()] == names and list(model.state_dict()) == keys
+    assert step_loss() == before
+    probe = MemoryProbe(model, tracked, training=True, count_flops=False)
+    with probe:
+        wl.train_step(model, inputs, torch.optim.SGD(model.parameters(), lr=0.0),
+                      torch.device("cpu"), probe)
+    assert LOSS_ROW in probe.output_bytes  # the loss ran through its row
+
+
 def test_eager_attention_transient_holds_the_score_matrix():
     r = _run(workload="forward", seq=96, attention_impl="eager")
     heads, seq = r.model_info["num_attention_heads"], 96
