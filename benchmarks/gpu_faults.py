@@ -32,7 +32,7 @@ LLAMA_1B = dict(
     architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=32000, hidden_size=2048,
     intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
     max_position_embeddings=16384, rms_norm_eps=1e-5, tie_word_embeddings=False,
-    rope_theta=10000.0, torch_dtype="bfloat16",
+    rope_theta=10000.0, dtype="bfloat16",
 )
 SMALL = dict(LLAMA_1B, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2)

@@ -220,9 +220,30 @@ def split_store(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv[:i], argv[i:]
 
 
+SIZE_OPTIONS = ("--budget", "--measure-below", "--per-device", "--cpu-offload", "--reserve")
+
+
+def _join_negative_sizes(argv: list[str]) -> list[str]:
+    """``--budget -5GiB`` as ``--budget=-5GiB``: argparse reads a value that starts with '-'
+    and is not a plain number as an option and answers "expected one argument"; joined, the
+    size's own parser says what is wrong with it (a size is positive)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if (a in SIZE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-")
+                and argv[i + 1][1:2].isdigit()):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """The headless commands. ``python -m engine.cli`` with no command prints the help."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _join_negative_sizes(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None or args.command == "gui":

@@ -1186,7 +1186,9 @@ def auto_float32_note(requested: str, hf_config: Any, built: torch.dtype | None)
 
 
 def _config_dtype(hf_config: Any) -> torch.dtype | None:
-    value = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    # transformers 5 reads a config.json's "torch_dtype" into ``dtype``; asking a config for
+    # ``torch_dtype`` only logs a deprecation, so it is read from the instance's own attributes.
+    value = getattr(hf_config, "dtype", None) or vars(hf_config).get("torch_dtype")
     if isinstance(value, torch.dtype):
         return value
     if isinstance(value, str):

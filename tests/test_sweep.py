@@ -315,6 +315,8 @@ def test_cli_fit_json_and_table(capsys) -> None:
     (["fit", "--model", "preset:llama-9", "--budget", "24GiB"], ["Unknown preset 'llama-9'"]),
     (["fit", "--model", "preset:tiny-llama", "--budget", "24 gigs"],
      ["Cannot read the memory size", "24GiB", "80GB"]),
+    (["fit", "--model", "preset:tiny-llama", "--budget", "-5GiB"],  # not read as an option
+     ["The memory size '-5GiB' is not positive", "24GiB"]),
     (["sweep", "--model", "preset:tiny-llama", "--seq", "128,512"],
      ["supports 256 positions", "at or below 256"]),
     (["sweep", "--model", "preset:tiny-llama", "--seq", "12,x"], ["Cannot read 'x'"]),
