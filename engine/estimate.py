@@ -409,12 +409,14 @@ class _EstimateRun(_Run):
         result = RunResult(config=cfg, run_id=f"{head}-{kind}-{cfg.workload}-{tail}",
                            created=created.isoformat(timespec="seconds"))
         self.progress("prepare", None, "importing libraries")
-        import transformers
-
         from .models import preimport_architecture
+        from .quiet import quiet_import
 
-        _ = transformers.AutoModelForCausalLM
-        preimport_architecture(cfg.model)
+        with quiet_import():
+            import transformers
+
+            _ = transformers.AutoModelForCausalLM
+            preimport_architecture(cfg.model)
 
         self.progress("build", None, f"building {cfg.model} on fake tensors (no weights)")
         t0 = time.perf_counter()

@@ -26,6 +26,7 @@ from torch import nn
 from .accounting import is_fake
 from .errors import Cancelled, ErrorKind, MemLensError
 from .layers import module_weight_tensors, unique_nbytes
+from .quiet import quiet_import
 
 
 @dataclass(frozen=True)
@@ -282,23 +283,7 @@ def _missing(module: str, package: str) -> str | None:
     return None if found else f"needs the optional package {package}: pip install {package}"
 
 
-@contextlib.contextmanager
-def _quiet_import() -> Iterator[None]:
-    """torchao, peft and bitsandbytes announce optional kernels they cannot load on import; those
-    lines say nothing about this run, so they are kept out of the CLI's output."""
-    import logging
-
-    names = ("torchao", "torch.utils._pytree", "peft", "bitsandbytes", "optimum.quanto")
-    levels = {n: logging.getLogger(n).level for n in names}
-    try:
-        for n in names:
-            logging.getLogger(n).setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
+_quiet_import = quiet_import
 
 
 class _TorchaoWeights(Optimization):

@@ -252,13 +252,15 @@ class _Run:
         # Import the libraries first so their code is not counted as the model's load cost.
         # An import cannot be interrupted: a cancel during "prepare" takes effect right after.
         self.progress("prepare", None, "importing libraries")
-        import transformers
-
         from .models import preimport_architecture
+        from .quiet import quiet_import
 
-        _ = (transformers.AutoConfig, transformers.AutoModel, transformers.AutoModelForCausalLM,
-             transformers.AutoTokenizer)
-        preimport_architecture(cfg.model)
+        with quiet_import():
+            import transformers
+
+            _ = (transformers.AutoConfig, transformers.AutoModel,
+                 transformers.AutoModelForCausalLM, transformers.AutoTokenizer)
+            preimport_architecture(cfg.model)
         self.progress("load", None, f"loading {cfg.model}")
 
         # -- load, with its peak against the state after loading --------------------------------

@@ -51,13 +51,17 @@ def _warm_up() -> None:
     """Import the heavy libraries and the demo's architecture, and load the demo once (it warms
     transformers' caches), then freeze what is alive out of the garbage collector: a full
     collection would otherwise scan every library object before each measurement."""
-    import transformers
+    from .quiet import quiet_import
 
-    from . import runner  # noqa: F401
-    from .models import load_model, preimport_architecture
+    with quiet_import():
+        import transformers
 
-    _ = (transformers.AutoConfig, transformers.AutoModelForCausalLM, transformers.AutoTokenizer)
-    preimport_architecture("demo")
+        from . import runner  # noqa: F401
+        from .models import load_model, preimport_architecture
+
+        _ = (transformers.AutoConfig, transformers.AutoModelForCausalLM,
+             transformers.AutoTokenizer)
+        preimport_architecture("demo")
     del load_model(RunConfig(model="demo")).model
     gc.collect()
     gc.freeze()
