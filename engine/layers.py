@@ -177,7 +177,10 @@ def loss_row(model: nn.Module) -> TrackedModule:
     scope = model.__dict__.get("_memlens_loss")
     if not isinstance(scope, LossScope):
         host = _loss_host(model) if is_causal_lm(model) else None
-        if host is not None:
+        installed = getattr(host.__dict__.get("_loss_function"), "__self__", None) if host else None
+        if isinstance(installed, LossScope):  # a wrapper (peft) of a model that has one
+            scope = installed
+        elif host is not None:
             scope = LossScope(host.loss_function)
             host.loss_function = scope.call  # a bound method, not a module: not a child
         else:

@@ -47,7 +47,7 @@ LIMITATIONS_CPU = [
     "frees internally (never a tensor) is not seen, nor is the Python heap or allocator caching "
     "(see process RSS for those).",
     "Unattributed = tensors alive at the peak that were created outside every tracked module "
-    "(inputs, masks, position ids, the loss) or before the pass.",
+    "(inputs, masks, position ids, the backward's seed gradient) or before the pass.",
 ]
 LIMITATIONS_CUDA = [
     "Peak = the CUDA caching allocator's max_memory_allocated during the measured pass; "
@@ -570,9 +570,19 @@ class _Run:
         grads, opt_state = self._train_state_by_owner(model, probe) if training else ({}, {})
         gen = extra.get("generation")
         layers: list[LayerStats] = []
+        loss_row = next((t for t in tracked if t.name == LOSS_ROW), None)
+        if loss_row is not None and LOSS_ROW not in probe.output_bytes:
+            # A model whose forward computes its loss without transformers' loss_function
+            # (e.g. XLNet's own CrossEntropyLoss, remote code): no row, and the timing passes
+            # and the counts of tracked modules leave it out too.
+            tracked.remove(loss_row)
+            if result.model_info:
+                result.model_info["tracked_modules"] = len(tracked)
+            result.warnings.append(
+                "This model computes its training loss without transformers' loss_function, "
+                "so the loss has no row of its own: its tensors (such as a log-softmax of the "
+                "logits and their gradients) are counted in unattributed.")
         for t in tracked:
-            if t.name == LOSS_ROW and t.name not in probe.output_bytes:
-                continue  # a model whose forward computes its loss another way: no loss row
             w_bytes, n_params = weights.get(t.name, (0, 0))
             kv = None
             if gen is not None and t.kind == "attention":

@@ -103,8 +103,6 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return False
 
 
-
-
 # -- forward -------------------------------------------------------------------------------------------
 def forward(model: nn.Module, inputs: Inputs, probe: MemoryProbe | None = None) -> Any:
     kwargs: dict[str, Any] = {"input_ids": inputs.input_ids}

@@ -191,6 +191,30 @@ def test_the_training_loss_is_a_row_of_its_own():
     assert loss.latency_ms is not None and loss.latency_ms > 0
 
 
+def test_a_wrapper_of_a_model_with_a_loss_row_reuses_its_scope():
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    model = load_model(RunConfig(model="preset:tiny-llama")).model
+    inner = select_layers(model, loss=True)[-1].module
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert select_layers(wrapped, loss=True)[-1].module is inner  # not a scope around a scope
+
+
+def test_a_loss_computed_outside_loss_function_is_said_to_be_unattributed(tmp_path):
+    """XLNet computes its loss with its own CrossEntropyLoss: no (loss) row, and it says so."""
+    import json
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "xlnet", "architectures": ["XLNetLMHeadModel"],
+                                  "d_model": 64, "n_layer": 2, "n_head": 4, "d_inner": 128,
+                                  "vocab_size": 256}))
+    r = _run(model=str(config), workload="train", seq=32, batch=1)
+    assert all(layer.name != "(loss)" for layer in r.layers)
+    assert any("without transformers' loss_function" in w for w in r.warnings)
+    assert r.model_info["tracked_modules"] == len(r.layers)
+
+
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-bert"])
 def test_the_loss_scope_leaves_the_model_and_its_loss_as_they_were(preset):
     from engine import workloads as wl
