@@ -132,6 +132,9 @@ def _module_tracker() -> Any:
     return Tracker()
 
 
+_NAMED_INPUTS = ("attention_mask", "position_ids", "cache_position")
+
+
 class MemoryProbe:
     """The memory pass: counts every tensor by owner and category, and what each module keeps.
 
@@ -228,6 +231,15 @@ class MemoryProbe:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled()
         t = self.by_module[id(module)]
+        if t.kind in ("block", "attention") and kwargs:
+            # The model builds its attention mask (batch x seq x seq for eager attention: 128 MiB
+            # at seq 8192 in bf16) and position ids outside every layer and hands them to each
+            # one: named in the unattributed rest instead of being "untracked activations".
+            for name in _NAMED_INPUTS:
+                value = kwargs.get(name)
+                if (isinstance(value, torch.Tensor)
+                        and self.acc.owner_of(value) == (None, "activations")):
+                    self.acc.reclassify(value, None, name)
         self._stack.append(t.name)
         module._memlens_watch = self.acc.watch()  # type: ignore[attr-defined]
         if self.cuda_detailed is not None:

@@ -49,6 +49,11 @@ LIMITATIONS_CPU = [
     "Unattributed = tensors alive at the peak that were created outside every tracked module "
     "(inputs, masks, position ids, the backward's seed gradient) or before the pass.",
 ]
+# Parts of the unattributed rest with a name of their own (instrument.MemoryProbe sets them).
+UNOWNED_LABELS = {"inputs": "input ids",
+                  "attention_mask": "attention mask (built outside the layers)",
+                  "position_ids": "position ids (built outside the layers)",
+                  "cache_position": "cache positions (built outside the layers)"}
 LIMITATIONS_CUDA = [
     "Peak = the CUDA caching allocator's max_memory_allocated during the measured pass; "
     "attribution comes from tensor accounting at its own peak. The difference (cuBLAS/cuDNN "
@@ -623,7 +628,8 @@ class _Run:
         totals.temporary_bytes = cat_sum["temporaries"]
         totals.attributed_bytes = sum(cat_sum.values())
         totals.unattributed_bytes = totals.peak_bytes - totals.attributed_bytes
-        detail = {f"untracked {c}": n for c, n in sorted(unowned.items()) if n}
+        detail = {UNOWNED_LABELS.get(c, f"untracked {c}"): n  # largest first
+                  for c, n in sorted(unowned.items(), key=lambda cn: (-cn[1], cn[0])) if n}
         if cuda:
             detail["allocator only (not a tensor seen by accounting)"] = peak - probe.acc.peak
         totals.unattributed_detail = detail

@@ -186,8 +186,7 @@ def test_the_training_loss_is_a_row_of_its_own():
     assert loss.at_peak["activations"] >= logits_fp32
     assert loss.at_peak["temporaries"] >= 2 * logits_fp32
     # left unattributed: the input ids and the backward's seed (one scalar), nothing of the loss
-    assert r.totals.unattributed_detail == {"untracked inputs": 4 * 128 * 8,
-                                            "untracked temporaries": 4}
+    assert r.totals.unattributed_detail == {"input ids": 4 * 128 * 8, "untracked temporaries": 4}
     assert loss.latency_ms is not None and loss.latency_ms > 0
 
 
@@ -242,6 +241,16 @@ def test_the_loss_scope_leaves_the_model_and_its_loss_as_they_were(preset):
         wl.train_step(model, inputs, torch.optim.SGD(model.parameters(), lr=0.0),
                       torch.device("cpu"), probe)
     assert LOSS_ROW in probe.output_bytes  # the loss ran through its row
+
+
+def test_the_attention_mask_and_position_ids_are_named_in_the_unattributed_rest():
+    r = _run(workload="forward", seq=96, batch=2, attention_impl="eager")
+    detail = r.totals.unattributed_detail
+    mask = detail["attention mask (built outside the layers)"]
+    assert mask >= 96 * 96  # at least one boolean seq x seq (transformers 5.24: float32, per row)
+    assert detail["input ids"] == 2 * 96 * 8
+    assert next(iter(detail)) == "attention mask (built outside the layers)"  # largest first
+    assert sum(detail.values()) == r.totals.unattributed_bytes
 
 
 def test_eager_attention_transient_holds_the_score_matrix():
