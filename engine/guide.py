@@ -24,6 +24,7 @@ from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import Event, Failed, Progress
 from .format import human_bytes, quality_parts
+from .results import LOSS_ROW
 
 # What guides claim, as (quantity that goes down). Quantities: "peak" (bytes at the measured
 # peak), "weights" (model weight bytes), "latency" (plain pass time), "optimizer_state",
@@ -252,6 +253,12 @@ def _claim(specs: Sequence[str]) -> tuple[str, str, str]:
     return quantity, "down", text
 
 
+_PEAK_PARTS = (("weights", "weights_bytes"), ("activations", "activation_bytes"),
+               ("KV cache", "kv_cache_bytes"), ("gradients", "gradient_bytes"),
+               ("optimizer state", "optimizer_state_bytes"), ("temporaries", "temporary_bytes"),
+               ("unattributed", "unattributed_bytes"))
+
+
 def _fill(entry: Entry, result: Any) -> None:
     base, t = result.baseline or {}, result.totals
     entry.run_id = result.run_id
@@ -267,6 +274,12 @@ def _fill(entry: Entry, result: Any) -> None:
     if getattr(t, "compile_seconds", None) is not None:
         entry.measured["compile_seconds"] = t.compile_seconds
     entry.baseline["parameters"] = base.get("parameters")
+    # Where the unoptimized peak goes (the guide's line above each workload's table).
+    entry.baseline["at_peak"] = {part: base.get(key) for part, key in _PEAK_PARTS
+                                 if base.get(key)}
+    loss = ((base.get("layers") or {}).get(LOSS_ROW) or {}).get("at_peak_bytes")
+    if loss:
+        entry.baseline["loss_at_peak_bytes"] = loss
     spreads = [max(times) / min(times) for times in (
         (result.timing or {}).get("plain_ms"), base.get("plain_ms"))
         if times and len(times) > 1 and min(times) > 0]
@@ -450,13 +463,36 @@ def _change(entry: Entry) -> str:
     return f"{sign}{human_bytes(abs(diff))} ({_pct(after, before)})" if diff else "±0 B"
 
 
+def _baseline_line(entries: Sequence[Entry]) -> str | None:
+    """Where the unoptimized model's peak goes, from the first run of a workload that measured
+    it (every run measures the same baseline; a guide saved before this was recorded has none)."""
+    for e in entries:
+        b = e.baseline
+        parts = b.get("at_peak")
+        if e.status != "ok" or not parts or not b.get("peak_bytes"):
+            continue
+        peak = b["peak_bytes"]
+
+        def share(n: int) -> str:
+            return f"{n / peak:.0%}" if n >= 0.005 * peak else "<1%"
+
+        text = (f"Unoptimized peak {human_bytes(peak)}: "
+                + ", ".join(f"{name} {human_bytes(n)} ({share(n)})"
+                            for name, n in sorted(parts.items(), key=lambda kv: -kv[1])))
+        loss = b.get("loss_at_peak_bytes")
+        if loss and loss >= 0.01 * peak:
+            text += f"; the loss's row holds {human_bytes(loss)} ({share(loss)}) of it"
+        return text + f" (the baseline measured in the `{e.label}` run)."
+    return None
+
+
 def _runs_line(guide: Guide) -> str:
     """What every run of the guide shared: sizes, weights dtype, timing passes, quality text."""
     dtype = guide.weights_dtype.replace("torch.", "") or guide.dtype
     if guide.dtype == "auto" and dtype != "auto":
         dtype += " (auto)"
     parts = ([f"batch {guide.batch}"] if guide.batch != 1 else []) + [f"sequence {guide.seq}"]
-    if guide.new_tokens:
+    if guide.new_tokens and "generate" in guide.workloads():
         parts.append(f"{guide.new_tokens} new tokens")
     parts.append(f"weights {dtype}")
     if guide.repeats:
@@ -487,6 +523,9 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
         if not ranked:
             continue
         lines += [f"## {workload}", ""]
+        where = _baseline_line(ranked)
+        if where:
+            lines += [where, ""]
         if charts and workload in charts:
             lines += [f"![{workload}: memory vs quality]({charts[workload]})", ""]
         lines += ["| # | technique | peak before → after | change | weights after | latency | "

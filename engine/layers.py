@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .results import LOSS_ROW  # defined where torch is not imported (the guide, the window)
+
 _ATTN_NAMES = ("attn", "attention", "self_attn", "self_attention")
 _MLP_NAMES = ("mlp", "ffn", "feed_forward", "feedforward", "intermediate", "output", "block_sparse_moe")
 
@@ -113,7 +115,6 @@ def _select_layers(model: nn.Module) -> list[TrackedModule]:
 
 
 # -- the loss as a row ----------------------------------------------------------------------------------
-LOSS_ROW = "(loss)"  # in parentheses like "(root)": a row that is not one of the model's modules
 
 
 def is_causal_lm(model: nn.Module) -> bool:

@@ -22,6 +22,10 @@ from typing import Any
 
 from .config import RunConfig
 
+# The row of a training step's loss (engine.layers.LossScope); in parentheses like "(root)": a row
+# that is not one of the model's modules.
+LOSS_ROW = "(loss)"
+
 SCHEMA_VERSION = 2
 # Schema history: 1 = the first; 2 adds ``estimate`` (null for measured runs), so that a MemLens
 # that predates estimation refuses an estimate instead of showing it as a measurement.

@@ -116,6 +116,10 @@ def test_memlens_guide_writes_the_report(tmp_path, capsys):
     assert code == cli.EXIT_OK
     text = (out / "guide.md").read_text()
     assert "## train" in text and "freeze-base" in text
+    # where the unoptimized peak goes, above the table (no generation: no new tokens)
+    where = next(line for line in text.splitlines() if line.startswith("Unoptimized peak"))
+    assert "optimizer state" in where and "unattributed" in where
+    assert "new tokens" not in text.splitlines()[2]
     assert json.loads((out / "guide.json").read_text())["model"] == "preset:tiny-llama"
     assert "written:" in capsys.readouterr().out
     # guide.json is a record of its own: memlens show prints it; what takes a run refuses it.
@@ -276,3 +280,21 @@ def test_a_noisy_latency_is_marked_in_the_table_and_the_note():
     assert "×0.04 *noisy*" in text and "−5.00 MiB (−50.0%)" in text
     assert "  - warning: Something else." in text
     assert "warning: Latency is noisy" not in text  # said once, in the note
+
+
+def test_each_workload_says_where_the_unoptimized_peak_goes():
+    from engine.guide import Entry, Guide
+
+    mib = 2**20
+    before = {"peak_bytes": 100 * mib, "at_peak": {"weights": 10 * mib, "activations": 60 * mib,
+                                                   "optimizer state": 30 * mib},
+              "loss_at_peak_bytes": 25 * mib}
+    entry = Entry("train", ["checkpointing"], baseline=before,
+                  measured={"peak_bytes": 50 * mib})
+    old = Entry("forward", ["cast"], baseline={"peak_bytes": 9 * mib},  # a guide saved before
+                measured={"peak_bytes": 5 * mib})
+    text = markdown(Guide(model="m", device="cpu", entries=[entry, old]))
+    assert ("Unoptimized peak 100 MiB: activations 60.0 MiB (60%), optimizer state 30.0 MiB "
+            "(30%), weights 10.0 MiB (10%); the loss's row holds 25.0 MiB (25%) of it (the "
+            "baseline measured in the `checkpointing` run).") in text
+    assert text.count("Unoptimized peak") == 1
