@@ -1044,6 +1044,9 @@ class LowBitOptimizer(Optimization):
             from torchao.optim import AdamW4bit, AdamW8bit
 
         cls = AdamW8bit if params["bits"] == "8" else AdamW4bit
+        # torch.compile of its step warns that torchao's state subclass has no stable hash for
+        # the AOT autograd cache: a note to torchao's developers, not about this run.
+        warnings.filterwarnings("ignore", message=r".*_stable_hash_for_caching", category=UserWarning)
 
         def factory(parameters: list[nn.Parameter], lr: float) -> Any:
             return cls(parameters, lr=lr)
