@@ -424,6 +424,22 @@ def test_bar_labels_name_the_largest_bars_first(qtbot):
     shown = [label for _, label in plot.getAxis("bottom")._tickLevels[0]]
     assert "lm_head" in shown and "embed_tokens" in shown, shown
     assert "unattributed" not in shown  # the smallest bar, beside the largest: it gave way
+    # ... and, given the room beside its neighbours, to a shortened name rather than a bare bar
+    widget.resize(900, 240)
+    qtbot.waitUntil(lambda: plot.getViewBox().width() > 800, timeout=2000)
+    fit_bar_labels(plot, labels, widget.font(), sizes)
+    ticks = dict(plot.getAxis("bottom")._tickLevels[0])
+    elided = {int(x): t for x, t in ticks.items() if t.endswith("…")}
+    assert elided and all(labels[i].startswith(t[:-1]) and len(t) >= 4 for i, t in elided.items())
+    from PySide6.QtGui import QFontMetrics
+
+    metrics = QFontMetrics(widget.font())
+    box = plot.getViewBox()
+    extents = sorted((box.mapViewToScene(pg.Point(x, 0)).x(), metrics.horizontalAdvance(t))
+                     for x, t in ticks.items())
+    assert all(x1 - w1 / 2 >= x0 + w0 / 2 - 1 for (x0, w0), (x1, w1) in zip(extents, extents[1:]))
+    widget.resize(360, 240)
+    qtbot.waitUntil(lambda: plot.getViewBox().width() < 400, timeout=2000)
     fit_bar_labels(plot, labels, widget.font())  # without sizes: from the left, as before
     shown = [label for _, label in plot.getAxis("bottom")._tickLevels[0]]
     assert shown[0] == "embed_tokens" and shown[-1] == "unattributed", shown

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont, QFontMetrics
 
 
@@ -46,4 +47,23 @@ def fit_bar_labels(plot: Any, labels: Sequence[str], font: QFont,
             continue
         taken.append(extent)
         chosen.add(i)
-    axis.setTicks([[(float(i), labels[i]) for i in sorted(chosen)], []])
+    # A bar whose whole name does not fit gets as much of it as the room between its placed
+    # neighbours allows ("embed_tok…"), when that keeps three characters or more; hovering a bar
+    # shows its whole name. Unlabelled bars (the first one, beside a taller block) read as noise.
+    text = {i: labels[i] for i in chosen}
+    for i in range(count):
+        if i in chosen:
+            continue
+        center = (i + left) * px
+        if any(a < center < b for a, b in taken):
+            continue
+        lo = max([b for _, b in taken if b <= center], default=0.0)
+        hi = min([a for a, _ in taken if a >= center], default=view_width)
+        room = int(2 * min(center - lo, hi - center)) - 6
+        short = metrics.elidedText(labels[i], Qt.TextElideMode.ElideRight, max(room, 0))
+        if short != labels[i] and len(short.rstrip("…")) < 3:
+            continue  # (a whole name that fits, "10", is kept however short)
+        w = metrics.horizontalAdvance(short) / 2 + 3
+        taken.append((center - w, center + w))
+        text[i] = short
+    axis.setTicks([[(float(i), text[i]) for i in sorted(text)], []])
