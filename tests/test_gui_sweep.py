@@ -110,6 +110,11 @@ def test_what_fits_by_batch_from_the_window(qtbot, tmp_path):
     headers = [page.table.horizontalHeaderItem(c).text() for c in range(page.table.columnCount())]
     assert headers[6:8] == ["Binding", "Largest part"]
     assert page.table.item(0, 7).text() == "weights"
+    # a batch axis has ticks at whole batches only
+    axis = page.memory_plot.getAxis("bottom")
+    low, high = page.memory_plot.getViewBox().viewRange()[0]
+    values = [v for _, level in axis.tickValues(low, high, 600) for v in level]
+    assert values and all(float(v).is_integer() for v in values), values
     ARTIFACTS.mkdir(exist_ok=True)
     assert window.grab().save(str(ARTIFACTS / "fit_page.png"))
     assert FitRecord.from_dict(json.loads(window.save_sweep(tmp_path / "f.json").read_text())

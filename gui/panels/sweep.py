@@ -53,6 +53,15 @@ FIT_COLUMNS = ("Set", "At", "Answer", "Est. peak", "Next tested", "Its peak", "B
 FIT_AXES = (("seq", "Longest sequence per batch"), ("batch", "Largest batch per sequence"))
 
 
+def integer_step(span: float, most: int = 8) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... that puts at most ``most`` ticks on ``span``."""
+    step, k = 1, 0
+    while span / step > most:
+        k += 1
+        step = (1, 2, 5)[k % 3] * 10 ** (k // 3)
+    return step
+
+
 def _item(text: str, align_right: bool = False) -> QTableWidgetItem:
     item = QTableWidgetItem(text)
     if align_right:
@@ -398,6 +407,14 @@ class SweepPanel(QWidget):
         _style(self.memory_plot, "Estimated peak at each tested point (ESTIMATE); ★ the "
                "answer", unit, x_name)
         budget = getattr(record, "budget_bytes", None)
+        # A batch is a whole number: ticks at whole batches, a round step apart (pyqtgraph's
+        # own choice put ticks at 1.5 and 2.5); sequence lengths keep pyqtgraph's ticks.
+        bottom = self.memory_plot.getAxis("bottom")
+        if by_batch:
+            xs_all = [t["batch"] for a in self.answers for t in a.tested] or [1]
+            bottom.setTickSpacing(levels=[(integer_step(max(xs_all) - min(xs_all)), 0)])
+        else:
+            bottom.setTickSpacing()
         for i, a in enumerate(self.answers):
             color = run_color(i)
             tested = sorted(a.tested, key=lambda t: t["batch" if by_batch else "seq"])
