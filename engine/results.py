@@ -25,6 +25,13 @@ from .config import RunConfig
 # The row of a training step's loss (engine.layers.LossScope); in parentheses like "(root)": a row
 # that is not one of the model's modules.
 LOSS_ROW = "(loss)"
+# What the rows that are not modules of the model hold (the window shows it on their names).
+PSEUDO_ROWS = {
+    LOSS_ROW: "The training step's loss function, run as a row of its own (it is not a module "
+              "of the model): for a language model, the logits upcast to float32, the "
+              "log-softmax cross-entropy keeps for the backward, and their gradients.",
+    "(root)": "Weights held by the model object itself rather than by one of its modules.",
+}
 
 SCHEMA_VERSION = 2
 # Schema history: 1 = the first; 2 adds ``estimate`` (null for measured runs), so that a MemLens
@@ -42,7 +49,7 @@ class LayerStats:
     """One tracked module, keyed by its fully qualified name."""
 
     name: str
-    kind: str  # embedding | block | attention | mlp | norm | head | other
+    kind: str  # embedding | block | attention | mlp | norm | head | other | loss
     parent: str | None = None
     depth: int = 0
     parameters: int = 0

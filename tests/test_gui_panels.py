@@ -453,3 +453,19 @@ def test_the_guide_page_explains_itself_and_has_its_run_button(qtbot):
     assert "No guide yet" in panel.browser.placeholderText()
     with qtbot.waitSignal(panel.run_requested, timeout=1000):
         qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
+
+
+def test_rows_that_are_not_modules_say_what_they_hold(qtbot):
+    from PySide6.QtCore import Qt
+
+    from engine.results import LayerStats
+    from gui.panels.layer_table import LayerTablePanel
+
+    panel = LayerTablePanel()
+    qtbot.addWidget(panel)
+    panel.render([LayerStats("lm_head", "head"), LayerStats("(loss)", "loss",
+                                                            at_peak={"activations": 4})])
+    tip = panel.model.data(panel.model.index(1, 0), Qt.ItemDataRole.ToolTipRole)
+    assert "loss function" in tip and "not a module" in tip
+    assert panel.model.data(panel.model.index(0, 0), Qt.ItemDataRole.ToolTipRole) == \
+        "Fully qualified module name"

@@ -9,7 +9,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QVBoxLayout, QWidget
 
-from engine.results import LayerStats
+from engine.results import PSEUDO_ROWS, LayerStats
 
 from engine.format import MISSING, human_bytes, human_flops, human_ms
 
@@ -82,6 +82,8 @@ class LayerTableModel(QAbstractTableModel):
                 return "    " * max(layer.depth, 0) + layer.name
             return column.text(value) if value is not None else MISSING
         if role == Qt.ItemDataRole.ToolTipRole:
+            if index.column() == 0 and layer.name in PSEUDO_ROWS:
+                return PSEUDO_ROWS[layer.name]
             if column.text is human_bytes:
                 return _exact_bytes(value)
             return column.tooltip or None
