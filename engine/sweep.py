@@ -325,6 +325,9 @@ class FitAnswer:
     axis: str = "seq"
     next_batch: int | None = None  # axis "batch": the next tested batch, which does not fit
     budget_bytes: int | None = None  # the budget searched against (the record's, for display)
+    # bytes at the peak added from the answer to the next tested value, by part of the model
+    # (the blocks, the head, the loss, ...: see part_of_model), largest first
+    parts_grow: dict[str, int] = field(default_factory=dict)
 
     @property
     def largest(self) -> str | None:
@@ -942,10 +945,33 @@ def _fill_figures(answer: FitAnswer, fits: int | None, nxt: int | None,
         if fits is None:
             answer.binding = dominant_category(answer.next_categories)
     answer.grows = _growth(answer.categories, answer.next_categories)
+    if fits is not None and nxt is not None:
+        a, b = _bytes_by_part(results[fits]), _bytes_by_part(results[nxt])
+        grew = {p: b.get(p, 0) - a.get(p, 0) for p in b}
+        answer.parts_grow = dict(sorted(((p, n) for p, n in grew.items() if n > 0),
+                                        key=lambda pn: -pn[1]))
     # What binds is what the next step adds most of (it is what runs over the budget), not the
     # largest part: fixed weights are often the largest part but do not limit the length.
     if answer.grows:
         answer.binding = answer.grows
+
+
+_PARTS = {"block": "the blocks", "attention": "the blocks", "mlp": "the blocks",
+          "loss": "the loss", "head": "the head", "embedding": "the embeddings"}
+
+
+def part_of_model(kind: str) -> str:
+    """The part of the model a per-layer row belongs to, for saying where growth goes."""
+    return _PARTS.get(kind, "other layers")
+
+
+def _bytes_by_part(result: RunResult) -> dict[str, int]:
+    parts: dict[str, int] = {}
+    for layer in result.layers:
+        part = part_of_model(layer.kind)
+        parts[part] = parts.get(part, 0) + layer.at_peak_bytes
+    parts["unattributed"] = int(result.totals.unattributed_bytes or 0)
+    return parts
 
 
 def _growth_text(answer: FitAnswer, step: str) -> str:
@@ -959,6 +985,9 @@ def _growth_text(answer: FitAnswer, step: str) -> str:
     largest = dominant_category(a)
     if text:
         text += f" {step}"
+        parts = list(answer.parts_grow.items())[:2]
+        if parts:  # where in the model it grows: the blocks' activations, the loss's logits
+            text += ", in " + " and ".join(f"{p} +{human_bytes(n)}" for p, n in parts)
     if largest:
         text += ("; " if text else "") + (f"largest part of the peak: "
                                           f"{CATEGORY_LABELS.get(largest, largest)} "

@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from engine import cli
+from engine.format import human_bytes
 from engine.errors import MemLensError
 from engine.estimate import estimate
 from engine.runner import execute
@@ -227,6 +228,12 @@ def test_fit_names_the_binding_constraint() -> None:
     assert gen.status == "fits" and gen.seq >= 96 and gen.next_seq <= gen.seq + 8
     assert gen.grows in ("kv_cache", "activations")
     assert gen.seq + 6 <= 256
+    # ... and where in the model: the parts that grew, largest first, named in the answer
+    assert gen.parts_grow and list(gen.parts_grow.values()) == sorted(
+        gen.parts_grow.values(), reverse=True)
+    first, grew = next(iter(gen.parts_grow.items()))
+    assert f"in {first} +{human_bytes(grew)}" in gen.message, gen.message
+    assert sum(gen.parts_grow.values()) >= gen.next_peak_bytes - gen.peak_bytes > 0
 
 
 def test_fit_says_when_the_weights_alone_exceed_the_budget() -> None:
