@@ -32,6 +32,26 @@ PSEUDO_ROWS = {
               "log-softmax cross-entropy keeps for the backward, and their gradients.",
     "(root)": "Weights held by the model object itself rather than by one of its modules.",
 }
+_PARTS = {"block": "the blocks", "attention": "the blocks", "mlp": "the blocks",
+          "loss": "the loss", "head": "the head", "embedding": "the embeddings"}
+
+
+def part_of_model(kind: str) -> str:
+    """The part of the model a per-layer row of this kind belongs to (for saying where memory
+    grows or was saved): the blocks, the head, the loss, the embeddings, other layers."""
+    return _PARTS.get(kind, "other layers")
+
+
+def bytes_by_part(layers: Any, unattributed: int | None) -> dict[str, int]:
+    """Bytes at the peak by part of the model, with the unattributed rest: they add up to the
+    peak. ``layers``: LayerStats, or ``(kind, at_peak_bytes)`` pairs."""
+    parts: dict[str, int] = {}
+    for layer in layers:
+        kind, n = (layer.kind, layer.at_peak_bytes) if isinstance(layer, LayerStats) else layer
+        part = part_of_model(kind)
+        parts[part] = parts.get(part, 0) + int(n or 0)
+    parts["unattributed"] = int(unattributed or 0)
+    return parts
 
 SCHEMA_VERSION = 2
 # Schema history: 1 = the first; 2 adds ``estimate`` (null for measured runs), so that a MemLens

@@ -1026,7 +1026,7 @@ def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str,
         "plain_ms": list((scratch.timing or {}).get("plain_ms") or []),
         "flops": t.flops,
         "generated_token_ids": (scratch.generation or {}).get("token_ids"),
-        "layers": {layer.name: {"at_peak_bytes": layer.at_peak_bytes,
+        "layers": {layer.name: {"kind": layer.kind, "at_peak_bytes": layer.at_peak_bytes,
                                 "weights_bytes": layer.weights_bytes,
                                 "latency_ms": layer.latency_ms} for layer in layers},
     }

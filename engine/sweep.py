@@ -37,7 +37,7 @@ from .errors import Cancelled, ErrorKind, MemLensError
 from .events import Failed, Progress
 from .format import bytes_against, human_bytes, human_count
 from .records import check_record
-from .results import RunResult
+from .results import RunResult, bytes_by_part
 
 SWEEP_SCHEMA_VERSION = 1
 FIT_SCHEMA_VERSION = 2  # 2: axis "batch" (largest batch at fixed lengths)
@@ -326,7 +326,7 @@ class FitAnswer:
     next_batch: int | None = None  # axis "batch": the next tested batch, which does not fit
     budget_bytes: int | None = None  # the budget searched against (the record's, for display)
     # bytes at the peak added from the answer to the next tested value, by part of the model
-    # (the blocks, the head, the loss, ...: see part_of_model), largest first
+    # (the blocks, the head, the loss, ...: see results.part_of_model), largest first
     parts_grow: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -946,7 +946,8 @@ def _fill_figures(answer: FitAnswer, fits: int | None, nxt: int | None,
             answer.binding = dominant_category(answer.next_categories)
     answer.grows = _growth(answer.categories, answer.next_categories)
     if fits is not None and nxt is not None:
-        a, b = _bytes_by_part(results[fits]), _bytes_by_part(results[nxt])
+        a, b = (bytes_by_part(results[x].layers, results[x].totals.unattributed_bytes)
+                for x in (fits, nxt))
         grew = {p: b.get(p, 0) - a.get(p, 0) for p in b}
         answer.parts_grow = dict(sorted(((p, n) for p, n in grew.items() if n > 0),
                                         key=lambda pn: -pn[1]))
@@ -954,24 +955,6 @@ def _fill_figures(answer: FitAnswer, fits: int | None, nxt: int | None,
     # largest part: fixed weights are often the largest part but do not limit the length.
     if answer.grows:
         answer.binding = answer.grows
-
-
-_PARTS = {"block": "the blocks", "attention": "the blocks", "mlp": "the blocks",
-          "loss": "the loss", "head": "the head", "embedding": "the embeddings"}
-
-
-def part_of_model(kind: str) -> str:
-    """The part of the model a per-layer row belongs to, for saying where growth goes."""
-    return _PARTS.get(kind, "other layers")
-
-
-def _bytes_by_part(result: RunResult) -> dict[str, int]:
-    parts: dict[str, int] = {}
-    for layer in result.layers:
-        part = part_of_model(layer.kind)
-        parts[part] = parts.get(part, 0) + layer.at_peak_bytes
-    parts["unattributed"] = int(result.totals.unattributed_bytes or 0)
-    return parts
 
 
 def _growth_text(answer: FitAnswer, step: str) -> str:

@@ -120,6 +120,7 @@ def test_memlens_guide_writes_the_report(tmp_path, capsys):
     where = next(line for line in text.splitlines() if line.startswith("Unoptimized peak"))
     assert "optimizer state" in where and "unattributed" in where
     assert "new tokens" not in text.splitlines()[2]
+    assert "At the peak: the blocks −" in text  # freeze-base: no gradients or moments there
     assert json.loads((out / "guide.json").read_text())["model"] == "preset:tiny-llama"
     assert "written:" in capsys.readouterr().out
     # guide.json is a record of its own: memlens show prints it; what takes a run refuses it.
@@ -298,3 +299,16 @@ def test_each_workload_says_where_the_unoptimized_peak_goes():
             "(30%), weights 10.0 MiB (10%); the loss's row holds 25.0 MiB (25%) of it (the "
             "baseline measured in the `checkpointing` run).") in text
     assert text.count("Unoptimized peak") == 1
+
+
+def test_a_note_says_where_at_the_peak_the_technique_saved_or_added():
+    from engine.guide import _where
+
+    mib = 2**20
+    before = {"the blocks": 30 * mib, "the loss": 3 * mib, "the head": 2 * mib,
+              "unattributed": 1024}
+    after = {"the blocks": 6 * mib, "the loss": 4 * mib, "the head": 2 * mib + 10,
+             "unattributed": 1024}
+    # the head's 10 bytes are under 1% of the 40 MiB peak: left out
+    assert _where(before, after, 40 * mib) == "the blocks −24.0 MiB, the loss +1.00 MiB"
+    assert _where(before, before, 40 * mib) == "" and _where({}, after, 40 * mib) == ""
