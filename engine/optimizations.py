@@ -283,9 +283,6 @@ def _missing(module: str, package: str) -> str | None:
     return None if found else f"needs the optional package {package}: pip install {package}"
 
 
-_quiet_import = quiet_import
-
-
 class _TorchaoWeights(Optimization):
     """Linear weights replaced by torchao tensor subclasses (``quantize_``); their bytes are
     those of their inner tensors (``Applied.weights_bytes_after`` counts them)."""
@@ -307,12 +304,12 @@ class _TorchaoWeights(Optimization):
         return [m for _, m in _linears(model)]
 
     def _apply(self, model, params, hooks, device, record):
-        with _quiet_import():
+        with quiet_import():
             from torchao.quantization import quantize_
 
             config = self._config(params)
         targets = {id(m) for m in self._targets(model, params)}
-        with _quiet_import():
+        with quiet_import():
             quantize_(model, config, filter_fn=lambda m, fqn: id(m) in targets)
         record.modules_touched = len(targets)
         record.notes.append(f"the quantized weights are torchao tensor subclasses; their bytes "
@@ -469,7 +466,7 @@ def _quanto_extension(device: torch.device, record: Applied) -> None:
     measured passes (it shows as the technique's apply time); a build that fails refuses the
     technique with the compiler's own reason.
     """
-    with _quiet_import():
+    with quiet_import():
         from optimum.quanto.library.extensions import get_extension, is_extension_available
 
     name = {"cpu": "quanto_cpp", "cuda": "quanto_cuda"}.get(device.type)
@@ -480,7 +477,7 @@ def _quanto_extension(device: torch.device, record: Applied) -> None:
         return
     t0 = time.perf_counter()
     try:
-        with _quiet_import():
+        with quiet_import():
             _ = ext.lib
     except Exception as exc:  # noqa: BLE001 - a compiler error, a missing ninja, a bad build
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -521,13 +518,13 @@ class QuantoWeights(Optimization):
         return None
 
     def _apply(self, model, params, hooks, device, record):
-        with _quiet_import():
+        with quiet_import():
             import optimum.quanto as quanto
 
         if params["weights"] != "qint8":
             _quanto_extension(device, record)
         names = [name for name, _ in _linears(model)]
-        with _quiet_import():
+        with quiet_import():
             quanto.quantize(model, weights=getattr(quanto, params["weights"]), include=names)
             quanto.freeze(model)
         record.modules_touched = len(names)
@@ -968,13 +965,13 @@ class LoRA(Optimization):
             "no Linear layers match the chosen targets")
 
     def _apply(self, model, params, hooks, device, record):
-        with _quiet_import():
+        with quiet_import():
             from peft import LoraConfig, inject_adapter_in_model
 
         targets = self._targets(model, params["targets"])
         config = LoraConfig(r=params["rank"], lora_alpha=params["alpha"], lora_dropout=0.0,
                             target_modules=targets, bias="none")
-        with _quiet_import():
+        with quiet_import():
             inject_adapter_in_model(config, model)
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name)
@@ -988,7 +985,7 @@ def _bnb_refusal(device: str, bits: str) -> str | None:
     library: whether it has the class, and whether it registers a kernel for this device type
     for the optimizer-update ops the step calls (None when it can)."""
     try:
-        with _quiet_import():
+        with quiet_import():
             import bitsandbytes as bnb
     except Exception as exc:  # noqa: BLE001 - e.g. its native library missing from a bundle
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -1040,7 +1037,7 @@ class LowBitOptimizer(Optimization):
         if params["backend"] == "bitsandbytes":
             self._apply_bnb(params, hooks, device, record)
             return
-        with _quiet_import():
+        with quiet_import():
             from torchao.optim import AdamW4bit, AdamW8bit
 
         cls = AdamW8bit if params["bits"] == "8" else AdamW4bit
@@ -1060,14 +1057,14 @@ class LowBitOptimizer(Optimization):
     def _apply_bnb(params, hooks, device, record):
         import inspect
 
-        with _quiet_import():
+        with quiet_import():
             import bitsandbytes as bnb
 
         cls = getattr(bnb.optim, f"AdamW{params['bits']}bit")
         min_size = inspect.signature(cls).parameters.get("min_8bit_size")
 
         def factory(parameters: list[nn.Parameter], lr: float) -> Any:
-            with _quiet_import():
+            with quiet_import():
                 return cls(parameters, lr=lr)
 
         hooks.optimizer_factory = factory
