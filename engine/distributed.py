@@ -1306,6 +1306,7 @@ def track_fsdp2(config: RunConfig, ranks: int, master_dtype: str | None = None,
     from . import workloads as wl
     from .estimate import _as_in_a_real_run
     from .layers import _blocks
+    from .memtracker import name_outside_modules_apart
     from .models import DTYPES, _model_class, _quiet_transformers, architecture_config
 
     cancel = cancel or threading.Event()
@@ -1379,6 +1380,7 @@ def track_fsdp2(config: RunConfig, ranks: int, master_dtype: str | None = None,
             optimizer.zero_grad(set_to_none=True)
             ids = torch.zeros((config.batch, config.seq), dtype=torch.long)
             tracker = FSDPMemTracker(model, optimizer)
+            name_outside_modules_apart(tracker)  # transformers' kernel-function modules
             tracker.track_inputs((ids,))
             check()
             with tracker:

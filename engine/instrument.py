@@ -18,6 +18,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .accounting import TensorAccountant, leaves, storage_bytes, storage_key
 from .errors import Cancelled
 from .layers import TrackedModule, module_weight_tensors, owned_submodules, weight_owners
+from .memtracker import distinct_outside_names
 
 # Ops that do real arithmetic; when FlopCounterMode has no formula for one we say so.
 _HEAVY_OP_WORDS = ("attention", "mm", "matmul", "conv", "linear", "einsum", "baddbmm", "addmm")
@@ -106,7 +107,10 @@ def _module_tracker() -> Any:
         that fails before its backward leaves a graph whose hooks (closures over the graph's own
         nodes) form a cycle through C++ that Python's collector cannot break: the graph, its
         saved tensors and, through their saved-tensor hooks, the model stayed alive
-        (tests/test_runner.py). The pass has finished its backward by the time it exits."""
+        (tests/test_runner.py). The pass has finished its backward by the time it exits.
+        Modules outside the model get names of their own (``distinct_outside_names``)."""
+
+        _get_mod_name = distinct_outside_names
 
         def __enter__(self) -> Any:
             self._grad_hooks: list[Any] = []

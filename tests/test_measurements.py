@@ -291,6 +291,44 @@ def test_a_failing_flop_formula_is_flagged_not_fatal(monkeypatch):
     assert any("under-counted" in w for w in result.warnings)
 
 
+def test_modules_outside_the_model_calling_one_another_keep_the_tracker_sound():
+    """transformers >= 5.25 runs functions such as apply_rotary_pos_emb through `kernels`
+    modules: a shared instance calls the layer's private one, of the same class, and neither is
+    a submodule. The module tracker gives each its own name, so it neither warns nor raises."""
+    import warnings
+
+    from engine.instrument import _module_tracker
+
+    class Func(torch.nn.Module):
+        def __init__(self, inner=None):
+            super().__init__()
+            self.__dict__["inner"] = inner  # not a submodule, as in kernels
+
+        def forward(self, x):
+            return self.inner(x) if self.inner is not None else x * 2
+
+    private = Func()
+    shared = Func(private)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.__dict__["_funcs"] = {"f": private}
+
+        def forward(self, x):
+            return shared(self.lin(x))
+
+    net = Net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _module_tracker() as tracker:
+            net(torch.randn(2, 4, requires_grad=True)).sum().backward()
+            names = {tracker._known_modules[m] for m in (shared, private)}
+    assert names == {"Func", "Func#2"}
+    assert tracker._known_modules[net.lin] == "Net.lin"
+
+
 def test_attention_maps_are_distributions():
     events = Collector()
     result = execute(tiny(workload="forward", seq=40, attention_maps=True), events)
