@@ -21,6 +21,7 @@ class ErrorKind(str, Enum):
     CANCELLED = "cancelled"
     NO_DEVICE = "no_device"
     STORE = "store"
+    ENVIRONMENT = "environment"  # the installed packages are missing or broken, not the input
     INTERNAL = "internal"
 
 

@@ -281,7 +281,7 @@ def hf_config_from_values(
     except MemLensError:
         raise
     except Exception as exc:
-        raise MemLensError(
+        raise _install_problem(exc, where) or MemLensError(
             ErrorKind.INVALID_MODEL,
             f"The configuration in {where} is not valid: {_first_line(exc)}",
             "Fix the named value in the config, or start from a preset (preset:ID).",
@@ -316,6 +316,11 @@ def load_model(
             "Close other programs, or choose a smaller dtype (--dtype bfloat16) or a smaller "
             f"model, or estimate it without real memory: memlens estimate --model {config.model}",
         ) from exc
+    except Exception as exc:
+        problem = _install_problem(exc, config.model)
+        if problem is None:
+            raise
+        raise problem from exc
 
 
 class _Loader:
@@ -446,7 +451,7 @@ class _Loader:
         try:
             need = estimate_param_bytes(hf_config, dtype, trust_remote_code=remote)
         except Exception as exc:
-            raise MemLensError(
+            raise _install_problem(exc, where) or MemLensError(
                 ErrorKind.INVALID_MODEL,
                 f"Could not build the architecture in {where}: {_first_line(exc)}",
                 "Check the config values (sizes must divide evenly by the head counts).",
@@ -872,6 +877,8 @@ def _remote_code_error(where: str, model_type: str | None) -> MemLensError:
 def _config_error(exc: Exception, where: str) -> MemLensError:
     if "trust_remote_code" in str(exc):
         return _remote_code_error(where, None)
+    if (problem := _install_problem(exc, where)) is not None:
+        return problem
     return MemLensError(
         ErrorKind.INVALID_MODEL,
         f"The configuration in {where} is not valid: {_first_line(exc)}",
@@ -1220,9 +1227,54 @@ def _gib(n: int | float) -> str:
     return f"{n / 1024**2:.1f} MiB"
 
 
+def _raised_while_importing(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception in its chain, is an ``ImportError`` or was raised by a
+    module's top-level code (a ``<module>`` frame below the frame that caught it): Python was
+    importing a library, so the installed packages are at fault, not the model."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ImportError):
+            return True
+        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name == "<module>":
+                return True
+            tb = tb.tb_next
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _install_problem(exc: BaseException, where: str) -> MemLensError | None:
+    """A library failed to import while MemLens read or built ``where``: say so, rather than
+    blame the model's configuration (transformers imports a model's code on first use; a
+    package missing its data files, as ``kernels`` once was in the packaged app, failed there
+    with "The configuration ... is not valid")."""
+    if not _raised_while_importing(exc):
+        return None
+    import sys
+
+    frozen = getattr(sys, "frozen", False)
+    return MemLensError(
+        ErrorKind.ENVIRONMENT,
+        f"Python could not import a module needed to load {where}: {type(exc).__name__}: "
+        f"{_first_line(exc)}",
+        "This is the installation, not the model's values: reinstall the packaged app, or "
+        "report this message." if frozen else
+        "This is the installation, not the model's values: install the package it names, or "
+        "reinstall with README's install command (memlens --self-test checks an installation).",
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    line = text.splitlines()[0]
+    lines = [part.strip() for part in text.splitlines() if part.strip()]
+    line = lines[0]
+    if line.endswith(":") and len(lines) > 1:
+        # A heading ("Class validation error for validator 'validate_architecture':", from
+        # transformers' config classes) whose substance is on the next line.
+        line = f"{line} {lines[1]}"
     return line if len(line) <= 300 else line[:297] + "..."
 
 

@@ -184,6 +184,43 @@ def test_unknown_model_type_is_named(tmp_path: Path) -> None:
     assert err.kind is ErrorKind.INVALID_MODEL and "not-a-real-arch" in err.message
 
 
+@pytest.mark.fault(area='environment', case='a library that fails while it is imported (a package missing its data files)',
+                   outcome="environment: names the import's error and says the installation is at fault, not the model")
+@pytest.mark.parametrize("model", ["preset:tiny-llama", "demo"])
+def test_a_library_failing_to_import_is_not_blamed_on_the_model(model, tmp_path, monkeypatch):
+    """transformers imports a model's code on first use; `kernels` without its data file failed
+    there (the packaged app, transformers 5.25) and MemLens said the demo's config.json was not
+    valid. Simulated: the config call imports a module whose top level raises."""
+    import sys
+
+    import transformers
+
+    (tmp_path / "memlens_broken_dep.py").write_text(
+        'raise FileNotFoundError("Cannot load dependency data, is `kernels` correctly '
+        'installed?")\n', encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "memlens_broken_dep", raising=False)
+
+    def broken(*args, **kwargs):
+        import memlens_broken_dep  # noqa: F401
+
+    monkeypatch.setattr(transformers.AutoConfig, "for_model", broken)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", broken)
+    err = _error(model)
+    assert err.kind is ErrorKind.ENVIRONMENT, err
+    assert "Cannot load dependency data" in err.message and "not valid" not in err.message
+    assert "installation, not the model" in err.hint
+    # A value the config class refuses is still the config's fault.
+    monkeypatch.undo()
+    file = tmp_path / "bad.json"
+    file.write_text(json.dumps({"model_type": "llama", "hidden_size": 8,
+                                "num_attention_heads": 3}), encoding="utf-8")
+    err = _error(str(file))
+    assert err.kind is ErrorKind.INVALID_MODEL, err
+    # The substance under the validator's heading is in the message.
+    assert "not a multiple of the number of attention heads (3)" in err.message
+
+
 # -- folders and checkpoints ----------------------------------------------------------------
 
 
