@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .accounting import TensorAccountant, leaves, storage_bytes, storage_key
+from .accounting import TensorAccountant, leaves, remove_identical, storage_bytes, storage_key
 from .errors import Cancelled
 from .layers import TrackedModule, module_weight_tensors, owned_submodules, weight_owners
 from .memtracker import distinct_outside_names
@@ -265,8 +265,7 @@ class MemoryProbe:
         cw = getattr(module, "_memlens_cuda_watch", None)
         if cw is not None:
             self._cuda_boundary()
-            if cw in self._cuda_watches:
-                self._cuda_watches.remove(cw)
+            remove_identical(self._cuda_watches, cw)
             self.cuda_transient[t.name] = max(self.cuda_transient.get(t.name, 0), cw[1] - cw[0])
             del module._memlens_cuda_watch
         self.output_bytes[t.name] = max(self.output_bytes.get(t.name, 0), _output_bytes(output))

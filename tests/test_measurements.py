@@ -253,6 +253,21 @@ def test_the_attention_mask_and_position_ids_are_named_in_the_unattributed_rest(
     assert sum(detail.values()) == r.totals.unattributed_bytes
 
 
+@pytest.mark.parametrize("preset", ["tiny-bert", "tiny-llama"])
+def test_a_block_rises_at_least_as_high_as_any_module_inside_it(preset):
+    """A block's transient peak holds those of the modules it calls. BERT's block calls its
+    attention first, at the same live total: the two watchers were equal lists, and removing
+    the child's by value removed the block's (its transient read 0 B)."""
+    result = _run(model=f"preset:{preset}", workload="forward", seq=32)
+    rows = {layer.name: layer for layer in result.layers}
+    children = [r for r in result.layers if r.parent in rows and rows[r.parent].kind == "block"]
+    assert children
+    for child in children:
+        block = rows[child.parent]
+        assert block.transient_peak_bytes >= child.transient_peak_bytes > 0, (
+            block.name, block.transient_peak_bytes, child.name, child.transient_peak_bytes)
+
+
 def test_eager_attention_transient_holds_the_score_matrix():
     r = _run(workload="forward", seq=96, attention_impl="eager")
     heads, seq = r.model_info["num_attention_heads"], 96
