@@ -13,6 +13,12 @@ CONFIG_SCHEMA_VERSION = 1
 WORKLOADS = ("forward", "generate", "train")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("auto", "eager", "sdpa", "flex_attention")
+# Why flex attention is refused (--attention and the attention optimization alike).
+FLEX_UNMEASURABLE = (
+    "flex_attention runs only as a torch.compile'd kernel (transformers compiles it with "
+    "fullgraph=True), and compiled code cannot run under the tensor accounting MemLens measures "
+    "with (a TorchDispatchMode), so its memory cannot be measured here")
+FLEX_HINT = "Measure sdpa (a fused kernel as well: no score matrix is kept) or eager."
 
 
 @dataclass
@@ -72,8 +78,14 @@ class RunConfig:
         if self.attention_impl not in ATTENTION_IMPLS:
             raise bad(f"Unknown attention implementation {self.attention_impl!r}.",
                       f"Choose one of {', '.join(ATTENTION_IMPLS)}.")
-        if self.repeats < 1 or self.warmup < 0:
-            raise bad("Repeats must be ≥1 and warm-up ≥0.", "Use --repeats 1 or more.")
+        if self.attention_impl == "flex_attention":
+            raise bad(f"--attention flex_attention: {FLEX_UNMEASURABLE}.", FLEX_HINT)
+        if not isinstance(self.repeats, int) or self.repeats < 1:
+            raise bad(f"Repeats must be at least 1 (got {self.repeats}).",
+                      "Use --repeats 1 or more.")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise bad(f"Warm-up passes must be 0 or more (got {self.warmup}).",
+                      "Use --warmup 0 or more.")
         if not (0 < self.sample_hz <= 1000):
             raise bad(f"Sampling rate {self.sample_hz} Hz is out of range.", "Use 1–1000 Hz.")
         dev = self.device

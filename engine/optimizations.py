@@ -801,12 +801,17 @@ class PruneHeads(Optimization):
 class Attention(Optimization):
     id = "attention"
     name = "Attention implementation"
-    summary = ("Switch the attention kernel: eager materialises the score matrix, SDPA and "
-               "flex attention do not. The memory effect is measured, not assumed.")
+    summary = ("Switch the attention kernel: eager materialises the score matrix, SDPA does "
+               "not. The memory effect is measured, not assumed. flex_attention is refused: it "
+               "runs only compiled, and compiled code cannot run under tensor accounting.")
     category = "attention"
     params = (Param("impl", "choice", "sdpa", ("eager", "sdpa", "flex_attention")),)
 
     def check_model(self, model, params):
+        if params["impl"] == "flex_attention":
+            from .config import FLEX_UNMEASURABLE
+
+            return f"{FLEX_UNMEASURABLE}; measure impl=sdpa (also fused) or impl=eager"
         if not hasattr(model, "set_attn_implementation"):
             return "the model cannot switch its attention implementation"
         current = getattr(getattr(model, "config", None), "_attn_implementation", None)

@@ -389,6 +389,25 @@ def test_sliding_window_refused_where_attention_is_always_global():
     assert "no sliding-window setting" in events.failed.message
 
 
+@pytest.mark.fault(area='inputs', case='flex attention (runs only compiled: tensor accounting cannot see into it)',
+                   outcome='refused before any measurement, as --attention and as the attention optimization, naming sdpa and eager')
+def test_flex_attention_is_refused_with_the_reason():
+    """transformers compiles flex_attention with fullgraph=True, and compiled code cannot run
+    under a TorchDispatchMode: it failed as "a MemLens bug" halfway through a run."""
+    from engine.config import RunConfig
+
+    with pytest.raises(MemLensError) as info:
+        RunConfig(model="demo", attention_impl="flex_attention").validate()
+    assert "only as a torch.compile'd kernel" in info.value.message and "sdpa" in info.value.hint
+    events = Collector()
+    assert execute(tiny(optimizations=[{"id": "attention", "params": {"impl": "flex_attention"}}]),
+                   events) is None
+    assert events.failed.kind == ErrorKind.NOT_APPLICABLE.value
+    assert "cannot be measured" in events.failed.message and "impl=sdpa" in events.failed.message
+    stages = {getattr(e, "stage", "") for e in events.events}
+    assert "baseline" not in stages and "memory" not in stages, stages
+
+
 def test_fp8_kv_cache_is_a_quarter_and_its_quality_shows_in_generation():
     import transformers.cache_utils as cache_utils
 
