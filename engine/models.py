@@ -716,9 +716,7 @@ class _Loader:
         model = cfg.model.strip()
         if describe_source(model) == "hub":  # estimation reads a local config.json
             model = f"PATH/TO/{model.rsplit('/', 1)[-1]}/config.json"
-        command = (f"memlens estimate --model {model} --workload {cfg.workload} "
-                   f"--batch {cfg.batch} --seq {cfg.seq}"
-                   + (f" --dtype {cfg.dtype}" if cfg.dtype != "auto" else ""))
+        command = estimate_command(cfg, model)
         raise MemLensError(
             ErrorKind.TOO_LARGE,
             f"{what} is too large to {verb} here: use estimation. Its weights alone need "
@@ -1225,6 +1223,28 @@ def _gib(n: int | float) -> str:
     if n >= 1024**3:
         return f"{n / 1024**3:.1f} GiB"
     return f"{n / 1024**2:.1f} MiB"
+
+
+def estimate_command(cfg: RunConfig, model: str | None = None) -> str:
+    """The ``memlens estimate`` command for the same choices as ``cfg`` (what a refusal as too
+    large to load suggests): workload, sizes, dtype, attention, optimizations, remote code."""
+    import shlex
+
+    from .optimizations import format_spec
+
+    parts = ["memlens", "estimate", "--model", model or cfg.model.strip(),
+             "--workload", cfg.workload, "--batch", str(cfg.batch), "--seq", str(cfg.seq)]
+    if cfg.workload == "generate":
+        parts += ["--new-tokens", str(cfg.new_tokens)]
+    if cfg.dtype != "auto":
+        parts += ["--dtype", cfg.dtype]
+    if cfg.attention_impl != "auto":
+        parts += ["--attention", cfg.attention_impl]
+    for selected in cfg.optimizations or []:
+        parts += ["--opt", format_spec(selected)]
+    if cfg.trust_remote_code:
+        parts.append("--trust-remote-code")
+    return shlex.join(parts)
 
 
 def _raised_while_importing(exc: BaseException) -> bool:

@@ -155,6 +155,26 @@ def test_huge_preset_refused_without_allocating() -> None:
     assert "GiB" in err.message
 
 
+def test_the_suggested_estimate_keeps_every_choice_of_the_refused_run() -> None:
+    """The too-large refusal's `memlens estimate` command estimates the same run: new tokens,
+    attention and optimizations included (they were dropped, so a LoRA step was estimated as
+    full training)."""
+    import shlex
+
+    from engine import cli
+    from engine.models import estimate_command
+
+    config = RunConfig(model="preset:llama-3-8b", workload="generate", batch=2, seq=128,
+                       new_tokens=8, dtype="bfloat16", attention_impl="eager",
+                       optimizations=[{"id": "kv-cache", "params": {"policy": "static"}}])
+    words = shlex.split(estimate_command(config))
+    assert words[:2] == ["memlens", "estimate"]
+    args = cli._parser().parse_args(words[1:])
+    assert (args.model, args.workload, args.batch, args.seq, args.new_tokens, args.dtype,
+            args.attention_impl, args.opt) == ("preset:llama-3-8b", "generate", 2, 128, 8,
+                                          "bfloat16", "eager", ["kv-cache:policy=static"])
+
+
 def test_bfloat16_applied_to_preset() -> None:
     loaded = _load("preset:tiny-llama", dtype="bfloat16")
     assert loaded.dtype == "bfloat16"
