@@ -64,6 +64,11 @@ class RunConfig:
             raise bad(f"A CUDA memory snapshot needs a CUDA device (the run's device is "
                       f"{self.device}).", "Use --device cuda, or drop --memory-snapshot; on CPU "
                       "the trace export (memlens export RUN --trace FILE) shows the timeline.")
+        if self.detailed and not str(self.device).startswith("cuda"):
+            raise bad(f"Per-module allocator peaks (--detailed) need a CUDA device (the run's "
+                      f"device is {self.device}).",
+                      "Use --device cuda, or drop --detailed: on CPU every module's transient "
+                      "peak is measured by tensor accounting already (the 'transient' column).")
         if self.workload not in WORKLOADS:
             raise bad(f"Unknown workload {self.workload!r}.", f"Choose one of {', '.join(WORKLOADS)}.")
         if not isinstance(self.batch, int) or self.batch < 1:

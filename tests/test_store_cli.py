@@ -167,6 +167,16 @@ def test_a_memory_snapshot_needs_cuda():
     assert events.failed.kind == ErrorKind.INVALID_WORKLOAD.value
 
 
+def test_per_module_allocator_peaks_need_cuda():
+    """--detailed was ignored without a word on the CPU."""
+    from engine.config import RunConfig
+
+    with pytest.raises(MemLensError) as caught:
+        RunConfig(model="demo", detailed=True).validate()
+    assert "--detailed" in caught.value.message and "--device cuda" in caught.value.hint
+    RunConfig(model="demo", detailed=True, device="cuda").validate()  # the device decides
+
+
 @pytest.mark.fault(area="data", case="a sweep, fit, plan or distributed run file given where a run "
                                      "is expected",
                    outcome="refused naming what the file is; `memlens show` prints it instead")
