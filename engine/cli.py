@@ -243,6 +243,21 @@ def _join_negative_sizes(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """The headless commands. ``python -m engine.cli`` with no command prints the help."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader closed the pipe (`memlens runs | head`): stop quietly, as Unix tools do,
+        # rather than print a traceback. stdout goes to /dev/null so that the interpreter's
+        # flush at exit does not raise again (the recipe in Python's signal documentation).
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
+            pass
+        return EXIT_FAILED
+
+
+def _main(argv: list[str] | None) -> int:
     argv = _join_negative_sizes(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)

@@ -259,3 +259,17 @@ def test_training_runs_are_compared_by_the_quality_after_their_steps():
     assert c.quality[0] is None and c.quality[1] > 0  # the reference has no baseline of its own
     assert c.not_plotted() == [plain.run_id]
     assert "trained KL" in quality_text(lora.quality)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`memlens optimizations | head -1`: the reader goes away; no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--store", str(tmp_path),
+                             "optimizations"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it writes anything
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
