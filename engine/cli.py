@@ -1002,6 +1002,12 @@ def _cell(value, fmt=human_bytes) -> str:
     return fmt(value) if value is not None else MISSING
 
 
+def _dtype_text(info: dict) -> str:
+    """The weights' dtype as measured, and as loaded where an optimization changed it."""
+    dtype, loaded = info.get("dtype", "?"), info.get("loaded_dtype")
+    return f"{dtype} (loaded in {loaded})" if loaded and loaded != dtype else str(dtype)
+
+
 def print_report(result: RunResult, out: TextIO) -> None:
     """The per-layer table, totals and the reconciliation line."""
     cfg, t, info = result.config, result.totals, result.model_info
@@ -1014,7 +1020,7 @@ def print_report(result: RunResult, out: TextIO) -> None:
           + (f"; rank 0 of {tp} ranks of tensor parallelism (every figure is one rank's)"
              if tp > 1 else "") + "\n")
     w(f"{info.get('name', cfg.model)} · {info.get('architecture', '?')} · "
-      f"{si_number(info.get('parameters'))} parameters · {info.get('dtype', '?')} · "
+      f"{si_number(info.get('parameters'))} parameters · {_dtype_text(info)} · "
       f"{info.get('device', cfg.device)} · attention {info.get('attn_implementation', '?')}"
       f"{' · random weights' if info.get('random_weights') else ''}"
       f"{' · estimate' if est is not None else ''}\n")

@@ -77,7 +77,8 @@ def _describe(r: RunResult) -> str:
     opts = optimizations_text(r.optimizations)
     c = r.config
     return (f"{r.run_id}: {c.model} {c.workload} b{c.batch} s{c.seq} {c.device} "
-            f"{r.model_info.get('dtype', c.dtype)}; optimizations: {opts}")
+            f"{r.model_info.get('dtype', c.dtype)}; optimizations: {opts}"
+            + ("; ESTIMATE (fake tensors, no latency)" if r.is_estimate else ""))
 
 
 def _quality(r: RunResult) -> str:

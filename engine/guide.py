@@ -466,7 +466,8 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
         else:
             _fill(entry, result)
             if not guide.weights_dtype:
-                guide.weights_dtype = str((result.model_info or {}).get("dtype") or "")
+                info = result.model_info or {}
+                guide.weights_dtype = str(info.get("loaded_dtype") or info.get("dtype") or "")
                 guide.quality_text = str((result.quality or {}).get("text") or "")
         guide.entries.append(entry)
         if on_entry is not None:

@@ -28,8 +28,8 @@ from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import AttentionMaps, Event, Failed, Finished, LayerStatsReady, Progress
 from .instrument import MemoryProbe, TimingProbe
-from .layers import (LOSS_ROW, TrackedModule, module_weight_tensors, owned_submodules, select_layers,
-                     unique_nbytes)
+from .layers import (LOSS_ROW, TrackedModule, module_weight_tensors, owned_submodules,
+                     parameter_count, select_layers, unique_nbytes, weights_dtype)
 from .modeltree import ChangeTracker, module_tree
 from .results import CATEGORIES, LayerStats, RunResult
 from . import quality as quality_mod
@@ -953,8 +953,9 @@ class _Run:
         return {
             "name": loaded.name, "source": loaded.source, "path": loaded.path,
             "architecture": loaded.architecture, "random_weights": loaded.random_weights,
-            "dtype": loaded.dtype, "device": str(device),
-            "parameters": sum(p.numel() for p in model.parameters()),
+            # The weights' dtype as measured (a cast changes it); loaded_dtype: as loaded.
+            "dtype": weights_dtype(model) or loaded.dtype, "loaded_dtype": loaded.dtype,
+            "device": str(device), "parameters": parameter_count(model),
             "num_layers": get("num_hidden_layers", "n_layer"),
             "hidden_size": hidden, "num_attention_heads": n_heads,
             "num_key_value_heads": get("num_key_value_heads") or n_heads,

@@ -319,7 +319,10 @@ def _config_rows(result: RunResult) -> list[tuple[str, str]]:
                            if (shape := (result.inputs or {}).get("shape")) else MISSING)),
              ("seed", _v(getattr(cfg, "seed", None))),
              ("device", _v(info.get("device") or cfg.device)),
-             ("dtype", f"{_v(info.get('dtype'))} (asked: {cfg.dtype})"),
+             ("dtype", f"{_v(info.get('dtype'))} ("
+                       + (f"loaded {info['loaded_dtype']}; "
+                          if info.get("loaded_dtype") not in (None, info.get("dtype")) else "")
+                       + f"asked: {cfg.dtype})"),
              ("attention", f"{_v(info.get('attn_implementation'))} (asked: {cfg.attention_impl})"),
              ("attention maps", _v(cfg.attention_maps)),
              ("repeats / warm-up", "none: an estimate times nothing" if result.estimate

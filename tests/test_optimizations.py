@@ -129,7 +129,8 @@ def test_cast_halves_the_weights_and_reports_quality():
     assert r.deltas["model_weights_bytes"] == -applied["weights_bytes_after"]
     assert r.baseline["peak_bytes"] > r.totals.peak_bytes
     assert 0 <= r.quality["kl_divergence"] < 0.05 and r.quality["top1_agreement"] > 0.8
-    assert r.model_info["dtype"] in ("bfloat16", "float32")
+    # The dtype shown is the measured model's, and the loaded one beside it.
+    assert (r.model_info["dtype"], r.model_info["loaded_dtype"]) == ("bfloat16", "float32")
 
 
 def test_int8_dynamic_linear_weights_are_a_quarter():
@@ -140,6 +141,11 @@ def test_int8_dynamic_linear_weights_are_a_quarter():
     assert a["weights_bytes_before"] - a["weights_bytes_after"] == linear - linear // 4
     assert r.quality["kl_divergence"] >= 0
     assert any("quantized" in op for op in r.totals.flops_uncounted_ops)
+    # Quantizing removes no parameter: packed weights count (they read 396 K of 2.53 M).
+    from engine.models import load_model
+
+    plain = load_model(tiny()).model
+    assert r.model_info["parameters"] == sum(p.numel() for p in plain.parameters())
     # The packed int8 weights are opaque to the dispatch mode, yet counted once at the peak by
     # their owners (exclusive rows), so the peak holds every weight byte and still reconciles.
     t = r.totals
@@ -253,6 +259,15 @@ def test_cli_optimizations_and_compare(tmp_path, capsys):
     assert "cast:dtype=bfloat16" in out and "Δ[1]" in out and "total (peak)" in out
     # Whole layer names (they were cut to their last 23 characters: 'odel.layers.0.self_attn').
     assert "\nmodel.layers.0.self_attn " in out, out
+    assert "bfloat16 (loaded in float32)" not in out  # compare names the measured dtype
+    assert "demo forward b1 s32 cpu bfloat16; optimizations: cast" in out, out
+    # An estimate among the compared runs says so on its line (only its run id did).
+    assert cli.main(store + ["estimate", "--model", "demo", "--seq", "32", "--save"]) == 0
+    estimate_id = next(s.run_id for s in RunStore(tmp_path).list() if s.run_id not in ids)
+    capsys.readouterr()
+    assert cli.main(store + ["compare", ids[0], estimate_id]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "ESTIMATE" in lines[1] and "ESTIMATE" not in lines[0], lines[:2]
 
 
 def test_torchao_int8_weight_only_counts_inner_int8_data():
