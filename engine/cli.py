@@ -17,8 +17,8 @@ from typing import Any, TextIO
 from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
-from .format import (MISSING, bytes_against, human_bytes, overhead, quality_parts,
-                     si_number)
+from .format import (MISSING, bytes_against, human_bytes, kv_cache_text, overhead,
+                     quality_parts, si_number)
 from .results import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -1113,13 +1113,7 @@ def print_report(result: RunResult, out: TextIO) -> None:
         timing = (f"prefill {g['prefill_ms']:.2f} ms, decode {sum(steps or [0]):.2f} ms for "
                   f"{len(steps or [])} steps" if g.get("prefill_ms") is not None
                   else f"{g.get('new_tokens', '?')} new tokens (not timed)")
-        per_step = g.get("kv_bytes_per_step") or []
-        growth = ("" if len(per_step) < 2 else
-                  f" (grew {human_bytes(per_step[0])} → {human_bytes(per_step[-1])})"
-                  if per_step[0] != per_step[-1] else
-                  f" (the same {human_bytes(per_step[0])} after every step: allocated up front)")
-        w(f"generation: {timing}; KV cache {human_bytes(g.get('kv_cache_bytes'))} for "
-          f"{g.get('cached_positions')} positions{growth}; tensor-accounting peak prefill "
+        w(f"generation: {timing}; {kv_cache_text(g)}; tensor-accounting peak prefill "
           f"{human_bytes(g.get('prefill_peak_bytes'))}, decode "
           f"{human_bytes(g.get('decode_peak_bytes'))}\n")
         if g.get("text"):

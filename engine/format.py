@@ -135,6 +135,25 @@ def to_mib(value: int | float | None) -> float:
     return float(value) / (1024.0 * 1024.0)
 
 
+def kv_cache_text(generation: dict) -> str:
+    """"KV cache X after N positions (how it changed over the decode steps)": N is what the
+    cache has seen (``get_seq_length``); a sliding window keeps fewer, a static cache has room
+    for more, so the text says how the bytes moved rather than bytes per position."""
+    per_step = generation.get("kv_bytes_per_step") or []
+    if len(per_step) < 2:
+        change = ""
+    elif per_step[0] < per_step[-1]:
+        change = f" (grew {human_bytes(per_step[0])} → {human_bytes(per_step[-1])})"
+    elif per_step[0] > per_step[-1]:
+        change = (f" (shrank {human_bytes(per_step[0])} → {human_bytes(per_step[-1])}: the "
+                  "cache keeps fewer positions than it has seen)")
+    else:
+        change = f" (the same {human_bytes(per_step[0])} after every step: allocated up front)"
+    positions = generation.get("cached_positions")
+    return (f"KV cache {human_bytes(generation.get('kv_cache_bytes'))} after "
+            f"{MISSING if positions is None else positions} positions{change}")
+
+
 def short_layer_label(name: str) -> str:
     """A compact axis label for a fully qualified module name.
 

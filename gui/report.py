@@ -42,7 +42,7 @@ from typing import Any
 
 from engine.errors import ErrorKind, MemLensError
 from engine.format import (MISSING, human_bytes, human_count, human_ms, human_seconds,
-                           quality_parts)
+                           kv_cache_text, quality_parts)
 from engine.results import RunResult
 
 PANEL_WIDTH = 1200  # every picture is this many pixels wide
@@ -377,16 +377,10 @@ def _totals_html(result: RunResult) -> str:
     g = result.generation
     if g:
         steps = g.get("decode_ms_per_step") or []
-        per_step = g.get("kv_bytes_per_step") or []
-        growth = ("" if len(per_step) < 2 else
-                  f" (grew {human_bytes(per_step[0])} → {human_bytes(per_step[-1])}; the "
-                  "totals' KV cache is the cache at the peak)" if per_step[0] != per_step[-1]
-                  else " (the same after every step: allocated up front)")
         parts.append(
             f"<li>KV cache and memory of the generation: {_v(g.get('prompt_tokens'))} prompt "
-            f"tokens + {_v(g.get('new_tokens'))} new; KV cache at the end "
-            f"{human_bytes(g.get('kv_cache_bytes'))} for {_v(g.get('cached_positions'))} "
-            f"positions{growth}; tensor-accounting peak prefill "
+            f"tokens + {_v(g.get('new_tokens'))} new; at the end {kv_cache_text(g)} (the "
+            "totals' KV cache is the cache at the peak); tensor-accounting peak prefill "
             f"{human_bytes(g.get('prefill_peak_bytes'))}, decode "
             f"{human_bytes(g.get('decode_peak_bytes'))}; {len(steps)} decode steps timed</li>")
         if g.get("text"):

@@ -273,3 +273,20 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
         err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_the_kv_cache_line_says_how_the_bytes_moved():
+    """A sliding window's cache shrinks below what it has seen, a static one stays the same:
+    "KV cache 16.0 KiB for 143 positions (grew 64.0 KiB → 16.0 KiB)" contradicted itself."""
+    from engine.format import kv_cache_text
+
+    kib = 1024
+    window = kv_cache_text({"kv_cache_bytes": 16 * kib, "cached_positions": 143,
+                            "kv_bytes_per_step": [64 * kib, 32 * kib, 16 * kib]})
+    assert window.startswith("KV cache 16.0 KiB after 143 positions (shrank 64.0 KiB → 16.0 KiB")
+    static = kv_cache_text({"kv_cache_bytes": 240 * kib, "cached_positions": 79,
+                            "kv_bytes_per_step": [240 * kib] * 3})
+    assert "(the same 240 KiB after every step: allocated up front)" in static
+    dynamic = kv_cache_text({"kv_cache_bytes": 3 * kib, "cached_positions": 3,
+                             "kv_bytes_per_step": [kib, 2 * kib, 3 * kib]})
+    assert dynamic == "KV cache 3.00 KiB after 3 positions (grew 1.00 KiB → 3.00 KiB)"
