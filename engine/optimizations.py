@@ -1220,6 +1220,13 @@ REGISTRY: dict[str, Optimization] = {o.id: o for o in (
     Attention(), SlidingWindow(), Checkpointing(),
     FreezeBase(), LoRA(), LowBitOptimizer(), KVCache(), Compile(),
 )}
+# A conflict goes both ways: each technique lists every one it is refused with, including
+# those that name it ("cast" listed only int8-dynamic, while torchao-int8 refused cast).
+for _opt in REGISTRY.values():
+    _opt.conflicts = tuple(dict.fromkeys(
+        list(_opt.conflicts)
+        + [other.id for other in REGISTRY.values() if _opt.id in other.conflicts]))
+del _opt
 
 
 def parse_spec(spec: str) -> dict[str, Any]:

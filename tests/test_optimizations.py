@@ -465,3 +465,14 @@ def test_low_bit_optimizer_state_is_counted_by_its_real_bytes():
     assert r.totals.optimizer_state_bytes < 0.4 * fp32_state
     assert any("compiled code" in w for w in r.warnings)
     assert r.totals.reconciles()
+
+
+def test_every_conflict_is_listed_on_both_sides():
+    """`memlens optimizations` shows each technique's conflicts: a pair refused together is
+    listed under both (cast showed only int8-dynamic, while torchao-int8 refused cast)."""
+    for opt in REGISTRY.values():
+        for other in opt.conflicts:
+            assert opt.id in REGISTRY[other].conflicts, (opt.id, other)
+    with pytest.raises(MemLensError) as info:
+        resolve([{"id": "cast"}, {"id": "torchao-int8"}], "forward", "cpu")
+    assert "conflicts with" in info.value.message
