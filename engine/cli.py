@@ -1056,6 +1056,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
             w("-" * len(line) + "\n")
         w("  ".join(str(c).ljust(widths[i]) if i < 2 else str(c).rjust(widths[i])
                     for i, c in enumerate(r)) + "\n")
+    if result.training:
+        w("(ms and FLOPs: each layer's forward; the total row's: the whole step, forward + "
+          "backward + optimizer)\n")
     w("\n")
     from .aggregate import PEAK_SOURCES
 

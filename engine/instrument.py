@@ -463,6 +463,9 @@ class MemoryProbe:
         return per_owner, unowned
 
 
+_in_backward = torch._C._current_graph_task_id
+
+
 class TimingProbe:
     """The timing pass: inclusive wall time per tracked module (CUDA events on GPU, no sync)."""
 
@@ -488,9 +491,16 @@ class TimingProbe:
     def _new_event(self) -> Any:
         return torch.cuda.Event(enable_timing=True)
 
+    # A forward that runs inside the backward is activation checkpointing's recomputation: it
+    # is not timed, so that a row is its forward's time in every workload (the recomputed
+    # attention and MLP rows of a checkpointed block came to more than the block itself).
+    # torch._C._current_graph_task_id() is -1 outside a backward.
+
     def _pre_cuda(self, module: nn.Module, args: Any) -> None:
         if self._cancel_set():
             raise Cancelled()
+        if _in_backward() != -1:
+            return
         ev = self._pool.pop() if self._pool else self._new_event()
         ev.record(self._stream)
         self._open[id(module)].append(ev)
@@ -505,6 +515,8 @@ class TimingProbe:
     def _pre(self, module: nn.Module, args: Any) -> None:
         if self._cancel_set():
             raise Cancelled()
+        if _in_backward() != -1:
+            return
         self._open[id(module)].append(time.perf_counter_ns())
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:

@@ -387,3 +387,30 @@ def test_timeline_and_overhead_recorded(forward_run):
     assert r.timing["detailed_overhead"] > 0
     assert r.timing["live_modules"] < r.timing["detailed_modules"] == len(r.layers)
     assert r.environment["libraries"]["torch"] == torch.__version__
+
+
+def test_recomputation_in_the_backward_is_not_timed():
+    """Activation checkpointing runs a block's modules again in the backward: those calls are
+    not the forward's time (the attention and MLP rows of checkpointed blocks came to more than
+    their block)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from engine.instrument import TimingProbe
+    from engine.layers import TrackedModule
+
+    inner = torch.nn.Linear(8, 8)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return checkpoint(self.inner, x, use_reentrant=False).relu()
+
+    block = Block()
+    tracked = [TrackedModule("block", "block", None, 0, block),
+               TrackedModule("block.inner", "mlp", "block", 1, inner)]
+    with TimingProbe(tracked, torch.device("cpu")) as probe:
+        block(torch.randn(4, 8, requires_grad=True)).sum().backward()
+    assert sorted(name for name, _, _ in probe.spans()) == ["block", "block.inner"]
