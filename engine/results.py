@@ -193,17 +193,24 @@ class RunResult:
 
 
 class SchemaError(ValueError):
-    """A run file this version cannot read."""
+    """A run file this version cannot read; ``hint`` names what to do about it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
     """Bring an older run dict to the current schema, or explain why it cannot be read."""
     version = data.get("schema_version")
     if not isinstance(version, int):
-        raise SchemaError("The file has no integer 'schema_version': it is not a MemLens run.")
+        raise SchemaError("The file has no integer 'schema_version': it is not a MemLens run.",
+                          "Open a run file MemLens wrote (memlens runs lists them), or a sweep, "
+                          "fit, plan or guide.json.")
     if version > SCHEMA_VERSION:
         raise SchemaError(f"The run was written by a newer MemLens (schema {version}; this "
-                          f"version reads up to {SCHEMA_VERSION}). Upgrade MemLens to open it.")
+                          f"version reads up to {SCHEMA_VERSION}).",
+                          "Upgrade MemLens to open it.")
     if version < 2:  # 1 -> 2: estimates did not exist, so every older run was measured
         data["estimate"] = None
         data["schema_version"] = 2

@@ -223,8 +223,7 @@ def load_run_file(path: Path | str) -> RunResult:
             raise not_a_run(path, kind)
         return RunResult.from_dict(data)
     except SchemaError as exc:
-        raise MemLensError(ErrorKind.STORE, f"{path.name}: {exc}", "Open it with the MemLens "
-                           "version that wrote it.") from exc
+        raise MemLensError(ErrorKind.STORE, f"{path.name}: {exc}", exc.hint) from exc
     except (ValueError, TypeError, KeyError) as exc:
         raise MemLensError(ErrorKind.STORE, f"The run file {path.name} is damaged ({exc}).",
                            "It cannot be opened; other runs are unaffected.") from exc

@@ -52,7 +52,14 @@ def test_damaged_and_future_files_are_explained(saved, tmp_path):
     newer.write_text(json.dumps(future))
     with pytest.raises(MemLensError) as e:
         store.load(newer)
-    assert "newer MemLens" in e.value.message
+    assert "newer MemLens" in e.value.message and "Upgrade MemLens" in e.value.hint
+    # A JSON file that is no MemLens run: the hint says what to open (it said "open it with
+    # the MemLens version that wrote it").
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"a": 1}))
+    with pytest.raises(MemLensError) as e:
+        store.load(foreign)
+    assert "not a MemLens run" in e.value.message and "memlens runs" in e.value.hint
     with pytest.raises(MemLensError) as e:
         store.load(tmp_path / "missing.json")
     assert e.value.kind == ErrorKind.NOT_FOUND
