@@ -1047,7 +1047,8 @@ def print_report(result: RunResult, out: TextIO) -> None:
     rows.append(["total at peak", "", human_bytes(t.model_weights_bytes), "", "", "",
                  human_bytes(t.peak_bytes),
                  f"{t.latency_ms:.3f}" if t.latency_ms is not None else MISSING,
-                 si_number(t.flops) if t.flops is not None else MISSING])
+                 (si_number(t.flops) + ("*" if t.flops_uncounted_ops else ""))
+                 if t.flops is not None else MISSING])
     widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
     line = "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(cols))
     w(line + "\n" + "-" * len(line) + "\n")
@@ -1162,8 +1163,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
     if est is not None:
         for limitation in result.limitations:
             w(f"limitation: {limitation}\n")
-    if any(layer.flops_complete is False for layer in result.layers):
-        w("* FLOPs incomplete in this module (see warning)\n")
+    if any(layer.flops_complete is False for layer in result.layers) or t.flops_uncounted_ops:
+        w("* FLOPs incomplete in this row: an op without a FLOP formula ran in it (see "
+          "warning)\n")
 
 
 if __name__ == "__main__":

@@ -637,7 +637,7 @@ class _Run:
             result.warnings.append(
                 f"Tensor accounting saw {-totals.unattributed_bytes} B more than the allocator's "
                 "peak; attribution is approximate for this run.")
-        totals.parameters = sum(p.numel() for p in model.parameters())
+        totals.parameters = parameter_count(model)
         totals.model_weights_bytes = unique_nbytes(module_weight_tensors(model, recurse=True))
         totals.flops = probe.total_flops
         totals.flops_scope = ("forward + backward + optimizer step (per-layer: forward)"
@@ -651,8 +651,14 @@ class _Run:
                 "FLOPs are under-counted: FlopCounterMode has no formula for "
                 f"{', '.join(uncounted)} (used in {len(where)} module(s), e.g. "
                 f"{', '.join(where[:2]) or 'outside tracked modules'}).")
+            # A module that misses FLOPs makes every row that holds it incomplete too.
+            incomplete = set(probe.uncounted_flop_ops)
+            parent_of = {layer.name: layer.parent for layer in layers}
+            for name in list(incomplete):
+                while (name := parent_of.get(name)) is not None:
+                    incomplete.add(name)
             for layer in layers:
-                if layer.name in probe.uncounted_flop_ops:
+                if layer.name in incomplete:
                     layer.flops_complete = False
         if gen is not None:
             result.generation = {

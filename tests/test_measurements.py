@@ -304,6 +304,11 @@ def test_a_failing_flop_formula_is_flagged_not_fatal(monkeypatch):
     assert any("formula failed" in op for op in result.totals.flops_uncounted_ops)
     assert any(layer.flops_complete is False for layer in result.layers)
     assert any("under-counted" in w for w in result.warnings)
+    # A row that holds an incomplete one is incomplete too (a block above its attention).
+    rows = {layer.name: layer for layer in result.layers}
+    for layer in result.layers:
+        if layer.flops_complete is False and layer.parent in rows:
+            assert rows[layer.parent].flops_complete is False, (layer.name, layer.parent)
 
 
 def test_modules_outside_the_model_calling_one_another_keep_the_tracker_sound():
