@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QFont, QFontMetrics
 
 
@@ -67,3 +67,63 @@ def fit_bar_labels(plot: Any, labels: Sequence[str], font: QFont,
         taken.append((center - w, center + w))
         text[i] = short
     axis.setTicks([[(float(i), text[i]) for i in sorted(text)], []])
+
+
+def fit_legend_columns(legend: Any, width: float) -> int:
+    """Give a pyqtgraph ``LegendItem`` the most columns (up to one per entry) whose rows fit
+    ``width`` pixels, and return that count.
+
+    A legend laid out in one row is as wide as its entries: wider than the view, it widened
+    the plot past the widget's edge, and the last bars (the head, the loss, unattributed) and
+    legend entries were cut off at the default window size. Entries fill rows left to right,
+    as pyqtgraph places them; a column is as wide as its widest sample and label."""
+    items = list(getattr(legend, "items", []))
+    if not items or width <= 0:
+        return getattr(legend, "columnCount", 1)
+    layout = legend.layout
+    spacing = max(layout.horizontalSpacing(), 0.0)
+    left, _top, right, _bottom = layout.getContentsMargins()
+    sizes = [(sample.boundingRect().width(), label.itemRect().width()
+              if hasattr(label, "itemRect") else label.boundingRect().width())
+             for sample, label in items]
+    columns = 1
+    for n in range(len(items), 0, -1):
+        samples = [max(sizes[i][0] for i in range(c, len(items), n)) for c in range(n)]
+        labels = [max(sizes[i][1] for i in range(c, len(items), n)) for c in range(n)]
+        if sum(samples) + sum(labels) + spacing * (2 * n - 1) + left + right <= width:
+            columns = n
+            break
+    if columns != legend.columnCount:
+        legend.setColumnCount(columns)
+    return columns
+
+
+class _LegendFitter(QObject):
+    """Refits a legend's columns when its widget is resized or an entry is added."""
+
+    def __init__(self, legend: Any, widget: Any) -> None:
+        super().__init__(widget)
+        self.legend, self.widget = legend, widget
+        widget.installEventFilter(self)
+        add = legend.addItem
+
+        def add_and_fit(*args: Any, **kwargs: Any) -> Any:
+            result = add(*args, **kwargs)
+            self.fit()
+            return result
+
+        legend.addItem = add_and_fit
+
+    def eventFilter(self, _obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Resize:
+            self.fit()
+        return False
+
+    def fit(self) -> None:
+        fit_legend_columns(self.legend, self.widget.width() - 12)
+
+
+def keep_legend_fitted(legend: Any, widget: Any) -> None:
+    """Keep ``legend`` (a pyqtgraph LegendItem in ``widget``, a GraphicsLayoutWidget) within
+    the widget's width: see ``fit_legend_columns``."""
+    legend._memlens_fitter = _LegendFitter(legend, widget)

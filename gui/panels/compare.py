@@ -25,7 +25,7 @@ from engine.compare import Comparison, optimizations_text
 from engine.format import MISSING, human_bytes, human_ms, short_layer_label
 
 from .. import theme
-from .axis import fit_bar_labels
+from .axis import fit_bar_labels, keep_legend_fitted
 
 MIB = 1024.0 * 1024.0
 _TEXT = "#202020"
@@ -78,6 +78,7 @@ class ComparePanel(QWidget):
         self.bars_plot.getViewBox().sigResized.connect(self._apply_ticks)
         # Few columns and short names: a wide legend would widen the plot past the view.
         self.legend = pg.LegendItem(colCount=3, labelTextColor=_TEXT)
+        keep_legend_fitted(self.legend, self.bars_widget)
         self.bars_widget.addItem(self.legend, row=1, col=0)
         self._bar_items: list[pg.BarGraphItem] = []
 

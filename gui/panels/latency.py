@@ -20,7 +20,7 @@ from engine.format import human_ms, overhead, si_number, short_layer_label
 from engine.results import LayerStats, RunResult
 
 from .. import theme
-from .axis import fit_bar_labels
+from .axis import fit_bar_labels, keep_legend_fitted
 
 _TEXT = "#202020"
 # (series, legend name, colour): the top-level row, then its attention and MLP sub-rows.
@@ -110,6 +110,7 @@ class LatencyPanel(QWidget):
             self.plot.getAxis(axis).setTextPen(_TEXT)
             self.plot.getAxis(axis).setPen("#606060")
         self.legend = pg.LegendItem(colCount=len(SERIES), labelTextColor=_TEXT)
+        keep_legend_fitted(self.legend, self.bars_widget)
         self.bars_widget.addItem(self.legend, row=1, col=0)
         self.bars: dict[str, pg.BarGraphItem] = {}
         for name, label, color in SERIES:

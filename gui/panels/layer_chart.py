@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, Slot
+from PySide6.QtCore import QPointF, Qt, Slot
 from PySide6.QtGui import QCursor
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QToolTip, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QCheckBox, QFrame, QHBoxLayout, QLabel, QScrollArea, QToolTip,
+                               QVBoxLayout, QWidget)
 
 from engine.results import LayerStats, Totals
 
@@ -22,7 +23,7 @@ from engine.aggregate import UNATTRIBUTED, LayerGroup, category_order, group_lay
 from engine.format import human_bytes, short_layer_label
 
 from .. import theme
-from .axis import fit_bar_labels
+from .axis import fit_bar_labels, keep_legend_fitted
 
 MIB = 1024.0 * 1024.0
 EMPTY_TEXT = ("No run yet.\nRun measures the chosen model;\nEstimate works it out without "
@@ -54,6 +55,32 @@ def _decade(k: int) -> str:
     return f"{value:g}" if 1e-3 <= value <= 1e5 else f"1e{k}"
 
 
+class _Strip(QScrollArea):
+    """The row of category boxes, scrolling sideways when the panel is narrower than the row.
+    Laid out plainly, six categories and "Log scale" made the panel at least 720 px wide at
+    any window size, squeezing the timeline beside it until it was cut off."""
+
+    def __init__(self, inner: QWidget) -> None:
+        super().__init__()
+        self.setWidget(inner)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.fit()
+
+    def fit(self) -> None:
+        """As tall as the row, plus the scroll bar when the row does not fit."""
+        need = self.widget().sizeHint()
+        bar = (self.horizontalScrollBar().sizeHint().height()
+               if need.width() > self.viewport().width() else 0)
+        self.setFixedHeight(need.height() + bar)
+
+    def resizeEvent(self, event: object) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self.fit()
+
+
 class LayerChartPanel(QWidget):
     """Renders grouped ``at_peak`` bytes; bars are built once per category and updated in place."""
 
@@ -72,6 +99,7 @@ class LayerChartPanel(QWidget):
             self.plot.getAxis(axis).setTextPen("#202020")
             self.plot.getAxis(axis).setPen("#606060")
         self.legend = pg.LegendItem(colCount=len(CATEGORY_COLORS), labelTextColor="#202020")
+        keep_legend_fitted(self.legend, self.plot_widget)
         self.plot_widget.addItem(self.legend, row=1, col=0)
         self.plot.getViewBox().sigResized.connect(self._on_resized)
         self._bars: dict[str, pg.BarGraphItem] = {}
@@ -106,7 +134,10 @@ class LayerChartPanel(QWidget):
         self.plot.scene().sigMouseMoved.connect(self._hover)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(self.toggles_row)
+        strip = QWidget()
+        strip.setLayout(self.toggles_row)
+        self.toggles_strip = _Strip(strip)
+        layout.addWidget(self.toggles_strip)
         layout.addWidget(self.plot_widget)
         self._show_empty(True)
 
@@ -185,6 +216,7 @@ class LayerChartPanel(QWidget):
                 self.toggles_row.insertWidget(self.toggles_row.count() - 2, box)
         for category, box in self._toggles.items():
             box.setVisible(category in self.stacks)
+        self.toggles_strip.fit()
 
     def set_category_visible(self, category: str, visible: bool) -> None:
         if visible:

@@ -37,6 +37,7 @@ from engine.errors import ErrorKind, MemLensError
 from engine.format import MISSING, human_bytes
 from engine.sweep import parse_bytes
 
+from .axis import keep_legend_fitted
 from .. import theme
 from .layer_chart import CATEGORY_COLORS
 from .sweep import byte_unit
@@ -139,6 +140,7 @@ class PlanPanel(QWidget):
         self.chart.setBackground(theme.current().background)
         self.plot = self.chart.addPlot(row=0, col=0)
         self.legend = pg.LegendItem(colCount=4, labelTextColor=theme.current().text)
+        keep_legend_fitted(self.legend, self.chart)
         self.chart.addItem(self.legend, row=1, col=0)
         self._style("Memory per device (ESTIMATE)", "bytes")
         self.table = QTableWidget(0, len(INFERENCE_COLUMNS))

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 from engine.format import MISSING, bytes_against, human_bytes
 from engine.sweep import CATEGORY_LABELS, parse_bytes, parse_int_list
 
+from .axis import keep_legend_fitted
 from .. import theme
 from .compare import run_color
 
@@ -158,6 +159,7 @@ class SweepPanel(QWidget):
         self.memory_plot = self.memory_widget.addPlot(row=0, col=0)
         _style(self.memory_plot, "Peak memory", "MiB", "sequence length")
         self.legend = pg.LegendItem(colCount=3, labelTextColor=theme.current().text)
+        keep_legend_fitted(self.legend, self.memory_widget)
         self.memory_widget.addItem(self.legend, row=1, col=0)
         self.latency_widget = pg.GraphicsLayoutWidget()
         self.latency_widget.setBackground(theme.current().background)
