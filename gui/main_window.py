@@ -617,12 +617,14 @@ class MainWindow(QMainWindow):
         self.totals.render(result)
         self.latency_panel.render(result)
         self.attention_panel.render(attention, result.attention, attention_reason)
+        config = result.config
+        estimated = getattr(result, "estimate", None)
         if result.timeline:
             self.timeline.set_timeline(result.timeline)
         else:  # not the samples of a run that did not finish
-            self.timeline.clear()
-        config = result.config
-        estimated = getattr(result, "estimate", None)
+            self.timeline.clear("ESTIMATE: fake tensors take no memory, so nothing was sampled "
+                                "over time; the chart and table hold the estimate."
+                                if estimated else "")
         tp = (estimated or {}).get("tensor_parallel") or 1
         rank = f", rank 0 of {tp} (tensor parallel)" if tp > 1 else ""
         kind = f" · ESTIMATE{rank}" if estimated is not None else ""

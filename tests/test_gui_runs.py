@@ -462,6 +462,8 @@ def test_estimate_button_runs_an_estimate_in_the_engine_process(qtbot, tmp_path)
     assert "(estimate: tensor accounting on fake tensors)" in window.totals.text()
     assert window.latency_panel.summary.text().startswith("ESTIMATE: latency is not estimated")
     assert window.latency_panel.bars_widget.isHidden()
+    # The empty timeline says why it is empty (it was bare axes).
+    assert window.timeline.gpu_note.text().startswith("ESTIMATE: fake tensors take no memory")
     assert window.status.text().startswith("Estimate finished (fake tensors): estimated "
                                            "peak"), window.status.text()
     assert [s.kind for s in store.list()] == ["estimate"]

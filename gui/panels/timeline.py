@@ -214,7 +214,8 @@ class TimelinePanel(QWidget):
         if self._redraw_timer.isActive():
             self._redraw()
 
-    def clear(self) -> None:
+    def clear(self, note: str = "") -> None:
+        """Empty the timeline; ``note`` says why it stays empty (an estimate samples nothing)."""
         self._redraw_timer.stop()
         self.decimated = 0
         self._t.clear()
@@ -222,6 +223,9 @@ class TimelinePanel(QWidget):
         for column in self._columns.values():
             column.clear()
         self._redraw()
+        if note:
+            self.gpu_note.setText(note)
+            self.gpu_note.setVisible(True)
         # Nothing left to fit the view to: back to the empty axes, not the last run's range;
         # and the next run's first samples draw at once.
         self.plot.setRange(xRange=(0.0, 1.0), yRange=(0.0, 1.0), padding=0)
@@ -388,7 +392,7 @@ class TimelinePanel(QWidget):
             label = self.legend.getLabel(self.curves[field])
             if field in self._legend_shown and label is not None:
                 peak = self.peaks.get(field)
-                label.setText(f"{name} · peak {peak[1]:,.1f} MiB" if peak else name)
+                label.setText(f"{name} · run peak {peak[1]:,.1f} MiB" if peak else name)
 
     def legend_text(self, field: str) -> str:
         label = self.legend.getLabel(self.curves[field]) if field in self._legend_shown else None

@@ -53,7 +53,7 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
     if t.flops is not None:
         speed.append(human_flops(t.flops))
     if t.process_rss_peak_bytes is not None:
-        speed.append(f"process RSS peak {human_bytes(t.process_rss_peak_bytes)}")
+        speed.append(f"process RSS peak in the memory pass {human_bytes(t.process_rss_peak_bytes)}")
     if t.cuda_reserved_peak_bytes is not None:
         speed.append(f"CUDA reserved peak {human_bytes(t.cuda_reserved_peak_bytes)}")
     if result.duration_s:
