@@ -53,6 +53,16 @@ def _style(plot: pg.PlotItem) -> None:
         plot.getAxis(axis).setPen("#606060")
 
 
+# The scatter's y axis per quality metric (engine.compare.QUALITY_METRICS), with its unit.
+_AXIS_LABELS = {
+    "generated_token_agreement": "generated tokens the same (share)",
+    "after_training.kl_divergence": "KL after training (nats/token)",
+    "perplexity": "perplexity",
+    "kl_divergence": "KL divergence (nats/token)",
+    "cosine_similarity": "cosine similarity",
+}
+
+
 class ComparePanel(QWidget):
     """``render(comparison)`` draws it; ``clear(text)`` empties it with a message."""
 
@@ -255,7 +265,8 @@ class ComparePanel(QWidget):
             label.setAnchor((1, 1) if xs and pos[0] > (min(xs) + max(xs)) / 2 else (0, 1))
             label.setPos(*pos)
             label.setVisible(True)
-        axis = c.metric.replace("after_training.", "trained ").replace("_", " ")
+        axis = _AXIS_LABELS.get(c.metric) or c.metric.replace("after_training.",
+                                                               "trained ").replace("_", " ")
         self.scatter_plot.setLabel("left", axis)
         note = f"y: {c.metric_label} ({c.metric_better} is better); x: measured peak."
         if missing:

@@ -45,7 +45,7 @@ COLUMNS: tuple[tuple[str, Any, Any, str], ...] = (
      is not None else -1, "Measured peak of the run"),
     ("Latency", lambda s: human_ms(s.latency_ms) or MISSING,
      lambda s: s.latency_ms if s.latency_ms is not None else -1.0,
-     "Instrumented pass (see the Latency tab for the plain figure)"),
+     "The plain pass: no hooks (the Latency tab also gives the instrumented one)"),
     ("Quality", lambda s: str(getattr(s, "quality", "") or MISSING),
      lambda s: str(getattr(s, "quality", "") or ""),
      "KL divergence from the unoptimized model, perplexity, or cosine similarity"),
