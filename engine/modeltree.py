@@ -89,11 +89,21 @@ def module_tree(model: nn.Module, tracker: ChangeTracker | None = None) -> dict[
     A row: ``name`` ("" is the model), ``type`` (class name), ``class_path``, ``depth``, ``parameters`` (elements, including
     children), ``own_parameters``, ``weights_bytes`` (every tensor the module and its children
     hold as weights, counted once), ``dtypes`` and ``devices`` of those tensors, ``trainable``
-    (parameters with ``requires_grad``, including children) and ``touched_by``.
+    (parameters with ``requires_grad``, including children), ``touched_by`` and ``tied_to`` (the
+    modules that hold, first, weights this one shares: the head tied to the embeddings).
     """
     touched = tracker.touched if tracker is not None else {}
+    # A tied weight (the head sharing the embeddings') belongs to the first module that holds
+    # it; a later one says it is tied, so that children's figures do not seem to add up to
+    # more than their parent's (the weights, counted once, are in the first).
+    first_holder: dict[int, str] = {}
+    for name, mod in model.named_modules():
+        for t in module_weight_tensors(mod):
+            first_holder.setdefault(id(t), name)
     rows = []
     for name, mod in model.named_modules():
+        tied = sorted({first_holder[id(t)] for t in module_weight_tensors(mod)
+                       if first_holder.get(id(t), name) != name})
         tensors = module_weight_tensors(mod, recurse=True)
         params = list(mod.parameters())
         rows.append({
@@ -108,5 +118,6 @@ def module_tree(model: nn.Module, tracker: ChangeTracker | None = None) -> dict[
             "dtypes": _dtypes(tensors),
             "devices": sorted({str(t.device) for t in tensors}),
             "touched_by": list(touched.get(name, [])),
+            "tied_to": tied,
         })
     return {"modules": rows, "whole_run": list(tracker.whole_run) if tracker else []}

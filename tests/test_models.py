@@ -496,3 +496,17 @@ def test_missing_demo_is_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(resources, "demo_model_path", lambda: tmp_path / "memlens-demo-lm")
     err = _error("demo")
     assert err.kind is ErrorKind.NOT_FOUND and "train_demo_model.py" in err.hint
+
+
+def test_the_module_tree_says_which_weights_are_tied() -> None:
+    """The demo's head shares the embeddings' weight: the model tab gave lm_head 1.50 MiB with
+    no mark, so the root's children added up to more than the root. The tree says it is tied,
+    and to what; the bytes are counted once, at the root."""
+    from engine.modeltree import module_tree
+
+    model = _load("demo").model
+    rows = {row["name"]: row for row in module_tree(model)["modules"]}
+    assert rows["lm_head"]["tied_to"] == ["model.embed_tokens"]
+    assert rows["model.embed_tokens"]["tied_to"] == []
+    untied = [r for n, r in rows.items() if n.count(".") == 0 and n and not r["tied_to"]]
+    assert sum(r["weights_bytes"] for r in untied) == rows[""]["weights_bytes"]

@@ -90,7 +90,8 @@ class ModelTreePanel(QWidget):
                 cells = [
                     leaf, row.get("type", ""),
                     si_number(row.get("parameters")) if row.get("parameters") else "0",
-                    human_bytes(row.get("weights_bytes")),
+                    human_bytes(row.get("weights_bytes"))
+                    + (" (tied)" if row.get("tied_to") else ""),
                     ", ".join(row.get("dtypes") or []), ", ".join(row.get("devices") or []),
                     si_number(row.get("trainable")) if row.get("trainable") else "0",
                     ", ".join(touched),
@@ -101,7 +102,10 @@ class ModelTreePanel(QWidget):
                 item.setToolTip(1, row.get("class_path", ""))
                 item.setToolTip(2, f"{row.get('parameters', 0):,} parameters "
                                    f"({row.get('own_parameters', 0):,} its own)")
-                item.setToolTip(3, f"{row.get('weights_bytes', 0):,} bytes, children included")
+                item.setToolTip(3, f"{row.get('weights_bytes', 0):,} bytes, children included"
+                                + (f"; shared with {', '.join(row['tied_to'])}, where they are "
+                                   "counted (the per-layer table gives this module 0 B of them)"
+                                   if row.get("tied_to") else ""))
                 for col in range(2, 4):
                     item.setTextAlignment(col, Qt.AlignmentFlag.AlignRight
                                           | Qt.AlignmentFlag.AlignVCenter)
