@@ -117,10 +117,16 @@ def capture_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None) -> 
     return " ".join(parts)
 
 
+TOP_PERCENTILE = 99.0
+
+
 def _top(values: np.ndarray) -> float:
-    """The upper colour level: the largest finite value, or 1 when there is none above 0."""
+    """The upper colour level: the 99th percentile of the positive finite values (brighter
+    ones saturate), or 1 when there is none above 0. A causal map's first query attends only
+    to itself, weight 1: scaled to the largest value, the rest of the map was one dark shade."""
     finite = values[np.isfinite(values)]
-    top = float(finite.max()) if finite.size else 0.0
+    positive = finite[finite > 0]
+    top = float(np.percentile(positive, TOP_PERCENTILE)) if positive.size else 0.0
     return top if top > 0 else 1.0
 
 
@@ -350,7 +356,8 @@ class AttentionPanel(QWidget):
         self.caption.setText(capture_text(self.info, maps) +
                              f" Grid: ≤ {tiles} × {tiles} block means, all tiles on one "
                              f"scale 0–{self.grid_levels[1]:.3g} (the colour bar is the large "
-                             "view's).")
+                             f"view's; each scale ends at the {TOP_PERCENTILE:.0f}th percentile "
+                             "of its weights above 0, brighter ones saturate).")
         self.stack.setCurrentIndex(1)
 
     def select(self, layer: int, head: int | None = None) -> None:
