@@ -404,11 +404,15 @@ class SweepPanel(QWidget):
         self.legend.clear()
         by_batch = bool(self.answers) and self.answers[0].axis == "batch"
         x_name = "batch" if by_batch else "sequence length"
-        unit, MIB = byte_unit(max([t["peak_bytes"] for a in self.answers for t in a.tested]
-                                  + [getattr(record, "budget_bytes", 0) or 0]))
-        _style(self.memory_plot, "Estimated peak at each tested point (ESTIMATE); ★ the "
-               "answer", unit, x_name)
         budget = getattr(record, "budget_bytes", None)
+        top_peak = max((t["peak_bytes"] for a in self.answers for t in a.tested), default=0)
+        # A budget far above every tested point (a search stopped by the model's positions)
+        # would flatten them all at the bottom of the scale: it is named, not drawn.
+        budget_drawn = bool(budget) and (not top_peak or budget <= 4 * top_peak)
+        unit, MIB = byte_unit(max(top_peak, budget if budget_drawn else 0))
+        _style(self.memory_plot, "Estimated peak at each tested point (ESTIMATE); ★ the answer"
+               + ("" if budget_drawn or not budget else
+                  f"; budget {human_bytes(budget)}: above the scale"), unit, x_name)
         # A batch is a whole number: ticks at whole batches, a round step apart (pyqtgraph's
         # own choice put ticks at 1.5 and 2.5); sequence lengths keep pyqtgraph's ticks.
         bottom = self.memory_plot.getAxis("bottom")
@@ -436,12 +440,13 @@ class SweepPanel(QWidget):
                 self.memory_plot.plot([best], [a.peak_bytes / MIB], pen=None, symbol="star",
                                       symbolSize=15, symbolBrush=pg.mkBrush(color),
                                       symbolPen=pg.mkPen(theme.current().text))
-        if budget:
+        if budget_drawn:
+            # The label hangs below the line: above it, it was cut off at the top of the plot.
             self.memory_plot.addItem(pg.InfiniteLine(
                 pos=budget / MIB, angle=0, pen=pg.mkPen("#d62728", width=1.5,
                                                         style=Qt.PenStyle.DotLine),
                 label=f"budget {human_bytes(budget)}",
-                labelOpts={"color": "#d62728", "position": 0.92, "anchors": [(1, 1), (1, 1)]}))
+                labelOpts={"color": "#d62728", "position": 0.92, "anchors": [(1, 0), (1, 0)]}))
         self._fit_table(by_batch)
 
     def _fit_table(self, by_batch: bool) -> None:
