@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                                                              attention_impl=impl)))
     checks.append(("forward eager seq 2048 detailed", dict(
         workload="forward", seq=2048 if not args.tiny else 128, attention_impl="eager",
-        detailed=True)))
+        detailed=args.device.startswith("cuda"))))  # per-module allocator peaks: CUDA only
     checks.append(("generate sdpa 512+32", dict(workload="generate", seq=512 if not args.tiny
                                                  else 64, new_tokens=32 if not args.tiny else 8,
                                                  attention_impl="sdpa")))

@@ -73,7 +73,7 @@ MAGNITUDE_TOLERANCE = 0.15
 
 # Run failures that are about the model, the sizes or the device, not about one technique: every
 # other technique would fail the same way, so the guide stops with the message instead.
-WHOLE_GUIDE_FAILURES = ("not_found", "invalid_model", "corrupt_checkpoint", "unsafe_checkpoint",
+WHOLE_GUIDE_FAILURES = ("not_found", "invalid_model", "environment", "corrupt_checkpoint", "unsafe_checkpoint",
                         "remote_code", "offline", "too_large", "no_device")
 
 # The KV-cache policies claim different things: a static cache is for compiled decoding and

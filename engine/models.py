@@ -1240,11 +1240,29 @@ def estimate_command(cfg: RunConfig, model: str | None = None) -> str:
         parts += ["--dtype", cfg.dtype]
     if cfg.attention_impl != "auto":
         parts += ["--attention", cfg.attention_impl]
+    left_out = []
     for selected in cfg.optimizations or []:
-        parts += ["--opt", format_spec(selected)]
+        if _estimable(selected, cfg.workload):
+            parts += ["--opt", format_spec(selected)]
+        else:
+            left_out.append(format_spec(selected))
     if cfg.trust_remote_code:
         parts.append("--trust-remote-code")
-    return shlex.join(parts)
+    return shlex.join(parts) + (
+        f" (without {', '.join(left_out)}: estimation cannot apply "
+        f"{'it' if len(left_out) == 1 else 'them'})" if left_out else "")
+
+
+def _estimable(selected: dict[str, Any], workload: str) -> bool:
+    """Whether ``memlens estimate`` would apply this optimization (on fake CPU tensors)."""
+    from .estimate import not_estimable
+    from .optimizations import REGISTRY, resolve
+
+    try:
+        ((opt, params),) = resolve([selected], workload, "cpu")
+    except (MemLensError, ValueError):
+        return False
+    return REGISTRY.get(opt.id) is not None and not_estimable(opt.id, params) is None
 
 
 def _raised_while_importing(exc: BaseException) -> bool:
@@ -1280,8 +1298,9 @@ def _install_problem(exc: BaseException, where: str) -> MemLensError | None:
         ErrorKind.ENVIRONMENT,
         f"Python could not import a module needed to load {where}: {type(exc).__name__}: "
         f"{_first_line(exc)}",
-        "This is the installation, not the model's values: reinstall the packaged app, or "
-        "report this message." if frozen else
+        "This is the installation, not the model's values: reinstall the packaged app; if "
+        "the model's own code needs a package the app does not ship, run MemLens from a pip "
+        "install that has it." if frozen else
         "This is the installation, not the model's values: install the package it names, or "
         "reinstall with README's install command (memlens --self-test checks an installation).",
     )

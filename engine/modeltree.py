@@ -96,14 +96,18 @@ def module_tree(model: nn.Module, tracker: ChangeTracker | None = None) -> dict[
     # A tied weight (the head sharing the embeddings') belongs to the first module that holds
     # it; a later one says it is tied, so that children's figures do not seem to add up to
     # more than their parent's (the weights, counted once, are in the first).
+    # Parameters, buffers and tensor attributes keep their identity (packed weights are
+    # unpacked afresh on every call, and a freed tensor's id is reused: they cannot be tied).
+    own = {name: list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+           + [v for v in vars(mod).values() if isinstance(v, torch.Tensor)]
+           for name, mod in model.named_modules()}
     first_holder: dict[int, str] = {}
-    for name, mod in model.named_modules():
-        for t in module_weight_tensors(mod):
+    for name, tensors in own.items():
+        for t in tensors:
             first_holder.setdefault(id(t), name)
     rows = []
     for name, mod in model.named_modules():
-        tied = sorted({first_holder[id(t)] for t in module_weight_tensors(mod)
-                       if first_holder.get(id(t), name) != name})
+        tied = sorted({first_holder[id(t)] for t in own[name] if first_holder[id(t)] != name})
         tensors = module_weight_tensors(mod, recurse=True)
         params = list(mod.parameters())
         rows.append({

@@ -807,11 +807,15 @@ class Attention(Optimization):
     category = "attention"
     params = (Param("impl", "choice", "sdpa", ("eager", "sdpa", "flex_attention")),)
 
-    def check_model(self, model, params):
-        if params["impl"] == "flex_attention":
+    def check_config(self, workload, device, params):
+        # Refused before anything loads (check_model runs after the load and the reference).
+        if params.get("impl") == "flex_attention":
             from .config import FLEX_UNMEASURABLE
 
             return f"{FLEX_UNMEASURABLE}; measure impl=sdpa (also fused) or impl=eager"
+        return super().check_config(workload, device, params)
+
+    def check_model(self, model, params):
         if not hasattr(model, "set_attn_implementation"):
             return "the model cannot switch its attention implementation"
         current = getattr(getattr(model, "config", None), "_attn_implementation", None)

@@ -152,7 +152,8 @@ def resolve_budget(text: str | None) -> Budget:
         avail = int(psutil.virtual_memory().available)
         why = "" if word else "no GPU detected and no --budget given, so "
         return Budget(avail, "ram", f"{human_bytes(avail)}: {why}the RAM available on this "
-                      "machine now (give a size as the budget to choose another)")
+                      "machine now (--budget SIZE, or a size in the window's Budget field, "
+                      "chooses another)")
     value = parse_bytes(text or "")
     return Budget(value, "given", f"{human_bytes(value)} (given as {text.strip()})")
 

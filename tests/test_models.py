@@ -173,6 +173,11 @@ def test_the_suggested_estimate_keeps_every_choice_of_the_refused_run() -> None:
     assert (args.model, args.workload, args.batch, args.seq, args.new_tokens, args.dtype,
             args.attention_impl, args.opt) == ("preset:llama-3-8b", "generate", 2, 128, 8,
                                           "bfloat16", "eager", ["kv-cache:policy=static"])
+    # What estimation cannot apply is left out, and the hint says so (the command was refused).
+    config.workload, config.optimizations = "forward", [{"id": "int8-dynamic", "params": {}}]
+    text = estimate_command(config)
+    assert "--opt" not in text and text.endswith(
+        "(without int8-dynamic: estimation cannot apply it)")
 
 
 def test_bfloat16_applied_to_preset() -> None:
@@ -510,3 +515,14 @@ def test_the_module_tree_says_which_weights_are_tied() -> None:
     assert rows["model.embed_tokens"]["tied_to"] == []
     untied = [r for n, r in rows.items() if n.count(".") == 0 and n and not r["tied_to"]]
     assert sum(r["weights_bytes"] for r in untied) == rows[""]["weights_bytes"]
+    # Packed int8 weights are unpacked afresh on every read: their reused ids tied unrelated
+    # layers to one another.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated (quantize_dynamic), still MemLens's
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
+                                                           torch.qint8)
+    tied = {row["name"]: row["tied_to"] for row in module_tree(quantized)["modules"]
+            if row["tied_to"]}
+    assert tied == {}, tied  # the head is quantized too: its own packed copy
