@@ -183,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--repeats", type=int, default=3,
                    help="timing passes per run, whose median is the latency (default: "
                         "%(default)s)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="let a model whose config has auto_map run its own Python code "
+                        "(only for a source you trust)")
     g.add_argument("--out", type=Path, required=True,
                    help="folder for guide.md, guide.json and the charts (runs go to the store)")
     g.add_argument("--readme", type=Path, default=None,
@@ -373,7 +376,8 @@ def _guide(args: argparse.Namespace, store) -> int:
                                      techniques=techniques, dtype=args.dtype,
                                      batch=args.batch,
                                      repeats=args.repeats, listener=printer, cancel=cancel,
-                                     store=store, on_entry=keep)
+                                     store=store, on_entry=keep,
+                                     trust_remote_code=args.trust_remote_code)
         except MemLensError as exc:  # also Cancelled
             out["error"] = exc
 

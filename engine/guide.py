@@ -390,14 +390,16 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
               listener: Callable[[Event], None] = lambda e: None,
               cancel: threading.Event | None = None, store: Any = None,
               execute: Callable[..., Any] | None = None,
-              on_entry: Callable[[Guide], None] | None = None) -> Guide:
+              on_entry: Callable[[Guide], None] | None = None,
+              trust_remote_code: bool = False) -> Guide:
     """Run ``plan`` (only its ``workloads``); progress as ``Progress("guide", i/n, label)``
     events to ``listener``; a cancel stops after the current run (``Cancelled``).
     ``techniques`` (registry ids) keeps the entries made only of those, in the plan's order;
     ``dtype`` is every run's (the baseline's) weight dtype, ``batch`` its batch size.
     ``on_entry(guide)`` after each technique, with the guide so far (``guide.partial`` until the
     last): ``memlens guide`` writes its files there, so a cancelled or killed guide keeps every
-    technique that finished."""
+    technique that finished. ``trust_remote_code`` lets a model whose config has ``auto_map``
+    run its own code in every run (the user's opt-in)."""
     from .optimizations import parse_spec
 
     if execute is None:
@@ -419,11 +421,13 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
     # every technique the same way.
     for workload in dict.fromkeys(w for w, _ in todo):
         RunConfig(model=model, device=device, dtype=dtype, workload=workload, seq=seq,
-                  batch=batch, new_tokens=new_tokens, repeats=repeats).validate()
+                  batch=batch, new_tokens=new_tokens, repeats=repeats,
+                  trust_remote_code=trust_remote_code).validate()
     from .models import architecture_config, describe_source
 
     if describe_source(model) != "hub":  # a Hub id is checked by its first load
-        architecture_config(RunConfig(model=model, dtype=dtype))
+        architecture_config(RunConfig(model=model, dtype=dtype,
+                                      trust_remote_code=trust_remote_code))
     guide = Guide(model=model, device=device, seq=seq, new_tokens=new_tokens,
                   planned=len(todo), dtype=dtype, batch=batch, repeats=repeats)
     for i, (workload, specs) in enumerate(todo):
@@ -441,6 +445,7 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
         try:
             config = RunConfig(model=model, device=device, dtype=dtype, workload=workload, seq=seq,
                                batch=batch, new_tokens=new_tokens, repeats=repeats,
+                               trust_remote_code=trust_remote_code,
                                label=f"guide: {entry.label}",
                                optimizations=[parse_spec(s) for s in specs])
         except MemLensError as exc:

@@ -86,7 +86,8 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
                           batch=config.batch, seq=config.seq, new_tokens=config.new_tokens,
                           repeats=config.repeats, listener=listener, cancel=cancel, store=store,
                           on_entry=lambda g: listener(GuideEntryDone(
-                              Guide.from_dict(g.to_dict()))))
+                              Guide.from_dict(g.to_dict()))),
+                          trust_remote_code=config.trust_remote_code)
         listener(GuideFinished(guide))
         return guide
     if mode == "sweep":

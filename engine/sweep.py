@@ -570,7 +570,9 @@ def _sweep(config, seqs, batches, opt_sets, listener, cancel, store, measure_lim
             measure = True
         reported: RunResult | None = None
         if measure:
-            cfg = dataclasses.replace(config, seq=seq, batch=batch, optimizations=list(opts))
+            # prompt=None: a prompt's tokens would replace the point's sequence length.
+            cfg = dataclasses.replace(config, seq=seq, batch=batch, optimizations=list(opts),
+                                      prompt=None)
             inner = _Inner(listener, "sweep", frac, label + " measure")
             result = execute(cfg, inner, cancel, store)
             if cancel.is_set():

@@ -62,6 +62,12 @@ def make_inputs(model: nn.Module, tokenizer: Any, batch: int, seq: int, prompt: 
     """Token ids: the prompt (tokenized), else the sample text repeated to ``seq`` tokens when a
     tokenizer exists (real text gives meaningful attention maps), else seeded random ids."""
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if prompt and tokenizer is None:
+        raise MemLensError(
+            ErrorKind.INVALID_WORKLOAD,
+            "This model has no tokenizer, so the prompt cannot be turned into tokens.",
+            "Leave the prompt empty (random token ids of the sequence length are used), or load "
+            "a model folder that has its tokenizer files.")
     if tokenizer is not None and (prompt or vocab):
         text = prompt if prompt else sample_text()
         ids = tokenizer(text, add_special_tokens=bool(prompt) and False)["input_ids"]

@@ -40,8 +40,10 @@ from .worker import ExecuteFn
 
 _NO_STORE = object()
 MAX_RECENT = 8
-SETTINGS_CONTROLS = ("model", "workload", "batch", "seq", "new_tokens", "device", "dtype",
-                     "sample_hz", "attention_maps")
+# What the window remembers between sessions ('Trust remote code' is deliberately not among
+# them: the opt-in lasts one session).
+SETTINGS_CONTROLS = ("model", "workload", "batch", "seq", "new_tokens", "prompt", "device",
+                     "dtype", "sample_hz", "attention_maps")
 
 
 class MainWindow(QMainWindow):
@@ -92,6 +94,7 @@ class MainWindow(QMainWindow):
         self.saved_runs.refresh_requested.connect(self.refresh_saved_runs)
         self.saved_runs.compare_requested.connect(self.compare_saved_runs)
         self.saved_runs.baseline_requested.connect(self.set_baseline_run)
+        self.saved_runs.settings_requested.connect(self.use_saved_run_settings)
         self.guide_panel.compare_requested.connect(self.compare_saved_runs)
         self.guide_panel.report_requested.connect(self.export_guide_report_dialog)
         self.guide_panel.run_requested.connect(self.run_guide)
@@ -207,6 +210,10 @@ class MainWindow(QMainWindow):
         self.fit_action = self._action(run_menu, "Find what &fits", self.run_fit, "Ctrl+Shift+F")
         self.plan_action = self._action(run_menu, "&Plan across devices", self.run_plan,
                                         "Ctrl+Shift+P")
+        run_menu.addSeparator()
+        self.use_settings_action = self._action(
+            run_menu, "&Use the shown run's settings", self.use_shown_run_settings, "Ctrl+U")
+        run_menu.addSeparator()
         self.cancel_action = self._action(run_menu, "&Cancel", self.cancel_run, "Ctrl+.")
         self.cancel_action.setShortcuts([QKeySequence("Ctrl+."), QKeySequence("Escape")])
         self.cancel_action.setEnabled(False)
@@ -249,6 +256,8 @@ class MainWindow(QMainWindow):
         if self.controller.is_running:
             self.log.warning("A run is already in progress: wait for it or cancel it first.")
             return False
+        if config.get("mode") == "estimate":
+            config = self._by_length(config, "The estimate")
         self.controller.set_store(self._get_store())
         self._config = dict(config)
         self.workspace.setCurrentIndex(0)
@@ -273,10 +282,26 @@ class MainWindow(QMainWindow):
         self.status.show_started(model, workload)
         what = "Estimate" if config.get("mode") == "estimate" else "Run"
         tp = (config.get("job") or {}).get("tensor_parallel")
+        size = ("the prompt's tokens" if config.get("prompt") else f"seq {config.get('seq')}")
         self.log.info(f"{what}: {workload} on {model} (batch {config.get('batch')}, "
-                      f"seq {config.get('seq')}, {config.get('device')}, {config.get('dtype')}"
+                      f"{size}, {config.get('device')}, {config.get('dtype')}"
                       + (f"; tensor parallel, rank 0 of {tp}" if tp else "") + ")")
+        self._note_remote_code(config)
         return self.controller.start(config)
+
+    def _by_length(self, config: dict[str, Any], what: str) -> dict[str, Any]:
+        """``config`` without the prompt, for jobs that take a sequence length (estimates,
+        sweeps, fit, plans, the guide), saying so in the log when a prompt was given."""
+        if not config.get("prompt"):
+            return config
+        self.log.info(f"{what} uses Sequence ({config.get('seq')} tokens), not the prompt: "
+                      "only Run tokenizes text.")
+        return {**config, "prompt": None}
+
+    def _note_remote_code(self, config: dict[str, Any]) -> None:
+        if config.get("trust_remote_code"):
+            self.log.warning("Remote code is trusted for this job: a model whose config has "
+                             "auto_map runs the Python code that ships with it.")
 
     @Slot()
     def cancel_run(self) -> None:
@@ -295,6 +320,9 @@ class MainWindow(QMainWindow):
             self.sweep_action.setEnabled(not running)
             self.fit_action.setEnabled(not running)
             self.plan_action.setEnabled(not running)
+            self.use_settings_action.setEnabled(not running)
+            self.saved_runs.settings_button.setEnabled(
+                not running and len(self.saved_runs.selected_ids()) == 1)
             self.sweep_panel.set_running(running)
             self.plan_panel.set_running(running)
             self.cancel_action.setEnabled(running)
@@ -333,7 +361,8 @@ class MainWindow(QMainWindow):
     def run_guide(self) -> bool:
         """Run → Run the guide: every technique on the chosen model and sizes, in the engine
         process, one run each (saved); the Guide page shows the result."""
-        config = {**self.controls.config(), "mode": "guide", "optimizations": []}
+        config = self._by_length({**self.controls.config(), "mode": "guide",
+                                  "optimizations": []}, "The guide")
         self.log.info(f"Guide: every technique on {config['model']} ({config['device']}); "
                       "this takes a few minutes on a small model.")
         return self.start_run(config)
@@ -353,7 +382,8 @@ class MainWindow(QMainWindow):
             return False
         from engine.errors import MemLensError
 
-        config = self.controls.config()
+        config = self._by_length(self.controls.config(),
+                                 "The sweep" if mode == "sweep" else "Find what fits")
         optimizations = config.pop("optimizations", [])
         try:
             job = (self.sweep_panel.sweep_job(optimizations) if mode == "sweep"
@@ -381,6 +411,7 @@ class MainWindow(QMainWindow):
         self.sweep_panel.start(mode, what + " — running…")
         self.status.show_started(model, f"{mode} · {workload}")
         self.log.info(what)
+        self._note_remote_code(config)
         return self.controller.start(config)
 
     def run_tensor_parallel_estimate(self) -> bool:
@@ -398,7 +429,7 @@ class MainWindow(QMainWindow):
             return False
         from engine.errors import MemLensError
 
-        config = self.controls.config()
+        config = self._by_length(self.controls.config(), "The plan")
         try:
             job = self.plan_panel.plan_job(config["workload"])
         except MemLensError as exc:
@@ -417,6 +448,7 @@ class MainWindow(QMainWindow):
         self.plan_panel.clear(what + " — running…")
         self.status.show_started(config["model"], f"plan · {config['workload']}")
         self.log.info(what)
+        self._note_remote_code(config)
         return self.controller.start(config)
 
     def show_plan(self, plan: Any) -> None:
@@ -674,6 +706,36 @@ class MainWindow(QMainWindow):
         self.status.show_message(f"Saved run {run_id}: {result.config.model}, "
                                  f"{result.config.workload}.")
         self.log.info(f"Opened saved run {run_id}.")
+        return True
+
+    def use_saved_run_settings(self, run_id: str) -> bool:
+        """Saved runs → Use settings: set the controls from a saved run's configuration."""
+        result = self._load_from_store(run_id)
+        return result is not None and self.use_run_settings(result)
+
+    def use_shown_run_settings(self) -> bool:
+        """Run → Use the shown run's settings (the run on the Current run page)."""
+        if self.current_result is None:
+            self.log.warning("No run is shown: open a saved run or run one first.")
+            return False
+        return self.use_run_settings(self.current_result)
+
+    def use_run_settings(self, result: RunResult) -> bool:
+        """Set every control from ``result``'s configuration, logging what could not be set
+        (a device missing here, an optimization that no longer applies, a command-line-only
+        setting); refused while a run is in progress."""
+        if self.controller.is_running:
+            self.log.warning("Wait for the current run to finish (or cancel it) before "
+                             "changing the controls.")
+            return False
+        notes = self.controls.apply_run_config(result.config.to_dict())
+        again = "Estimate" if result.estimate is not None else "Run"
+        name = result.run_id or result.config.model
+        self.status.show_message(f"Controls set from run {name}: press {again} to repeat it.")
+        self.log.info(f"Controls set from run {name} ({result.config.model}, "
+                      f"{result.config.workload}); press {again} to repeat it.")
+        for note in notes:
+            self.log.warning(f"Not set from run {name}: {note}.")
         return True
 
     def _saved_attention(self, store: Any, run_id: str, result: RunResult

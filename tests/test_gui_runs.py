@@ -14,10 +14,18 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
+from engine.config import RunConfig  # noqa: E402
 from engine.store import RunStore  # noqa: E402
 
 from .qt_helpers import distinct_colours  # noqa: E402
-from .test_gui import MIB, FakeEngine, make_result, make_window  # noqa: E402
+from .test_gui import (  # noqa: E402
+    MIB,
+    FakeEngine,
+    click_run,
+    make_result,
+    make_window,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.gui
 
@@ -545,3 +553,87 @@ def test_a_cancelled_guide_stays_on_its_page(qtbot, tmp_path):
     assert "Partial guide:" in window.guide_panel.text()
     saved = {s.run_id for s in store.list()}
     assert {e.run_id for e in guide.entries if e.status == "ok"} <= saved
+
+
+def test_use_settings_sets_the_controls_from_a_saved_run_and_names_what_it_cannot(qtbot,
+                                                                                 tmp_path):
+    """Saved runs → Use settings: the controls take the run's model, sizes, prompt and
+    optimizations; a device missing here, a remote-code opt-in and command-line-only settings
+    are named in the log, never applied silently; Run then repeats the run."""
+    store = RunStore(tmp_path / "runs")
+    saved = make_result("gen-run")
+    saved.config = RunConfig(
+        model="preset:gpt2", workload="generate", batch=3, seq=40, new_tokens=7,
+        prompt="你好, world", device="cuda:0", dtype="bfloat16", attention_maps=True,
+        sample_hz=50.0, trust_remote_code=True, repeats=5, seed=7,
+        optimizations=[{"id": "kv-cache", "params": {"policy": "static"}},
+                       {"id": "checkpointing", "params": {}}])
+    store.save(saved)
+    engine = FakeEngine()
+    window = make_window(qtbot, engine, store=store)
+    window.controls.optimizations.rows["cast"].check.setChecked(True)  # unticked by the run's
+    window.saved_runs.select(["gen-run"])
+    assert window.saved_runs.settings_button.isEnabled()
+    qtbot.mouseClick(window.saved_runs.settings_button, Qt.MouseButton.LeftButton)
+    config = window.controls.config()
+    assert (config["model"], config["workload"], config["batch"], config["seq"],
+            config["new_tokens"], config["prompt"], config["dtype"], config["sample_hz"],
+            config["attention_maps"]) == ("preset:gpt2", "generate", 3, 40, 7, "你好, world",
+                                          "bfloat16", 50.0, True)
+    assert config["device"] == "cpu"  # no cuda:0 here
+    assert config["trust_remote_code"] is False  # an opt-in is never carried over
+    assert [o["id"] for o in config["optimizations"]] == ["kv-cache"]
+    assert config["optimizations"][0]["params"]["policy"] == "static"
+    log = window.log.text()
+    assert "device cuda:0 is not available here" in log
+    assert "checkpointing: applies to the train workload" in log  # refused for generate
+    assert "tick 'Trust remote code' again" in log
+    assert "repeats=5" in log and "seed=7" in log and "the command line sets them" in log
+    assert "press Run to repeat it" in log
+    click_run(qtbot, window)
+    wait_idle(qtbot, window)
+    ran = engine.configs[-1]
+    assert ran.prompt == "你好, world" and ran.new_tokens == 7 and not ran.trust_remote_code
+
+
+def test_use_the_shown_runs_settings_from_the_run_menu(qtbot, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    saved = make_result("fwd")
+    saved.config = RunConfig(model="demo-encoder", workload="forward", batch=2, seq=64)
+    store.save(saved)
+    window = make_window(qtbot, FakeEngine(), store=store)
+    assert not window.use_shown_run_settings()  # nothing shown yet: a note, no change
+    assert "No run is shown" in window.log.text()
+    assert window.load_saved_run("fwd")
+    window.use_settings_action.trigger()
+    config = window.controls.config()
+    assert (config["model"], config["batch"], config["seq"]) == ("demo-encoder", 2, 64)
+    assert "Not set from run" not in window.log.text()  # nothing left out: no notes
+
+
+def test_the_prompt_goes_to_run_and_length_jobs_take_the_sequence(qtbot, tmp_path):
+    """The prompt field feeds Run; an estimate (fake tensors have no text) uses Sequence and
+    says so; 'Trust remote code' reaches the engine, is logged, and is not remembered."""
+    settings = QSettings(str(tmp_path / "memlens.ini"), QSettings.Format.IniFormat)
+    from gui.main_window import MainWindow
+
+    engine = FakeEngine()
+    window = MainWindow(execute=engine, devices=["cpu"], settings=settings)
+    qtbot.addWidget(window)
+    window.controls.prompt_edit.setText("Ein Satz, 一句话")
+    window.controls.trust_check.setChecked(True)
+    assert "Run uses the prompt" in window.controls.seq_spin.toolTip()
+    assert window.start_run(window.controls.config())
+    wait_idle(qtbot, window)
+    assert engine.configs[-1].prompt == "Ein Satz, 一句话" and engine.configs[-1].trust_remote_code
+    assert "Remote code is trusted for this job" in window.log.text()
+    estimate = {**window.controls.config(), "mode": "estimate"}
+    assert window.start_run(estimate)
+    wait_idle(qtbot, window)
+    assert window._config.get("prompt") is None
+    assert "The estimate uses Sequence (128 tokens), not the prompt" in window.log.text()
+    window.close()
+    again = MainWindow(execute=FakeEngine(), devices=["cpu"], settings=settings)
+    qtbot.addWidget(again)
+    assert again.controls.prompt_edit.text() == "Ein Satz, 一句话"  # remembered, commas kept
+    assert not again.controls.trust_check.isChecked()  # the opt-in lasts one session

@@ -312,3 +312,26 @@ def test_a_note_says_where_at_the_peak_the_technique_saved_or_added():
     # the head's 10 bytes are under 1% of the 40 MiB peak: left out
     assert _where(before, after, 40 * mib) == "the blocks −24.0 MiB, the loss +1.00 MiB"
     assert _where(before, before, 40 * mib) == "" and _where({}, after, 40 * mib) == ""
+
+
+def test_the_guide_passes_the_remote_code_opt_in_to_every_run(tmp_path):
+    """A model whose config has auto_map is refused before anything runs, unless the user
+    opted in; the opt-in then reaches each technique's run (the CLI's --trust-remote-code)."""
+    import resources
+    from engine.errors import ErrorKind, MemLensError
+
+    values = json.loads(resources.path("presets/tiny-llama.json").read_text())
+    values.pop("_memlens", None)
+    values["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    model = str(tmp_path / "config.json")
+    ran = []
+    with pytest.raises(MemLensError) as refused:
+        run_guide(model=model, seq=16, repeats=1, plan=PLAN_SMALL[:1],
+                  execute=lambda cfg, *a, **k: ran.append(cfg))
+    assert refused.value.kind is ErrorKind.REMOTE_CODE and not ran
+    run_guide(model=model, seq=16, repeats=1, plan=PLAN_SMALL[:1], trust_remote_code=True,
+              execute=lambda cfg, *a, **k: ran.append(cfg))
+    assert ran and all(cfg.trust_remote_code for cfg in ran)
+    args = cli._parser().parse_args(["guide", "--out", str(tmp_path), "--trust-remote-code"])
+    assert args.trust_remote_code is True

@@ -282,3 +282,16 @@ def test_ctrl_c_in_the_cli_cancels_and_keeps_what_finished(tmp_path):
     assert "Traceback" not in err and "technique(s) that finished are in" in err
     assert "Partial guide:" in (out / "guide.md").read_text()
     assert took < 30
+
+
+@pytest.mark.fault(area='inputs', case='a prompt for a model that has no tokenizer',
+                   outcome='refused naming the missing tokenizer (never random ids in its place)')
+def test_a_prompt_without_a_tokenizer_is_refused_not_replaced_by_random_ids():
+    from engine.events import Failed
+
+    events = Collector()
+    result = execute(tiny(prompt="a prompt the model cannot read"), events)
+    assert result is None
+    failed = events.of(Failed)[-1]
+    assert failed.kind == ErrorKind.INVALID_WORKLOAD.value
+    assert "no tokenizer" in failed.message and "Leave the prompt empty" in failed.hint

@@ -338,3 +338,15 @@ def test_cli_errors_name_the_problem_and_the_fix(capsys, argv, words) -> None:
     for w in words:
         assert w in err, err
     assert "estimate at seq" not in err and "point 1/" not in err  # refused before any work
+
+
+def test_a_measured_sweep_point_takes_its_length_not_the_prompt():
+    """A prompt's tokens would replace every point's sequence length (and this model has no
+    tokenizer to read one): the sweep measures each point at its own length."""
+    from engine.sweep import sweep
+
+    record = sweep(tiny(prompt="not for a sweep"), [16, 32], [1], [[]],
+                   measure_limit_bytes=1 << 40)
+    assert record is not None
+    assert [(p.seq, p.kind, p.error) for p in record.points] == [
+        (16, "measured", None), (32, "measured", None)]

@@ -13,15 +13,26 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from engine.config import DTYPES, WORKLOADS
+from engine.config import DTYPES, WORKLOADS, RunConfig
+
+# RunConfig fields the controls set; a saved run's other fields are named when its settings are
+# used (the window runs with their defaults, so a difference must not pass silently).
+CONTROLLED = ("model", "workload", "batch", "seq", "new_tokens", "prompt", "device", "dtype",
+              "attention_maps", "sample_hz", "optimizations", "trust_remote_code")
+# Fields that describe a run's bookkeeping rather than what it measures.
+NOT_SETTINGS = ("label", "schema_version")
 
 BUILTIN_MODELS = ("demo", "demo-encoder")
+SEQ_TIP = "Sequence length; for generation, the prompt length in tokens"
+SEQ_WITH_PROMPT_TIP = ("Run uses the prompt's tokens instead; Estimate, sweeps, fit, plans and "
+                       "the guide use this length (fake tensors have no text)")
 
 
 def model_choices() -> list[str]:
@@ -86,8 +97,16 @@ class ControlPanel(QWidget):
         self.batch_spin = _spin(1, 4096, 1)
         form.addRow("Batch", self.batch_spin)
         self.seq_spin = _spin(1, 1 << 20, 128)
-        self.seq_spin.setToolTip("Sequence length; for generation, the prompt length in tokens")
+        self.seq_spin.setToolTip(SEQ_TIP)
         form.addRow("Sequence", self.seq_spin)
+        self.prompt_edit = QLineEdit()
+        self.prompt_edit.setPlaceholderText("sample text, repeated to Sequence tokens")
+        self.prompt_edit.setClearButtonEnabled(True)
+        self.prompt_edit.setToolTip("Text to tokenize as the input of Run (any script); its "
+                                    "tokens set the sequence length. Empty: the shipped sample "
+                                    "text, repeated to Sequence tokens.")
+        self.prompt_edit.textChanged.connect(self._prompt_changed)
+        form.addRow("Prompt", self.prompt_edit)
         self.new_tokens_spin = _spin(1, 1 << 16, 32)
         form.addRow("New tokens", self.new_tokens_spin)
 
@@ -106,6 +125,12 @@ class ControlPanel(QWidget):
 
         self.attention_check = QCheckBox("Attention maps")
         form.addRow("", self.attention_check)
+        # Never saved with the settings: every session opts in again.
+        self.trust_check = QCheckBox("Trust remote code")
+        self.trust_check.setToolTip(
+            "Let a model whose config.json has auto_map run the Python code that ships with it. "
+            "Tick only for a source you trust; it is off again when the app restarts.")
+        form.addRow("", self.trust_check)
 
         self.run_button = QPushButton("Run")
         self.run_button.setDefault(True)
@@ -146,9 +171,11 @@ class ControlPanel(QWidget):
             "new_tokens": self.new_tokens_spin.value(),
             "device": self.device_combo.currentText(),
             "dtype": self.dtype_combo.currentText(),
+            "prompt": self.prompt_edit.text() or None,
             "attention_maps": self.attention_check.isChecked(),
             "sample_hz": float(self.sample_spin.value()),
             "optimizations": self.optimizations.selected(),
+            "trust_remote_code": self.trust_check.isChecked(),
         }
 
     def restore(self, values: dict[str, Any]) -> None:
@@ -171,6 +198,31 @@ class ControlPanel(QWidget):
         if values.get("attention_maps") is not None:
             self.attention_check.setChecked(str(values["attention_maps"]).lower()
                                             in ("1", "true"))
+        if values.get("prompt") is not None:
+            self.prompt_edit.setText(str(values["prompt"]))
+
+    def apply_run_config(self, config: dict[str, Any]) -> list[str]:
+        """Set every control from a saved run's ``RunConfig`` dict (a run to repeat or vary);
+        returns one line for each setting that could not be set here, and why."""
+        notes = []
+        self.restore({**{key: config.get(key) for key in CONTROLLED if key != "optimizations"},
+                      "prompt": config.get("prompt") or ""})
+        device = str(config.get("device") or "")
+        if device and self.device_combo.findText(device) < 0:
+            notes.append(f"device {device} is not available here (kept "
+                         f"{self.device_combo.currentText()})")
+        notes += self.optimizations.set_selected(list(config.get("optimizations") or []))
+        if config.get("trust_remote_code"):
+            notes.append("the run trusted the model's remote code; tick 'Trust remote code' "
+                         "again if you still trust its source")
+        defaults = RunConfig()
+        other = [f"{key}={config[key]!r}" for key in RunConfig.__dataclass_fields__
+                 if key not in CONTROLLED + NOT_SETTINGS and key in config
+                 and config[key] != getattr(defaults, key)]
+        if other:
+            notes.append(f"the window has no control for {', '.join(other)}; runs from here use "
+                         "the defaults (the command line sets them)")
+        return notes
 
     def add_recent_model(self, model: str) -> None:
         """Put a local folder or config path the user opened in the model list."""
@@ -202,6 +254,11 @@ class ControlPanel(QWidget):
     @Slot()
     def _estimate_clicked(self) -> None:
         self.run_requested.emit({**self.config(), "mode": "estimate"})
+
+    @Slot(str)
+    def _prompt_changed(self, text: str) -> None:
+        # Still enabled with a prompt: estimates, sweeps, plans and the guide take a length.
+        self.seq_spin.setToolTip(SEQ_WITH_PROMPT_TIP if text else SEQ_TIP)
 
     @Slot(str)
     def _workload_changed(self, workload: str) -> None:

@@ -137,14 +137,35 @@ class OptimizationsPanel(QWidget):
 
         try:
             entry = parse_spec(spec)
-            row = self.rows.get(entry["id"])
-            if row is None:
-                return f"unknown optimization (known: {', '.join(self.rows)})"
-            params = row.opt.parse_params(entry["params"])
+        except MemLensError as exc:
+            return exc.message
+        return self._tick(entry["id"], entry["params"])
+
+    def set_selected(self, entries: list[dict[str, Any]]) -> list[str]:
+        """Tick exactly these ``{"id", "params"}`` entries (a saved run's optimizations) and
+        untick the rest; returns one line per entry that could not be ticked, and why."""
+        for row in self.rows.values():
+            row.check.setChecked(False)
+        problems = []
+        for entry in entries:
+            ident = str(entry.get("id", ""))
+            problem = self._tick(ident, dict(entry.get("params") or {}))
+            if problem is not None:
+                problems.append(f"{ident}: {problem}")
+        return problems
+
+    def _tick(self, ident: str, given: dict[str, Any]) -> str | None:
+        from engine.errors import MemLensError
+
+        row = self.rows.get(ident)
+        if row is None:
+            return f"unknown optimization (known: {', '.join(self.rows)})"
+        try:
+            params = row.opt.parse_params(given)
         except MemLensError as exc:
             return exc.message
         if not row.check.isEnabled():
-            return row.check.toolTip().splitlines()[0]
+            return row.check.toolTip().splitlines()[0].removeprefix("Not available: ")
         row.check.setChecked(True)
         for key, value in params.items():
             widget = row.params[key]

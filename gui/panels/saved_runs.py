@@ -63,10 +63,11 @@ def summary_text(summary: Any) -> str:
 
 
 class SavedRunsPanel(QWidget):
-    """Emits ``run_activated(id)``, ``refresh_requested()``, ``compare_requested([ids])`` and
-    ``baseline_requested(id)`` (``""`` clears the baseline)."""
+    """Emits ``run_activated(id)``, ``refresh_requested()``, ``compare_requested([ids])``,
+    ``baseline_requested(id)`` (``""`` clears the baseline) and ``settings_requested(id)``."""
 
     run_activated = Signal(str)
+    settings_requested = Signal(str)
     refresh_requested = Signal()
     compare_requested = Signal(object)
     baseline_requested = Signal(str)
@@ -114,11 +115,15 @@ class SavedRunsPanel(QWidget):
         self.baseline_button = QPushButton("Use as baseline")
         self.baseline_button.setToolTip("Draw this run as outlines in the memory chart")
         self.baseline_button.clicked.connect(self._baseline_selected)
+        self.settings_button = QPushButton("Use settings")
+        self.settings_button.setToolTip("Set the controls on the left to this run's model, "
+                                        "workload, sizes and optimizations (to repeat or vary it)")
+        self.settings_button.clicked.connect(self._settings_selected)
         self.clear_baseline_button = QPushButton("Clear baseline")
         self.clear_baseline_button.clicked.connect(lambda: self.baseline_requested.emit(""))
         buttons = QHBoxLayout()
-        for button in (self.refresh_button, self.open_button, self.compare_button,
-                       self.baseline_button, self.clear_baseline_button):
+        for button in (self.refresh_button, self.open_button, self.settings_button,
+                       self.compare_button, self.baseline_button, self.clear_baseline_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
         layout = QVBoxLayout(self)
@@ -197,6 +202,7 @@ class SavedRunsPanel(QWidget):
         n = len(self.selected_ids()) if self.model.rowCount() else 0
         self.open_button.setEnabled(n == 1)
         self.baseline_button.setEnabled(n == 1)
+        self.settings_button.setEnabled(n == 1)
         self.compare_button.setEnabled(n >= 2)
 
     @Slot(QModelIndex)
@@ -216,6 +222,12 @@ class SavedRunsPanel(QWidget):
         ids = self.selected_ids()
         if len(ids) >= 2:
             self.compare_requested.emit(ids)
+
+    @Slot()
+    def _settings_selected(self) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self.settings_requested.emit(ids[0])
 
     @Slot()
     def _baseline_selected(self) -> None:
