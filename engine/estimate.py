@@ -41,6 +41,8 @@ from .runner import Listener, _emit, _Run, _run_id, internal_failure
 METHOD = ("FakeTensorMode build (no weights, no memory) + MemLens tensor accounting "
           "(the measured runs' memory pass)")
 PEAK_SOURCE = "fake_tensor_accounting"
+ESTIMATE_SOURCES = ("Estimation reads a config.json, a local folder with "
+                    "config.json or a preset (preset:ID, e.g. preset:llama-3-8b).")
 
 LIMITATIONS_ESTIMATE = [
     "ESTIMATE: the model ran on fake tensors (shapes, dtypes and storage sizes only, no data, no "
@@ -378,12 +380,19 @@ class _EstimateRun(_Run):
             raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                                f"Tensor parallelism needs 1 or more ranks (got {tp!r}).",
                                "Use --tensor-parallel 2 (or the number of GPUs).")
-        if describe_source(cfg.model) == "hub":  # also refuses unknown presets and paths
+        try:
+            source = describe_source(cfg.model)  # also refuses unknown presets and paths
+        except MemLensError as exc:
+            if exc.kind is ErrorKind.NOT_FOUND and "Hub id" in exc.hint:  # refused here
+                raise MemLensError(ErrorKind.NOT_FOUND, exc.message,
+                                   "Check the path. " + ESTIMATE_SOURCES) from None
+            raise
+        if source == "hub":
             raise MemLensError(
                 ErrorKind.NOT_APPLICABLE,
                 f"Estimation reads a local config, and {cfg.model!r} is a Hub id.",
-                "Pass a preset (preset:ID), a config.json or a local folder with config.json "
-                "(download only the config.json if the weights are large).")
+                ESTIMATE_SOURCES + " Download only the model's config.json if its weights are "
+                "large.")
         chosen = estimable_optimizations(cfg)
         if cfg.prompt:
             raise MemLensError(

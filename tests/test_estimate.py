@@ -306,6 +306,10 @@ def test_estimate_refuses_unknown_models_with_the_fix(capsys) -> None:
     events = Collector()
     assert estimate(RunConfig(model="meta-llama/Meta-Llama-3-8B"), events) is None
     assert events.failed.kind == "not_applicable" and "config.json" in events.failed.hint
+    # A missing path's hint offers what estimation reads (the loader's also offers Hub ids).
+    assert cli.main(["estimate", "--model", "./no-such-folder"]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "No such file or folder" in err and "Hub id" not in err and "preset:" in err
 
 
 # Without optimum-quanto its techniques are refused for the missing package first (tested in
