@@ -129,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("runs", help="list saved runs")
     r.add_argument("--json", action="store_true")
+    r.add_argument("--trash", action="store_true",
+                   help="list the runs in the store's trash instead (`memlens restore` them)")
+
+    d = sub.add_parser("delete", help="move saved runs to the store's trash (not listed; "
+                                      "`memlens restore` brings them back)")
+    d.add_argument("runs", nargs="+", metavar="RUN_ID")
+    rs = sub.add_parser("restore", help="bring runs back from the store's trash")
+    rs.add_argument("runs", nargs="+", metavar="RUN_ID")
+    lb = sub.add_parser("label", help="set a saved run's label (shown by `runs` and the app)")
+    lb.add_argument("run", metavar="RUN_ID")
+    lb.add_argument("text", help="the new label ('' clears it)")
 
     s = sub.add_parser("show", help="print a saved run's table (RUN_ID or path to a run JSON); "
                                     "also prints a sweep, fit, plan or distributed run file")
@@ -285,7 +296,15 @@ def _main(argv: list[str] | None) -> int:
 
             return run_cli(args)
         if args.command == "runs":
+            if args.trash:
+                return _trashed(store, args.json)
             return _runs(store, args.json)
+        if args.command in ("delete", "restore"):
+            return _move_runs(store, args.command, args.runs)
+        if args.command == "label":
+            store.set_label(args.run, args.text)
+            print(f"{args.run}: label {' '.join(args.text.split())!r}")
+            return EXIT_OK
         if args.command == "show":
             from .records import print_record, read
 
@@ -977,6 +996,35 @@ def print_fit(record, out: TextIO) -> None:
     w(f"made in {record.duration_s:.1f} s\n")
 
 
+def _move_runs(store, command: str, run_ids: list[str]) -> int:
+    """``delete`` (to the trash) or ``restore`` each run; every id is tried, failures named."""
+    failed = 0
+    for run_id in run_ids:
+        try:
+            path = store.trash(run_id) if command == "delete" else store.restore(run_id)
+        except MemLensError as exc:
+            _error(exc.message, exc.hint)
+            failed += 1
+            continue
+        print(f"{run_id}: moved to {path.parent}")
+    if command == "delete" and failed < len(run_ids):
+        print("`memlens restore RUN_ID` brings a run back; `memlens runs --trash` lists them.")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _trashed(store, as_json: bool) -> int:
+    ids = store.trashed()
+    if as_json:
+        print(json.dumps(ids, indent=1))
+    elif not ids:
+        print(f"the trash of {store.root} is empty")
+    else:
+        print(f"{len(ids)} run(s) in {store.trash_root} (`memlens restore RUN_ID`):")
+        for run_id in ids:
+            print(run_id)
+    return EXIT_OK
+
+
 def _runs(store, as_json: bool) -> int:
     runs = store.list()
     kinds = {s.run_id: s.kind for s in runs}
@@ -993,8 +1041,9 @@ def _runs(store, as_json: bool) -> int:
     print(f"{'run id':<{width}} {'kind':<8} {'workload':<9} {'peak':>11} {'latency':>10}  model")
     for s in runs:
         lat = f"{s.latency_ms:.1f} ms" if s.latency_ms is not None else MISSING
+        label = f"  · {s.label}" if s.label else ""
         print(f"{s.run_id:<{width}} {kinds[s.run_id]:<8} {s.workload:<9} "
-              f"{human_bytes(s.peak_bytes):>11} {lat:>10}  {s.model}")
+              f"{human_bytes(s.peak_bytes):>11} {lat:>10}  {s.model}{label}")
     return EXIT_OK
 
 

@@ -160,7 +160,12 @@ class RunStore:
     def load(self, run_id_or_path: str | Path) -> RunResult:
         path = Path(run_id_or_path)
         if not path.suffix == ".json":
-            path = self.path_for(str(run_id_or_path))
+            run_id = str(run_id_or_path)
+            path = self.path_for(run_id)
+            if not path.exists() and _is_plain_id(run_id) and (
+                    self.trash_root / path.name).is_file():
+                raise MemLensError(ErrorKind.NOT_FOUND, f"Run {run_id} is in the trash.",
+                                   f"Bring it back with `memlens restore {run_id}`.")
         return load_run_file(path)
 
     def list(self) -> list[RunSummary]:
@@ -196,11 +201,83 @@ class RunStore:
         return out
 
     def delete(self, run_id: str) -> None:
+        """Remove a run and its maps for good (the app and CLI use :meth:`trash` instead)."""
         for p in (self.path_for(run_id), self.attention_path(run_id)):
             try:
                 p.unlink()
             except FileNotFoundError:
                 pass
+
+    @property
+    def trash_root(self) -> Path:
+        return self.root / TRASH
+
+    def trash(self, run_id: str) -> Path:
+        """Move a run (and its attention maps) into the store's ``trash`` folder, where
+        :meth:`restore` finds it; returns the trashed JSON's path. A rename, so a crash leaves
+        the run either listed or in the trash, never half of it."""
+        return self._move(run_id, self.root, self.trash_root, "saved run",
+                          "List the saved runs with `memlens runs`.")
+
+    def restore(self, run_id: str) -> Path:
+        """Move a trashed run back (it is listed again); returns its JSON path."""
+        if self.path_for(run_id).exists():
+            raise MemLensError(ErrorKind.STORE, f"A run {run_id} is already in the store.",
+                               "Nothing to restore: the store holds a run with this id.")
+        return self._move(run_id, self.trash_root, self.root, "run in the trash",
+                          f"Trashed runs are the .json files in {self.trash_root}.")
+
+    def trashed(self) -> list[str]:
+        """Ids of the runs in the trash (sorted)."""
+        if not self.trash_root.is_dir():
+            return []
+        return sorted(p.stem for p in self.trash_root.glob("*.json") if not p.name.startswith("."))
+
+    def _move(self, run_id: str, source: Path, target: Path, what: str, hint: str) -> Path:
+        json_path = source / f"{run_id}.json"
+        if not _is_plain_id(run_id) or not json_path.is_file():
+            raise MemLensError(ErrorKind.NOT_FOUND, f"No {what} with id {run_id!r}.", hint)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            maps = source / f"{run_id}.attn.safetensors"
+            if maps.exists():
+                os.replace(maps, target / maps.name)
+            os.replace(json_path, target / json_path.name)
+        except OSError as exc:
+            raise MemLensError(ErrorKind.STORE, f"Could not move run {run_id} to {target}: "
+                               f"{exc.strerror or exc}.",
+                               "Check that the run folder is writable; the run is unchanged."
+                               ) from exc
+        return target / json_path.name
+
+    def set_label(self, run_id: str, label: str) -> None:
+        """Change a saved run's label (its ``config.label``); the rest of the file is kept as it
+        is, and the write is atomic."""
+        path = self.path_for(run_id)
+        if not _is_plain_id(run_id) or not path.is_file():
+            raise MemLensError(ErrorKind.NOT_FOUND, f"No saved run with id {run_id!r}.",
+                               "List the saved runs with `memlens runs`.")
+        label = " ".join(str(label).split())  # one line: the list shows it in a cell
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data.setdefault("config", {})["label"] = label
+            _atomic_write(path, json.dumps(data, indent=1, allow_nan=False).encode("utf-8"))
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise MemLensError(ErrorKind.STORE, f"The run file {path.name} is damaged ({exc}).",
+                               "Its label cannot be changed; other runs are unaffected.") from exc
+        except OSError as exc:
+            raise MemLensError(ErrorKind.STORE, f"Could not write {path}: "
+                               f"{exc.strerror or exc}.",
+                               "Check that the run folder is writable; the run is unchanged."
+                               ) from exc
+
+
+TRASH = "trash"  # the store's subfolder of trashed runs (not listed; `memlens restore`)
+
+
+def _is_plain_id(run_id: str) -> bool:
+    """A run id names a file in the store folder, never a path out of it."""
+    return bool(run_id) and Path(run_id).name == run_id and run_id not in (".", "..")
 
 
 def load_run_file(path: Path | str) -> RunResult:

@@ -12,7 +12,16 @@ from typing import Any
 
 from PySide6.QtCore import QSettings, Qt, Slot
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeySequence, QShowEvent
-from PySide6.QtWidgets import QFileDialog, QMainWindow, QSplitter, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QInputDialog,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from engine.aggregate import outline_from_layers, outline_from_run
 from engine.events import AttentionMaps
@@ -68,6 +77,7 @@ class MainWindow(QMainWindow):
         self._job = ""  # the page the running job reports to: "run", "sweep", "fit" or "plan"
         self._shown: tuple | None = None  # the run on the Current run page (render_result's args)
         self._shown_before: tuple | None = None  # what it showed before the running run cleared it
+        self._last_deleted: list[str] = []  # the runs the last Delete moved to the trash
 
         self.controller = RunController(execute, store=store, parent=self)
         self.controls = ControlPanel(model=model or "demo", devices=devices)
@@ -95,6 +105,8 @@ class MainWindow(QMainWindow):
         self.saved_runs.compare_requested.connect(self.compare_saved_runs)
         self.saved_runs.baseline_requested.connect(self.set_baseline_run)
         self.saved_runs.settings_requested.connect(self.use_saved_run_settings)
+        self.saved_runs.label_requested.connect(lambda run_id: self.label_saved_run(run_id))
+        self.saved_runs.delete_requested.connect(lambda ids: self.delete_saved_runs(ids))
         self.guide_panel.compare_requested.connect(self.compare_saved_runs)
         self.guide_panel.report_requested.connect(self.export_guide_report_dialog)
         self.guide_panel.run_requested.connect(self.run_guide)
@@ -199,6 +211,11 @@ class MainWindow(QMainWindow):
         copy_panel = edit_menu.addMenu("Copy panel")
         for title, widget in self.panels().items():
             self._action(copy_panel, title, lambda w=widget: self.copy_plot(w))
+        edit_menu.addSeparator()
+        self.undo_delete_action = self._action(edit_menu, "&Undo delete", self.undo_delete,
+                                               QKeySequence.StandardKey.Undo)
+        self.undo_delete_action.setEnabled(False)
+        self._action(edit_menu, "&Restore a deleted run…", self.restore_deleted_run_dialog)
 
         run_menu = bar.addMenu("&Run")
         self.run_action = self._action(run_menu, "&Run", lambda: self.start_run(
@@ -707,6 +724,104 @@ class MainWindow(QMainWindow):
                                  f"{result.config.workload}.")
         self.log.info(f"Opened saved run {run_id}.")
         return True
+
+    # -- labels and the trash --------------------------------------------------------------------
+    def label_saved_run(self, run_id: str, text: str | None = None) -> bool:
+        """Saved runs → Label…: name a saved run (``text`` None asks for it)."""
+        store = self._get_store()
+        if store is None:
+            return False
+        if text is None:
+            current = next((s.label for s in store.list() if s.run_id == run_id), "")
+            text, ok = QInputDialog.getText(self, "Label a run", f"Label of run {run_id}:",
+                                            text=current)
+            if not ok:
+                return False
+        try:
+            store.set_label(run_id, text)
+        except Exception as exc:  # MemLensError(store / not_found)
+            self._store_error(f"Could not label run {run_id}", exc)
+            return False
+        self.log.info(f"Run {run_id} labelled {' '.join(text.split())!r}.")
+        self.refresh_saved_runs()
+        return True
+
+    def delete_saved_runs(self, run_ids: Sequence[str], confirm: bool = True) -> bool:
+        """Saved runs → Delete: move runs (and their attention maps) to the store's trash, after
+        asking; Edit → Undo delete brings the last ones back."""
+        store = self._get_store()
+        run_ids = list(run_ids)
+        if store is None or not run_ids:
+            return False
+        if confirm:
+            what = run_ids[0] if len(run_ids) == 1 else f"these {len(run_ids)} runs"
+            answer = QMessageBox.question(
+                self, "Delete runs", f"Move {what} to the trash?\n\nThey are kept in "
+                f"{store.trash_root} (delete the files there to free the space); Edit → Undo "
+                "delete brings them back.")
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        moved = []
+        for run_id in run_ids:
+            try:
+                store.trash(run_id)
+            except Exception as exc:
+                self._store_error(f"Could not delete run {run_id}", exc)
+                continue
+            moved.append(run_id)
+        if moved:
+            self._last_deleted = moved
+            self.undo_delete_action.setEnabled(True)
+            self.log.info(f"Moved {len(moved)} run(s) to {store.trash_root}: "
+                          f"{', '.join(moved)} (Edit → Undo delete brings them back).")
+            self.status.show_message(f"Deleted {len(moved)} run(s): Edit → Undo delete "
+                                     "brings them back.")
+        self.refresh_saved_runs()
+        return len(moved) == len(run_ids)
+
+    def undo_delete(self) -> bool:
+        """Edit → Undo delete: bring back the runs the last Delete moved to the trash."""
+        ids, self._last_deleted = self._last_deleted, []
+        self.undo_delete_action.setEnabled(False)
+        return bool(ids) and self._restore_runs(ids)
+
+    def restore_deleted_run_dialog(self) -> bool:
+        """Edit → Restore a deleted run…: pick one run in the store's trash."""
+        store = self._get_store()
+        if store is None:
+            return False
+        ids = store.trashed()
+        if not ids:
+            self.log.info(f"The trash of {store.root} is empty.")
+            self.status.show_message("No deleted runs to restore.")
+            return False
+        run_id, ok = QInputDialog.getItem(self, "Restore a deleted run", "Run:", ids, 0, False)
+        return bool(ok and run_id) and self._restore_runs([run_id])
+
+    def _restore_runs(self, run_ids: Sequence[str]) -> bool:
+        store = self._get_store()
+        if store is None:
+            return False
+        restored = []
+        for run_id in run_ids:
+            try:
+                store.restore(run_id)
+            except Exception as exc:
+                self._store_error(f"Could not restore run {run_id}", exc)
+                continue
+            restored.append(run_id)
+        if restored:
+            self.log.info(f"Restored {len(restored)} run(s): {', '.join(restored)}.")
+            self.status.show_message(f"Restored {len(restored)} run(s).")
+        self.refresh_saved_runs()
+        self.saved_runs.select(restored)
+        return len(restored) == len(run_ids)
+
+    def _store_error(self, what: str, exc: Exception) -> None:
+        message = getattr(exc, "message", None) or str(exc)
+        hint = getattr(exc, "hint", "") or ""
+        self.status.show_error(f"{what}: {message}", hint)
+        self.log.error(f"{what}: {message}", hint)
 
     def use_saved_run_settings(self, run_id: str) -> bool:
         """Saved runs → Use settings: set the controls from a saved run's configuration."""

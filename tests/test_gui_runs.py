@@ -637,3 +637,46 @@ def test_the_prompt_goes_to_run_and_length_jobs_take_the_sequence(qtbot, tmp_pat
     qtbot.addWidget(again)
     assert again.controls.prompt_edit.text() == "Ein Satz, 一句话"  # remembered, commas kept
     assert not again.controls.trust_check.isChecked()  # the opt-in lasts one session
+
+
+def test_filter_label_delete_and_undo_in_the_saved_runs(qtbot, real_store, monkeypatch):
+    from PySide6.QtWidgets import QInputDialog, QMessageBox
+
+    window = make_window(qtbot, FakeEngine(), store=real_store)
+    panel = window.saved_runs
+    assert sorted(panel.run_ids()) == ["opt", "ref"]
+    panel.filter_edit.setText("INT8")  # any case, any column (the optimizations here)
+    assert panel.run_ids() == ["opt"] and "1 of 2 runs match" in panel.message.text()
+    panel.filter_edit.setText("int8 nothing-like-this")  # every word must match
+    assert panel.run_ids() == [] and "No run of 2 matches" in panel.message.text()
+    panel.filter_edit.clear()
+    assert len(panel.run_ids()) == 2 and not panel.message.isVisible()
+
+    panel.select(["ref"])
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("the reference 参考", True))
+    qtbot.mouseClick(panel.label_button, Qt.MouseButton.LeftButton)
+    assert {s.run_id: s.label for s in real_store.list()}["ref"] == "the reference 参考"
+    panel.filter_edit.setText("参考")
+    assert panel.run_ids() == ["ref"]
+    panel.filter_edit.clear()
+
+    answers = iter([QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes])
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: next(answers))
+    panel.select(["ref", "opt"])
+    qtbot.mouseClick(panel.delete_button, Qt.MouseButton.LeftButton)  # answered No
+    assert len(real_store.list()) == 2
+    qtbot.mouseClick(panel.delete_button, Qt.MouseButton.LeftButton)  # answered Yes
+    assert real_store.list() == [] and panel.run_ids() == []
+    assert sorted(real_store.trashed()) == ["opt", "ref"]
+    assert window.undo_delete_action.isEnabled() and "Undo delete" in window.log.text()
+    window.undo_delete_action.trigger()
+    assert sorted(panel.run_ids()) == ["opt", "ref"] and real_store.trashed() == []
+    assert not window.undo_delete_action.isEnabled()
+    assert window.load_saved_run("ref")  # intact after the round trip
+
+    window.delete_saved_runs(["opt"], confirm=False)
+    monkeypatch.setattr(QInputDialog, "getItem", lambda *a, **k: ("opt", True))
+    assert window.restore_deleted_run_dialog()
+    assert "opt" in panel.run_ids()
+    assert not window.restore_deleted_run_dialog()  # an empty trash: a note, no dialog
+    assert "trash of" in window.log.text()

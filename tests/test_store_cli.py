@@ -297,3 +297,55 @@ def test_the_kv_cache_line_says_how_the_bytes_moved():
     dynamic = kv_cache_text({"kv_cache_bytes": 3 * kib, "cached_positions": 3,
                              "kv_bytes_per_step": [kib, 2 * kib, 3 * kib]})
     assert dynamic == "KV cache 3.00 KiB after 3 positions (grew 1.00 KiB → 3.00 KiB)"
+
+
+@pytest.mark.fault(area="data", case="deleting saved runs (CLI and window)",
+                   outcome="moved with their attention maps to the store's trash, not listed, "
+                           "restored by `memlens restore` or Edit → Undo delete; ids that are "
+                           "paths are refused")
+def test_delete_moves_runs_to_the_trash_and_restore_brings_them_back(saved, tmp_path, capsys):
+    import shutil
+
+    source, result = saved
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(source.root, store.root)
+    run_id = result.run_id
+    assert cli.main(["--store", str(store.root), "delete", run_id, "no-such-run"]) \
+        == cli.EXIT_FAILED  # the good id is moved; the bad one is named
+    out, err = capsys.readouterr()
+    assert "No saved run with id 'no-such-run'" in err and "memlens restore" in out
+    assert store.list() == [] and store.trashed() == [run_id]
+    assert (store.trash_root / f"{run_id}.attn.safetensors").is_file()  # the maps went too
+    with pytest.raises(MemLensError) as info:  # `show` says where it went
+        store.load(run_id)
+    assert "in the trash" in info.value.message and "memlens restore" in info.value.hint
+    assert cli.main(["--store", str(store.root), "runs", "--trash"]) == cli.EXIT_OK
+    assert run_id in capsys.readouterr().out
+    assert cli.main(["--store", str(store.root), "restore", run_id]) == cli.EXIT_OK
+    assert [s.run_id for s in store.list()] == [run_id] and store.trashed() == []
+    assert store.load(run_id).to_dict() == result.to_dict()  # byte for byte the same run
+    assert store.load_attention(run_id) is not None
+    for bad in ("../runs", f"../{run_id}", ""):
+        with pytest.raises(MemLensError) as info:
+            store.trash(bad)
+        assert info.value.kind is ErrorKind.NOT_FOUND
+    assert store.list() and (store.root.parent / "runs").is_dir()
+
+
+def test_a_label_changes_only_the_label(saved, tmp_path, capsys):
+    import shutil
+
+    source, result = saved
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(source.root, store.root)
+    assert cli.main(["--store", str(store.root), "label", result.run_id,
+                     "int8 trial,\n 中文"]) == cli.EXIT_OK
+    assert store.list()[0].label == "int8 trial, 中文"  # one line
+    again = store.load(result.run_id).to_dict()
+    expected = result.to_dict()
+    expected["config"]["label"] = "int8 trial, 中文"
+    assert again == expected
+    capsys.readouterr()
+    assert cli.main(["--store", str(store.root), "runs"]) == cli.EXIT_OK
+    assert "int8 trial, 中文" in capsys.readouterr().out
+    assert cli.main(["--store", str(store.root), "label", "nope", "x"]) == cli.EXIT_FAILED

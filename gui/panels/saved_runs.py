@@ -1,7 +1,9 @@
 """Saved runs (from ``RunStore.list()``) as a sortable table.
 
 Double-click (or Open) shows a run with no model loaded; select two or more and Compare shows
-them side by side; "Use as baseline" makes a run the outline the memory chart draws.
+them side by side; "Use as baseline" makes a run the outline the memory chart draws; the filter
+keeps the rows whose text contains every word typed; Label… and Delete act on the selection
+(Delete moves runs to the store's trash: Edit → Undo delete brings them back).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QPushButton,
     QTableView,
     QVBoxLayout,
@@ -64,10 +67,13 @@ def summary_text(summary: Any) -> str:
 
 class SavedRunsPanel(QWidget):
     """Emits ``run_activated(id)``, ``refresh_requested()``, ``compare_requested([ids])``,
-    ``baseline_requested(id)`` (``""`` clears the baseline) and ``settings_requested(id)``."""
+    ``baseline_requested(id)`` (``""`` clears the baseline), ``settings_requested(id)``,
+    ``label_requested(id)`` and ``delete_requested([ids])``."""
 
     run_activated = Signal(str)
     settings_requested = Signal(str)
+    label_requested = Signal(str)
+    delete_requested = Signal(object)
     refresh_requested = Signal()
     compare_requested = Signal(object)
     baseline_requested = Signal(str)
@@ -79,7 +85,7 @@ class SavedRunsPanel(QWidget):
         for i, column in enumerate(COLUMNS):
             if column[3]:
                 self.model.horizontalHeaderItem(i).setToolTip(column[3])
-        self.proxy = QSortFilterProxyModel(self)
+        self.proxy = _WordsFilter(self)
         self.proxy.setSourceModel(self.model)
         self.proxy.setSortRole(SORT_ROLE)
         self.view = QTableView()
@@ -121,14 +127,32 @@ class SavedRunsPanel(QWidget):
         self.settings_button.clicked.connect(self._settings_selected)
         self.clear_baseline_button = QPushButton("Clear baseline")
         self.clear_baseline_button.clicked.connect(lambda: self.baseline_requested.emit(""))
+        self.label_button = QPushButton("Label…")
+        self.label_button.setToolTip("Name this run (the Label column; `memlens label` does "
+                                     "the same)")
+        self.label_button.clicked.connect(self._label_selected)
+        self.delete_button = QPushButton("Delete")
+        self.delete_button.setToolTip("Move the selected runs to the store's trash folder "
+                                      "(Edit → Undo delete, or `memlens restore`, brings them "
+                                      "back)")
+        self.delete_button.clicked.connect(self._delete_selected)
+        self.filter_edit = QLineEdit()
+        self.filter_edit.setPlaceholderText("Filter the runs: model, workload, optimization, "
+                                            "label, run id…")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit.setToolTip("Keep the runs whose row contains every word typed "
+                                    "(any column, any case)")
+        self.filter_edit.textChanged.connect(self._filter_changed)
         buttons = QHBoxLayout()
         for button in (self.refresh_button, self.open_button, self.settings_button,
-                       self.compare_button, self.baseline_button, self.clear_baseline_button):
+                       self.compare_button, self.baseline_button, self.clear_baseline_button,
+                       self.label_button, self.delete_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(buttons)
+        layout.addWidget(self.filter_edit)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.message)
         layout.addWidget(self.baseline_label)
@@ -151,10 +175,7 @@ class SavedRunsPanel(QWidget):
                 row.append(item)
             self.model.appendRow(row)
         self.view.setSortingEnabled(True)
-        empty = self.model.rowCount() == 0
-        self.message.setVisible(empty)
-        self.message.setText("No saved runs yet: every finished run is saved here." if empty
-                             else "")
+        self._show_count()
         self.view.resizeColumnsToContents()
         if selected:
             self.select(sorted(selected))
@@ -203,6 +224,8 @@ class SavedRunsPanel(QWidget):
         self.open_button.setEnabled(n == 1)
         self.baseline_button.setEnabled(n == 1)
         self.settings_button.setEnabled(n == 1)
+        self.label_button.setEnabled(n == 1)
+        self.delete_button.setEnabled(n >= 1)
         self.compare_button.setEnabled(n >= 2)
 
     @Slot(QModelIndex)
@@ -230,7 +253,60 @@ class SavedRunsPanel(QWidget):
             self.settings_requested.emit(ids[0])
 
     @Slot()
+    def _label_selected(self) -> None:
+        ids = self.selected_ids()
+        if len(ids) == 1:
+            self.label_requested.emit(ids[0])
+
+    @Slot()
+    def _delete_selected(self) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self.delete_requested.emit(ids)
+
+    @Slot(str)
+    def _filter_changed(self, text: str) -> None:
+        self.proxy.set_words(text)
+        self._show_count()
+        self._selection_changed()
+
+    def _show_count(self) -> None:
+        total, shown = self.model.rowCount(), self.proxy.rowCount()
+        if total == 0:
+            text = "No saved runs yet: every finished run is saved here."
+        elif shown < total:
+            text = (f"{shown} of {total} runs match the filter." if shown
+                    else f"No run of {total} matches the filter.")
+        else:
+            text = ""
+        self.message.setText(text)
+        self.message.setVisible(bool(text))
+
+    @Slot()
     def _baseline_selected(self) -> None:
         ids = self.selected_ids()
         if ids:
             self.baseline_requested.emit(ids[0])
+
+
+class _WordsFilter(QSortFilterProxyModel):
+    """Keeps the rows whose cells, together, contain every word of the filter (any case)."""
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._words: list[str] = []
+
+    def set_words(self, text: str) -> None:
+        # begin/endFilterChange replace invalidateFilter (deprecated in Qt 6.10).
+        self.beginFilterChange()
+        self._words = [w.casefold() for w in text.split()]
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:  # noqa: N802 - Qt's name
+        if not self._words:
+            return True
+        model = self.sourceModel()
+        text = " ".join(str(model.index(row, c, parent).data() or "")
+                        for c in range(model.columnCount())).casefold()
+        run_id = str(model.index(row, 0, parent).data(RUN_ID_ROLE) or "").casefold()
+        return all(w in text or w in run_id for w in self._words)
