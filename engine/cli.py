@@ -827,13 +827,14 @@ def _finish(args: argparse.Namespace, printer: Any, what: str, show: Any, work: 
 
 
 def _sweep(args: argparse.Namespace, store) -> int:
-    from .sweep import parse_bytes, parse_int_list, sweep
+    from .sweep import SIZE_FORMS, parse_bytes, parse_int_list, sweep
 
-    seqs = parse_int_list(args.seq, "seq")
-    batches = parse_int_list(args.batch, "batch")
+    seqs = parse_int_list(args.seq, "--seq", "--seq")
+    batches = parse_int_list(args.batch, "--batch", "--batch")
     sets = _opt_sets(args)
     limit = 0 if args.estimate_only else (
-        parse_bytes(args.measure_below) if args.measure_below is not None else None)
+        parse_bytes(args.measure_below, "a size for --measure-below: " + SIZE_FORMS)
+        if args.measure_below is not None else None)
     config = RunConfig(model=args.model, workload=args.workload, new_tokens=args.new_tokens,
                        dtype=args.dtype, attention_impl=args.attention_impl, device=args.device,
                        repeats=args.repeats, trust_remote_code=args.trust_remote_code)
@@ -907,7 +908,7 @@ def _fit(args: argparse.Namespace, store) -> int:
     from .sweep import DEFAULT_MAX_BATCH, parse_int_list, resolve_budget, what_fits
 
     budget = resolve_budget(args.budget)
-    batches = parse_int_list(args.batch, "batch")
+    batches = parse_int_list(args.batch, "--batch", "--batch")
     sets = _opt_sets(args)
     if args.granularity is not None and args.granularity < 1:
         _error(f"The granularity must be at least 1 token (got {args.granularity}).",
@@ -923,7 +924,8 @@ def _fit(args: argparse.Namespace, store) -> int:
                "largest batch per sequence length.")
         return EXIT_USAGE
     axis = "batch" if args.at_seq is not None else "seq"
-    seqs = parse_int_list(args.at_seq, "at-seq") if args.at_seq is not None else None
+    seqs = (parse_int_list(args.at_seq, "--at-seq", "--at-seq") if args.at_seq is not None
+            else None)
     config = RunConfig(model=args.model, workload=args.workload, new_tokens=args.new_tokens,
                        dtype=args.dtype, attention_impl=args.attention_impl,
                        trust_remote_code=args.trust_remote_code)

@@ -311,21 +311,21 @@ def parse_count(value: Any, what: str) -> int:
 
 def parse_size(value: Any, option: str, allow_zero: bool = False) -> int:
     """A memory size (``80GiB``, ``80GB``, bytes) for ``option``, or an error naming it."""
-    from .sweep import BUDGET_FORMS, parse_bytes
+    from .sweep import SIZE_FORMS, parse_bytes
 
     if isinstance(value, int) and not isinstance(value, bool):
         if value > 0 or (allow_zero and value == 0):
             return value
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"{option} must be a positive size (got {value}).",
-                           f"Write {BUDGET_FORMS.split('; or')[0]}.")
+                           f"Write {SIZE_FORMS}.")
     if allow_zero and str(value).strip() in ("0", "none", ""):
         return 0
     try:
         return parse_bytes(str(value))
     except MemLensError as exc:
         raise MemLensError(exc.kind, f"{option}: {exc.message}",
-                           f"Write {BUDGET_FORMS.split('; or')[0]}.") from None
+                           f"Write {SIZE_FORMS}.") from None
 
 
 def _check_choice(value: str, choices: tuple[str, ...], option: str, why: str) -> str:
@@ -345,8 +345,8 @@ def _check_optimizations(config: RunConfig) -> None:
             "placement and "
             "the shards are computed from parameters built without memory, and it needs their "
             "values (or packs them in formats the placement does not size).",
-            f"Plans take {', '.join(allowed)}; for a smaller dtype use --dtype; measure "
-            "quantization on one device with memlens profile.")
+            f"Plans take {', '.join(allowed)}; for a smaller dtype choose it (Dtype; "
+            "--dtype); measure quantization on one device in a real run (memlens profile).")
 
 
 # -- shared helpers --------------------------------------------------------------------------------
@@ -549,8 +549,8 @@ def plan_inference(config: RunConfig, devices: int | str, per_device: int | str,
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"An inference plan is for the forward or generate workload (got "
                            f"{config.workload}).",
-                           "For training across ranks use plan_training (memlens plan "
-                           "--workload train --ranks N).")
+                           "For training across ranks plan with the train workload (memlens "
+                           "plan --workload train --ranks N).")
     _check_optimizations(config)
     cancel = cancel or threading.Event()
     return _run_planner(lambda: _plan_inference(config, n, budget, cpu, strategy, placement,
@@ -812,7 +812,7 @@ def _fill_rows(plan: DevicePlan, names: list[tuple[str, int]], runtime: _Runtime
                 f"none of the budgets ({plan.devices} × {human_bytes(budget)}"
                 + (f" + CPU {human_bytes(cpu)}" if cpu else "")
                 + "); the libraries would offload them to disk (very slow). Add devices, a "
-                "larger --cpu-offload, or a smaller dtype.")
+                "larger CPU offload (--cpu-offload), or a smaller dtype.")
         elif budget_k is not None and row.total_bytes > budget_k:
             row.fits = False
             row.over_by_bytes = row.total_bytes - budget_k
@@ -947,8 +947,9 @@ def plan_training(config: RunConfig, ranks: int | str, per_rank_budget: int | st
     if config.workload != "train":
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"An FSDP2 plan is for the train workload (got {config.workload}).",
-                           "For inference across devices use plan_inference (memlens plan "
-                           "--workload generate --devices N --per-device SIZE).")
+                           "For inference across devices plan with the forward or generate "
+                           "workload (memlens plan --workload generate --devices N "
+                           "--per-device SIZE).")
     _check_optimizations(config)
     cancel = cancel or threading.Event()
     return _run_planner(lambda: _plan_training(config, n, budget, master_dtype, prefetch,
@@ -1137,7 +1138,8 @@ def _plan_training(config: RunConfig, ranks: int, budget: int | None, master_dty
                 + "; more ranks shrink the sharded parts, "
                 + ("a smaller micro-batch or sequence the activations"
                    if any(o.get("id") == "checkpointing" for o in config.optimizations) else
-                   "activation checkpointing (--opt checkpointing) or a smaller micro-batch the "
+                   "activation checkpointing (--opt checkpointing; the Activation "
+                   "checkpointing optimization) or a smaller micro-batch the "
                    "activations"))
     plan.notes.append(FIGURES_NOTE)
     plan.notes.append(

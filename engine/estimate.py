@@ -111,8 +111,9 @@ def estimable_optimizations(config: RunConfig) -> list[Any]:
             raise MemLensError(
                 ErrorKind.NOT_APPLICABLE,
                 f"Estimation cannot apply {opt.name} ({refused[0]}): {refused[1]}.",
-                "Measure it with memlens profile on a model (or a smaller config of the same "
-                "architecture) that fits; the other optimizations can be estimated.")
+                "Measure it in a real run (Run; memlens profile) on a model, or a smaller "
+                "config of the same architecture, that fits; the other optimizations can be "
+                "estimated.")
     return chosen
 
 
@@ -227,9 +228,10 @@ def _fake_tensor_error(exc: BaseException, stage: str, model: str) -> MemLensErr
         ErrorKind.NOT_APPLICABLE,
         f"Estimation cannot run {model} on fake tensors ({step}): the operator {op} {why}"
         f"{where}.",
-        "Measure a smaller config of the same architecture with memlens profile, or try "
-        "another --attention implementation (eager or sdpa); operators without a fake-tensor "
-        "implementation are listed in PyTorch's issue tracker.")
+        "Measure a smaller config of the same architecture in a real run (memlens profile), "
+        "or try another attention implementation, eager or sdpa (the Attention implementation "
+        "optimization; --attention); operators without a fake-tensor implementation are "
+        "listed in PyTorch's issue tracker.")
 
 
 @contextlib.contextmanager
@@ -311,8 +313,9 @@ class _EstimateRun(_Run):
             raise MemLensError(ErrorKind.NOT_APPLICABLE,
                                f"{name} declares no tensor-parallel plan in transformers "
                                "(base_model_tp_plan), so its layers' split is not known.",
-                               "Estimate it on one device, or plan FSDP2 training "
-                               "(memlens plan --workload train --ranks N).")
+                               "Estimate it on one device, or plan FSDP2 training (the "
+                               "Multi-GPU plan page with the train workload; memlens plan "
+                               "--workload train --ranks N).")
         styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
         unknown = sorted({v for v in declared.values() if v not in styles})
         if unknown:
@@ -333,7 +336,7 @@ class _EstimateRun(_Run):
             raise MemLensError(ErrorKind.NOT_APPLICABLE,
                                f"{', '.join(map(str, changed))} replaces or reshapes the Linear "
                                "layers tensor parallelism splits.",
-                               "With --tensor-parallel use "
+                               "A tensor-parallel estimate takes "
                                f"{', '.join(TENSOR_PARALLEL_OPTIMIZATIONS)}.")
         if dist.is_initialized():
             raise MemLensError(ErrorKind.NOT_APPLICABLE,
@@ -403,13 +406,15 @@ class _EstimateRun(_Run):
             raise MemLensError(
                 ErrorKind.NOT_APPLICABLE,
                 "Attention maps need real values; an estimate has none.",
-                "Estimate without attention maps, or capture them with memlens profile.")
+                "Estimate without attention maps (untick 'Attention maps' in the window), or "
+                "capture them in a measured run (Run; memlens profile --attention-maps).")
         device = resolve_device(cfg.device)
         if device.type != "cpu":
             raise MemLensError(
                 ErrorKind.NOT_APPLICABLE,
                 f"Estimation models the CPU's kernels only (got --device {cfg.device}).",
-                "Use --device cpu; a CUDA estimate (GPU kernel choices) is not available yet.")
+                "Estimate on the cpu device (--device cpu); a CUDA estimate (GPU kernel "
+                "choices) is not available yet.")
         self.hooks = RunHooks()
         created = _dt.datetime.now(_dt.timezone.utc)
         run_id = _run_id(cfg, created)

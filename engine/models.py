@@ -313,8 +313,9 @@ def load_model(
             ErrorKind.OUT_OF_MEMORY,
             f"Ran out of memory while loading {config.model} on {config.device}: "
             f"{_first_line(exc)}",
-            "Close other programs, or choose a smaller dtype (--dtype bfloat16) or a smaller "
-            f"model, or estimate it without real memory: memlens estimate --model {config.model}",
+            "Close other programs, or choose a smaller dtype (Dtype bfloat16; --dtype "
+            "bfloat16) or a smaller model, or estimate it without real memory (Estimate; "
+            f"memlens estimate --model {config.model})",
         ) from exc
     except Exception as exc:
         problem = _install_problem(exc, config.model)
@@ -723,8 +724,10 @@ class _Loader:
             f"{_gib(need)} in {dtype_name}, and {device} has {_gib(available)} available "
             f"(the limit is {MAX_MEMORY_FRACTION:.0%} of that).",
             "Pick "
-            + ("a smaller dtype (--dtype bfloat16) or " if dtype in (None, torch.float32) else "")
-            + "a smaller model, or estimate it without allocating any memory: "
+            + ("a smaller dtype (Dtype bfloat16; --dtype bfloat16) or "
+               if dtype in (None, torch.float32) else "")
+            + "a smaller model, or estimate it without allocating any memory (the window's "
+            "Estimate button): "
             + command
             + (" (after downloading only its config.json)" if model != cfg.model.strip() else ""),
         )

@@ -388,7 +388,7 @@ class TorchaoInt4(_TorchaoWeights):
             return "the model has no nn.Linear layers to quantize"
         if any(m.weight.dtype != torch.bfloat16 for _, m in layers):
             return ("tinygemm's int4 kernels take bfloat16 weights and activations: run with "
-                    "--dtype bfloat16")
+                    "Dtype bfloat16 (--dtype bfloat16)")
         if not self._targets(model, params):
             return ("no Linear layer has input features divisible by 128 and by the group size "
                     "and output features divisible by 8")
@@ -437,7 +437,7 @@ class TorchaoFloat8(_TorchaoWeights):
                 m.weight.dtype != torch.bfloat16 for _, m in _linears(model)):
             # torchao asserts it (PerRow scales are for bfloat16 weights only)
             reason = ("fp8 activations with per-row scales take bfloat16 weights: run with "
-                      "--dtype bfloat16")
+                      "Dtype bfloat16 (--dtype bfloat16)")
         return reason
 
     def _config(self, params):
@@ -626,7 +626,8 @@ class Sparsity24(Optimization):
         if not layers:
             return "the model has no nn.Linear layers to sparsify"
         if any(m.weight.dtype not in (torch.float16, torch.bfloat16) for _, m in layers):
-            return "semi-structured sparse weights are fp16 or bf16: run with --dtype bfloat16"
+            return ("semi-structured sparse weights are fp16 or bf16: run with Dtype bfloat16 "
+                    "(--dtype bfloat16)")
         if not any(self._fits(m) for _, m in layers):
             return "no Linear layer has outputs divisible by 32 and inputs by 64"
         return None

@@ -32,7 +32,8 @@ def check_record(data: dict[str, Any], kind: str, schema: int) -> None:
     """Refuse a file that is not a ``kind`` record, or one from a newer MemLens."""
     if data.get("kind") != kind:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The file is not a MemLens {kind}.",
-                           f"Pass a file written by memlens {kind} --out.")
+                           f"Pass {RECORD_KINDS.get(kind, 'a ' + kind)} saved with --out (or "
+                           "the window's Save JSON…).")
     if int(data.get("schema_version", 0)) > schema:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"The {kind} was written by a newer MemLens (schema "

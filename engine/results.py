@@ -205,8 +205,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     version = data.get("schema_version")
     if not isinstance(version, int):
         raise SchemaError("The file has no integer 'schema_version': it is not a MemLens run.",
-                          "Open a run file MemLens wrote (memlens runs lists them), or a sweep, "
-                          "fit, plan or guide.json.")
+                          "Open a run file MemLens wrote (the Saved runs page and memlens runs list "
+                          "them), or a sweep, fit, plan or guide.json.")
     if version > SCHEMA_VERSION:
         raise SchemaError(f"The run was written by a newer MemLens (schema {version}; this "
                           f"version reads up to {SCHEMA_VERSION}).",

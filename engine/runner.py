@@ -1114,5 +1114,5 @@ def _noise_warnings(result: RunResult) -> None:
         result.warnings.append(
             f"Latency is noisy: {who}{len(times)} plain timing passes took {min(times):.2f} to "
             f"{max(times):.2f} ms (×{max(times) / min(times):.1f} apart), so the median"
-            f"{ratio} may be off. Rerun on a quieter machine or with more --repeats (now "
-            f"{cfg.repeats}).")
+            f"{ratio} may be off. Rerun on a quieter machine or with more timing passes (now "
+            f"{cfg.repeats}; memlens profile --repeats N).")

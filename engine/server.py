@@ -322,7 +322,8 @@ class EngineProcess:
                 return Failed("out_of_memory", f"The engine process was killed ({name}), most "
                               "likely by the system for running out of memory.",
                               "Try a smaller batch or sequence, an optimization that saves "
-                              "memory, or `memlens estimate`. The window and saved runs are "
+                              "memory, or Estimate (fake tensors: no real memory). The window "
+                              "and saved runs are "
                               "intact; the next run starts a fresh engine.")
             return Failed("internal", f"The engine process stopped with signal {name}.",
                           "The window and saved runs are intact; the next run starts a fresh "

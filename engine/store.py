@@ -165,7 +165,8 @@ class RunStore:
             if not path.exists() and _is_plain_id(run_id) and (
                     self.trash_root / path.name).is_file():
                 raise MemLensError(ErrorKind.NOT_FOUND, f"Run {run_id} is in the trash.",
-                                   f"Bring it back with `memlens restore {run_id}`.")
+                                   "Bring it back with Edit → Restore a deleted run… (or "
+                                   f"`memlens restore {run_id}`).")
         return load_run_file(path)
 
     def list(self) -> list[RunSummary]:
@@ -287,7 +288,8 @@ def load_run_file(path: Path | str) -> RunResult:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise MemLensError(ErrorKind.NOT_FOUND, f"No saved run at {path}.",
-                           "Check the path, or list runs with `memlens runs`.") from exc
+                           "Check the path, or list the saved runs (the Saved runs page; "
+                           "`memlens runs`).") from exc
     except OSError as exc:
         raise MemLensError(ErrorKind.STORE, f"Cannot read {path}: {exc.strerror or exc}.",
                            "Check the file's permissions.") from exc

@@ -103,23 +103,26 @@ class FitFinished:
 # -- parsing ---------------------------------------------------------------------------------------
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-BUDGET_FORMS = ("a number of bytes (25769803776), or a number with a unit: B, KB, MB, GB, TB "
-                "(powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 24GiB, 80GB, "
-                "1.5TiB; or 'gpu' (the detected GPU's total memory) or 'ram' (available RAM)")
+SIZE_FORMS = ("a number of bytes (25769803776), or a number with a unit: B, KB, MB, GB, TB "
+              "(powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 24GiB, 80GB, 1.5TiB")
+# A budget (fit's --budget, the window's Budget field) also takes two words; other sizes do not.
+BUDGET_FORMS = (SIZE_FORMS + "; or 'gpu' (the detected GPU's total memory) or 'ram' "
+                "(available RAM)")
 
 
-def parse_bytes(text: str) -> int:
-    """``'24GiB'`` -> 25769803776; ``'80GB'`` -> 80000000000; refuses anything else by name."""
+def parse_bytes(text: str, forms: str = SIZE_FORMS) -> int:
+    """``'24GiB'`` -> 25769803776; ``'80GB'`` -> 80000000000; refuses anything else by name,
+    with a hint that writes out ``forms`` (what the field or option accepts)."""
     m = re.fullmatch(r"\s*(-?)([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     unit = m.group(3).lower() if m else None
     if m is None or unit not in _UNITS:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"Cannot read the memory size {text!r}.",
-                           f"Write {BUDGET_FORMS}.")
+                           f"Write {forms}.")
     value = float(m.group(2)) * _UNITS[unit]
     if m.group(1) or not math.isfinite(value) or value < 1:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The memory size {text!r} is not positive.",
-                           f"Write {BUDGET_FORMS}.")
+                           f"Write {forms}.")
     return int(value)
 
 
@@ -144,8 +147,8 @@ def resolve_budget(text: str | None) -> Budget:
                           f"({props.name}, cuda:{torch.cuda.current_device()})")
         if word:
             raise MemLensError(ErrorKind.NO_DEVICE,
-                               "--budget gpu needs a CUDA GPU, and none was detected here.",
-                               f"Give the budget as a size instead: {BUDGET_FORMS}.")
+                               "The budget 'gpu' needs a CUDA GPU, and none was detected here.",
+                               f"Give the budget as a size instead ({SIZE_FORMS}), or 'ram'.")
     if word in ("ram", ""):
         import psutil
 
@@ -154,12 +157,15 @@ def resolve_budget(text: str | None) -> Budget:
         return Budget(avail, "ram", f"{human_bytes(avail)}: {why}the RAM available on this "
                       "machine now (--budget SIZE, or a size in the window's Budget field, "
                       "chooses another)")
-    value = parse_bytes(text or "")
+    value = parse_bytes(text or "", BUDGET_FORMS)
     return Budget(value, "given", f"{human_bytes(value)} (given as {text.strip()})")
 
 
-def parse_int_list(text: str, what: str) -> list[int]:
-    """``'512,1024,2048'`` -> [512, 1024, 2048] (sorted, unique), or an error naming the value."""
+def parse_int_list(text: str, what: str, option: str | None = None) -> list[int]:
+    """``'512,1024,2048'`` -> [512, 1024, 2048] (sorted, unique), or an error naming the value;
+    ``what`` names the list in the message (a field's label in the window), ``option`` the
+    command-line option its examples show (None: the examples are bare values)."""
+    example = f"{option} " if option else ""
     values = []
     for part in str(text).split(","):
         part = part.strip()
@@ -169,11 +175,11 @@ def parse_int_list(text: str, what: str) -> list[int]:
             raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                                f"Cannot read {part!r} in the {what} list {text!r}.",
                                f"Give whole numbers of at least 1, separated by commas "
-                               f"(e.g. --{what} 512,1024,2048).")
+                               f"(e.g. {example}512,1024,2048).")
         values.append(int(part))
     if not values:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The {what} list {text!r} is empty.",
-                           f"Give at least one value, e.g. --{what} 512.")
+                           f"Give at least one value, e.g. {example}512.")
     return sorted(set(values))
 
 
@@ -849,7 +855,7 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"{config.model} supports {limit} positions, fewer than "
                            f"{extra} new tokens plus a 1-token prompt.",
-                           f"Use --new-tokens {limit - 1} or fewer.")
+                           f"Use {limit - 1} new tokens or fewer (New tokens; --new-tokens).")
     if axis == "batch":
         _check_seqs(config, seqs, limit)
     g = granularity or default_granularity(seq_limit)
@@ -1047,7 +1053,8 @@ def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
         answer.status = "limit"
         answer.message = (f"the search's upper end fits: batch {fits} at seq {answer.seq} "
                           f"(estimated peak {bytes_against(answer.peak_bytes, budget.bytes)} ≤ {b}); raise "
-                          f"--max-batch (now {max_batch}) to search further")
+                          f"the search's limit (now batch {max_batch}; memlens fit "
+                          "--max-batch N) to search further")
     elif fits is not None:
         answer.status = "fits"
         answer.message = (

@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             from gui.report import main as report_main
         except ImportError as exc:
             error(f"memlens report cannot start: {exc}.",
-                  "Install the GUI dependencies (pip install memlens) and, on Linux, the Qt "
-                  "system libraries listed in README.md; `memlens export` needs no Qt.")
+                  f"{INSTALL_HINT}; `memlens export` needs no Qt.")
             return 1
         return report_main(rest)
     if not wants_window(argv):
@@ -51,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         from gui.app import main as window_main
     except ImportError as exc:
         error(f"The desktop app cannot start: {exc}.",
-              "Install the GUI dependencies (pip install memlens) and, on Linux, the Qt system "
-              "libraries listed in README.md; the command line (memlens profile) works without "
-              "them.")
+              f"{INSTALL_HINT}; the command line (memlens profile) works without them.")
         return 1
     # The global ``--store DIR`` goes to the window too (its saved runs and new runs).
     store_words, argv = split_store(argv)
@@ -62,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Subcommands that the launcher runs itself instead of ``engine.cli`` (they need Qt).
+INSTALL_HINT = ("Install MemLens with its dependencies (in the checkout: pip install "
+                "torch==2.13.0 -e ., as README's 'Install, start, test' says) and, on Linux, the "
+                "Qt system libraries that .ci/run installs with apt-get")
 QT_SUBCOMMANDS = ("report",)
 SELF_TEST_OPTION = "--self-test"
 SELF_TEST_TIMEOUT_S = 300.0

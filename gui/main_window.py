@@ -274,7 +274,7 @@ class MainWindow(QMainWindow):
             self.log.warning("A run is already in progress: wait for it or cancel it first.")
             return False
         if config.get("mode") == "estimate":
-            config = self._by_length(config, "The estimate")
+            config = self._as_estimate(config)
         self.controller.set_store(self._get_store())
         self._config = dict(config)
         self.workspace.setCurrentIndex(0)
@@ -314,6 +314,21 @@ class MainWindow(QMainWindow):
         self.log.info(f"{what} uses Sequence ({config.get('seq')} tokens), not the prompt: "
                       "only Run tokenizes text.")
         return {**config, "prompt": None}
+
+    def _as_estimate(self, config: dict[str, Any]) -> dict[str, Any]:
+        """What an estimate can take from the controls: no prompt, no attention maps (fake
+        tensors have no values) and the cpu device (estimates model the CPU's kernels), each
+        change said in the log."""
+        config = self._by_length(config, "The estimate")
+        if config.get("attention_maps"):
+            self.log.info("The estimate captures no attention maps: fake tensors have no "
+                          "values (Run captures them).")
+            config = {**config, "attention_maps": False}
+        if str(config.get("device") or "cpu") != "cpu":
+            self.log.info(f"The estimate models the CPU's kernels, so it runs on cpu (the "
+                          f"Device {config.get('device')} is for Run).")
+            config = {**config, "device": "cpu"}
+        return config
 
     def _note_remote_code(self, config: dict[str, Any]) -> None:
         if config.get("trust_remote_code"):

@@ -115,7 +115,7 @@ def _grab(widget: Any, height: int | None, path: Path,
     widget.deleteLater()
     if not image.save(str(path), "PNG"):
         raise MemLensError(ErrorKind.STORE, f"Could not write {path}.",
-                           "Choose a writable folder with free space (--out DIR).")
+                           "Choose a writable folder with free space.")
     return path
 
 
@@ -622,7 +622,7 @@ def write_pdf(html_text: str, shots: Sequence[Shot], path: Path,
     doc.print_(writer)
     if not path.is_file() or path.stat().st_size == 0:
         raise MemLensError(ErrorKind.STORE, f"Could not write the PDF {path}.",
-                           "Choose a writable folder with free space (--out DIR).")
+                           "Choose a writable folder with free space.")
     return path
 
 
@@ -652,7 +652,7 @@ def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = 
         files.html.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise MemLensError(ErrorKind.STORE, f"Cannot write {files.html}: {exc.strerror or exc}.",
-                           "Choose a writable folder with free space (--out DIR).") from exc
+                           "Choose a writable folder with free space.") from exc
     if pdf:
         pdf_html = build_html(results, shots, lambda s: s.path.name, image_width=PDF_IMAGE_WIDTH)
         files.pdf = write_pdf(pdf_html, every, folder / "report.pdf")
@@ -708,7 +708,7 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
         files.html.write_text(page, encoding="utf-8")
     except OSError as exc:
         raise MemLensError(ErrorKind.STORE, f"Cannot write {files.html}: {exc.strerror or exc}.",
-                           "Choose a writable folder with free space (--out DIR).") from exc
+                           "Choose a writable folder with free space.") from exc
     if pdf:
         sized = body
         for shot in shots:
@@ -728,7 +728,7 @@ def _writable(out_dir: Path | str) -> Path:
     except OSError as exc:
         raise MemLensError(ErrorKind.STORE, f"Cannot write the report to {folder}: "
                            f"{exc.strerror or exc}.",
-                           "Choose a writable folder with free space (--out DIR).") from exc
+                           "Choose a writable folder with free space.") from exc
     return folder
 
 
@@ -819,9 +819,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from PySide6.QtWidgets import QApplication
     except ImportError as exc:
+        from .launcher import INSTALL_HINT
+
         error(f"memlens report needs the GUI libraries: {exc}.",
-              "Install them (pip install memlens) and, on Linux, the Qt system libraries "
-              "listed in README.md; `memlens export` needs no Qt.")
+              f"{INSTALL_HINT}; `memlens export` needs no Qt.")
         return 1
     global _APP
     from PySide6.QtCore import qInstallMessageHandler

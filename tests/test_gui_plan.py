@@ -103,6 +103,12 @@ def test_a_bad_plan_size_is_refused_before_anything_runs(qtbot, tmp_path):
     assert not window.controller.is_running
     assert "Cannot read the memory size" in window.status.text()
     assert "80GB" in window.status.text()
+    assert "'gpu'" not in window.status.text()  # a budget's words are not sizes
+    window.plan_panel.per_device_edit.setText("80GiB")
+    for word in ("none", "0", ""):  # the placeholder's word is accepted, as on the CLI
+        window.plan_panel.offload_edit.setText(word)
+        assert "cpu_offload" in window.plan_panel.plan_job("forward")
+        assert window.plan_panel.plan_job("forward")["cpu_offload"] is None
 
 
 @pytest.mark.fault(area="inputs", case="a multi-GPU plan whose model cannot be loaded (window)",

@@ -680,3 +680,22 @@ def test_filter_label_delete_and_undo_in_the_saved_runs(qtbot, real_store, monke
     assert "opt" in panel.run_ids()
     assert not window.restore_deleted_run_dialog()  # an empty trash: a note, no dialog
     assert "trash of" in window.log.text()
+
+
+def test_estimate_takes_from_the_controls_only_what_an_estimate_can_use(qtbot, tmp_path):
+    """Attention maps ticked and a CUDA device chosen (for Run) do not make Estimate fail: the
+    estimate runs on cpu without maps, and the log says both."""
+    from gui.main_window import MainWindow
+
+    window = MainWindow(execute=FakeEngine(), devices=["cpu", "cuda:0"],
+                        settings=QSettings(str(tmp_path / "m.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(window)
+    window.controls.attention_check.setChecked(True)
+    window.controls.device_combo.setCurrentText("cuda:0")
+    qtbot.mouseClick(window.controls.estimate_button, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, window)
+    assert window._config["device"] == "cpu" and window._config["attention_maps"] is False
+    log = window.log.text()
+    assert "captures no attention maps" in log and "runs on cpu" in log
+    assert window.controls.config()["device"] == "cuda:0"  # the controls are left as they were
+

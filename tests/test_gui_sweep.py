@@ -134,12 +134,18 @@ def test_bad_sweep_input_is_refused_before_anything_runs(qtbot, tmp_path):
     page.seq_edit.setText("12,x")
     assert not window.run_sweep()
     assert not window.controller.is_running
-    assert "Cannot read 'x'" in window.status.text()
+    assert "Cannot read 'x' in the Sequence lengths list" in window.status.text()
+    assert "--" not in window.status.text()  # the window has fields, not options
     page.seq_edit.setText("16")
+    page.batch_edit.setText(" , ")
+    assert not window.run_sweep()
+    assert "The Batches list" in window.status.text() and "e.g. 512" in window.status.text()
+    page.batch_edit.setText("1")
     page.budget_edit.setText("24 gigs")
     assert not window.run_fit()
     assert "Cannot read the memory size" in window.status.text()
     assert "24GiB" in window.status.text()  # the fix: the accepted forms
+    assert "'ram'" in window.status.text()  # a budget also takes the words gpu and ram
 
 
 @pytest.mark.fault(area="inputs", case="a sweep whose model cannot be loaded (window)",

@@ -350,3 +350,20 @@ def test_a_measured_sweep_point_takes_its_length_not_the_prompt():
     assert record is not None
     assert [(p.seq, p.kind, p.error) for p in record.points] == [
         (16, "measured", None), (32, "measured", None)]
+
+
+def test_size_hints_offer_only_what_each_input_accepts():
+    from engine.sweep import parse_bytes, parse_int_list, resolve_budget
+
+    with pytest.raises(MemLensError) as size:
+        parse_bytes("gpu")
+    assert "24GiB" in size.value.hint and "'gpu'" not in size.value.hint
+    with pytest.raises(MemLensError) as budget:
+        resolve_budget("lots")
+    assert "'gpu'" in budget.value.hint and "'ram'" in budget.value.hint
+    with pytest.raises(MemLensError) as cli_list:
+        parse_int_list("4,x", "--seq", "--seq")
+    assert "e.g. --seq 512,1024,2048" in cli_list.value.hint
+    with pytest.raises(MemLensError) as field:
+        parse_int_list("", "Batches")
+    assert "e.g. 512." in field.value.hint and "--" not in field.value.hint

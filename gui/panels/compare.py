@@ -62,6 +62,8 @@ _AXIS_LABELS = {
     "cosine_similarity": "cosine similarity",
 }
 
+SELECT_TEXT = "Select two or more saved runs in the table and press Compare selected."
+
 
 class ComparePanel(QWidget):
     """``render(comparison)`` draws it; ``clear(text)`` empties it with a message."""
@@ -72,7 +74,7 @@ class ComparePanel(QWidget):
         self.labels: list[str] = []
         self.heights: list[np.ndarray] = []  # per run: what is drawn (MiB)
 
-        self.message = QLabel("Select two or more saved runs in the table and press Compare.")
+        self.message = QLabel(SELECT_TEXT)
         self.message.setWordWrap(True)
         self.delta_check = QCheckBox("Δ against the reference [0]")
         self.delta_check.setToolTip("Bars show each run's bytes minus the first run's")
@@ -145,8 +147,7 @@ class ComparePanel(QWidget):
             label.setVisible(False)
         self.scatter_note.setText("")
         self.table.setRowCount(0)
-        self.message.setText(text or "Select two or more saved runs in the table and press "
-                             "Compare.")
+        self.message.setText(text or SELECT_TEXT)
         self._apply_ticks()
 
     def render(self, comparison: Comparison, why: str = "") -> None:

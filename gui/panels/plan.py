@@ -32,10 +32,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.distributed import STRATEGIES, TRAIN_PARTS
+from engine.distributed import STRATEGIES, TRAIN_PARTS, parse_size
 from engine.errors import ErrorKind, MemLensError
 from engine.format import MISSING, human_bytes
-from engine.sweep import parse_bytes
 
 from .axis import keep_legend_fitted
 from .. import theme
@@ -81,7 +80,7 @@ class PlanPanel(QWidget):
         self.offload_edit = QLineEdit("")
         self.offload_edit.setPlaceholderText("none")
         self.offload_edit.setToolTip("Inference: CPU memory for layers that do not fit the GPUs "
-                                     "(accelerate offload); empty for none")
+                                     "(accelerate offload); empty, 0 or none for none")
         self.strategy_combo = QComboBox()
         self.strategy_combo.addItems(STRATEGIES)
         self.strategy_combo.setToolTip("Inference: from_pretrained's device_map strategy")
@@ -187,10 +186,12 @@ class PlanPanel(QWidget):
     def plan_job(self, workload: str) -> dict[str, Any]:
         """The plan job's arguments (raises ``MemLensError`` naming a bad size)."""
         per_device = self.per_device_edit.text().strip()
-        parse_bytes(per_device)
+        parse_size(per_device, "Memory each")
         offload = self.offload_edit.text().strip()
+        if offload.lower() in ("none", "0"):  # the placeholder's word, as the CLI takes it
+            offload = ""
         if offload:
-            parse_bytes(offload)
+            parse_size(offload, "CPU offload", allow_zero=True)
         job: dict[str, Any] = {"per_device": per_device}
         if workload == "train":
             ranks, replicas = self.devices_spin.value(), self.replicas_spin.value()

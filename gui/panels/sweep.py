@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.format import MISSING, bytes_against, human_bytes
-from engine.sweep import CATEGORY_LABELS, parse_bytes, parse_int_list
+from engine.sweep import BUDGET_FORMS, CATEGORY_LABELS, parse_bytes, parse_int_list
 
 from .axis import keep_legend_fitted
 from .. import theme
@@ -230,8 +230,8 @@ class SweepPanel(QWidget):
         return [list(optimizations)]
 
     def _lists(self) -> tuple[list[int], list[int]]:
-        return (parse_int_list(self.seq_edit.text(), "sequence lengths"),
-                parse_int_list(self.batch_edit.text(), "batches"))
+        return (parse_int_list(self.seq_edit.text(), "Sequence lengths"),
+                parse_int_list(self.batch_edit.text(), "Batches"))
 
     def sweep_job(self, optimizations: list[dict[str, Any]]) -> dict[str, Any]:
         """The sweep job's arguments from the inputs (raises ``MemLensError`` on bad input)."""
@@ -244,7 +244,7 @@ class SweepPanel(QWidget):
         seqs, batches = self._lists()
         budget = self.budget_edit.text().strip() or "ram"
         if budget.lower() not in ("gpu", "ram"):
-            parse_bytes(budget)  # refuse a bad size here, with the engine's message
+            parse_bytes(budget, BUDGET_FORMS)  # refuse a bad size here, as the engine would
         axis = self.axis_combo.currentData()
         job: dict[str, Any] = {"budget": budget, "axis": axis,
                                "opt_sets": self._sets(optimizations)}
