@@ -211,7 +211,7 @@ def test_cli_report_errors(qapp, saved, tmp_path, capsys):
     assert launcher.main(["--store", str(store.root), "report", plain.run_id, "--out",
                           str(blocker / "sub")]) == 1
     err = capsys.readouterr().err
-    assert "Cannot write the report" in err and "--out DIR" in err
+    assert "Cannot write the report" in err and "writable folder" in err
     with pytest.raises(SystemExit) as info:  # --out is required
         launcher.main(["report", plain.run_id])
     assert info.value.code == 2
