@@ -296,9 +296,7 @@ def _main(argv: list[str] | None) -> int:
 
             return run_cli(args)
         if args.command == "runs":
-            if args.trash:
-                return _trashed(store, args.json)
-            return _runs(store, args.json)
+            return _runs(store, args.json, trash=args.trash)
         if args.command in ("delete", "restore"):
             return _move_runs(store, args.command, args.runs)
         if args.command == "label":
@@ -1014,30 +1012,20 @@ def _move_runs(store, command: str, run_ids: list[str]) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _trashed(store, as_json: bool) -> int:
-    ids = store.trashed()
-    if as_json:
-        print(json.dumps(ids, indent=1))
-    elif not ids:
-        print(f"the trash of {store.root} is empty")
-    else:
-        print(f"{len(ids)} run(s) in {store.trash_root} (`memlens restore RUN_ID`):")
-        for run_id in ids:
-            print(run_id)
-    return EXIT_OK
-
-
-def _runs(store, as_json: bool) -> int:
-    runs = store.list()
+def _runs(store, as_json: bool, trash: bool = False) -> int:
+    """The saved runs (or, with ``trash``, the trashed ones: `memlens restore` them)."""
+    runs = store.trashed_runs() if trash else store.list()
+    folder = store.trash_root if trash else store.root
     kinds = {s.run_id: s.kind for s in runs}
     if as_json:
         print(json.dumps([{**s.__dict__, "path": str(s.path)} for s in runs], indent=1))
         return EXIT_OK
     if not runs:
-        print(f"no saved runs in {store.root}")
+        print(f"no runs in the trash ({folder})" if trash else f"no saved runs in {folder}")
         return EXIT_OK
     n_est = sum(k == "estimate" for k in kinds.values())
-    print(f"{len(runs)} run(s) in {store.root}"
+    print(f"{len(runs)} run(s) in {folder}"
+          + (" (`memlens restore RUN_ID` brings one back)" if trash else "")
           + (f" ({n_est} estimate(s): no weights, no real memory)" if n_est else ""))
     width = max([52] + [len(s.run_id) for s in runs])
     print(f"{'run id':<{width}} {'kind':<8} {'workload':<9} {'peak':>11} {'latency':>10}  model")

@@ -42,7 +42,8 @@ METHOD = ("FakeTensorMode build (no weights, no memory) + MemLens tensor account
           "(the measured runs' memory pass)")
 PEAK_SOURCE = "fake_tensor_accounting"
 ESTIMATE_SOURCES = ("Estimation reads a config.json, a local folder with "
-                    "config.json or a preset (preset:ID, e.g. preset:llama-3-8b).")
+                    "config.json, a preset (preset:ID, e.g. preset:llama-3-8b) or a built-in demo "
+                    "(demo, demo-encoder).")
 
 LIMITATIONS_ESTIMATE = [
     "ESTIMATE: the model ran on fake tensors (shapes, dtypes and storage sizes only, no data, no "

@@ -32,8 +32,10 @@ def check_record(data: dict[str, Any], kind: str, schema: int) -> None:
     """Refuse a file that is not a ``kind`` record, or one from a newer MemLens."""
     if data.get("kind") != kind:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The file is not a MemLens {kind}.",
-                           f"Pass {RECORD_KINDS.get(kind, 'a ' + kind)} saved with --out (or "
-                           "the window's Save JSON…).")
+                           f"Pass {RECORD_KINDS.get(kind, 'a ' + kind)} saved with --out"
+                           + (" (or the Save JSON… button of its page in the window)."
+                              if kind in ("sweep", "fit", "inference_plan", "training_plan")
+                              else "."))
     if int(data.get("schema_version", 0)) > schema:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"The {kind} was written by a newer MemLens (schema "

@@ -171,35 +171,11 @@ class RunStore:
 
     def list(self) -> list[RunSummary]:
         """Saved runs, newest first; damaged files are skipped (``damaged()`` names them)."""
-        if not self.root.is_dir():
-            return []
-        out = []
-        for path in self.root.glob("*.json"):
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                cfg = data.get("config") or {}
-                totals = data.get("totals") or {}
-                info = data.get("model_info") or {}
-                out.append(RunSummary(
-                    run_id=data["run_id"], created=data.get("created", ""),
-                    model=cfg.get("model", "?"), workload=cfg.get("workload", "?"),
-                    peak_bytes=totals.get("peak_bytes"),
-                    # The plain (unhooked) pass, as the run's own totals and the compare view
-                    # show it; runs saved without one keep the hooked figure.
-                    latency_ms=(totals.get("plain_latency_ms")
-                                if totals.get("plain_latency_ms") is not None
-                                else totals.get("latency_ms")),
-                    label=cfg.get("label", ""), path=path,
-                    optimizations=optimizations_text(data.get("optimizations") or []),
-                    quality=quality_text(data.get("quality")),
-                    device=str(info.get("device") or cfg.get("device") or ""),
-                    dtype=str(info.get("dtype") or cfg.get("dtype") or ""),
-                    status=str(data.get("status") or "ok"),
-                    kind="estimate" if data.get("estimate") is not None else "measured"))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                continue
-        out.sort(key=lambda s: s.created, reverse=True)
-        return out
+        return _summaries(self.root)
+
+    def trashed_runs(self) -> list[RunSummary]:
+        """The runs in the trash, newest first, as :meth:`list` gives the saved ones."""
+        return _summaries(self.trash_root)
 
     def delete(self, run_id: str) -> None:
         """Remove a run and its maps for good (the app and CLI use :meth:`trash` instead)."""
@@ -238,13 +214,27 @@ class RunStore:
         json_path = source / f"{run_id}.json"
         if not _is_plain_id(run_id) or not json_path.is_file():
             raise MemLensError(ErrorKind.NOT_FOUND, f"No {what} with id {run_id!r}.", hint)
+        maps = source / f"{run_id}.attn.safetensors"
+        moving = [json_path] + ([maps] if maps.exists() else [])
+        taken = [p.name for p in moving if (target / p.name).exists()]
+        if (target / f"{run_id}.attn.safetensors").exists() and maps not in moving:
+            taken.append(f"{run_id}.attn.safetensors")  # stale maps would join this run
+        if taken:
+            raise MemLensError(ErrorKind.STORE, f"Cannot move run {run_id}: {target} already "
+                               f"holds {', '.join(taken)}.",
+                               "Move or delete those files by hand first; nothing was changed.")
+        done: list[Path] = []
         try:
             target.mkdir(parents=True, exist_ok=True)
-            maps = source / f"{run_id}.attn.safetensors"
-            if maps.exists():
-                os.replace(maps, target / maps.name)
-            os.replace(json_path, target / json_path.name)
+            for p in moving:  # the JSON first: the run stops being listed before its maps go
+                os.replace(p, target / p.name)
+                done.append(p)
         except OSError as exc:
+            for p in reversed(done):  # put back what moved: a run is never split in two
+                try:
+                    os.replace(target / p.name, p)
+                except OSError:
+                    pass
             raise MemLensError(ErrorKind.STORE, f"Could not move run {run_id} to {target}: "
                                f"{exc.strerror or exc}.",
                                "Check that the run folder is writable; the run is unchanged."
@@ -253,16 +243,35 @@ class RunStore:
 
     def set_label(self, run_id: str, label: str) -> None:
         """Change a saved run's label (its ``config.label``); the rest of the file is kept as it
-        is, and the write is atomic."""
+        is, and the write is atomic. A run from a newer MemLens is refused (it is not rewritten
+        by a version that cannot read it)."""
         path = self.path_for(run_id)
         if not _is_plain_id(run_id) or not path.is_file():
-            raise MemLensError(ErrorKind.NOT_FOUND, f"No saved run with id {run_id!r}.",
-                               "List the saved runs with `memlens runs`.")
+            in_trash = _is_plain_id(run_id) and (self.trash_root / path.name).is_file()
+            raise MemLensError(ErrorKind.NOT_FOUND,
+                               f"Run {run_id} is in the trash." if in_trash
+                               else f"No saved run with id {run_id!r}.",
+                               "Restore it first (Edit → Restore a deleted run…, or `memlens "
+                               f"restore {run_id}`)." if in_trash
+                               else "List the saved runs (the Saved runs page; `memlens runs`).")
         label = " ".join(str(label).split())  # one line: the list shows it in a cell
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or record_kind(data) is not None:
+                raise ValueError("not a run")
+            from .results import SCHEMA_VERSION
+
+            version = data.get("schema_version")
+            if isinstance(version, int) and version > SCHEMA_VERSION:
+                raise MemLensError(ErrorKind.STORE, f"Run {run_id} was written by a newer "
+                                   f"MemLens (schema {version}).",
+                                   "Label it with that version; this one leaves it unchanged.")
             data.setdefault("config", {})["label"] = label
-            _atomic_write(path, json.dumps(data, indent=1, allow_nan=False).encode("utf-8"))
+            encoded = json.dumps(data, indent=1, allow_nan=False).encode("utf-8")
+            if not path.is_file():  # trashed by another window meanwhile: do not bring it back
+                raise MemLensError(ErrorKind.NOT_FOUND, f"Run {run_id} was just deleted.",
+                                   "Restore it first if you meant to label it.")
+            _atomic_write(path, encoded)
         except (ValueError, AttributeError, TypeError) as exc:
             raise MemLensError(ErrorKind.STORE, f"The run file {path.name} is damaged ({exc}).",
                                "Its label cannot be changed; other runs are unaffected.") from exc
@@ -271,6 +280,39 @@ class RunStore:
                                f"{exc.strerror or exc}.",
                                "Check that the run folder is writable; the run is unchanged."
                                ) from exc
+
+
+def _summaries(folder: Path) -> list[RunSummary]:
+    """The runs in ``folder``, newest first; damaged files are skipped."""
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in folder.glob("*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            cfg = data.get("config") or {}
+            totals = data.get("totals") or {}
+            info = data.get("model_info") or {}
+            out.append(RunSummary(
+                run_id=data["run_id"], created=data.get("created", ""),
+                model=cfg.get("model", "?"), workload=cfg.get("workload", "?"),
+                peak_bytes=totals.get("peak_bytes"),
+                # The plain (unhooked) pass, as the run's own totals and the compare view
+                # show it; runs saved without one keep the hooked figure.
+                latency_ms=(totals.get("plain_latency_ms")
+                            if totals.get("plain_latency_ms") is not None
+                            else totals.get("latency_ms")),
+                label=cfg.get("label", ""), path=path,
+                optimizations=optimizations_text(data.get("optimizations") or []),
+                quality=quality_text(data.get("quality")),
+                device=str(info.get("device") or cfg.get("device") or ""),
+                dtype=str(info.get("dtype") or cfg.get("dtype") or ""),
+                status=str(data.get("status") or "ok"),
+                kind="estimate" if data.get("estimate") is not None else "measured"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    out.sort(key=lambda s: s.created, reverse=True)
+    return out
 
 
 TRASH = "trash"  # the store's subfolder of trashed runs (not listed; `memlens restore`)

@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     return window_main(argv + store_words)
 
 
-# Subcommands that the launcher runs itself instead of ``engine.cli`` (they need Qt).
 INSTALL_HINT = ("Install MemLens with its dependencies (in the checkout: pip install "
                 "torch==2.13.0 -e ., as README's 'Install, start, test' says) and, on Linux, the "
                 "Qt system libraries that .ci/run installs with apt-get")
+# Subcommands that the launcher runs itself instead of ``engine.cli`` (they need Qt).
 QT_SUBCOMMANDS = ("report",)
 SELF_TEST_OPTION = "--self-test"
 SELF_TEST_TIMEOUT_S = 300.0

@@ -306,13 +306,14 @@ class MainWindow(QMainWindow):
         self._note_remote_code(config)
         return self.controller.start(config)
 
-    def _by_length(self, config: dict[str, Any], what: str) -> dict[str, Any]:
+    def _by_length(self, config: dict[str, Any], what: str,
+                   lengths: str | None = None) -> dict[str, Any]:
         """``config`` without the prompt, for jobs that take a sequence length (estimates,
         sweeps, fit, plans, the guide), saying so in the log when a prompt was given."""
         if not config.get("prompt"):
             return config
-        self.log.info(f"{what} uses Sequence ({config.get('seq')} tokens), not the prompt: "
-                      "only Run tokenizes text.")
+        lengths = lengths or f"Sequence ({config.get('seq')} tokens)"
+        self.log.info(f"{what} uses {lengths}, not the prompt: only Run tokenizes text.")
         return {**config, "prompt": None}
 
     def _as_estimate(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -353,8 +354,7 @@ class MainWindow(QMainWindow):
             self.fit_action.setEnabled(not running)
             self.plan_action.setEnabled(not running)
             self.use_settings_action.setEnabled(not running)
-            self.saved_runs.settings_button.setEnabled(
-                not running and len(self.saved_runs.selected_ids()) == 1)
+            self.saved_runs.set_running(running)
             self.sweep_panel.set_running(running)
             self.plan_panel.set_running(running)
             self.cancel_action.setEnabled(running)
@@ -414,8 +414,8 @@ class MainWindow(QMainWindow):
             return False
         from engine.errors import MemLensError
 
-        config = self._by_length(self.controls.config(),
-                                 "The sweep" if mode == "sweep" else "Find what fits")
+        config = self._by_length(self.controls.config(), "The sweep" if mode == "sweep"
+                                 else "Find what fits", "the page's lengths")
         optimizations = config.pop("optimizations", [])
         try:
             job = (self.sweep_panel.sweep_job(optimizations) if mode == "sweep"
@@ -787,6 +787,8 @@ class MainWindow(QMainWindow):
         if moved:
             self._last_deleted = moved
             self.undo_delete_action.setEnabled(True)
+            if self._baseline_run is not None and self._baseline_run.run_id in moved:
+                self.set_baseline_run("")  # its outline would name a run no longer listed
             self.log.info(f"Moved {len(moved)} run(s) to {store.trash_root}: "
                           f"{', '.join(moved)} (Edit → Undo delete brings them back).")
             self.status.show_message(f"Deleted {len(moved)} run(s): Edit → Undo delete "
@@ -825,6 +827,8 @@ class MainWindow(QMainWindow):
                 self._store_error(f"Could not restore run {run_id}", exc)
                 continue
             restored.append(run_id)
+        self._last_deleted = [i for i in self._last_deleted if i not in restored]
+        self.undo_delete_action.setEnabled(bool(self._last_deleted))
         if restored:
             self.log.info(f"Restored {len(restored)} run(s): {', '.join(restored)}.")
             self.status.show_message(f"Restored {len(restored)} run(s).")
@@ -865,7 +869,7 @@ class MainWindow(QMainWindow):
         self.log.info(f"Controls set from run {name} ({result.config.model}, "
                       f"{result.config.workload}); press {again} to repeat it.")
         for note in notes:
-            self.log.warning(f"Not set from run {name}: {note}.")
+            self.log.warning(f"Not set from run {name}: {note.rstrip('.')}.")
         return True
 
     def _saved_attention(self, store: Any, run_id: str, result: RunResult

@@ -699,3 +699,41 @@ def test_estimate_takes_from_the_controls_only_what_an_estimate_can_use(qtbot, t
     assert "captures no attention maps" in log and "runs on cpu" in log
     assert window.controls.config()["device"] == "cuda:0"  # the controls are left as they were
 
+
+
+def test_use_settings_names_every_value_it_could_not_keep(qtbot, tmp_path):
+    """Clamped sizes, a bare 'cuda', the optimizations' order and a ticked opt-in from an
+    earlier model: each is handled and named, never changed silently."""
+    from gui.panels.controls import ControlPanel
+
+    panel = ControlPanel(devices=["cpu", "cuda:0"])
+    qtbot.addWidget(panel)
+    panel.trust_check.setChecked(True)  # ticked for another model
+    notes = panel.apply_run_config(RunConfig(
+        model="demo", workload="train", batch=10_000, sample_hz=0.5, device="cuda",
+        optimizations=[{"id": "checkpointing", "params": {}},
+                       {"id": "cast", "params": {"dtype": "bfloat16"}}]).to_dict())
+    config = panel.config()
+    assert config["trust_remote_code"] is False
+    assert config["device"] == "cuda:0" and not any("device" in n for n in notes)
+    assert "batch 10000 is outside the window's range (set to 4096)" in notes
+    assert "sample_hz 0.5 is outside the window's range (set to 1.0)" in notes
+    order = [n for n in notes if "own order" in n]
+    assert order and "(cast, checkpointing), not the run's (checkpointing, cast)" in order[0]
+    assert not any(n.endswith(".") for n in notes)
+    assert panel.apply_run_config(RunConfig(model="demo", workload="forward").to_dict()) == []
+
+
+def test_deleting_the_baseline_run_clears_it_and_undo_follows_the_trash(qtbot, real_store):
+    window = make_window(qtbot, FakeEngine(), store=real_store)
+    assert window.set_baseline_run("ref")
+    window.delete_saved_runs(["ref"], confirm=False)
+    assert window._baseline_run is None and "ref" not in window.saved_runs.baseline_label.text()
+    assert window.undo_delete_action.isEnabled()
+    assert window._restore_runs(["ref"])  # brought back another way (the restore dialog)
+    assert not window.undo_delete_action.isEnabled()  # nothing left for Undo to restore
+    window.saved_runs.set_running(True)
+    window.saved_runs.select(["ref"])
+    assert not window.saved_runs.settings_button.isEnabled()  # a run in progress owns them
+    window.saved_runs.set_running(False)
+    assert window.saved_runs.settings_button.isEnabled()

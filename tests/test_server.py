@@ -102,6 +102,6 @@ def test_a_killed_engine_is_reported_and_replaced(engine):
     assert not thread.is_alive() and out["result"] is None
     failed = events.failed
     assert isinstance(failed, Failed) and failed.kind == "out_of_memory"
-    assert "killed" in failed.message and "estimate" in failed.hint
+    assert "killed" in failed.message and "Estimate" in failed.hint
     result = engine.execute(tiny())  # a fresh engine process
     assert result is not None and engine.pid != old_pid

@@ -349,3 +349,48 @@ def test_a_label_changes_only_the_label(saved, tmp_path, capsys):
     assert cli.main(["--store", str(store.root), "runs"]) == cli.EXIT_OK
     assert "int8 trial, 中文" in capsys.readouterr().out
     assert cli.main(["--store", str(store.root), "label", "nope", "x"]) == cli.EXIT_FAILED
+
+
+def test_moving_a_run_never_splits_or_overwrites_it(saved, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    source, result = saved
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(source.root, store.root)
+    run_id = result.run_id
+    # A move that fails half way puts the moved file back: the run stays whole and listed.
+    real_replace, calls = os.replace, []
+
+    def failing_second(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_second)
+    with pytest.raises(MemLensError) as info:
+        store.trash(run_id)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert info.value.kind is ErrorKind.STORE and "unchanged" in info.value.hint
+    assert [s.run_id for s in store.list()] == [run_id] and store.load_attention(run_id)
+    # A run already in the trash with the same id is never overwritten.
+    store.trash_root.mkdir(exist_ok=True)
+    (store.trash_root / f"{run_id}.json").write_text("{}")
+    with pytest.raises(MemLensError) as info:
+        store.trash(run_id)
+    assert "already holds" in info.value.message and store.list()
+    (store.trash_root / f"{run_id}.json").unlink()
+    store.trash(run_id)
+    assert cli.main(["--store", str(store.root), "runs", "--trash", "--json"]) == cli.EXIT_OK
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in listed] == [run_id] and listed[0]["peak_bytes"]
+    store.restore(run_id)
+    # A run written by a newer MemLens keeps its file: this version does not rewrite it.
+    path = store.path_for(run_id)
+    data = json.loads(path.read_text())
+    data["schema_version"] = 999
+    path.write_text(json.dumps(data))
+    with pytest.raises(MemLensError) as info:
+        store.set_label(run_id, "x")
+    assert "newer MemLens" in info.value.message
+    assert json.loads(path.read_text())["config"]["label"] == data["config"]["label"]

@@ -31,8 +31,8 @@ NOT_SETTINGS = ("label", "schema_version")
 
 BUILTIN_MODELS = ("demo", "demo-encoder")
 SEQ_TIP = "Sequence length; for generation, the prompt length in tokens"
-SEQ_WITH_PROMPT_TIP = ("Run uses the prompt's tokens instead; Estimate, sweeps, fit, plans and "
-                       "the guide use this length (fake tensors have no text)")
+SEQ_WITH_PROMPT_TIP = ("Run uses the prompt's tokens instead; Estimate, plans and the guide use "
+                       "this length (fake tensors have no text)")
 
 
 def model_choices() -> list[str]:
@@ -203,15 +203,32 @@ class ControlPanel(QWidget):
 
     def apply_run_config(self, config: dict[str, Any]) -> list[str]:
         """Set every control from a saved run's ``RunConfig`` dict (a run to repeat or vary);
-        returns one line for each setting that could not be set here, and why."""
+        returns one line for each setting that could not be set here as the run had it."""
         notes = []
-        self.restore({**{key: config.get(key) for key in CONTROLLED if key != "optimizations"},
-                      "prompt": config.get("prompt") or ""})
+        self.trust_check.setChecked(False)  # an opt-in is never carried over from another run
         device = str(config.get("device") or "")
-        if device and self.device_combo.findText(device) < 0:
-            notes.append(f"device {device} is not available here (kept "
-                         f"{self.device_combo.currentText()})")
+        if device == "cuda":  # the command line's bare 'cuda' is the first GPU
+            device = next((self.device_combo.itemText(i) for i in range(self.device_combo.count())
+                           if self.device_combo.itemText(i).startswith("cuda")), device)
+        self.restore({**{key: config.get(key) for key in CONTROLLED if key != "optimizations"},
+                      "prompt": config.get("prompt") or "", "device": device})
+        # What the controls hold now, against what the run had: a value a spin box clamps or a
+        # choice this machine lacks is named, never changed silently.
+        shown = self.config()
+        for key in ("workload", "device", "dtype", "batch", "seq", "new_tokens", "sample_hz"):
+            wanted = device if key == "device" else config.get(key)
+            if wanted is None or wanted == "" or _same(shown[key], wanted):
+                continue
+            why = ("is not available here" if key in ("workload", "device", "dtype")
+                   else "is outside the window's range")
+            notes.append(f"{key} {wanted} {why} (set to {shown[key]})")
         notes += self.optimizations.set_selected(list(config.get("optimizations") or []))
+        ran = [str(o.get("id")) for o in config.get("optimizations") or []]
+        ticked = [o["id"] for o in self.optimizations.selected()]
+        if [i for i in ran if i in ticked] != ticked:
+            notes.append(f"the window applies its optimizations in its own order "
+                         f"({', '.join(ticked)}), not the run's ({', '.join(ran)}); the command "
+                         "line keeps the order of its --opt options")
         if config.get("trust_remote_code"):
             notes.append("the run trusted the model's remote code; tick 'Trust remote code' "
                          "again if you still trust its source")
@@ -222,7 +239,7 @@ class ControlPanel(QWidget):
         if other:
             notes.append(f"the window has no control for {', '.join(other)}; runs from here use "
                          "the defaults (the command line sets them)")
-        return notes
+        return [note.rstrip(".") for note in notes]
 
     def add_recent_model(self, model: str) -> None:
         """Put a local folder or config path the user opened in the model list."""
@@ -282,6 +299,13 @@ class ControlPanel(QWidget):
                                               "Model config (*.json);;All files (*)")
         if path:
             self.set_model(path)
+
+
+def _same(shown: Any, wanted: Any) -> bool:
+    try:
+        return float(shown) == float(wanted)
+    except (TypeError, ValueError):
+        return str(shown) == str(wanted)
 
 
 def _spin(low: int, high: int, value: int) -> QSpinBox:

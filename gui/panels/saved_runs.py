@@ -187,6 +187,11 @@ class SavedRunsPanel(QWidget):
         self.message.setVisible(True)
         self._selection_changed()
 
+    def set_running(self, running: bool) -> None:
+        """While a run is in progress, Use settings waits (it would change the controls)."""
+        self._running = running
+        self._selection_changed()
+
     def set_baseline_text(self, text: str) -> None:
         self.baseline_label.setText(text)
 
@@ -223,7 +228,7 @@ class SavedRunsPanel(QWidget):
         n = len(self.selected_ids()) if self.model.rowCount() else 0
         self.open_button.setEnabled(n == 1)
         self.baseline_button.setEnabled(n == 1)
-        self.settings_button.setEnabled(n == 1)
+        self.settings_button.setEnabled(n == 1 and not getattr(self, "_running", False))
         self.label_button.setEnabled(n == 1)
         self.delete_button.setEnabled(n >= 1)
         self.compare_button.setEnabled(n >= 2)
