@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,37 +283,74 @@ class RunStore:
                                ) from exc
 
 
+# path -> (inode, mtime_ns, size, summary or None for a damaged file): listing a store re-reads
+# only the files that changed since the last listing (the window lists after every save, and a
+# run file is a few hundred KiB of JSON, so 200 runs took 0.2 s of the UI thread each time).
+_SUMMARY_CACHE: dict[str, tuple[int, int, int, RunSummary | None]] = {}
+_SUMMARY_LOCK = threading.Lock()
+
+
+def clear_summary_cache() -> None:
+    """Forget every cached summary (benchmarks time a cold listing with it)."""
+    with _SUMMARY_LOCK:
+        _SUMMARY_CACHE.clear()
+
+
 def _summaries(folder: Path) -> list[RunSummary]:
     """The runs in ``folder``, newest first; damaged files are skipped."""
     if not folder.is_dir():
         return []
-    out = []
+    out, seen = [], set()
     for path in folder.glob("*.json"):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            cfg = data.get("config") or {}
-            totals = data.get("totals") or {}
-            info = data.get("model_info") or {}
-            out.append(RunSummary(
-                run_id=data["run_id"], created=data.get("created", ""),
-                model=cfg.get("model", "?"), workload=cfg.get("workload", "?"),
-                peak_bytes=totals.get("peak_bytes"),
-                # The plain (unhooked) pass, as the run's own totals and the compare view
-                # show it; runs saved without one keep the hooked figure.
-                latency_ms=(totals.get("plain_latency_ms")
-                            if totals.get("plain_latency_ms") is not None
-                            else totals.get("latency_ms")),
-                label=cfg.get("label", ""), path=path,
-                optimizations=optimizations_text(data.get("optimizations") or []),
-                quality=quality_text(data.get("quality")),
-                device=str(info.get("device") or cfg.get("device") or ""),
-                dtype=str(info.get("dtype") or cfg.get("dtype") or ""),
-                status=str(data.get("status") or "ok"),
-                kind="estimate" if data.get("estimate") is not None else "measured"))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            st = path.stat()
+        except OSError:
             continue
+        key = str(path)
+        seen.add(key)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        with _SUMMARY_LOCK:
+            hit = _SUMMARY_CACHE.get(key)
+        if hit is not None and hit[:3] == stamp:
+            summary = hit[3]
+        else:
+            summary = _summary(path)
+            with _SUMMARY_LOCK:
+                _SUMMARY_CACHE[key] = (*stamp, summary)
+        if summary is not None:
+            out.append(summary)
+    with _SUMMARY_LOCK:  # forget files gone from this folder (deleted, moved to the trash)
+        for key in [k for k in _SUMMARY_CACHE if Path(k).parent == folder and k not in seen]:
+            del _SUMMARY_CACHE[key]
     out.sort(key=lambda s: s.created, reverse=True)
     return out
+
+
+def _summary(path: Path) -> RunSummary | None:
+    """One run file's summary, or None when it cannot be read as a run."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        cfg = data.get("config") or {}
+        totals = data.get("totals") or {}
+        info = data.get("model_info") or {}
+        return RunSummary(
+            run_id=data["run_id"], created=data.get("created", ""),
+            model=cfg.get("model", "?"), workload=cfg.get("workload", "?"),
+            peak_bytes=totals.get("peak_bytes"),
+            # The plain (unhooked) pass, as the run's own totals and the compare view
+            # show it; runs saved without one keep the hooked figure.
+            latency_ms=(totals.get("plain_latency_ms")
+                        if totals.get("plain_latency_ms") is not None
+                        else totals.get("latency_ms")),
+            label=cfg.get("label", ""), path=path,
+            optimizations=optimizations_text(data.get("optimizations") or []),
+            quality=quality_text(data.get("quality")),
+            device=str(info.get("device") or cfg.get("device") or ""),
+            dtype=str(info.get("dtype") or cfg.get("dtype") or ""),
+            status=str(data.get("status") or "ok"),
+            kind="estimate" if data.get("estimate") is not None else "measured")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 TRASH = "trash"  # the store's subfolder of trashed runs (not listed; `memlens restore`)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, Slot
+from PySide6.QtCore import QFileSystemWatcher, QSettings, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -51,6 +51,7 @@ _NO_STORE = object()
 MAX_RECENT = 8
 # What the window remembers between sessions ('Trust remote code' is deliberately not among
 # them: the opt-in lasts one session).
+STORE_REFRESH_MS = 300  # how long the saved-runs list waits for a burst of file events to end
 SETTINGS_CONTROLS = ("model", "workload", "batch", "seq", "new_tokens", "prompt", "device",
                      "dtype", "sample_hz", "attention_maps")
 
@@ -78,6 +79,15 @@ class MainWindow(QMainWindow):
         self._shown: tuple | None = None  # the run on the Current run page (render_result's args)
         self._shown_before: tuple | None = None  # what it showed before the running run cleared it
         self._last_deleted: list[str] = []  # the runs the last Delete moved to the trash
+        # The saved-runs list follows the store folder: runs saved, labelled or deleted by the
+        # command line or another window appear without Refresh (a burst of file events from
+        # one atomic write is one refresh).
+        self._store_watcher = QFileSystemWatcher(self)
+        self._store_refresh = QTimer(self)
+        self._store_refresh.setSingleShot(True)
+        self._store_refresh.setInterval(STORE_REFRESH_MS)
+        self._store_refresh.timeout.connect(self.refresh_saved_runs)
+        self._store_watcher.directoryChanged.connect(lambda _path: self._store_refresh.start())
 
         self.controller = RunController(execute, store=store, parent=self)
         self.controls = ControlPanel(model=model or "demo", devices=devices)
@@ -159,7 +169,7 @@ class MainWindow(QMainWindow):
         vertical.addWidget(plots)
         vertical.addWidget(details)
         vertical.addWidget(self.log)
-        vertical.setSizes([390, 250, 100])
+        vertical.setSizes([360, 300, 80])
         self._splitters["vertical"] = vertical
         self._splitters["runs"] = runs_tab
 
@@ -718,6 +728,20 @@ class MainWindow(QMainWindow):
             self.saved_runs.set_summaries(store.list())
         except Exception as exc:
             self.saved_runs.show_unavailable(f"Could not list saved runs: {exc}")
+            return
+        self._watch_store(store)
+
+    def _watch_store(self, store: Any) -> None:
+        """Watch the store folder: a save, a label (an atomic rename over the file) and a
+        delete all change its entries, so one directory watch sees them all."""
+        root = getattr(store, "root", None)
+        if root is None or not Path(root).is_dir():
+            return
+        if str(root) not in self._store_watcher.directories():
+            old = self._store_watcher.directories()
+            if old:
+                self._store_watcher.removePaths(old)
+            self._store_watcher.addPath(str(root))
 
     @Slot(str)
     def load_saved_run(self, run_id: str) -> bool:

@@ -737,3 +737,20 @@ def test_deleting_the_baseline_run_clears_it_and_undo_follows_the_trash(qtbot, r
     assert not window.saved_runs.settings_button.isEnabled()  # a run in progress owns them
     window.saved_runs.set_running(False)
     assert window.saved_runs.settings_button.isEnabled()
+
+
+def test_the_saved_runs_follow_the_store_folder(qtbot, real_store):
+    """Runs saved, labelled or deleted by the command line (or another window) appear in the
+    list without Refresh."""
+    window = make_window(qtbot, FakeEngine(), store=real_store)
+    other = RunStore(real_store.root)  # another process's view of the same folder
+    other.save(reference("from-the-cli"))
+    qtbot.waitUntil(lambda: "from-the-cli" in window.saved_runs.run_ids(), timeout=5000)
+    other.set_label("ref", "labelled elsewhere")
+    panel = window.saved_runs
+    rows = lambda: [" ".join(panel.model.item(r, c).text()  # noqa: E731
+                             for c in range(panel.model.columnCount()))
+                    for r in range(panel.model.rowCount())]
+    qtbot.waitUntil(lambda: any("labelled elsewhere" in row for row in rows()), timeout=5000)
+    other.trash("opt")
+    qtbot.waitUntil(lambda: "opt" not in window.saved_runs.run_ids(), timeout=5000)
