@@ -314,6 +314,8 @@ def _main(argv: list[str] | None) -> int:
             else:
                 record = store.load(args.run)
             print_report(record, sys.stdout)
+            label = f" · label {record.config.label!r}" if record.config.label else ""
+            print(f"run {record.run_id} · created {record.created}{label}")
             return EXIT_OK
         if args.command == "optimizations":
             return _optimizations(args)

@@ -348,6 +348,9 @@ def test_a_label_changes_only_the_label(saved, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["--store", str(store.root), "runs"]) == cli.EXIT_OK
     assert "int8 trial, 中文" in capsys.readouterr().out
+    assert cli.main(["--store", str(store.root), "show", result.run_id]) == cli.EXIT_OK
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"run {result.run_id} · created {result.created} · label 'int8 trial, 中文'")
     assert cli.main(["--store", str(store.root), "label", "nope", "x"]) == cli.EXIT_FAILED
 
 
