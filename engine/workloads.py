@@ -80,12 +80,41 @@ def make_inputs(model: nn.Module, tokenizer: Any, batch: int, seq: int, prompt: 
             ids = ids[:seq]
         row = torch.tensor(ids, dtype=torch.long)
         source = "prompt" if prompt else "sample text"
-        tokens = tokenizer.convert_ids_to_tokens(ids)
+        tokens = readable_tokens(tokenizer, ids)
     else:
         gen = torch.Generator().manual_seed(seed)
         row = torch.randint(0, max(vocab, 2), (seq,), generator=gen)
         source, tokens = "random ids", []
     return Inputs(row.unsqueeze(0).repeat(batch, 1).to(device), source, list(tokens))
+
+
+MAX_BYTE_PIECES = 8  # the most tokens one character spans (UTF-8 needs 4; some merges add more)
+
+
+def readable_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each token as the text it stands for (the attention maps' axis labels). A byte-level
+    tokenizer splits a character outside ASCII into byte tokens that decode to nothing on their
+    own ('ä¸' pieces, or U+FFFD): those tokens are labelled with the character they make
+    together and their part, e.g. '人(1/3)', '人(2/3)', '人(3/3)'."""
+    labels: list[str] = []
+    i = 0
+    while i < len(ids):
+        text = tokenizer.decode([ids[i]])
+        if "\ufffd" not in text:
+            labels.append(text)
+            i += 1
+            continue
+        for j in range(i + 2, min(len(ids), i + MAX_BYTE_PIECES) + 1):
+            joined = tokenizer.decode(ids[i:j])
+            if "\ufffd" not in joined:
+                parts = j - i
+                labels += [f"{joined}({k + 1}/{parts})" for k in range(parts)]
+                i = j
+                break
+        else:  # no clean character within reach (a prompt cut mid-character): say so
+            labels.append(text)
+            i += 1
+    return labels
 
 
 def check_positions(model: nn.Module, length: int, what: str) -> None:

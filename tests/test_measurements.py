@@ -419,3 +419,20 @@ def test_recomputation_in_the_backward_is_not_timed():
     with TimingProbe(tracked, torch.device("cpu")) as probe:
         block(torch.randn(4, 8, requires_grad=True)).sum().backward()
     assert sorted(name for name, _, _ in probe.spans()) == ["block", "block.inner"]
+
+
+def test_attention_axis_labels_are_the_prompts_text_in_any_script():
+    """Byte-level tokens of a character outside ASCII are labelled with that character and
+    their part, not with the tokenizer's byte pieces ('ä¸')."""
+    from engine.events import AttentionMaps
+
+    events = Collector()
+    prompt = "人工智能 measures memory.\n"
+    result = execute(RunConfig(model="demo", workload="forward", prompt=prompt, repeats=1,
+                               warmup=0, attention_maps=True), events)
+    assert result is not None
+    tokens = list(events.of(AttentionMaps)[0].tokens)
+    assert tokens[:3] == ["人(1/3)", "人(2/3)", "人(3/3)"]
+    assert tokens[9:12] == ["能(1/3)", "能(2/3)", "能(3/3)"]
+    assert not any(ch in "".join(tokens) for ch in "äåæ\ufffd")
+    assert "".join(tokens[12:]) == " measures memory.\n"  # ASCII tokens are their own text

@@ -77,8 +77,10 @@ def head_entropy(layer_map: np.ndarray) -> np.ndarray:
 
 
 def token_label(token: str, limit: int = 8) -> str:
-    """A readable axis label for a tokenizer piece (byte-level BPE or SentencePiece markers)."""
-    text = token.replace("Ġ", "·").replace("▁", "·").replace("Ċ", "↵").replace("\n", "↵")
+    """A short axis label for a token's text (the engine decodes each token; runs saved before
+    it did keep tokenizer pieces, whose byte-level and SentencePiece markers are mapped too)."""
+    text = (token.replace("Ġ", "·").replace("▁", "·").replace(" ", "·").replace("Ċ", "↵")
+            .replace("\n", "↵"))
     text = text or "∅"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
