@@ -73,10 +73,24 @@ def quality_figure(quality: dict[str, Any] | None, key: str) -> Any:
     return q.get(key)
 
 
+def input_size(r: RunResult) -> str:
+    """The input a run measured, from its inputs' real shape (a prompt sets the length, not
+    ``seq``): ``b1 s60 +8 new`` for generation, ``b2 s128`` otherwise."""
+    shape = (r.inputs or {}).get("shape") or [r.config.batch, r.config.seq]
+    return (f"b{shape[0]} s{shape[1]}"
+            + (f" +{r.config.new_tokens} new" if r.config.workload == "generate" else ""))
+
+
+def sizes_of(runs: Sequence[RunResult]) -> list[str]:
+    """The input sizes of ``runs``, in order of first appearance (more than one: their peaks
+    and latencies are of different amounts of work)."""
+    return list(dict.fromkeys(input_size(r) for r in runs))
+
+
 def _describe(r: RunResult) -> str:
     opts = optimizations_text(r.optimizations)
     c = r.config
-    return (f"{r.run_id}: {c.model} {c.workload} b{c.batch} s{c.seq} {c.device} "
+    return (f"{r.run_id}: {c.model} {c.workload} {input_size(r)} {c.device} "
             f"{r.model_info.get('dtype', c.dtype)}; optimizations: {opts}"
             + ("; ESTIMATE (fake tensors, no latency)" if r.is_estimate else ""))
 
@@ -116,14 +130,20 @@ class Comparison:
     def workloads(self) -> list[str]:
         return workloads_of(self.runs)
 
+    @property
+    def sizes(self) -> list[str]:
+        return sizes_of(self.runs)
+
     def labels(self) -> list[str]:
         """A short name per run that tells the runs apart: the optimizations, then the
-        workload where that repeats, then the run id's end where even that repeats."""
+        workload where that repeats, then the input size, then the run id's end."""
         names = [optimizations_text(r.optimizations) + (" (estimate)" if r.is_estimate else "")
                  for r in self.runs]
-        for extra in (lambda r: r.config.workload, lambda r: r.run_id[-4:]):
-            repeated = {n for n in names if names.count(n) > 1}
-            names = [f"{n} · {extra(r)}" if n in repeated else n
+        for extra in (lambda r: r.config.workload, input_size, lambda r: r.run_id[-4:]):
+            # An extra is added to a repeated name only where it tells that name's runs apart.
+            telling = {n for n in names if len({extra(r) for m, r in zip(names, self.runs)
+                                                 if m == n}) > 1}
+            names = [f"{n} · {extra(r)}" if n in telling else n
                      for n, r in zip(names, self.runs)]
         return names
 
@@ -217,6 +237,10 @@ def print_comparison(runs: list[RunResult], out: TextIO) -> None:
     if len(workloads) > 1:
         w(f"\n(different workloads, {', '.join(workloads)}: their peaks and latencies measure "
           "different work)\n")
+    sizes = sizes_of(runs)
+    if len(sizes) > 1:
+        w(f"\n(different inputs, {', '.join(sizes)}: their peaks and latencies measure "
+          "different amounts of work, not only what the optimizations changed)\n")
     names = [layer.name for layer in ref.layers]
     for r in runs[1:]:
         names += [layer.name for layer in r.layers if layer.name not in names]

@@ -6,6 +6,7 @@ A value the engine did not measure is ``None`` and is shown as :data:`MISSING` (
 from __future__ import annotations
 
 import math
+from typing import Any
 
 MISSING = "—"
 
@@ -152,6 +153,33 @@ def kv_cache_text(generation: dict) -> str:
     positions = generation.get("cached_positions")
     return (f"KV cache {human_bytes(generation.get('kv_cache_bytes'))} after "
             f"{MISSING if positions is None else positions} positions{change}")
+
+
+PROMPT_EXCERPT = 60  # characters of a prompt or generated text quoted in one line
+
+
+def excerpt(text: str, limit: int = PROMPT_EXCERPT) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
+    flat = " ".join(str(text).split("\n"))
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def inputs_text(result: Any) -> str:
+    """What the run fed the model, as measured: ``generate: batch 1, prompt 60 tokens (the
+    prompt '人工智能…'), 8 new tokens`` (the token count is the input's real length, which a
+    prompt sets, not the Sequence setting)."""
+    cfg = result.config
+    inputs = getattr(result, "inputs", None) or {}
+    shape = inputs.get("shape") or [cfg.batch, cfg.seq]
+    source = inputs.get("source")
+    if source == "prompt" and cfg.prompt:
+        source = f"the prompt {excerpt(cfg.prompt)!r}"
+    text = (f"{cfg.workload}: batch {shape[0]}, "
+            f"{'prompt' if cfg.workload == 'generate' else 'sequence'} {shape[1]} tokens"
+            + (f" ({source})" if source else ""))
+    if cfg.workload == "generate":
+        text += f", {cfg.new_tokens} new tokens"
+    return text
 
 
 def short_layer_label(name: str) -> str:

@@ -397,3 +397,32 @@ def test_moving_a_run_never_splits_or_overwrites_it(saved, tmp_path, monkeypatch
         store.set_label(run_id, "x")
     assert "newer MemLens" in info.value.message
     assert json.loads(path.read_text())["config"]["label"] == data["config"]["label"]
+
+
+def test_comparing_runs_of_different_inputs_says_so(capsys):
+    """A prompt sets a run's real length: the comparison names each run's measured input and
+    warns when they differ, so an optimization is not credited with a shorter input."""
+    import io
+
+    from engine.compare import compare, print_comparison
+    from engine.config import RunConfig
+    from engine.results import RunResult
+
+    def run(run_id, seq_measured, optimized=False):
+        return RunResult(config=RunConfig(workload="generate", seq=128, new_tokens=8,
+                                          prompt="x" if seq_measured != 128 else None),
+                         run_id=run_id, inputs={"source": "prompt", "shape": [1, seq_measured]},
+                         optimizations=[{"id": "kv-cache", "params": {}}] if optimized else [])
+
+    runs = [run("r-aaaa", 128), run("r-bbbb", 6, optimized=True), run("r-cccc", 60)]
+    c = compare(runs)
+    assert c.sizes == ["b1 s128 +8 new", "b1 s6 +8 new", "b1 s60 +8 new"]
+    assert c.labels() == ["none · b1 s128 +8 new", "kv-cache", "none · b1 s60 +8 new"]
+    out = io.StringIO()
+    print_comparison(runs, out)
+    text = out.getvalue()
+    assert "r-bbbb: demo generate b1 s6 +8 new" in text
+    assert "(different inputs, b1 s128 +8 new, b1 s6 +8 new, b1 s60 +8 new" in text
+    same = io.StringIO()
+    print_comparison([runs[0], run("r-dddd", 128, optimized=True)], same)
+    assert "different inputs" not in same.getvalue()

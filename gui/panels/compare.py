@@ -162,6 +162,10 @@ class ComparePanel(QWidget):
         if len(comparison.workloads) > 1:
             text += (f" Different workloads ({', '.join(comparison.workloads)}): their peaks and "
                      "latencies measure different work.")
+        if len(comparison.sizes) > 1:
+            text += (f" Different inputs ({', '.join(comparison.sizes)}): their peaks and "
+                     "latencies measure different amounts of work, not only what the "
+                     "optimizations changed.")
         self.message.setText(text)
         self._redraw()
         self._render_scatter()

@@ -11,8 +11,9 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from engine.results import RunResult
 
 from engine.aggregate import reconciliation_line
-from engine.format import (human_bytes, human_count, human_flops, human_ms, human_seconds,
-                           overhead, quality_parts, si_number)
+from engine.format import (PROMPT_EXCERPT, excerpt, human_bytes, human_count, human_flops,
+                           human_ms, human_seconds, inputs_text, overhead, quality_parts,
+                           si_number)
 from .status import ERROR_COLOR
 
 def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
@@ -37,6 +38,10 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
     ]
     lines.append("at peak: " + " · ".join(f"{name} {human_bytes(value)}"
                                          for name, value in categories if value))
+    lines.append("input: " + inputs_text(result))
+    generated = (getattr(result, "generation", None) or {}).get("text")
+    if generated:
+        lines.append(f"generated: {excerpt(generated, 2 * PROMPT_EXCERPT)!r}")
     timing = speed
     speed = [f"{human_count(t.parameters)} parameters",
              f"model weights {human_bytes(t.model_weights_bytes)}"]
