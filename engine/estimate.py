@@ -454,7 +454,7 @@ class _EstimateRun(_Run):
             ids = torch.zeros((cfg.batch, cfg.seq), dtype=torch.long, device=device)
         inputs = wl.Inputs(ids, "fake ids (shape only)")
         if cfg.workload == "generate":
-            wl.check_positions(model, cfg.seq + cfg.new_tokens, "Generation")
+            wl.check_positions(model, cfg.seq, "Generation", cfg.new_tokens)
         else:
             wl.check_positions(model, cfg.seq, "The input")
         result.model_info = self._model_info(model, tracked, device)

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 import torch
@@ -485,6 +485,16 @@ class _Loader:
 
     # -- local folders (and the demos, which are folders)
 
+    @staticmethod
+    def _no_weights(folder: Path, config_file: Path) -> NoReturn:
+        raise MemLensError(
+            ErrorKind.INVALID_MODEL,
+            f"The folder {folder} has a config.json but no weights (*.safetensors, *.bin, "
+            "*.pt or *.pth).",
+            f"To measure this architecture with random weights, pass the config file itself: "
+            f"{config_file}",
+        )
+
     def load_folder(
         self, folder: Path, device: torch.device, *, name: str, source: str
     ) -> LoadedModel:
@@ -500,13 +510,16 @@ class _Loader:
                 "both), or a config.json file for a random-init build.",
             )
         values = _read_config_json(config_file)
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        safetensors_files = [p for p in files if p.suffix == ".safetensors"]
+        pickle_files = _pickle_weight_files(folder, files)
+        if not safetensors_files and not pickle_files:
+            self._no_weights(folder, config_file)  # before the remote-code question: ticking
+            # 'Trust remote code' would not help a folder that has no weights to load
         _check_model_type(values, str(config_file), self.config.trust_remote_code)
         remote = bool(values.get("auto_map"))
 
         self.step("Checking the checkpoint files", 0.1)
-        files = sorted(p for p in folder.iterdir() if p.is_file())
-        safetensors_files = [p for p in files if p.suffix == ".safetensors"]
-        pickle_files = _pickle_weight_files(folder, files)
         state_dict: dict[str, torch.Tensor] | None = None
         standard = (folder / "model.safetensors").is_file() or (
             folder / "model.safetensors.index.json"
@@ -521,13 +534,7 @@ class _Loader:
                 self.step(f"Reading {file.name} (weights only)", 0.1 + 0.2 * i / len(pickle_files))
                 state_dict.update(_safe_torch_load(file))
         else:
-            raise MemLensError(
-                ErrorKind.INVALID_MODEL,
-                f"The folder {folder} has a config.json but no weights (*.safetensors, *.bin, "
-                "*.pt or *.pth).",
-                f"To measure this architecture with random weights, pass the config file itself: "
-                f"{config_file}",
-            )
+            self._no_weights(folder, config_file)
 
         try:
             with _quiet_transformers():
@@ -1288,6 +1295,22 @@ def _raised_while_importing(exc: BaseException) -> bool:
 
 
 def _install_problem(exc: BaseException, where: str) -> MemLensError | None:
+    """A problem that is not the config's values: the model's own code missing beside it
+    (auto_map names a file that is not there), or a library that failed to import."""
+    missing = re.search(r"does not appear to have a file named ([^\s.]+\.py)", str(exc))
+    if missing:
+        folder = Path(where).parent if where.endswith(".json") else Path(where)
+        return MemLensError(
+            ErrorKind.REMOTE_CODE,
+            f"The config's auto_map names code in {missing.group(1)}, which is not in "
+            f"{folder}.",
+            "Put the model's Python files beside its config.json, as its repository ships "
+            'them, or remove "auto_map" from config.json to use transformers\' built-in '
+            "implementation of its model_type (when it has one).")
+    return _import_problem(exc, where)
+
+
+def _import_problem(exc: BaseException, where: str) -> MemLensError | None:
     """A library failed to import while MemLens read or built ``where``: say so, rather than
     blame the model's configuration (transformers imports a model's code on first use; a
     package missing its data files, as ``kernels`` once was in the packaged app, failed there

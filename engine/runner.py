@@ -474,10 +474,10 @@ class _Run:
         inputs = wl.make_inputs(model, self.loaded.tokenizer, cfg.batch, cfg.seq, cfg.prompt,
                                 device, cfg.seed)
         length = inputs.input_ids.shape[1]
-        if cfg.workload == "generate":
-            wl.check_positions(model, length + cfg.new_tokens, "Generation")
-        else:
-            wl.check_positions(model, length, "The input")
+        wl.check_positions(model, length, "Generation" if cfg.workload == "generate"
+                           else "The input",
+                           cfg.new_tokens if cfg.workload == "generate" else 0,
+                           prompt=inputs.source == "prompt")
         return inputs
 
     def _plain_pass(self, model: torch.nn.Module, inputs: wl.Inputs, device: torch.device,

@@ -117,13 +117,29 @@ def readable_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     return labels
 
 
-def check_positions(model: nn.Module, length: int, what: str) -> None:
+def check_positions(model: nn.Module, length: int, what: str, new_tokens: int = 0,
+                    prompt: bool = False) -> None:
+    """Refuse an input (plus ``new_tokens`` generated after it) longer than the model's
+    positions, with a fix that names what sets the length: the prompt, or the sequence."""
     limit = max_positions(model)
-    if limit is not None and length > limit:
-        raise MemLensError(
-            ErrorKind.INVALID_WORKLOAD,
-            f"{what} needs {length} positions but the model supports {limit}.",
-            f"Use a sequence of at most {limit} tokens (prompt + new tokens for generation).")
+    total = length + new_tokens
+    if limit is None or total <= limit:
+        return
+    room = limit - new_tokens
+    source = f"a prompt of {length} tokens" if prompt else f"{length} input tokens"
+    parts = source + (f" + {new_tokens} new tokens" if new_tokens else "")
+    if room < 1:
+        fix = f"Generate fewer than {limit} new tokens (New tokens; --new-tokens)."
+    elif prompt:
+        fix = (f"Shorten the prompt to at most {room} tokens"
+               + (f" ({limit} positions − {new_tokens} new tokens)" if new_tokens else "")
+               + ", or clear it to use the sequence length.")
+    else:
+        fix = (f"Use a sequence of at most {room} tokens (Sequence; --seq)"
+               + (f": {new_tokens} new tokens follow it" if new_tokens else "") + ".")
+    raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                       f"{what} needs {total} positions ({parts}) but the model supports "
+                       f"{limit}.", fix)
 
 
 def sync(device: torch.device) -> None:

@@ -671,7 +671,13 @@ class MainWindow(QMainWindow):
                 f"The last run {'was cancelled' if cancelled else 'failed'}"
                 " (see the log): this is still the run shown before it."))
             return
-        self.totals.clear("Cancelled." if cancelled else "The run failed: see the log.")
+        ended = "Cancelled." if cancelled else "The run failed: see the log."
+        self.totals.clear(ended)
+        # Every tab that said what it was waiting for now says why nothing came.
+        self.latency_panel.clear(ended)
+        self.model_panel.clear(ended)
+        if self._live_attention is None:
+            self.attention_panel.clear(ended)
         if not self.chart.labels:  # no layer arrived: say why the chart stays empty
             self.chart.clear("Cancelled before any layer was measured." if cancelled
                              else "The run failed before any layer was measured:\nsee the log.")

@@ -397,6 +397,9 @@ def test_failure_shows_message_and_hint_and_window_stays_usable(qtbot):
     assert "open a local folder" in window.log.text()
     assert "invalid model: No model named 'nope'." in window.log.text()  # words, not an id
     assert window.totals.text() == "The run failed: see the log."  # not "Running…"
+    for waiting in (window.latency_panel.summary.text(), window.model_panel.summary.text(),
+                    window.attention_panel.message_text()):
+        assert waiting == "The run failed: see the log."  # no tab still waits for the run
     assert window.isVisible()
 
     engine.mode = "ok"  # run again: works

@@ -350,16 +350,26 @@ def test_truncated_bin_is_corrupt(config_only: Path) -> None:
 
 
 @pytest.mark.fault(area='inputs', case='a model that needs its own code (auto_map)',
-                   outcome='remote_code; refused unless --trust-remote-code')
+                   outcome='remote_code; refused unless --trust-remote-code (a folder without '
+                           'weights says that first); opted in, code missing beside config.json '
+                           'is named, with no Hub URL')
 def test_auto_map_needs_opt_in(config_only: Path) -> None:
     values = _tiny_llama_values() | {
         "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
     }
     (config_only / "config.json").write_text(json.dumps(values), encoding="utf-8")
-    err = _error(str(config_only))
-    assert err.kind is ErrorKind.REMOTE_CODE and "--trust-remote-code" in err.hint
     err = _error(str(config_only / "config.json"))
+    assert err.kind is ErrorKind.REMOTE_CODE and "--trust-remote-code" in err.hint
+    # A folder without weights says that first: opting in would not make it loadable.
+    err = _error(str(config_only))
+    assert err.kind is ErrorKind.INVALID_MODEL and "no weights" in err.message
+    (config_only / "model.safetensors").write_bytes(b"not read before the opt-in")
+    err = _error(str(config_only))
     assert err.kind is ErrorKind.REMOTE_CODE
+    # Opted in, but the code auto_map names is not there: said so, not a Hub URL.
+    err = _error(str(config_only / "config.json"), trust_remote_code=True)
+    assert err.kind is ErrorKind.REMOTE_CODE and "modeling_x.py" in err.message
+    assert "huggingface.co" not in err.message + err.hint
 
 
 def test_too_large_for_available_memory(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

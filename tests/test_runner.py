@@ -231,3 +231,22 @@ def test_a_training_technique_is_judged_after_the_same_steps_with_the_same_dropo
     assert trained["steps"] == result.training["optimizer_steps"] == \
         result.baseline["optimizer_steps"] >= 2
     assert trained["kl_divergence"] == 0.0 and result.quality["kl_divergence"] == 0.0
+
+
+def test_a_prompt_too_long_is_refused_naming_the_prompt():
+    """A prompt sets the length, so the fix names the prompt (and the new tokens that follow
+    it), not the sequence setting; without a prompt the fix names the sequence."""
+    from engine.config import RunConfig
+
+    events = Collector()
+    prompt = "The quick brown fox jumps over the lazy dog. " * 60
+    assert execute(RunConfig(model="demo", workload="generate", new_tokens=8, prompt=prompt,
+                             repeats=1, warmup=0), events) is None
+    failed = events.failed
+    assert failed.kind == ErrorKind.INVALID_WORKLOAD.value
+    assert "a prompt of" in failed.message and "+ 8 new tokens" in failed.message
+    assert "Shorten the prompt to at most 504 tokens (512 positions − 8 new tokens)" in failed.hint
+    events = Collector()
+    assert execute(tiny(workload="forward", seq=100_000), events) is None
+    assert "(100000 input tokens)" in events.failed.message
+    assert "Use a sequence of at most" in events.failed.hint and "prompt" not in events.failed.hint
