@@ -148,7 +148,7 @@ class MainWindow(QMainWindow):
         runs_tab = QSplitter(Qt.Orientation.Vertical)
         runs_tab.addWidget(self.saved_runs)
         runs_tab.addWidget(self.compare_panel)
-        runs_tab.setSizes([260, 560])
+        runs_tab.setSizes([330, 490])
         self.runs_tab = runs_tab
         self.plot_tabs = QTabWidget()
         self.plot_tabs.addTab(self.chart, "Memory by layer")
@@ -629,8 +629,10 @@ class MainWindow(QMainWindow):
                 else "Finished: peak")
         self.status.show_finished(f"{what} {human_bytes(t.peak_bytes)} "
                                   f"in {human_seconds(result.duration_s)}.")
-        self.log.info(f"Finished run {result.run_id or '(unsaved)'}: "
-                      f"peak {human_bytes(t.peak_bytes)}.")
+        kind, peak = (("estimate", "estimated peak") if result.is_estimate
+                      else ("run", "peak"))
+        self.log.info(f"Finished {kind} {result.run_id or '(unsaved)'}: "
+                      f"{peak} {human_bytes(t.peak_bytes)}.")
         for warning in result.warnings:
             self.log.warning(warning)
         self.refresh_saved_runs()
@@ -731,11 +733,27 @@ class MainWindow(QMainWindow):
         if store is None:
             return
         try:
-            self.saved_runs.set_summaries(store.list())
+            summaries = store.list()
+            self.saved_runs.set_summaries(summaries)
         except Exception as exc:
             self.saved_runs.show_unavailable(f"Could not list saved runs: {exc}")
             return
         self._watch_store(store)
+        self._follow_store({s.run_id for s in summaries}, store)
+
+    def _follow_store(self, listed: set[str], store: Any) -> None:
+        """Runs restored or deleted elsewhere (the command line, another window): Undo delete
+        offers only runs still in the trash, and a baseline run no longer listed says so."""
+        if self._last_deleted:
+            trashed = set(getattr(store, "trashed", lambda: [])())
+            self._last_deleted = [i for i in self._last_deleted if i in trashed]
+            self.undo_delete_action.setEnabled(bool(self._last_deleted))
+        base = self._baseline_run
+        if base is not None and base.run_id not in listed:
+            self.saved_runs.set_baseline_text(
+                f"Baseline outline: run {base.run_id} ({base.config.model}, "
+                f"{base.config.workload}), no longer in the store (deleted elsewhere); its "
+                "outline stays until you clear it.")
 
     def _watch_store(self, store: Any) -> None:
         """Watch the store folder: a save, a label (an atomic rename over the file) and a
@@ -787,7 +805,10 @@ class MainWindow(QMainWindow):
         except Exception as exc:  # MemLensError(store / not_found)
             self._store_error(f"Could not label run {run_id}", exc)
             return False
-        self.log.info(f"Run {run_id} labelled {' '.join(text.split())!r}.")
+        label = " ".join(text.split())
+        said = f"Run {run_id} labelled {label!r}." if label else f"Run {run_id}: label cleared."
+        self.log.info(said)
+        self.status.show_message(said)
         self.refresh_saved_runs()
         return True
 
@@ -830,6 +851,12 @@ class MainWindow(QMainWindow):
         """Edit → Undo delete: bring back the runs the last Delete moved to the trash."""
         ids, self._last_deleted = self._last_deleted, []
         self.undo_delete_action.setEnabled(False)
+        store = self._get_store()
+        trashed = set(store.trashed()) if store is not None else set()
+        gone = [i for i in ids if i not in trashed]
+        if gone:  # restored elsewhere meanwhile: nothing to undo for those
+            self.log.info(f"Already back in the store: {', '.join(gone)}.")
+        ids = [i for i in ids if i in trashed]
         return bool(ids) and self._restore_runs(ids)
 
     def restore_deleted_run_dialog(self) -> bool:
@@ -842,8 +869,13 @@ class MainWindow(QMainWindow):
             self.log.info(f"The trash of {store.root} is empty.")
             self.status.show_message("No deleted runs to restore.")
             return False
-        run_id, ok = QInputDialog.getItem(self, "Restore a deleted run", "Run:", ids, 0, False)
-        return bool(ok and run_id) and self._restore_runs([run_id])
+        described = {s.run_id: s for s in store.trashed_runs()}
+        items = [_trashed_item(run_id, described.get(run_id)) for run_id in ids]
+        choice, ok = QInputDialog.getItem(self, "Restore a deleted run",
+                                          "Run (newest id last):", items, len(items) - 1, False)
+        if not ok or choice not in items:
+            return False
+        return self._restore_runs([ids[items.index(choice)]])
 
     def _restore_runs(self, run_ids: Sequence[str]) -> bool:
         store = self._get_store()
@@ -894,6 +926,10 @@ class MainWindow(QMainWindow):
             return False
         notes = self.controls.apply_run_config(result.config.to_dict())
         again = "Estimate" if result.estimate is not None else "Run"
+        tp = int((result.estimate or {}).get("tensor_parallel") or 1)
+        if tp > 1:  # kept in the estimate record, not the config: the plan page holds it
+            self.plan_panel.devices_spin.setValue(tp)
+            again = f"Tensor-parallel estimate on the Multi-GPU plan page ({tp} ranks)"
         name = result.run_id or result.config.model
         self.status.show_message(f"Controls set from run {name}: press {again} to repeat it.")
         self.log.info(f"Controls set from run {name} ({result.config.model}, "
@@ -1326,3 +1362,11 @@ class MainWindow(QMainWindow):
         except Exception as exc:  # settings must never keep the window from closing
             self.log.error(f"Could not save the settings: {exc}")
         super().closeEvent(event)
+
+
+def _trashed_item(run_id: str, summary: Any) -> str:
+    """A trashed run as the restore dialog lists it: id, then model, workload and label."""
+    if summary is None:
+        return run_id
+    label = f" · {summary.label}" if getattr(summary, "label", "") else ""
+    return f"{run_id} — {summary.model}, {summary.workload}{label}"

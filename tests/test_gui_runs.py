@@ -75,17 +75,17 @@ def test_runs_table_shows_optimizations_and_quality_and_sorts(qtbot, real_store)
     assert set(panel.run_ids()) == {"ref", "opt"}
     model = panel.view.model()
     headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
-    assert headers[:9] == ["Created", "Model", "Workload", "Kind", "Optimizations", "Device",
-                           "Peak", "Latency", "Quality"]
+    assert headers == ["Created", "Model", "Label", "Workload", "Kind", "Optimizations",
+                       "Device", "Peak", "Latency", "Quality"]
     rows = {model.index(r, 0).data(Qt.ItemDataRole.UserRole):
             [model.index(r, c).data() for c in range(model.columnCount())]
             for r in range(model.rowCount())}
-    assert rows["opt"][4] == "int8-dynamic" and rows["ref"][4] == "none"
-    assert rows["opt"][3] == rows["ref"][3] == "measured"
-    assert rows["opt"][8].startswith("KL 0.01") and rows["ref"][8] == "ppl 31.00"
-    panel.view.sortByColumn(6, Qt.SortOrder.AscendingOrder)  # by peak, numerically
+    assert rows["opt"][5] == "int8-dynamic" and rows["ref"][5] == "none"
+    assert rows["opt"][4] == rows["ref"][4] == "measured"
+    assert rows["opt"][9].startswith("KL 0.01") and rows["ref"][9] == "ppl 31.00"
+    panel.view.sortByColumn(7, Qt.SortOrder.AscendingOrder)  # by peak, numerically
     assert panel.run_ids() == ["opt", "ref"]
-    panel.view.sortByColumn(6, Qt.SortOrder.DescendingOrder)
+    panel.view.sortByColumn(7, Qt.SortOrder.DescendingOrder)
     assert panel.run_ids() == ["ref", "opt"]
     # Compare needs two selected runs; Open and Use as baseline need exactly one.
     panel.select(["ref"])
@@ -97,7 +97,7 @@ def test_runs_table_shows_optimizations_and_quality_and_sorts(qtbot, real_store)
 def test_compare_view_draws_each_run_and_the_scatter(qtbot, real_store, tmp_path):
     window = make_window(qtbot, FakeEngine(), real_store)
     panel = window.saved_runs
-    panel.view.sortByColumn(6, Qt.SortOrder.DescendingOrder)  # ref first
+    panel.view.sortByColumn(7, Qt.SortOrder.DescendingOrder)  # ref first
     panel.select(["ref", "opt"])
     qtbot.mouseClick(panel.compare_button, Qt.MouseButton.LeftButton)
     compare = window.compare_panel
@@ -133,7 +133,7 @@ def test_compare_puts_the_unoptimized_run_or_the_chosen_baseline_first(qtbot, re
     window = make_window(qtbot, FakeEngine(), real_store)
     panel = window.saved_runs
     for order in (Qt.SortOrder.AscendingOrder, Qt.SortOrder.DescendingOrder):
-        panel.view.sortByColumn(6, order)
+        panel.view.sortByColumn(7, order)
         panel.select(["ref", "opt"])
         assert window.compare_saved_runs(panel.selected_ids())
         assert [r.run_id for r in window.compare_panel.comparison.runs] == ["ref", "opt"]
@@ -326,7 +326,7 @@ def test_an_estimate_is_labelled_in_the_table_totals_and_title(qtbot, tmp_path):
     store.save(result)
     window = make_window(qtbot, FakeEngine(), store)
     model = window.saved_runs.view.model()
-    assert model.index(0, 3).data() == "estimate"
+    assert model.index(0, 4).data() == "estimate"  # the Kind column
     assert window.load_saved_run("est-1")
     assert window.totals.text().startswith("ESTIMATE")
     assert "ESTIMATE" in window.windowTitle()
@@ -675,7 +675,8 @@ def test_filter_label_delete_and_undo_in_the_saved_runs(qtbot, real_store, monke
     assert window.load_saved_run("ref")  # intact after the round trip
 
     window.delete_saved_runs(["opt"], confirm=False)
-    monkeypatch.setattr(QInputDialog, "getItem", lambda *a, **k: ("opt", True))
+    monkeypatch.setattr(QInputDialog, "getItem", lambda *a, **k: (
+        next(item for item in a[3] if item.startswith("opt — ")), True))
     assert window.restore_deleted_run_dialog()
     assert "opt" in panel.run_ids()
     assert not window.restore_deleted_run_dialog()  # an empty trash: a note, no dialog
@@ -754,3 +755,34 @@ def test_the_saved_runs_follow_the_store_folder(qtbot, real_store):
     qtbot.waitUntil(lambda: any("labelled elsewhere" in row for row in rows()), timeout=5000)
     other.trash("opt")
     qtbot.waitUntil(lambda: "opt" not in window.saved_runs.run_ids(), timeout=5000)
+
+
+def test_use_settings_and_undo_follow_what_the_store_and_the_run_hold(qtbot, real_store):
+    """A tensor-parallel estimate's ranks go to the plan page (they are not in the config);
+    parameters of techniques the run did not tick go back to their defaults; Undo delete and
+    the baseline line follow runs restored or deleted elsewhere; whitespace is no prompt."""
+    window = make_window(qtbot, FakeEngine(), store=real_store)
+    tp = make_result("tp-est")
+    tp.estimate = {"method": "fake tensors", "tensor_parallel": 4}
+    window.controls.optimizations.preselect("autocast:dtype=float16")
+    assert window.use_run_settings(tp)
+    assert window.plan_panel.devices_spin.value() == 4
+    assert "Tensor-parallel estimate on the Multi-GPU plan page (4 ranks)" in window.log.text()
+    autocast = window.controls.optimizations.rows["autocast"]
+    assert not autocast.check.isChecked()
+    assert autocast.params["dtype"].currentText() == "bfloat16"  # the default again
+
+    window.delete_saved_runs(["opt"], confirm=False)
+    RunStore(real_store.root).restore("opt")  # the command line restores it
+    window.refresh_saved_runs()
+    assert not window.undo_delete_action.isEnabled()
+    assert not window.undo_delete()  # nothing to undo: no error
+    assert "Could not restore" not in window.log.text()
+
+    assert window.set_baseline_run("ref")
+    RunStore(real_store.root).trash("ref")  # deleted elsewhere
+    window.refresh_saved_runs()
+    assert "no longer in the store" in window.saved_runs.baseline_label.text()
+
+    window.controls.prompt_edit.setText("   ")
+    assert window.controls.config()["prompt"] is None

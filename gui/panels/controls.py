@@ -171,7 +171,8 @@ class ControlPanel(QWidget):
             "new_tokens": self.new_tokens_spin.value(),
             "device": self.device_combo.currentText(),
             "dtype": self.dtype_combo.currentText(),
-            "prompt": self.prompt_edit.text() or None,
+            # Whitespace alone is no prompt: the sample text, not a 1-token input.
+            "prompt": self.prompt_edit.text() if self.prompt_edit.text().strip() else None,
             "attention_maps": self.attention_check.isChecked(),
             "sample_hz": float(self.sample_spin.value()),
             "optimizations": self.optimizations.selected(),

@@ -59,6 +59,15 @@ def _value(widget: QWidget) -> Any:
     return widget.isChecked()
 
 
+def _set_value(widget: QWidget, value: Any) -> None:
+    if isinstance(widget, QComboBox):
+        widget.setCurrentText(str(value))
+    elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+        widget.setValue(value)
+    else:
+        widget.setChecked(bool(value))
+
+
 class _Row(QWidget):
     def __init__(self, opt: Optimization, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -92,6 +101,12 @@ class _Row(QWidget):
         else:
             self.check.setChecked(False)
             self.check.setToolTip(f"Not available: {reason}.\n{self.opt.summary}")
+
+    def reset(self) -> None:
+        """Untick, with every parameter back at its default."""
+        self.check.setChecked(False)
+        for param in self.opt.params:
+            _set_value(self.params[param.name], param.default)
 
     def spec(self) -> dict[str, Any] | None:
         if not (self.check.isEnabled() and self.check.isChecked()):
@@ -145,7 +160,7 @@ class OptimizationsPanel(QWidget):
         """Tick exactly these ``{"id", "params"}`` entries (a saved run's optimizations) and
         untick the rest; returns one line per entry that could not be ticked, and why."""
         for row in self.rows.values():
-            row.check.setChecked(False)
+            row.reset()  # no parameter is left over from what was ticked before
         problems = []
         for entry in entries:
             ident = str(entry.get("id", ""))
@@ -168,13 +183,7 @@ class OptimizationsPanel(QWidget):
             return row.check.toolTip().splitlines()[0].removeprefix("Not available: ")
         row.check.setChecked(True)
         for key, value in params.items():
-            widget = row.params[key]
-            if isinstance(widget, QComboBox):
-                widget.setCurrentText(str(value))
-            elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
-                widget.setValue(value)
-            else:
-                widget.setChecked(bool(value))
+            _set_value(row.params[key], value)
         return None
 
     def reason(self, ident: str) -> str:

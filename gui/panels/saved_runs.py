@@ -52,9 +52,13 @@ COLUMNS: tuple[tuple[str, Any, Any, str], ...] = (
     ("Quality", lambda s: str(getattr(s, "quality", "") or MISSING),
      lambda s: str(getattr(s, "quality", "") or ""),
      "KL divergence from the unoptimized model, perplexity, or cosine similarity"),
-    ("Label", lambda s: str(getattr(s, "label", "") or ""), lambda s: str(getattr(s, "label", "")),
-     ""),
 )
+# The label names a run the user's way: it sits beside the model, not off-screen at the end.
+COLUMNS = (COLUMNS[:2]
+           + (("Label", lambda s: str(getattr(s, "label", "") or ""),
+               lambda s: str(getattr(s, "label", "")), "Your name for the run (Label…)"),)
+           + COLUMNS[2:])
+MAX_COLUMN_PX = 260  # a long optimizations list is elided (its cell's tooltip has all of it)
 
 
 def summary_text(summary: Any) -> str:
@@ -171,12 +175,16 @@ class SavedRunsPanel(QWidget):
                 item.setData(key(summary), SORT_ROLE)
                 item.setData(run_id, RUN_ID_ROLE)
                 path = getattr(summary, "path", None)
-                item.setToolTip(f"{run_id}\n{path}" if path else run_id)
+                tip = f"{run_id}\n{path}" if path else run_id
+                item.setToolTip(f"{item.text()}\n{tip}" if len(item.text()) > 30 else tip)
                 row.append(item)
             self.model.appendRow(row)
         self.view.setSortingEnabled(True)
         self._show_count()
         self.view.resizeColumnsToContents()
+        for column in range(self.model.columnCount()):
+            if self.view.columnWidth(column) > MAX_COLUMN_PX:
+                self.view.setColumnWidth(column, MAX_COLUMN_PX)
         if selected:
             self.select(sorted(selected))
         self._selection_changed()
@@ -213,6 +221,9 @@ class SavedRunsPanel(QWidget):
             index = self.proxy.index(r, 0)
             if index.data(RUN_ID_ROLE) in wanted:
                 selection.select(index, flags)
+        first = selection.selectedRows()
+        if first:  # a restored or chosen run is shown, not left selected out of sight
+            self.view.scrollTo(min(first, key=lambda i: i.row()))
 
     def row_rect_center(self, run_id: str) -> Any:
         """Centre of a run's first cell in viewport coordinates (for tests that click)."""

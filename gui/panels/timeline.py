@@ -388,17 +388,26 @@ class TimelinePanel(QWidget):
             spots.append({"pos": (float(t[i]), float(values[i])), "brush": pg.mkBrush(color),
                           "data": name})
         self.peak_markers.setData(spots)
+        # The legend is rebuilt rather than its labels' text changed: a label that grew kept
+        # its old box, and its text ran left over the swatch and out of the plot ("rocess RSS").
+        # The peak goes on a line of its own, so the box stays narrow in a narrow plot.
+        texts = []
         for field, name, _ in SERIES:
-            label = self.legend.getLabel(self.curves[field])
-            if field in self._legend_shown and label is not None:
+            if field in self._legend_shown:
                 peak = self.peaks.get(field)
-                label.setText(f"{name} · run peak {peak[1]:,.1f} MiB" if peak else name)
+                texts.append((field, f"{name}<br>run peak {peak[1]:,.1f} MiB" if peak else name))
+        if texts != getattr(self, "_legend_texts", None):
+            self._legend_texts = texts
+            self.legend.clear()
+            for field, text in texts:
+                self.legend.addItem(self.curves[field], text)
 
     def legend_text(self, field: str) -> str:
         label = self.legend.getLabel(self.curves[field]) if field in self._legend_shown else None
-        return label.text if label is not None else ""
+        return label.text.replace("<br>", " · ") if label is not None else ""
 
     def _show_in_legend(self, field: str, name: str, shown: bool) -> None:
+        self._legend_texts = None  # the next redraw writes every label afresh
         if shown and field not in self._legend_shown:
             self.legend.addItem(self.curves[field], name)
             self._legend_shown.add(field)
