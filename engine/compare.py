@@ -82,9 +82,14 @@ def input_size(r: RunResult) -> str:
 
 
 def sizes_of(runs: Sequence[RunResult]) -> list[str]:
-    """The input sizes of ``runs``, in order of first appearance (more than one: their peaks
-    and latencies are of different amounts of work)."""
-    return list(dict.fromkeys(input_size(r) for r in runs))
+    """The input sizes of ``runs`` that differ within one workload, in order of first
+    appearance (empty when every workload's runs had the same input: runs of different
+    workloads are told apart by their workloads already)."""
+    by_workload: dict[str, list[str]] = {}
+    for r in runs:
+        by_workload.setdefault(r.config.workload, []).append(input_size(r))
+    differing = [s for sizes in by_workload.values() if len(set(sizes)) > 1 for s in sizes]
+    return list(dict.fromkeys(differing))
 
 
 def _describe(r: RunResult) -> str:

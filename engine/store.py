@@ -283,10 +283,12 @@ class RunStore:
                                ) from exc
 
 
-# path -> (inode, mtime_ns, size, summary or None for a damaged file): listing a store re-reads
-# only the files that changed since the last listing (the window lists after every save, and a
-# run file is a few hundred KiB of JSON, so 200 runs took 0.2 s of the UI thread each time).
-_SUMMARY_CACHE: dict[str, tuple[int, int, int, RunSummary | None]] = {}
+# folder -> file name -> (stamp, summary or None for a damaged file): listing a store re-reads
+# only the files that changed since the last listing (the window lists after every save and
+# whenever the folder changes, and a run file is a few hundred KiB of JSON, so 200 runs took
+# 0.2 s of the UI thread each time). The stamp is what a rewrite changes: MemLens writes a new
+# file and renames it over the old, which gives a new inode and new times.
+_SUMMARY_CACHE: dict[str, dict[str, tuple[tuple[int, ...], RunSummary | None]]] = {}
 _SUMMARY_LOCK = threading.Lock()
 
 
@@ -298,30 +300,25 @@ def clear_summary_cache() -> None:
 
 def _summaries(folder: Path) -> list[RunSummary]:
     """The runs in ``folder``, newest first; damaged files are skipped."""
+    key = str(folder.resolve())  # (a missing folder resolves too: its entries are dropped)
     if not folder.is_dir():
+        with _SUMMARY_LOCK:
+            _SUMMARY_CACHE.pop(key, None)
         return []
-    out, seen = [], set()
+    with _SUMMARY_LOCK:
+        before = dict(_SUMMARY_CACHE.get(key, {}))
+    now: dict[str, tuple[tuple[int, ...], RunSummary | None]] = {}
     for path in folder.glob("*.json"):
         try:
             st = path.stat()
         except OSError:
             continue
-        key = str(path)
-        seen.add(key)
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        with _SUMMARY_LOCK:
-            hit = _SUMMARY_CACHE.get(key)
-        if hit is not None and hit[:3] == stamp:
-            summary = hit[3]
-        else:
-            summary = _summary(path)
-            with _SUMMARY_LOCK:
-                _SUMMARY_CACHE[key] = (*stamp, summary)
-        if summary is not None:
-            out.append(summary)
-    with _SUMMARY_LOCK:  # forget files gone from this folder (deleted, moved to the trash)
-        for key in [k for k in _SUMMARY_CACHE if Path(k).parent == folder and k not in seen]:
-            del _SUMMARY_CACHE[key]
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        hit = before.get(path.name)
+        now[path.name] = hit if hit is not None and hit[0] == stamp else (stamp, _summary(path))
+    with _SUMMARY_LOCK:  # replaced wholesale: files gone from the folder are forgotten too
+        _SUMMARY_CACHE[key] = now
+    out = [summary for _, summary in now.values() if summary is not None]
     out.sort(key=lambda s: s.created, reverse=True)
     return out
 

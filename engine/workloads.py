@@ -129,7 +129,11 @@ def check_positions(model: nn.Module, length: int, what: str, new_tokens: int = 
     source = f"a prompt of {length} tokens" if prompt else f"{length} input tokens"
     parts = source + (f" + {new_tokens} new tokens" if new_tokens else "")
     if room < 1:
-        fix = f"Generate fewer than {limit} new tokens (New tokens; --new-tokens)."
+        fits = limit - length  # new tokens that fit after this input
+        fix = (f"Generate at most {fits} new tokens after this input (New tokens; "
+               "--new-tokens)." if fits >= 1
+               else f"Shorten the {'prompt' if prompt else 'sequence'} below {limit} tokens and "
+                    f"generate fewer than {limit} new tokens.")
     elif prompt:
         fix = (f"Shorten the prompt to at most {room} tokens"
                + (f" ({limit} positions − {new_tokens} new tokens)" if new_tokens else "")

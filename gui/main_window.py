@@ -79,6 +79,7 @@ class MainWindow(QMainWindow):
         self._shown: tuple | None = None  # the run on the Current run page (render_result's args)
         self._shown_before: tuple | None = None  # what it showed before the running run cleared it
         self._last_deleted: list[str] = []  # the runs the last Delete moved to the trash
+        self._listed: list[Any] | None = None  # the summaries the saved-runs table shows
         # The saved-runs list follows the store folder: runs saved, labelled or deleted by the
         # command line or another window appear without Refresh (a burst of file events from
         # one atomic write is one refresh).
@@ -734,8 +735,13 @@ class MainWindow(QMainWindow):
             return
         try:
             summaries = store.list()
-            self.saved_runs.set_summaries(summaries)
+            # A file event that changed no run (our own save, already listed) leaves the table,
+            # its scroll position and the user's column widths alone.
+            if summaries != self._listed:
+                self._listed = summaries
+                self.saved_runs.set_summaries(summaries)
         except Exception as exc:
+            self._listed = None
             self.saved_runs.show_unavailable(f"Could not list saved runs: {exc}")
             return
         self._watch_store(store)
@@ -749,23 +755,33 @@ class MainWindow(QMainWindow):
             self._last_deleted = [i for i in self._last_deleted if i in trashed]
             self.undo_delete_action.setEnabled(bool(self._last_deleted))
         base = self._baseline_run
-        if base is not None and base.run_id not in listed:
+        if base is not None:
             self.saved_runs.set_baseline_text(
+                self._baseline_text(base) if base.run_id in listed else
                 f"Baseline outline: run {base.run_id} ({base.config.model}, "
                 f"{base.config.workload}), no longer in the store (deleted elsewhere); its "
                 "outline stays until you clear it.")
 
+    @staticmethod
+    def _baseline_text(base: RunResult) -> str:
+        return (f"Baseline outline: saved run {base.run_id} ({base.config.model}, "
+                f"{base.config.workload}), bars matched by layer name.")
+
     def _watch_store(self, store: Any) -> None:
         """Watch the store folder: a save, a label (an atomic rename over the file) and a
-        delete all change its entries, so one directory watch sees them all."""
+        delete all change its entries, so one directory watch sees them all. A folder that does
+        not exist yet (a fresh install) is waited for by watching its nearest existing parent."""
         root = getattr(store, "root", None)
-        if root is None or not Path(root).is_dir():
-            return
-        if str(root) not in self._store_watcher.directories():
-            old = self._store_watcher.directories()
+        target = Path(root) if root is not None else None
+        while target is not None and not target.is_dir():
+            target = target.parent if target.parent != target else None
+        wanted = [str(target)] if target is not None else []
+        old = self._store_watcher.directories()
+        if old != wanted:
             if old:
                 self._store_watcher.removePaths(old)
-            self._store_watcher.addPath(str(root))
+            if wanted:
+                self._store_watcher.addPaths(wanted)
 
     @Slot(str)
     def load_saved_run(self, run_id: str) -> bool:
@@ -992,9 +1008,7 @@ class MainWindow(QMainWindow):
         if result is None:
             return False
         self._baseline_run = result
-        self.saved_runs.set_baseline_text(
-            f"Baseline outline: saved run {run_id} ({result.config.model}, "
-            f"{result.config.workload}), bars matched by layer name.")
+        self.saved_runs.set_baseline_text(self._baseline_text(result))
         self.log.info(f"Baseline for the memory chart: run {run_id}.")
         self._draw_outline()
         return True

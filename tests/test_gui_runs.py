@@ -786,3 +786,13 @@ def test_use_settings_and_undo_follow_what_the_store_and_the_run_hold(qtbot, rea
 
     window.controls.prompt_edit.setText("   ")
     assert window.controls.config()["prompt"] is None
+
+
+def test_a_store_folder_made_after_the_window_opened_is_followed(qtbot, tmp_path):
+    """A fresh install has no store folder yet: the window waits for it (watching its parent),
+    so the first run another process saves appears without Refresh."""
+    store = RunStore(tmp_path / "not-yet" / "runs")
+    window = make_window(qtbot, FakeEngine(), store=store)
+    assert window.saved_runs.run_ids() == []
+    RunStore(store.root).save(reference("first"))
+    qtbot.waitUntil(lambda: window.saved_runs.run_ids() == ["first"], timeout=8000)

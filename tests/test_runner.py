@@ -250,3 +250,13 @@ def test_a_prompt_too_long_is_refused_naming_the_prompt():
     assert execute(tiny(workload="forward", seq=100_000), events) is None
     assert "(100000 input tokens)" in events.failed.message
     assert "Use a sequence of at most" in events.failed.hint and "prompt" not in events.failed.hint
+
+
+def test_too_many_new_tokens_are_refused_with_a_count_that_fits():
+    from engine.config import RunConfig
+
+    events = Collector()
+    assert execute(RunConfig(model="demo", workload="generate", seq=100, new_tokens=600,
+                             repeats=1, warmup=0), events) is None
+    assert "(100 input tokens + 600 new tokens)" in events.failed.message
+    assert "Generate at most 412 new tokens after this input" in events.failed.hint

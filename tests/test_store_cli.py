@@ -426,3 +426,23 @@ def test_comparing_runs_of_different_inputs_says_so(capsys):
     same = io.StringIO()
     print_comparison([runs[0], run("r-dddd", 128, optimized=True)], same)
     assert "different inputs" not in same.getvalue()
+    forward = RunResult(config=RunConfig(workload="forward", seq=128), run_id="r-eeee",
+                        inputs={"source": "sample text", "shape": [1, 128]})
+    assert compare([runs[0], forward]).sizes == []  # the workloads already tell them apart
+
+
+def test_listing_rereads_what_changed_and_forgets_what_went(saved, tmp_path):
+    import shutil
+
+    from engine import store as store_module
+
+    source, result = saved
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(source.root, store.root)
+    assert store.list()[0].label == result.config.label
+    RunStore(store.root).set_label(result.run_id, "changed by another writer")
+    assert store.list()[0].label == "changed by another writer"  # a rewrite is seen
+    key = str(store.root.resolve())
+    assert list(store_module._SUMMARY_CACHE[key]) == [f"{result.run_id}.json"]
+    shutil.rmtree(store.root)
+    assert store.list() == [] and key not in store_module._SUMMARY_CACHE

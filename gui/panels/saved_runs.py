@@ -186,7 +186,7 @@ class SavedRunsPanel(QWidget):
             if self.view.columnWidth(column) > MAX_COLUMN_PX:
                 self.view.setColumnWidth(column, MAX_COLUMN_PX)
         if selected:
-            self.select(sorted(selected))
+            self.select(sorted(selected), scroll=False)  # a refresh keeps the user's place
         self._selection_changed()
 
     def show_unavailable(self, text: str) -> None:
@@ -212,7 +212,7 @@ class SavedRunsPanel(QWidget):
         rows = sorted({i.row() for i in self.view.selectionModel().selectedRows()})
         return [self.proxy.index(r, 0).data(RUN_ID_ROLE) for r in rows]
 
-    def select(self, run_ids: Iterable[str]) -> None:
+    def select(self, run_ids: Iterable[str], scroll: bool = True) -> None:
         wanted = set(run_ids)
         selection = self.view.selectionModel()
         selection.clearSelection()
@@ -222,7 +222,7 @@ class SavedRunsPanel(QWidget):
             if index.data(RUN_ID_ROLE) in wanted:
                 selection.select(index, flags)
         first = selection.selectedRows()
-        if first:  # a restored or chosen run is shown, not left selected out of sight
+        if scroll and first:  # a restored or chosen run is shown, not selected out of sight
             self.view.scrollTo(min(first, key=lambda i: i.row()))
 
     def row_rect_center(self, run_id: str) -> Any:

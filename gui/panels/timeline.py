@@ -407,10 +407,11 @@ class TimelinePanel(QWidget):
         return label.text.replace("<br>", " · ") if label is not None else ""
 
     def _show_in_legend(self, field: str, name: str, shown: bool) -> None:
-        self._legend_texts = None  # the next redraw writes every label afresh
         if shown and field not in self._legend_shown:
             self.legend.addItem(self.curves[field], name)
             self._legend_shown.add(field)
+            self._legend_texts = None  # the next redraw writes every label afresh
         elif not shown and field in self._legend_shown:
             self.legend.removeItem(self.curves[field])
             self._legend_shown.discard(field)
+            self._legend_texts = None
