@@ -843,14 +843,7 @@ class MainWindow(QMainWindow):
                 "delete brings them back.")
             if answer != QMessageBox.StandardButton.Yes:
                 return False
-        moved = []
-        for run_id in run_ids:
-            try:
-                store.trash(run_id)
-            except Exception as exc:
-                self._store_error(f"Could not delete run {run_id}", exc)
-                continue
-            moved.append(run_id)
+        moved = self._each_run(run_ids, store.trash, "delete")
         if moved:
             self._last_deleted = moved
             self.undo_delete_action.setEnabled(True)
@@ -897,14 +890,7 @@ class MainWindow(QMainWindow):
         store = self._get_store()
         if store is None:
             return False
-        restored = []
-        for run_id in run_ids:
-            try:
-                store.restore(run_id)
-            except Exception as exc:
-                self._store_error(f"Could not restore run {run_id}", exc)
-                continue
-            restored.append(run_id)
+        restored = self._each_run(run_ids, store.restore, "restore")
         self._last_deleted = [i for i in self._last_deleted if i not in restored]
         self.undo_delete_action.setEnabled(bool(self._last_deleted))
         if restored:
@@ -913,6 +899,18 @@ class MainWindow(QMainWindow):
         self.refresh_saved_runs()
         self.saved_runs.select(restored)
         return len(restored) == len(run_ids)
+
+    def _each_run(self, run_ids: Sequence[str], move: Any, verb: str) -> list[str]:
+        """``move(run_id)`` for each run; the ids it moved (a failure is shown and skipped)."""
+        done = []
+        for run_id in run_ids:
+            try:
+                move(run_id)
+            except Exception as exc:  # MemLensError(store / not_found)
+                self._store_error(f"Could not {verb} run {run_id}", exc)
+                continue
+            done.append(run_id)
+        return done
 
     def _store_error(self, what: str, exc: Exception) -> None:
         message = getattr(exc, "message", None) or str(exc)
