@@ -1237,9 +1237,8 @@ def _gib(n: int | float) -> str:
 
 def estimate_command(cfg: RunConfig, model: str | None = None) -> str:
     """The ``memlens estimate`` command for the same choices as ``cfg`` (what a refusal as too
-    large to load suggests): workload, sizes, dtype, attention, optimizations, remote code."""
-    import shlex
-
+    large to load suggests): workload, sizes, dtype, attention, optimizations, remote code.
+    Quoted for the shell of this platform (cmd.exe does not understand POSIX single quotes)."""
     from .optimizations import format_spec
 
     parts = ["memlens", "estimate", "--model", model or cfg.model.strip(),
@@ -1258,9 +1257,20 @@ def estimate_command(cfg: RunConfig, model: str | None = None) -> str:
             left_out.append(format_spec(selected))
     if cfg.trust_remote_code:
         parts.append("--trust-remote-code")
-    return shlex.join(parts) + (
+    return shell_join(parts) + (
         f" (without {', '.join(left_out)}: estimation cannot apply "
         f"{'it' if len(left_out) == 1 else 'them'})" if left_out else "")
+
+
+def shell_join(parts: list[str]) -> str:
+    """``parts`` as one command line a user can paste into this platform's shell."""
+    if os.name == "nt":
+        import subprocess
+
+        return subprocess.list2cmdline(parts)
+    import shlex
+
+    return shlex.join(parts)
 
 
 def _estimable(selected: dict[str, Any], workload: str) -> bool:

@@ -180,6 +180,21 @@ def test_the_suggested_estimate_keeps_every_choice_of_the_refused_run() -> None:
         "(without int8-dynamic: estimation cannot apply it)")
 
 
+def test_suggested_commands_are_quoted_for_the_platform_shell(monkeypatch) -> None:
+    """A path with spaces is quoted the way the user's shell reads it: POSIX quotes elsewhere,
+    double quotes on Windows (cmd.exe does not understand single quotes)."""
+    import shlex
+    import subprocess
+
+    from engine import models
+
+    parts = ["memlens", "estimate", "--model", r"C:\My Models\config.json"]
+    assert shlex.split(models.shell_join(parts)) == parts
+    monkeypatch.setattr(models.os, "name", "nt")
+    text = models.shell_join(parts)
+    assert text == subprocess.list2cmdline(parts) and '"C:\\My Models\\config.json"' in text
+
+
 def test_bfloat16_applied_to_preset() -> None:
     loaded = _load("preset:tiny-llama", dtype="bfloat16")
     assert loaded.dtype == "bfloat16"
