@@ -1552,8 +1552,9 @@ def add_cli_parser(sub: Any, common: Callable[[Any], None] | None = None) -> Any
         _common_options(p)
     p.add_argument("--batch", type=int, default=1,
                    help="batch (training: the per-rank micro-batch)")
-    p.add_argument("--seq", type=int, default=2048,
-                   help="sequence length (for generate: prompt length)")
+    p.add_argument("--seq", type=int, default=None,
+                   help=f"sequence length (for generate: prompt length; default {DEFAULT_SEQ}, "
+                        "or what fits the model's positions if fewer)")
     p.add_argument("--devices", default=None, metavar="N", help="GPUs (inference)")
     p.add_argument("--per-device", default=None, metavar="SIZE",
                    help="memory of each GPU (or each rank), e.g. 80GiB, 80GB")
@@ -1611,6 +1612,34 @@ def _common_options(p: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+DEFAULT_SEQ = 2048  # plans are for large models: a typical context, not the profile's 128
+
+
+def _default_seq(args: Any) -> int:
+    """``--seq`` when not given: :data:`DEFAULT_SEQ`, or the model's positions (less the new
+    tokens of a generation) if fewer, said on stderr, so that ``memlens plan`` with only the
+    devices given works on a small model such as the demo instead of refusing its own default."""
+    import sys
+
+    from .models import architecture_config
+    from .workloads import config_positions
+
+    try:
+        probe = RunConfig(model=args.model, workload=args.workload,
+                          trust_remote_code=args.trust_remote_code)
+        limit = config_positions(architecture_config(probe).hf_config)
+    except (MemLensError, ValueError):
+        return DEFAULT_SEQ  # the plan itself reports what is wrong with the model
+    room = None if limit is None else limit - (
+        args.new_tokens if args.workload == "generate" else 0)
+    if room is None or room >= DEFAULT_SEQ or room < 1:
+        return DEFAULT_SEQ
+    print(f"memlens: sequence {room} (the model has {limit} positions"
+          + (f", less {args.new_tokens} new tokens" if args.workload == "generate" else "")
+          + f"; plans default to {DEFAULT_SEQ}); give --seq to choose", file=sys.stderr)
+    return room
+
+
 def run_cli(args: Any) -> int:
     """``memlens plan``: run the plan the arguments describe; print it (or its JSON)."""
     import json
@@ -1624,8 +1653,9 @@ def run_cli(args: Any) -> int:
             raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                                "A plan takes one optimization set, not --opt-set.",
                                "Give the optimizations with --opt ID (repeatable).")
+        seq = args.seq if args.seq is not None else _default_seq(args)
         config = RunConfig(model=args.model, workload=args.workload, batch=args.batch,
-                           seq=args.seq, new_tokens=args.new_tokens, dtype=args.dtype,
+                           seq=seq, new_tokens=args.new_tokens, dtype=args.dtype,
                            attention_impl=args.attention_impl,
                            trust_remote_code=args.trust_remote_code,
                            optimizations=[parse_spec(s) for s in (args.opt or [])])

@@ -49,7 +49,11 @@ class Inputs:
 
 
 def max_positions(model: nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
+    return config_positions(getattr(model, "config", None))
+
+
+def config_positions(cfg: Any) -> int | None:
+    """The positions a transformers config declares (None when it declares none)."""
     for attr in ("max_position_embeddings", "n_positions", "max_seq_len"):
         value = getattr(cfg, attr, None)
         if isinstance(value, int) and value > 0:

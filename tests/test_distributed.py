@@ -466,6 +466,22 @@ def test_cli_plan_prints_tables_json_and_errors(tmp_path, capsys) -> None:
         assert "memlens: error:" in err and "hint:" in err and words in err, err
 
 
+def test_cli_plan_default_sequence_fits_the_model(capsys) -> None:
+    """Without --seq a plan takes 2048 tokens, or what fits the model's positions if fewer (the
+    demo has 512): `memlens plan --devices 2 --per-device 1GiB` refused its own default."""
+    from engine.distributed import DEFAULT_SEQ, _default_seq
+
+    assert _default_seq(_parse(["plan", "--model", "demo"])) == 512
+    assert "sequence 512 (the model has 512 positions" in capsys.readouterr().err
+    args = _parse(["plan", "--model", "demo", "--workload", "generate", "--new-tokens", "12"])
+    assert _default_seq(args) == 500
+    assert "less 12 new tokens" in capsys.readouterr().err
+    assert _default_seq(_parse(["plan", "--model", "preset:llama-3-8b"])) == DEFAULT_SEQ
+    assert _default_seq(_parse(["plan", "--model", "/no/such/folder"])) == DEFAULT_SEQ
+    assert capsys.readouterr().err == ""  # nothing said when the default stands
+    assert _parse(["plan", "--seq", "64"]).seq == 64
+
+
 def test_tied_embeddings_are_counted_once():
     """The demo's LM head shares the embedding matrix: one tensor, as in the loaded model."""
     from engine.models import load_model
