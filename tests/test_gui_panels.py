@@ -411,8 +411,10 @@ def test_an_overhead_below_one_reads_as_none_measurable():
 
 def test_bar_labels_name_the_largest_bars_first(qtbot):
     """Labels placed from the left dropped whatever came after a long one, the head's big
-    logits bar included; with the bars' sizes the largest keep their names."""
+    logits bar included; with the bars' sizes the largest keep their names. When one row cannot
+    hold every name, a second staggered row does ("embed_tokens" left block 0 unnamed)."""
     import pyqtgraph as pg
+    from PySide6.QtGui import QFontMetrics
 
     from gui.panels.axis import fit_bar_labels
 
@@ -422,31 +424,51 @@ def test_bar_labels_name_the_largest_bars_first(qtbot):
     widget.show()
     qtbot.waitExposed(widget)
     plot = widget.addPlot()
+    axis = plot.getAxis("bottom")
     labels = ["embed_tokens", *map(str, range(12)), "norm", "lm_head", "unattributed"]
     sizes = [1.5, *[1.4] * 12, 0.1, 3.0, 0.01]
+    metrics = QFontMetrics(widget.font())
+
+    def placed() -> dict[int, tuple[int, str]]:
+        """bar -> (row, text); the labels on one row never overlap."""
+        ticks = {int(x): (int(t.startswith("\n")), t.lstrip("\n"))
+                 for x, t in axis._tickLevels[0]}
+        box = plot.getViewBox()
+        for row in (0, 1):
+            extents = sorted((box.mapViewToScene(pg.Point(i, 0)).x(),
+                              metrics.horizontalAdvance(t)) for i, (r, t) in ticks.items()
+                             if r == row)
+            assert all(x1 - w1 / 2 >= x0 + w0 / 2 - 1
+                       for (x0, w0), (x1, w1) in zip(extents, extents[1:])), (row, ticks)
+        return ticks
+
     fit_bar_labels(plot, labels, widget.font(), sizes)
-    shown = [label for _, label in plot.getAxis("bottom")._tickLevels[0]]
+    shown = {t for _, t in placed().values()}
     assert "lm_head" in shown and "embed_tokens" in shown, shown
     assert "unattributed" not in shown  # the smallest bar, beside the largest: it gave way
-    # ... and, given the room beside its neighbours, to a shortened name rather than a bare bar
+    assert axis.fixedHeight >= 2 * metrics.height()  # the second row is not clipped
+    # Wider, every bar has its whole name, on two rows
     widget.resize(900, 240)
     qtbot.waitUntil(lambda: plot.getViewBox().width() > 800, timeout=2000)
     fit_bar_labels(plot, labels, widget.font(), sizes)
-    ticks = dict(plot.getAxis("bottom")._tickLevels[0])
-    elided = {int(x): t for x, t in ticks.items() if t.endswith("…")}
-    assert elided and all(labels[i].startswith(t[:-1]) and len(t) >= 4 for i, t in elided.items())
-    from PySide6.QtGui import QFontMetrics
-
-    metrics = QFontMetrics(widget.font())
-    box = plot.getViewBox()
-    extents = sorted((box.mapViewToScene(pg.Point(x, 0)).x(), metrics.horizontalAdvance(t))
-                     for x, t in ticks.items())
-    assert all(x1 - w1 / 2 >= x0 + w0 / 2 - 1 for (x0, w0), (x1, w1) in zip(extents, extents[1:]))
+    ticks = placed()
+    assert [ticks[i][1] for i in range(len(labels))] == labels
+    assert ticks[0][0] != ticks[1][0]  # block 0 on the other row than embed_tokens
+    # Where two rows cannot hold every whole name, a bar gets a shortened name rather than none
+    widget.resize(700, 240)
+    qtbot.waitUntil(lambda: plot.getViewBox().width() < 700, timeout=2000)
+    many = ["embed_tokens", *[f"h.{i}.attention" for i in range(12)], "lm_head", "unattributed"]
+    fit_bar_labels(plot, many, widget.font(), [1.0] * len(many))
+    elided = {i: t for i, (_, t) in placed().items() if t.endswith("…")}
+    assert elided and all(many[i].startswith(t[:-1]) and len(t) >= 4 for i, t in elided.items())
+    # A chart whose names all fit one row keeps one row and the axis's own height
+    fit_bar_labels(plot, ["a", "b", "c"], widget.font(), [1, 2, 3])
+    assert all(r == 0 for r, _ in placed().values()) and axis.fixedHeight is None
     widget.resize(360, 240)
     qtbot.waitUntil(lambda: plot.getViewBox().width() < 400, timeout=2000)
     fit_bar_labels(plot, labels, widget.font())  # without sizes: from the left, as before
-    shown = [label for _, label in plot.getAxis("bottom")._tickLevels[0]]
-    assert shown[0] == "embed_tokens" and shown[-1] == "unattributed", shown
+    ticks = placed()
+    assert ticks[0][1] == "embed_tokens" and ticks[len(labels) - 1][1] == "unattributed"
 
 
 def test_the_guide_page_explains_itself_and_has_its_run_button(qtbot):

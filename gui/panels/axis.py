@@ -15,8 +15,10 @@ def fit_bar_labels(plot: Any, labels: Sequence[str], font: QFont,
 
     Labels are placed in order of ``sizes`` (the bars' heights: the largest bars are the ones a
     reader looks for, and they keep their names), or without ``sizes`` the last first and then
-    from the left, each where it overlaps no label already placed. The range leaves room for
-    the first and last labels.
+    from the left, each where it overlaps no label already placed. When one row cannot hold
+    every whole name, the labels take two staggered rows (a long name such as "embed_tokens"
+    left the block beside it unnamed, so the chart read as if block 0 were missing). The range
+    leaves room for the first and last labels.
     """
     axis = plot.getAxis("bottom")
     count = len(labels)
@@ -36,37 +38,75 @@ def fit_bar_labels(plot: Any, labels: Sequence[str], font: QFont,
         order = sorted(range(count), key=lambda i: -key[i])
     else:
         order = [span, *range(count - 1)]
-    taken: list[tuple[float, float]] = []  # pixel extents of the labels placed
-    chosen: set[int] = set()
+    centers = [(i + left) * px for i in range(count)]
+    placed = _place_labels(labels, half, centers, order, view_width, metrics, rows=1)
+    if len(placed) < count or any(text != labels[i] for i, (_, text) in placed.items()):
+        two = _place_labels(labels, half, centers, order, view_width, metrics, rows=2)
+        if len(two) > len(placed) or sum(t == labels[i] for i, (_, t) in two.items()) > sum(
+                t == labels[i] for i, (_, t) in placed.items()):
+            placed = two
+    # The second row is the same tick text after a line break, which pyqtgraph draws; its
+    # automatic height (0.8 of the text's box) would clip that line, so two rows set it.
+    axis.setTicks([[(float(i), ("\n" if row else "") + text)
+                    for i, (row, text) in sorted(placed.items())], []])
+    if any(row for row, _ in placed.values()):
+        height = (2 * metrics.height() + axis.style["tickTextOffset"][1]
+                  + max(0, axis.style["tickLength"]) + 2)
+        if axis.label.isVisible():
+            height += axis.label.boundingRect().height() * 0.8
+        axis.setHeight(int(height))
+    elif axis.fixedHeight is not None:
+        axis.setHeight(None)
+
+
+def _place_labels(labels: Sequence[str], half: Sequence[float], centers: Sequence[float],
+                  order: Sequence[int], view_width: float, metrics: QFontMetrics,
+                  rows: int) -> dict[int, tuple[int, str]]:
+    """Bar index -> (row, text) for the labels that fit ``rows`` rows of tick text."""
+    taken: list[list[tuple[float, float]]] = [[] for _ in range(rows)]  # pixel extents per row
+
+    def free(row: int, extent: tuple[float, float]) -> bool:
+        return not any(a < extent[1] and extent[0] < b for a, b in taken[row])
+
+    placed: dict[int, tuple[int, str]] = {}
     for i in order:
-        center = (i + left) * px
-        extent = (center - half[i], center + half[i])
-        # (the range puts the first label's left edge at 0, give or take a rounding)
-        if taken and (extent[0] < -0.5
-                      or any(a < extent[1] and extent[0] < b for a, b in taken)):
+        extent = (centers[i] - half[i], centers[i] + half[i])
+        # (the range leaves room for the first and last labels; any other label reaching past
+        # an edge would be cut off)
+        if 0 < i < len(labels) - 1 and (extent[0] < -0.5 or extent[1] > view_width + 0.5):
             continue
-        taken.append(extent)
-        chosen.add(i)
+        for row in range(rows):
+            if free(row, extent):
+                taken[row].append(extent)
+                placed[i] = (row, labels[i])
+                break
     # A bar whose whole name does not fit gets as much of it as the room between its placed
-    # neighbours allows ("embed_tok…"), when that keeps three characters or more; hovering a bar
-    # shows its whole name. Unlabelled bars (the first one, beside a taller block) read as noise.
-    text = {i: labels[i] for i in chosen}
-    for i in range(count):
-        if i in chosen:
+    # neighbours allows ("embed_tok…"), on the row with the most room, when that keeps three
+    # characters or more; hovering a bar shows its whole name. Unlabelled bars (the first one,
+    # beside a taller block) read as noise.
+    for i in range(len(labels)):
+        if i in placed:
             continue
-        center = (i + left) * px
-        if any(a < center < b for a, b in taken):
+        center = centers[i]
+        best: tuple[int, int] | None = None  # (room, row)
+        for row in range(rows):
+            if any(a < center < b for a, b in taken[row]):
+                continue
+            lo = max([b for _, b in taken[row] if b <= center], default=0.0)
+            hi = min([a for a, _ in taken[row] if a >= center], default=view_width)
+            room = int(2 * min(center - lo, hi - center)) - 6
+            if best is None or room > best[0]:
+                best = (room, row)
+        if best is None:
             continue
-        lo = max([b for _, b in taken if b <= center], default=0.0)
-        hi = min([a for a, _ in taken if a >= center], default=view_width)
-        room = int(2 * min(center - lo, hi - center)) - 6
+        room, row = best
         short = metrics.elidedText(labels[i], Qt.TextElideMode.ElideRight, max(room, 0))
         if short != labels[i] and len(short.rstrip("…")) < 3:
             continue  # (a whole name that fits, "10", is kept however short)
         w = metrics.horizontalAdvance(short) / 2 + 3
-        taken.append((center - w, center + w))
-        text[i] = short
-    axis.setTicks([[(float(i), text[i]) for i in sorted(text)], []])
+        taken[row].append((center - w, center + w))
+        placed[i] = (row, short)
+    return placed
 
 
 def fit_legend_columns(legend: Any, width: float) -> int:
