@@ -134,7 +134,10 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("delete", help="move saved runs to the store's trash (not listed; "
                                       "`memlens restore` brings them back)")
-    d.add_argument("runs", nargs="+", metavar="RUN_ID")
+    d.add_argument("runs", nargs="*", metavar="RUN_ID")
+    d.add_argument("--empty-trash", action="store_true",
+                   help="remove every run in the trash for good, freeing its space (cannot be "
+                        "undone; `memlens runs --trash` lists them first)")
     rs = sub.add_parser("restore", help="bring runs back from the store's trash")
     rs.add_argument("runs", nargs="+", metavar="RUN_ID")
     lb = sub.add_parser("label", help="set a saved run's label (shown by `runs` and the app)")
@@ -297,6 +300,13 @@ def _main(argv: list[str] | None) -> int:
             return run_cli(args)
         if args.command == "runs":
             return _runs(store, args.json, trash=args.trash)
+        if args.command == "delete" and args.empty_trash:
+            return _empty_trash(store, args.runs)
+        if args.command == "delete" and not args.runs:
+            _error("Which runs? `memlens delete` needs one or more run ids.",
+                   "List them with `memlens runs`; `memlens delete --empty-trash` empties the "
+                   "trash instead.")
+            return EXIT_USAGE
         if args.command in ("delete", "restore"):
             return _move_runs(store, args.command, args.runs)
         if args.command == "label":
@@ -1014,6 +1024,41 @@ def _move_runs(store, command: str, run_ids: list[str]) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _empty_trash(store, run_ids: list[str]) -> int:
+    """``delete --empty-trash``: every run in the trash removed for good, failures named."""
+    if run_ids:
+        _error("--empty-trash takes no run ids: it empties the whole trash.",
+               "Run `memlens delete --empty-trash` alone, or `memlens delete RUN_ID ...` to "
+               "move runs to the trash.")
+        return EXIT_USAGE
+    ids = store.trashed()
+    if not ids:
+        print(f"the trash is empty ({store.trash_root})")
+        return EXIT_OK
+    removed, freed, failed = 0, 0, 0
+    for run_id in ids:
+        try:
+            freed += store.purge(run_id)
+            removed += 1
+        except MemLensError as exc:
+            _error(exc.message, exc.hint)
+            failed += 1
+    print(f"removed {removed} run(s) from {store.trash_root} for good: {human_bytes(freed)} "
+          "freed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _usage_line(store, trash: bool) -> str:
+    runs, size = store.usage(trash=trash)
+    other_runs, other_size = store.usage(trash=not trash)
+    here = f"{human_bytes(size)} on disk (runs and attention maps)"
+    if trash:
+        return (f"{here}; `memlens delete --empty-trash` frees it. Saved runs: {other_runs}, "
+                f"{human_bytes(other_size)}.")
+    return here + (f"; the trash holds {other_runs} run(s), {human_bytes(other_size)} "
+                   "(`memlens runs --trash`)" if other_runs else "") + "."
+
+
 def _runs(store, as_json: bool, trash: bool = False) -> int:
     """The saved runs (or, with ``trash``, the trashed ones: `memlens restore` them)."""
     runs = store.trashed_runs() if trash else store.list()
@@ -1024,6 +1069,10 @@ def _runs(store, as_json: bool, trash: bool = False) -> int:
         return EXIT_OK
     if not runs:
         print(f"no runs in the trash ({folder})" if trash else f"no saved runs in {folder}")
+        held, size = store.usage(trash=True)
+        if not trash and held:
+            print(f"the trash holds {held} run(s), {human_bytes(size)} (`memlens runs --trash`; "
+                  "`memlens restore RUN_ID` brings one back)")
         return EXIT_OK
     n_est = sum(k == "estimate" for k in kinds.values())
     print(f"{len(runs)} run(s) in {folder}"
@@ -1036,6 +1085,7 @@ def _runs(store, as_json: bool, trash: bool = False) -> int:
         label = f"  · {s.label}" if s.label else ""
         print(f"{s.run_id:<{width}} {kinds[s.run_id]:<8} {s.workload:<9} "
               f"{human_bytes(s.peak_bytes):>11} {lat:>10}  {s.model}{label}")
+    print(_usage_line(store, trash))
     return EXIT_OK
 
 

@@ -205,6 +205,55 @@ class RunStore:
         return self._move(run_id, self.trash_root, self.root, "run in the trash",
                           f"Trashed runs are the .json files in {self.trash_root}.")
 
+    def purge(self, run_id: str) -> int:
+        """Remove a run in the trash for good (its attention maps first, then its JSON: a crash
+        between the two leaves a restorable run, never maps without a run); returns the bytes
+        freed. Only trashed runs: a listed run goes to the trash first (:meth:`trash`)."""
+        json_path = self.trash_root / f"{run_id}.json"
+        if not _is_plain_id(run_id) or not json_path.is_file():
+            listed = _is_plain_id(run_id) and self.path_for(run_id).is_file()
+            raise MemLensError(
+                ErrorKind.NOT_FOUND,
+                f"Run {run_id} is not in the trash." if listed
+                else f"No run in the trash with id {run_id!r}.",
+                "Only deleted runs are removed for good: delete it first (Saved runs → Delete; "
+                f"`memlens delete {run_id}`)." if listed
+                else "List the trash with `memlens runs --trash`.")
+        freed = 0
+        for p in (self.trash_root / f"{run_id}.attn.safetensors", json_path):
+            try:
+                size = p.stat().st_size
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise MemLensError(ErrorKind.STORE, f"Could not remove {p}: "
+                                   f"{exc.strerror or exc}.",
+                                   "Check that the trash folder is writable, or remove the "
+                                   "file by hand.") from exc
+            freed += size
+        return freed
+
+    def usage(self, trash: bool = False) -> tuple[int, int]:
+        """(runs, bytes on disk) of the saved runs, or of the trash: the JSON files and their
+        attention maps (maps without a run are counted too: they take the space as well)."""
+        folder = self.trash_root if trash else self.root
+        runs = size = 0
+        if not folder.is_dir():
+            return 0, 0
+        for p in folder.iterdir():
+            if p.name.startswith(".") or not p.is_file():
+                continue
+            if p.name.endswith(".json"):
+                runs += 1
+            elif not p.name.endswith(".attn.safetensors"):
+                continue
+            try:
+                size += p.stat().st_size
+            except OSError:
+                pass  # removed meanwhile
+        return runs, size
+
     def trashed(self) -> list[str]:
         """Ids of the runs in the trash (sorted)."""
         if not self.trash_root.is_dir():

@@ -227,6 +227,7 @@ class MainWindow(QMainWindow):
                                                QKeySequence.StandardKey.Undo)
         self.undo_delete_action.setEnabled(False)
         self._action(edit_menu, "&Restore a deleted run…", self.restore_deleted_run_dialog)
+        self._action(edit_menu, "&Empty the trash…", self.empty_trash)
 
         run_menu = bar.addMenu("&Run")
         self.run_action = self._action(run_menu, "&Run", lambda: self.start_run(
@@ -839,8 +840,8 @@ class MainWindow(QMainWindow):
             what = run_ids[0] if len(run_ids) == 1 else f"these {len(run_ids)} runs"
             answer = QMessageBox.question(
                 self, "Delete runs", f"Move {what} to the trash?\n\nThey are kept in "
-                f"{store.trash_root} (delete the files there to free the space); Edit → Undo "
-                "delete brings them back.")
+                f"{store.trash_root}: Edit → Undo delete brings them back, and Edit → Empty "
+                "the trash… frees their space for good.")
             if answer != QMessageBox.StandardButton.Yes:
                 return False
         moved = self._each_run(run_ids, store.trash, "delete")
@@ -885,6 +886,37 @@ class MainWindow(QMainWindow):
         if not ok or choice not in items:
             return False
         return self._restore_runs([ids[items.index(choice)]])
+
+    def empty_trash(self, confirm: bool = True) -> bool:
+        """Edit → Empty the trash…: remove every deleted run (and its maps) for good, after
+        asking; the size freed is logged."""
+        store = self._get_store()
+        if store is None:
+            return False
+        ids = store.trashed()
+        if not ids:
+            self.log.info(f"The trash of {store.root} is empty.")
+            self.status.show_message("The trash is empty.")
+            return False
+        _, size = store.usage(trash=True)
+        if confirm:
+            answer = QMessageBox.question(
+                self, "Empty the trash", f"Remove the {len(ids)} deleted run(s) in "
+                f"{store.trash_root} for good, freeing {human_bytes(size)}?\n\nThis cannot be "
+                "undone.")
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        freed: list[int] = []
+        removed = self._each_run(ids, lambda run_id: freed.append(store.purge(run_id)),
+                                 "remove")
+        self._last_deleted = [i for i in self._last_deleted if i not in removed]
+        self.undo_delete_action.setEnabled(bool(self._last_deleted))
+        if removed:
+            said = (f"Removed {len(removed)} deleted run(s) for good: "
+                    f"{human_bytes(sum(freed))} freed.")
+            self.log.info(said)
+            self.status.show_message(said)
+        return len(removed) == len(ids)
 
     def _restore_runs(self, run_ids: Sequence[str]) -> bool:
         store = self._get_store()

@@ -15,6 +15,7 @@ from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
 from engine.config import RunConfig  # noqa: E402
+from engine.format import human_bytes  # noqa: E402
 from engine.store import RunStore  # noqa: E402
 
 from .qt_helpers import distinct_colours  # noqa: E402
@@ -681,6 +682,27 @@ def test_filter_label_delete_and_undo_in_the_saved_runs(qtbot, real_store, monke
     assert "opt" in panel.run_ids()
     assert not window.restore_deleted_run_dialog()  # an empty trash: a note, no dialog
     assert "trash of" in window.log.text()
+
+    # Edit → Empty the trash… removes the deleted runs for good, after asking
+    window.delete_saved_runs(["opt"], confirm=False)
+    assert window.undo_delete_action.isEnabled()
+    asked: list[str] = []
+    answers = iter([QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes])
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda *a, **k: (asked.append(a[2]), next(answers))[1])
+    action = next(a for a in window.menuBar().actions()[1].menu().actions()
+                  if a.text() == "&Empty the trash…")
+    action.trigger()  # answered No
+    assert real_store.trashed() == ["opt"] and "cannot be undone" in asked[0]
+    size = real_store.usage(trash=True)[1]
+    assert f"freeing {human_bytes(size)}" in asked[0]
+    action.trigger()  # answered Yes
+    assert real_store.trashed() == [] and not any(real_store.trash_root.iterdir())
+    assert f"for good: {human_bytes(size)} freed" in window.log.text()
+    assert not window.undo_delete_action.isEnabled()  # nothing left to bring back
+    assert panel.run_ids() == ["ref"]
+    assert not window.empty_trash()  # empty: a note, no question
+    assert len(asked) == 2 and "The trash of" in window.log.text()
 
 
 def test_estimate_takes_from_the_controls_only_what_an_estimate_can_use(qtbot, tmp_path):

@@ -332,6 +332,46 @@ def test_delete_moves_runs_to_the_trash_and_restore_brings_them_back(saved, tmp_
     assert store.list() and (store.root.parent / "runs").is_dir()
 
 
+def test_the_trash_is_emptied_for_good_and_sizes_are_shown(saved, tmp_path, capsys):
+    """`memlens delete --empty-trash` frees the trash's space (the delete dialog used to say
+    'delete the files there'); `memlens runs` says what the store and its trash take on disk."""
+    import shutil
+
+    source, result = saved
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(source.root, store.root)
+    run_id, root = result.run_id, str(store.root)
+    files = [store.path_for(run_id), store.attention_path(run_id)]
+    on_disk = sum(p.stat().st_size for p in files)
+    assert store.usage() == (1, on_disk) and store.usage(trash=True) == (0, 0)
+    assert cli.main(["--store", root, "runs"]) == cli.EXIT_OK
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        f"{cli.human_bytes(on_disk)} on disk")
+    with pytest.raises(MemLensError) as info:  # a listed run is trashed first
+        store.purge(run_id)
+    assert "not in the trash" in info.value.message and "memlens delete" in info.value.hint
+    assert cli.main(["--store", root, "delete"]) == cli.EXIT_USAGE  # no ids, no flag
+    assert "--empty-trash" in capsys.readouterr().err
+    assert cli.main(["--store", root, "delete", run_id]) == cli.EXIT_OK
+    assert store.usage(trash=True) == (1, on_disk)
+    assert cli.main(["--store", root, "runs"]) == cli.EXIT_OK
+    assert "the trash holds 1 run(s)" in capsys.readouterr().out
+    assert cli.main(["--store", root, "delete", "--empty-trash", run_id]) == cli.EXIT_USAGE
+    assert store.trashed() == [run_id]  # refused: nothing removed
+    capsys.readouterr()
+    assert cli.main(["--store", root, "delete", "--empty-trash"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert f"removed 1 run(s) from {store.trash_root} for good: " \
+           f"{cli.human_bytes(on_disk)} freed" in out
+    assert store.trashed() == [] and not any(p.exists() for p in files)
+    assert not list(store.trash_root.iterdir())  # the maps went too
+    assert cli.main(["--store", root, "delete", "--empty-trash"]) == cli.EXIT_OK
+    assert "the trash is empty" in capsys.readouterr().out
+    with pytest.raises(MemLensError) as info:
+        store.purge(run_id)
+    assert info.value.kind is ErrorKind.NOT_FOUND and "--trash" in info.value.hint
+
+
 def test_a_label_changes_only_the_label(saved, tmp_path, capsys):
     import shutil
 
