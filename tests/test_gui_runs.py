@@ -99,9 +99,13 @@ def test_compare_view_draws_each_run_and_the_scatter(qtbot, real_store, tmp_path
     window = make_window(qtbot, FakeEngine(), real_store)
     panel = window.saved_runs
     panel.view.sortByColumn(7, Qt.SortOrder.DescendingOrder)  # ref first
+    compare = window.compare_panel
+    # Before a comparison, the charts say what they will show (no 0-1 axes meaning nothing)
+    assert "No comparison yet" in compare.empty_text()
+    assert not compare.bars_plot.getAxis("left").style["showValues"]
     panel.select(["ref", "opt"])
     qtbot.mouseClick(panel.compare_button, Qt.MouseButton.LeftButton)
-    compare = window.compare_panel
+    assert compare.empty_text() == "" and compare.bars_plot.getAxis("left").style["showValues"]
     assert window.workspace.currentWidget() is window.runs_tab
     c = compare.comparison
     assert c is not None and [r.run_id for r in c.runs] == ["ref", "opt"]

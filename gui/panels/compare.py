@@ -63,6 +63,8 @@ _AXIS_LABELS = {
 }
 
 SELECT_TEXT = "Select two or more saved runs in the table and press Compare selected."
+BARS_EMPTY = "No comparison yet.\nEach compared run's bars\nappear here side by side."
+SCATTER_EMPTY = "Peak memory against quality\nof each compared run."
 
 
 class ComparePanel(QWidget):
@@ -106,6 +108,14 @@ class ComparePanel(QWidget):
         self._point_labels: list[pg.TextItem] = []
         self.scatter_note = QLabel("")
         self.scatter_note.setWordWrap(True)
+        # An empty chart says what it will show instead of drawing 0-1 axes that mean nothing
+        # (as the Current run page's chart does).
+        self._empty_items = {}
+        for plot, text in ((self.bars_plot, BARS_EMPTY), (self.scatter_plot, SCATTER_EMPTY)):
+            item = pg.TextItem(text, color=theme.current().text, anchor=(0.5, 0.5))
+            plot.addItem(item, ignoreBounds=True)
+            self._empty_items[plot] = item
+        self._show_empty(True)
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
@@ -149,6 +159,21 @@ class ComparePanel(QWidget):
         self.table.setRowCount(0)
         self.message.setText(text or SELECT_TEXT)
         self._apply_ticks()
+        self._show_empty(True)
+
+    def empty_text(self) -> str:
+        """What the bar chart says in its middle while it is empty ('' when it shows runs)."""
+        item = self._empty_items[self.bars_plot]
+        return item.toPlainText() if item.isVisible() else ""
+
+    def _show_empty(self, empty: bool) -> None:
+        for plot, item in self._empty_items.items():
+            item.setVisible(empty)
+            for axis in ("left", "bottom"):
+                plot.getAxis(axis).setStyle(showValues=not empty)
+            if empty:
+                plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+                item.setPos(0.5, 0.5)
 
     def render(self, comparison: Comparison, why: str = "") -> None:
         """``why``: how the reference (the first run) was chosen, said after its id."""
@@ -167,6 +192,7 @@ class ComparePanel(QWidget):
                      "latencies measure different amounts of work, not only what the "
                      "optimizations changed.")
         self.message.setText(text)
+        self._show_empty(False)
         self._redraw()
         self._render_scatter()
         self._render_table()
