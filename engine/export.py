@@ -6,8 +6,11 @@ never 0.
 
 * :func:`write_layers_csv` — the per-layer table: the GUI table's columns in its order
   (:data:`LAYER_COLUMNS`), bytes as exact integers, then the rest of each ``LayerStats`` record
-  (parent, depth, parameters, gradient and optimizer-state bytes, ``flops_complete``, and the
-  at-peak bytes per category) so that :func:`read_layers_csv` gives the records back.
+  (parent, depth, parameters, ``flops_complete``, and the at-peak bytes per category) so that
+  :func:`read_layers_csv` gives the records back. A last row, ``(unattributed)`` (kind
+  ``unattributed``), holds the bytes live at the peak that no layer holds, so the
+  ``at_peak_bytes`` column adds up to the run's peak exactly (as the GUI table's and the
+  report's unattributed row). :func:`read_layers_csv` leaves that row out.
 * :func:`write_timeline_csv` — the columnar telemetry (``RunResult.timeline``): one row per
   sample, one column per series, in the record's column order; :func:`read_timeline_csv` reads
   it back.
@@ -62,6 +65,8 @@ LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("weights_bytes", "Weights (own)"),
     ("activation_bytes", "Activations (output)"),
     ("saved_for_backward_bytes", "Saved for backward (own)"),
+    ("gradient_bytes", "Gradients (own)"),
+    ("optimizer_state_bytes", "Optimizer state (own)"),
     ("kv_cache_bytes", "KV cache"),
     ("transient_peak_bytes", "Transient peak"),
     ("latency_ms", "Latency"),
@@ -69,8 +74,8 @@ LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("at_peak_bytes", "At peak (own)"),
 )
 # The rest of a LayerStats record, after the GUI's columns.
-_EXTRA_COLUMNS = ("parent", "depth", "parameters", "gradient_bytes", "optimizer_state_bytes",
-                  "flops_complete")
+_EXTRA_COLUMNS = ("parent", "depth", "parameters", "flops_complete")
+UNATTRIBUTED_ROW = "(unattributed)"  # the last row: what no layer holds at the peak
 _AT_PEAK_PREFIX = "at_peak."
 
 LAYERS_CSV = "layers.csv"
@@ -168,14 +173,17 @@ def layers_csv(result: RunResult) -> str:
     rows = []
     for layer in result.layers:
         row: list[Any] = []
-        for column, _ in LAYER_COLUMNS:
-            if column == "at_peak_bytes":  # the GUI shows "—" for a layer with no record
-                row.append(layer.at_peak_bytes if layer.at_peak else None)
-            else:
-                row.append(getattr(layer, column))
+        # (at_peak_bytes: a layer holding nothing at the peak holds 0 B, a measured zero)
+        row: list[Any] = [getattr(layer, column) for column, _ in LAYER_COLUMNS]
         row += [getattr(layer, column) for column in _EXTRA_COLUMNS]
         row += [layer.at_peak.get(c) for c in categories]
         rows.append(row)
+    t = result.totals
+    if result.layers or t.peak_bytes:
+        rest: dict[str, Any] = {"name": UNATTRIBUTED_ROW, "kind": "unattributed",
+                                "at_peak_bytes": t.unattributed_bytes}
+        rows.append([rest.get(c) for c, _ in LAYER_COLUMNS] + [None] * len(_EXTRA_COLUMNS)
+                    + [None] * len(categories))
     return _csv_text(header, rows)
 
 
@@ -189,6 +197,8 @@ def read_layers_csv(path: Path | str) -> list[LayerStats]:
         reader = csv.DictReader(f)
         out = []
         for row in reader:
+            if row.get("kind") == "unattributed" and row.get("name") == UNATTRIBUTED_ROW:
+                continue  # not a layer: the bytes no layer holds at the peak
             values = {k: _parse(v) for k, v in row.items()}
             at_peak = {k[len(_AT_PEAK_PREFIX):]: int(v) for k, v in values.items()
                        if k.startswith(_AT_PEAK_PREFIX) and v is not None}

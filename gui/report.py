@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ErrorKind, MemLensError
-from engine.format import (MISSING, human_bytes, human_count, human_ms, human_seconds,
-                           kv_cache_text, quality_parts)
+from engine.format import (MISSING, human_bytes, human_count, human_flops, human_ms,
+                           human_seconds, kv_cache_text, quality_parts)
 from engine.results import RunResult
 
 PANEL_WIDTH = 1200  # every picture is this many pixels wide
@@ -407,40 +407,68 @@ def _totals_html(result: RunResult) -> str:
 
 
 def _layer_table_html(result: RunResult) -> str:
-    from .panels.layer_table import COLUMNS
+    from .panels.layer_table import COLUMNS, FLOPS_INCOMPLETE, cell_text, used_columns
 
-    # Header words broken mid-word ("Activation s") read badly: a header breaks only at spaces.
-    head = "".join(f"<th style='white-space: nowrap'>{_e(c.title).replace(' ', '<br>')}</th>"
-                   for c in COLUMNS)
+    # The columns with a value in some row, as the window shows them: a column of dashes (saved
+    # for backward in inference, gradients outside training) only pushed the last columns off
+    # the PDF's page.
+    shown = used_columns(result.layers)
+    columns = [COLUMNS[i] for i in shown]
+    left_out = [c.title for i, c in enumerate(COLUMNS) if i not in shown]
+    # Cells do not wrap, so a wider table (a training run's eleven columns) takes a smaller
+    # type to stay within the A4 page (set on every cell: Qt's rich text does not inherit a
+    # table's font size).
+    size = max(6.5, 8.0 - 0.75 * max(len(columns) - 9, 0))
+    nowrap = f"style='white-space: nowrap; font-size: {size:g}pt'"
     rows = []
     for layer in result.layers:
         cells = []
-        for i, column in enumerate(COLUMNS):
-            value = column.value(layer)
+        for i, column in enumerate(columns):
             if i == 0:  # children indented under their block, by their own name
                 name = layer.name.rsplit(".", 1)[-1] if layer.depth else layer.name
                 text = "&nbsp;" * 3 * max(layer.depth, 0) + _e(name)
             else:
-                text = _e(column.text(value) if value is not None else MISSING)
+                text = _e(cell_text(column, layer))
             align = "right" if column.numeric else "left"
-            cells.append(f"<td align='{align}' style='white-space: nowrap'>{text}</td>")
+            cells.append(f"<td align='{align}' {nowrap}>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
+    # Header words broken mid-word ("Activation s") read badly: a header breaks only at spaces.
+    head = "".join(f"<th {nowrap}>{_e(c.title).replace(' ', '<br>')}</th>" for c in columns)
     t = result.totals
-    blank = "<td></td>" * (len(COLUMNS) - 2)
-    nowrap = "style='white-space: nowrap'"
     peak_name = "estimated peak" if result.estimate is not None else "peak"
-    rows.append(f"<tr class='sum'><td {nowrap}>unattributed</td>{blank}"
-                f"<td align='right' {nowrap}>{_e(human_bytes(t.unattributed_bytes))}</td></tr>")
-    rows.append(f"<tr class='sum'><td {nowrap}><b>{peak_name}</b></td>{blank}"
-                f"<td align='right' {nowrap}><b>{_e(human_bytes(t.peak_bytes))}</b></td></tr>")
+    # The peak row also carries the run's totals where a column has one (as the CLI's table):
+    # all the model's weights at rest, the whole pass's latency and FLOPs.
+    whole = {"Weights (own)": human_bytes(t.model_weights_bytes),
+             "Latency": human_ms(t.latency_ms) if t.latency_ms is not None else "",
+             "FLOPs": (human_flops(t.flops) + ("*" if t.flops_uncounted_ops else ""))
+             if t.flops is not None else ""}
+
+    def summary(label: str, at_peak: str, totals: dict[str, str]) -> str:
+        cells = [f"<td {nowrap}>{label}</td>"]
+        for column in columns[1:-1]:
+            cells.append(f"<td align='right' {nowrap}>{_e(totals.get(column.title, ''))}</td>")
+        cells.append(f"<td align='right' {nowrap}>{at_peak}</td>")
+        return "<tr class='sum'>" + "".join(cells) + "</tr>"
+
+    rows.append(summary("unattributed", _e(human_bytes(t.unattributed_bytes)), {}))
+    rows.append(summary(f"<b>{peak_name}</b>", f"<b>{_e(human_bytes(t.peak_bytes))}</b>",
+                        whole))
+    notes = ["Weights, saved for backward, gradients, optimizer state and at-peak bytes are "
+             "exclusive (a block's row excludes its attention and MLP rows); output bytes, "
+             "transient peaks, latency and FLOPs are inclusive. The peak row's weights are all "
+             "the model's weights at rest, and its latency and FLOPs the whole pass's."]
+    if any(layer.flops_complete is False for layer in result.layers) or t.flops_uncounted_ops:
+        notes.append(FLOPS_INCOMPLETE + ".")
+    if left_out:
+        notes.append("Not recorded in this run, so left out: " + ", ".join(left_out).lower()
+                     + ".")
+    notes.append("Exact bytes are in layers.csv (<code>memlens export RUN --csv DIR</code>).")
     # <thead>: the PDF repeats the header row on every page the table continues on.
     return (f"<table class='grid' border='1' cellspacing='0' cellpadding='3'>"
             f"<thead><tr>{head}</tr></thead>"
             + "".join(rows) + "</table>"
-            "<p class='note'>Weights, saved for backward and at-peak bytes are exclusive (a "
-            "block's row excludes its attention and MLP rows); output bytes, transient peaks, "
-            "latency and FLOPs are inclusive. Exact bytes are in layers.csv "
-            "(<code>memlens export RUN --csv DIR</code>).</p>")
+            "<p class='note'>" + " ".join(
+                n if n.endswith("</code>).") else _e(n) for n in notes) + "</p>")
 
 
 def _optimizations_html(result: RunResult) -> str:

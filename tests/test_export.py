@@ -174,6 +174,11 @@ def test_layers_csv_round_trips_with_empty_cells_for_unmeasured(runs, tmp_path):
                 value = getattr(layer, column)
                 assert (row[column] == "") == (value is None), (column, layer.name)
                 assert row[column] != "0" or value == 0
+        # The last row is what no layer holds: the at-peak column adds up to the peak exactly
+        assert (rows[-1]["name"], rows[-1]["kind"]) == ("(unattributed)", "unattributed")
+        assert len(rows) == len(result.layers) + 1
+        assert int(rows[-1]["at_peak_bytes"]) == result.totals.unattributed_bytes
+        assert sum(int(r["at_peak_bytes"]) for r in rows) == result.totals.peak_bytes
     gen = by_workload["generate"]
     assert all(layer.saved_for_backward_bytes is None for layer in gen.layers)
     assert "saved_for_backward_bytes" in layers_csv(gen).splitlines()[0]

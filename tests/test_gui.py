@@ -344,12 +344,18 @@ def test_run_shows_progress_then_renders_the_result(qtbot, store):
     assert window.table.cell_text(2, 0).strip() == "model.layers.0.self_attn"
     assert window.table.cell_text(2, 1) == "attention"
     assert window.table.cell_text(2, 2) == "1.00 MiB"
-    assert window.table.cell_text(2, 4) == "—"  # saved for backward: not measured
-    assert window.table.cell_text(2, 5) == "128 KiB"
+    from gui.panels.layer_table import COLUMNS
+
+    col = {c.title.split(" (")[0]: i for i, c in enumerate(COLUMNS)}
+    assert window.table.cell_text(2, col["Saved for backward"]) == "—"  # not measured
+    assert window.table.cell_text(2, col["KV cache"]) == "128 KiB"
     assert window.table.cell_text(7, 3) == "—"  # lm_head activations: None
-    assert window.table.cell_text(0, 8) == "—"  # embedding FLOPs: None
-    assert window.table.cell_text(1, 8) == "48.0 MFLOP"
-    assert window.table.cell_text(1, 7) == "1.50 ms"
+    assert window.table.cell_text(0, col["FLOPs"]) == "—"  # embedding FLOPs: None
+    assert window.table.cell_text(1, col["FLOPs"]) == "48.0 MFLOP"
+    assert window.table.cell_text(1, col["Latency"]) == "1.50 ms"
+    # Columns with no value in any row are hidden (no gradients outside training)
+    assert window.table.view.isColumnHidden(col["Gradients"])
+    assert not window.table.view.isColumnHidden(col["KV cache"])
 
     # Chart: embedding, two blocks, head, plus the unattributed bar.
     assert window.chart.labels == ["embed_tokens", "0", "1", "lm_head", UNATTRIBUTED]

@@ -495,3 +495,34 @@ def test_rows_that_are_not_modules_say_what_they_hold(qtbot):
     assert "loss function" in tip and "not a module" in tip
     assert panel.model.data(panel.model.index(0, 0), Qt.ItemDataRole.ToolTipRole) == \
         "Fully qualified module name"
+
+
+def test_table_marks_incomplete_flops_shows_measured_zeros_and_training_columns(qtbot):
+    """FLOPs from a row where an op had no formula carry the CLI's '*'; a module holding
+    nothing at the peak shows 0 B (measured), not '—' (not measured); a training run's
+    gradients and optimizer state have columns; columns with no value are hidden."""
+    from PySide6.QtCore import Qt
+
+    from engine.results import LayerStats
+    from gui.panels.layer_table import COLUMNS, LayerTablePanel
+
+    col = {c.title.split(" (")[0]: i for i, c in enumerate(COLUMNS)}
+    panel = LayerTablePanel()
+    qtbot.addWidget(panel)
+    panel.render([LayerStats("mlp", "mlp", flops=12_600_000, flops_complete=False,
+                             gradient_bytes=2048, optimizer_state_bytes=4096,
+                             at_peak={"weights": 10}),
+                  LayerStats("lm_head", "head", flops=5, flops_complete=True)])
+    assert panel.cell_text(0, col["FLOPs"]) == "12.6 MFLOP*"
+    tip = panel.model.data(panel.model.index(0, col["FLOPs"]), Qt.ItemDataRole.ToolTipRole)
+    assert "FLOPs incomplete" in tip
+    assert panel.cell_text(1, col["FLOPs"]) == "5 FLOP"
+    assert panel.cell_text(1, col["At peak"]) == "0 B"
+    assert panel.cell_text(0, col["Gradients"]) == "2.00 KiB"
+    assert panel.cell_text(0, col["Optimizer state"]) == "4.00 KiB"
+    assert panel.cell_text(1, col["Gradients"]) == "—"
+    hidden = {c.title for i, c in enumerate(COLUMNS) if panel.view.isColumnHidden(i)}
+    assert hidden == {"Activations (output)", "Saved for backward (own)", "KV cache",
+                      "Transient peak", "Latency"}
+    panel.clear()
+    assert not any(panel.view.isColumnHidden(i) for i in range(len(COLUMNS)))

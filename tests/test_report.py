@@ -101,10 +101,15 @@ def test_report_of_one_run(qapp, saved, tmp_path):
         assert f"<h3>{heading}</h3>" in text, heading
     assert plain.environment["libraries"]["torch"] in text, "html torch version"
     assert plain.limitations[0][:40] in text, "html limitations"
-    # A forward run has no KV cache: the table says "—", never 0.
+    # A forward run has no KV cache and saves nothing for backward: those columns, empty in
+    # every row, are left out and named; a value not measured in one row says "—", never 0.
+    head = re.search(r"<thead><tr>(.*?)</tr></thead>", text).group(1)
+    assert "KV<br>cache" not in head and "Saved<br>for" not in head, head
+    assert "left out: saved for backward (own), gradients (own), optimizer state (own), " \
+           "kv cache." in text
     row = re.search(r"<tr><td[^>]*>model\.embed_tokens</td>(.*?)</tr>", text).group(1)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
-    assert cells[4] == "—" and cells[3] == "—", cells  # saved for backward, KV cache
+    assert cells[5] == "—", cells  # the embedding's FLOPs: no matmul, not counted
     assert "ESTIMATE" not in text
     # The PDF: pages that are not blank, with the run's text.
     pages = _pdf_pages(files.pdf, tmp_path)

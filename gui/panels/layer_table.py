@@ -23,6 +23,22 @@ class Column:
     text: Callable[[Any], str]
     tooltip: str = ""
     numeric: bool = True
+    mark: Callable[[LayerStats], str] | None = None  # a suffix such as "*" (FLOPs incomplete)
+
+
+def cell_text(column: Column, layer: LayerStats) -> str:
+    """A cell as the table (and the report) shows it: "—" for a value not recorded."""
+    value = column.value(layer)
+    text = column.text(value) if value is not None else MISSING
+    return text + (column.mark(layer) if column.mark is not None else "")
+
+
+def _flops_mark(layer: LayerStats) -> str:
+    return "*" if layer.flops_complete is False else ""
+
+
+FLOPS_INCOMPLETE = ("* FLOPs incomplete: an op without a FLOP formula ran in this row (the "
+                    "run's warnings name it)")
 
 
 def _exact_bytes(value: Any) -> str:
@@ -40,16 +56,29 @@ COLUMNS: tuple[Column, ...] = (
            "Bytes of the module's output (inclusive of children)"),
     Column("Saved for backward (own)", lambda s: s.saved_for_backward_bytes, human_bytes,
            "Tensors kept for the backward pass (exclusive)"),
+    Column("Gradients (own)", lambda s: s.gradient_bytes, human_bytes,
+           "Gradients of this module's own parameters (training; exclusive)"),
+    Column("Optimizer state (own)", lambda s: s.optimizer_state_bytes, human_bytes,
+           "Optimizer state of this module's own parameters, e.g. Adam's two moments "
+           "(training; exclusive)"),
     Column("KV cache", lambda s: s.kv_cache_bytes, human_bytes,
            "This layer's key/value cache when generation ended (the totals' KV cache is the "
            "cache at the memory peak, which may come earlier)"),
     Column("Transient peak", lambda s: s.transient_peak_bytes, human_bytes,
            "Highest live bytes during the module minus those at its entry (inclusive)"),
     Column("Latency", lambda s: s.latency_ms, human_ms, "Milliseconds (inclusive)"),
-    Column("FLOPs", lambda s: s.flops, human_flops, "Floating-point operations (inclusive)"),
-    Column("At peak (own)", lambda s: s.at_peak_bytes if s.at_peak else None, human_bytes,
+    Column("FLOPs", lambda s: s.flops, human_flops,
+           "Floating-point operations (inclusive); " + FLOPS_INCOMPLETE, mark=_flops_mark),
+    # (a module that holds nothing at the peak holds 0 B there: measured, not missing)
+    Column("At peak (own)", lambda s: s.at_peak_bytes, human_bytes,
            "Bytes this module holds at the measured peak (exclusive)"),
 )
+
+
+def used_columns(layers: Sequence[LayerStats]) -> list[int]:
+    """Indexes of the columns with a value in some row (name and kind always)."""
+    return [i for i, c in enumerate(COLUMNS)
+            if i < 2 or any(c.value(layer) is not None for layer in layers)]
 
 
 class LayerTableModel(QAbstractTableModel):
@@ -80,12 +109,14 @@ class LayerTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             if index.column() == 0:
                 return "    " * max(layer.depth, 0) + layer.name
-            return column.text(value) if value is not None else MISSING
+            return cell_text(column, layer)
         if role == Qt.ItemDataRole.ToolTipRole:
             if index.column() == 0 and layer.name in PSEUDO_ROWS:
                 return PSEUDO_ROWS[layer.name]
             if column.text is human_bytes:
                 return _exact_bytes(value)
+            if column.mark is not None and column.mark(layer):
+                return FLOPS_INCOMPLETE
             return column.tooltip or None
         if role == Qt.ItemDataRole.TextAlignmentRole:
             if column.numeric:
@@ -127,11 +158,17 @@ class LayerTablePanel(QWidget):
     def render(self, layers: Sequence[LayerStats]) -> None:
         resize = len(layers) != self.model.rowCount()  # live updates keep the user's widths
         self.model.set_layers(layers)
+        # A column with no value in any row (saved for backward in inference, the KV cache
+        # outside generation, gradients outside training) is hidden rather than a column of
+        # dashes; it comes back with the first value.
+        used = set(used_columns(layers)) if layers else set(range(len(COLUMNS)))
+        for i in range(len(COLUMNS)):
+            self.view.setColumnHidden(i, i not in used)
         if resize:
             self.view.resizeColumnsToContents()
 
     def clear(self) -> None:
-        self.model.set_layers([])
+        self.render([])
 
     def cell_text(self, row: int, column: int) -> str:
         return self.model.data(self.model.index(row, column))
