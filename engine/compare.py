@@ -126,6 +126,23 @@ class Comparison:
     quality: list[float | None] = field(default_factory=list)
     latency_ms: list[float | None] = field(default_factory=list)  # plain (uninstrumented) pass
     latency_ratio: list[float | None] = field(default_factory=list)  # against the first run
+    # slowest / fastest of each run's plain timing passes (None: fewer than two passes)
+    latency_spread: list[float | None] = field(default_factory=list)
+
+    def ratio_noisy(self, i: int) -> bool:
+        """Run ``i``'s latency ratio rests on timing passes (its own or the reference's) that
+        disagree too much to trust it (the runs' own warnings say by how much)."""
+        from .runner import NOISY_TIMING_SPREAD
+
+        return any((s or 0) > NOISY_TIMING_SPREAD
+                   for s in (self.latency_spread[i], self.latency_spread[0]))
+
+    def ratio_text(self, i: int) -> str:
+        """"×0.88", with " (noisy)" when :meth:`ratio_noisy`; "—" without a ratio."""
+        ratio = self.latency_ratio[i]
+        if ratio is None:
+            return MISSING
+        return f"×{ratio:.2f}" + (" (noisy)" if i and self.ratio_noisy(i) else "")
 
     @property
     def different_models(self) -> bool:
@@ -140,10 +157,11 @@ class Comparison:
         return sizes_of(self.runs)
 
     def labels(self) -> list[str]:
-        """A short name per run that tells the runs apart: the optimizations, then the
-        workload where that repeats, then the input size, then the run id's end."""
-        names = [optimizations_text(r.optimizations) + (" (estimate)" if r.is_estimate else "")
-                 for r in self.runs]
+        """A short name per run that tells the runs apart: the user's label (the name they
+        gave the run), else the optimizations; then the workload where that repeats, then the
+        input size, then the run id's end."""
+        names = [(" ".join((r.config.label or "").split()) or optimizations_text(r.optimizations))
+                 + (" (estimate)" if r.is_estimate else "") for r in self.runs]
         for extra in (lambda r: r.config.workload, input_size, lambda r: r.run_id[-4:]):
             # An extra is added to a repeated name only where it tells that name's runs apart.
             telling = {n for n in names if len({extra(r) for m, r in zip(names, self.runs)
@@ -187,6 +205,11 @@ def reference_first(runs: Sequence[RunResult], preferred: str | None = None
     return runs, "the first run"
 
 
+def _spread(times: Sequence[float] | None) -> float | None:
+    times = [ms for ms in times or [] if ms and ms > 0]
+    return max(times) / min(times) if len(times) >= 2 else None
+
+
 def compare(runs: Sequence[RunResult]) -> Comparison:
     """Align ``runs`` (two or more; the first is the reference) bar by bar."""
     if not runs:
@@ -204,6 +227,7 @@ def compare(runs: Sequence[RunResult]) -> Comparison:
     ref_ms = comparison.latency_ms[0]
     comparison.latency_ratio = [ms / ref_ms if ms and ref_ms else None
                                 for ms in comparison.latency_ms]
+    comparison.latency_spread = [_spread((r.timing or {}).get("plain_ms")) for r in runs]
     for key, label, better in QUALITY_METRICS:
         values = [quality_figure(r.quality, key) for r in runs]
         needed = (len(runs) if key == "generated_token_agreement"
@@ -226,16 +250,23 @@ def print_comparison(runs: list[RunResult], out: TextIO) -> None:
     for i, r in enumerate(runs):
         w(f"[{i}] {_describe(r)}\n")
     w("\n")
-    head = f"{'':4}{'peak':>11}{'Δ peak':>12}{'weights':>11}{'latency ms':>12}{'× latency':>10}  quality\n"
+    c = compare(runs)
+    ratios = [c.ratio_text(i) for i in range(len(runs))]
+    width = max(10, *(len(r) + 1 for r in ratios))
+    head = (f"{'':4}{'peak':>11}{'Δ peak':>12}{'weights':>11}{'latency ms':>12}"
+            f"{'× latency':>{width}}  quality\n")
     w(head)
     for i, r in enumerate(runs):
         t = r.totals
-        ratio = (t.plain_latency_ms / ref.totals.plain_latency_ms
-                 if t.plain_latency_ms and ref.totals.plain_latency_ms else None)
         w(f"[{i}] {human_bytes(t.peak_bytes):>11}{_signed(t.peak_bytes - ref.totals.peak_bytes):>12}"
           f"{human_bytes(t.model_weights_bytes):>11}"
           f"{(f'{t.plain_latency_ms:.2f}' if t.plain_latency_ms else MISSING):>12}"
-          f"{(f'{ratio:.2f}' if ratio else MISSING):>10}  {_quality(r)}\n")
+          f"{ratios[i]:>{width}}  {_quality(r)}\n")
+    if any(c.ratio_noisy(i) for i in range(1, len(runs))):
+        from .runner import NOISY_TIMING_SPREAD
+
+        w(f"\n(noisy: that run's or [0]'s timing passes were more than ×{NOISY_TIMING_SPREAD:g} "
+          "apart, so the latency ratio may be off; their warnings say how far)\n")
     if any(r.config.model != ref.config.model for r in runs[1:]):
         w("\n(different models: per-layer deltas are shown for layers with the same name)\n")
     workloads = workloads_of(runs)

@@ -50,13 +50,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import ErrorKind, MemLensError
 from .results import CATEGORIES, LayerStats, RunResult
+from .store import temporary_beside
 
 # The GUI table's columns, in its order: (CSV header, the GUI table's title, value).
 LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -105,7 +105,7 @@ def _write_text(path: Path, text: str) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temporary_beside(path)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
                 f.write(text)

@@ -60,6 +60,11 @@ class ChangeTracker:
     def after(self, opt_id: str) -> list[str]:
         now = signatures(self.model)
         changed = [n for n, sig in now.items() if self._last.get(n) != sig]
+        # A module that came with its replaced parent (int8's _packed_params, LoRA's lora_A)
+        # is part of that change, not one more module changed: counted once, as the
+        # optimization's own "modules changed" counts it.
+        changed = [n for n in changed
+                   if n in self._last or (n.rsplit(".", 1)[0] if "." in n else "") not in changed]
         for gone in (n for n in self._last if n not in now):
             parent = gone.rsplit(".", 1)[0] if "." in gone else ""
             if parent in now and parent not in changed:

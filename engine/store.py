@@ -56,8 +56,31 @@ class RunSummary:
     kind: str = "measured"  # or "estimate" (fake tensors: no weights, no real memory)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _default_mode() -> int:
+    """The mode ``open()`` gives a new file here (0o666 less the umask), read once at import:
+    the umask can only be read by setting it, which is not safe once threads run."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+NEW_FILE_MODE = _default_mode()
+
+
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path`` for an atomic write, with the permissions a file
+    created by ``open()`` would have (``mkstemp`` makes it 0600, which left exported files and
+    runs unreadable to the rest of a team sharing the folder)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, NEW_FILE_MODE)
+    except OSError:
+        pass  # a file system without modes: keep what mkstemp made
+    return fd, tmp
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -657,8 +657,9 @@ def _cpu_model() -> str | None:
 def environment(device: str) -> dict[str, Any]:
     """Describe the software and hardware for ``device`` (JSON-serialisable; never raises).
 
-    Keys: ``python``, ``platform``, ``libraries`` (name -> version or None; PySide6 only when it
-    is already imported, Qt is never imported here), ``cpu`` (model, logical/physical counts,
+    Keys: ``python``, ``platform``, ``libraries`` (name -> version or None when not installed:
+    MemLens itself, its dependencies and the optimization libraries; PySide6 only when it is
+    already imported, Qt is never imported here), ``cpu`` (model, logical/physical counts,
     cores usable by this process), ``ram_total_bytes``, ``device``, ``nvml``
     (``{"available", "reason"}``) and, for a CUDA device, ``cuda`` (availability, name,
     capability, total memory, CUDA runtime/driver versions, driver version, NVML index).
@@ -672,6 +673,14 @@ def environment(device: str) -> dict[str, Any]:
         "nvidia-ml-py": _dist_version("nvidia-ml-py", "pynvml"),
         "safetensors": _dist_version("safetensors"),
         "tokenizers": _dist_version("tokenizers"),
+        "memlens": _dist_version("memlens"),
+        # the optimization libraries (None: not installed), read from package metadata
+        # without importing them
+        "accelerate": _dist_version("accelerate"),
+        "peft": _dist_version("peft"),
+        "torchao": _dist_version("torchao"),
+        "optimum-quanto": _dist_version("optimum-quanto"),
+        "bitsandbytes": _dist_version("bitsandbytes"),
     }
     torch: Any = None
     try:

@@ -309,8 +309,13 @@ def _config_rows(result: RunResult) -> list[tuple[str, str]]:
                 if (result.estimate.get("tensor_parallel") or 1) > 1 else "") + ")")
              if result.estimate is not None else "measured"),
             ("model", cfg.model), ("label", cfg.label or MISSING),
-            ("workload", cfg.workload), ("batch", _v(cfg.batch)),
-            ("sequence", _v(cfg.seq))]
+            ("workload", cfg.workload), ("batch", _v(cfg.batch))]
+    shape = (result.inputs or {}).get("shape")
+    if cfg.prompt and shape and len(shape) > 1:  # the prompt sets the length, not Sequence
+        rows.append(("sequence", f"{shape[1]} tokens: the prompt's (the sequence setting, "
+                                 f"{cfg.seq}, was not used)"))
+    else:
+        rows.append(("sequence", _v(cfg.seq)))
     if cfg.workload == "generate":
         rows.append(("new tokens", _v(cfg.new_tokens)))
     rows += [("prompt", cfg.prompt if cfg.prompt is not None else MISSING),
@@ -347,11 +352,31 @@ def _config_rows(result: RunResult) -> list[tuple[str, str]]:
     return rows
 
 
+_ENV_NAMES = {"python_implementation": "Python implementation", "python": "Python",
+              "ram_total_bytes": "RAM", "nvml.available": "NVML available",
+              "nvml.reason": "NVML", "memlens": "MemLens"}
+
+
 def _environment_rows(result: RunResult) -> list[tuple[str, str]]:
+    """The run's environment, keys made readable ("cpu.logical_cores" → "CPU logical cores",
+    "libraries.torch" → "torch"); a library recorded without a version was not installed."""
     rows = []
     for key, value in _flatten("", result.environment):
-        text = _bytes_exact(value) if key.endswith("_bytes") else _v(value)
-        rows.append((key, text))
+        library = key.startswith("libraries.")
+        name = key.removeprefix("libraries.")
+        if name in _ENV_NAMES:
+            label = _ENV_NAMES[name]
+        elif library:
+            label = name
+        else:
+            label = name.removesuffix("_bytes").replace(".", " ").replace("_", " ")
+            label = " ".join(w.upper() if w in ("cpu", "cuda", "gpu", "nvml", "ram") else w
+                             for w in label.split())
+        if library and value is None:
+            text = "not installed"
+        else:
+            text = _bytes_exact(value) if key.endswith("_bytes") else _v(value)
+        rows.append((label[:1].upper() + label[1:] if not library else label, text))
     return rows or [("environment", "not recorded")]
 
 
@@ -367,22 +392,27 @@ def _totals_html(result: RunResult) -> str:
     ok = "reconciles" if t.reconciles() else "DOES NOT RECONCILE"
     exact = (f"{ok}: {t.peak_bytes:,} = {t.attributed_bytes:,} + {t.unattributed_bytes:,} bytes "
              f"({reconciliation_line(t, str).split('(')[-1].rstrip(')')})")
+    g = result.generation
+    full_text = bool(g and g.get("text"))
     parts = [f"<p class='recon'><b>{_e(lines[0])}</b><br>{_e(exact)}</p>", "<ul>"]
-    parts += [f"<li>{_e(line)}</li>" for line in lines[1:]]
+    # (the generated text is given whole below: its excerpt would say it twice)
+    parts += [f"<li>{_e(line)}</li>" for line in lines[1:]
+              if not (full_text and line.startswith("generated: "))]
     if result.phase_peaks:
         parts.append("<li>phase peaks: " + _e(" · ".join(
             f"{k} {human_bytes(v)}" for k, v in result.phase_peaks.items())) + "</li>")
     if timed:
         parts += [f"<li>{_e(line)}</li>" for line in summary_lines(result)]
-    g = result.generation
     if g:
         steps = g.get("decode_ms_per_step") or []
+        peaks = ("" if result.phase_peaks else  # (the phase peaks above say them)
+                 f"; tensor-accounting peak prefill {human_bytes(g.get('prefill_peak_bytes'))}"
+                 f", decode {human_bytes(g.get('decode_peak_bytes'))}")
         parts.append(
             f"<li>KV cache and memory of the generation: {_v(g.get('prompt_tokens'))} prompt "
             f"tokens + {_v(g.get('new_tokens'))} new; at the end {kv_cache_text(g)} (the "
-            "totals' KV cache is the cache at the peak); tensor-accounting peak prefill "
-            f"{human_bytes(g.get('prefill_peak_bytes'))}, decode "
-            f"{human_bytes(g.get('decode_peak_bytes'))}; {len(steps)} decode steps timed</li>")
+            f"totals' KV cache is the cache at the peak){peaks}; {len(steps)} decode steps "
+            "timed</li>")
         if g.get("text"):
             parts.append(f"<li>generated text: <span class='user'>{_e(g['text'])}</span></li>")
     tr = result.training
@@ -529,21 +559,40 @@ def _compare_table_html(results: Sequence[RunResult]) -> str:
     from engine.compare import compare, optimizations_text, quality_text
 
     c = compare(results)
+    names = c.labels()
+    # The model and workload get a column only when they differ (else the note says them once);
+    # a run id never breaks ("20261207-0 54518-…"): it sits under the run's name, whole.
+    kinds = list(dict.fromkeys(f"{r.config.model} · {r.config.workload}" for r in c.runs))
+    nowrap = "style='white-space: nowrap'"
     rows = []
     for i, run in enumerate(c.runs):
-        ratio = c.latency_ratio[i]
-        cells = (f"[{i}] {run.run_id}" + (" (ESTIMATE)" if run.estimate is not None else ""),
-                 f"{run.config.model} · {run.config.workload}",
-                 optimizations_text(run.optimizations), human_bytes(c.peaks[i]),
-                 _signed(c.peaks[i] - c.peaks[0]) if i else "reference",
-                 human_bytes(run.totals.model_weights_bytes), human_ms(c.latency_ms[i]),
-                 f"×{ratio:.2f}" if ratio is not None else MISSING, quality_text(run.quality))
-        rows.append("<tr>" + "".join(f"<td>{_e(x)}</td>" for x in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("run", "model · workload", "optimizations", "peak",
-                                             "Δ peak", "weights", "latency", "× latency",
-                                             "quality (vs its own baseline)"))
-    note = ("Different models: per-layer bars are matched by layer name. "
-            if c.different_models else "")
+        name = names[i] if len(names[i]) <= 40 else names[i][:39] + "…"
+        first = (f"<td {nowrap}>[{i}] {_e(name)}"
+                 + (" (ESTIMATE)" if run.estimate is not None else "")
+                 + f"<br><span class='note'>{_e(run.run_id)}</span></td>")
+        words = ([f"{run.config.model} · {run.config.workload}"] if len(kinds) > 1 else []) + [
+            optimizations_text(run.optimizations)]
+        figures = [human_bytes(c.peaks[i]), _signed(c.peaks[i] - c.peaks[0]) if i else
+                   "reference", human_bytes(run.totals.model_weights_bytes),
+                   human_ms(c.latency_ms[i]), c.ratio_text(i)]
+        rows.append("<tr>" + first + "".join(f"<td>{_e(x)}</td>" for x in words)
+                    + "".join(f"<td {nowrap}>{_e(x)}</td>" for x in figures)
+                    + f"<td>{_e(quality_text(run.quality))}</td></tr>")
+    head = "".join(f"<th {nowrap}>{h}</th>" for h in (
+        "run", *(["model · workload"] if len(kinds) > 1 else []), "optimizations", "peak",
+        "Δ peak", "weights", "latency", "× latency vs [0]")) + (
+        "<th>quality (vs its own baseline)</th>")
+    note = (f"Every run: {kinds[0]}. " if len(kinds) == 1 else "")
+    if any(c.ratio_noisy(i) for i in range(1, len(c.runs))):
+        from engine.runner import NOISY_TIMING_SPREAD
+
+        note += ("A ratio marked noisy rests on timing passes (of that run or of [0]) more than "
+                 f"×{NOISY_TIMING_SPREAD:g} apart: the runs' warnings say how far. ")
+    note += ("× latency compares each run's plain latency with run [0]'s; a run's own section "
+             "compares it with the unoptimized model timed in the same run, so the two ratios "
+             "differ when [0] was timed at another moment. ")
+    note += ("Different models: per-layer bars are matched by layer name. "
+             if c.different_models else "")
     if len(c.workloads) > 1:
         note += (f"Different workloads ({', '.join(c.workloads)}): their peaks and latencies "
                  "measure different work. ")
@@ -574,9 +623,17 @@ def build_html(results: Sequence[RunResult], shots: Mapping[str, Sequence[Shot]]
                image_src: Callable[[Shot], str], image_width: int | None = None) -> str:
     """The report as HTML; ``shots`` maps run ids (and ``"compare"``) to their pictures and
     ``image_src`` gives each picture's ``src`` (a data URI, or a resource name for the PDF)."""
+    from engine.compare import compare
+
     width = f" width='{image_width}'" if image_width else " style='max-width:100%'"
-    title = ("MemLens report: " + ", ".join(
-        f"{r.config.model} · {r.config.workload}" for r in results))
+    # Runs are named as the compare view names them (the user's label, else the optimizations,
+    # plus what tells repeated names apart): "demo · forward" three times told nothing.
+    names = compare(results).labels() if len(results) > 1 else []
+    shared = list(dict.fromkeys(f"{r.config.model} · {r.config.workload}" for r in results))
+    title = "MemLens report: " + ", ".join(shared) + (
+        f" — {len(results)} runs" if len(results) > 1 else
+        f" — {' '.join((results[0].config.label or '').split())}"
+        if results[0].config.label else "")
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
            f"<h1>{_e(title)}</h1>"]
@@ -596,10 +653,11 @@ def build_html(results: Sequence[RunResult], shots: Mapping[str, Sequence[Shot]]
                 out.append(f"<p class='caption'>{_e(shot.caption)}</p>")
 
     for i, r in enumerate(results):
-        prefix = f"[{i}] " if len(results) > 1 else ""
+        prefix = f"[{i}] {names[i]} — " if len(results) > 1 else ""
         kind = " — ESTIMATE" if r.estimate is not None else ""
         brk = " style='page-break-before: always'" if i else ""  # each run on a new page
-        out.append(f"<h2{brk}>{prefix}{_e(r.config.model)} · {_e(r.config.workload)}{kind}</h2>")
+        out.append(f"<h2{brk}>{_e(prefix)}{_e(r.config.model)} · {_e(r.config.workload)}{kind}"
+                   "</h2>")
         if r.estimate is not None:
             out.append(f"<p class='estimate'>{_e(ESTIMATE_BANNER)}</p>")
         out.append("<h3>Run configuration</h3>" + _kv_table(_config_rows(r)))
@@ -634,24 +692,70 @@ def write_pdf(html_text: str, shots: Sequence[Shot], path: Path,
     writer.setResolution(300)
     writer.setTitle(title)
     writer.setCreator("MemLens")
-    doc = QTextDocument()
-    font = QFont()
-    font.setFamilies(list(FONT_FAMILIES[:-1]))
-    font.setPointSizeF(9)
-    doc.setDefaultFont(font)
-    for shot in shots:
-        doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl(shot.path.name),
-                        QImage(str(shot.path)))
-    doc.setHtml(html_text)
     # Lay out in the document's own units (96 per inch) on the printable area, so point sizes
     # print at their size and pictures (PDF_IMAGE_WIDTH) fit the width.
     rect = writer.pageLayout().paintRect(QPageLayout.Unit.Point)
-    doc.setPageSize(QSizeF(rect.width() * 96 / 72, rect.height() * 96 / 72))
+    images = {shot.path.name: QImage(str(shot.path)) for shot in shots}
+
+    def document() -> Any:
+        doc = QTextDocument()
+        font = QFont()
+        font.setFamilies(list(FONT_FAMILIES[:-1]))
+        font.setPointSizeF(9)
+        doc.setDefaultFont(font)
+        for name, image in images.items():
+            doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl(name), image)
+        doc.setHtml(html_text)
+        doc.setPageSize(QSizeF(rect.width() * 96 / 72, rect.height() * 96 / 72))
+        return doc
+
+    # The headings to move are found on a copy laid out for the purpose: a document laid out
+    # before print_ lost its pictures in the PDF.
+    doc = document()
+    _keep_headings_with_next(document(), doc)
     doc.print_(writer)
     if not path.is_file() or path.stat().st_size == 0:
         raise MemLensError(ErrorKind.STORE, f"Could not write the PDF {path}.",
                            "Choose a writable folder with free space.")
     return path
+
+
+def _keep_headings_with_next(copy: Any, doc: Any, rounds: int = 64) -> int:
+    """Move a heading left alone at the foot of a page ("Limitations" with its list on the
+    next page) to the next page. Qt's rich text has no keep-with-next, so ``copy`` (the same
+    document, paginated) is laid out and read back: a heading whose next block starts on a
+    later page gets a page break before it, and the layout is read again (each break moves
+    what follows). The breaks found are then set in ``doc``. Returns the headings moved."""
+    from PySide6.QtGui import QTextBlockFormat, QTextCursor
+
+    height = copy.pageSize().height()
+    layout = copy.documentLayout()
+    fmt = QTextBlockFormat()
+    fmt.setPageBreakPolicy(QTextBlockFormat.PageBreakFlag.PageBreak_AlwaysBefore)
+    moved: set[int] = set()
+    for _ in range(rounds):
+        changed = False
+        copy.pageCount()  # lays the whole document out again (an edit relays it out lazily)
+        block = copy.begin()
+        while block.isValid():
+            nxt = block.next()
+            if (block.blockFormat().headingLevel() and nxt.isValid()
+                    and block.position() not in moved):
+                here = layout.blockBoundingRect(block).top()
+                # (the next block's first line: pagination moves lines down within a block)
+                there = layout.blockBoundingRect(nxt).top() + (
+                    nxt.layout().lineAt(0).y() if nxt.layout().lineCount() else 0.0)
+                if int(there // height) > int(here // height):
+                    QTextCursor(block).mergeBlockFormat(fmt)
+                    moved.add(block.position())
+                    changed = True
+                    break  # the layout below changed: read it again
+            block = nxt
+        if not changed:
+            break
+    for position in moved:  # the same breaks in the document itself, not yet laid out
+        QTextCursor(doc.findBlock(position)).mergeBlockFormat(fmt)
+    return len(moved)
 
 
 def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = False,

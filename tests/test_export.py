@@ -8,6 +8,7 @@ import copy
 import csv
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -313,3 +314,23 @@ def test_cuda_memory_snapshot_refuses_without_cuda(tmp_path):
             with cuda_memory_snapshot(tmp_path / "snap.pickle", "cuda"):
                 pass
     assert not (tmp_path / "snap.pickle").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_exports_and_saved_runs_get_the_usual_file_permissions(runs, tmp_path):
+    """Atomic writes went through mkstemp, which makes files 0600: exports and runs in a
+    folder a team shares were unreadable to the others."""
+    import stat
+
+    from engine.store import NEW_FILE_MODE
+
+    _, by_workload = runs
+    result = by_workload["generate"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert NEW_FILE_MODE == 0o666 & ~mask
+    paths = [write_layers_csv(result, tmp_path / "layers.csv"),
+             write_trace(result, tmp_path / "trace.json"),
+             RunStore(tmp_path / "runs").save(result)]
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == NEW_FILE_MODE, path

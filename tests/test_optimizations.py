@@ -159,6 +159,10 @@ def test_int8_dynamic_linear_weights_are_a_quarter():
     assert touched and all(m["name"].startswith("model.layers.") for m in touched)
     assert {m["type"] for m in touched} >= {"Linear"}
     assert any("quantized" in m["class_path"] for m in touched)
+    # ... once each: their new _packed_params children are part of that change, so the tree
+    # counts as many modules changed as the optimization does
+    assert len(touched) == r.optimizations[0]["modules_touched"]
+    assert not any(m["name"].endswith("_packed_params") for m in touched)
 
 
 def test_unstructured_pruning_raises_memory_until_permanent():

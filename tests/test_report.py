@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import os
 import re
 import shutil
@@ -146,6 +147,58 @@ def test_report_compares_runs_and_labels_estimates(qapp, saved, tmp_path):
     assert "<code>cast:dtype=bfloat16</code>" in text
     assert "Against the unoptimized model measured in the same run" in text
     assert files.pdf is None
+    # Runs are named as the compare view names them, not "demo · forward" three times
+    from engine.compare import compare
+
+    labels = compare([plain, optimized, est]).labels()
+    for i, label in enumerate(labels):
+        assert f"<h2{' style' if i else ''}" in text and f"[{i}] {html.escape(label)} — " in text
+    assert f"<h1>MemLens report: {plain.config.model} · forward — 3 runs</h1>" in text
+    assert "Every run: " in text and "× latency vs [0]" in text
+
+
+def test_headings_stay_with_what_follows_them_in_the_pdf(qapp):
+    """A heading at the foot of a page ("Limitations" with its list on the next page) moves
+    to the next page; nothing else does."""
+    from PySide6.QtCore import QSizeF
+    from PySide6.QtGui import QTextDocument
+
+    from gui.report import _keep_headings_with_next
+
+    filler = "".join(f"<p>line {i}</p>" for i in range(12))
+    html_text = (f"<h3>First</h3>{filler}<h3>Alone</h3><p>{'word ' * 40}</p>"
+                 f"<h3>Kept</h3><p>short</p>")
+
+    def document() -> QTextDocument:
+        doc = QTextDocument()
+        doc.setHtml(html_text)
+        doc.setTextWidth(200)
+        doc.setPageSize(QSizeF(200, 12 * 17 + 60))
+        return doc
+
+    def pages(doc: QTextDocument) -> dict[str, tuple[int, int]]:
+        """heading -> (its page, the page of its next block's first line)"""
+        height, layout, out = doc.pageSize().height(), doc.documentLayout(), {}
+        doc.pageCount()
+        block = doc.begin()
+        while block.isValid():
+            if block.blockFormat().headingLevel():
+                nxt = block.next()
+                there = layout.blockBoundingRect(nxt).top() + nxt.layout().lineAt(0).y()
+                out[block.text()] = (int(layout.blockBoundingRect(block).top() // height),
+                                     int(there // height))
+            block = block.next()
+        return out
+
+    before = pages(document())
+    stranded = [h for h, (here, there) in before.items() if here < there]
+    assert stranded, before  # the case this test is about
+    doc = document()
+    assert _keep_headings_with_next(document(), doc) >= 1
+    after = pages(doc)
+    assert all(here == there for here, there in after.values()), after
+    assert after["First"] == (0, 0)  # a heading with its text on its page stays
+    assert after[stranded[0]][0] == before[stranded[0]][1]  # moved to its text's page
 
 
 # -- Chinese ----------------------------------------------------------------------------------

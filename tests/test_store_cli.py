@@ -250,6 +250,36 @@ def test_comparison_labels_tell_runs_apart_and_name_mixed_workloads():
     estimate.estimate = {"method": "fake"}
     assert compare([run("r-ffff", "forward", optimized=True), estimate]).labels() == [
         "cast", "none (estimate)"]
+    # The user's own label names a run (one line); repeated labels are told apart alike
+    named = [run("r-1111", "forward"), run("r-2222", "forward", optimized=True),
+             run("r-3333", "forward", optimized=True)]
+    named[0].config.label, named[1].config.label = "before the fix", "int8\n try"
+    named[2].config.label = "int8  try"
+    assert compare(named).labels() == ["before the fix", "int8 try · 2222", "int8 try · 3333"]
+
+
+def test_a_latency_ratio_from_noisy_timing_passes_says_so(capsys):
+    """A run's own warning said its timing passes were ×2-36 apart, yet the comparison showed
+    its latency ratio as plainly as any other."""
+    import io
+
+    from engine.compare import compare, print_comparison
+    from engine.config import RunConfig
+    from engine.results import RunResult, Totals
+
+    def run(run_id, ms, passes):
+        return RunResult(config=RunConfig(), run_id=run_id, timing={"plain_ms": passes},
+                         totals=Totals(peak_bytes=100, plain_latency_ms=ms))
+
+    quiet, noisy = run("a", 10.0, [9.8, 10.0, 10.3]), run("b", 8.0, [8.0, 7.9, 30.0])
+    c = compare([quiet, noisy, run("c", 5.0, [5.0, 5.1])])
+    assert [c.ratio_text(i) for i in range(3)] == ["×1.00", "×0.80 (noisy)", "×0.50"]
+    c = compare([noisy, quiet])  # a noisy reference makes every ratio noisy
+    assert c.ratio_text(1) == "×1.25 (noisy)" and c.ratio_text(0) == "×1.00"
+    out = io.StringIO()
+    print_comparison([quiet, noisy], out)
+    assert "×0.80 (noisy)" in out.getvalue() and "more than ×1.5 apart" in out.getvalue()
+    assert compare([quiet, run("d", None, [])]).ratio_text(1) == "—"
 
 
 def test_training_runs_are_compared_by_the_quality_after_their_steps():

@@ -62,6 +62,8 @@ _AXIS_LABELS = {
     "cosine_similarity": "cosine similarity",
 }
 
+NOISY_TIP = ("Noisy: the timing passes of this run or of run [0] were far apart (their "
+             "warnings say how far), so this ratio may be off; rerun with more timing passes")
 SELECT_TEXT = "Select two or more saved runs in the table and press Compare selected."
 BARS_EMPTY = "No comparison yet.\nEach compared run's bars\nappear here side by side."
 SCATTER_EMPTY = "Peak memory against quality\nof each compared run."
@@ -318,7 +320,6 @@ class ComparePanel(QWidget):
 
         self.table.setRowCount(len(c.runs))
         for i, run in enumerate(c.runs):
-            ratio = c.latency_ratio[i]
             cells = (
                 f"[{i}] {run.run_id}",
                 optimizations_text(run.optimizations),
@@ -326,7 +327,7 @@ class ComparePanel(QWidget):
                 _signed_bytes(c.peaks[i] - c.peaks[0]) if i else "reference",
                 human_bytes(run.totals.model_weights_bytes),
                 human_ms(c.latency_ms[i]) or MISSING,
-                f"×{ratio:.2f}" if ratio is not None else MISSING,
+                c.ratio_text(i),
                 quality_text(run.quality),
             )
             for j, cell in enumerate(cells):
@@ -335,5 +336,8 @@ class ComparePanel(QWidget):
                     item.setForeground(pg.mkColor(run_color(i)))
                 if j in (2, 3):
                     item.setToolTip(f"{c.peaks[i]:,} bytes")
+                if j == 6:
+                    item.setToolTip(NOISY_TIP if i and c.ratio_noisy(i) else
+                                    "Plain latency against run [0]'s")
                 self.table.setItem(i, j, item)
         self.table.resizeColumnsToContents()

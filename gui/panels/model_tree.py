@@ -138,6 +138,11 @@ class ModelTreePanel(QWidget):
         text = f"{len(rows)} modules"
         if changed:
             text += f"; {changed} changed by an optimization (highlighted)"
+        root, total = rows[0].get("parameters"), info.get("parameters")
+        if rows[0].get("name") == "" and root is not None and total and root < total:
+            text += (f". {si_number(root)} of the model's {si_number(total)} parameters are "
+                     "still parameters: an optimization packed the rest into other tensors, "
+                     "which the Weights column counts")
         if whole:
             text += (f". Changed no module (they act on the whole run): {', '.join(whole)}")
         self.summary.setText(text + ".")
