@@ -5,6 +5,7 @@ exit, also when the pass raises (cancel, out of memory)."""
 from __future__ import annotations
 
 import threading
+import weakref
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -123,6 +124,35 @@ def _module_tracker() -> Any:
 
             mod_tracker.register_multi_grad_hook = register
             return super().__enter__()
+
+        def keyword_inputs(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+            """A module called with its tensors as keywords (transformers 5 calls attention
+            as ``self_attn(hidden_states=...)``) gives ModTracker's global hook no input to
+            hang the end of its backward on, so ModTracker keeps it among the parents until
+            the whole backward ends: every later allocation of the backward (the embedding's
+            gradient, the tied head's) was charged to whichever attention layer had the
+            longest name. Its backward is ended where its keyword inputs get their gradients,
+            as ModTracker does for positional ones. (Called from the module's own forward
+            pre-hook, which sees keywords; uses ModTracker's helpers.)"""
+            if self.is_bw:  # a checkpointed block recomputed in the backward: nothing to add
+                return
+            if any(isinstance(a, torch.Tensor) and a.requires_grad
+                   for a in tree_flatten(args)[0]):
+                return  # ModTracker hooked these
+            tensors = [v for v in tree_flatten(kwargs)[0]
+                       if isinstance(v, torch.Tensor) and v.requires_grad]
+            if not tensors:
+                return
+            name = self._get_mod_name(module)
+            queued = self._post_bw_callbacks_to_enqueue
+            for i in range(len(queued) - 1, -1, -1):  # ModTracker's end-of-backward pop
+                cells = dict(zip(queued[i].__code__.co_freevars,
+                                 (c.cell_contents for c in queued[i].__closure__ or ())))
+                if cells.get("name") == name:
+                    del queued[i]
+                    break
+            mod_tracker.register_multi_grad_hook(
+                tensors, self._get_pop_fn(weakref.ref(module), name, True))
 
         def __exit__(self, *exc: Any) -> None:
             try:
@@ -244,6 +274,8 @@ class MemoryProbe:
                 if (isinstance(value, torch.Tensor)
                         and self.acc.owner_of(value) == (None, "activations")):
                     self.acc.reclassify(value, None, name)
+        if self._tracker is not None and hasattr(self._tracker, "keyword_inputs"):
+            self._tracker.keyword_inputs(module, args, kwargs)
         self._stack.append(t.name)
         module._memlens_watch = self.acc.watch()  # type: ignore[attr-defined]
         if self.cuda_detailed is not None:

@@ -284,7 +284,8 @@ def test_cli_estimate_table_json_save_and_runs(tmp_path, capsys) -> None:
     assert cli.main(store + ["runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "1 estimate(s)" in lines[0]
-    kinds = {line.split()[0]: line.split()[1] for line in lines[2:]}
+    assert "on disk" in lines[-1]  # the store's size ends the list
+    kinds = {line.split()[0]: line.split()[1] for line in lines[2:-1]}
     assert sorted(kinds.values()) == ["estimate", "measured"]
     assert all(("-estimate-" in rid) == (kind == "estimate") for rid, kind in kinds.items())
     assert cli.main(store + ["runs", "--json"]) == 0
