@@ -1246,6 +1246,8 @@ def print_report(result: RunResult, out: TextIO) -> None:
     if parts:
         w(f"quality on {q.get('text', '?')}"
           + (f" ({q['tokens']} tokens)" if q.get("tokens") else "") + f": {'; '.join(parts)}\n")
+        if q.get("through_cache"):
+            w(f"  (scored as {q['through_cache']})\n")
     a = result.attention
     if a and a.get("captured"):
         c = a["cost"]

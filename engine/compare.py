@@ -42,7 +42,8 @@ def optimizations_text(optimizations: Sequence[dict[str, Any]]) -> str:
 
 def quality_text(quality: dict[str, Any] | None) -> str:
     """A short quality figure: ``KL 0.012, ppl 31.2``, ``ppl 31.0``, ``cos 0.9990``,
-    ``tokens 62.5% same, prompt KL 0`` (generation: what a cache changes first), ``…; trained
+    ``tokens 62.5% same, prompt KL 0`` (generation), ``tokens 62.5% same, cache KL 0.026`` (a
+    cache policy: the text decoded through its cache), ``…; trained
     KL 0.0089`` (training: after the steps, against the baseline trained alike) or ``—``."""
     q = quality or {}
     parts = []
@@ -50,8 +51,9 @@ def quality_text(quality: dict[str, Any] | None) -> str:
     if tokens is not None:
         parts.append(f"tokens {tokens:.1%} same")
     if q.get("kl_divergence") is not None:
-        parts.append(("prompt KL" if tokens is not None else "KL")
-                     + f" {q['kl_divergence']:.3g}")
+        # (through a cache policy's cache: the text decoded through it; else one plain pass)
+        parts.append(("cache KL" if q.get("through_cache") else
+                      "prompt KL" if tokens is not None else "KL") + f" {q['kl_divergence']:.3g}")
     if q.get("perplexity") is not None:
         parts.append(f"ppl {q['perplexity']:.2f}")
     if q.get("cosine_similarity") is not None:

@@ -68,6 +68,31 @@ def _forward(model: nn.Module, ref: Reference, context: Any) -> Any:
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
+def _logits_through_cache(model: nn.Module, ref: Reference, context: Any,
+                          cache_factory: Any) -> torch.Tensor:
+    """Logits of the quality text decoded through the chosen KV cache: its first half as one
+    prefill, then one token at a time, each step reading the keys and values the cache kept
+    (quantized, preallocated or offloaded). A plain forward never reads a cache, so it could
+    not show what a cache policy does to the next-token distributions."""
+    from .workloads import _accepts, _returned_cache
+
+    ids = ref.input_ids
+    total = int(ids.shape[1])
+    split = max(1, total // 2)
+    name = "cache" if _accepts(model, "cache") else "past_key_values"
+    with torch.no_grad(), context:
+        cache = cache_factory(model, int(ids.shape[0]), total)
+        out = model(input_ids=ids[:, :split], use_cache=True, **{name: cache})
+        pieces = [out.logits]
+        cache = _returned_cache(out) or cache
+        for t in range(split, total):
+            out = model(input_ids=ids[:, t:t + 1], use_cache=True, **{name: cache})
+            pieces.append(out.logits)
+            cache = _returned_cache(out) or cache
+        del cache
+    return torch.cat(pieces, dim=1)
+
+
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits[0, :-1].float(), dim=-1).cpu()
 
@@ -101,9 +126,11 @@ def _perplexity(log_probs: torch.Tensor, ids: torch.Tensor) -> float:
     return math.exp(nll)
 
 
-def measure(ref: Reference, model: nn.Module | None = None, context: Any = None
-            ) -> dict[str, Any]:
-    """Quality of ``model`` against ``ref`` (or of the reference itself when model is None)."""
+def measure(ref: Reference, model: nn.Module | None = None, context: Any = None,
+            cache_factory: Any = None, cache_policy: str = "") -> dict[str, Any]:
+    """Quality of ``model`` against ``ref`` (or of the reference itself when model is None).
+    With ``cache_factory`` (a KV cache policy) a causal LM's text is decoded through that
+    cache (:func:`_logits_through_cache`) rather than read in one cacheless pass."""
     import contextlib
 
     meaningful = not ref.text_source.startswith("random")
@@ -115,11 +142,28 @@ def measure(ref: Reference, model: nn.Module | None = None, context: Any = None
         if model is None:
             record["perplexity"] = record["baseline_perplexity"]
             return record
-        lp = _log_probs(_forward(model, ref, context or contextlib.nullcontext()))
-        kl = (ref.log_probs.exp() * (ref.log_probs - lp)).sum(-1).mean().item()
-        agree = (lp.argmax(-1) == ref.log_probs.argmax(-1)).float().mean().item()
+        total = int(ref.input_ids.shape[1])
+        if cache_factory is not None and total > 2:
+            lp = _log_probs(_logits_through_cache(model, ref, context or contextlib.nullcontext(),
+                                                  cache_factory))
+            # Scored: the predictions made by the one-token steps, which read the cache (the
+            # prefill's read the keys and values it had just computed, as the baseline's did).
+            split = max(1, total // 2)
+            base, lp, ids = ref.log_probs[split:], lp[split:], ref.input_ids[:, split:]
+            record.update({
+                "tokens": int(base.shape[0]),
+                "baseline_perplexity": _perplexity(base, ids) if meaningful else None,
+                "through_cache": (
+                    f"the text decoded through the {cache_policy or 'chosen'} cache: {split} "
+                    f"tokens as a prefill, then one at a time; scored on the "
+                    f"{int(base.shape[0])} predictions made from the cache")})
+        else:
+            base, ids = ref.log_probs, ref.input_ids
+            lp = _log_probs(_forward(model, ref, context or contextlib.nullcontext()))
+        kl = (base.exp() * (base - lp)).sum(-1).mean().item()
+        agree = (lp.argmax(-1) == base.argmax(-1)).float().mean().item()
         record.update({"kl_divergence": max(kl, 0.0), "top1_agreement": agree,
-                       "perplexity": _perplexity(lp, ref.input_ids) if meaningful else None})
+                       "perplexity": _perplexity(lp, ids) if meaningful else None})
         return record
     record = {"kind": "encoder", "text": ref.text_source, "sentences": int(ref.input_ids.shape[0])}
     if model is None:

@@ -361,9 +361,12 @@ class _Run:
             if not quality_later:
                 self.progress("quality", None, "comparing outputs with the reference")
                 # eval mode: the baseline's training steps leave the model in train mode
+                # A KV cache policy changes only what reads the cache: the text goes through it.
+                through = self.hooks.cache_factory if cfg.workload == "generate" else None
                 with self._compile_errors(), _eval_mode(model):
                     result.quality = quality_mod.measure(
-                        reference, self.hooks.compiled or model, self.hooks.context(device))
+                        reference, self.hooks.compiled or model, self.hooks.context(device),
+                        cache_factory=through, cache_policy=self.hooks.cache_policy)
         else:
             quality_later = False
             result.quality = quality_mod.measure(reference)

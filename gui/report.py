@@ -534,8 +534,9 @@ def _optimizations_html(result: RunResult) -> str:
     q = result.quality or {}
     quality = quality_parts(q)
     if quality:
+        how = f" Scored as {q['through_cache']}." if q.get("through_cache") else ""
         parts.append(f"<p>Quality on {_e(q.get('text', MISSING))} ({_e(_v(q.get('tokens')))} "
-                     f"tokens): {_e('; '.join(quality))}.</p>")
+                     f"tokens): {_e('; '.join(quality))}.{_e(how)}</p>")
     elif q:
         parts.append(f"<p>Quality: no figure ({_e(q.get('text', 'not measured'))}).</p>")
     else:

@@ -127,6 +127,21 @@ def test_quanto_kv_cache_is_smaller_than_float32_and_counted(policy):
     assert sum(layer.kv_cache_bytes for layer in attn) == r.generation["kv_cache_bytes"]
     assert r.deltas["kv_cache_bytes"] < 0 and r.totals.reconciles()
     assert 0.0 <= r.quality["generated_token_agreement"] <= 1.0
+    # The quality text is decoded through the quantized cache (a cacheless forward read none
+    # of it and always said KL 0, agreement 100%)
+    q = r.quality
+    assert "through the " + policy + " cache" in q["through_cache"]
+    assert q["kl_divergence"] > 0 and q["tokens"] < 128
+
+
+def test_a_lossless_cache_policy_leaves_the_quality_as_it_was():
+    """A static cache reads back exactly what was stored: through it, the distributions are
+    the baseline's (the scoring path itself adds no difference)."""
+    r = run([{"id": "kv-cache", "params": {"policy": "static"}}], workload="generate", seq=40,
+            new_tokens=4)
+    q = r.quality
+    assert "through the static cache" in q["through_cache"]
+    assert q["kl_divergence"] < 1e-6 and q["top1_agreement"] == 1.0
 
 
 # -- bitsandbytes ----------------------------------------------------------------------------------
