@@ -1640,6 +1640,32 @@ def _default_seq(args: Any) -> int:
     return room
 
 
+# Options that only one kind of plan reads, with their defaults: given to the other kind they
+# were ignored without a word.
+_TRAINING_ONLY = (("replicas", "--replicas", 1), ("master_dtype", "--master-dtype", None),
+                  ("prefetch", "--prefetch", 1),
+                  ("no_reshard_after_forward", "--no-reshard-after-forward", False),
+                  ("method", "--method", "shapes"), ("ranks", "--ranks", None))
+_INFERENCE_ONLY = (("strategy", "--strategy", "auto"), ("cpu_offload", "--cpu-offload", None),
+                   ("placement", "--placement", "transformers"),
+                   ("reserve", "--reserve", "runtime"), ("one_step", "--one-step", False))
+
+
+def _refuse_other_workloads_options(args: Any) -> None:
+    training = args.workload == "train"
+    others = _INFERENCE_ONLY if training else _TRAINING_ONLY
+    given = [flag for attr, flag, default in others
+             if getattr(args, attr, default) not in (default, str(default))]
+    if given:
+        kind = "inference plans (forward, generate)" if training else "training plans"
+        raise MemLensError(
+            ErrorKind.INVALID_WORKLOAD,
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to {kind}, and this "
+            f"is a {args.workload} plan.",
+            "Leave " + ("it" if len(given) == 1 else "them") + " out, or choose the workload "
+            + ("forward or generate." if training else "train (--workload train)."))
+
+
 def run_cli(args: Any) -> int:
     """``memlens plan``: run the plan the arguments describe; print it (or its JSON)."""
     import json
@@ -1653,6 +1679,7 @@ def run_cli(args: Any) -> int:
             raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                                "A plan takes one optimization set, not --opt-set.",
                                "Give the optimizations with --opt ID (repeatable).")
+        _refuse_other_workloads_options(args)
         seq = args.seq if args.seq is not None else _default_seq(args)
         config = RunConfig(model=args.model, workload=args.workload, batch=args.batch,
                            seq=seq, new_tokens=args.new_tokens, dtype=args.dtype,

@@ -455,6 +455,15 @@ def test_cli_plan_prints_tables_json_and_errors(tmp_path, capsys) -> None:
     # the short dtype forms, as profile takes them
     assert _parse(["plan", "--master-dtype", "fp32"]).master_dtype == "float32"
     assert _parse(["plan", "--master-dtype", "BF16"]).master_dtype == "bfloat16"
+    # an option the other kind of plan reads is refused, not ignored without a word
+    for argv, words in [(["--workload", "forward", "--devices", "2", "--per-device", "1GiB",
+                          "--replicas", "2", "--master-dtype", "fp32"],
+                         "--replicas, --master-dtype apply to training plans"),
+                        (["--workload", "train", "--ranks", "2", "--strategy", "balanced"],
+                         "--strategy applies to inference plans")]:
+        assert run_cli(_parse(["plan", "--model", TINY, *argv])) == 1
+        err = capsys.readouterr().err
+        assert words in err and "hint: Leave" in err, err
     for bad, words in [(["--devices", "0", "--per-device", "80GiB"], "--devices"),
                        (["--devices", "2", "--per-device", "eighty"], "--per-device"),
                        (["--devices", "2", "--per-device", "8GiB", "--strategy", "fast"],
