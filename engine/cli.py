@@ -464,6 +464,12 @@ def _export(args: argparse.Namespace, store) -> int:
     result = store.load(args.run)
     for path in export_run(result, csv_dir=args.csv, trace=args.trace):
         print(f"written: {path}")
+    if args.csv is not None and not (result.timeline or {}).get("t"):
+        print("no timeline.csv: the run recorded no timeline"
+              + (" (an estimate samples nothing)" if result.estimate is not None else ""))
+    if result.estimate is not None:
+        print("these are ESTIMATES (fake tensors: no weights, no real memory); layers.csv says "
+              "so in its figures column")
     return EXIT_OK
 
 

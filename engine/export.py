@@ -6,7 +6,8 @@ never 0.
 
 * :func:`write_layers_csv` — the per-layer table: the GUI table's columns in its order
   (:data:`LAYER_COLUMNS`), bytes as exact integers, then the rest of each ``LayerStats`` record
-  (parent, depth, parameters, ``flops_complete``, and the at-peak bytes per category) so that
+  (parent, depth, parameters, ``flops_complete``, ``figures``: ``measured`` or ``estimate`` on
+  every row, and the at-peak bytes per category) so that
   :func:`read_layers_csv` gives the records back. A last row, ``(unattributed)`` (kind
   ``unattributed``), holds the bytes live at the peak that no layer holds, so the
   ``at_peak_bytes`` column adds up to the run's peak exactly (as the GUI table's and the
@@ -75,6 +76,7 @@ LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 # The rest of a LayerStats record, after the GUI's columns.
 _EXTRA_COLUMNS = ("parent", "depth", "parameters", "flops_complete")
+FIGURES_COLUMN = "figures"  # "measured" or "estimate" on every row: a file read alone says so
 UNATTRIBUTED_ROW = "(unattributed)"  # the last row: what no layer holds at the peak
 _AT_PEAK_PREFIX = "at_peak."
 
@@ -168,14 +170,15 @@ def _categories(layers: Sequence[LayerStats]) -> list[str]:
 def layers_csv(result: RunResult) -> str:
     """The per-layer table as CSV text (see the module docstring for the columns)."""
     categories = _categories(result.layers)
-    header = [c for c, _ in LAYER_COLUMNS] + list(_EXTRA_COLUMNS) + [
+    header = [c for c, _ in LAYER_COLUMNS] + list(_EXTRA_COLUMNS) + [FIGURES_COLUMN] + [
         _AT_PEAK_PREFIX + c for c in categories]
+    figures = "estimate" if result.estimate is not None else "measured"
     rows = []
     for layer in result.layers:
         row: list[Any] = []
         # (at_peak_bytes: a layer holding nothing at the peak holds 0 B, a measured zero)
         row: list[Any] = [getattr(layer, column) for column, _ in LAYER_COLUMNS]
-        row += [getattr(layer, column) for column in _EXTRA_COLUMNS]
+        row += [getattr(layer, column) for column in _EXTRA_COLUMNS] + [figures]
         row += [layer.at_peak.get(c) for c in categories]
         rows.append(row)
     t = result.totals
@@ -183,7 +186,7 @@ def layers_csv(result: RunResult) -> str:
         rest: dict[str, Any] = {"name": UNATTRIBUTED_ROW, "kind": "unattributed",
                                 "at_peak_bytes": t.unattributed_bytes}
         rows.append([rest.get(c) for c, _ in LAYER_COLUMNS] + [None] * len(_EXTRA_COLUMNS)
-                    + [None] * len(categories))
+                    + [figures] + [None] * len(categories))
     return _csv_text(header, rows)
 
 
@@ -203,7 +206,8 @@ def read_layers_csv(path: Path | str) -> list[LayerStats]:
             at_peak = {k[len(_AT_PEAK_PREFIX):]: int(v) for k, v in values.items()
                        if k.startswith(_AT_PEAK_PREFIX) and v is not None}
             kwargs = {k: v for k, v in values.items()
-                      if not k.startswith(_AT_PEAK_PREFIX) and k != "at_peak_bytes"}
+                      if not k.startswith(_AT_PEAK_PREFIX)
+                      and k not in ("at_peak_bytes", FIGURES_COLUMN)}
             kwargs["name"] = row["name"]  # names and kinds stay text
             kwargs["kind"] = row["kind"]
             kwargs["parent"] = row["parent"] or None
@@ -373,13 +377,14 @@ def write_trace(result: RunResult, path: Path | str) -> Path:
 
 def export_run(result: RunResult, csv_dir: Path | str | None = None,
                trace: Path | str | None = None) -> list[Path]:
-    """Write ``layers.csv`` and ``timeline.csv`` into ``csv_dir`` and/or the trace to
-    ``trace``; returns the written paths."""
+    """Write ``layers.csv`` and ``timeline.csv`` (when the run has a timeline: an estimate has
+    none) into ``csv_dir`` and/or the trace to ``trace``; returns the written paths."""
     written = []
     if csv_dir is not None:
         folder = Path(csv_dir)
         written.append(write_layers_csv(result, folder / LAYERS_CSV))
-        written.append(write_timeline_csv(result, folder / TIMELINE_CSV))
+        if (result.timeline or {}).get("t"):  # an estimate samples nothing: no empty file
+            written.append(write_timeline_csv(result, folder / TIMELINE_CSV))
     if trace is not None:
         written.append(write_trace(result, trace))
     return written

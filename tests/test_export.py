@@ -20,6 +20,7 @@ from engine.errors import ErrorKind, MemLensError
 from engine.export import (
     LAYER_COLUMNS,
     cuda_memory_snapshot,
+    export_run,
     layers_csv,
     read_layers_csv,
     read_timeline_csv,
@@ -241,7 +242,7 @@ def test_trace_validates_and_carries_the_records_figures(runs, tmp_path):
         "forward", "backward", "optimizer"]
 
 
-def test_trace_of_an_estimate_is_labelled_and_has_no_timing(runs):
+def test_trace_of_an_estimate_is_labelled_and_has_no_timing(runs, tmp_path):
     _, by_workload = runs
     est = RunResult.from_dict(copy.deepcopy(by_workload["generate"].to_dict()))
     est.estimate = {"method": "fake tensors"}
@@ -255,6 +256,16 @@ def test_trace_of_an_estimate_is_labelled_and_has_no_timing(runs):
     assert not [e for e in trace["traceEvents"] if e.get("cat") == "layer"]
     assert any("ESTIMATE" in e["args"].get("name", "") for e in trace["traceEvents"]
                if e["ph"] == "M")
+    # The CSV says so on every row; no empty timeline.csv is written for it
+    written = export_run(est, csv_dir=tmp_path / "est")
+    assert [p.name for p in written] == ["layers.csv"]
+    with open(written[0], encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["figures"] for r in rows} == {"estimate"}
+    assert read_layers_csv(written[0]) == est.layers
+    measured = write_layers_csv(by_workload["generate"], tmp_path / "measured.csv")
+    with open(measured, encoding="utf-8", newline="") as f:
+        assert {r["figures"] for r in csv.DictReader(f)} == {"measured"}
 
 
 # -- CLI ----------------------------------------------------------------------------------------
