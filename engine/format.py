@@ -42,26 +42,55 @@ def human_bytes(value: int | float | None) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def bytes_against(value: int | float | None, budget: int | float | None) -> str:
-    """``value`` as :func:`human_bytes` writes it, with more digits when that would read the
-    same as ``budget`` (a peak of 24.04 GiB over a 24.0 GiB budget is not "24.0 GiB"), and
-    the difference itself when even six more digits do not tell them apart."""
+def _telling_digits(value: int | float | None, budget: int | float | None
+                    ) -> tuple[str, int, int] | None:
+    """(unit, scale, decimals) that tell ``value`` from ``budget`` when :func:`human_bytes`
+    writes both alike; None when it does not (or they are equal, or a unit of whole bytes)."""
     text = human_bytes(value)
     if (_is_missing(value) or _is_missing(budget) or text != human_bytes(budget)
             or value == budget):
-        return text
+        return None
     number, unit = text.rsplit(" ", 1)
     if unit == "B":  # whole bytes are exact already
-        return text
+        return None
     decimals = len(number.split(".")[1]) if "." in number else 0
     scale = 1024 ** _BINARY_UNITS.index(unit)
     for extra in range(1, 7):
         digits = decimals + extra
-        mine = f"{value / scale:.{digits}f}"
-        if mine != f"{budget / scale:.{digits}f}":
-            return f"{mine} {unit}"
-    diff = value - budget
-    return f"{text} ({'+' if diff > 0 else '-'}{human_bytes(abs(diff))})"
+        if f"{value / scale:.{digits}f}" != f"{budget / scale:.{digits}f}":
+            return unit, scale, digits
+    return None
+
+
+def bytes_against(value: int | float | None, budget: int | float | None) -> str:
+    """``value`` as :func:`human_bytes` writes it, with more digits when that would read the
+    same as ``budget`` (a peak of 24.04 GiB over a 24.0 GiB budget is not "24.0 GiB"), and
+    the difference itself when even six more digits do not tell them apart. Write the budget
+    beside it with :func:`budget_against`, so both have the same digits."""
+    text = human_bytes(value)
+    told = _telling_digits(value, budget)
+    if told is not None:
+        unit, scale, digits = told
+        return f"{value / scale:.{digits}f} {unit}"
+    if (not _is_missing(value) and not _is_missing(budget) and value != budget
+            and text == human_bytes(budget) and not text.endswith(" B")):
+        diff = value - budget
+        return f"{text} ({'+' if diff > 0 else '-'}{human_bytes(abs(diff))})"
+    return text
+
+
+def budget_against(budget: int | float | None, *values: int | float | None) -> str:
+    """``budget`` with as many digits as :func:`bytes_against` gives the ``values`` beside it:
+    "11.41 MiB ≤ 11.4 MiB" read as false for a budget of 11.44 MiB."""
+    best: tuple[str, int, int] | None = None
+    for value in values:
+        told = _telling_digits(value, budget)
+        if told is not None and (best is None or told[2] > best[2]):
+            best = told
+    if best is None or _is_missing(budget):
+        return human_bytes(budget)
+    unit, scale, digits = best
+    return f"{budget / scale:.{digits}f} {unit}"
 
 
 def si_number(value: int | float | None, unit: str = "") -> str:

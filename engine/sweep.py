@@ -35,7 +35,7 @@ from typing import Any
 from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import Failed, Progress
-from .format import bytes_against, human_bytes, human_count
+from .format import budget_against, bytes_against, human_bytes, human_count
 from .records import check_record
 from .results import RunResult, bytes_by_part
 
@@ -1007,8 +1007,8 @@ def _weights_exceed_message(weights: int, results: dict[int, RunResult], budget:
 def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                  results: dict[int, RunResult], budget: Budget, seq_limit: int, limit: int,
                  extra: int) -> None:
-    b = human_bytes(budget.bytes)
     _fill_figures(answer, fits, nxt, results, "seq", "next_seq")
+    b = budget_against(budget.bytes, answer.peak_bytes, answer.next_peak_bytes)
     weights = answer.model_weights_bytes or 0
     if fits == seq_limit:
         answer.status = "limit"
@@ -1045,8 +1045,8 @@ def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
 
 def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                       results: dict[int, RunResult], budget: Budget, max_batch: int) -> None:
-    b = human_bytes(budget.bytes)
     _fill_figures(answer, fits, nxt, results, "batch", "next_batch")
+    b = budget_against(budget.bytes, answer.peak_bytes, answer.next_peak_bytes)
     weights = answer.model_weights_bytes or 0
     label = lambda c: CATEGORY_LABELS.get(c or "", c)  # noqa: E731
     if fits is not None and nxt is None:

@@ -367,3 +367,17 @@ def test_size_hints_offer_only_what_each_input_accepts():
     with pytest.raises(MemLensError) as field:
         parse_int_list("", "Batches")
     assert "e.g. 512." in field.value.hint and "--" not in field.value.hint
+
+
+def test_a_peak_and_its_budget_are_written_with_the_same_digits() -> None:
+    """A peak written with more digits to tell it from the budget ("11.41 MiB") beside a
+    budget rounded to three ("11.4 MiB") read as false: the budget was 11.44 MiB."""
+    from engine.format import budget_against, bytes_against
+
+    budget, peak, over = 12_000_000, int(11.41 * 2**20), int(11.4446 * 2**20)
+    assert bytes_against(peak, budget) == "11.41 MiB"
+    assert budget_against(budget, peak) == "11.44 MiB"
+    assert budget_against(budget, peak, over) == "11.444 MiB"  # the most digits either needs
+    assert bytes_against(over, budget) == "11.445 MiB"
+    assert budget_against(budget, 5 * 2**20, None) == "11.4 MiB"  # nothing to tell apart
+    assert budget_against(None, peak) == "—"
