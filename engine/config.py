@@ -78,6 +78,10 @@ class RunConfig:
         if self.workload == "generate" and (not isinstance(self.new_tokens, int) or self.new_tokens < 1):
             raise bad(f"New tokens must be at least 1 for generation (got {self.new_tokens}).",
                       "Use --new-tokens 1 or more.")
+        if not isinstance(self.new_tokens, int) or self.new_tokens < 0:
+            # (only generation reads it, but a negative count is a mistake wherever it is given)
+            raise bad(f"New tokens cannot be negative (got {self.new_tokens}).",
+                      f"Leave --new-tokens out: the {self.workload} workload generates nothing.")
         if self.dtype not in DTYPES:
             raise bad(f"Unknown dtype {self.dtype!r}.", f"Choose one of {', '.join(DTYPES)}.")
         if self.attention_impl not in ATTENTION_IMPLS:

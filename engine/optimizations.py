@@ -920,8 +920,19 @@ class FreezeBase(Optimization):
         return list(head.parameters()) if head is not None else []
 
     def check_model(self, model, params):
+        from .layers import _blocks
+
         if not self._head(model) and params["train_last_blocks"] == 0:
             return "the model has no output head to keep trainable: set train_last_blocks"
+        keep = params["train_last_blocks"]
+        if keep:
+            found = _blocks(model)
+            if found is None:
+                return "no block list found in this model: set train_last_blocks to 0"
+            if keep >= len(found[1]):
+                return (f"train_last_blocks {keep} keeps every one of the model's "
+                        f"{len(found[1])} blocks trainable, so nothing of the base is frozen: "
+                        f"use at most {len(found[1]) - 1}")
         return None
 
     def _apply(self, model, params, hooks, device, record):

@@ -106,6 +106,12 @@ def test_model_level_refusal_after_loading():
     # (it cost a whole baseline, minutes for a large model on a lent GPU).
     stages = {getattr(e, "stage", "") for e in events.events}
     assert "baseline" not in stages and "memory" not in stages, stages
+    # Keeping every block trainable freezes nothing of the base: refused the same way
+    events = Collector()
+    opts = [{"id": "freeze-base", "params": {"train_last_blocks": LAYERS}}]
+    assert execute(tiny(workload="train", optimizations=opts), events) is None
+    assert "nothing of the base is frozen" in events.failed.message
+    assert f"use at most {LAYERS - 1}" in events.failed.message
 
 
 def test_fp8_dynamic_activations_refuse_weights_other_than_bfloat16():
