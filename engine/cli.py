@@ -846,7 +846,7 @@ def _sweep(args: argparse.Namespace, store) -> int:
     from .sweep import SIZE_FORMS, parse_bytes, parse_int_list, sweep
 
     seqs = parse_int_list(args.seq, "--seq", "--seq")
-    batches = parse_int_list(args.batch, "--batch", "--batch")
+    batches = parse_int_list(args.batch, "--batch", "--batch", "1,2,4")
     sets = _opt_sets(args)
     limit = 0 if args.estimate_only else (
         parse_bytes(args.measure_below, "a size for --measure-below: " + SIZE_FORMS)
@@ -924,7 +924,7 @@ def _fit(args: argparse.Namespace, store) -> int:
     from .sweep import DEFAULT_MAX_BATCH, parse_int_list, resolve_budget, what_fits
 
     budget = resolve_budget(args.budget)
-    batches = parse_int_list(args.batch, "--batch", "--batch")
+    batches = parse_int_list(args.batch, "--batch", "--batch", "1,2,4")
     sets = _opt_sets(args)
     if args.granularity is not None and args.granularity < 1:
         _error(f"The granularity must be at least 1 token (got {args.granularity}).",

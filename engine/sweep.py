@@ -161,10 +161,12 @@ def resolve_budget(text: str | None) -> Budget:
     return Budget(value, "given", f"{human_bytes(value)} (given as {text.strip()})")
 
 
-def parse_int_list(text: str, what: str, option: str | None = None) -> list[int]:
+def parse_int_list(text: str, what: str, option: str | None = None,
+                   sample: str = "512,1024,2048") -> list[int]:
     """``'512,1024,2048'`` -> [512, 1024, 2048] (sorted, unique), or an error naming the value;
     ``what`` names the list in the message (a field's label in the window), ``option`` the
-    command-line option its examples show (None: the examples are bare values)."""
+    command-line option its examples show (None: the examples are bare values), ``sample``
+    the example values (batches: ``1,2,4``)."""
     example = f"{option} " if option else ""
     values = []
     for part in str(text).split(","):
@@ -172,14 +174,15 @@ def parse_int_list(text: str, what: str, option: str | None = None) -> list[int]
         if not part:
             continue
         if not part.isdigit() or int(part) < 1:
-            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
-                               f"Cannot read {part!r} in the {what} list {text!r}.",
+            said = (f"The {what} list {text!r} has {part}: every value must be at least 1."
+                    if part.isdigit() else f"Cannot read {part!r} in the {what} list {text!r}.")
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD, said,
                                f"Give whole numbers of at least 1, separated by commas "
-                               f"(e.g. {example}512,1024,2048).")
+                               f"(e.g. {example}{sample}).")
         values.append(int(part))
     if not values:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The {what} list {text!r} is empty.",
-                           f"Give at least one value, e.g. {example}512.")
+                           f"Give at least one value, e.g. {example}{sample.split(',')[0]}.")
     return sorted(set(values))
 
 

@@ -327,6 +327,8 @@ def test_cli_fit_json_and_table(capsys) -> None:
     (["sweep", "--model", "preset:tiny-llama", "--seq", "128,512"],
      ["supports 256 positions", "at or below 256"]),
     (["sweep", "--model", "preset:tiny-llama", "--seq", "12,x"], ["Cannot read 'x'"]),
+    (["sweep", "--model", "preset:tiny-llama", "--batch", "0"],
+     ["has 0: every value must be at least 1", "--batch 1,2,4"]),
     (["fit", "--model", "preset:tiny-llama", "--budget", "1GiB", "--opt", "int8-dynamic"],
      ["cannot apply int8 dynamic quantization", "read the weights' values", "memlens profile"]),
     (["fit", "--model", "preset:tiny-llama", "--budget", "1GiB", "--opt", "lora"],

@@ -231,7 +231,7 @@ class SweepPanel(QWidget):
 
     def _lists(self) -> tuple[list[int], list[int]]:
         return (parse_int_list(self.seq_edit.text(), "Sequence lengths"),
-                parse_int_list(self.batch_edit.text(), "Batches"))
+                parse_int_list(self.batch_edit.text(), "Batches", sample="1,2,4"))
 
     def sweep_job(self, optimizations: list[dict[str, Any]]) -> dict[str, Any]:
         """The sweep job's arguments from the inputs (raises ``MemLensError`` on bad input)."""
