@@ -1161,6 +1161,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
     if result.training:
         w("(ms and FLOPs: each layer's forward; the total row's: the whole step, forward + "
           "backward + optimizer)\n")
+    if t.latency_ms is not None and t.plain_latency_ms is not None:
+        w(f"(the total row's ms is the pass timed with the layers' hooks, as each row is; "
+          f"without them it took {t.plain_latency_ms:.3f} ms, the latency given below)\n")
     w("\n")
     from .aggregate import PEAK_SOURCES
 

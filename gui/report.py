@@ -486,7 +486,10 @@ def _layer_table_html(result: RunResult) -> str:
     notes = ["Weights, saved for backward, gradients, optimizer state and at-peak bytes are "
              "exclusive (a block's row excludes its attention and MLP rows); output bytes, "
              "transient peaks, latency and FLOPs are inclusive. The peak row's weights are all "
-             "the model's weights at rest, and its latency and FLOPs the whole pass's."]
+             "the model's weights at rest, and its latency and FLOPs the whole pass's"
+             + (f" (timed with the layers' hooks, as each row is; {human_ms(t.plain_latency_ms)}"
+                " without them, the latency in the totals)"
+                if t.latency_ms is not None and t.plain_latency_ms is not None else "") + "."]
     if any(layer.flops_complete is False for layer in result.layers) or t.flops_uncounted_ops:
         notes.append(FLOPS_INCOMPLETE + ".")
     if left_out:
