@@ -465,11 +465,16 @@ def _export(args: argparse.Namespace, store) -> int:
     for path in export_run(result, csv_dir=args.csv, trace=args.trace):
         print(f"written: {path}")
     if args.csv is not None and not (result.timeline or {}).get("t"):
+        from .export import TIMELINE_CSV
+
+        stale = Path(args.csv) / TIMELINE_CSV
         print("no timeline.csv: the run recorded no timeline"
-              + (" (an estimate samples nothing)" if result.estimate is not None else ""))
+              + (" (an estimate samples nothing)" if result.estimate is not None else "")
+              + (f"; the {stale} there is from an earlier export" if stale.exists() else ""))
     if result.estimate is not None:
-        print("these are ESTIMATES (fake tensors: no weights, no real memory); layers.csv says "
-              "so in its figures column")
+        print("these are ESTIMATES (fake tensors: no weights, no real memory)"
+              + ("; layers.csv says so in its figures column" if args.csv is not None else
+                 "; the trace says so in its process names"))
     return EXIT_OK
 
 
@@ -1037,21 +1042,15 @@ def _empty_trash(store, run_ids: list[str]) -> int:
                "Run `memlens delete --empty-trash` alone, or `memlens delete RUN_ID ...` to "
                "move runs to the trash.")
         return EXIT_USAGE
-    ids = store.trashed()
-    if not ids:
+    if store.usage(trash=True) == (0, 0):
         print(f"the trash is empty ({store.trash_root})")
         return EXIT_OK
-    removed, freed, failed = 0, 0, 0
-    for run_id in ids:
-        try:
-            freed += store.purge(run_id)
-            removed += 1
-        except MemLensError as exc:
-            _error(exc.message, exc.hint)
-            failed += 1
-    print(f"removed {removed} run(s) from {store.trash_root} for good: {human_bytes(freed)} "
-          "freed")
-    return EXIT_FAILED if failed else EXIT_OK
+    removed, freed, errors = store.empty_trash()
+    for exc in errors:
+        _error(exc.message, exc.hint)
+    print(f"removed {len(removed)} run(s) from {store.trash_root} for good: "
+          f"{human_bytes(freed)} freed")
+    return EXIT_FAILED if errors else EXIT_OK
 
 
 def _usage_line(store, trash: bool) -> str:
@@ -1131,21 +1130,26 @@ def print_report(result: RunResult, out: TextIO) -> None:
       f"{shape[1] if shape else cfg.seq} ({result.inputs.get('source', '?')})"
       f"{f', {cfg.new_tokens} new tokens' if cfg.workload == 'generate' else ''}\n\n")
     training = cfg.workload == "train"
-    cols = ["layer", "kind", "weights", "output", "saved bwd" if training else "KV cache",
-            "transient", "at peak", "ms", "FLOPs"]
+    # A training step's gradients and optimizer state get columns (in "at peak" alone, an MLP
+    # row's optimizer state could not be told from its weights).
+    middle = ["saved bwd", "grads", "optim"] if training else ["KV cache"]
+    cols = ["layer", "kind", "weights", "output", *middle, "transient", "at peak", "ms", "FLOPs"]
     rows = []
     for layer in result.layers:
         name = ("  " * layer.depth) + (layer.name.rsplit(".", 1)[-1] if layer.depth else layer.name)
         flops = si_number(layer.flops) if layer.flops is not None else MISSING
         if layer.flops_complete is False:
             flops += "*"
+        own = ([_cell(layer.saved_for_backward_bytes), _cell(layer.gradient_bytes),
+                _cell(layer.optimizer_state_bytes)] if training else [_cell(layer.kv_cache_bytes)])
         rows.append([
             name, layer.kind, human_bytes(layer.weights_bytes), _cell(layer.activation_bytes),
-            _cell(layer.saved_for_backward_bytes if training else layer.kv_cache_bytes),
-            _cell(layer.transient_peak_bytes), human_bytes(layer.at_peak_bytes),
+            *own, _cell(layer.transient_peak_bytes), human_bytes(layer.at_peak_bytes),
             f"{layer.latency_ms:.3f}" if layer.latency_ms is not None else MISSING, flops])
-    rows.append(["unattributed", "", "", "", "", "", human_bytes(t.unattributed_bytes), "", ""])
-    rows.append(["total at peak", "", human_bytes(t.model_weights_bytes), "", "", "",
+    blank = [""] * len(middle)
+    rows.append(["unattributed", "", "", "", *blank, "", human_bytes(t.unattributed_bytes), "",
+                 ""])
+    rows.append(["total at peak", "", human_bytes(t.model_weights_bytes), "", *blank, "",
                  human_bytes(t.peak_bytes),
                  f"{t.latency_ms:.3f}" if t.latency_ms is not None else MISSING,
                  (si_number(t.flops) + ("*" if t.flops_uncounted_ops else ""))

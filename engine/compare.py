@@ -8,12 +8,12 @@ from typing import Any, TextIO
 
 from .aggregate import group_layers
 from .format import MISSING, human_bytes
-from .results import RunResult
+from .results import NOISY_TIMING_SPREAD, RunResult, timing_spread
 
 # Quality figures a scatter can use, best first: (key in RunResult.quality, axis label, better).
 QUALITY_METRICS = (
     # Only where every run has it (generation with a technique): what a KV-cache policy
-    # changes, while the prompt's perplexity stays the unoptimized model's.
+    # changes first (its KL is scored through the cache, engine.quality).
     ("generated_token_agreement", "generated tokens the same as the unoptimized model's",
      "higher"),
     # Only where every optimized run has it (training with a technique): what the technique
@@ -133,11 +133,11 @@ class Comparison:
 
     def ratio_noisy(self, i: int) -> bool:
         """Run ``i``'s latency ratio rests on timing passes (its own or the reference's) that
-        disagree too much to trust it (the runs' own warnings say by how much)."""
-        from .runner import NOISY_TIMING_SPREAD
-
-        return any((s or 0) > NOISY_TIMING_SPREAD
-                   for s in (self.latency_spread[i], self.latency_spread[0]))
+        disagree too much to trust it (the runs' own warnings say by how much); False where
+        the run has no ratio."""
+        return self.latency_ratio[i] is not None and any(
+            (s or 0) > NOISY_TIMING_SPREAD
+            for s in (self.latency_spread[i], self.latency_spread[0]))
 
     def ratio_text(self, i: int) -> str:
         """"×0.88", with " (noisy)" when :meth:`ratio_noisy`; "—" without a ratio."""
@@ -207,11 +207,6 @@ def reference_first(runs: Sequence[RunResult], preferred: str | None = None
     return runs, "the first run"
 
 
-def _spread(times: Sequence[float] | None) -> float | None:
-    times = [ms for ms in times or [] if ms and ms > 0]
-    return max(times) / min(times) if len(times) >= 2 else None
-
-
 def compare(runs: Sequence[RunResult]) -> Comparison:
     """Align ``runs`` (two or more; the first is the reference) bar by bar."""
     if not runs:
@@ -229,7 +224,7 @@ def compare(runs: Sequence[RunResult]) -> Comparison:
     ref_ms = comparison.latency_ms[0]
     comparison.latency_ratio = [ms / ref_ms if ms and ref_ms else None
                                 for ms in comparison.latency_ms]
-    comparison.latency_spread = [_spread((r.timing or {}).get("plain_ms")) for r in runs]
+    comparison.latency_spread = [timing_spread((r.timing or {}).get("plain_ms")) for r in runs]
     for key, label, better in QUALITY_METRICS:
         values = [quality_figure(r.quality, key) for r in runs]
         needed = (len(runs) if key == "generated_token_agreement"
@@ -265,8 +260,6 @@ def print_comparison(runs: list[RunResult], out: TextIO) -> None:
           f"{(f'{t.plain_latency_ms:.2f}' if t.plain_latency_ms else MISSING):>12}"
           f"{ratios[i]:>{width}}  {_quality(r)}\n")
     if any(c.ratio_noisy(i) for i in range(1, len(runs))):
-        from .runner import NOISY_TIMING_SPREAD
-
         w(f"\n(noisy: that run's or [0]'s timing passes were more than ×{NOISY_TIMING_SPREAD:g} "
           "apart, so the latency ratio may be off; their warnings say how far)\n")
     if any(r.config.model != ref.config.model for r in runs[1:]):

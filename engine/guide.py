@@ -24,7 +24,7 @@ from .config import RunConfig
 from .errors import Cancelled, ErrorKind, MemLensError
 from .events import Event, Failed, Progress
 from .format import human_bytes, quality_parts
-from .results import LOSS_ROW, bytes_by_part
+from .results import LOSS_ROW, bytes_by_part, timing_spread
 
 # What guides claim, as (quantity that goes down). Quantities: "peak" (bytes at the measured
 # peak), "weights" (model weight bytes), "latency" (plain pass time), "optimizer_state",
@@ -153,7 +153,7 @@ class Entry:
     def latency_noisy(self) -> bool:
         """The timing passes of this run or of its baseline spread too far apart to trust the
         latency ratio (the run's own warning says by how much)."""
-        from .runner import NOISY_TIMING_SPREAD
+        from .results import NOISY_TIMING_SPREAD
 
         return (self.measured.get("latency_spread") or 0) > NOISY_TIMING_SPREAD
 
@@ -286,9 +286,8 @@ def _fill(entry: Entry, result: Any) -> None:
         entry.baseline["parts"] = bytes_by_part(
             [(r["kind"], r.get("at_peak_bytes")) for r in rows], base.get("unattributed_bytes"))
         entry.measured["parts"] = bytes_by_part(result.layers, t.unattributed_bytes)
-    spreads = [max(times) / min(times) for times in (
-        (result.timing or {}).get("plain_ms"), base.get("plain_ms"))
-        if times and len(times) > 1 and min(times) > 0]
+    spreads = [s for s in (timing_spread((result.timing or {}).get("plain_ms")),
+                           timing_spread(base.get("plain_ms"))) if s is not None]
     entry.measured["latency_spread"] = max(spreads) if spreads else None
     entry.latency_ratio = (result.deltas or {}).get("latency_ratio")
     entry.quality = dict(result.quality or {})
@@ -592,7 +591,7 @@ def _figure(quality: dict[str, Any], key: str) -> Any:
 def _quality_axis(entries: Sequence[Entry]) -> tuple[str, str] | None:
     """(quality key after, key before) every measured entry has, best first; None if none."""
     # Generated-token agreement first: where every entry has it (generation), it is what a
-    # cache policy changes; the prompt's perplexity and KL stay the baseline's. After training,
+    # cache policy changes first (its KL is scored through the cache). After training,
     # the trained model against the baseline trained alike: what a training technique changes
     # (before its steps the model is the unoptimized one).
     for after, before in (("generated_token_agreement", ""),

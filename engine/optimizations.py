@@ -930,9 +930,14 @@ class FreezeBase(Optimization):
             if found is None:
                 return "no block list found in this model: set train_last_blocks to 0"
             if keep >= len(found[1]):
+                kept = {id(p) for p in self._head(model)}
+                kept |= {id(p) for block in found[1] for p in block.parameters()}
+                frozen = sum(p.numel() for p in model.parameters() if id(p) not in kept)
+                total = sum(p.numel() for p in model.parameters())
                 return (f"train_last_blocks {keep} keeps every one of the model's "
-                        f"{len(found[1])} blocks trainable, so nothing of the base is frozen: "
-                        f"use at most {len(found[1]) - 1}")
+                        f"{len(found[1])} blocks trainable: only what lies outside the blocks "
+                        f"and the head would be frozen ({frozen:,} of {total:,} parameters), "
+                        f"which is not freezing the base: use at most {len(found[1]) - 1}")
         return None
 
     def _apply(self, model, params, hooks, device, record):

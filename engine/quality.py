@@ -143,27 +143,28 @@ def measure(ref: Reference, model: nn.Module | None = None, context: Any = None,
             record["perplexity"] = record["baseline_perplexity"]
             return record
         total = int(ref.input_ids.shape[1])
+        base = ref.log_probs
         if cache_factory is not None and total > 2:
             lp = _log_probs(_logits_through_cache(model, ref, context or contextlib.nullcontext(),
                                                   cache_factory))
-            # Scored: the predictions made by the one-token steps, which read the cache (the
-            # prefill's read the keys and values it had just computed, as the baseline's did).
+            # KL and top-1 agreement on the predictions made by the one-token steps, which read
+            # the cache (the prefill's read the keys and values it had just computed, as the
+            # baseline's did, and would only dilute them); perplexity on the whole text, as
+            # every run's, so that runs compare.
             split = max(1, total // 2)
-            base, lp, ids = ref.log_probs[split:], lp[split:], ref.input_ids[:, split:]
-            record.update({
-                "tokens": int(base.shape[0]),
-                "baseline_perplexity": _perplexity(base, ids) if meaningful else None,
-                "through_cache": (
-                    f"the text decoded through the {cache_policy or 'chosen'} cache: {split} "
-                    f"tokens as a prefill, then one at a time; scored on the "
-                    f"{int(base.shape[0])} predictions made from the cache")})
+            scored, base = lp[split:], base[split:]
+            record["through_cache"] = (
+                f"the text decoded through the {cache_policy or 'chosen'} cache: {split} tokens "
+                f"as a prefill, then one at a time; KL and top-1 agreement on the "
+                f"{int(base.shape[0])} predictions made from the cache, perplexity on the whole "
+                "text")
         else:
-            base, ids = ref.log_probs, ref.input_ids
             lp = _log_probs(_forward(model, ref, context or contextlib.nullcontext()))
-        kl = (base.exp() * (base - lp)).sum(-1).mean().item()
-        agree = (lp.argmax(-1) == base.argmax(-1)).float().mean().item()
+            scored = lp
+        kl = (base.exp() * (base - scored)).sum(-1).mean().item()
+        agree = (scored.argmax(-1) == base.argmax(-1)).float().mean().item()
         record.update({"kl_divergence": max(kl, 0.0), "top1_agreement": agree,
-                       "perplexity": _perplexity(lp, ids) if meaningful else None})
+                       "perplexity": _perplexity(lp, ref.input_ids) if meaningful else None})
         return record
     record = {"kind": "encoder", "text": ref.text_source, "sentences": int(ref.input_ids.shape[0])}
     if model is None:

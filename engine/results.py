@@ -24,6 +24,19 @@ from .config import RunConfig
 
 # The row of a training step's loss (engine.layers.LossScope); in parentheses like "(root)": a row
 # that is not one of the model's modules.
+# Timing passes of one model further apart than this (slowest / fastest) make its median
+# latency, and any ratio taken from it, unreliable: one pass disturbed by other work on the
+# machine, or passes too short to time. (Here, not in the runner: the compare view, the guide
+# and reports read it without importing torch.)
+NOISY_TIMING_SPREAD = 1.5
+
+
+def timing_spread(times: Any) -> float | None:
+    """Slowest / fastest of the timing passes ``times`` (ms); None with fewer than two."""
+    times = [ms for ms in times or [] if ms and ms > 0]
+    return max(times) / min(times) if len(times) >= 2 else None
+
+
 LOSS_ROW = "(loss)"
 # What the rows that are not modules of the model hold (the window shows it on their names).
 PSEUDO_ROWS = {

@@ -31,7 +31,7 @@ from .instrument import MemoryProbe, TimingProbe
 from .layers import (LOSS_ROW, TrackedModule, module_weight_tensors, owned_submodules,
                      parameter_count, select_layers, unique_nbytes, weights_dtype)
 from .modeltree import ChangeTracker, module_tree
-from .results import CATEGORIES, LayerStats, RunResult
+from .results import CATEGORIES, NOISY_TIMING_SPREAD, LayerStats, RunResult, timing_spread
 from . import quality as quality_mod
 from . import workloads as wl
 
@@ -391,8 +391,10 @@ class _Run:
             self.progress("quality", None, "comparing the compiled model's outputs with the "
                                            "reference")
             with self._compile_errors():
-                result.quality = quality_mod.measure(reference, self.hooks.compiled,
-                                                     self.hooks.context(device))
+                result.quality = quality_mod.measure(
+                    reference, self.hooks.compiled, self.hooks.context(device),
+                    cache_factory=self.hooks.cache_factory if cfg.workload == "generate"
+                    else None, cache_policy=self.hooks.cache_policy)
         if chosen and result.generation and result.baseline:
             # Cache policies do not change a plain forward; what they change shows in what is
             # generated, compared token by token with the baseline's greedy output.
@@ -1098,24 +1100,19 @@ def _trap_warnings(result: RunResult) -> None:
     _noise_warnings(result)
 
 
-# Timing passes of one model further apart than this (slowest / fastest) make its median
-# latency, and any ratio taken from it, unreliable: one pass disturbed by other work on the
-# machine, or passes too short to time.
-NOISY_TIMING_SPREAD = 1.5
-
-
 def _noise_warnings(result: RunResult) -> None:
     """Say so when the plain timing passes of this run (or of its baseline) disagree widely:
     with few repeats one disturbed pass moves the median, and the latency ratio with it."""
     cfg = result.config
     for who, times in (("", (result.timing or {}).get("plain_ms")),
                        ("the unoptimized baseline's ", (result.baseline or {}).get("plain_ms"))):
-        times = [ms for ms in times or [] if ms and ms > 0]
-        if len(times) < 2 or max(times) / min(times) <= NOISY_TIMING_SPREAD:
+        spread = timing_spread(times)
+        if spread is None or spread <= NOISY_TIMING_SPREAD:
             continue
+        times = [ms for ms in times if ms and ms > 0]
         ratio = " and the latency ratio against the baseline" if result.deltas else ""
         result.warnings.append(
             f"Latency is noisy: {who}{len(times)} plain timing passes took {min(times):.2f} to "
-            f"{max(times):.2f} ms (×{max(times) / min(times):.1f} apart), so the median"
+            f"{max(times):.2f} ms (×{spread:.1f} apart), so the median"
             f"{ratio} may be off. Rerun on a quieter machine or with more timing passes (now "
             f"{cfg.repeats}; memlens profile --repeats N).")

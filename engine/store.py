@@ -257,6 +257,37 @@ class RunStore:
             freed += size
         return freed
 
+    def empty_trash(self) -> tuple[list[str], int, list[MemLensError]]:
+        """Remove every run in the trash for good (:meth:`purge` each), and attention maps
+        left there without their run; returns the ids removed, the bytes freed (what
+        ``usage(trash=True)`` counted) and the failures (each named; the rest is removed)."""
+        removed: list[str] = []
+        freed = 0
+        errors: list[MemLensError] = []
+        for run_id in self.trashed():
+            try:
+                freed += self.purge(run_id)
+                removed.append(run_id)
+            except MemLensError as exc:
+                errors.append(exc)
+        suffix = ".attn.safetensors"
+        if self.trash_root.is_dir():
+            for p in sorted(self.trash_root.glob(f"*{suffix}")):
+                if (self.trash_root / f"{p.name[:-len(suffix)]}.json").exists():
+                    continue  # (its run could not be removed: named above)
+                try:
+                    size = p.stat().st_size
+                    p.unlink()
+                    freed += size
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    errors.append(MemLensError(ErrorKind.STORE, f"Could not remove {p}: "
+                                               f"{exc.strerror or exc}.",
+                                               "Check that the trash folder is writable, or "
+                                               "remove the file by hand."))
+        return removed, freed, errors
+
     def usage(self, trash: bool = False) -> tuple[int, int]:
         """(runs, bytes on disk) of the saved runs, or of the trash: the JSON files and their
         attention maps (maps without a run are counted too: they take the space as well)."""

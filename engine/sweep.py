@@ -182,7 +182,7 @@ def parse_int_list(text: str, what: str, option: str | None = None,
         values.append(int(part))
     if not values:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The {what} list {text!r} is empty.",
-                           f"Give at least one value, e.g. {example}{sample.split(',')[0]}.")
+                           f"Give at least one value, e.g. {example}{sample}.")
     return sorted(set(values))
 
 

@@ -894,11 +894,11 @@ class MainWindow(QMainWindow):
         if store is None:
             return False
         ids = store.trashed()
-        if not ids:
+        _, size = store.usage(trash=True)
+        if not size and not ids:
             self.log.info(f"The trash of {store.root} is empty.")
             self.status.show_message("The trash is empty.")
             return False
-        _, size = store.usage(trash=True)
         if confirm:
             answer = QMessageBox.question(
                 self, "Empty the trash", f"Remove the {len(ids)} deleted run(s) in "
@@ -906,17 +906,17 @@ class MainWindow(QMainWindow):
                 "undone.")
             if answer != QMessageBox.StandardButton.Yes:
                 return False
-        freed: list[int] = []
-        removed = self._each_run(ids, lambda run_id: freed.append(store.purge(run_id)),
-                                 "remove")
+        removed, freed, errors = store.empty_trash()
+        for exc in errors:
+            self._store_error("Could not empty the trash", exc)
         self._last_deleted = [i for i in self._last_deleted if i not in removed]
         self.undo_delete_action.setEnabled(bool(self._last_deleted))
-        if removed:
-            said = (f"Removed {len(removed)} deleted run(s) for good: "
-                    f"{human_bytes(sum(freed))} freed.")
+        if removed or freed:
+            said = f"Removed {len(removed)} deleted run(s) for good: {human_bytes(freed)} freed."
             self.log.info(said)
-            self.status.show_message(said)
-        return len(removed) == len(ids)
+            if not errors:
+                self.status.show_message(said)
+        return not errors
 
     def _restore_runs(self, run_ids: Sequence[str]) -> bool:
         store = self._get_store()

@@ -490,6 +490,9 @@ def _layer_table_html(result: RunResult) -> str:
              + (f" (timed with the layers' hooks, as each row is; {human_ms(t.plain_latency_ms)}"
                 " without them, the latency in the totals)"
                 if t.latency_ms is not None and t.plain_latency_ms is not None else "") + "."]
+    if result.training:
+        notes.append("A training step's rows time and count each layer's forward; the peak "
+                     "row's latency and FLOPs are the whole step (forward, backward, optimizer).")
     if any(layer.flops_complete is False for layer in result.layers) or t.flops_uncounted_ops:
         notes.append(FLOPS_INCOMPLETE + ".")
     if left_out:
@@ -570,9 +573,10 @@ def _compare_table_html(results: Sequence[RunResult]) -> str:
     nowrap = "style='white-space: nowrap'"
     rows = []
     for i, run in enumerate(c.runs):
-        name = names[i] if len(names[i]) <= 40 else names[i][:39] + "…"
+        # (labels() says "(estimate)" already; a long name keeps its end, which is what tells
+        # repeated names apart)
+        name = names[i] if len(names[i]) <= 40 else "…" + names[i][-39:]
         first = (f"<td {nowrap}>[{i}] {_e(name)}"
-                 + (" (ESTIMATE)" if run.estimate is not None else "")
                  + f"<br><span class='note'>{_e(run.run_id)}</span></td>")
         words = ([f"{run.config.model} · {run.config.workload}"] if len(kinds) > 1 else []) + [
             optimizations_text(run.optimizations)]
@@ -588,7 +592,7 @@ def _compare_table_html(results: Sequence[RunResult]) -> str:
         "<th>quality (vs its own baseline)</th>")
     note = (f"Every run: {kinds[0]}. " if len(kinds) == 1 else "")
     if any(c.ratio_noisy(i) for i in range(1, len(c.runs))):
-        from engine.runner import NOISY_TIMING_SPREAD
+        from engine.results import NOISY_TIMING_SPREAD
 
         note += ("A ratio marked noisy rests on timing passes (of that run or of [0]) more than "
                  f"×{NOISY_TIMING_SPREAD:g} apart: the runs' warnings say how far. ")
@@ -657,7 +661,8 @@ def build_html(results: Sequence[RunResult], shots: Mapping[str, Sequence[Shot]]
                 out.append(f"<p class='caption'>{_e(shot.caption)}</p>")
 
     for i, r in enumerate(results):
-        prefix = f"[{i}] {names[i]} — " if len(results) > 1 else ""
+        prefix = (f"[{i}] {names[i].replace(' (estimate)', '')} — "  # the heading says it
+                  if len(results) > 1 else "")
         kind = " — ESTIMATE" if r.estimate is not None else ""
         brk = " style='page-break-before: always'" if i else ""  # each run on a new page
         out.append(f"<h2{brk}>{_e(prefix)}{_e(r.config.model)} · {_e(r.config.workload)}{kind}"

@@ -469,6 +469,9 @@ def test_bar_labels_name_the_largest_bars_first(qtbot):
     fit_bar_labels(plot, labels, widget.font())  # without sizes: from the left, as before
     ticks = placed()
     assert ticks[0][1] == "embed_tokens" and ticks[len(labels) - 1][1] == "unattributed"
+    assert axis.fixedHeight is not None  # two rows here...
+    fit_bar_labels(plot, [], widget.font())  # ...and a cleared chart gives the height back
+    assert axis.fixedHeight is None
 
 
 def test_the_guide_page_explains_itself_and_has_its_run_button(qtbot):

@@ -139,7 +139,7 @@ def test_bad_sweep_input_is_refused_before_anything_runs(qtbot, tmp_path):
     page.seq_edit.setText("16")
     page.batch_edit.setText(" , ")
     assert not window.run_sweep()
-    assert "The Batches list" in window.status.text() and "e.g. 512" in window.status.text()
+    assert "The Batches list" in window.status.text() and "e.g. 1,2,4" in window.status.text()
     page.batch_edit.setText("1")
     page.budget_edit.setText("24 gigs")
     assert not window.run_fit()

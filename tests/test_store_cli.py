@@ -388,11 +388,14 @@ def test_the_trash_is_emptied_for_good_and_sizes_are_shown(saved, tmp_path, caps
     assert "the trash holds 1 run(s)" in capsys.readouterr().out
     assert cli.main(["--store", root, "delete", "--empty-trash", run_id]) == cli.EXIT_USAGE
     assert store.trashed() == [run_id]  # refused: nothing removed
+    # maps left in the trash without their run are counted, and removed with the rest
+    (store.trash_root / "gone-run.attn.safetensors").write_bytes(b"x" * 1000)
+    assert store.usage(trash=True) == (1, on_disk + 1000)
     capsys.readouterr()
     assert cli.main(["--store", root, "delete", "--empty-trash"]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert f"removed 1 run(s) from {store.trash_root} for good: " \
-           f"{cli.human_bytes(on_disk)} freed" in out
+           f"{cli.human_bytes(on_disk + 1000)} freed" in out
     assert store.trashed() == [] and not any(p.exists() for p in files)
     assert not list(store.trash_root.iterdir())  # the maps went too
     assert cli.main(["--store", root, "delete", "--empty-trash"]) == cli.EXIT_OK

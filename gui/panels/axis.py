@@ -24,6 +24,8 @@ def fit_bar_labels(plot: Any, labels: Sequence[str], font: QFont,
     count = len(labels)
     if not count:
         axis.setTicks(None)
+        if axis.fixedHeight is not None:  # a cleared chart drops the second row's height
+            axis.setHeight(None)
         return
     metrics = QFontMetrics(axis.style.get("tickFont") or font)
     half = [metrics.horizontalAdvance(label) / 2 + 3 for label in labels]

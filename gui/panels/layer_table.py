@@ -76,9 +76,11 @@ COLUMNS: tuple[Column, ...] = (
 
 
 def used_columns(layers: Sequence[LayerStats]) -> list[int]:
-    """Indexes of the columns with a value in some row (name and kind always)."""
+    """Indexes of the columns with a value in some row (name, kind and at peak always: the
+    unattributed and peak rows under the table need the last)."""
     return [i for i, c in enumerate(COLUMNS)
-            if i < 2 or any(c.value(layer) is not None for layer in layers)]
+            if i < 2 or i == len(COLUMNS) - 1
+            or any(c.value(layer) is not None for layer in layers)]
 
 
 class LayerTableModel(QAbstractTableModel):

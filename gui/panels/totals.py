@@ -83,7 +83,9 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
         lines.append(line)
     quality = quality_parts(result.quality)
     if quality:
-        lines.append("quality: " + " · ".join(quality))
+        through = (result.quality or {}).get("through_cache")
+        lines.append("quality: " + " · ".join(quality)
+                     + (f" (scored as {through})" if through else ""))
     return lines
 
 
