@@ -47,12 +47,16 @@ def plan_and_wait(qtbot, window) -> list:
 
 @pytest.mark.slow
 def test_an_inference_plan_across_two_devices(qtbot, tmp_path):
+    from gui.panels.axis import placeholder_text
+
     window = make_window(qtbot, tmp_path, "generate")
     page = window.plan_panel
+    assert placeholder_text(page.plot).startswith("No plan yet")
     page.devices_spin.setValue(2)
     page.per_device_edit.setText("4MiB")
     assert page.strategy_combo.isEnabled() and page.offload_edit.isEnabled()
     assert plan_and_wait(qtbot, window) == []
+    assert placeholder_text(page.plot) == ""
     plan = page.plan
     assert plan is not None and plan.kind == "inference_plan" and plan.figures == "estimate"
     assert [r.device for r in plan.rows][:2] == ["cuda:0", "cuda:1"]
@@ -123,6 +127,9 @@ def test_a_failed_plan_says_so_on_its_page(qtbot, tmp_path):
     text = window.plan_panel.message.text()
     assert text.startswith("Failed: ") and "no-such-model" in text
     assert window.totals.text() == before
+    from gui.panels.axis import placeholder_text
+
+    assert placeholder_text(window.plan_panel.plot).startswith("No plan yet")  # not blank axes
 
 
 def _distributed_run():

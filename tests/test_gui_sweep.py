@@ -56,8 +56,13 @@ def run_and_wait(qtbot, window, start) -> tuple[list, list]:
 
 @pytest.mark.slow
 def test_a_sweep_runs_in_the_engine_process_and_draws_every_point(qtbot, tmp_path):
+    from gui.panels.axis import placeholder_text
+
     window = make_window(qtbot, tmp_path)
     page = window.sweep_panel
+    # before any sweep the charts say what they are for, with no 0-1 axes
+    assert placeholder_text(page.memory_plot).startswith("No sweep yet")
+    assert not page.memory_plot.getAxis("left").style["showValues"]
     page.seq_edit.setText("16,32,64")
     page.batch_edit.setText("1,2")
     page.estimate_check.setChecked(True)
@@ -70,6 +75,8 @@ def test_a_sweep_runs_in_the_engine_process_and_draws_every_point(qtbot, tmp_pat
     record = page.record
     assert isinstance(record, SweepRecord) and len(record.points) == 6
     assert {p.kind for p in record.points} == {"estimate"}
+    assert placeholder_text(page.memory_plot) == ""
+    assert page.memory_plot.getAxis("left").style["showValues"]
     # the page shows what the engine recorded, labelled as estimates
     text = page.text()
     assert "6 ESTIMATED" in text and text.count("ESTIMATE |") == 6

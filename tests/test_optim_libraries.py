@@ -131,7 +131,7 @@ def test_quanto_kv_cache_is_smaller_than_float32_and_counted(policy):
     # of it and always said KL 0, agreement 100%)
     q = r.quality
     assert "through the " + policy + " cache" in q["through_cache"]
-    assert q["kl_divergence"] > 0 and q["tokens"] < 128
+    assert q["kl_divergence"] > 0 and "KL and top-1 agreement on the" in q["through_cache"]
 
 
 def test_a_lossless_cache_policy_leaves_the_quality_as_it_was():

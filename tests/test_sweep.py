@@ -368,7 +368,7 @@ def test_size_hints_offer_only_what_each_input_accepts():
     assert "e.g. --seq 512,1024,2048" in cli_list.value.hint
     with pytest.raises(MemLensError) as field:
         parse_int_list("", "Batches")
-    assert "e.g. 512." in field.value.hint and "--" not in field.value.hint
+    assert "e.g. 512,1024,2048." in field.value.hint and "--" not in field.value.hint
 
 
 def test_a_peak_and_its_budget_are_written_with_the_same_digits() -> None:

@@ -5,8 +5,40 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QFont, QFontMetrics
+
+from .. import theme
+
+
+def show_placeholder(plot: Any, text: str | None) -> None:
+    """``text`` in the middle of an empty chart, with its axes' values hidden (0-1 axes with
+    ticks said nothing, and read as a chart of nothing); ``None`` takes it away and shows the
+    values again, before the chart is drawn. Survives ``plot.clear()`` (it is added again)."""
+    item = getattr(plot, "_memlens_placeholder", None)
+    if item is not None and item.scene() is None:  # plot.clear() took it out
+        item = None
+    if text:
+        if item is None:
+            item = pg.TextItem("", anchor=(0.5, 0.5))
+            plot.addItem(item, ignoreBounds=True)
+        item.setText(text)
+        item.setColor(theme.current().text)
+        item.setPos(0.5, 0.5)
+        plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+    elif item is not None:
+        plot.removeItem(item)
+        item = None
+    plot._memlens_placeholder = item
+    for axis in ("left", "bottom"):
+        plot.getAxis(axis).setStyle(showValues=not text)
+
+
+def placeholder_text(plot: Any) -> str:
+    """What :func:`show_placeholder` shows on ``plot`` ('' when the chart is drawn)."""
+    item = getattr(plot, "_memlens_placeholder", None)
+    return item.toPlainText() if item is not None and item.scene() is not None else ""
 
 
 def fit_bar_labels(plot: Any, labels: Sequence[str], font: QFont,

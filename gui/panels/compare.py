@@ -25,7 +25,7 @@ from engine.compare import Comparison, optimizations_text
 from engine.format import MISSING, human_bytes, human_ms, short_layer_label
 
 from .. import theme
-from .axis import fit_bar_labels, keep_legend_fitted
+from .axis import fit_bar_labels, keep_legend_fitted, placeholder_text, show_placeholder
 
 MIB = 1024.0 * 1024.0
 _TEXT = "#202020"
@@ -110,13 +110,6 @@ class ComparePanel(QWidget):
         self._point_labels: list[pg.TextItem] = []
         self.scatter_note = QLabel("")
         self.scatter_note.setWordWrap(True)
-        # An empty chart says what it will show instead of drawing 0-1 axes that mean nothing
-        # (as the Current run page's chart does).
-        self._empty_items = {}
-        for plot, text in ((self.bars_plot, BARS_EMPTY), (self.scatter_plot, SCATTER_EMPTY)):
-            item = pg.TextItem(text, color=theme.current().text, anchor=(0.5, 0.5))
-            plot.addItem(item, ignoreBounds=True)
-            self._empty_items[plot] = item
         self._show_empty(True)
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
@@ -165,17 +158,13 @@ class ComparePanel(QWidget):
 
     def empty_text(self) -> str:
         """What the bar chart says in its middle while it is empty ('' when it shows runs)."""
-        item = self._empty_items[self.bars_plot]
-        return item.toPlainText() if item.isVisible() else ""
+        return placeholder_text(self.bars_plot)
 
     def _show_empty(self, empty: bool) -> None:
-        for plot, item in self._empty_items.items():
-            item.setVisible(empty)
-            for axis in ("left", "bottom"):
-                plot.getAxis(axis).setStyle(showValues=not empty)
-            if empty:
-                plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
-                item.setPos(0.5, 0.5)
+        # An empty chart says what it will show instead of drawing 0-1 axes that mean nothing
+        # (as the Current run page's chart does).
+        show_placeholder(self.bars_plot, BARS_EMPTY if empty else None)
+        show_placeholder(self.scatter_plot, SCATTER_EMPTY if empty else None)
 
     def render(self, comparison: Comparison, why: str = "") -> None:
         """``why``: how the reference (the first run) was chosen, said after its id."""

@@ -36,7 +36,7 @@ from engine.distributed import STRATEGIES, TRAIN_PARTS, parse_size
 from engine.errors import ErrorKind, MemLensError
 from engine.format import MISSING, human_bytes
 
-from .axis import keep_legend_fitted
+from .axis import keep_legend_fitted, show_placeholder
 from .. import theme
 from .layer_chart import CATEGORY_COLORS
 from .sweep import byte_unit
@@ -49,6 +49,10 @@ PART_COLORS = {**CATEGORY_COLORS, "offload_transit": "#76b7b2", "sharded_params"
 INFERENCE_COLUMNS = ("Device", "Budget", "Weights", "KV cache", "Activations",
                      "Offload in transit", "Total", "Fits", "Holds")
 TRAINING_COLUMNS = ("Part (per rank)", "Bytes", "All ranks")
+
+
+PLAN_EMPTY = ("No plan yet.\nPlan shows each device's memory, stacked by part,\nagainst its "
+              "budget.")
 
 
 def _item(text: str, right: bool = False) -> QTableWidgetItem:
@@ -147,6 +151,8 @@ class PlanPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.resizeColumnsToContents()  # the headers whole ("Offload in transit") at once
+        show_placeholder(self.plot, PLAN_EMPTY)
         self.notes = QPlainTextEdit()
         self.notes.setReadOnly(True)
         self.notes.setMaximumHeight(130)
@@ -247,9 +253,12 @@ class PlanPanel(QWidget):
             self.plot.getAxis(axis).setTextPen(t.text)
             self.plot.getAxis(axis).setPen(t.axis)
 
-    def clear(self, text: str = "") -> None:
+    def clear(self, text: str = "", placeholder: str | None = PLAN_EMPTY) -> None:
+        """Empty the page; ``text`` replaces the message, ``placeholder`` stands in the chart
+        (None: the chart is about to be drawn)."""
         self.plan = None
         self.plot.clear()
+        show_placeholder(self.plot, placeholder)
         self.legend.clear()
         self.table.setRowCount(0)
         self.notes.setPlainText("")
@@ -258,7 +267,7 @@ class PlanPanel(QWidget):
             self.message.setText(text)
 
     def render(self, plan: Any) -> None:
-        self.clear()
+        self.clear(placeholder=None)
         self.plan = plan
         if plan.kind == "training_plan":
             self._render_training(plan)

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 from engine.format import MISSING, bytes_against, human_bytes
 from engine.sweep import BUDGET_FORMS, CATEGORY_LABELS, parse_bytes, parse_int_list
 
-from .axis import keep_legend_fitted
+from .axis import keep_legend_fitted, show_placeholder
 from .. import theme
 from .compare import run_color
 
@@ -82,6 +82,10 @@ def _style(plot: pg.PlotItem, title: str, left: str, bottom: str) -> None:
         plot.getAxis(axis).setTextPen(t.text)
         plot.getAxis(axis).setPen(t.axis)
 
+
+SWEEP_EMPTY = ("No sweep yet.\nRun sweep draws the peak over sequence length\nand batch; Find "
+               "what fits marks the largest\nthat fits the budget.")
+LATENCY_EMPTY = "Latency of the measured points\nappears here."
 
 class SweepPanel(QWidget):
     """Inputs for a sweep or a fit, and their results.
@@ -176,6 +180,8 @@ class SweepPanel(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setWordWrap(False)
+        self.table.resizeColumnsToContents()  # the headers whole before any sweep
+        self._placeholders(SWEEP_EMPTY)
 
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.plots)
@@ -261,12 +267,19 @@ class SweepPanel(QWidget):
         self.fit_requested.emit(None)
 
     # -- drawing --------------------------------------------------------------------------------
-    def clear(self, text: str = "") -> None:
+    def _placeholders(self, memory: str | None) -> None:
+        show_placeholder(self.memory_plot, memory)
+        show_placeholder(self.latency_plot, LATENCY_EMPTY if memory else None)
+
+    def clear(self, text: str = "", placeholder: str | None = None) -> None:
+        """Empty the page; ``text`` replaces the message, ``placeholder`` stands in the charts
+        (default: what the page is for)."""
         self.record = None
         self.points, self.answers = [], []
         self._mode = ""
         self.memory_plot.clear()
         self.latency_plot.clear()
+        self._placeholders(placeholder or SWEEP_EMPTY)
         self.legend.clear()
         self.table.setRowCount(0)
         self.save_button.setEnabled(False)
@@ -275,7 +288,8 @@ class SweepPanel(QWidget):
 
     def start(self, mode: str, text: str) -> None:
         """A job has started: empty the page and show ``text``."""
-        self.clear(text)
+        self.clear(text, "Searching: the answer is drawn when it is found." if mode == "fit"
+                   else "Working: each point is drawn as it is measured or estimated.")
         self._mode = mode
         self.latency_widget.setVisible(mode != "fit")  # a fit has estimates only: no latency
         if mode == "fit":
@@ -334,6 +348,7 @@ class SweepPanel(QWidget):
     def _draw_sweep(self) -> None:
         self.memory_plot.clear()
         self.latency_plot.clear()
+        self._placeholders(None)
         self.legend.clear()
         unit, MIB = byte_unit(max((p.peak_bytes or 0 for p in self.points), default=0))
         _style(self.memory_plot, "Peak memory", unit, "sequence length")
@@ -401,6 +416,7 @@ class SweepPanel(QWidget):
     def _draw_fit(self, record: Any) -> None:
         self.memory_plot.clear()
         self.latency_plot.clear()
+        self._placeholders(None)
         self.legend.clear()
         by_batch = bool(self.answers) and self.answers[0].axis == "batch"
         x_name = "batch" if by_batch else "sequence length"
