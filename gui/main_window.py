@@ -836,14 +836,12 @@ class MainWindow(QMainWindow):
         run_ids = list(run_ids)
         if store is None or not run_ids:
             return False
-        if confirm:
-            what = run_ids[0] if len(run_ids) == 1 else f"these {len(run_ids)} runs"
-            answer = QMessageBox.question(
-                self, "Delete runs", f"Move {what} to the trash?\n\nThey are kept in "
+        what = run_ids[0] if len(run_ids) == 1 else f"these {len(run_ids)} runs"
+        if confirm and not self._ask(
+                "Delete runs", f"Move {what} to the trash?\n\nThey are kept in "
                 f"{store.trash_root}: Edit → Undo delete brings them back, and Edit → Empty "
-                "the trash… frees their space for good.")
-            if answer != QMessageBox.StandardButton.Yes:
-                return False
+                "the trash… frees their space for good."):
+            return False
         moved = self._each_run(run_ids, store.trash, "delete")
         if moved:
             self._last_deleted = moved
@@ -899,13 +897,11 @@ class MainWindow(QMainWindow):
             self.log.info(f"The trash of {store.root} is empty.")
             self.status.show_message("The trash is empty.")
             return False
-        if confirm:
-            answer = QMessageBox.question(
-                self, "Empty the trash", f"Remove the {len(ids)} deleted run(s) in "
+        if confirm and not self._ask(
+                "Empty the trash", f"Remove the {len(ids)} deleted run(s) in "
                 f"{store.trash_root} for good, freeing {human_bytes(size)}?\n\nThis cannot be "
-                "undone.")
-            if answer != QMessageBox.StandardButton.Yes:
-                return False
+                "undone."):
+            return False
         removed, freed, errors = store.empty_trash()
         for exc in errors:
             self._store_error("Could not empty the trash", exc)
@@ -943,6 +939,10 @@ class MainWindow(QMainWindow):
                 continue
             done.append(run_id)
         return done
+
+    def _ask(self, title: str, text: str) -> bool:
+        """A yes/no question; True for yes."""
+        return QMessageBox.question(self, title, text) == QMessageBox.StandardButton.Yes
 
     def _store_error(self, what: str, exc: Exception) -> None:
         message = getattr(exc, "message", None) or str(exc)
