@@ -136,6 +136,9 @@ def _module_tracker() -> Any:
             pre-hook, which sees keywords; uses ModTracker's helpers.)"""
             if self.is_bw:  # a checkpointed block recomputed in the backward: nothing to add
                 return
+            if not (hasattr(self, "_post_bw_callbacks_to_enqueue")
+                    and hasattr(self, "_get_pop_fn")):
+                return  # a torch whose ModTracker works otherwise: attribution as before
             if any(isinstance(a, torch.Tensor) and a.requires_grad
                    for a in tree_flatten(args)[0]):
                 return  # ModTracker hooked these
