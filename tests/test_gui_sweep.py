@@ -77,6 +77,14 @@ def test_a_sweep_runs_in_the_engine_process_and_draws_every_point(qtbot, tmp_pat
     assert {p.kind for p in record.points} == {"estimate"}
     assert placeholder_text(page.memory_plot) == ""
     assert page.memory_plot.getAxis("left").style["showValues"]
+    # ... and the view follows the curves (the placeholder's 0-1 range once stuck there)
+    box = page.memory_plot.getViewBox()
+
+    def shows_every_point() -> bool:
+        box.prepareForPaint()  # pyqtgraph updates an auto range when it paints
+        (x0, x1), (y0, y1) = box.viewRange()
+        return x0 <= 16 and x1 >= 64 and y1 > 1
+    qtbot.waitUntil(shows_every_point, timeout=3000)
     # the page shows what the engine recorded, labelled as estimates
     text = page.text()
     assert "6 ESTIMATED" in text and text.count("ESTIMATE |") == 6

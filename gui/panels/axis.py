@@ -30,6 +30,8 @@ def show_placeholder(plot: Any, text: str | None) -> None:
     elif item is not None:
         plot.removeItem(item)
         item = None
+    if not text:  # setRange above turned auto-range off: a chart that sets no range of its
+        plot.enableAutoRange()  # own (the sweep's curves) would stay stuck at 0-1
     plot._memlens_placeholder = item
     for axis in ("left", "bottom"):
         plot.getAxis(axis).setStyle(showValues=not text)
