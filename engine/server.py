@@ -141,6 +141,9 @@ def serve(requests: Any, events: Any, control: Any) -> None:
     ``("done", job, None)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's to handle
     jobs: dict[int, threading.Event] = {}
+    # A cancel that arrives before its job starts (the first job waits for the warm-up, a few
+    # seconds) is kept for it: it was lost, and the run went on to the end.
+    early: set[int] = set()
     jobs_lock = threading.Lock()
 
     def watch_control() -> None:
@@ -148,6 +151,8 @@ def serve(requests: Any, events: Any, control: Any) -> None:
             if message[0] == "cancel":
                 with jobs_lock:
                     event = jobs.get(message[1])
+                    if event is None:
+                        early.add(message[1])
                 if event is not None:
                     event.set()
 
@@ -168,6 +173,9 @@ def serve(requests: Any, events: Any, control: Any) -> None:
         cancel = threading.Event()
         with jobs_lock:
             jobs[job] = cancel
+            if job in early:
+                early.discard(job)
+                cancel.set()
 
         def listener(event: Any, job: int = job) -> None:
             events.put(("event", job, event))

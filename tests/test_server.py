@@ -105,3 +105,19 @@ def test_a_killed_engine_is_reported_and_replaced(engine):
     assert "killed" in failed.message and "Estimate" in failed.hint
     result = engine.execute(tiny())  # a fresh engine process
     assert result is not None and engine.pid != old_pid
+
+
+def test_a_cancel_sent_while_the_engine_starts_is_kept_for_its_job():
+    """The first job waits for the engine's warm-up; a cancel sent meanwhile found no job to
+    stop and was dropped, and the run went on to the end and was saved."""
+    proc = EngineProcess()
+    try:
+        cancel = threading.Event()
+        cancel.set()  # pressed before the engine was ready
+        events = Collector()
+        assert proc.execute(LONG, events, cancel) is None
+        assert events.failed is not None and events.failed.kind == "cancelled"
+        assert not events.of(Finished)
+        assert proc.execute(tiny()) is not None  # the next job runs
+    finally:
+        proc.close()
