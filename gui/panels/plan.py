@@ -93,6 +93,11 @@ class PlanPanel(QWidget):
         self.replicas_spin.setToolTip("Training: HSDP replica groups; each group holds the model "
                                       "sharded among ranks / replicas ranks (1: plain FSDP2)")
         self.master_combo = QComboBox()
+        # (a combo as wide as its longest item set the page's, and the window's, minimum width)
+        for combo in (self.strategy_combo, self.master_combo):
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
         self.master_combo.addItem("the run's dtype", None)
         self.master_combo.addItem("float32 (mixed precision)", "float32")
         self.master_combo.setToolTip("Training: dtype of the sharded parameters, gradients and "

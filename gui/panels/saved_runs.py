@@ -147,16 +147,22 @@ class SavedRunsPanel(QWidget):
         self.filter_edit.setToolTip("Keep the runs whose row contains every word typed "
                                     "(any column, any case)")
         self.filter_edit.textChanged.connect(self._filter_changed)
+        # Two rows: the eight buttons in one made the page, and so the window, at least 1156 px
+        # wide (off a 1024 px screen). What acts on the selection first; then the filter with
+        # what tidies the list.
         buttons = QHBoxLayout()
-        for button in (self.refresh_button, self.open_button, self.settings_button,
-                       self.compare_button, self.baseline_button, self.clear_baseline_button,
-                       self.label_button, self.delete_button):
+        for button in (self.open_button, self.settings_button, self.compare_button,
+                       self.baseline_button, self.clear_baseline_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
+        tidy = QHBoxLayout()
+        tidy.addWidget(self.filter_edit, 1)
+        for button in (self.label_button, self.delete_button, self.refresh_button):
+            tidy.addWidget(button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(buttons)
-        layout.addWidget(self.filter_edit)
+        layout.addLayout(tidy)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.message)
         layout.addWidget(self.baseline_label)

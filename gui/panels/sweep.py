@@ -127,6 +127,10 @@ class SweepPanel(QWidget):
         self.budget_edit.setToolTip("A size such as 24GiB or 80GB, or gpu (the detected GPU's "
                                     "memory) or ram (the available RAM)")
         self.axis_combo = QComboBox()
+        # (as wide as its longest item, it set the page's, and the window's, minimum width)
+        self.axis_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.axis_combo.setMinimumContentsLength(12)
         for axis, text in FIT_AXES:
             self.axis_combo.addItem(text, axis)
         self.fit_button = QPushButton("Find what fits")
@@ -135,27 +139,35 @@ class SweepPanel(QWidget):
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(self.save_requested)
 
-        box = QGroupBox("Sweep and what fits (uses the model, workload, dtype and optimizations "
-                        "on the left)")
+        # (a short title: a group box is at least as wide as its title, and this one set the
+        # window's minimum width; the message below says what the page uses)
+        box = QGroupBox("Sweep and what fits")
+        box.setToolTip("Uses the model, workload, dtype and optimizations on the left")
         grid = QGridLayout(box)
+        # Three short rows (sizes, budget, options) rather than two long ones: the page must not
+        # set the window's minimum width beyond a 1024 px screen.
         grid.addWidget(QLabel("Sequence lengths"), 0, 0)
         grid.addWidget(self.seq_edit, 0, 1)
         grid.addWidget(QLabel("Batches"), 0, 2)
         grid.addWidget(self.batch_edit, 0, 3)
-        grid.addWidget(self.baseline_check, 0, 4)
-        grid.addWidget(self.estimate_check, 0, 5)
-        grid.addWidget(self.sweep_button, 0, 6)
+        grid.addWidget(self.sweep_button, 0, 4)
         grid.addWidget(QLabel("Budget"), 1, 0)
         grid.addWidget(self.budget_edit, 1, 1)
         grid.addWidget(QLabel("Search"), 1, 2)
-        grid.addWidget(self.axis_combo, 1, 3, 1, 2)
-        grid.addWidget(self.save_button, 1, 5)
-        grid.addWidget(self.fit_button, 1, 6)
+        grid.addWidget(self.axis_combo, 1, 3)
+        grid.addWidget(self.fit_button, 1, 4)
+        options = QHBoxLayout()
+        options.addWidget(self.baseline_check)
+        options.addWidget(self.estimate_check)
+        options.addStretch(1)
+        options.addWidget(self.save_button)
+        grid.addLayout(options, 2, 0, 1, 5)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
 
         self.message = QLabel("Run a sweep to see how the peak grows with sequence length and "
-                              "batch, or find what fits a memory budget.")
+                              "batch, or find what fits a memory budget, for the model, "
+                              "workload, dtype and optimizations on the left.")
         self.message.setWordWrap(True)
 
         self.memory_widget = pg.GraphicsLayoutWidget()
