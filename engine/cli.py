@@ -1070,8 +1070,18 @@ def _runs(store, as_json: bool, trash: bool = False) -> int:
     folder = store.trash_root if trash else store.root
     kinds = {s.run_id: s.kind for s in runs}
     if as_json:
-        print(json.dumps([{**s.__dict__, "path": str(s.path)} for s in runs], indent=1))
+        # (a figure not recorded is null in JSON, not the table's "—")
+        print(json.dumps([{**s.__dict__, "path": str(s.path),
+                           "quality": None if s.quality == MISSING else s.quality}
+                          for s in runs], indent=1))
         return EXIT_OK
+    damaged = [] if trash else store.damaged()
+    if damaged:
+        shown = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5
+                                          else "")
+        print(f"memlens: warning: skipped {len(damaged)} file(s) in {store.root} that are not "
+              f"readable runs: {shown}.\n  hint: `memlens show FILE` says what is wrong with "
+              "one; other runs are unaffected.", file=sys.stderr)
     if not runs:
         print(f"no runs in the trash ({folder})" if trash else f"no saved runs in {folder}")
         held, size = store.usage(trash=True)

@@ -239,3 +239,48 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
+
+
+# What a field's annotation allows, for the check of a run read from a file (a hand-edited file
+# with a number given as text otherwise failed later, in a sort or a format, far from the cause).
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_ALLOWED = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": _number,
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "dict[str, int]": lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+
+
+def _check_fields(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        kind = str(f.type)
+        optional = kind.endswith(" | None")
+        kind = kind.removesuffix(" | None")
+        check = _ALLOWED.get(kind)
+        value = getattr(obj, f.name)
+        if check is None or (value is None and optional):
+            continue
+        if kind == "int" and _number(value) and float(value).is_integer():
+            continue  # (a JSON writer may have written 12.0)
+        if not check(value):
+            raise TypeError(f"{where}.{f.name} is {value!r}, not {kind}")
+
+
+def check_run_types(run: RunResult) -> None:
+    """TypeError naming the first field of ``run`` (its totals, layers, warnings) whose value
+    is not of its type: a run read from a file that someone edited."""
+    _check_fields(run.totals, "totals")
+    for i, layer in enumerate(run.layers):
+        _check_fields(layer, f"layers[{i}]")
+    for name in ("warnings", "limitations"):
+        value = getattr(run, name)
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise TypeError(f"{name} is {value!r}, not a list of text")
+    if not isinstance(run.config.model, str) or not run.config.model:
+        raise TypeError(f"config.model is {run.config.model!r}")

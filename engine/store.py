@@ -22,7 +22,7 @@ from typing import Any
 from .compare import optimizations_text, quality_text
 from .errors import ErrorKind, MemLensError
 from .records import not_a_run, record_kind
-from .results import RunResult, SchemaError
+from .results import RunResult, SchemaError, check_run_types
 
 
 def default_root() -> Path:
@@ -196,6 +196,14 @@ class RunStore:
     def list(self) -> list[RunSummary]:
         """Saved runs, newest first; damaged files are skipped (``damaged()`` names them)."""
         return _summaries(self.root)
+
+    def damaged(self) -> list[str]:
+        """Names of the run files :meth:`list` skipped (not JSON, not a run, a field of the
+        wrong type: ``memlens show FILE`` says what is wrong with one)."""
+        _summaries(self.root)
+        with _SUMMARY_LOCK:
+            cached = dict(_SUMMARY_CACHE.get(str(self.root.resolve()), {}))
+        return sorted(name for name, (_, summary) in cached.items() if summary is None)
 
     def trashed_runs(self) -> list[RunSummary]:
         """The runs in the trash, newest first, as :meth:`list` gives the saved ones."""
@@ -426,6 +434,17 @@ def _summaries(folder: Path) -> list[RunSummary]:
     return out
 
 
+def _typed(value: Any, *types: type, optional: bool = True) -> Any:
+    """``value`` when it is one of ``types`` (None too when ``optional``; a bool is not a
+    number); else TypeError: a hand-edited field of the wrong type makes the file damaged
+    rather than breaking the listing of every run (a sort or a format that fails)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise TypeError(f"{value!r} is not {'/'.join(t.__name__ for t in types)}")
+    return value
+
+
 def _summary(path: Path) -> RunSummary | None:
     """One run file's summary, or None when it cannot be read as a run."""
     try:
@@ -433,6 +452,16 @@ def _summary(path: Path) -> RunSummary | None:
         cfg = data.get("config") or {}
         totals = data.get("totals") or {}
         info = data.get("model_info") or {}
+        _typed(data.get("run_id"), str, optional=False)
+        _typed(data.get("totals"), dict, optional=False)  # (what load_run_file requires)
+        _typed(data.get("layers"), list, optional=False)
+        _typed(cfg.get("model"), str, optional=False)
+        _typed(data.get("created", ""), str)
+        for value in (cfg.get("model"), cfg.get("workload"), cfg.get("label")):
+            _typed(value, str)
+        _typed(totals.get("peak_bytes"), int)
+        for key in ("plain_latency_ms", "latency_ms"):
+            _typed(totals.get(key), int, float)
         return RunSummary(
             run_id=data["run_id"], created=data.get("created", ""),
             model=cfg.get("model", "?"), workload=cfg.get("workload", "?"),
@@ -442,7 +471,7 @@ def _summary(path: Path) -> RunSummary | None:
             latency_ms=(totals.get("plain_latency_ms")
                         if totals.get("plain_latency_ms") is not None
                         else totals.get("latency_ms")),
-            label=cfg.get("label", ""), path=path,
+            label=cfg.get("label") or "", path=path,
             optimizations=optimizations_text(data.get("optimizations") or []),
             quality=quality_text(data.get("quality")),
             device=str(info.get("device") or cfg.get("device") or ""),
@@ -480,10 +509,17 @@ def load_run_file(path: Path | str) -> RunResult:
         kind = record_kind(data)
         if kind is not None:  # a sweep, fit, plan or distributed run: not a run
             raise not_a_run(path, kind)
-        return RunResult.from_dict(data)
+        result = RunResult.from_dict(data)  # (a file that is no run at all is said so here)
+        for key in ("totals", "layers", "config"):
+            if not isinstance(data.get(key), dict if key != "layers" else list):
+                raise ValueError(f"no {key}" if key not in data else f"{key} is {data[key]!r}")
+        if not data["config"].get("model"):  # (the config's default would name another model)
+            raise ValueError("no config.model")
+        check_run_types(result)
+        return result
     except SchemaError as exc:
         raise MemLensError(ErrorKind.STORE, f"{path.name}: {exc}", exc.hint) from exc
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MemLensError(ErrorKind.STORE, f"The run file {path.name} is damaged ({exc}).",
                            "It cannot be opened; other runs are unaffected.") from exc
 

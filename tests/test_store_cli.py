@@ -67,6 +67,43 @@ def test_damaged_and_future_files_are_explained(saved, tmp_path):
 
 @pytest.mark.fault(area='resources', case='a full disk while saving (rename fails)',
                    outcome='store error naming the cause; the previous file is intact and no partial run is listed')
+def test_a_hand_edited_run_file_is_named_damaged_and_never_breaks_the_list(saved, tmp_path,
+                                                                         capsys):
+    """A run file edited by hand ("created": 12345, a number given as text) stopped
+    `memlens runs` with a traceback for every run, and `show` drew it with 0 B figures."""
+    import shutil
+
+    source, result = saved
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(source.root, store.root)
+    edits = {"created-number": lambda d: d.__setitem__("created", 12345),
+             "peak-text": lambda d: d["totals"].__setitem__("peak_bytes", "470592"),
+             "no-totals": lambda d: d.pop("totals"),
+             "at-peak-null": lambda d: d["layers"][0].__setitem__("at_peak", None),
+             "warnings-text": lambda d: d.__setitem__("warnings", "oops"),
+             "no-model": lambda d: d["config"].pop("model")}
+    for name, edit in edits.items():
+        data = result.to_dict()
+        data["run_id"] = name
+        edit(data)
+        (store.root / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
+    # listed: what opens; the rest is named (a layer's field is checked when the run opens)
+    assert sorted(s.run_id for s in store.list()) == sorted(
+        [result.run_id, "at-peak-null", "warnings-text"])
+    assert store.damaged() == ["created-number.json", "no-model.json", "no-totals.json",
+                               "peak-text.json"]
+    assert cli.main(["--store", str(store.root), "runs"]) == cli.EXIT_OK
+    out, err = capsys.readouterr()
+    assert result.run_id in out and "warning: skipped" in err and "peak-text.json" in err
+    for name, words in [("peak-text", "totals.peak_bytes is '470592'"),
+                        ("no-totals", "no totals"), ("at-peak-null", "layers[0].at_peak"),
+                        ("warnings-text", "warnings is 'oops'"), ("no-model", "no config.model")]:
+        with pytest.raises(MemLensError) as info:
+            store.load(name)
+        assert "is damaged" in info.value.message and words in info.value.message, name
+    assert store.load(result.run_id).to_dict() == result.to_dict()  # the good one still opens
+
+
 def test_a_failed_save_leaves_the_previous_file_intact(saved, monkeypatch):
     store, result = saved
     path = store.path_for(result.run_id)
