@@ -286,6 +286,9 @@ def _main(argv: list[str] | None) -> int:
 
     store = RunStore(args.store)
     try:
+        if args.command in ("profile", "estimate", "sweep", "fit", "plan") and \
+                getattr(args, "out", None) is not None:
+            args.out = _json_out(args.out)  # refused before the work, not after it
         if args.command == "profile":
             return _profile(args, store)
         if args.command == "estimate":
@@ -455,6 +458,41 @@ def _guide(args: argparse.Namespace, store) -> int:
     return EXIT_OK
 
 
+def _json_out(path: Path) -> Path:
+    """``--out FILE`` for a JSON record: ``~`` expanded (bash leaves ``--out=~/x.json`` as it
+    is), and refused before any work when it is a folder or cannot be written (the failure
+    came as a traceback after the run, which was saved by then)."""
+    path = Path(os.path.expanduser(str(path)))
+    hint = "Give --out a file path in a writable folder, e.g. --out results/run.json."
+    if path.is_dir():
+        raise MemLensError(ErrorKind.STORE, f"--out {path} is a folder.", hint)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".memlens-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Cannot write --out {path}: "
+                           f"{exc.strerror or exc}.", hint) from exc
+    return path
+
+
+def _saved_or_said(store, run_id: str, what: str, quiet: bool = False) -> bool:
+    """Print where the run was saved (not with ``quiet``: stdout holds JSON), or say on stderr
+    that it was not (the runner keeps a failed save as a warning and the run's figures are
+    still printed): False when it was not."""
+    path = store.path_for(run_id)
+    if path.is_file():
+        if not quiet:
+            print(f"{what}: {path}")
+        return True
+    _error(f"The {'estimate' if 'estimate' in what else 'run'} was not saved in {store.root} "
+           "(the warning above says why).",
+           "Fix the store folder (--store DIR or MEMLENS_HOME), or keep the figures with "
+           "--out FILE.")
+    return False
+
+
 def _export(args: argparse.Namespace, store) -> int:
     from .export import export_run
 
@@ -614,10 +652,10 @@ def _profile(args: argparse.Namespace, store) -> int:
         print()
     else:
         print_report(result, sys.stdout)
-        if not args.no_save:
-            print(f"saved: {store.path_for(result.run_id)}")
         if args.out is not None:
             print(f"written: {args.out}")
+    if not args.no_save and not _saved_or_said(store, result.run_id, "saved", args.json):
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -652,10 +690,11 @@ def _estimate(args: argparse.Namespace, store) -> int:
         print()
     else:
         print_report(result, sys.stdout)
-        if args.save:
-            print(f"saved (as an estimate): {store.path_for(result.run_id)}")
         if args.out is not None:
             print(f"written: {args.out}")
+    if args.save and not _saved_or_said(store, result.run_id, "saved (as an estimate)",
+                                        args.json):
+        return EXIT_FAILED
     return EXIT_OK
 
 

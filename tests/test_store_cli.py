@@ -151,6 +151,29 @@ def test_cli_errors_name_the_problem_and_the_fix(tmp_path, capsys):
     assert "nope" in err and "hint:" in err
 
 
+def test_an_unwritable_out_is_refused_first_and_a_failed_save_is_not_called_saved(
+        tmp_path, capsys, monkeypatch):
+    """--out on a folder failed with a traceback after the run (saved by then); a store that
+    cannot be written printed "saved: PATH" for a file that does not exist, and exit 0."""
+    tiny_run = ["profile", "--model", "preset:tiny-llama", "--seq", "8", "--repeats", "1"]
+    store = tmp_path / "runs"
+    assert cli.main(["--store", str(store), *tiny_run, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path} is a folder" in err and "hint:" in err
+    assert not store.exists() or not list(store.glob("*.json"))  # refused before the run
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    code = cli.main(["--store", str(blocked / "runs"), *tiny_run])
+    out, err = capsys.readouterr()
+    assert code == 1 and "\nsaved:" not in out
+    assert "The run was not saved" in err and "--out FILE" in err
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    assert cli.main(["--store", str(store), *tiny_run, "--json", "--out=~/r.json"]) == 0
+    json.loads(capsys.readouterr().out)  # stdout stays JSON: no "saved:" line in it
+    assert (home / "r.json").is_file()  # "~" expanded
+
+
 def test_compare_aligns_bars_and_reconciles_each_run(tmp_path):
     """The compare view's data: bars matched by name, each run's bars + unattributed = its
     peak, deltas against the first run, and the quality metric every run shares."""
