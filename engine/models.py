@@ -286,7 +286,24 @@ def hf_config_from_values(
             f"The configuration in {where} is not valid: {_first_line(exc)}",
             "Fix the named value in the config, or start from a preset (preset:ID).",
         ) from exc
+    _check_head_shapes(hf_config, where)
     return hf_config, model_type, remote
+
+
+def _check_head_shapes(hf_config: Any, where: str) -> None:
+    """An attention shape the model's own code assumes without checking (transformers checks
+    that the heads divide the hidden size): grouped-query heads divide evenly. A config
+    breaking it failed deep in the first forward, reported as a MemLens bug."""
+    heads = getattr(hf_config, "num_attention_heads", None)
+    kv = getattr(hf_config, "num_key_value_heads", None)
+    fix = "Fix the named values in the config, or start from a preset (preset:ID)."
+    if isinstance(heads, int) and isinstance(kv, int) and kv > 0 and heads % kv:
+        raise MemLensError(ErrorKind.INVALID_MODEL,
+                           f"The configuration in {where} is not valid: num_attention_heads "
+                           f"({heads}) is not a multiple of num_key_value_heads ({kv}); "
+                           "grouped-query attention shares each key/value head among a whole "
+                           "number of query heads.", fix)
+
 
 
 # --------------------------------------------------------------------------------------------

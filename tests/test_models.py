@@ -551,3 +551,25 @@ def test_the_module_tree_says_which_weights_are_tied() -> None:
     tied = {row["name"]: row["tied_to"] for row in module_tree(quantized)["modules"]
             if row["tied_to"]}
     assert tied == {}, tied  # the head is quantized too: its own packed copy
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"num_attention_heads": 4, "num_key_value_heads": 3},
+     "num_attention_heads (4) is not a multiple of num_key_value_heads (3)"),
+    # (transformers checks this one itself; its message is passed on)
+    ({"hidden_size": 66, "num_attention_heads": 4, "num_key_value_heads": 4},
+     "The hidden size (66) is not a multiple of the number of attention heads (4)"),
+])
+def test_a_config_whose_heads_do_not_divide_is_refused_naming_them(tmp_path, change, words):
+    """Such a config failed deep in the first forward and was reported as a MemLens bug."""
+    import json
+
+    values = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "vocab_size": 100, "max_position_embeddings": 64, **change}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(MemLensError) as info:
+        _load(str(path))
+    assert info.value.kind == ErrorKind.INVALID_MODEL and words in info.value.message
+    assert "preset" in info.value.hint
