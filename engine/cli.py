@@ -314,7 +314,9 @@ def _main(argv: list[str] | None) -> int:
             return _move_runs(store, args.command, args.runs)
         if args.command == "label":
             store.set_label(args.run, args.text)
-            print(f"{args.run}: label {' '.join(args.text.split())!r}")
+            from .config import one_line
+
+            print(f"{args.run}: label {one_line(args.text)!r}")
             return EXIT_OK
         if args.command == "show":
             from .records import print_record, read

@@ -21,6 +21,22 @@ FLEX_UNMEASURABLE = (
 FLEX_HINT = "Measure sdpa (a fused kernel as well: no score matrix is kept) or eager."
 
 
+# Characters a terminal acts on rather than shows (escapes, bells) and the bidirectional
+# overrides that reorder what follows them: a label printed by `memlens runs` could retitle the
+# terminal or disguise itself.
+_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line of plain text: control characters and bidirectional overrides
+    dropped, runs of whitespace (newlines included) made one space."""
+    import unicodedata
+
+    kept = "".join(" " if ch.isspace() else ch for ch in text
+                   if ch.isspace() or (unicodedata.category(ch) != "Cc" and ch not in _BIDI))
+    return " ".join(kept.split())
+
+
 @dataclass
 class RunConfig:
     """A run's full description. JSON-serialisable; saved inside every run file.
@@ -53,6 +69,10 @@ class RunConfig:
     label: str = ""
     optimizations: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = CONFIG_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.label, str):
+            self.label = one_line(self.label)
 
     def validate(self) -> None:
         """Raise ``MemLensError(INVALID_WORKLOAD)`` naming the bad value and the fix."""

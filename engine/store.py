@@ -22,6 +22,7 @@ from typing import Any
 from .compare import optimizations_text, quality_text
 from .errors import ErrorKind, MemLensError
 from .records import not_a_run, record_kind
+from .config import one_line
 from .results import RunResult, SchemaError, check_run_types
 
 
@@ -366,7 +367,7 @@ class RunStore:
                                "Restore it first (Edit → Restore a deleted run…, or `memlens "
                                f"restore {run_id}`)." if in_trash
                                else "List the saved runs (the Saved runs page; `memlens runs`).")
-        label = " ".join(str(label).split())  # one line: the list shows it in a cell
+        label = one_line(str(label))  # one line of text: the list shows it in a cell
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or record_kind(data) is not None:
@@ -471,7 +472,7 @@ def _summary(path: Path) -> RunSummary | None:
             latency_ms=(totals.get("plain_latency_ms")
                         if totals.get("plain_latency_ms") is not None
                         else totals.get("latency_ms")),
-            label=cfg.get("label") or "", path=path,
+            label=one_line(cfg.get("label") or ""), path=path,  # (a file edited by hand)
             optimizations=optimizations_text(data.get("optimizations") or []),
             quality=quality_text(data.get("quality")),
             device=str(info.get("device") or cfg.get("device") or ""),

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.aggregate import outline_from_layers, outline_from_run
+from engine.config import one_line
 from engine.events import AttentionMaps
 from engine.format import human_bytes, human_seconds
 from engine.results import RunResult
@@ -822,7 +823,7 @@ class MainWindow(QMainWindow):
         except Exception as exc:  # MemLensError(store / not_found)
             self._store_error(f"Could not label run {run_id}", exc)
             return False
-        label = " ".join(text.split())
+        label = one_line(text)
         said = f"Run {run_id} labelled {label!r}." if label else f"Run {run_id}: label cleared."
         self.log.info(said)
         self.status.show_message(said)

@@ -485,6 +485,16 @@ def test_a_label_changes_only_the_label(saved, tmp_path, capsys):
     assert capsys.readouterr().out.rstrip().endswith(
         f"run {result.run_id} · created {result.created} · label 'int8 trial, 中文'")
     assert cli.main(["--store", str(store.root), "label", "nope", "x"]) == cli.EXIT_FAILED
+    # A label is one line of text: escapes a terminal would act on (retitle it, recolour it)
+    # and bidirectional overrides are dropped, here and in a run saved with --label
+    capsys.readouterr()
+    assert cli.main(["--store", str(store.root), "label", result.run_id,
+                     "a\x1b]0;pwned\x07b\nc\u202e"]) == cli.EXIT_OK
+    assert {s.run_id: s.label for s in store.list()}[result.run_id] == "a]0;pwnedb c"
+    assert "\x1b" not in capsys.readouterr().out
+    from engine.config import RunConfig
+
+    assert RunConfig(label="one\ntwo\x07").label == "one two"
 
 
 def test_moving_a_run_never_splits_or_overwrites_it(saved, tmp_path, monkeypatch, capsys):
