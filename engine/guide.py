@@ -422,11 +422,23 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
         RunConfig(model=model, device=device, dtype=dtype, workload=workload, seq=seq,
                   batch=batch, new_tokens=new_tokens, repeats=repeats,
                   trust_remote_code=trust_remote_code).validate()
-    from .models import architecture_config, describe_source
+    from .models import _model_class, architecture_config, describe_source
 
+    cannot_generate = ""
     if describe_source(model) != "hub":  # a Hub id is checked by its first load
-        architecture_config(RunConfig(model=model, dtype=dtype,
-                                      trust_remote_code=trust_remote_code))
+        arch = architecture_config(RunConfig(model=model, dtype=dtype,
+                                             trust_remote_code=trust_remote_code))
+        # An encoder cannot generate: every generate technique failed alike, and the guide
+        # came out empty with exit 0 (a run says it; the guide says it once, first).
+        if not _model_class(arch.hf_config)[1] and any(w == "generate" for w, _ in todo):
+            if all(w == "generate" for w, _ in todo):
+                raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                                   f"{arch.name} is not a causal language model: it cannot "
+                                   "generate, and the guide asked only for generate.",
+                                   "Choose the forward or train workload (--workload "
+                                   "forward,train).")
+            cannot_generate = (f"{arch.name} is not a causal language model: it cannot "
+                               "generate")
     guide = Guide(model=model, device=device, seq=seq, new_tokens=new_tokens,
                   planned=len(todo), dtype=dtype, batch=batch, repeats=repeats)
     for i, (workload, specs) in enumerate(todo):
@@ -441,6 +453,12 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
             if isinstance(event, Failed):
                 failures.append(event)
 
+        if workload == "generate" and cannot_generate:  # said once per entry, never run
+            entry.status, entry.reason = "not applicable", cannot_generate
+            guide.entries.append(entry)
+            if on_entry is not None:
+                on_entry(guide)
+            continue
         try:
             config = RunConfig(model=model, device=device, dtype=dtype, workload=workload, seq=seq,
                                batch=batch, new_tokens=new_tokens, repeats=repeats,

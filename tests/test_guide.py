@@ -262,6 +262,20 @@ def test_a_guide_that_cannot_run_at_all_says_so_once(tmp_path, capsys):
                          "--out", str(out)]) != cli.EXIT_OK
         assert words in capsys.readouterr().err
     assert not (out / "guide.md").exists()
+    # An encoder asked only to generate: said once, before any run (it wrote an empty guide
+    # and exited 0); asked for more, its generate entries are not applicable, never run
+    assert cli.main(["--store", str(tmp_path / "runs"), "guide", "--model", "preset:tiny-bert",
+                     "--workload", "generate", "--out", str(out)]) != cli.EXIT_OK
+    assert "is not a causal language model" in capsys.readouterr().err
+    assert not (out / "guide.md").exists()
+    from engine.guide import run_guide
+
+    guide = run_guide(model="preset:tiny-bert", seq=8, repeats=1,
+                      plan=(("generate", ("kv-cache:policy=static",)),
+                            ("forward", ("cast:dtype=bfloat16",))))
+    gen, fwd = guide.entries
+    assert gen.status == "not applicable" and "cannot generate" in gen.reason
+    assert fwd.status != "not applicable"
 
 
 def test_a_noisy_latency_is_marked_in_the_table_and_the_note():
