@@ -457,6 +457,8 @@ class _EstimateRun(_Run):
             wl.check_positions(model, cfg.seq, "Generation", cfg.new_tokens)
         else:
             wl.check_positions(model, cfg.seq, "The input")
+        if cfg.workload == "train":
+            wl.check_train_length(model, cfg.seq)
         result.model_info = self._model_info(model, tracked, device)
         result.model_info["weights"] = "none (fake tensors: shapes only)"
         result.environment = environment(str(device))

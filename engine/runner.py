@@ -483,6 +483,8 @@ class _Run:
                            else "The input",
                            cfg.new_tokens if cfg.workload == "generate" else 0,
                            prompt=inputs.source == "prompt")
+        if cfg.workload == "train":
+            wl.check_train_length(model, length, prompt=inputs.source == "prompt")
         return inputs
 
     def _plain_pass(self, model: torch.nn.Module, inputs: wl.Inputs, device: torch.device,

@@ -702,8 +702,10 @@ REFINE_FRACTION = 16  # with the default step, the answer is bracketed to 1/16 o
 
 
 def fit_sequence(peak_at: Callable[[int], int], budget: int, seq_limit: int, granularity: int,
-                 refine: bool = False) -> tuple[int | None, int | None, list[tuple[int, int]]]:
-    """Largest tested seq in [1, seq_limit] with ``peak_at(seq) <= budget``.
+                 refine: bool = False, shortest: int = 1,
+                 ) -> tuple[int | None, int | None, list[tuple[int, int]]]:
+    """Largest tested seq in [shortest, seq_limit] with ``peak_at(seq) <= budget``
+    (``shortest`` 2 for a causal LM's training step: one token predicts nothing).
 
     Returns ``(fits, next, tested)``: ``fits`` is the largest tested length that fits (None when
     not even 1 fits), ``next`` the smallest tested length above it that does not (None when
@@ -716,11 +718,11 @@ def fit_sequence(peak_at: Callable[[int], int], budget: int, seq_limit: int, gra
     g = max(1, granularity)
     probe = _Probe(peak_at)
     peak = probe.peak
-    first = min(g, seq_limit)
+    first = min(max(g, shortest), seq_limit)
     if peak(first) > budget:
-        if first == 1 or peak(1) > budget:
-            return None, 1, probe.order
-        lo, hi, g = 1, first, 1  # below the first step: single tokens
+        if first == shortest or peak(shortest) > budget:
+            return None, shortest, probe.order
+        lo, hi, g = shortest, first, 1  # below the first step: single tokens
     elif first == seq_limit or peak(seq_limit) <= budget:
         return seq_limit, None, probe.order
     else:
@@ -862,6 +864,12 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
     if axis == "batch":
         _check_seqs(config, seqs, limit)
     g = granularity or default_granularity(seq_limit)
+    shortest = 1
+    if config.workload == "train":
+        from .models import _model_class, architecture_config
+
+        # (a causal LM's step predicts each next token: one token has none to predict)
+        shortest = 2 if _model_class(architecture_config(config).hf_config)[1] else 1
     record = FitRecord(
         model=config.model, workload=config.workload, budget_bytes=budget.bytes,
         budget_source=budget.source, budget_description=budget.description, batches=batches,
@@ -913,7 +921,7 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
                 fits, nxt, _ = fit_batch(peak_at, budget.bytes, max_batch)
             else:
                 fits, nxt, _ = fit_sequence(peak_at, budget.bytes, seq_limit, g,
-                                            refine=granularity is None)
+                                            refine=granularity is None, shortest=shortest)
         except _WeightsExceed:
             fits, nxt = None, tested[0][1 if by_batch else 0]
         except Cancelled:

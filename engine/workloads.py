@@ -150,6 +150,18 @@ def check_positions(model: nn.Module, length: int, what: str, new_tokens: int = 
                        f"{limit}.", fix)
 
 
+def check_train_length(model: nn.Module, length: int, prompt: bool = False) -> None:
+    """A causal LM's training step predicts each next token: one token has none, and the loss
+    came out NaN without a word."""
+    if length < 2 and is_causal_lm(model):
+        raise MemLensError(
+            ErrorKind.INVALID_WORKLOAD,
+            f"A training step of a causal language model needs at least 2 tokens (each one "
+            f"predicts the next); the {'prompt' if prompt else 'input'} has {length}.",
+            "Use a longer prompt." if prompt else "Use a sequence of 2 or more (Sequence; "
+            "--seq).")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -43,6 +43,7 @@ def test_event_order_and_final_result():
     (dict(seq=-3), "Sequence length"),
     (dict(workload="generate", new_tokens=-1), "New tokens"),
     (dict(workload="forward", new_tokens=-5), "New tokens cannot be negative"),
+    (dict(workload="train", seq=1), "needs at least 2 tokens"),
     (dict(seq=100_000), "positions"),
     (dict(workload="generate", seq=250, new_tokens=20), "positions"),
     (dict(workload="dance"), "Unknown workload"),

@@ -212,10 +212,11 @@ def test_fit_finds_the_length_whose_estimate_meets_the_budget() -> None:
 
 
 def test_fit_names_the_binding_constraint() -> None:
-    # Training with AdamW: at one token the two moments (2 × the float32 weights) dominate.
+    # Training with AdamW: at two tokens (a causal LM's shortest step) the two moments (2 ×
+    # the float32 weights) dominate.
     train = what_fits(tiny(workload="train", warmup=1), Budget(parse_bytes("1MB"), "given", "t"))
     a = train.answer(1)
-    assert a.status == "nothing_fits" and a.next_seq == 1 and a.seq is None
+    assert a.status == "nothing_fits" and a.next_seq == 2 and a.seq is None
     assert a.binding == "optimizer_state"
     # two float32 moments per trainable parameter: nearly twice the weights (buffers are weights
     # without moments)
@@ -383,3 +384,20 @@ def test_a_peak_and_its_budget_are_written_with_the_same_digits() -> None:
     assert bytes_against(over, budget) == "11.445 MiB"
     assert budget_against(budget, 5 * 2**20, None) == "11.4 MiB"  # nothing to tell apart
     assert budget_against(None, peak) == "—"
+
+
+def test_a_training_search_never_tries_a_single_token() -> None:
+    """A causal LM's training step needs two tokens (one predicts nothing): the search's lower
+    end is 2 there, and a budget nothing fits names seq 2 as the next tested length."""
+    from engine.sweep import fit_sequence
+
+    tested: list[int] = []
+
+    def peak_at(seq: int) -> int:
+        assert seq >= 2, "a single token was tried"
+        tested.append(seq)
+        return 1000 + 10 * seq
+
+    assert fit_sequence(peak_at, 500, 256, 8, shortest=2)[:2] == (None, 2)
+    fits, nxt, _ = fit_sequence(peak_at, 1035, 256, 8, shortest=2)
+    assert (fits, nxt) == (3, 4) and min(tested) == 2
