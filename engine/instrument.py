@@ -223,6 +223,9 @@ class MemoryProbe:
         self.flops: dict[str, int] = {}
         self.total_flops: int | None = None
         self.param_owner: dict[int, str | None] = {}
+        # parameters that got a gradient in the step (a trainable one the loss does not reach,
+        # such as BERT's pooler under a synthetic loss, gets none)
+        self.grads_seen: set[int] = set()
         owners = weight_owners(model, tracked)
         for pname, p in list(model.named_parameters()) + list(model.named_buffers()):
             self.param_owner[id(p)] = owners.get(pname)
@@ -356,6 +359,7 @@ class MemoryProbe:
     def _grad_hook(self, param: torch.Tensor) -> None:
         if param.grad is not None:
             self.acc.reclassify(param.grad, self.param_owner.get(id(param)), "gradients")
+            self.grads_seen.add(id(param))
 
     # -- context ------------------------------------------------------------------------------------
     def __enter__(self) -> MemoryProbe:

@@ -939,9 +939,10 @@ class _Run:
                 seen |= keys
                 fresh.append(v)
             opt[owner] = opt.get(owner, 0) + unique_nbytes(fresh)
-            if p.requires_grad:
+            if p.requires_grad and id(p) in probe.grads_seen:
                 # Gradients are freed by the next zero_grad; their size is the parameter's (a
-                # DTensor's local shard: its leaves).
+                # DTensor's local shard: its leaves); a parameter the loss did not reach got
+                # none.
                 grads[owner] = grads.get(owner, 0) + sum(
                     leaf.numel() * leaf.element_size() for leaf in leaves(p))
         return grads, opt

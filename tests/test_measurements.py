@@ -453,3 +453,16 @@ def test_the_backward_charges_each_allocation_to_the_module_running_it():
              if layer.kind == "attention" and layer.at_peak.get("temporaries")}
     assert not stale, stale
     assert rows["model.embed_tokens"].at_peak.get("temporaries", 0) > 0
+
+
+def test_a_parameter_the_loss_does_not_reach_has_no_gradient():
+    """BERT's pooler gets no gradient under the synthetic loss: its row said 16 KiB of
+    gradients (its parameters' size) and the step's total disagreed with the peak's."""
+    result = execute(RunConfig(model="preset:tiny-bert", workload="train", seq=16, repeats=1),
+                     Collector())
+    assert result is not None
+    rows = {layer.name: layer for layer in result.layers}
+    pooler = next(layer for name, layer in rows.items() if name.endswith("pooler"))
+    assert pooler.gradient_bytes == 0 and pooler.optimizer_state_bytes == 0
+    assert sum(layer.gradient_bytes or 0 for layer in result.layers) == \
+        result.training["gradient_bytes"]
