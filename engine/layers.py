@@ -252,7 +252,11 @@ def parameter_count(model: nn.Module) -> int:
     for p in model.parameters():
         if id(p) not in seen:
             seen.add(id(p))
-            total += p.numel()
+            # A tensor-parallel shard (DTensor) counts its local elements, as its bytes do: its
+            # numel() is the whole tensor's, and rank 0 of 2 claimed more parameters than the
+            # model has.
+            local = p.to_local() if hasattr(p, "to_local") and hasattr(p, "device_mesh") else p
+            total += local.numel()
     for m in model.modules():
         packed = getattr(m, "_packed_params", None)
         if packed is not None and hasattr(packed, "_weight_bias"):

@@ -389,6 +389,11 @@ def test_tensor_parallel_estimate_splits_what_the_architecture_declares() -> Non
     assert two.generation["kv_cache_bytes"] * 2 == one.generation["kv_cache_bytes"]
     assert two.totals.reconciles() and two.totals.peak_bytes < one.totals.peak_bytes
     assert two.estimate["tensor_parallel"] == 2 and "-estimate-tp2-" in two.run_id
+    # the rank's parameters are its shards' elements, as its bytes are (it counted every
+    # shard whole: more parameters than the model has)
+    assert two.totals.parameters < one.totals.parameters
+    assert two.totals.parameters * 4 == sum(x.weights_bytes for x in two.layers
+                                            if x.name != "model.rotary_emb")
     assert all(x.flops is None for x in two.layers)  # not estimated, and said so
     assert any(line.startswith("Tensor parallelism: rank 0 of 2") for line in two.limitations)
     train = estimate(_config("preset:tiny-llama", "train"), Collector(), tensor_parallel=2)
