@@ -1135,12 +1135,15 @@ def _runs(store, as_json: bool, trash: bool = False) -> int:
           + (" (`memlens restore RUN_ID` brings one back)" if trash else "")
           + (f" ({n_est} estimate(s): no weights, no real memory)" if n_est else ""))
     width = max([52] + [len(s.run_id) for s in runs])
-    print(f"{'run id':<{width}} {'kind':<8} {'workload':<9} {'peak':>11} {'latency':>10}  model")
+    size = max([5] + [len(s.input) for s in runs])
+    print(f"{'run id':<{width}} {'kind':<8} {'workload':<9} {'input':<{size}} {'peak':>11} "
+          f"{'latency':>10}  model")
     for s in runs:
         lat = f"{s.latency_ms:.1f} ms" if s.latency_ms is not None else MISSING
         label = f"  · {s.label}" if s.label else ""
         print(f"{s.run_id:<{width}} {kinds[s.run_id]:<8} {s.workload:<9} "
-              f"{human_bytes(s.peak_bytes):>11} {lat:>10}  {s.model}{label}")
+              f"{s.input or MISSING:<{size}} {human_bytes(s.peak_bytes):>11} {lat:>10}  "
+              f"{s.model}{label}")
     print(_usage_line(store, trash))
     return EXIT_OK
 

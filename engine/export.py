@@ -68,7 +68,7 @@ LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("saved_for_backward_bytes", "Saved for backward (own)"),
     ("gradient_bytes", "Gradients (own)"),
     ("optimizer_state_bytes", "Optimizer state (own)"),
-    ("kv_cache_bytes", "KV cache"),
+    ("kv_cache_bytes", "KV cache (at end)"),
     ("transient_peak_bytes", "Transient peak"),
     ("latency_ms", "Latency"),
     ("flops", "FLOPs"),

@@ -55,6 +55,9 @@ class RunSummary:
     dtype: str = ""
     status: str = "ok"
     kind: str = "measured"  # or "estimate" (fake tensors: no weights, no real memory)
+    # what was measured: "b1 s128", "b1 s60 +32 new", "… · rank 0 of 2" (the compare view's
+    # form): a sweep's runs differ by nothing else
+    input: str = ""
 
 
 def _default_mode() -> int:
@@ -446,6 +449,21 @@ def _typed(value: Any, *types: type, optional: bool = True) -> Any:
     return value
 
 
+def _input_text(data: dict) -> str:
+    """The input a run file measured, as engine.compare.input_size writes it, plus the rank
+    of a tensor-parallel estimate; "" when the file does not say."""
+    cfg = data.get("config") or {}
+    shape = (data.get("inputs") or {}).get("shape") or [cfg.get("batch"), cfg.get("seq")]
+    if not (isinstance(shape, list) and len(shape) >= 2
+            and all(isinstance(x, int) for x in shape[:2])):
+        return ""
+    text = f"b{shape[0]} s{shape[1]}"
+    if cfg.get("workload") == "generate" and isinstance(cfg.get("new_tokens"), int):
+        text += f" +{cfg['new_tokens']} new"
+    tp = (data.get("estimate") or {}).get("tensor_parallel") or 1
+    return text + (f" · rank 0 of {tp}" if isinstance(tp, int) and tp > 1 else "")
+
+
 def _summary(path: Path) -> RunSummary | None:
     """One run file's summary, or None when it cannot be read as a run."""
     try:
@@ -478,7 +496,8 @@ def _summary(path: Path) -> RunSummary | None:
             device=str(info.get("device") or cfg.get("device") or ""),
             dtype=str(info.get("dtype") or cfg.get("dtype") or ""),
             status=str(data.get("status") or "ok"),
-            kind="estimate" if data.get("estimate") is not None else "measured")
+            kind="estimate" if data.get("estimate") is not None else "measured",
+            input=_input_text(data))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 

@@ -714,7 +714,7 @@ class MainWindow(QMainWindow):
         rank = f", rank 0 of {tp} (tensor parallel)" if tp > 1 else ""
         kind = f" · ESTIMATE{rank}" if estimated is not None else ""
         self.setWindowTitle(f"MemLens · {config.model} · {config.workload}{kind}")
-        self.chart.plot.setTitle((f"Estimated memory at peak by layer{rank} (estimate)"
+        self.chart.plot.setTitle((f"Estimated memory at peak by layer{rank}"
                                   if estimated is not None else "Memory at peak by layer"),
                                  color=theme.current().text)
 

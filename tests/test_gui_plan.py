@@ -240,7 +240,9 @@ def test_a_tensor_parallel_estimate_from_the_plan_page(qtbot, tmp_path):
     assert result is not None and result.estimate["tensor_parallel"] == 2
     assert any(line.startswith("Tensor parallelism: rank 0 of 2") for line in result.limitations)
     assert window.workspace.currentIndex() == 0
-    assert "rank 0 of 2 (tensor parallel) (estimate)" in window.chart.plot.titleLabel.text
+    title = window.chart.plot.titleLabel.text
+    assert title.startswith("Estimated memory") and "rank 0 of 2 (tensor parallel)" in title
+    assert "(estimate)" not in title  # said once, by "Estimated"
     assert "ESTIMATE, rank 0 of 2" in window.windowTitle()
     assert "rank 0 of 2, tensor parallel" in window.totals.text()
     ARTIFACTS.mkdir(exist_ok=True)

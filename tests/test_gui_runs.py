@@ -31,6 +31,12 @@ from .test_gui import (  # noqa: E402
 pytestmark = pytest.mark.gui
 
 
+from gui.panels.saved_runs import COLUMNS as RUN_COLUMNS  # noqa: E402
+
+PEAK_COLUMN = [c[0] for c in RUN_COLUMNS].index("Peak")
+KIND_COLUMN = [c[0] for c in RUN_COLUMNS].index("Kind")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMLENS_HOME", str(tmp_path / "home"))
@@ -76,17 +82,21 @@ def test_runs_table_shows_optimizations_and_quality_and_sorts(qtbot, real_store)
     assert set(panel.run_ids()) == {"ref", "opt"}
     model = panel.view.model()
     headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
-    assert headers == ["Created", "Model", "Label", "Workload", "Kind", "Optimizations",
-                       "Device", "Peak", "Latency", "Quality"]
+    assert headers == ["Created", "Model", "Label", "Workload", "Input", "Kind",
+                       "Optimizations", "Device", "Peak", "Latency", "Quality"]
+    col = {title: i for i, title in enumerate(headers)}
     rows = {model.index(r, 0).data(Qt.ItemDataRole.UserRole):
             [model.index(r, c).data() for c in range(model.columnCount())]
             for r in range(model.rowCount())}
-    assert rows["opt"][5] == "int8-dynamic" and rows["ref"][5] == "none"
-    assert rows["opt"][4] == rows["ref"][4] == "measured"
-    assert rows["opt"][9].startswith("KL 0.01") and rows["ref"][9] == "ppl 31.00"
-    panel.view.sortByColumn(7, Qt.SortOrder.AscendingOrder)  # by peak, numerically
+    assert rows["opt"][col["Optimizations"]] == "int8-dynamic"
+    assert rows["ref"][col["Optimizations"]] == "none"
+    assert rows["opt"][col["Kind"]] == rows["ref"][col["Kind"]] == "measured"
+    assert rows["opt"][col["Quality"]].startswith("KL 0.01")
+    assert rows["ref"][col["Quality"]] == "ppl 31.00"
+    assert rows["ref"][col["Input"]].startswith("b1 s")  # a sweep's runs differ by it alone
+    panel.view.sortByColumn(col["Peak"], Qt.SortOrder.AscendingOrder)  # numerically
     assert panel.run_ids() == ["opt", "ref"]
-    panel.view.sortByColumn(7, Qt.SortOrder.DescendingOrder)
+    panel.view.sortByColumn(col["Peak"], Qt.SortOrder.DescendingOrder)
     assert panel.run_ids() == ["ref", "opt"]
     # Compare needs two selected runs; Open and Use as baseline need exactly one.
     panel.select(["ref"])
@@ -98,7 +108,7 @@ def test_runs_table_shows_optimizations_and_quality_and_sorts(qtbot, real_store)
 def test_compare_view_draws_each_run_and_the_scatter(qtbot, real_store, tmp_path):
     window = make_window(qtbot, FakeEngine(), real_store)
     panel = window.saved_runs
-    panel.view.sortByColumn(7, Qt.SortOrder.DescendingOrder)  # ref first
+    panel.view.sortByColumn(PEAK_COLUMN, Qt.SortOrder.DescendingOrder)  # ref first
     compare = window.compare_panel
     # Before a comparison, the charts say what they will show (no 0-1 axes meaning nothing)
     assert "No comparison yet" in compare.empty_text()
@@ -138,7 +148,7 @@ def test_compare_puts_the_unoptimized_run_or_the_chosen_baseline_first(qtbot, re
     window = make_window(qtbot, FakeEngine(), real_store)
     panel = window.saved_runs
     for order in (Qt.SortOrder.AscendingOrder, Qt.SortOrder.DescendingOrder):
-        panel.view.sortByColumn(7, order)
+        panel.view.sortByColumn(PEAK_COLUMN, order)
         panel.select(["ref", "opt"])
         assert window.compare_saved_runs(panel.selected_ids())
         assert [r.run_id for r in window.compare_panel.comparison.runs] == ["ref", "opt"]
@@ -334,7 +344,7 @@ def test_an_estimate_is_labelled_in_the_table_totals_and_title(qtbot, tmp_path):
     store.save(result)
     window = make_window(qtbot, FakeEngine(), store)
     model = window.saved_runs.view.model()
-    assert model.index(0, 4).data() == "estimate"  # the Kind column
+    assert model.index(0, KIND_COLUMN).data() == "estimate"
     assert window.load_saved_run("est-1")
     assert window.totals.text().startswith("ESTIMATE")
     assert "ESTIMATE" in window.windowTitle()

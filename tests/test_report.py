@@ -107,7 +107,7 @@ def test_report_of_one_run(qapp, saved, tmp_path):
     head = re.search(r"<thead><tr>(.*?)</tr></thead>", text).group(1)
     assert "KV<br>cache" not in head and "Saved<br>for" not in head, head
     assert "left out: saved for backward (own), gradients (own), optimizer state (own), " \
-           "kv cache." in text
+           "kv cache (at end)." in text
     row = re.search(r"<tr><td[^>]*>model\.embed_tokens</td>(.*?)</tr>", text).group(1)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
     assert cells[5] == "—", cells  # the embedding's FLOPs: no matmul, not counted

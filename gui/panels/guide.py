@@ -21,11 +21,13 @@ class GuidePanel(QWidget):
         super().__init__(parent)
         self.browser = QTextBrowser()
         self.browser.setOpenExternalLinks(True)
+        # (line breaks of its own: a placeholder is drawn on one line, cut at the edge)
         self.browser.setPlaceholderText(
-            "No guide yet. The guide runs every technique in the registry that applies here (and "
-            "two combinations) on the model, sizes and dtype chosen on the left, each against "
-            "the unoptimized model measured in the same run, then ranks them by memory saved "
-            "with latency and quality beside. On the demo model it takes a few minutes.")
+            "No guide yet.\n\nThe guide runs every technique in the registry that applies "
+            "here\n(and two combinations) on the model, sizes and dtype chosen on the left,\n"
+            "each against the unoptimized model measured in the same run,\nthen ranks them by "
+            "memory saved, with latency and quality beside.\nOn the demo model it takes a few "
+            "minutes.")
         self.message = QLabel("Run → Run the guide (Ctrl+G) measures every technique on the "
                               "chosen model.")
         self.message.setWordWrap(True)

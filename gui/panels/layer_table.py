@@ -61,7 +61,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("Optimizer state (own)", lambda s: s.optimizer_state_bytes, human_bytes,
            "Optimizer state of this module's own parameters, e.g. Adam's two moments "
            "(training; exclusive)"),
-    Column("KV cache", lambda s: s.kv_cache_bytes, human_bytes,
+    Column("KV cache (at end)", lambda s: s.kv_cache_bytes, human_bytes,
            "This layer's key/value cache when generation ended (the totals' KV cache is the "
            "cache at the memory peak, which may come earlier)"),
     Column("Transient peak", lambda s: s.transient_peak_bytes, human_bytes,

@@ -55,6 +55,12 @@ PLAN_EMPTY = ("No plan yet.\nPlan shows each device's memory, stacked by part,\n
               "budget.")
 
 
+def _share(part: float, whole: float) -> str:
+    """``part / whole`` as a percentage that is never a bare 0.0% ("< 0.1%")."""
+    share = part / whole
+    return f"{share:.1%}" if share >= 0.001 else "< 0.1%"
+
+
 def _item(text: str, right: bool = False) -> QTableWidgetItem:
     item = QTableWidgetItem(text)
     if right:
@@ -313,7 +319,7 @@ class PlanPanel(QWidget):
             self.legend.addItem(pg.PlotDataItem(pen=pg.mkPen("#d62728", width=2,
                                                              style=Qt.PenStyle.DashLine)),
                                 f"{line} {human_bytes(top)}: above the scale (the tallest bar "
-                                f"is {tallest / top:.1%} of it)" if off_scale else line)
+                                f"is {_share(tallest, top)} of it)" if off_scale else line)
         self.plot.getAxis("bottom").setTicks([list(enumerate(labels)), []])
         self.plot.setXRange(-0.6, len(labels) - 0.4, padding=0)
         self.plot.setYRange(0, largest / scale * 1.08, padding=0)

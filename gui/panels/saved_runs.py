@@ -36,6 +36,10 @@ COLUMNS: tuple[tuple[str, Any, Any, str], ...] = (
      "When the run finished (UTC)"),
     ("Model", lambda s: str(s.model or "?"), lambda s: str(s.model or ""), ""),
     ("Workload", lambda s: str(s.workload or "?"), lambda s: str(s.workload or ""), ""),
+    ("Input", lambda s: str(getattr(s, "input", "") or MISSING),
+     lambda s: str(getattr(s, "input", "") or ""),
+     "Batch and sequence measured (a prompt's own length), new tokens for generation, and "
+     "the rank of a tensor-parallel estimate"),
     ("Kind", lambda s: str(getattr(s, "kind", "") or "measured"),
      lambda s: str(getattr(s, "kind", "") or "measured"),
      "measured, or estimate (fake tensors: no weights, no real memory, no latency)"),
