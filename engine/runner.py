@@ -1118,4 +1118,4 @@ def _noise_warnings(result: RunResult) -> None:
             f"Latency is noisy: {who}{len(times)} plain timing passes took {min(times):.2f} to "
             f"{max(times):.2f} ms (×{spread:.1f} apart), so the median"
             f"{ratio} may be off. Rerun on a quieter machine or with more timing passes (now "
-            f"{cfg.repeats}; memlens profile --repeats N).")
+            f"{cfg.repeats}; Timing passes in the window, --repeats N on the command line).")

@@ -54,7 +54,7 @@ MAX_RECENT = 8
 # them: the opt-in lasts one session).
 STORE_REFRESH_MS = 300  # how long the saved-runs list waits for a burst of file events to end
 SETTINGS_CONTROLS = ("model", "workload", "batch", "seq", "new_tokens", "prompt", "device",
-                     "dtype", "sample_hz", "attention_maps")
+                     "dtype", "sample_hz", "repeats", "attention_maps")
 
 
 class MainWindow(QMainWindow):
@@ -367,6 +367,7 @@ class MainWindow(QMainWindow):
             self.fit_action.setEnabled(not running)
             self.plan_action.setEnabled(not running)
             self.use_settings_action.setEnabled(not running)
+            self.open_run_action.setEnabled(not running)  # (opening one waits for the run)
             self.saved_runs.set_running(running)
             self.sweep_panel.set_running(running)
             self.plan_panel.set_running(running)

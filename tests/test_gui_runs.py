@@ -266,6 +266,7 @@ def test_settings_persist_controls_layout_and_theme(qtbot, tmp_path):
     window.controls.set_workload("generate")
     window.controls.seq_spin.setValue(333)
     window.controls.sample_spin.setValue(50)
+    window.controls.repeats_spin.setValue(7)
     window.controls.set_model(str(tmp_path / "my-model"))
     window.set_theme("dark")
     window.plot_tabs.setCurrentIndex(2)
@@ -275,6 +276,7 @@ def test_settings_persist_controls_layout_and_theme(qtbot, tmp_path):
     config = again.controls.config()
     assert config["workload"] == "generate" and config["seq"] == 333
     assert config["sample_hz"] == 50.0 and config["model"] == str(tmp_path / "my-model")
+    assert config["repeats"] == 7
     assert again.controls.model_combo.findText(str(tmp_path / "my-model")) >= 0  # recent
     assert again.plot_tabs.currentIndex() == 2
     assert again.theme_actions["dark"].isChecked()
@@ -596,8 +598,8 @@ def test_use_settings_sets_the_controls_from_a_saved_run_and_names_what_it_canno
     config = window.controls.config()
     assert (config["model"], config["workload"], config["batch"], config["seq"],
             config["new_tokens"], config["prompt"], config["dtype"], config["sample_hz"],
-            config["attention_maps"]) == ("preset:gpt2", "generate", 3, 40, 7, "你好, world",
-                                          "bfloat16", 50.0, True)
+            config["attention_maps"], config["repeats"]) == (
+        "preset:gpt2", "generate", 3, 40, 7, "你好, world", "bfloat16", 50.0, True, 5)
     assert config["device"] == "cpu"  # no cuda:0 here
     assert config["trust_remote_code"] is False  # an opt-in is never carried over
     assert [o["id"] for o in config["optimizations"]] == ["kv-cache"]
@@ -606,7 +608,8 @@ def test_use_settings_sets_the_controls_from_a_saved_run_and_names_what_it_canno
     assert "device cuda:0 is not available here" in log
     assert "checkpointing: applies to the train workload" in log  # refused for generate
     assert "tick 'Trust remote code' again" in log
-    assert "repeats=5" in log and "seed=7" in log and "the command line sets them" in log
+    assert "seed=7" in log and "the command line sets them" in log
+    assert "repeats=5" not in log  # the window has Timing passes now
     assert "press Run to repeat it" in log
     click_run(qtbot, window)
     wait_idle(qtbot, window)
@@ -775,6 +778,7 @@ def test_deleting_the_baseline_run_clears_it_and_undo_follows_the_trash(qtbot, r
     window.saved_runs.set_running(True)
     window.saved_runs.select(["ref"])
     assert not window.saved_runs.settings_button.isEnabled()  # a run in progress owns them
+    assert not window.saved_runs.open_button.isEnabled()  # (Open would only refuse)
     window.saved_runs.set_running(False)
     assert window.saved_runs.settings_button.isEnabled()
 

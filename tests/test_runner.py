@@ -200,7 +200,7 @@ def test_noisy_timing_passes_are_reported_not_hidden_in_the_median():
 
     assert warned([9.5, 9.8, 10.1]) == [] and warned([9.5]) == []
     (w,) = warned([151.9, 9.57])
-    assert "9.57 to 151.90 ms (×15.9 apart)" in w and "more timing passes (now 2; memlens profile --repeats N)" in w, w
+    assert "9.57 to 151.90 ms (×15.9 apart)" in w and "more timing passes (now 2; Timing passes in the window, --repeats N" in w, w
     assert "latency ratio" not in w  # no baseline in this run
     (w,) = warned([9.5, 9.6, 9.7], base=[389.9, 9.4, 9.6])
     assert "the unoptimized baseline's 3 plain timing passes" in w and "latency ratio" in w, w

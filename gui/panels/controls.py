@@ -25,7 +25,7 @@ from engine.config import DTYPES, WORKLOADS, RunConfig
 # RunConfig fields the controls set; a saved run's other fields are named when its settings are
 # used (the window runs with their defaults, so a difference must not pass silently).
 CONTROLLED = ("model", "workload", "batch", "seq", "new_tokens", "prompt", "device", "dtype",
-              "attention_maps", "sample_hz", "optimizations", "trust_remote_code")
+              "attention_maps", "sample_hz", "repeats", "optimizations", "trust_remote_code")
 # Fields that describe a run's bookkeeping rather than what it measures.
 NOT_SETTINGS = ("label", "schema_version")
 
@@ -122,6 +122,12 @@ class ControlPanel(QWidget):
         self.sample_spin.setSuffix(" Hz")
         self.sample_spin.setToolTip("How often the timeline samples process and GPU memory")
         form.addRow("Sampling", self.sample_spin)
+        # (the noisy-latency warning asks for more timing passes: the window must offer them)
+        self.repeats_spin = _spin(1, 100, RunConfig().repeats)
+        self.repeats_spin.setToolTip("Timing passes whose median is the latency; more passes "
+                                     "steady a noisy machine's figure (memlens profile "
+                                     "--repeats)")
+        form.addRow("Timing passes", self.repeats_spin)
 
         self.attention_check = QCheckBox("Attention maps")
         form.addRow("", self.attention_check)
@@ -175,6 +181,7 @@ class ControlPanel(QWidget):
             "prompt": self.prompt_edit.text() if self.prompt_edit.text().strip() else None,
             "attention_maps": self.attention_check.isChecked(),
             "sample_hz": float(self.sample_spin.value()),
+            "repeats": self.repeats_spin.value(),
             "optimizations": self.optimizations.selected(),
             "trust_remote_code": self.trust_check.isChecked(),
         }
@@ -186,7 +193,8 @@ class ControlPanel(QWidget):
         if values.get("workload"):
             self.set_workload(str(values["workload"]))
         for key, spin in (("batch", self.batch_spin), ("seq", self.seq_spin),
-                          ("new_tokens", self.new_tokens_spin), ("sample_hz", self.sample_spin)):
+                          ("new_tokens", self.new_tokens_spin), ("sample_hz", self.sample_spin),
+                          ("repeats", self.repeats_spin)):
             try:
                 if values.get(key) is not None:
                     spin.setValue(int(float(values[key])))
@@ -216,7 +224,8 @@ class ControlPanel(QWidget):
         # What the controls hold now, against what the run had: a value a spin box clamps or a
         # choice this machine lacks is named, never changed silently.
         shown = self.config()
-        for key in ("workload", "device", "dtype", "batch", "seq", "new_tokens", "sample_hz"):
+        for key in ("workload", "device", "dtype", "batch", "seq", "new_tokens", "sample_hz",
+                    "repeats"):
             wanted = device if key == "device" else config.get(key)
             if wanted is None or wanted == "" or _same(shown[key], wanted):
                 continue

@@ -206,7 +206,8 @@ class SavedRunsPanel(QWidget):
         self._selection_changed()
 
     def set_running(self, running: bool) -> None:
-        """While a run is in progress, Use settings waits (it would change the controls)."""
+        """While a run is in progress, Use settings waits (it would change the controls) and
+        so does Open (the run's page is drawing the run in progress)."""
         self._running = running
         self._selection_changed()
 
@@ -247,9 +248,10 @@ class SavedRunsPanel(QWidget):
     @Slot()
     def _selection_changed(self, *_: Any) -> None:
         n = len(self.selected_ids()) if self.model.rowCount() else 0
-        self.open_button.setEnabled(n == 1)
+        running = getattr(self, "_running", False)
+        self.open_button.setEnabled(n == 1 and not running)
         self.baseline_button.setEnabled(n == 1)
-        self.settings_button.setEnabled(n == 1 and not getattr(self, "_running", False))
+        self.settings_button.setEnabled(n == 1 and not running)
         self.label_button.setEnabled(n == 1)
         self.delete_button.setEnabled(n >= 1)
         self.compare_button.setEnabled(n >= 2)
