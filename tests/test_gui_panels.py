@@ -525,7 +525,7 @@ def test_table_marks_incomplete_flops_shows_measured_zeros_and_training_columns(
     assert panel.cell_text(0, col["Optimizer state"]) == "4.00 KiB"
     assert panel.cell_text(1, col["Gradients"]) == "—"
     hidden = {c.title for i, c in enumerate(COLUMNS) if panel.view.isColumnHidden(i)}
-    assert hidden == {"Activations (output)", "Saved for backward (own)", "KV cache",
+    assert hidden == {"Activations (output)", "Saved for backward (own)", "KV cache (at end)",
                       "Transient peak", "Latency"}
     panel.clear()
     assert not any(panel.view.isColumnHidden(i) for i in range(len(COLUMNS)))

@@ -65,8 +65,8 @@ def test_damaged_and_future_files_are_explained(saved, tmp_path):
     assert e.value.kind == ErrorKind.NOT_FOUND
 
 
-@pytest.mark.fault(area='resources', case='a full disk while saving (rename fails)',
-                   outcome='store error naming the cause; the previous file is intact and no partial run is listed')
+@pytest.mark.fault(area='data', case='a run file edited by hand (wrong types, missing totals)',
+                   outcome='named damaged with the field at fault; the list, runs and show keep working for the rest')
 def test_a_hand_edited_run_file_is_named_damaged_and_never_breaks_the_list(saved, tmp_path,
                                                                          capsys):
     """A run file edited by hand ("created": 12345, a number given as text) stopped
@@ -104,6 +104,8 @@ def test_a_hand_edited_run_file_is_named_damaged_and_never_breaks_the_list(saved
     assert store.load(result.run_id).to_dict() == result.to_dict()  # the good one still opens
 
 
+@pytest.mark.fault(area='resources', case='a full disk while saving (rename fails)',
+                   outcome='store error naming the cause; the previous file is intact and no partial run is listed')
 def test_a_failed_save_leaves_the_previous_file_intact(saved, monkeypatch):
     store, result = saved
     path = store.path_for(result.run_id)
