@@ -23,7 +23,7 @@ from engine.aggregate import UNATTRIBUTED, LayerGroup, category_order, group_lay
 from engine.format import human_bytes, short_layer_label
 
 from .. import theme
-from .axis import fit_bar_labels, keep_legend_fitted
+from .axis import fit_bar_labels, keep_legend_fitted, placeholder_text, show_placeholder
 
 MIB = 1024.0 * 1024.0
 EMPTY_TEXT = ("No run yet.\nRun measures the chosen model;\nEstimate works it out without "
@@ -117,27 +117,30 @@ class LayerChartPanel(QWidget):
         self._outline_item.setVisible(False)
         self.plot.addItem(self._outline_item)
         # What an empty chart is waiting for, instead of axes with made-up ticks.
-        self.empty_item = pg.TextItem(EMPTY_TEXT, color=theme.current().text, anchor=(0.5, 0.5))
-        self.plot.addItem(self.empty_item, ignoreBounds=True)
-        self.empty_item.setPos(0.5, 0.5)
+        self._empty_text = EMPTY_TEXT
 
         self.toggles_row = QHBoxLayout()
         self.toggles_row.setContentsMargins(4, 0, 4, 0)
         self.toggles_row.addWidget(QLabel("Show:"))
         self._toggles: dict[str, QCheckBox] = {}
         self.toggles_row.addStretch(1)
+        # Outside the scrolling strip: with a training step's six categories the strip scrolls,
+        # and "Log scale" at its end was cut off
         self.log_check = QCheckBox("Log scale")
         self.log_check.setToolTip("Segments end at the logarithm of the running sum, so small "
                                   "layers stay visible; negative values are not drawn")
         self.log_check.toggled.connect(self._redraw)
-        self.toggles_row.addWidget(self.log_check)
         self.plot.scene().sigMouseMoved.connect(self._hover)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         strip = QWidget()
         strip.setLayout(self.toggles_row)
         self.toggles_strip = _Strip(strip)
-        layout.addWidget(self.toggles_strip)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 4, 0)
+        top.addWidget(self.toggles_strip, 1)
+        top.addWidget(self.log_check)
+        layout.addLayout(top)
         layout.addWidget(self.plot_widget)
         self._show_empty(True)
 
@@ -147,11 +150,11 @@ class LayerChartPanel(QWidget):
 
     def empty_text(self) -> str:
         """The message an empty chart shows ("" when bars are drawn)."""
-        return self.empty_item.toPlainText() if self.empty_item.isVisible() else ""
+        return placeholder_text(self.plot)
 
     def clear(self, text: str = "") -> None:
         """Empty the chart; ``text`` (or what it waits for by default) stands in its middle."""
-        self.empty_item.setText(text or EMPTY_TEXT)
+        self._empty_text = text or EMPTY_TEXT
         self.groups, self.labels, self.stacks = [], [], {}
         self.outline, self.outline_label = None, ""
         self._segments = {}
@@ -163,11 +166,7 @@ class LayerChartPanel(QWidget):
         self._show_empty(True)
 
     def _show_empty(self, empty: bool) -> None:
-        self.empty_item.setVisible(empty)
-        for axis in ("left", "bottom"):
-            self.plot.getAxis(axis).setStyle(showValues=not empty)
-        if empty:
-            self.plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+        show_placeholder(self.plot, self._empty_text if empty else None)
 
     def render(self, layers: Sequence[LayerStats], totals: Totals | None = None) -> None:
         """Draw one bar per group, plus an ``unattributed`` bar when ``totals`` are given.
@@ -213,7 +212,7 @@ class LayerChartPanel(QWidget):
                                   if category in CATEGORY_COLORS else "")
                 box.toggled.connect(lambda on, c=category: self.set_category_visible(c, on))
                 self._toggles[category] = box
-                self.toggles_row.insertWidget(self.toggles_row.count() - 2, box)
+                self.toggles_row.insertWidget(self.toggles_row.count() - 1, box)  # before the stretch
         for category, box in self._toggles.items():
             box.setVisible(category in self.stacks)
         self.toggles_strip.fit()
