@@ -128,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_sweep_parsers(sub)
 
     r = sub.add_parser("runs", help="list saved runs")
+    r.add_argument("words", nargs="*", metavar="WORD",
+                   help="list only the runs whose row holds every word, any case (id, label, "
+                        "model, workload, input, optimizations, device, dtype, date): "
+                        "`memlens runs llama int8`")
     r.add_argument("--json", action="store_true")
     r.add_argument("--trash", action="store_true",
                    help="list the runs in the store's trash instead (`memlens restore` them)")
@@ -302,7 +306,7 @@ def _main(argv: list[str] | None) -> int:
 
             return run_cli(args)
         if args.command == "runs":
-            return _runs(store, args.json, trash=args.trash)
+            return _runs(store, args.json, trash=args.trash, words=args.words)
         if args.command == "delete" and args.empty_trash:
             return _empty_trash(store, args.runs)
         if args.command == "delete" and not args.runs:
@@ -1105,9 +1109,13 @@ def _usage_line(store, trash: bool) -> str:
                    "(`memlens runs --trash`)" if other_runs else "") + "."
 
 
-def _runs(store, as_json: bool, trash: bool = False) -> int:
-    """The saved runs (or, with ``trash``, the trashed ones: `memlens restore` them)."""
-    runs = store.trashed_runs() if trash else store.list()
+def _runs(store, as_json: bool, trash: bool = False, words: list[str] | None = None) -> int:
+    """The saved runs (or, with ``trash``, the trashed ones: `memlens restore` them); with
+    ``words``, only those whose row holds every word (as the window's filter box keeps)."""
+    from .store import summary_matches
+
+    every = store.trashed_runs() if trash else store.list()
+    runs = [s for s in every if summary_matches(s, words)] if words else every
     folder = store.trash_root if trash else store.root
     kinds = {s.run_id: s.kind for s in runs}
     if as_json:
@@ -1123,27 +1131,36 @@ def _runs(store, as_json: bool, trash: bool = False) -> int:
         print(f"memlens: warning: skipped {len(damaged)} file(s) in {store.root} that are not "
               f"readable runs: {shown}.\n  hint: `memlens show FILE` says what is wrong with "
               "one; other runs are unaffected.", file=sys.stderr)
-    if not runs:
+    if not every:
         print(f"no runs in the trash ({folder})" if trash else f"no saved runs in {folder}")
         held, size = store.usage(trash=True)
         if not trash and held:
             print(f"the trash holds {held} run(s), {human_bytes(size)} (`memlens runs --trash`; "
                   "`memlens restore RUN_ID` brings one back)")
         return EXIT_OK
+    wanted = " ".join(words or [])
+    if not runs:
+        print(f"no run of the {len(every)} in {folder} holds every word of {wanted!r} "
+              "(any case; id, label, model, workload, input, optimizations, device, dtype, "
+              "date); `memlens runs` lists them all")
+        return EXIT_OK
     n_est = sum(k == "estimate" for k in kinds.values())
-    print(f"{len(runs)} run(s) in {folder}"
+    count = f"{len(runs)} of {len(every)} run(s) match {wanted!r}" if words else \
+        f"{len(runs)} run(s)"
+    print(f"{count} in {folder}"
           + (" (`memlens restore RUN_ID` brings one back)" if trash else "")
           + (f" ({n_est} estimate(s): no weights, no real memory)" if n_est else ""))
     width = max([52] + [len(s.run_id) for s in runs])
     size = max([5] + [len(s.input) for s in runs])
+    opts = max([13] + [len(s.optimizations) for s in runs])
     print(f"{'run id':<{width}} {'kind':<8} {'workload':<9} {'input':<{size}} {'peak':>11} "
-          f"{'latency':>10}  model")
+          f"{'latency':>10}  {'optimizations':<{opts}}  model")
     for s in runs:
         lat = f"{s.latency_ms:.1f} ms" if s.latency_ms is not None else MISSING
         label = f"  · {s.label}" if s.label else ""
         print(f"{s.run_id:<{width}} {kinds[s.run_id]:<8} {s.workload:<9} "
               f"{s.input or MISSING:<{size}} {human_bytes(s.peak_bytes):>11} {lat:>10}  "
-              f"{s.model}{label}")
+              f"{s.optimizations or 'none':<{opts}}  {s.model}{label}")
     print(_usage_line(store, trash))
     return EXIT_OK
 

@@ -60,6 +60,17 @@ class RunSummary:
     input: str = ""
 
 
+def summary_matches(summary: RunSummary, words: list[str]) -> bool:
+    """Whether every word (any case) is in the run's row: its id, label, model, workload,
+    input, optimizations, device, dtype, kind, status, date or quality: the fields the window's
+    filter box also searches, for `memlens runs WORD...`."""
+    text = " ".join(str(v) for v in (
+        summary.run_id, summary.label, summary.model, summary.workload, summary.input,
+        summary.optimizations, summary.device, summary.dtype, summary.kind, summary.status,
+        summary.created, summary.quality)).casefold()
+    return all(w.casefold() in text for w in words)
+
+
 def _default_mode() -> int:
     """The mode ``open()`` gives a new file here (0o666 less the umask), read once at import:
     the umask can only be read by setting it, which is not safe once threads run."""

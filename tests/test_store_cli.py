@@ -104,6 +104,32 @@ def test_a_hand_edited_run_file_is_named_damaged_and_never_breaks_the_list(saved
     assert store.load(result.run_id).to_dict() == result.to_dict()  # the good one still opens
 
 
+def test_runs_lists_optimizations_and_keeps_the_runs_holding_every_word(saved, tmp_path,
+                                                                         capsys):
+    import shutil
+
+    source, result = saved
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(source.root, store.root)
+    data = result.to_dict()
+    data["run_id"] = "second"
+    data["config"]["model"], data["config"]["label"] = "preset:other-model", "Wide trial"
+    (store.root / "second.json").write_text(json.dumps(data), encoding="utf-8")
+    root = ["--store", str(store.root)]
+    assert cli.main(root + ["runs"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "2 run(s) in" in out and "optimizations" in out.splitlines()[1]
+    assert cli.main(root + ["runs", "OTHER", "wide"]) == cli.EXIT_OK  # every word, any case
+    out = capsys.readouterr().out
+    assert "1 of 2 run(s) match 'OTHER wide'" in out and "second" in out
+    assert result.run_id not in out
+    assert cli.main(root + ["runs", "other", "nothing-like-this"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "no run of the 2" in out and "`memlens runs` lists them all" in out
+    assert cli.main(root + ["runs", "--json", result.run_id]) == cli.EXIT_OK
+    assert [r["run_id"] for r in json.loads(capsys.readouterr().out)] == [result.run_id]
+
+
 @pytest.mark.fault(area='resources', case='a full disk while saving (rename fails)',
                    outcome='store error naming the cause; the previous file is intact and no partial run is listed')
 def test_a_failed_save_leaves_the_previous_file_intact(saved, monkeypatch):
