@@ -775,6 +775,32 @@ def test_timeline_shades_the_phases(qtbot):
     assert x1 <= 1.5 and y1 <= 1.5 and panel.peaks == {}, (x0, x1, y0, y1, panel.peaks)
 
 
+def test_timeline_legend_moves_to_the_corner_where_it_hides_no_curve(qtbot):
+    """Fixed at the bottom right, the legend covered a curve that sits low there."""
+    from gui.panels.timeline import TimelinePanel
+
+    panel = TimelinePanel()
+    qtbot.addWidget(panel)
+    panel.resize(420, 320)
+    panel.show()
+    qtbot.waitExposed(panel)
+    view = panel.plot.getViewBox()
+    low = [100 << 20] * 20 + [900 << 20]  # flat along the bottom, a late spike
+    panel.set_timeline({"t": [0.5 * i for i in range(21)], "phase": ["memory"] * 21,
+                        "rss_bytes": low})
+    qtbot.waitUntil(lambda: view.viewRange()[0][1] > 9, timeout=2000)
+    panel._place_legend()
+    assert panel.legend_corner[1][1] == 0 and panel.legend_hides == 0  # a top corner
+    legend, plot = panel.legend.sceneBoundingRect(), view.sceneBoundingRect()
+    assert legend.bottom() < plot.center().y()
+    high = [100 << 20] + [900 << 20] * 20  # an early rise, then flat along the top
+    panel.set_timeline({"t": [0.5 * i for i in range(21)], "phase": ["memory"] * 21,
+                        "rss_bytes": high})
+    qtbot.wait(50)
+    panel._place_legend()
+    assert panel.legend_hides == 0, panel.legend_corner
+
+
 def test_timeline_phase_labels_never_overlap_as_the_run_grows(qtbot):
     """A phase wide on screen when it began narrows as the run goes on: its label must go then
     (the window once printed 'loadqualitymemory' run together after a run)."""

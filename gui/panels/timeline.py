@@ -19,6 +19,11 @@ from engine.format import to_mib
 
 from .. import theme
 
+# Where the memory legend may sit, in order of preference: (its corner, the plot's corner,
+# offset in pixels). The top corners keep clear of the phase names hung from the top edge.
+LEGEND_CORNERS = (((1, 1), (1, 1), (-10, -10)), ((0, 1), (0, 1), (10, -10)),
+                  ((0, 0), (0, 0), (10, 26)), ((1, 0), (1, 0), (-10, 26)))
+
 # (Sample field, legend name, colour): memory, in MiB
 SERIES = (
     ("rss_bytes", "process RSS", "#1f77b4"),
@@ -116,6 +121,28 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def _along_line(x: np.ndarray, y: np.ndarray, step: float = 3.0,
+                limit: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+    """Points every ``step`` pixels along the drawn polyline through (x, y) (pixels; a
+    non-finite value breaks the line, as ``connect="finite"`` draws it): a steep rise drawn
+    from a few samples hides behind a legend as much as its length on screen. Past ``limit``
+    points, the samples themselves."""
+    finite = np.isfinite(x) & np.isfinite(y)
+    if x.size < 2 or x.size > limit:
+        return x[finite], y[finite]
+    dx, dy = np.diff(x), np.diff(y)
+    drawn = finite[:-1] & finite[1:]
+    length = np.where(drawn, np.hypot(np.nan_to_num(dx), np.nan_to_num(dy)), 0.0)
+    count = np.where(drawn, np.clip(np.ceil(length / step), 1, 1_000), 0).astype(int)
+    if count.sum() > limit:
+        return x[finite], y[finite]
+    start = np.repeat(np.arange(dx.size), count)
+    frac = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    frac = frac / np.repeat(np.maximum(count, 1), count)
+    return (np.concatenate([x[start] + dx[start] * frac, x[finite]]),
+            np.concatenate([y[start] + dy[start] * frac, y[finite]]))
+
+
 class TimelinePanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -182,6 +209,9 @@ class TimelinePanel(QWidget):
         layout.addWidget(self.gpu_note)
         self.plot.getViewBox().sigRangeChanged.connect(self._place_phase_labels)
         self.plot.getViewBox().sigResized.connect(self._place_phase_labels)
+        self.plot.getViewBox().sigResized.connect(self._place_legend)
+        self.legend_corner = LEGEND_CORNERS[0]
+        self.legend_hides = 0
         self._redraw()
         self._last_draw_ms = -1e12  # the first samples draw at once
 
@@ -352,6 +382,7 @@ class TimelinePanel(QWidget):
             has_data = self._draw_curve(field, t)
             self._show_in_legend(field, name, has_data or field == SERIES[0][0])
         self._draw_peaks(t)
+        self._place_legend()
         for axis in ("left", "bottom"):  # no samples: no made-up 0.2…0.8 ticks
             self.plot.getAxis(axis).setStyle(showValues=bool(t.size))
         shown = [self._draw_curve(field, t) for field, _, _ in ACTIVITY]
@@ -401,6 +432,48 @@ class TimelinePanel(QWidget):
             self.legend.clear()
             for field, text in texts:
                 self.legend.addItem(self.curves[field], text)
+
+    def _place_legend(self, *_: Any) -> None:
+        """Put the legend in the corner of the plot where it hides the least of the curves.
+
+        Fixed at the bottom right it covered the rise of a curve that starts low, as process
+        RSS does (pyqtgraph has no "best" placement, as matplotlib's legend does). The top
+        corners sit below the row of phase names. It moves only when another corner hides
+        clearly less, so a live plot's legend does not hop about."""
+        viewbox = self.plot.getViewBox()
+        width, height = viewbox.width(), viewbox.height()
+        box = self.legend.boundingRect()
+        if width <= 0 or height <= 0 or box.width() <= 0:
+            return
+        (x0, x1), (y0, y1) = viewbox.viewRange()
+        if x1 <= x0 or y1 <= y0:
+            return
+        t = self._t.view()
+        xs, ys = [], []
+        for field, _, _ in SERIES:
+            values = self._columns[field].view()
+            if values.size == t.size and values.size:
+                x, y = _along_line((t - x0) / (x1 - x0) * width,
+                                   (y1 - values) / (y1 - y0) * height)  # y from the top
+                xs.append(x)
+                ys.append(y)
+        if not xs:
+            return
+        px, py = np.concatenate(xs), np.concatenate(ys)
+        hidden = {}
+        for corner in LEGEND_CORNERS:
+            (ix, iy), _, (ox, oy) = corner
+            left = ix * width + ox - ix * box.width()
+            top = iy * height + oy - iy * box.height()
+            hidden[corner] = int(np.count_nonzero((px >= left) & (px <= left + box.width())
+                                                  & (py >= top) & (py <= top + box.height())))
+        best = min(LEGEND_CORNERS, key=lambda c: hidden[c])  # ties: the earlier corner
+        if hidden[best] * 2 < hidden[self.legend_corner] or (
+                hidden[self.legend_corner] and not hidden[best]):
+            self.legend_corner = best
+        self.legend_hides = hidden[self.legend_corner]  # points every 3 px along the curves
+        item, parent, offset = self.legend_corner
+        self.legend.anchor(itemPos=item, parentPos=parent, offset=offset)
 
     def legend_text(self, field: str) -> str:
         label = self.legend.getLabel(self.curves[field]) if field in self._legend_shown else None
