@@ -25,13 +25,16 @@ class Theme:
     alternate: str
     button: str
     highlight: str
+    # A check box's square: Fusion fills it with Base and outlines it with Window darkened,
+    # which on a dark window left an unticked box all but invisible.
+    indicator: str = ""
 
 
 THEMES = {
     "light": Theme("light", "#ffffff", "#202020", "#606060", "#efefef", "#ffffff", "#f5f5f5",
                    "#e8e8e8", "#2a6fdb"),
     "dark": Theme("dark", "#1f2024", "#dddddd", "#9a9a9a", "#2b2d31", "#1f2024", "#26282c",
-                  "#34363b", "#3d7be0"),
+                  "#34363b", "#3d7be0", indicator="#4a4d54"),
 }
 _current = THEMES["light"]
 
@@ -83,6 +86,15 @@ def apply(name: str, root: QWidget | None = None) -> Theme:
     if isinstance(app, QApplication):
         app.setStyle("Fusion")
         app.setPalette(_palette(theme))
+        boxes = _palette(theme)
+        if theme.indicator:
+            boxes.setColor(QPalette.ColorGroup.Active, QPalette.ColorRole.Base,
+                           QColor(theme.indicator))
+            boxes.setColor(QPalette.ColorGroup.Inactive, QPalette.ColorRole.Base,
+                           QColor(theme.indicator))
+            boxes.setColor(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Base,
+                           QColor(theme.button))
+        app.setPalette(boxes, "QCheckBox")  # every theme: the last one's must not linger
     if root is not None:
         recolor_plots(root, theme)
     return theme

@@ -849,6 +849,8 @@ def test_window_fits_a_1024_pixel_wide_screen(qtbot):
 def test_a_theme_switch_recolours_the_timeline_bands_and_secondary_text(qtbot):
     """The phase bands were drawn once per set of phases: after a switch to dark they stayed
     light (and the names on them unreadable) until the next run."""
+    from PySide6.QtWidgets import QCheckBox
+
     from gui import theme
     from gui.panels.timeline import DARK_PHASE_COLOURS, PHASE_COLOURS, TimelinePanel
 
@@ -860,11 +862,19 @@ def test_a_theme_switch_recolours_the_timeline_bands_and_secondary_text(qtbot):
     def band_colour() -> str:
         return panel._bands[0].brush.color().name()
 
+    def _box_colour() -> str:
+        box = QCheckBox()
+        box.ensurePolished()  # (a class's palette reaches a widget when it is polished)
+        return box.palette().base().color().name()
+
     assert band_colour() == PHASE_COLOURS[0]
     try:
         theme.apply("dark", panel)
         assert band_colour() == DARK_PHASE_COLOURS[0]
         assert theme.THEMES["dark"].axis in panel.gpu_note.styleSheet()
+        # an unticked box was near-black on the dark window: its square is lighter there
+        assert _box_colour() == theme.THEMES["dark"].indicator
     finally:
         theme.apply("light", panel)
     assert band_colour() == PHASE_COLOURS[0]
+    assert _box_colour() == theme.THEMES["light"].base
