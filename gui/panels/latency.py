@@ -14,13 +14,22 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Slot
-from PySide6.QtWidgets import QCheckBox, QLabel, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
 from engine.format import human_ms, overhead, si_number, short_layer_label
 from engine.results import LayerStats, RunResult
 
 from .. import theme
-from .axis import fit_bar_labels, keep_legend_fitted
+from .axis import fit_bar_labels
 
 _TEXT = "#202020"
 # (series, legend name, colour): the top-level row, then its attention and MLP sub-rows.
@@ -29,6 +38,7 @@ SERIES = (
     ("attention", "attention", "#f28e2b"),
     ("mlp", "MLP", "#59a14f"),
 )
+SUMMARY_SHARE = 0.25 # of the panel's height, at most, for the text above the charts
 _WIDE, _NARROW = 0.75, 0.27  # bar widths: top-level rows alone, or grouped with sub-rows
 
 
@@ -89,7 +99,9 @@ class LatencyPanel(QWidget):
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.sub_rows_check = QCheckBox("Attention / MLP sub-rows")
+        self.sub_rows_check = QCheckBox("Sub-rows")
+        self.sub_rows_check.setToolTip("Draw each layer's attention and MLP sub-rows beside it "
+                                       "(timed in the pass that hooks every module)")
         self.sub_rows_check.setChecked(True)
         self.sub_rows_check.toggled.connect(self._on_sub_rows_toggled)
 
@@ -109,9 +121,12 @@ class LatencyPanel(QWidget):
         for axis in ("left", "bottom"):
             self.plot.getAxis(axis).setTextPen(_TEXT)
             self.plot.getAxis(axis).setPen("#606060")
-        self.legend = pg.LegendItem(colCount=len(SERIES), labelTextColor=_TEXT)
-        keep_legend_fitted(self.legend, self.bars_widget)
-        self.bars_widget.addItem(self.legend, row=1, col=0)
+        # The legend is a line of text beside the sub-rows box, not a row of the canvas: in a
+        # short window the canvas' title, ticks and legend left the bars no height at all.
+        self.legend = QLabel()
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setWordWrap(True)  # a narrow pane puts an entry on a second line
+        self.legend.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.bars: dict[str, pg.BarGraphItem] = {}
         for name, label, color in SERIES:
             bar = pg.BarGraphItem(x=[0.0], height=[0.0], width=_WIDE, brush=pg.mkBrush(color),
@@ -119,7 +134,6 @@ class LatencyPanel(QWidget):
             bar.setVisible(False)
             self.plot.addItem(bar)
             self.bars[name] = bar
-            self.legend.addItem(bar, label)
         self.plot.getViewBox().sigResized.connect(self._on_resized)
 
         self.decode_widget = pg.PlotWidget(background="w")
@@ -139,17 +153,44 @@ class LatencyPanel(QWidget):
         left = QWidget()
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
-        left_layout.addWidget(self.sub_rows_check)
+        row = QHBoxLayout()
+        row.addWidget(self.sub_rows_check)
+        row.addWidget(self.legend, 1)
+        left_layout.addLayout(row)
         left_layout.addWidget(self.bars_widget, 1)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
         split.addWidget(self.decode_widget)  # hidden for runs without decode steps
         split.setSizes([460, 300])
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        # The text scrolls once it would take more than SUMMARY_SHARE of the panel: in a 700 px
+        # window it took all the height the bars had, and the plot was drawn 0 px tall.
+        self.summary_area = QScrollArea()
+        self.summary_area.setWidget(self.summary)
+        self.summary_area.setWidgetResizable(True)
+        self.summary_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.summary_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.summary)
+        layout.addWidget(self.summary_area)
         layout.addWidget(split, 1)
         self.clear()
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._fit_summary()
+
+    def _fit_summary(self) -> None:
+        """The text's own height, up to SUMMARY_SHARE of the panel (two lines at least)."""
+        bar = self.summary_area.verticalScrollBar().sizeHint().width()
+        width = max(self.summary_area.width() - bar, 50)
+        need = self.summary.heightForWidth(width)
+        if need < 0:
+            need = self.summary.sizeHint().height()
+        line = self.summary.fontMetrics().lineSpacing()
+        lines = max(2, int(self.height() * SUMMARY_SHARE) // line)  # whole lines, never half
+        self.summary_area.setFixedHeight(min(need, lines * line) + 2)
 
     # -- public ---------------------------------------------------------------------------------
     def summary_text(self) -> str:
@@ -168,11 +209,13 @@ class LatencyPanel(QWidget):
         self.decode_widget.setVisible(False)
         self.bars_widget.setVisible(True)
         self.summary.setText(message)
+        self._fit_summary()
         self._apply_ticks()
 
     def render(self, result: RunResult) -> None:
         self._result = result
         self.summary.setText("\n".join(summary_lines(result)))
+        self._fit_summary()
         # An estimate has no latency to draw: the sentence above says so, no empty axes.
         self.bars_widget.setVisible(getattr(result, "estimate", None) is None)
         top = [layer for layer in result.layers if layer.depth == 0]
@@ -208,10 +251,9 @@ class LatencyPanel(QWidget):
             bar.setOpts(x=x, height=values[shown], width=_NARROW if sub_rows else _WIDE)
             bar.setVisible(True)
             top = max(top, float(values[shown].max()))
-        self.legend.clear()
-        for name, label, _ in SERIES:
-            if self.bars[name].isVisible():
-                self.legend.addItem(self.bars[name], label)
+        self.legend.setText("&nbsp;&nbsp;".join(
+            f'<span style="color:{colour}">&#9632;</span>&nbsp;{label}'
+            for name, label, colour in SERIES if self.bars[name].isVisible()))
         self._apply_ticks()
         if self.labels:
             self.plot.setYRange(0.0, max(top, 1e-6) * 1.08, padding=0)

@@ -149,7 +149,7 @@ class TimelinePanel(QWidget):
         self.plot_widget = pg.GraphicsLayoutWidget()
         self.plot_widget.setBackground("w")
         self.plot = self.plot_widget.addPlot(row=0, col=0)
-        self.plot.setTitle("Memory over time", color="#202020")
+        self.plot.setTitle("Memory over time", color="#202020", size="10pt")  # a narrow column
         self.plot.setLabel("left", "MiB")
         self.plot.setLabel("bottom", "time", units="s")
         self.plot.showGrid(x=True, y=True, alpha=0.25)
@@ -162,6 +162,8 @@ class TimelinePanel(QWidget):
         # Bottom right: phase names sit along the top, and memory curves mostly rise to the right.
         self.legend = self.plot.addLegend(offset=(-10, -10), labelTextColor="#202020",
                                           brush=pg.mkBrush(255, 255, 255, 200))
+        self.legend.setParentItem(self.plot)  # placed over the view by _place_legend
+        self.legend.setZValue(100)  # above the axes it may overlap in a narrow column
         self._redraw_timer = QTimer(self)
         self._redraw_timer.setSingleShot(True)
         self._redraw_timer.timeout.connect(self._redraw)
@@ -460,20 +462,34 @@ class TimelinePanel(QWidget):
         if not xs:
             return
         px, py = np.concatenate(xs), np.concatenate(ys)
-        hidden = {}
-        for corner in LEGEND_CORNERS:
+        # The legend hangs from the plot item, not the view box, which clips its children:
+        # wider than the view (a narrow column), it hangs from a left corner and moves left
+        # over the axis, rather than lose the swatch or the end of its text.
+        inner = viewbox.mapRectToParent(viewbox.boundingRect())  # the view, in the plot item
+        outer = self.plot.boundingRect()
+        fits = box.width() + 20 <= width
+        corners = LEGEND_CORNERS if fits else tuple(c for c in LEGEND_CORNERS if c[0][0] == 0)
+        squeezed = max(4.0 - inner.left(), min(10.0, outer.width() - inner.left()
+                                                     - box.width() - 4.0))
+        hidden, places = {}, {}
+        for corner in corners:
             (ix, iy), _, (ox, oy) = corner
-            left = ix * width + ox - ix * box.width()
+            if not fits:
+                ox = squeezed
+            left = ix * width + ox - ix * box.width()  # in the view's pixels
             top = iy * height + oy - iy * box.height()
             hidden[corner] = int(np.count_nonzero((px >= left) & (px <= left + box.width())
                                                   & (py >= top) & (py <= top + box.height())))
-        best = min(LEGEND_CORNERS, key=lambda c: hidden[c])  # ties: the earlier corner
-        if hidden[best] * 2 < hidden[self.legend_corner] or (
+            places[corner] = (inner.left() + ox if ix == 0 else inner.right() - outer.width() + ox,
+                              inner.top() + oy if iy == 0 else
+                              inner.bottom() - outer.height() + oy)
+        best = min(corners, key=lambda c: hidden[c])  # ties: the earlier corner
+        if self.legend_corner not in hidden or hidden[best] * 2 < hidden[self.legend_corner] or (
                 hidden[self.legend_corner] and not hidden[best]):
             self.legend_corner = best
         self.legend_hides = hidden[self.legend_corner]  # points every 3 px along the curves
-        item, parent, offset = self.legend_corner
-        self.legend.anchor(itemPos=item, parentPos=parent, offset=offset)
+        item, parent, _ = self.legend_corner
+        self.legend.anchor(itemPos=item, parentPos=parent, offset=places[self.legend_corner])
 
     def legend_text(self, field: str) -> str:
         label = self.legend.getLabel(self.curves[field]) if field in self._legend_shown else None
