@@ -18,7 +18,7 @@ from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
 from .format import (MISSING, bytes_against, human_bytes, kv_cache_text, overhead,
-                     quality_parts, si_number)
+                     quality_parts, si_number, tokens_per_s_text)
 from .results import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="list only the runs whose row holds every word, any case (id, label, "
                         "model, workload, input, optimizations, device, dtype, date): "
                         "`memlens runs llama int8`")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true",
+                   help="print the list as JSON (latency_ms and plain_latency_ms as in a run "
+                        "file's totals: with live hooks, and the plain pass the table shows)")
     r.add_argument("--trash", action="store_true",
                    help="list the runs in the store's trash instead (`memlens restore` them)")
 
@@ -515,6 +517,13 @@ def _export(args: argparse.Namespace, store) -> int:
         print("no timeline.csv: the run recorded no timeline"
               + (" (an estimate samples nothing)" if result.estimate is not None else "")
               + (f"; the {stale} there is from an earlier export" if stale.exists() else ""))
+    if args.trace is not None and not any(layer.latency_ms is not None
+                                          for layer in result.layers):
+        # (the trace lays layers out by their timed durations: with none there is no span)
+        print("the trace has phases but no per-layer spans: "
+              + ("an estimate times nothing" if result.estimate is not None
+                 else "the run timed no layer")
+              + "; the per-layer figures are in layers.csv (--csv DIR) and `memlens show`")
     if result.estimate is not None:
         print("these are ESTIMATES (fake tensors: no weights, no real memory)"
               + ("; layers.csv says so in its figures column" if args.csv is not None else
@@ -1119,10 +1128,17 @@ def _runs(store, as_json: bool, trash: bool = False, words: list[str] | None = N
     folder = store.trash_root if trash else store.root
     kinds = {s.run_id: s.kind for s in runs}
     if as_json:
-        # (a figure not recorded is null in JSON, not the table's "—")
-        print(json.dumps([{**s.__dict__, "path": str(s.path),
-                           "quality": None if s.quality == MISSING else s.quality}
-                          for s in runs], indent=1))
+        # (a figure not recorded is null in JSON, not the table's "—"). Latencies are named as
+        # in the run file's totals: latency_ms there is the pass with live hooks, which the
+        # table's "latency" (the plain pass) is not; a script reading both got two meanings.
+        def entry(s) -> dict:
+            out = {k: v for k, v in s.__dict__.items()
+                   if k not in ("latency_ms", "plain_latency_ms", "hooked_latency_ms")}
+            return {**out, "path": str(s.path),
+                    "quality": None if s.quality == MISSING else s.quality,
+                    "plain_latency_ms": s.plain_latency_ms, "latency_ms": s.hooked_latency_ms}
+
+        print(json.dumps([entry(s) for s in runs], indent=1))
         return EXIT_OK
     damaged = [] if trash else store.damaged()
     if damaged:
@@ -1203,7 +1219,7 @@ def print_report(result: RunResult, out: TextIO) -> None:
     training = cfg.workload == "train"
     # A training step's gradients and optimizer state get columns (in "at peak" alone, an MLP
     # row's optimizer state could not be told from its weights).
-    middle = ["saved bwd", "grads", "optim"] if training else ["KV cache"]
+    middle = ["saved bwd", "grads", "optim"] if training else ["KV at end"]
     cols = ["layer", "kind", "weights", "output", *middle, "transient", "at peak", "ms", "FLOPs"]
     rows = []
     for layer in result.layers:
@@ -1264,7 +1280,7 @@ def print_report(result: RunResult, out: TextIO) -> None:
             w(f"; attention/MLP rows from a pass hooking all {timing['detailed_modules']} "
               f"modules ({overhead(timing['detailed_overhead'])})")
         if t.tokens_per_s:
-            w(f" · {t.tokens_per_s:,.0f} tokens/s")
+            w(f" · {tokens_per_s_text(t.tokens_per_s, cfg.workload)}")
         w("\n")
         if t.compile_seconds is not None:
             w(f"torch.compile: {t.compile_seconds:.1f} s to compile (first call minus the steady "

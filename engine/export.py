@@ -7,7 +7,8 @@ never 0.
 * :func:`write_layers_csv` — the per-layer table: the GUI table's columns in its order
   (:data:`LAYER_COLUMNS`), bytes as exact integers, then the rest of each ``LayerStats`` record
   (parent, depth, parameters, ``flops_complete``, ``figures``: ``measured`` or ``estimate`` on
-  every row, and the at-peak bytes per category) so that
+  every row, and the at-peak bytes per category: 0 where the layer held none of it at the
+  peak, a measured zero, as ``at_peak_bytes``) so that
   :func:`read_layers_csv` gives the records back. A last row, ``(unattributed)`` (kind
   ``unattributed``), holds the bytes live at the peak that no layer holds, so the
   ``at_peak_bytes`` column adds up to the run's peak exactly (as the GUI table's and the
@@ -179,7 +180,8 @@ def layers_csv(result: RunResult) -> str:
         # (at_peak_bytes: a layer holding nothing at the peak holds 0 B, a measured zero)
         row: list[Any] = [getattr(layer, column) for column, _ in LAYER_COLUMNS]
         row += [getattr(layer, column) for column in _EXTRA_COLUMNS] + [figures]
-        row += [layer.at_peak.get(c) for c in categories]
+        # (a category a layer holds nothing of at the peak: 0 B, measured, as at_peak_bytes)
+        row += [layer.at_peak.get(c, 0) for c in categories]
         rows.append(row)
     t = result.totals
     if result.layers or t.peak_bytes:
@@ -204,7 +206,7 @@ def read_layers_csv(path: Path | str) -> list[LayerStats]:
                 continue  # not a layer: the bytes no layer holds at the peak
             values = {k: _parse(v) for k, v in row.items()}
             at_peak = {k[len(_AT_PEAK_PREFIX):]: int(v) for k, v in values.items()
-                       if k.startswith(_AT_PEAK_PREFIX) and v is not None}
+                       if k.startswith(_AT_PEAK_PREFIX) and v}  # (the record keeps no zeros)
             kwargs = {k: v for k, v in values.items()
                       if not k.startswith(_AT_PEAK_PREFIX)
                       and k not in ("at_peak_bytes", FIGURES_COLUMN)}
@@ -274,11 +276,20 @@ def _spans_end_to_end(items: Sequence[tuple[str, float, dict[str, Any]]], start_
 
 
 def _layer_args(layer: LayerStats) -> dict[str, Any]:
-    return {"layer": layer.name, "kind": layer.kind, "latency_ms (median)": layer.latency_ms,
+    """A layer's figures as the per-layer table has them (a figure the run did not measure,
+    such as a forward pass's gradients, is left out rather than written as null)."""
+    args = {"layer": layer.name, "kind": layer.kind, "latency_ms (median)": layer.latency_ms,
             "weights_bytes": layer.weights_bytes, "activation_bytes": layer.activation_bytes,
+            "saved_for_backward_bytes": layer.saved_for_backward_bytes,
+            "kv_cache_bytes (at the end)": layer.kv_cache_bytes,
+            "gradient_bytes": layer.gradient_bytes,
+            "optimizer_state_bytes": layer.optimizer_state_bytes,
             "transient_peak_bytes": layer.transient_peak_bytes,
-            "at_peak_bytes": layer.at_peak_bytes if layer.at_peak else None,
+            "at_peak_bytes": layer.at_peak_bytes,
             "flops": layer.flops}
+    if layer.flops is not None and layer.flops_complete is False:
+        args["flops_complete"] = False  # some of its operators have no FLOP formula
+    return {k: v for k, v in args.items() if v is not None or k == "latency_ms (median)"}
 
 
 def trace_events(result: RunResult) -> dict[str, Any]:
@@ -359,9 +370,15 @@ def trace_events(result: RunResult) -> dict[str, Any]:
             events += [_meta("thread_name", _LAYOUT_PID, tid, {"name": name}),
                        _meta("thread_sort_index", _LAYOUT_PID, tid, {"sort_index": tid})]
             events += spans
+    from .compare import optimizations_text
+    from .format import inputs_text
+
     other = {
         "memlens_run_id": result.run_id, "created": result.created, "model": cfg.model,
-        "workload": cfg.workload, "device": str(result.model_info.get("device") or cfg.device),
+        "label": cfg.label or "", "workload": cfg.workload, "input": inputs_text(result),
+        "optimizations": optimizations_text(result.optimizations),
+        "dtype": str(result.model_info.get("dtype") or cfg.dtype),
+        "device": str(result.model_info.get("device") or cfg.device),
         "kind": "estimate" if estimate else "measured",
         "peak_bytes": result.totals.peak_bytes, "peak_source": result.totals.peak_source,
         "clock": "seconds since the run started (the run record's clock)",

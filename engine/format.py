@@ -253,3 +253,11 @@ def quality_parts(q: dict | None) -> list[str]:
             parts.append(f"after {steps if steps is not None else 'the'} training steps, "
                          "against the baseline trained the same way: " + ", ".join(inner))
     return parts
+
+
+def tokens_per_s_text(tokens_per_s: float | None, workload: str) -> str:
+    """``'70.1 tokens/s'``; for a generation ``'70.1 tokens/s decoding'``: its figure counts the
+    decode steps alone (new tokens over their time), not the prompt's prefill, so it is not the
+    run's tokens over its whole latency."""
+    return f"{si_number(tokens_per_s)} tokens/s" + (" decoding" if workload == "generate" else "")
+

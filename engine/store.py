@@ -58,6 +58,10 @@ class RunSummary:
     # what was measured: "b1 s128", "b1 s60 +32 new", "… · rank 0 of 2" (the compare view's
     # form): a sweep's runs differ by nothing else
     input: str = ""
+    # The run file's totals as named there: latency_ms above is the plain pass's (what every
+    # table calls "latency"), the hooked figure where the file has no plain one.
+    plain_latency_ms: float | None = None
+    hooked_latency_ms: float | None = None  # totals.latency_ms: the pass with live hooks
 
 
 def summary_matches(summary: RunSummary, words: list[str]) -> bool:
@@ -508,7 +512,9 @@ def _summary(path: Path) -> RunSummary | None:
             dtype=str(info.get("dtype") or cfg.get("dtype") or ""),
             status=str(data.get("status") or "ok"),
             kind="estimate" if data.get("estimate") is not None else "measured",
-            input=_input_text(data))
+            input=_input_text(data),
+            plain_latency_ms=totals.get("plain_latency_ms"),
+            hooked_latency_ms=totals.get("latency_ms"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 

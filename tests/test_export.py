@@ -181,6 +181,12 @@ def test_layers_csv_round_trips_with_empty_cells_for_unmeasured(runs, tmp_path):
         assert len(rows) == len(result.layers) + 1
         assert int(rows[-1]["at_peak_bytes"]) == result.totals.unattributed_bytes
         assert sum(int(r["at_peak_bytes"]) for r in rows) == result.totals.peak_bytes
+        # at-peak categories are measured for every layer: none held is 0, never blank (a
+        # blank read as "not measured"), and each row's categories add up to its at-peak bytes
+        for row, layer in zip(rows, result.layers):
+            cells = {k: v for k, v in row.items() if k.startswith("at_peak.")}
+            assert "" not in cells.values(), (layer.name, cells)
+            assert sum(int(v) for v in cells.values()) == int(row["at_peak_bytes"])
     gen = by_workload["generate"]
     assert all(layer.saved_for_backward_bytes is None for layer in gen.layers)
     assert "saved_for_backward_bytes" in layers_csv(gen).splitlines()[0]
@@ -211,6 +217,9 @@ def test_trace_validates_and_carries_the_records_figures(runs, tmp_path):
         events = trace["traceEvents"]
         assert trace["otherData"]["memlens_run_id"] == result.run_id
         assert trace["otherData"]["kind"] == "measured"
+        other = trace["otherData"]
+        assert other["input"].startswith(result.config.workload) and other["dtype"]
+        assert other["optimizations"] == "none" and "label" in other
         # Phases: one complete event per recorded phase, at its recorded time (µs).
         phases = [e for e in events if e.get("cat") == "phase"]
         assert [e["name"] for e in phases] == [p["name"] for p in result.phases]
@@ -230,7 +239,16 @@ def test_trace_validates_and_carries_the_records_figures(runs, tmp_path):
         assert measured and set(layers) == {layer.name for layer in measured}
         for layer in measured:
             assert layers[layer.name]["dur"] == pytest.approx(layer.latency_ms * 1e3, abs=1e-3)
-            assert layers[layer.name]["args"]["weights_bytes"] == layer.weights_bytes
+            args = layers[layer.name]["args"]
+            assert args["weights_bytes"] == layer.weights_bytes
+            assert args["at_peak_bytes"] == layer.at_peak_bytes
+            # every figure the table has for the layer, none written as null
+            for field, key in (("saved_for_backward_bytes", "saved_for_backward_bytes"),
+                               ("kv_cache_bytes", "kv_cache_bytes (at the end)"),
+                               ("gradient_bytes", "gradient_bytes"),
+                               ("optimizer_state_bytes", "optimizer_state_bytes")):
+                assert args.get(key) == getattr(layer, field), (layer.name, key)
+                assert key in args or getattr(layer, field) is None
         names = {e["args"]["name"] for e in events if e["ph"] == "M"
                  and e["name"] == "process_name"}
         assert any("start times are a layout" in n for n in names)

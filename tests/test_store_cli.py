@@ -127,7 +127,12 @@ def test_runs_lists_optimizations_and_keeps_the_runs_holding_every_word(saved, t
     out = capsys.readouterr().out
     assert "no run of the 2" in out and "`memlens runs` lists them all" in out
     assert cli.main(root + ["runs", "--json", result.run_id]) == cli.EXIT_OK
-    assert [r["run_id"] for r in json.loads(capsys.readouterr().out)] == [result.run_id]
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in listed] == [result.run_id]
+    # latencies named as in the run file's totals (latency_ms: with live hooks)
+    assert listed[0]["latency_ms"] == result.totals.latency_ms
+    assert listed[0]["plain_latency_ms"] == result.totals.plain_latency_ms
+    assert "hooked_latency_ms" not in listed[0]
 
 
 @pytest.mark.fault(area='resources', case='a full disk while saving (rename fails)',
@@ -160,6 +165,8 @@ def test_cli_profile_prints_a_reconciled_table(tmp_path, capsys):
     assert code == 0, out
     assert "reconciles" in out and "KV cache" in out and "self_attn" in out
     assert "unattributed" in out and "saved:" in out
+    # a generation's tokens/s counts the decode steps alone; the KV column is the end's cache
+    assert "tokens/s decoding" in out and "KV at end" in out
     assert json.loads((tmp_path / "run.json").read_text())["totals"]["peak_bytes"] > 0
     assert cli.main(["--store", str(tmp_path), "runs"]) == 0
     assert "preset:tiny-llama" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.format import human_ms, overhead, si_number, short_layer_label
+from engine.format import human_ms, overhead, si_number, short_layer_label, tokens_per_s_text
 from engine.results import LayerStats, RunResult
 
 from .. import theme
@@ -59,7 +59,7 @@ def summary_lines(result: RunResult) -> list[str]:
             f"{overhead(t.instrumentation_overhead)}); attention/MLP rows from a pass hooking "
             f"{f'all {detailed} modules' if detailed else 'every module'} (overhead "
             f"{overhead(timing.get('detailed_overhead'))}) · "
-            f"{si_number(t.tokens_per_s)} tokens/s")
+            f"{tokens_per_s_text(t.tokens_per_s, result.config.workload)}")
     lines = [line]
     gen = result.generation or {}
     steps = gen.get("decode_ms_per_step") or []

@@ -13,7 +13,7 @@ from engine.results import RunResult
 from engine.aggregate import reconciliation_line
 from engine.format import (PROMPT_EXCERPT, excerpt, human_bytes, human_count, human_flops,
                            human_ms, human_seconds, inputs_text, overhead, quality_parts,
-                           si_number)
+                           tokens_per_s_text)
 from .status import ERROR_COLOR
 
 def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
@@ -54,7 +54,7 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
     if t.compiled_peak_bytes is not None:
         speed.append(f"compiled peak {human_bytes(t.compiled_peak_bytes)}")
     if timing and t.tokens_per_s is not None:
-        speed.append(f"{si_number(t.tokens_per_s)} tokens/s")  # as on the Latency tab
+        speed.append(tokens_per_s_text(t.tokens_per_s, result.config.workload))  # as on Latency
     if t.flops is not None:
         speed.append(human_flops(t.flops))
     if t.process_rss_peak_bytes is not None:
