@@ -243,6 +243,28 @@ def module_weight_tensors(module: nn.Module, recurse: bool = False) -> list[torc
     return tensors
 
 
+def local_numel(p: torch.Tensor) -> int:
+    """A tensor's elements on this rank: a tensor-parallel shard (DTensor) counts its local
+    elements, as its bytes do (its numel() is the whole tensor's)."""
+    local = p.to_local() if hasattr(p, "to_local") and hasattr(p, "device_mesh") else p
+    return local.numel()
+
+
+def packed_elements(module: nn.Module, recurse: bool = False) -> int:
+    """Elements of the packed weights and biases quantized modules keep outside
+    ``parameters()`` (``quantize_dynamic``'s ``_packed_params``), which count as parameters."""
+    total = 0
+    for m in (module.modules() if recurse else [module]):
+        packed = getattr(m, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            try:
+                total += sum(t.numel() for t in packed._weight_bias()
+                             if isinstance(t, torch.Tensor))
+            except Exception:  # noqa: BLE001 - an unknown packing (its bytes are flagged apart)
+                pass
+    return total
+
+
 def parameter_count(model: nn.Module) -> int:
     """Elements of the model's weights: its parameters and the packed weights and biases that
     quantized modules keep outside ``parameters()`` (``quantize_dynamic`` turned 2.53 M of the
@@ -252,19 +274,9 @@ def parameter_count(model: nn.Module) -> int:
     for p in model.parameters():
         if id(p) not in seen:
             seen.add(id(p))
-            # A tensor-parallel shard (DTensor) counts its local elements, as its bytes do: its
-            # numel() is the whole tensor's, and rank 0 of 2 claimed more parameters than the
-            # model has.
-            local = p.to_local() if hasattr(p, "to_local") and hasattr(p, "device_mesh") else p
-            total += local.numel()
-    for m in model.modules():
-        packed = getattr(m, "_packed_params", None)
-        if packed is not None and hasattr(packed, "_weight_bias"):
-            try:
-                total += sum(t.numel() for t in packed._weight_bias() if isinstance(t, torch.Tensor))
-            except Exception:  # noqa: BLE001 - an unknown packing (its bytes are flagged apart)
-                pass
-    return total
+            # (a shard's local elements: rank 0 of 2 claimed more parameters than the model has)
+            total += local_numel(p)
+    return total + packed_elements(model, recurse=True)
 
 
 def weights_dtype(model: nn.Module) -> str | None:

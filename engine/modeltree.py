@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import module_weight_tensors, unique_nbytes
+from .layers import local_numel, module_weight_tensors, packed_elements, unique_nbytes
 
 # Module attributes that some optimizations flip without changing any tensor.
 _FLAGS = ("gradient_checkpointing", "sliding_window", "is_causal")
@@ -120,8 +120,10 @@ def module_tree(model: nn.Module, tracker: ChangeTracker | None = None) -> dict[
             "type": type(mod).__name__,
             "class_path": f"{type(mod).__module__}.{type(mod).__qualname__}",
             "depth": 0 if not name else name.count(".") + 1,
-            "parameters": sum(p.numel() for p in params),
-            "own_parameters": sum(p.numel() for p in mod.parameters(recurse=False)),
+            # (packed quantized weights count, as in the run's total: parameter_count)
+            "parameters": sum(local_numel(p) for p in params) + packed_elements(mod, True),
+            "own_parameters": sum(local_numel(p) for p in mod.parameters(recurse=False))
+            + packed_elements(mod),
             "trainable": sum(p.numel() for p in params if p.requires_grad),
             "weights_bytes": unique_nbytes(tensors),
             "dtypes": _dtypes(tensors),

@@ -152,6 +152,10 @@ def test_int8_dynamic_linear_weights_are_a_quarter():
 
     plain = load_model(tiny()).model
     assert r.model_info["parameters"] == sum(p.numel() for p in plain.parameters())
+    # ... in the rows and the module tree too (they summed to the 396 K left as parameters)
+    assert sum(x.parameters for x in r.layers) == r.model_info["parameters"]
+    root = next(m for m in r.model_info["module_tree"]["modules"] if m["name"] == "")
+    assert root["parameters"] == r.model_info["parameters"]
     # The packed int8 weights are opaque to the dispatch mode, yet counted once at the peak by
     # their owners (exclusive rows), so the peak holds every weight byte and still reconciles.
     t = r.totals
