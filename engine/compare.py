@@ -262,6 +262,15 @@ def print_comparison(runs: list[RunResult], out: TextIO) -> None:
     if any(c.ratio_noisy(i) for i in range(1, len(runs))):
         w(f"\n(noisy: that run's or [0]'s timing passes were more than ×{NOISY_TIMING_SPREAD:g} "
           "apart, so the latency ratio may be off; their warnings say how far)\n")
+    own = [(i, (r.deltas or {}).get("latency_ratio")) for i, r in enumerate(runs) if i]
+    own = [(i, x) for i, x in own if x is not None]
+    if own:
+        # A run with optimizations also timed its unoptimized model in the same process, the
+        # same minutes apart: on a busy machine that ratio and the one above (two runs made
+        # apart) can disagree, even in direction.
+        w("\n(each optimized run's own ratio, against the unoptimized model timed in the same "
+          "run: " + ", ".join(f"[{i}] ×{x:.2f}" for i, x in own) + "; the ratio above sets "
+          "runs made apart side by side, so machine load between them is in it too)\n")
     if any(r.config.model != ref.config.model for r in runs[1:]):
         w("\n(different models: per-layer deltas are shown for layers with the same name)\n")
     workloads = workloads_of(runs)

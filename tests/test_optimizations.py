@@ -275,6 +275,9 @@ def test_cli_optimizations_and_compare(tmp_path, capsys):
     assert "\nmodel.layers.0.self_attn " in out, out
     assert "bfloat16 (loaded in float32)" not in out  # compare names the measured dtype
     assert "demo forward b1 s32 cpu bfloat16; optimizations: cast" in out, out
+    # the cast run's own in-process ratio is given beside the ratio between the saved runs
+    cast = RunStore(tmp_path).load(ids[0])
+    assert f"[1] ×{cast.deltas['latency_ratio']:.2f}; the ratio above" in out, out
     # An estimate among the compared runs says so on its line (only its run id did).
     assert cli.main(store + ["estimate", "--model", "demo", "--seq", "32", "--save"]) == 0
     estimate_id = next(s.run_id for s in RunStore(tmp_path).list() if s.run_id not in ids)
