@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
+from .compare import optimizations_text
 from .format import (MISSING, bytes_against, human_bytes, kv_cache_text, overhead,
                      quality_parts, si_number, tokens_per_s_text)
 from .results import RunResult
@@ -1328,8 +1329,8 @@ def print_report(result: RunResult, out: TextIO) -> None:
           f"{human_bytes(tr.get('backward_peak_bytes'))}, optimizer "
           f"{human_bytes(tr.get('optimizer_peak_bytes'))}\n")
     for applied in result.optimizations:
-        w(f"applied {applied['name']} ({applied['id']}"
-          f"{': ' + ', '.join(f'{k}={v}' for k, v in applied['params'].items()) if applied['params'] else ''}"
+        # (as --opt takes it and `runs` and `compare` list it: lora:rank=8,alpha=16)
+        w(f"applied {applied['name']} ({optimizations_text([applied])}"
           f"): {applied['modules_touched']} module(s), weights "
           f"{human_bytes(applied['weights_bytes_before'])} → "
           f"{human_bytes(applied['weights_bytes_after'])} in {applied['seconds'] * 1e3:.0f} ms\n")

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.compare import optimizations_text
 from engine.errors import ErrorKind, MemLensError
 from engine.format import (MISSING, human_bytes, human_count, human_flops, human_ms,
                            human_seconds, kv_cache_text, quality_parts)
@@ -514,10 +515,9 @@ def _optimizations_html(result: RunResult) -> str:
     else:
         rows = []
         for a in result.optimizations:
-            params = ", ".join(f"{k}={v}" for k, v in (a.get("params") or {}).items())
             rows.append(
-                f"<tr><td>{_e(a.get('name', a.get('id')))} (<code>{_e(a.get('id'))}"
-                f"{':' + _e(params) if params else ''}</code>)</td>"
+                f"<tr><td>{_e(a.get('name', a.get('id')))} "
+                f"(<code>{_e(optimizations_text([a]))}</code>)</td>"
                 f"<td align='right'>{_e(_v(a.get('modules_touched')))}</td>"
                 f"<td align='right'>{_e(human_bytes(a.get('weights_bytes_before')))} → "
                 f"{_e(human_bytes(a.get('weights_bytes_after')))}</td>"

@@ -266,7 +266,8 @@ def test_cli_optimizations_and_compare(tmp_path, capsys):
     assert cli.main(store + ["profile", "--model", "demo", "--seq", "32", "--repeats", "1",
                              "--opt", "cast:dtype=bfloat16"]) == 0
     out = capsys.readouterr().out
-    assert "applied Cast weights" in out and "KL(baseline ‖ this)" in out
+    assert "applied Cast weights (cast:dtype=bfloat16)" in out  # as --opt, runs and compare
+    assert "KL(baseline ‖ this)" in out
     ids = [s.run_id for s in RunStore(tmp_path).list()]
     assert cli.main(store + ["compare", *reversed(ids)]) == 0
     out = capsys.readouterr().out

@@ -8,12 +8,13 @@ import re
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from engine.results import RunResult
-
 from engine.aggregate import reconciliation_line
+from engine.compare import optimizations_text
 from engine.format import (PROMPT_EXCERPT, excerpt, human_bytes, human_count, human_flops,
                            human_ms, human_seconds, inputs_text, overhead, quality_parts,
                            tokens_per_s_text)
+from engine.results import RunResult
+
 from .status import ERROR_COLOR
 
 def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
@@ -68,10 +69,7 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
         lines.append(f"load: peak {human_bytes(t.load_peak_bytes)}, steady "
                      f"{human_bytes(t.steady_bytes)}")
     if result.optimizations:
-        names = ", ".join(
-            a["id"] + (f"({', '.join(f'{k}={v}' for k, v in a['params'].items())})"
-                       if a["params"] else "") for a in result.optimizations)
-        line = f"optimizations: {names}"
+        line = f"optimizations: {optimizations_text(result.optimizations)}"  # as --opt takes
         base, d = result.baseline or {}, result.deltas or {}
         if base and d:
             line += (f" · vs the baseline measured in this run: peak "
