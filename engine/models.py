@@ -742,14 +742,20 @@ class _Loader:
         if describe_source(model) == "hub":  # estimation reads a local config.json
             model = f"PATH/TO/{model.rsplit('/', 1)[-1]}/config.json"
         command = estimate_command(cfg, model)
+        # A half-size dtype is suggested only where it would fit: for a 70B model it was
+        # offered though its bfloat16 weights are 12 times the limit.
+        halved = need // 2 if dtype == torch.float32 else None
+        smaller = dtype is None or (halved is not None
+                                    and halved <= MAX_MEMORY_FRACTION * available)
         raise MemLensError(
             ErrorKind.TOO_LARGE,
             f"{what} is too large to {verb} here: use estimation. Its weights alone need "
-            f"{_gib(need)} in {dtype_name}, and {device} has {_gib(available)} available "
+            f"{_gib(need)} in {dtype_name}"
+            + (f" ({_gib(halved)} in bfloat16)" if halved is not None and not smaller else "")
+            + f", and {device} has {_gib(available)} available "
             f"(the limit is {MAX_MEMORY_FRACTION:.0%} of that).",
             "Pick "
-            + ("a smaller dtype (Dtype bfloat16; --dtype bfloat16) or "
-               if dtype in (None, torch.float32) else "")
+            + ("a smaller dtype (Dtype bfloat16; --dtype bfloat16) or " if smaller else "")
             + "a smaller model, or estimate it without allocating any memory (the window's "
             "Estimate button): "
             + command
@@ -1167,7 +1173,8 @@ def _hub_error(
             + (
                 "; or unset HF_HUB_OFFLINE when online."
                 if offline
-                else "; or connect to the internet (HF_HUB_OFFLINE=1 skips the network check)."
+                else "; or connect to the internet and run it again (once it is in the cache, "
+                "HF_HUB_OFFLINE=1 loads it without asking the network)."
             )
             + " Presets (preset:ID) need no download."
             + (

@@ -387,6 +387,19 @@ def test_auto_map_needs_opt_in(config_only: Path) -> None:
     assert "huggingface.co" not in err.message + err.hint
 
 
+def test_a_smaller_dtype_is_suggested_only_where_it_would_fit(monkeypatch) -> None:
+    """A 70B model's refusal suggested bfloat16, whose weights (131 GiB) were still 12 times
+    the limit."""
+    gib = 1024**3
+    monkeypatch.setattr(models, "_available_bytes", lambda device: 100 * gib)
+    err = _error("preset:llama-3-70b")  # float32: 263 GiB; bfloat16: 131 GiB > 50 GiB
+    assert err.kind is ErrorKind.TOO_LARGE
+    assert "--dtype bfloat16" not in err.hint and "GiB in bfloat16)" in err.message
+    monkeypatch.setattr(models, "_available_bytes", lambda device: 400 * gib)
+    err = _error("preset:llama-3-70b")  # 263 GiB > 200 GiB, but 131 GiB would fit
+    assert err.kind is ErrorKind.TOO_LARGE and "--dtype bfloat16" in err.hint
+
+
 def test_too_large_for_available_memory(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(models, "_available_bytes", lambda device: 1000)
     err = _error(str(tiny_folder))
