@@ -1026,7 +1026,9 @@ def print_fit(record, out: TextIO) -> None:
         w(f"ESTIMATE — what fits in {record.budget_description}\n")
     w(f"{record.model} · {record.workload}"
       f"{f' ({record.new_tokens} new tokens after the prompt)' if gen else ''} · dtype "
-      f"{record.dtype} · attention {record.attention_impl} · ")
+      f"{record.dtype}"
+      + (f" ({record.weights_dtype})" if record.weights_dtype and record.dtype == "auto" else "")
+      + f" · attention {record.attention_impl} · ")
     if by_batch:
         w(f"batch searched up to {record.max_batch}\n\n")
         fixed, found = ("prompt" if gen else "seq"), "largest batch"

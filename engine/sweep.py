@@ -243,7 +243,7 @@ class SweepPoint:
     latency_ms: float | None = None  # measured points only (median plain pass)
     tokens_per_s: float | None = None  # measured generation only
     estimated_peak_bytes: int | None = None  # the estimate made to decide (also for measured)
-    run_id: str | None = None  # the RunResult's id (saved in the store when saved is True)
+    run_id: str | None = None  # the saved run's id in the store (None when not saved)
     saved: bool = False
     reason: str = ""  # why it was measured or estimated
     error: str | None = None
@@ -378,6 +378,9 @@ class FitRecord:
     axis: str = "seq"  # "seq": longest length per batch; "batch": largest batch per length
     seqs: list[int] = field(default_factory=list)  # axis "batch": the lengths searched at
     max_batch: int | None = None  # axis "batch": the search's upper end
+    # the weights' dtype the estimates used (``dtype`` "auto" resolves to it: float32 for
+    # presets and configs, the stored dtype for a checkpoint)
+    weights_dtype: str | None = None
     schema_version: int = FIT_SCHEMA_VERSION
 
     def answer(self, batch: int = 1, opt_set: str = "none") -> FitAnswer:
@@ -624,9 +627,10 @@ def _sweep(config, seqs, batches, opt_sets, listener, cancel, store, measure_lim
             point.unattributed_bytes = t.unattributed_bytes
             point.model_weights_bytes = t.model_weights_bytes
             point.binding = dominant_category(point.categories)
-            point.run_id = reported.run_id
             point.saved = store is not None and not any(
                 "was not saved" in w for w in reported.warnings)
+            # only a saved point names a run: an unsaved one's id pointed at nothing
+            point.run_id = reported.run_id if point.saved else None
         point.seconds = round(time.perf_counter() - t_point, 3)
         record.points.append(point)
         _emit(listener, PointDone(point, i, len(grid)))
@@ -897,6 +901,23 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
                   if by_batch else FitAnswer(opt_set=label, batch=fixed, status="failed"))
         answer.budget_bytes = budget.bytes
         t_job = time.perf_counter()
+        # Memory grows with the batch and the length: once nothing fits at a smaller batch
+        # (or, by batch, a shorter length), a larger one is answered without estimating it
+        # (a 70B float32 model searched batches 8 and 32 for a minute after batch 1 failed).
+        before = next((a for a in record.answers if a.opt_set == label and a.estimates
+                       and a.status in ("nothing_fits", "weights_exceed")), None)
+        if before is not None:
+            answer.status, answer.binding = before.status, before.binding
+            answer.model_weights_bytes = before.model_weights_bytes
+            answer.message = (
+                f"nothing fits at seq {fixed}: not even batch 1 fit at the shorter seq "
+                f"{before.seq}, and a longer one needs more (not estimated)" if by_batch else
+                f"nothing fits: batch {before.batch} did not fit even at seq "
+                f"{before.next_seq}, and batch {fixed} needs more (not estimated)")
+            answer.seconds = round(time.perf_counter() - t_job, 3)
+            record.answers.append(answer)
+            _emit(listener, FitDone(answer))
+            continue
         results: dict[int, RunResult] = {}
 
         def peak_at(x: int, _opts=opts, _fixed=fixed, _j=j, _label=label) -> int:
@@ -936,6 +957,7 @@ def _what_fits(config, budget, batches, opt_sets, listener, cancel, store, granu
         if results:
             any_result = next(iter(results.values()))
             answer.model_weights_bytes = any_result.totals.model_weights_bytes
+            record.weights_dtype = record.weights_dtype or any_result.model_info.get("dtype")
         if answer.error is None and by_batch:
             _fill_batch_answer(answer, fits, nxt, results, budget, max_batch)
         elif answer.error is None:
@@ -1015,6 +1037,17 @@ def _weights_exceed_message(weights: int, results: dict[int, RunResult], budget:
             f"than the budget {b}: nothing fits; {fix}")
 
 
+def _halving_hint(answer: FitAnswer, results: dict[int, RunResult], budget: Budget) -> str:
+    """For a float32 run that missed by less than half: a 16-bit dtype halves weights,
+    activations, gradients and optimizer state alike, so it would likely fit."""
+    info = next((r.model_info for r in results.values()), {})
+    peak = answer.next_peak_bytes
+    if info.get("dtype") != "float32" or not peak or peak / 2 > budget.bytes:
+        return ""
+    return "; in bfloat16 every part halves, about " + human_bytes(peak // 2) + \
+        ": try --dtype bfloat16"
+
+
 def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                  results: dict[int, RunResult], budget: Budget, seq_limit: int, limit: int,
                  extra: int) -> None:
@@ -1051,7 +1084,8 @@ def _fill_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                                              key=lambda kv: -kv[1]) if v)
         answer.message = (f"nothing fits: even at seq {nxt} the estimated peak is "
                           f"{bytes_against(answer.next_peak_bytes, budget.bytes)} > {b} ({parts}); binding: "
-                          f"{CATEGORY_LABELS.get(answer.binding or '', answer.binding)}")
+                          f"{CATEGORY_LABELS.get(answer.binding or '', answer.binding)}"
+                          + _halving_hint(answer, results, budget))
 
 
 def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
@@ -1085,7 +1119,7 @@ def _fill_batch_answer(answer: FitAnswer, fits: int | None, nxt: int | None,
                                              key=lambda kv: -kv[1]) if v)
         answer.message = (f"nothing fits at seq {answer.seq}: even batch 1 has an estimated "
                           f"peak of {bytes_against(answer.next_peak_bytes, budget.bytes)} > {b} ({parts}); "
-                          f"binding: {label(answer.binding)}")
+                          f"binding: {label(answer.binding)}" + _halving_hint(answer, results, budget))
 
 
 __all__ = [

@@ -167,6 +167,7 @@ def test_estimates_with_optimizations_agree_with_measured_runs(workload, sets) -
     for p in record.points:
         assert p.kind == "measured", p
         assert abs(p.estimated_peak_bytes - p.peak_bytes) <= 0.01 * p.peak_bytes, p
+        assert not p.saved and p.run_id is None  # no store: no id that points at nothing
     if workload == "train":
         # freeze-base: no gradients or optimizer state for the frozen base (measured)
         frozen = record.point(24, 1, "freeze-base")
@@ -214,9 +215,22 @@ def test_fit_finds_the_length_whose_estimate_meets_the_budget() -> None:
 def test_fit_names_the_binding_constraint() -> None:
     # Training with AdamW: at two tokens (a causal LM's shortest step) the two moments (2 ×
     # the float32 weights) dominate.
-    train = what_fits(tiny(workload="train", warmup=1), Budget(parse_bytes("1MB"), "given", "t"))
+    train = what_fits(tiny(workload="train", warmup=1), Budget(parse_bytes("1MB"), "given", "t"),
+                      [1, 4, 8])
     a = train.answer(1)
     assert a.status == "nothing_fits" and a.next_seq == 2 and a.seq is None
+    assert train.weights_dtype == "float32"
+    # larger batches need more: answered from batch 1's, without another estimate
+    for batch in (4, 8):
+        b = train.answer(batch)
+        assert b.status == "nothing_fits" and b.estimates == 0 and not b.tested
+        assert "batch 1 did not fit even at seq 2" in b.message, b.message
+    # float32 that missed by less than half: bfloat16 is suggested, and only then
+    for share, hint in ((0.6, True), (0.4, False)):
+        near = what_fits(tiny(workload="train", warmup=1),
+                         Budget(int(a.next_peak_bytes * share), "given", "t")).answer(1)
+        assert near.status == "nothing_fits"
+        assert ("try --dtype bfloat16" in near.message) == hint, (share, near.message)
     assert a.binding == "optimizer_state"
     # two float32 moments per trainable parameter: nearly twice the weights (buffers are weights
     # without moments)
