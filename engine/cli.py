@@ -1222,7 +1222,11 @@ def print_report(result: RunResult, out: TextIO) -> None:
     training = cfg.workload == "train"
     # A training step's gradients and optimizer state get columns (in "at peak" alone, an MLP
     # row's optimizer state could not be told from its weights).
-    middle = ["saved bwd", "grads", "optim"] if training else ["KV at end"]
+    # A column no layer has a value in is left out, as the window's table hides it: a forward
+    # pass has no KV cache (a "—" on every row), an estimate no latency.
+    kv = any(layer.kv_cache_bytes is not None for layer in result.layers)
+    timed = any(layer.latency_ms is not None for layer in result.layers)
+    middle = ["saved bwd", "grads", "optim"] if training else ["KV at end"] if kv else []
     cols = ["layer", "kind", "weights", "output", *middle, "transient", "at peak", "ms", "FLOPs"]
     rows = []
     for layer in result.layers:
@@ -1231,7 +1235,8 @@ def print_report(result: RunResult, out: TextIO) -> None:
         if layer.flops_complete is False:
             flops += "*"
         own = ([_cell(layer.saved_for_backward_bytes), _cell(layer.gradient_bytes),
-                _cell(layer.optimizer_state_bytes)] if training else [_cell(layer.kv_cache_bytes)])
+                _cell(layer.optimizer_state_bytes)] if training
+               else [_cell(layer.kv_cache_bytes)] if kv else [])
         rows.append([
             name, layer.kind, human_bytes(layer.weights_bytes), _cell(layer.activation_bytes),
             *own, _cell(layer.transient_peak_bytes), human_bytes(layer.at_peak_bytes),
@@ -1244,6 +1249,11 @@ def print_report(result: RunResult, out: TextIO) -> None:
                  f"{t.latency_ms:.3f}" if t.latency_ms is not None else MISSING,
                  (si_number(t.flops) + ("*" if t.flops_uncounted_ops else ""))
                  if t.flops is not None else MISSING])
+    if not timed:
+        at = cols.index("ms")
+        cols.pop(at)
+        for r in rows:
+            r.pop(at)
     widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
     line = "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(cols))
     w(line + "\n" + "-" * len(line) + "\n")

@@ -275,6 +275,13 @@ def test_cli_estimate_table_json_save_and_runs(tmp_path, capsys) -> None:
     assert "bfloat16" in out and "estimated peak" in out and "reconciles" in out
     assert "not estimated: latency" in out and "saved (as an estimate)" in out
     assert "limitation: Latency is not estimated" in out
+    header = next(line for line in out.splitlines() if line.startswith("layer "))
+    assert "KV at end" in header and " ms " not in header  # no latency column: none measured
+    assert cli.main(["--store", str(tmp_path / "other"), "profile", "--model",
+                     "preset:tiny-bert", "--seq", "16", "--repeats", "1"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("layer "))
+    assert "KV" not in header and " ms " in header  # an encoder has no cache: no column
     assert cli.main(store + ["estimate", "--model", "preset:tiny-bert", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["estimate"] is not None and data["totals"]["latency_ms"] is None
