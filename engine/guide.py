@@ -15,6 +15,7 @@ report; the window and ``memlens report`` render the saved runs as usual.
 
 from __future__ import annotations
 
+import statistics
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -155,7 +156,8 @@ class Entry:
         latency ratio (the run's own warning says by how much)."""
         from .results import NOISY_TIMING_SPREAD
 
-        return (self.measured.get("latency_spread") or 0) > NOISY_TIMING_SPREAD
+        return ((self.measured.get("latency_spread") or 0) > NOISY_TIMING_SPREAD
+                or (self.measured.get("baseline_drift") or 0) > NOISY_TIMING_SPREAD)
 
     @property
     def peak_saved_bytes(self) -> int | None:
@@ -370,9 +372,15 @@ def note(entry: Entry) -> str:
     if where:
         parts.append(f"At the peak: {where}.")
     if entry.latency_ratio is not None:
+        from .results import NOISY_TIMING_SPREAD
+
+        spread = m.get("latency_spread") or 0
+        why = (f"timing passes ×{spread:.1f} apart" if spread > NOISY_TIMING_SPREAD else
+               f"its unoptimized model took ×{m.get('baseline_drift') or 0:.1f} the typical "
+               "time of this workload's other baselines: the machine was busier or quieter then")
         parts.append(f"Latency ×{entry.latency_ratio:.2f} of the unoptimized model's"
-                     + (f" (noisy: timing passes ×{entry.measured['latency_spread']:.1f} apart, "
-                        "so this ratio may be off)." if entry.latency_noisy else "."))
+                     + (f" (noisy: {why}, so this ratio may be off)." if entry.latency_noisy
+                        else "."))
     if m.get("compile_seconds") is not None:
         parts.append(f"Compiling took {m['compile_seconds']:.1f} s (first call minus the steady "
                      "state), not counted in the latency.")
@@ -492,10 +500,30 @@ def run_guide(model: str = "demo", device: str = "cpu", seq: int = 128, new_toke
                 guide.weights_dtype = str(info.get("loaded_dtype") or info.get("dtype") or "")
                 guide.quality_text = str((result.quality or {}).get("text") or "")
         guide.entries.append(entry)
+        mark_baseline_drift(guide.entries, workload)
         if on_entry is not None:
             on_entry(guide)
     listener(Progress("guide", 1.0, "done"))
     return guide
+
+
+def mark_baseline_drift(entries: Sequence[Entry], workload: str) -> None:
+    """Each run times its own unoptimized model; a baseline far from the others of the same
+    workload (over NOISY_TIMING_SPREAD times their median or under its inverse) was timed on a
+    busier or quieter machine, and its ratio is marked noisy even when its passes agreed (a
+    guide wrote cast ×0.07, bfloat16 "14 times faster" on a CPU, from a baseline timed at
+    1.5 s where the others took 70 ms). Needs three baselines to have a median to trust."""
+    same = [e for e in entries if e.workload == workload and e.status == "ok"
+            and (e.baseline.get("plain_latency_ms") or 0) > 0]
+    if len(same) < 3:
+        return
+    median = float(statistics.median(e.baseline["plain_latency_ms"] for e in same))
+    for e in same:
+        value = e.baseline["plain_latency_ms"]
+        drift = max(value / median, median / value)
+        if e.measured.get("baseline_drift") != drift:
+            e.measured["baseline_drift"] = drift
+            e.note = note(e)
 
 
 def _change(entry: Entry) -> str:
@@ -556,7 +584,8 @@ def markdown(guide: Guide, charts: dict[str, str] | None = None) -> str:
              "change is − for less memory, + for more. Verdicts compare the claim with the "
              "measured numbers: its direction, and its amount where it names one (within "
              f"{MAGNITUDE_TOLERANCE:.0%}). A latency marked *noisy* came from timing passes that "
-             "disagreed widely.", ""]
+             "disagreed widely, or from a baseline timed far from this workload's others (the "
+             "machine busier or quieter then).", ""]
     if guide.partial:
         lines += [f"**Partial guide: {len(guide.entries)} of the {guide.planned} techniques "
                   "planned ran** (the rest had not run when this was written: the guide was "

@@ -350,3 +350,29 @@ def test_the_guide_passes_the_remote_code_opt_in_to_every_run(tmp_path):
     assert ran and all(cfg.trust_remote_code for cfg in ran)
     args = cli._parser().parse_args(["guide", "--out", str(tmp_path), "--trust-remote-code"])
     assert args.trust_remote_code is True
+
+
+def test_a_baseline_timed_on_a_busier_machine_marks_its_ratio_noisy():
+    """Each run times its own unoptimized model. One timed at 1.5 s while the others took
+    70 ms made bfloat16 look 14 times faster on a CPU, with no mark: its passes agreed."""
+    from engine.guide import Entry, mark_baseline_drift, note
+
+    def entry(spec: str, base_ms: float, ratio: float) -> Entry:
+        e = Entry(workload="generate", specs=[spec], claimed_quantity="peak",
+                  baseline={"peak_bytes": 10 << 20, "plain_latency_ms": base_ms},
+                  measured={"peak_bytes": 9 << 20, "latency_spread": 1.05},
+                  latency_ratio=ratio)
+        e.note = note(e)
+        return e
+
+    entries = [entry("cast:dtype=bfloat16", 1520.0, 0.07), entry("drop-blocks:n=2", 71.0, 0.7),
+               entry("kv-cache:policy=static", 80.0, 1.1)]
+    mark_baseline_drift(entries[:2], "generate")  # two baselines: no median to trust yet
+    assert not any(e.latency_noisy for e in entries)
+    mark_baseline_drift(entries, "generate")
+    assert [e.latency_noisy for e in entries] == [True, False, False]
+    assert "noisy: its unoptimized model took ×19.0 the typical time" in entries[0].note
+    other = entry("cast:dtype=bfloat16", 75.0, 1.4)
+    other.workload = "forward"  # another workload's baselines are not compared with these
+    mark_baseline_drift(entries + [other], "forward")
+    assert not other.latency_noisy
