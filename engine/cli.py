@@ -938,22 +938,28 @@ def print_sweep(record, out: TextIO) -> None:
       f"{human_bytes(record.available_bytes)} available\n\n")
     train = record.workload == "train"
     sets = len(record.opt_sets) > 1 or record.opt_sets[0]["label"] != "none"
+    phased = train and any(p.peak_phase for p in record.points)
     cols = (["opt set"] if sets else []) + [
         "seq", "batch", "kind", "peak", "weights", "activations",
-        "grads+optim" if train else "KV cache", "binding", "latency ms", "est. peak", "est/meas"]
+        "grads+optim" if train else "KV cache", "other", "binding"] + (
+        ["peak in"] if phased else []) + ["latency ms", "est. peak", "est/meas"]
     rows = []
     for p in record.points:
         c = p.categories
         third = ((c.get("gradients", 0) + c.get("optimizer_state", 0)) if train
                  else c.get("kv_cache"))
+        # the rest of the peak (temporaries, the unattributed bytes), so the parts add up
+        other = (p.peak_bytes - (c.get("weights") or 0) - (c.get("activations") or 0)
+                 - (third or 0)) if c and p.peak_bytes is not None else None
         ratio = (f"{p.estimated_peak_bytes / p.peak_bytes:.4f}"
                  if p.kind == "measured" and p.estimated_peak_bytes and p.peak_bytes else "")
         rows.append(([p.opt_set] if sets else []) + [
             str(p.seq), str(p.batch), p.kind, _cell(p.peak_bytes),
             _cell(c.get("weights")) if c else MISSING,
             _cell(c.get("activations")) if c else MISSING,
-            _cell(third) if c else MISSING,
-            CATEGORY_LABELS.get(p.binding, p.binding) if p.binding else MISSING,
+            _cell(third) if c else MISSING, _cell(other),
+            CATEGORY_LABELS.get(p.binding, p.binding) if p.binding else MISSING] + (
+            [p.peak_phase or MISSING] if phased else []) + [
             f"{p.latency_ms:.2f}" if p.latency_ms is not None else MISSING,
             _cell(p.estimated_peak_bytes) if p.kind == "measured" else "", ratio])
     widths = [max(len(r[i]) for r in rows + [cols]) for i in range(len(cols))]
@@ -966,9 +972,17 @@ def print_sweep(record, out: TextIO) -> None:
     w(line.rstrip() + "\n" + "-" * len(line) + "\n")
     for r in rows:
         w(fmt(r).rstrip() + "\n")
-    w("\npeak and parts at the peak; binding: the largest part of the peak; latency: median "
-      "plain pass (measured points only); est. peak: the estimate made to decide, beside a "
-      "measured point\n")
+    w("\npeak and parts at the peak (other: temporaries"
+      + (", KV cache" if train else "") + " and the unattributed rest, so the parts add up to "
+      "the peak); binding: the largest part of the peak; "
+      + ("peak in: the training step's phase holding it; " if phased else "")
+      + "latency: median plain pass (measured points only); est. peak: the estimate made to "
+      "decide, beside a measured point\n")
+    if phased and all(p.peak_phase == "optimizer" for p in record.points if p.peak_phase):
+        w("every point peaks in the optimizer step, where the optimizer's state is made after "
+          "the activations are freed: the length, and techniques that save activations (such "
+          "as checkpointing), do not move these peaks; `memlens show RUN` gives each phase's "
+          "peak\n")
     for p in record.points:
         if p.error:
             w(f"failed: seq {p.seq}, batch {p.batch}, {p.opt_set}: {p.error}\n")

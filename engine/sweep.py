@@ -244,6 +244,8 @@ class SweepPoint:
     tokens_per_s: float | None = None  # measured generation only
     estimated_peak_bytes: int | None = None  # the estimate made to decide (also for measured)
     run_id: str | None = None  # the saved run's id in the store (None when not saved)
+    # training: the step's phase holding the peak (forward, backward or optimizer)
+    peak_phase: str | None = None
     saved: bool = False
     reason: str = ""  # why it was measured or estimated
     error: str | None = None
@@ -627,6 +629,10 @@ def _sweep(config, seqs, batches, opt_sets, listener, cancel, store, measure_lim
             point.unattributed_bytes = t.unattributed_bytes
             point.model_weights_bytes = t.model_weights_bytes
             point.binding = dominant_category(point.categories)
+            phases = {k: v for k, v in (getattr(reported, "phase_peaks", None) or {}).items()
+                      if k in ("forward", "backward", "optimizer") and v}
+            if config.workload == "train" and phases:
+                point.peak_phase = max(phases, key=phases.get)
             point.saved = store is not None and not any(
                 "was not saved" in w for w in reported.warnings)
             # only a saved point names a run: an unsaved one's id pointed at nothing

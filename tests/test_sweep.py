@@ -318,6 +318,17 @@ def test_cli_sweep_prints_the_kind_of_every_point(capsys, tmp_path) -> None:
     data = json.loads(out.read_text())
     assert data["kind"] == "sweep" and [p["kind"] for p in data["points"]] == ["estimate"] * 2
     assert all(p["latency_ms"] is None for p in data["points"])
+    # a training sweep: the parts add up to the peak ("other" holds the temporaries), and each
+    # point names the phase of the step its peak is in
+    assert cli.main(["sweep", "--model", "preset:tiny-llama", "--workload", "train", "--seq",
+                     "16", "--batch", "1", "--estimate-only", "--out", str(out)]) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.startswith("seq"))
+    assert "other" in header and "peak in" in header
+    point = json.loads(out.read_text())["points"][0]
+    assert point["peak_phase"] in ("forward", "backward", "optimizer")
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("16 "))
+    assert point["peak_phase"] in row.split()
 
 
 def test_cli_fit_json_and_table(capsys) -> None:
