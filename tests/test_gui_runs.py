@@ -839,3 +839,19 @@ def test_a_store_folder_made_after_the_window_opened_is_followed(qtbot, tmp_path
     assert window.saved_runs.run_ids() == []
     RunStore(store.root).save(reference("first"))
     qtbot.waitUntil(lambda: window.saved_runs.run_ids() == ["first"], timeout=8000)
+
+
+def test_nearly_equal_qualities_are_not_spread_over_the_whole_axis(qtbot):
+    """Perplexities 28.4585 and 28.4615 filled the scatter's height, as if far apart."""
+    from engine.compare import compare
+    from gui.panels.compare import MIN_QUALITY_SPAN, ComparePanel
+
+    panel = ComparePanel()
+    qtbot.addWidget(panel)
+    ref, opt = reference(), optimized("opt", perplexity=28.4615)
+    ref.quality = {"perplexity": 28.4585}
+    panel.render(compare([ref, opt]))
+    low, high = panel.scatter_plot.getViewBox().viewRange()[1]
+    assert high - low >= MIN_QUALITY_SPAN * 28.4615 and low < 28.4585 < 28.4615 < high
+    tip = panel.table.horizontalHeaderItem(7).toolTip()
+    assert "against its own unoptimized model" in tip and "not against [0]" in tip

@@ -28,6 +28,7 @@ from .. import theme
 from .axis import fit_bar_labels, keep_legend_fitted, placeholder_text, show_placeholder
 
 MIB = 1024.0 * 1024.0
+MIN_QUALITY_SPAN = 0.02  # of the quality value: the scatter's y axis spans at least this
 _TEXT = "#202020"
 RUN_COLORS = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#edc948",
               "#ff9da7", "#9c755f", "#bab0ac")
@@ -114,6 +115,14 @@ class ComparePanel(QWidget):
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
+        # The table's deltas are against [0]; a run's KL is against its own unoptimized model.
+        self.table.horizontalHeaderItem(TABLE_COLUMNS.index("Quality")).setToolTip(
+            "Each run's own figures: KL divergence against its own unoptimized model, measured "
+            "in the same run (not against [0]); perplexity on the quality text")
+        self.table.horizontalHeaderItem(TABLE_COLUMNS.index("× latency")).setToolTip(
+            "Plain latency against [0]'s, runs made apart (machine load between them is in "
+            "it); an optimized run's own ratio, against its unoptimized model timed in the same "
+            "run, is on its Current run page")
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
@@ -301,6 +310,11 @@ class ComparePanel(QWidget):
             # a float's rounding apart; show the value with some room around it instead
             pad = max(abs(ys[0]) * 0.05, 1e-3)
             self.scatter_plot.setYRange(ys[0] - pad, ys[0] + pad, padding=0)
+        elif ys and max(ys) - min(ys) < MIN_QUALITY_SPAN * abs(max(ys, key=abs)):
+            # nearly equal: perplexities 28.4585 and 28.4615 filled the whole height, as if
+            # far apart; the axis spans at least 2% of the value, centred on them
+            mid, half = (max(ys) + min(ys)) / 2, MIN_QUALITY_SPAN * abs(max(ys, key=abs)) / 2
+            self.scatter_plot.setYRange(mid - half, mid + half, padding=0.05)
 
     def _render_table(self) -> None:
         c = self.comparison
