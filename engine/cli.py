@@ -1198,6 +1198,21 @@ def _runs(store, as_json: bool, trash: bool = False, words: list[str] | None = N
     return EXIT_OK
 
 
+def _state_dtypes(training: dict) -> str:
+    """`` (in bfloat16, as the parameters: pure bfloat16 training)``: which dtype the moments
+    are kept in is half the answer to how big they are (mixed precision keeps them in
+    float32, twice the size: memlens plan --master-dtype float32 plans that)."""
+    dtypes = training.get("optimizer_state_dtypes") or {}
+    if not dtypes:
+        return ""
+    names = sorted(dtypes, key=lambda d: -dtypes[d])
+    text = f" (in {', '.join(names)}"
+    if names == ["bfloat16"] or names == ["float16"]:
+        text += (", as the parameters: pure 16-bit training; mixed precision keeps the "
+                 "state in float32, twice this, beside float32 master weights")
+    return text + ")"
+
+
 def _signed(n: int) -> str:
     return ("+" if n > 0 else "−" if n < 0 else "±") + human_bytes(abs(n))
 
@@ -1350,7 +1365,8 @@ def print_report(result: RunResult, out: TextIO) -> None:
         w(f"training step: loss {loss}{' (synthetic)' if tr.get('synthetic_loss') else ''}"
           f"; saved for backward {human_bytes(tr['saved_for_backward_bytes'])}, gradients "
           f"{human_bytes(tr['gradient_bytes'])}, optimizer state "
-          f"{human_bytes(tr['optimizer_state_bytes'])}; tensor-accounting peaks forward "
+          f"{human_bytes(tr['optimizer_state_bytes'])}{_state_dtypes(tr)}; "
+          "tensor-accounting peaks forward "
           f"{human_bytes(tr.get('forward_peak_bytes'))}, backward "
           f"{human_bytes(tr.get('backward_peak_bytes'))}, optimizer "
           f"{human_bytes(tr.get('optimizer_peak_bytes'))}\n")

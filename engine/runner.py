@@ -690,6 +690,7 @@ class _Run:
                 "saved_for_backward_bytes": sum(probe.saved_bytes.values()),
                 "gradient_bytes": sum(grads.values()),
                 "optimizer_state_bytes": sum(opt_state.values()),
+                "optimizer_state_dtypes": dict(getattr(self, "state_dtypes", {}) or {}),
                 "forward_peak_bytes": probe.acc.phase_peaks.get("forward"),
                 "backward_peak_bytes": probe.acc.phase_peaks.get("backward"),
                 "optimizer_peak_bytes": probe.acc.phase_peaks.get("optimizer"),
@@ -928,6 +929,9 @@ class _Run:
 
         grads: dict[str, int] = {}
         opt: dict[str, int] = {}
+        # bytes of optimizer state by dtype: PyTorch's AdamW keeps its moments in the
+        # parameters' dtype, so a bfloat16 model's are bfloat16 (pure bfloat16 training)
+        self.state_dtypes: dict[str, int] = {}
         seen: set[int] = set()  # state shared by parameters (bitsandbytes' quantization maps)
         for p in model.parameters():
             owner = probe.param_owner.get(id(p))
@@ -943,6 +947,10 @@ class _Run:
                     continue
                 seen |= keys
                 fresh.append(v)
+                if v.numel() > 1:  # (a step count is a scalar in float32 whatever the rest)
+                    self.state_dtypes[str(v.dtype).replace("torch.", "")] = (
+                        self.state_dtypes.get(str(v.dtype).replace("torch.", ""), 0)
+                        + unique_nbytes([v]))
             opt[owner] = opt.get(owner, 0) + unique_nbytes(fresh)
             if p.requires_grad and id(p) in probe.grads_seen:
                 # Gradients are freed by the next zero_grad; their size is the parameter's (a

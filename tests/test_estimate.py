@@ -441,3 +441,20 @@ def test_a_16_bit_config_built_in_float32_says_how_it_ships(tmp_path) -> None:
         shipped = run(RunConfig(model=str(path), seq=8, repeats=1, dtype="bfloat16"))
         assert not any("ships in" in w for w in shipped.warnings)
         assert shipped.totals.model_weights_bytes < auto.totals.model_weights_bytes
+
+
+def test_a_training_step_says_which_dtype_its_optimizer_state_is_in(capsys) -> None:
+    """A bfloat16 model's AdamW moments are bfloat16 (pure 16-bit training): half of what
+    mixed precision keeps in float32. The 70B train estimate said neither."""
+    base = ["estimate", "--model", "preset:tiny-llama", "--workload", "train", "--seq", "8"]
+    assert cli.main(base + ["--dtype", "bf16", "--json"]) == cli.EXIT_OK
+    training = json.loads(capsys.readouterr().out)["training"]
+    dtypes = training["optimizer_state_dtypes"]
+    assert list(dtypes) == ["bfloat16"]
+    # every moment counted (a step count, one scalar per parameter, is left out)
+    assert 0 < training["optimizer_state_bytes"] - dtypes["bfloat16"] < 4096
+    assert cli.main(base + ["--dtype", "bf16"]) == cli.EXIT_OK
+    assert "(in bfloat16, as the parameters: pure 16-bit training" in capsys.readouterr().out
+    assert cli.main(base) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "optimizer state" in out and "(in float32)" in out
