@@ -216,7 +216,15 @@ def compare(runs: Sequence[RunResult]) -> Comparison:
     for r in runs:
         groups = {g.name: g.total_bytes for g in group_layers(r.layers)}
         per_run.append(groups)
-        comparison.bars += [name for name in groups if name not in comparison.bars]
+        # A name the earlier runs lack goes after the one it follows in its own run: a
+        # 16-layer model's layers 6 to 15 beside a 6-layer one's were drawn after its head.
+        at = -1
+        for name in groups:
+            if name in comparison.bars:
+                at = comparison.bars.index(name)
+            else:
+                at += 1
+                comparison.bars.insert(at, name)
     comparison.at_peak = [[groups.get(name) for name in comparison.bars] for groups in per_run]
     comparison.unattributed = [r.totals.unattributed_bytes for r in runs]
     comparison.peaks = [r.totals.peak_bytes for r in runs]

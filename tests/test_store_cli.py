@@ -243,6 +243,14 @@ def test_compare_aligns_bars_and_reconciles_each_run(tmp_path):
     assert c.quality[0] == 1.0 and 0.0 <= c.quality[1] <= 1.0
     assert compare([execute(tiny(model="demo", workload="generate", new_tokens=4)),
                     *gen]).metric == "perplexity"
+    # A deeper model's extra layers sit after the layer they follow, not after the head
+    small, deep = execute(tiny()), base
+    n_small = sum(1 for layer in small.layers if layer.kind == "block")
+    assert n_small < sum(1 for layer in deep.layers if layer.kind == "block")
+    c = compare([small, deep])
+    assert c.bars.index(f"model.layers.{n_small}") < c.bars.index("lm_head"), c.bars
+    blocks = [b for b in c.bars if b.count(".") == 2 and b.startswith("model.layers.")]
+    assert blocks == sorted(blocks, key=lambda b: int(b.rsplit(".", 1)[1])), blocks
     assert "tokens 100.0% same" in quality_text(gen[0].quality)
 
 
