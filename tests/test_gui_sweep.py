@@ -177,3 +177,19 @@ def test_a_failed_sweep_says_so_on_its_page_and_leaves_the_current_run_alone(qtb
     assert text.startswith("Failed: ") and "no-such-model" in text
     assert "running" not in text
     assert window.totals.text() == before  # not "The run failed" over a run that is not there
+
+
+def test_a_training_sweep_names_the_step_phase_of_each_peak(qtbot):
+    """A peak in the optimizer step is one the length and checkpointing do not move."""
+    from engine.sweep import SweepPoint
+    from gui.panels.sweep import SWEEP_COLUMNS, SweepPanel
+
+    panel = SweepPanel()
+    qtbot.addWidget(panel)
+    record = SweepRecord(model="demo", workload="train", seqs=[32], batches=[1],
+                         opt_sets=[{"label": "none", "optimizations": []}],
+                         points=[SweepPoint(seq=32, batch=1, opt_set="none", kind="estimate",
+                                            peak_bytes=1 << 20, peak_phase="optimizer")])
+    panel.render_sweep(record)
+    note = panel.table.item(0, SWEEP_COLUMNS.index("Note")).text()
+    assert note.startswith("peak in the optimizer step"), note

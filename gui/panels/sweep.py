@@ -413,6 +413,9 @@ class SweepPanel(QWidget):
         for r, p in enumerate(rows):
             kind = "ESTIMATE" if p.kind == "estimate" else p.kind
             note = p.error or p.reason or ""
+            phase = getattr(p, "peak_phase", None)
+            if phase and not p.error:  # a training step's peak: where the length cannot move it
+                note = f"peak in the {phase} step; {note}" if note else f"peak in the {phase} step"
             values = [(p.opt_set, False), (str(p.seq), True), (str(p.batch), True),
                       (kind, False), (human_bytes(p.peak_bytes), True),
                       (CATEGORY_LABELS.get(p.binding or "", p.binding or MISSING), False),
