@@ -296,6 +296,7 @@ def _main(argv: list[str] | None) -> int:
         if args.command in ("profile", "estimate", "sweep", "fit", "plan") and \
                 getattr(args, "out", None) is not None:
             args.out = _json_out(args.out)  # refused before the work, not after it
+            _refuse_store_path(args.out, store, "--out")
         if args.command == "profile":
             return _profile(args, store)
         if args.command == "estimate":
@@ -360,6 +361,12 @@ def _main(argv: list[str] | None) -> int:
             return EXIT_USAGE
     except MemLensError as exc:
         _error(exc.message, exc.hint)
+        return EXIT_FAILED
+    except OSError as exc:  # a file the command reads or writes: a full disk, a long name, …
+        where = f" {exc.filename}" if exc.filename else ""
+        _error(f"Could not read or write{where}: {exc.strerror or exc}.",
+               "Check the path (its length, that its folder exists), the folder's permissions "
+               "and the free space on its disk.")
         return EXIT_FAILED
     return EXIT_USAGE
 
@@ -467,6 +474,25 @@ def _guide(args: argparse.Namespace, store) -> int:
     return EXIT_OK
 
 
+def _inside_store(path: Path, store) -> bool:
+    """Whether ``path`` is a file in the run store's folder or its trash (where every .json
+    is a run: writing a record there replaced a saved run, listed but no longer a run)."""
+    try:
+        folder = path.expanduser().resolve().parent
+        return folder in (store.root.resolve(), store.trash_root.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def _refuse_store_path(path: Path, store, option: str) -> None:
+    if _inside_store(path, store):
+        raise MemLensError(ErrorKind.STORE,
+                           f"{option} {path} is in the run store's folder, where every file is "
+                           "a saved run: writing there would replace or fake one.",
+                           f"Give {option} a path outside {store.root} (the store keeps runs "
+                           "itself: --save, or every measured run).")
+
+
 def _json_out(path: Path) -> Path:
     """``--out FILE`` for a JSON record: ``~`` expanded (bash leaves ``--out=~/x.json`` as it
     is), and refused before any work when it is a folder or cannot be written (the failure
@@ -508,6 +534,8 @@ def _export(args: argparse.Namespace, store) -> int:
     if args.csv is None and args.trace is None:
         _error("export needs somewhere to write.", "Pass --csv DIR and/or --trace FILE.")
         return EXIT_USAGE
+    if args.trace is not None:
+        _refuse_store_path(Path(args.trace), store, "--trace")
     result = store.load(args.run)
     for path in export_run(result, csv_dir=args.csv, trace=args.trace):
         print(f"written: {path}")
@@ -1093,7 +1121,7 @@ def print_fit(record, out: TextIO) -> None:
 def _move_runs(store, command: str, run_ids: list[str]) -> int:
     """``delete`` (to the trash) or ``restore`` each run; every id is tried, failures named."""
     failed = 0
-    for run_id in run_ids:
+    for run_id in dict.fromkeys(run_ids):  # (an id given twice is moved once)
         try:
             path = store.trash(run_id) if command == "delete" else store.restore(run_id)
         except MemLensError as exc:

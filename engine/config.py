@@ -27,13 +27,21 @@ FLEX_HINT = "Measure sdpa (a fused kernel as well: no score matrix is kept) or e
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
+MAX_BATCH = 1 << 20  # a batch size no run or estimate goes beyond
+MAX_SEQ = 1 << 24  # 16 M tokens: beyond every model's positions
+MAX_PASSES = 1000  # warm-up passes or timing repeats
+
+
 def one_line(text: str) -> str:
     """``text`` as one line of plain text: control characters and bidirectional overrides
     dropped, runs of whitespace (newlines included) made one space."""
     import unicodedata
 
+    # (and surrogates: a label given as undecodable bytes on the command line arrives as lone
+    # surrogates, which no file can be written with: its trace and report failed later)
     kept = "".join(" " if ch.isspace() else ch for ch in text
-                   if ch.isspace() or (unicodedata.category(ch) != "Cc" and ch not in _BIDI))
+                   if ch.isspace() or (unicodedata.category(ch) not in ("Cc", "Cs")
+                                       and ch not in _BIDI))
     return " ".join(kept.split())
 
 
@@ -95,6 +103,19 @@ class RunConfig:
             raise bad(f"Batch size must be at least 1 (got {self.batch}).", "Use --batch 1 or more.")
         if self.prompt is None and (not isinstance(self.seq, int) or self.seq < 1):
             raise bad(f"Sequence length must be at least 1 (got {self.seq}).", "Use --seq 1 or more.")
+        # Sizes no model takes are refused here: a sequence of 10**12 tokens was built as a
+        # prompt until the machine ran out of memory, and a batch of 10**17 overflowed PyTorch.
+        if self.batch > MAX_BATCH:
+            raise bad(f"Batch size {self.batch} is beyond what MemLens runs or estimates "
+                      f"(at most {MAX_BATCH:,}).", f"Use --batch {MAX_BATCH} or less.")
+        if self.prompt is None and self.seq > MAX_SEQ:
+            raise bad(f"Sequence length {self.seq} is beyond any model's positions (MemLens "
+                      f"takes at most {MAX_SEQ:,} tokens).", f"Use --seq {MAX_SEQ} or less.")
+        for name, value, option in (("Warm-up passes", self.warmup, "--warmup"),
+                                    ("Repeats", self.repeats, "--repeats")):
+            if isinstance(value, int) and value > MAX_PASSES:
+                raise bad(f"{name} {value} is more than a measurement needs (at most "
+                          f"{MAX_PASSES}).", f"Use {option} {MAX_PASSES} or less.")
         if self.workload == "generate" and (not isinstance(self.new_tokens, int) or self.new_tokens < 1):
             raise bad(f"New tokens must be at least 1 for generation (got {self.new_tokens}).",
                       "Use --new-tokens 1 or more.")

@@ -536,6 +536,12 @@ def load_run_file(path: Path | str) -> RunResult:
         raise MemLensError(ErrorKind.NOT_FOUND, f"No saved run at {path}.",
                            "Check the path, or list the saved runs (the Saved runs page; "
                            "`memlens runs`).") from exc
+    except IsADirectoryError as exc:
+        raise MemLensError(ErrorKind.NOT_FOUND, f"{path} is a folder, not a run file.",
+                           "Give a run's JSON file or its id (`memlens runs` lists them).") from exc
+    except UnicodeDecodeError as exc:  # a picture or other binary file named .json
+        raise MemLensError(ErrorKind.STORE, f"{path} is not a MemLens run: it is not text.",
+                           "Give a run's JSON file or its id (`memlens runs` lists them).") from exc
     except OSError as exc:
         raise MemLensError(ErrorKind.STORE, f"Cannot read {path}: {exc.strerror or exc}.",
                            "Check the file's permissions.") from exc

@@ -632,3 +632,43 @@ def test_listing_rereads_what_changed_and_forgets_what_went(saved, tmp_path):
     assert list(store_module._SUMMARY_CACHE[key]) == [f"{result.run_id}.json"]
     shutil.rmtree(store.root)
     assert store.list() == [] and key not in store_module._SUMMARY_CACHE
+
+
+@pytest.mark.fault(area='data', case='a record or trace written into the run store folder, or a '
+                   'binary file given as a run',
+                   outcome='refused before the work, naming the store; the saved runs stay as '
+                           'they were; a picture named .json is "not text", no traceback')
+def test_the_store_folder_is_never_written_over_and_odd_files_are_named(saved, tmp_path,
+                                                                        capsys):
+    """`estimate --out STORE/RUN.json` replaced a measured run with an estimate, and `export
+    --trace STORE/OTHER.json` a run with a trace, both with exit 0."""
+    import shutil
+
+    source, result = saved
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(source.root, store.root)
+    target = store.path_for(result.run_id)
+    before = target.read_bytes()
+    root = ["--store", str(store.root)]
+    assert cli.main(root + ["estimate", "--model", "demo", "--seq", "8", "--out",
+                            str(target)]) == cli.EXIT_FAILED
+    assert cli.main(root + ["export", result.run_id, "--trace", str(target)]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.count("is in the run store's folder") == 2 and target.read_bytes() == before
+    # an id given twice is moved once (the second named it missing and exited 1)
+    assert cli.main(root + ["delete", result.run_id, result.run_id]) == cli.EXIT_OK
+    assert cli.main(root + ["restore", result.run_id, result.run_id]) == cli.EXIT_OK
+    capsys.readouterr()
+    picture = tmp_path / "shot.json"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256)))
+    assert cli.main(root + ["show", str(picture)]) == cli.EXIT_FAILED
+    assert "is not a MemLens run: it is not text" in capsys.readouterr().err
+    # a label given as undecodable bytes (lone surrogates) is kept without them
+    assert cli.main(root + ["label", result.run_id, "bad\udcff\udcfe name"]) == cli.EXIT_OK
+    assert store.load(result.run_id).config.label == "bad name"
+    # sizes no model takes are refused at once, not built until memory runs out
+    for option, value in (("--seq", "1000000000000"), ("--batch", "100000000000000000"),
+                          ("--warmup", "1000000000000")):
+        assert cli.main(root + ["profile", "--model", "demo", option, value]) != cli.EXIT_OK
+        err = capsys.readouterr().err
+        assert "beyond" in err or "more than a measurement needs" in err, err
