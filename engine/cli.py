@@ -371,6 +371,26 @@ def _main(argv: list[str] | None) -> int:
     return EXIT_USAGE
 
 
+def _readme_problem(path: Path) -> str:
+    """What keeps ``guide --readme`` from writing the guide into ``path`` ("" if nothing)."""
+    start, end = "<!-- guide:start -->", "<!-- guide:end -->"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return f"--readme {path} does not exist."
+    except IsADirectoryError:
+        return f"--readme {path} is a folder."
+    except UnicodeDecodeError:
+        return f"--readme {path} is not a text file."
+    except OSError as exc:
+        return f"Cannot read --readme {path}: {exc.strerror or exc}."
+    if start not in text or end not in text:
+        return f"{path} has no {start} … {end} block."
+    if text.index(end) < text.index(start):
+        return f"{path}'s {end} comes before its {start}."
+    return ""
+
+
 def _guide(args: argparse.Namespace, store) -> int:
     from .guide import markdown, run_guide
 
@@ -395,6 +415,10 @@ def _guide(args: argparse.Namespace, store) -> int:
             _error(f"Unknown technique(s) {', '.join(unknown) or '(none given)'}.",
                    f"Choose registry ids, comma-separated: {', '.join(REGISTRY)}.")
             return EXIT_USAGE
+    if args.readme is not None and (problem := _readme_problem(args.readme)):
+        _error(problem, "Give --readme a Markdown file holding the two markers <!-- guide:start "
+               "--> and <!-- guide:end -->, in that order, where the guide should go.")
+        return EXIT_USAGE  # said before the guide runs, not after its minutes of work
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -457,12 +481,12 @@ def _guide(args: argparse.Namespace, store) -> int:
         body = markdown(guide, {w: f"{rel}/{name}" for w, name in charts.items()})
         body = body.replace("# The measured guide", "#### The measured guide", 1)
         body = body.replace("\n## ", "\n##### ")  # keep README's own sections on top
-        readme = args.readme.read_text(encoding="utf-8")
         start, end = "<!-- guide:start -->", "<!-- guide:end -->"
-        if start not in readme or end not in readme:
-            _error(f"{args.readme} has no {start} … {end} block.", "Add the two markers where "
-                   "the guide should go.")
+        problem = _readme_problem(args.readme)  # (it may have changed while the guide ran)
+        if problem:
+            _error(problem, "Add the two markers, in that order, where the guide should go.")
             return EXIT_FAILED
+        readme = args.readme.read_text(encoding="utf-8")
         head, rest = readme.split(start, 1)
         args.readme.write_text(f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}",
                                encoding="utf-8")

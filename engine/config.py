@@ -136,8 +136,9 @@ class RunConfig:
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise bad(f"Warm-up passes must be 0 or more (got {self.warmup}).",
                       "Use --warmup 0 or more.")
-        if not (0 < self.sample_hz <= 1000):
-            raise bad(f"Sampling rate {self.sample_hz} Hz is out of range.", "Use 1–1000 Hz.")
+        if not (0.1 <= self.sample_hz <= 1000):  # (1e-300 Hz overflowed the sampler's wait)
+            raise bad(f"Sampling rate {self.sample_hz} Hz is out of range.",
+                      "Use 0.1–1000 Hz (--sample-hz).")
         dev = self.device
         if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise bad(f"Unknown device {dev!r}.", "Use cpu, cuda or cuda:N.")

@@ -19,6 +19,7 @@ import re
 import socket
 import threading
 import time
+import types
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -263,6 +264,9 @@ def hf_config_from_values(
     values = {k: v for k, v in values.items() if not k.startswith("_")}
     model_type = _check_model_type(values, where, trust_remote_code)
     remote = bool(values.get("auto_map"))
+    # (the sizes are checked on the file's values too: transformers divides by some of them
+    # while it builds the config, and a zero came out as "integer division or modulo by zero")
+    _check_sizes(types.SimpleNamespace(**values), where)
     try:
         with _quiet_transformers():
             if remote:
@@ -297,12 +301,28 @@ def _check_head_shapes(hf_config: Any, where: str) -> None:
     heads = getattr(hf_config, "num_attention_heads", None)
     kv = getattr(hf_config, "num_key_value_heads", None)
     fix = "Fix the named values in the config, or start from a preset (preset:ID)."
+    _check_sizes(hf_config, where)
     if isinstance(heads, int) and isinstance(kv, int) and kv > 0 and heads % kv:
         raise MemLensError(ErrorKind.INVALID_MODEL,
                            f"The configuration in {where} is not valid: num_attention_heads "
                            f"({heads}) is not a multiple of num_key_value_heads ({kv}); "
                            "grouped-query attention shares each key/value head among a whole "
                            "number of query heads.", fix)
+
+
+def _check_sizes(hf_config: Any, where: str) -> None:
+    """Sizes of zero or less failed deep in the build or the first pass, with messages that
+    named no field ("integer division or modulo by zero", an index_select error)."""
+    fix = "Fix the named values in the config, or start from a preset (preset:ID)."
+    for name in ("vocab_size", "hidden_size", "num_attention_heads", "num_hidden_layers",
+                 "num_key_value_heads", "intermediate_size"):
+        value = getattr(hf_config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and (
+                value < 1 if name != "num_hidden_layers" else value < 0):
+            raise MemLensError(ErrorKind.INVALID_MODEL,
+                               f"The configuration in {where} is not valid: {name} is {value}; "
+                               "it must be at least " + ("0." if name == "num_hidden_layers"
+                                                         else "1."), fix)
 
 
 

@@ -376,3 +376,21 @@ def test_a_baseline_timed_on_a_busier_machine_marks_its_ratio_noisy():
     other.workload = "forward"  # another workload's baselines are not compared with these
     mark_baseline_drift(entries + [other], "forward")
     assert not other.latency_noisy
+
+
+def test_a_bad_readme_target_is_refused_before_the_guide_runs(tmp_path, capsys, monkeypatch):
+    """--readme was read only after every technique had run: a missing file, a folder, a
+    picture or markers in the wrong order failed with a traceback after minutes of work."""
+    import engine.guide as guide_module
+
+    monkeypatch.setattr(guide_module, "run_guide", lambda *a, **k: pytest.fail("it ran"))
+    picture = tmp_path / "shot.md"
+    picture.write_bytes(b"\x89PNG\xff\xfe")
+    swapped = tmp_path / "swapped.md"
+    swapped.write_text("<!-- guide:end -->\n<!-- guide:start -->\n", encoding="utf-8")
+    for target, words in ((tmp_path / "missing.md", "does not exist"), (tmp_path, "is a folder"),
+                          (picture, "is not a text file"), (swapped, "comes before")):
+        code = cli.main(["--store", str(tmp_path / "runs"), "guide", "--model", "demo",
+                         "--out", str(tmp_path / "g"), "--readme", str(target)])
+        assert code == cli.EXIT_USAGE
+        assert words in capsys.readouterr().err, target

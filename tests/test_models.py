@@ -572,6 +572,10 @@ def test_the_module_tree_says_which_weights_are_tied() -> None:
     # (transformers checks this one itself; its message is passed on)
     ({"hidden_size": 66, "num_attention_heads": 4, "num_key_value_heads": 4},
      "The hidden size (66) is not a multiple of the number of attention heads (4)"),
+    # sizes of zero: "integer division or modulo by zero" and an index_select error before
+    ({"num_attention_heads": 0}, "num_attention_heads is 0; it must be at least 1"),
+    ({"vocab_size": 0}, "vocab_size is 0; it must be at least 1"),
+    ({"hidden_size": -5}, "hidden_size is -5; it must be at least 1"),
 ])
 def test_a_config_whose_heads_do_not_divide_is_refused_naming_them(tmp_path, change, words):
     """Such a config failed deep in the first forward and was reported as a MemLens bug."""
