@@ -160,21 +160,21 @@ def test_a_failed_save_leaves_the_previous_file_intact(saved, monkeypatch):
 def test_cli_profile_prints_a_reconciled_table(tmp_path, capsys):
     code = cli.main(["--store", str(tmp_path), "profile", "--model", "preset:tiny-llama",
                      "--workload", "generate", "--seq", "16", "--new-tokens", "4",
-                     "--repeats", "1", "--out", str(tmp_path / "run.json")])
+                     "--repeats", "1", "--out", str(tmp_path / "out" / "run.json")])
     out = capsys.readouterr().out
-    assert code == 0, out
+    assert code == 0, out  # (--out outside the store's folder: one there would fake a run)
     assert "reconciles" in out and "KV cache" in out and "self_attn" in out
     assert "unattributed" in out and "saved:" in out
     # a generation's tokens/s counts the decode steps alone; the KV column is the end's cache
     assert "tokens/s decoding" in out and "KV at end" in out
-    assert json.loads((tmp_path / "run.json").read_text())["totals"]["peak_bytes"] > 0
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["totals"]["peak_bytes"] > 0
     assert cli.main(["--store", str(tmp_path), "runs"]) == 0
     assert "preset:tiny-llama" in capsys.readouterr().out
     assert cli.main(["runs", "--store", str(tmp_path)]) == 0  # after the command works too
     assert "preset:tiny-llama" in capsys.readouterr().out
     assert cli.main(["runs", "--store", str(tmp_path / "other")]) == 0
     assert "preset:tiny-llama" not in capsys.readouterr().out
-    run_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    run_id = json.loads((tmp_path / "out" / "run.json").read_text())["run_id"]
     assert cli.main(["--store", str(tmp_path), "show", run_id]) == 0
     assert "reconciles" in capsys.readouterr().out
 
