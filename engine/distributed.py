@@ -298,14 +298,28 @@ def _jsonable(obj: Any) -> Any:
 
 
 # -- argument checks (raise before anything runs) --------------------------------------------------
-def parse_count(value: Any, what: str) -> int:
-    """``--devices 4`` / ``--ranks 8``: a whole number of at least 1, else an error naming it."""
+# The largest counts a plan takes. A plan's work and output grow with them (a row per device; a
+# list of every rank's optimizer state): 100,000 devices ran for minutes without an answer. An
+# inference device_map spreads a model's layers, so more devices than this leave most empty;
+# FSDP2 shard groups past this are made of HSDP replicas in practice (--replicas).
+MAX_DEVICES = 1024
+MAX_SHARD_RANKS = 16384
+MAX_RANKS = 2 ** 20
+
+
+def parse_count(value: Any, what: str, most: int | None = None, hint: str = "") -> int:
+    """``--devices 4`` / ``--ranks 8``: a whole number of at least 1 (and at most ``most``),
+    else an error naming it."""
     text = str(value).strip()
     if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"The number of {what} must be a whole number of at least 1 "
                            f"(got {value!r}).",
                            f"Give --{what} 1 or more, e.g. --{what} 4.")
+    if most is not None and int(text) > most:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"{int(text):,} {what} is more than a plan takes (at most {most:,}).",
+                           hint or f"Give --{what} {most} or fewer.")
     return int(text)
 
 
@@ -538,7 +552,9 @@ def plan_inference(config: RunConfig, devices: int | str, per_device: int | str,
     Raises ``MemLensError`` for invalid arguments; any later failure is a ``Failed`` event and
     the result None. ``store``: the estimate behind the plan is saved there.
     """
-    n = parse_count(devices, "devices")
+    n = parse_count(devices, "devices", MAX_DEVICES,
+                    f"Give --devices {MAX_DEVICES} or fewer: a model's layers spread over more "
+                    "devices leave most of them empty.")
     budget = parse_size(per_device, "--per-device")
     cpu = parse_size(cpu_offload, "--cpu-offload", allow_zero=True) if cpu_offload else 0
     _check_choice(strategy, STRATEGIES, "strategy", "how from_pretrained's device_map names them")
@@ -926,13 +942,21 @@ def plan_training(config: RunConfig, ranks: int | str, per_rank_budget: int | st
     Raises ``MemLensError`` for invalid arguments; later failures are a ``Failed`` event and the
     result None.
     """
-    n = parse_count(ranks, "ranks")
-    r = parse_count(replicas, "replicas")
+    n = parse_count(ranks, "ranks", MAX_RANKS)
+    r = parse_count(replicas, "replicas", n, "There is at most one replica per rank: give "
+                    "--replicas no more than --ranks.")
     if n % r:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"{r} replicas do not divide {n} ranks evenly.",
                            "HSDP splits the ranks into equal groups: --replicas must divide "
                            "--ranks (e.g. --ranks 16 --replicas 2 for two groups of 8).")
+    if n // r > MAX_SHARD_RANKS:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"{n // r:,} ranks sharing one copy of the model is more than a plan "
+                           f"takes (at most {MAX_SHARD_RANKS:,} in a shard group).",
+                           f"Split the ranks into HSDP groups of at most {MAX_SHARD_RANKS:,} with "
+                           f"--replicas (e.g. --ranks {n} --replicas "
+                           f"{-(-n // MAX_SHARD_RANKS)} if it divides), or plan fewer ranks.")
     budget = parse_size(per_rank_budget, "--per-device") if per_rank_budget else None
     _check_choice(method, TRAIN_METHODS, "method", "shapes: from the parameter shapes; tracker: "
                   "also PyTorch's FSDPMemTracker on fake tensors")

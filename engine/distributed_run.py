@@ -594,6 +594,34 @@ def launcher_command(torchrun_args: list[str], worker_args: list[str]) -> list[s
             "-m", "engine.distributed_run", *worker_args]
 
 
+def _check_processes(nproc: int, device: str) -> None:
+    """Refuse more local processes than the machine can hold: on CUDA each rank needs a GPU of
+    its own (NCCL refuses two ranks on one device); on CPU each gloo rank loads the model and
+    runs its step on a core, so past twice the cores (or 8) the run only thrashes (1,000
+    processes were started without a word)."""
+    from .errors import ErrorKind, MemLensError
+
+    if device.startswith("cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if nproc > gpus:
+            raise MemLensError(
+                ErrorKind.INVALID_WORKLOAD,
+                f"{nproc} CUDA processes need {nproc} GPUs; this machine has {gpus}.",
+                f"Use --distributed {gpus} or fewer (one process per GPU)" if gpus else
+                "Run it on a machine with GPUs, or on the CPU with --device cpu (gloo).")
+        return
+    most = max(8, 2 * (os.cpu_count() or 1))
+    if nproc > most:
+        raise MemLensError(
+            ErrorKind.INVALID_WORKLOAD,
+            f"{nproc} processes on {os.cpu_count()} CPU cores is more than a CPU run takes (at "
+            f"most {most}: each process loads the model and runs its own step).",
+            f"Use --distributed {most} or fewer, or plan {nproc} ranks without running them: "
+            f"memlens plan --workload train --ranks {nproc}.")
+
+
 def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
            plan: bool = True, env: dict[str, str] | None = None, timeout: float | None = None,
            master_port: int | None = None, master_dtype: str | None = None,
@@ -618,6 +646,7 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
                            f"{replicas!r} replicas do not divide {nproc} processes evenly.",
                            "HSDP splits the processes into equal groups: --replicas must divide "
                            "--distributed.")
+    _check_processes(nproc, config.device)
     run_id = new_run_id(nproc)
     target = Path(out) if out is not None else default_root() / "distributed"
     if target.suffix != ".json":

@@ -198,6 +198,12 @@ def test_strategies_and_placement_libraries() -> None:
     (lambda: plan_training(_train(), 0), ErrorKind.INVALID_WORKLOAD, "--ranks"),
     (lambda: plan_training(_train(), 2, method="guess"), ErrorKind.INVALID_WORKLOAD, "tracker"),
     (lambda: plan_training(_gen(), 2), ErrorKind.INVALID_WORKLOAD, "--devices"),
+    # counts no plan can take (100,000 devices ran for minutes without an answer)
+    (lambda: plan_inference(_gen(), 100_000, "80GiB"), ErrorKind.INVALID_WORKLOAD,
+     "--devices 1024 or fewer"),
+    (lambda: plan_training(_train(), 10**12), ErrorKind.INVALID_WORKLOAD, "--ranks"),
+    (lambda: plan_training(_train(), 100_000), ErrorKind.INVALID_WORKLOAD, "--replicas"),
+    (lambda: plan_training(_train(), 4, replicas=8), ErrorKind.INVALID_WORKLOAD, "--replicas"),
 ])
 def test_bad_arguments_are_refused_with_the_fix(call, kind, words) -> None:
     with pytest.raises(MemLensError) as info:

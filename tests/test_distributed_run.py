@@ -4,6 +4,7 @@ one record of both, checked against the FSDP2 plan of the same config."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -154,6 +155,21 @@ def test_launch_refuses_no_ranks() -> None:
     with pytest.raises(MemLensError) as info:
         launch(RunConfig(model="preset:tiny-llama", workload="train"), 0)
     assert info.value.kind == ErrorKind.INVALID_WORKLOAD
+
+
+def test_launch_refuses_more_processes_than_the_machine_holds(monkeypatch) -> None:
+    """1,000 CPU processes were started without a word; CUDA ranks need a GPU each."""
+    import torch
+
+    config = RunConfig(model="preset:tiny-llama", workload="train")
+    with pytest.raises(MemLensError) as info:
+        launch(config, 1000)
+    assert "--distributed" in info.value.hint and "memlens plan" in info.value.hint
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(MemLensError) as info:
+        launch(dataclasses.replace(config, device="cuda"), 4)
+    assert "this machine has 2" in info.value.message and "--distributed 2" in info.value.hint
 
 
 def test_profile_distributed_refuses_what_it_cannot_measure(capsys):
