@@ -21,6 +21,7 @@ from .compare import optimizations_text
 from .format import (MISSING, bytes_against, human_bytes, kv_cache_text, overhead,
                      quality_parts, si_number, tokens_per_s_text)
 from .results import RunResult
+from .store import write_output
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -292,6 +293,14 @@ def _main(argv: list[str] | None) -> int:
     from .store import RunStore
 
     store = RunStore(args.store)
+    blocker = _file_in_the_way(store.root)
+    if blocker is not None:  # (it read as an empty store, and saving failed after the work)
+        where = "--store" if args.store is not None else "The run store's folder"
+        _error(f"{where} {store.root} cannot be a folder: {blocker} is a file.",
+               "Give a folder for the run store (--store DIR or MEMLENS_HOME)"
+               + (f"; a run file opens with `memlens show {blocker}`." if blocker == store.root
+                  else "."))
+        return EXIT_USAGE
     try:
         if args.command in ("profile", "estimate", "sweep", "fit", "plan") and \
                 getattr(args, "out", None) is not None:
@@ -362,6 +371,8 @@ def _main(argv: list[str] | None) -> int:
     except MemLensError as exc:
         _error(exc.message, exc.hint)
         return EXIT_FAILED
+    except BrokenPipeError:
+        raise  # (main stops quietly: the reader closed the pipe)
     except OSError as exc:  # a file the command reads or writes: a full disk, a long name, …
         where = f" {exc.filename}" if exc.filename else ""
         _error(f"Could not read or write{where}: {exc.strerror or exc}.",
@@ -369,6 +380,15 @@ def _main(argv: list[str] | None) -> int:
                "and the free space on its disk.")
         return EXIT_FAILED
     return EXIT_USAGE
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The file that ``folder`` or its nearest existing parent is, if it is one (a store folder
+    given as a file, or MEMLENS_HOME naming a file); None when the folder can exist."""
+    here = folder
+    while not here.exists() and here.parent != here:
+        here = here.parent
+    return here if here.exists() and not here.is_dir() else None
 
 
 def _readme_problem(path: Path) -> str:
@@ -488,8 +508,8 @@ def _guide(args: argparse.Namespace, store) -> int:
             return EXIT_FAILED
         readme = args.readme.read_text(encoding="utf-8")
         head, rest = readme.split(start, 1)
-        args.readme.write_text(f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}",
-                               encoding="utf-8")
+        write_output(args.readme, f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}",
+                     "--readme")
     print(text)
     ran = sum(e.status == "ok" for e in guide.entries)
     print(f"written: {args.out / 'guide.md'}, {args.out / 'guide.json'} ({ran} of "
@@ -645,6 +665,9 @@ def _optimizations(args: argparse.Namespace) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from .config import check_device
+
+    check_device(device)  # ("bogus" was listed, every line saying it needs cpu or cuda)
     workloads = [args.workload] if args.workload else list(WORKLOADS)
     if args.json:
         out = []
@@ -713,8 +736,7 @@ def _profile(args: argparse.Namespace, store) -> int:
         _error("The run ended without a result.", "See the messages above.")
         return EXIT_FAILED
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
+        write_output(args.out, json.dumps(result.to_dict(), indent=1), "--out")
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=1)
         print()
@@ -751,8 +773,7 @@ def _estimate(args: argparse.Namespace, store) -> int:
         _error(f.message, f.hint)
         return EXIT_CANCELLED if f.kind == "cancelled" else EXIT_FAILED
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
+        write_output(args.out, json.dumps(result.to_dict(), indent=1), "--out")
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=1)
         print()
@@ -921,8 +942,7 @@ class _PointPrinter(_ProgressPrinter):
 
 def _write_json(data: dict, args: argparse.Namespace) -> None:
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        write_output(args.out, json.dumps(data, indent=1), "--out")
     if args.json:
         json.dump(data, sys.stdout, indent=1)
         print()

@@ -45,6 +45,14 @@ def one_line(text: str) -> str:
     return " ".join(kept.split())
 
 
+def check_device(dev: Any) -> None:
+    """A device MemLens runs on (cpu, cuda, cuda:N), else an error naming the fix."""
+    if not (isinstance(dev, str) and (dev == "cpu" or dev == "cuda" or (
+            dev.startswith("cuda:") and dev[5:].isdigit()))):
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Unknown device {dev!r}.",
+                           "Use cpu, cuda or cuda:N.")
+
+
 @dataclass
 class RunConfig:
     """A run's full description. JSON-serialisable; saved inside every run file.
@@ -139,9 +147,7 @@ class RunConfig:
         if not (0.1 <= self.sample_hz <= 1000):  # (1e-300 Hz overflowed the sampler's wait)
             raise bad(f"Sampling rate {self.sample_hz} Hz is out of range.",
                       "Use 0.1–1000 Hz (--sample-hz).")
-        dev = self.device
-        if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise bad(f"Unknown device {dev!r}.", "Use cpu, cuda or cuda:N.")
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

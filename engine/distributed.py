@@ -1771,8 +1771,9 @@ def run_cli(args: Any) -> int:
         return EXIT_CANCELLED if f is not None and f.kind == "cancelled" else EXIT_FAILED
     data = plan.to_dict()
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        from .store import write_output
+
+        write_output(args.out, json.dumps(data, indent=1), "--out")
     if args.json:
         json.dump(data, sys.stdout, indent=1)
         print()

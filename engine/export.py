@@ -51,14 +51,13 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import ErrorKind, MemLensError
 from .results import CATEGORIES, LayerStats, RunResult
-from .store import temporary_beside
+from .store import write_output
 
 # The GUI table's columns, in its order: (CSV header, the GUI table's title, value).
 LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -104,24 +103,9 @@ _SERIES_NAMES = {
 
 # -- files --------------------------------------------------------------------------------------
 def _write_text(path: Path, text: str) -> Path:
-    """Write ``text`` atomically (a temporary file renamed over ``path``)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temporary_beside(path)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise MemLensError(ErrorKind.STORE, f"Cannot write {path}: {exc.strerror or exc}.",
-                           "Choose a writable folder with free space (--csv DIR / --trace "
-                           "FILE).") from exc
-    return path
+    """Write ``text`` atomically (a temporary file renamed over ``path``), or in place to a
+    device or pipe (``--trace /dev/stdout``)."""
+    return write_output(path, text, "the export")
 
 
 def _cell(value: Any) -> str:

@@ -9,6 +9,7 @@ final name, so a crash mid-save leaves the previous file intact and never a part
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -98,7 +99,45 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def _special_file(path: Path) -> bool:
+    """Whether ``path`` exists and is no regular file (a device such as /dev/stdout or
+    /dev/null, a FIFO): written in place, never renamed over (an atomic write run as root
+    replaced /dev/full with a regular file and said "written")."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def write_output(path: Path | str, data: str | bytes, what: str = "the file") -> Path:
+    """Write a file the user named (``--out``, ``--trace``, a CSV, a README): atomically (a
+    temporary file renamed over ``path``: the previous file survives a crash or a full disk), or
+    in place where ``path`` is a device or pipe (``--trace /dev/stdout``). Any file error is a
+    ``MemLensError`` naming the path and the fix; a folder given for a file is said so."""
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if path.is_dir():
+        raise MemLensError(ErrorKind.STORE, f"{path} is a folder, not a file.",
+                           f"Give a file name for {what} (e.g. {path / 'out.json'}).")
+    try:
+        if _special_file(path):
+            with open(path, "wb") as f:
+                f.write(raw)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(path, raw)
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Cannot write {path}: {exc.strerror or exc}.",
+                           "Choose a writable folder with free space.") from exc
+    return path
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    if _special_file(path):  # (renamed over, a device would be replaced by a regular file)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -202,7 +241,10 @@ class RunStore:
 
     def load(self, run_id_or_path: str | Path) -> RunResult:
         path = Path(run_id_or_path)
-        if not path.suffix == ".json":
+        # An id names a file in the store; a path (a folder, a file of another name) is read
+        # as given, so that the error names it (``show /tmp`` said "No saved run at /tmp.json").
+        if not path.suffix == ".json" and _is_plain_id(str(run_id_or_path)) and not (
+                path.exists() and not self.path_for(str(run_id_or_path)).exists()):
             run_id = str(run_id_or_path)
             path = self.path_for(run_id)
             if not path.exists() and _is_plain_id(run_id) and (
@@ -563,6 +605,11 @@ def load_run_file(path: Path | str) -> RunResult:
     except SchemaError as exc:
         raise MemLensError(ErrorKind.STORE, f"{path.name}: {exc}", exc.hint) from exc
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        if path.suffix != ".json" and isinstance(exc, json.JSONDecodeError):
+            # (not a damaged run: a file that never was one, e.g. `memlens show /etc/passwd`)
+            raise MemLensError(ErrorKind.STORE, f"{path} is not a MemLens run: it is not JSON.",
+                               "Give a run's JSON file or its id (`memlens runs` lists "
+                               "them).") from exc
         raise MemLensError(ErrorKind.STORE, f"The run file {path.name} is damaged ({exc}).",
                            "It cannot be opened; other runs are unaffected.") from exc
 

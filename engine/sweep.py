@@ -110,6 +110,9 @@ BUDGET_FORMS = (SIZE_FORMS + "; or 'gpu' (the detected GPU's total memory) or 'r
                 "(available RAM)")
 
 
+MAX_SIZE = 2 ** 64  # 16 EiB: a 64-bit address space
+
+
 def parse_bytes(text: str, forms: str = SIZE_FORMS) -> int:
     """``'24GiB'`` -> 25769803776; ``'80GB'`` -> 80000000000; refuses anything else by name,
     with a hint that writes out ``forms`` (what the field or option accepts)."""
@@ -120,9 +123,16 @@ def parse_bytes(text: str, forms: str = SIZE_FORMS) -> int:
                            f"Cannot read the memory size {text!r}.",
                            f"Write {forms}.")
     value = float(m.group(2)) * _UNITS[unit]
-    if m.group(1) or not math.isfinite(value) or value < 1:
+    if m.group(1) or value == 0:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The memory size {text!r} is not positive.",
                            f"Write {forms}.")
+    if value < 1:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"The memory size {text!r} is less than one byte.", f"Write {forms}.")
+    if not math.isfinite(value) or value > MAX_SIZE:  # ('1e400GiB' read as "not positive")
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"The memory size {text!r} is larger than any memory (more than "
+                           "16 EiB).", f"Write {forms}.")
     return int(value)
 
 

@@ -200,6 +200,18 @@ def test_an_unwritable_out_is_refused_first_and_a_failed_save_is_not_called_save
     blocked.write_text("")
     code = cli.main(["--store", str(blocked / "runs"), *tiny_run])
     out, err = capsys.readouterr()
+    # a store under a file is refused before the run (it was found only when saving)
+    assert code == cli.EXIT_USAGE and "\nsaved:" not in out and "[" not in err
+    assert f"{blocked} is a file" in err and "--store DIR" in err
+    from engine import store as store_module
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    with monkeypatch.context() as patch:  # a save that fails is never called saved
+        patch.setattr(store_module, "_atomic_write", full_disk)
+        code = cli.main(["--store", str(tmp_path / "full"), *tiny_run])
+    out, err = capsys.readouterr()
     assert code == 1 and "\nsaved:" not in out
     assert "The run was not saved" in err and "--out FILE" in err
     home = tmp_path / "home"
@@ -672,3 +684,78 @@ def test_the_store_folder_is_never_written_over_and_odd_files_are_named(saved, t
         assert cli.main(root + ["profile", "--model", "demo", option, value]) != cli.EXIT_OK
         err = capsys.readouterr().err
         assert "beyond" in err or "more than a measurement needs" in err, err
+
+
+@pytest.mark.fault(area='data', case='an output named as a device, a pipe or a folder; a run '
+                   'store given as a file; a file that is no run given to show',
+                   outcome='a device or pipe is written in place (never replaced by a file: an '
+                           'atomic write as root replaced /dev/full and said "written"); a full '
+                           'device is an error; each wrong path is named with the fix')
+def test_outputs_to_devices_pipes_and_folders_and_stores_that_are_files(saved, tmp_path,
+                                                                         capsys, monkeypatch):
+    import stat
+    import threading
+
+    source, result = saved
+    root = ["--store", str(source.root)]
+    fifo = tmp_path / "trace.pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert cli.main(root + ["export", result.run_id, "--trace", str(fifo)]) == cli.EXIT_OK
+    reader.join(10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the pipe was replaced by a file"
+    assert json.loads(got[0])["traceEvents"]
+    full = "/dev/full"
+    if os.path.exists(full) and stat.S_ISCHR(os.stat(full).st_mode):
+        assert cli.main(root + ["export", result.run_id, "--trace", full]) == cli.EXIT_FAILED
+        assert "No space left" in capsys.readouterr().err
+        assert stat.S_ISCHR(os.stat(full).st_mode)
+    capsys.readouterr()
+    assert cli.main(root + ["export", result.run_id, "--trace", str(tmp_path)]) == cli.EXIT_FAILED
+    assert "is a folder, not a file" in capsys.readouterr().err
+    # show: a folder, a file that is no JSON (they read as "No saved run at /tmp.json")
+    assert cli.main(root + ["show", str(tmp_path)]) == cli.EXIT_FAILED
+    assert "is a folder, not a run file" in capsys.readouterr().err
+    text = tmp_path / "notes.txt"
+    text.write_text("not a run\n")
+    assert cli.main(root + ["show", str(text)]) == cli.EXIT_FAILED
+    assert f"{text} is not a MemLens run: it is not JSON" in capsys.readouterr().err
+    # a store that is a file read as an empty store
+    assert cli.main(["--store", str(text), "runs"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{text} is a file" in err and f"memlens show {text}" in err
+    monkeypatch.setenv("MEMLENS_HOME", str(text))
+    assert cli.main(["runs"]) == cli.EXIT_USAGE
+    assert "is a file" in capsys.readouterr().err
+    monkeypatch.delenv("MEMLENS_HOME")
+    # a device no run takes
+    assert cli.main(["optimizations", "--device", "bogus"]) == cli.EXIT_FAILED
+    assert "Unknown device 'bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("1e400GiB", "larger than any memory"), ("1e30GiB", "larger than any memory"),
+    ("0.1B", "less than one byte"), ("0GiB", "not positive"), ("-1GiB", "not positive")])
+def test_sizes_out_of_range_are_named_for_what_they_are(text, words):
+    from engine.sweep import parse_bytes
+
+    with pytest.raises(MemLensError) as info:
+        parse_bytes(text)
+    assert words in info.value.message and "24GiB" in info.value.hint
+
+
+def test_a_closed_pipe_stops_the_cli_quietly():
+    """`memlens optimizations | head -1` printed "Could not read or write: Broken pipe"."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "optimizations"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away before the listing ends
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    proc.wait(60)
+    assert "Broken pipe" not in err and "Traceback" not in err, err
