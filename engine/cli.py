@@ -980,6 +980,11 @@ def _sweep(args: argparse.Namespace, store) -> int:
     seqs = parse_int_list(args.seq, "--seq", "--seq")
     batches = parse_int_list(args.batch, "--batch", "--batch", "1,2,4")
     sets = _opt_sets(args)
+    if args.estimate_only and args.measure_below is not None:  # (it was ignored)
+        _error("--estimate-only and --measure-below contradict each other.",
+               "Give --estimate-only to estimate every point, or --measure-below SIZE to "
+               "measure the points below SIZE.")
+        return EXIT_USAGE
     limit = 0 if args.estimate_only else (
         parse_bytes(args.measure_below, "a size for --measure-below: " + SIZE_FORMS)
         if args.measure_below is not None else None)
@@ -1084,6 +1089,18 @@ def _fit(args: argparse.Namespace, store) -> int:
         _error("--batch and --at-seq cannot be combined: --at-seq searches the batch.",
                "Give --batch to find the longest sequence per batch, or --at-seq to find the "
                "largest batch per sequence length.")
+        return EXIT_USAGE
+    # options of the other search, silently ignored before
+    other = ([("--granularity", args.granularity)] if args.at_seq is not None else
+             [("--max-batch", args.max_batch)])
+    given = [flag for flag, value in other if value is not None]
+    if given:
+        _error(f"{given[0]} is for the "
+               + ("sequence-length search, and --at-seq searches the batch."
+                  if args.at_seq is not None else "batch search (--at-seq)."),
+               f"Leave {given[0]} out" + (", or drop --at-seq to search the sequence length."
+                                           if args.at_seq is not None else
+                                           ", or add --at-seq SEQS to search the batch."))
         return EXIT_USAGE
     axis = "batch" if args.at_seq is not None else "seq"
     seqs = (parse_int_list(args.at_seq, "--at-seq", "--at-seq") if args.at_seq is not None

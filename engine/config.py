@@ -45,6 +45,19 @@ def one_line(text: str) -> str:
     return " ".join(kept.split())
 
 
+MAX_LABEL = 200  # characters: a label is one cell of a table (10,000 were kept and printed)
+
+
+def check_label(label: str) -> None:
+    """A label of at most :data:`MAX_LABEL` characters, else an error naming the fix."""
+    if len(label) > MAX_LABEL:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"The label has {len(label):,} characters; a label holds at most "
+                           f"{MAX_LABEL}.",
+                           f"Shorten it to {MAX_LABEL} characters or fewer: it names the run "
+                           "in lists and reports.")
+
+
 def check_device(dev: Any) -> None:
     """A device MemLens runs on (cpu, cuda, cuda:N), else an error naming the fix."""
     if not (isinstance(dev, str) and (dev == "cpu" or dev == "cuda" or (
@@ -148,6 +161,7 @@ class RunConfig:
             raise bad(f"Sampling rate {self.sample_hz} Hz is out of range.",
                       "Use 0.1–1000 Hz (--sample-hz).")
         check_device(self.device)
+        check_label(self.label)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1676,6 +1676,10 @@ _INFERENCE_ONLY = (("strategy", "--strategy", "auto"), ("cpu_offload", "--cpu-of
 
 
 def _refuse_other_workloads_options(args: Any) -> None:
+    if getattr(args, "one_step", False) and args.workload == "forward":  # (it was ignored)
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           "--one-step is one step of a generation, and this is a forward plan.",
+                           "Leave it out, or plan a generation (--workload generate).")
     training = args.workload == "train"
     others = _INFERENCE_ONLY if training else _TRAINING_ONLY
     given = [flag for attr, flag, default in others

@@ -14,6 +14,7 @@ on the command line ``--opt ID[:key=value,...]``.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,6 +28,10 @@ from .accounting import is_fake
 from .errors import Cancelled, ErrorKind, MemLensError
 from .layers import module_weight_tensors, unique_nbytes
 from .quiet import quiet_import
+
+
+_KIND_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a finite number",
+               "str": "text"}
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,13 @@ class Param:
                 value = int(value)
             elif self.kind == "float":
                 value = float(value)
+                if not math.isfinite(value):  # (nan passed every range check)
+                    raise ValueError(value)
             else:
                 value = str(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.name} must be a {self.kind}, got {value!r}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"{self.name} must be {_KIND_WORDS.get(self.kind, self.kind)}, "
+                             f"got {value!r}") from exc
         if self.choices and value not in self.choices:
             raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, "
                              f"got {value!r}")
@@ -1260,6 +1268,11 @@ def parse_spec(spec: str) -> dict[str, Any]:
             raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                                f"Cannot read {part!r} in --opt {spec}.",
                                "Write parameters as key=value, e.g. --opt cast:dtype=bfloat16.")
+        if key.strip() in params:  # (the last one silently won)
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                               f"{key.strip()} is given twice in --opt {spec}.",
+                               f"Give each parameter once, e.g. --opt {ident.strip()}:"
+                               f"{key.strip()}={value.strip()}.")
         params[key.strip()] = value.strip()
     return {"id": ident.strip(), "params": params}
 

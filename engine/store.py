@@ -428,6 +428,9 @@ class RunStore:
                                f"restore {run_id}`)." if in_trash
                                else "List the saved runs (the Saved runs page; `memlens runs`).")
         label = one_line(str(label))  # one line of text: the list shows it in a cell
+        from .config import check_label
+
+        check_label(label)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or record_kind(data) is not None:

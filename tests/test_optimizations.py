@@ -52,6 +52,9 @@ def test_parse_spec():
         "id": "prune-unstructured", "params": {"amount": "0.3", "permanent": "true"}}
     with pytest.raises(MemLensError):
         parse_spec("cast:float16")
+    with pytest.raises(MemLensError) as info:  # (the last one silently won)
+        parse_spec("prune-unstructured:amount=0.1,amount=0.5")
+    assert "amount is given twice" in info.value.message
 
 
 @pytest.mark.parametrize("opts, workload, device, kind, fragment", [
@@ -60,6 +63,10 @@ def test_parse_spec():
      ErrorKind.INVALID_WORKLOAD, "dtype must be one of"),
     ([{"id": "prune-unstructured", "params": {"amount": "1.5"}}], "forward", "cpu",
      ErrorKind.INVALID_WORKLOAD, "amount must be"),
+    ([{"id": "prune-unstructured", "params": {"amount": "nan"}}], "forward", "cpu",
+     ErrorKind.INVALID_WORKLOAD, "amount must be a finite number"),  # (nan passed the range)
+    ([{"id": "lora", "params": {"rank": "1.5"}}], "train", "cpu",
+     ErrorKind.INVALID_WORKLOAD, "rank must be a whole number"),
     ([{"id": "cast", "params": {"colour": "red"}}], "forward", "cpu",
      ErrorKind.INVALID_WORKLOAD, "no parameter colour"),
     ([{"id": "checkpointing"}], "forward", "cpu", ErrorKind.NOT_APPLICABLE, "train workload"),

@@ -678,6 +678,10 @@ def test_the_store_folder_is_never_written_over_and_odd_files_are_named(saved, t
     # a label given as undecodable bytes (lone surrogates) is kept without them
     assert cli.main(root + ["label", result.run_id, "bad\udcff\udcfe name"]) == cli.EXIT_OK
     assert store.load(result.run_id).config.label == "bad name"
+    # a label is one cell of a table: 10,000 characters were kept and printed
+    assert cli.main(root + ["label", result.run_id, "x" * 201]) == cli.EXIT_FAILED
+    assert "at most 200" in capsys.readouterr().err
+    assert store.load(result.run_id).config.label == "bad name"
     # sizes no model takes are refused at once, not built until memory runs out
     for option, value in (("--seq", "1000000000000"), ("--batch", "100000000000000000"),
                           ("--warmup", "1000000000000")):

@@ -426,3 +426,23 @@ def test_a_training_search_never_tries_a_single_token() -> None:
     assert fit_sequence(peak_at, 500, 256, 8, shortest=2)[:2] == (None, 2)
     fits, nxt, _ = fit_sequence(peak_at, 1035, 256, 8, shortest=2)
     assert (fits, nxt) == (3, 4) and min(tested) == 2
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["fit", "--budget", "1GiB", "--at-seq", "16", "--granularity", "8"],
+     ["--granularity is for the sequence-length search", "drop --at-seq"]),
+    (["fit", "--budget", "1GiB", "--max-batch", "8"],
+     ["--max-batch is for the batch search", "add --at-seq"]),
+    (["sweep", "--estimate-only", "--measure-below", "1GiB"],
+     ["contradict each other", "--measure-below SIZE"]),
+    (["plan", "--one-step", "--devices", "2", "--per-device", "1GiB"],
+     ["--one-step is one step of a generation", "--workload generate"]),
+])
+def test_options_the_command_would_ignore_are_refused(capsys, argv, words) -> None:
+    """Each was silently ignored: the answer did not use what the user gave."""
+    assert cli.main([argv[0], "--model", "preset:tiny-llama", *argv[1:]]) \
+        != cli.EXIT_OK
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, err
+    assert "estimate at seq" not in err and "point 1/" not in err  # refused before any work
