@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -106,6 +107,21 @@ def _quality(r: RunResult) -> str:
     return quality_text(r.quality)
 
 
+def model_key(run: RunResult) -> str:
+    """What identifies a run's model: the folder it was loaded from, with links resolved (a
+    folder named through a symbolic link, ``demo`` and its folder are the same model), else the
+    model as the run names it (a preset, a Hub id)."""
+    path = (run.model_info or {}).get("path")
+    if isinstance(path, str) and path:
+        return os.path.realpath(path)
+    return str(run.config.model)
+
+
+def same_model(a: RunResult, b: RunResult) -> bool:
+    """Whether two runs measured the same model (see :func:`model_key`)."""
+    return a.config.model == b.config.model or model_key(a) == model_key(b)
+
+
 @dataclass
 class Comparison:
     """Saved runs side by side, for the compare view: the first run is the reference.
@@ -148,7 +164,7 @@ class Comparison:
 
     @property
     def different_models(self) -> bool:
-        return any(r.config.model != self.runs[0].config.model for r in self.runs[1:])
+        return any(not same_model(r, self.runs[0]) for r in self.runs[1:])
 
     @property
     def workloads(self) -> list[str]:
@@ -282,7 +298,7 @@ def print_comparison(runs: list[RunResult], out: TextIO) -> None:
         w("\n(each optimized run's own ratio, against the unoptimized model timed in the same "
           "run: " + ", ".join(f"[{i}] ×{x:.2f}" for i, x in own) + "; the ratio above sets "
           "runs made apart side by side, so machine load between them is in it too)\n")
-    if any(r.config.model != ref.config.model for r in runs[1:]):
+    if any(not same_model(r, ref) for r in runs[1:]):
         w("\n(different models: per-layer deltas are shown for layers with the same name)\n")
     workloads = workloads_of(runs)
     if len(workloads) > 1:

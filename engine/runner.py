@@ -579,7 +579,8 @@ class _Run:
 
         # -- per layer ----------------------------------------------------------------------------
         weights = self._weights_by_owner(model, tracked)
-        grads, opt_state = self._train_state_by_owner(model, probe) if training else ({}, {})
+        grads, opt_state, state_dtypes = (self._train_state_by_owner(model, probe) if training
+                                          else ({}, {}, {}))
         gen = extra.get("generation")
         layers: list[LayerStats] = []
         loss_row = next((t for t in tracked if t.name == LOSS_ROW), None)
@@ -690,7 +691,7 @@ class _Run:
                 "saved_for_backward_bytes": sum(probe.saved_bytes.values()),
                 "gradient_bytes": sum(grads.values()),
                 "optimizer_state_bytes": sum(opt_state.values()),
-                "optimizer_state_dtypes": dict(getattr(self, "state_dtypes", {}) or {}),
+                "optimizer_state_dtypes": state_dtypes,
                 "forward_peak_bytes": probe.acc.phase_peaks.get("forward"),
                 "backward_peak_bytes": probe.acc.phase_peaks.get("backward"),
                 "optimizer_peak_bytes": probe.acc.phase_peaks.get("optimizer"),
@@ -924,14 +925,16 @@ class _Run:
                     counts[t.name] = counts.get(t.name, 0) + n
         return {o: (unique_nbytes(ts), counts.get(o, 0)) for o, ts in grouped.items()}
 
-    def _train_state_by_owner(self, model, probe: MemoryProbe) -> tuple[dict, dict]:
+    def _train_state_by_owner(self, model, probe: MemoryProbe) -> tuple[dict, dict, dict]:
+        """Gradient and optimizer-state bytes by layer, and the optimizer state's bytes by
+        dtype."""
         from .accounting import leaves, storage_key
 
         grads: dict[str, int] = {}
         opt: dict[str, int] = {}
         # bytes of optimizer state by dtype: PyTorch's AdamW keeps its moments in the
         # parameters' dtype, so a bfloat16 model's are bfloat16 (pure bfloat16 training)
-        self.state_dtypes: dict[str, int] = {}
+        state_dtypes: dict[str, int] = {}
         seen: set[int] = set()  # state shared by parameters (bitsandbytes' quantization maps)
         for p in model.parameters():
             owner = probe.param_owner.get(id(p))
@@ -948,9 +951,8 @@ class _Run:
                 seen |= keys
                 fresh.append(v)
                 if v.numel() > 1:  # (a step count is a scalar in float32 whatever the rest)
-                    self.state_dtypes[str(v.dtype).replace("torch.", "")] = (
-                        self.state_dtypes.get(str(v.dtype).replace("torch.", ""), 0)
-                        + unique_nbytes([v]))
+                    name = str(v.dtype).replace("torch.", "")
+                    state_dtypes[name] = state_dtypes.get(name, 0) + unique_nbytes([v])
             opt[owner] = opt.get(owner, 0) + unique_nbytes(fresh)
             if p.requires_grad and id(p) in probe.grads_seen:
                 # Gradients are freed by the next zero_grad; their size is the parameter's (a
@@ -958,7 +960,7 @@ class _Run:
                 # none.
                 grads[owner] = grads.get(owner, 0) + sum(
                     leaf.numel() * leaf.element_size() for leaf in leaves(p))
-        return grads, opt
+        return grads, opt, state_dtypes
 
     def _decode(self, ids: list[int]) -> str | None:
         tok = self.loaded.tokenizer if self.loaded else None

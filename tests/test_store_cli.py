@@ -373,6 +373,30 @@ def test_comparison_labels_tell_runs_apart_and_name_mixed_workloads():
     assert compare(named).labels() == ["before the fix", "int8 try · 2222", "int8 try · 3333"]
 
 
+def test_a_model_named_two_ways_is_one_model(tmp_path):
+    """A folder named through a symbolic link, and demo beside its own folder, were compared as
+    "different models"."""
+    from engine.compare import compare
+    from engine.config import RunConfig
+    from engine.results import RunResult
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "link").symlink_to(folder)
+
+    def run(model, path):
+        return RunResult(config=RunConfig(model=model), run_id=model,
+                         model_info={"path": str(path)})
+
+    assert not compare([run(str(folder), folder), run(str(tmp_path / "link"),
+                                                      tmp_path / "link")]).different_models
+    assert not compare([run("demo", folder), run(str(folder), folder)]).different_models
+    other = tmp_path / "other"
+    other.mkdir()
+    assert compare([run(str(folder), folder), run(str(other), other)]).different_models
+    assert compare([run("preset:gpt2", ""), run("preset:bert", "")]).different_models
+
+
 def test_a_latency_ratio_from_noisy_timing_passes_says_so(capsys):
     """A run's own warning said its timing passes were ×2-36 apart, yet the comparison showed
     its latency ratio as plainly as any other."""
