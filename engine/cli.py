@@ -293,13 +293,14 @@ def _main(argv: list[str] | None) -> int:
     from .store import RunStore
 
     store = RunStore(args.store)
-    blocker = _file_in_the_way(store.root)
-    if blocker is not None:  # (it read as an empty store, and saving failed after the work)
-        where = "--store" if args.store is not None else "The run store's folder"
-        _error(f"{where} {store.root} cannot be a folder: {blocker} is a file.",
-               "Give a folder for the run store (--store DIR or MEMLENS_HOME)"
-               + (f"; a run file opens with `memlens show {blocker}`." if blocker == store.root
-                  else "."))
+    saves = (args.command == "guide" or (args.command == "profile" and not args.no_save)
+             or (args.command in ("estimate", "sweep", "fit", "plan")
+                 and getattr(args, "save", False)))
+    try:
+        if saves:  # refused before the work (a store that is a file failed only when saving)
+            store.check_root()
+    except MemLensError as exc:
+        _error(exc.message, exc.hint)
         return EXIT_USAGE
     try:
         if args.command in ("profile", "estimate", "sweep", "fit", "plan") and \
@@ -380,15 +381,6 @@ def _main(argv: list[str] | None) -> int:
                "and the free space on its disk.")
         return EXIT_FAILED
     return EXIT_USAGE
-
-
-def _file_in_the_way(folder: Path) -> Path | None:
-    """The file that ``folder`` or its nearest existing parent is, if it is one (a store folder
-    given as a file, or MEMLENS_HOME naming a file); None when the folder can exist."""
-    here = folder
-    while not here.exists() and here.parent != here:
-        here = here.parent
-    return here if here.exists() and not here.is_dir() else None
 
 
 def _readme_problem(path: Path) -> str:
@@ -537,6 +529,14 @@ def _refuse_store_path(path: Path, store, option: str) -> None:
                            "itself: --save, or every measured run).")
 
 
+def _written(path: Path) -> None:
+    """Say where a file was written: on standard error when the file is standard output
+    (``--out /dev/stdout``), where the line would land inside the JSON."""
+    from .store import same_file_as_stdout
+
+    print(f"written: {path}", file=sys.stderr if same_file_as_stdout(path) else sys.stdout)
+
+
 def _json_out(path: Path) -> Path:
     """``--out FILE`` for a JSON record: ``~`` expanded (bash leaves ``--out=~/x.json`` as it
     is), and refused before any work when it is a folder or cannot be written (the failure
@@ -545,6 +545,10 @@ def _json_out(path: Path) -> Path:
     hint = "Give --out a file path in a writable folder, e.g. --out results/run.json."
     if path.is_dir():
         raise MemLensError(ErrorKind.STORE, f"--out {path} is a folder.", hint)
+    from .store import _in_place
+
+    if _in_place(path):  # a device or pipe (/dev/stdout): written in place, no folder probe
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = path.parent / f".memlens-write-test-{os.getpid()}"
@@ -581,26 +585,33 @@ def _export(args: argparse.Namespace, store) -> int:
     if args.trace is not None:
         _refuse_store_path(Path(args.trace), store, "--trace")
     result = store.load(args.run)
+    from .store import same_file_as_stdout
+
+    # (with the trace on standard output, the notes go to standard error: `| jq` reads JSON)
+    notes = sys.stderr if args.trace is not None and same_file_as_stdout(args.trace) \
+        else sys.stdout
     for path in export_run(result, csv_dir=args.csv, trace=args.trace):
-        print(f"written: {path}")
+        print(f"written: {path}", file=notes)
     if args.csv is not None and not (result.timeline or {}).get("t"):
         from .export import TIMELINE_CSV
 
         stale = Path(args.csv) / TIMELINE_CSV
         print("no timeline.csv: the run recorded no timeline"
               + (" (an estimate samples nothing)" if result.estimate is not None else "")
-              + (f"; the {stale} there is from an earlier export" if stale.exists() else ""))
+              + (f"; the {stale} there is from an earlier export" if stale.exists() else ""),
+              file=notes)
     if args.trace is not None and not any(layer.latency_ms is not None
                                           for layer in result.layers):
         # (the trace lays layers out by their timed durations: with none there is no span)
         print("the trace has phases but no per-layer spans: "
               + ("an estimate times nothing" if result.estimate is not None
                  else "the run timed no layer")
-              + "; the per-layer figures are in layers.csv (--csv DIR) and `memlens show`")
+              + "; the per-layer figures are in layers.csv (--csv DIR) and `memlens show`",
+              file=notes)
     if result.estimate is not None:
         print("these are ESTIMATES (fake tensors: no weights, no real memory)"
               + ("; layers.csv says so in its figures column" if args.csv is not None else
-                 "; the trace says so in its process names"))
+                 "; the trace says so in its process names"), file=notes)
     return EXIT_OK
 
 
@@ -743,7 +754,7 @@ def _profile(args: argparse.Namespace, store) -> int:
     else:
         print_report(result, sys.stdout)
         if args.out is not None:
-            print(f"written: {args.out}")
+            _written(args.out)
     if not args.no_save and not _saved_or_said(store, result.run_id, "saved", args.json):
         return EXIT_FAILED
     return EXIT_OK
@@ -780,7 +791,7 @@ def _estimate(args: argparse.Namespace, store) -> int:
     else:
         print_report(result, sys.stdout)
         if args.out is not None:
-            print(f"written: {args.out}")
+            _written(args.out)
     if args.save and not _saved_or_said(store, result.run_id, "saved (as an estimate)",
                                         args.json):
         return EXIT_FAILED
@@ -970,7 +981,7 @@ def _finish(args: argparse.Namespace, printer: Any, what: str, show: Any, work: 
     if not args.json:
         show(record, sys.stdout)
         if args.out is not None:
-            print(f"written: {args.out}")
+            _written(args.out)
     return EXIT_OK
 
 

@@ -112,7 +112,7 @@ def model_key(run: RunResult) -> str:
     folder named through a symbolic link, ``demo`` and its folder are the same model), else the
     model as the run names it (a preset, a Hub id)."""
     path = (run.model_info or {}).get("path")
-    if isinstance(path, str) and path:
+    if isinstance(path, str) and os.path.isabs(path):  # (a relative one: from where?)
         return os.path.realpath(path)
     return str(run.config.model)
 

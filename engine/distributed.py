@@ -951,12 +951,16 @@ def plan_training(config: RunConfig, ranks: int | str, per_rank_budget: int | st
                            "HSDP splits the ranks into equal groups: --replicas must divide "
                            "--ranks (e.g. --ranks 16 --replicas 2 for two groups of 8).")
     if n // r > MAX_SHARD_RANKS:
+        # the fewest replicas that divide the ranks into small enough groups
+        fewest = next((d for d in range(-(-n // MAX_SHARD_RANKS), min(n, 1 << 16) + 1)
+                       if n % d == 0 and n // d <= MAX_SHARD_RANKS), None)
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"{n // r:,} ranks sharing one copy of the model is more than a plan "
                            f"takes (at most {MAX_SHARD_RANKS:,} in a shard group).",
                            f"Split the ranks into HSDP groups of at most {MAX_SHARD_RANKS:,} with "
-                           f"--replicas (e.g. --ranks {n} --replicas "
-                           f"{-(-n // MAX_SHARD_RANKS)} if it divides), or plan fewer ranks.")
+                           + (f"--replicas (e.g. --ranks {n} --replicas {fewest})"
+                              if fewest else "--replicas dividing --ranks")
+                           + ", or plan fewer ranks.")
     budget = parse_size(per_rank_budget, "--per-device") if per_rank_budget else None
     _check_choice(method, TRAIN_METHODS, "method", "shapes: from the parameter shapes; tracker: "
                   "also PyTorch's FSDPMemTracker on fake tensors")
@@ -1786,7 +1790,9 @@ def run_cli(args: Any) -> int:
         if store is not None and plan.estimate_run_id:
             print(f"saved (as an estimate): {store.path_for(plan.estimate_run_id)}")
         if args.out is not None:
-            print(f"written: {args.out}")
+            from .cli import _written
+
+            _written(args.out)
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ final name, so a crash mid-save leaves the previous file intact and never a part
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -99,10 +100,21 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+_SYSTEM_FOLDERS = ("/dev/", "/proc/")  # devices and a process's own descriptors
+
+
+def _in_place(path: Path) -> bool:
+    """Whether ``path`` is written in place rather than renamed over: a device, a pipe or a
+    socket (after links), or anything named under /dev or /proc. /dev/stdout is a link to the
+    process's descriptor 1: redirected to a file it resolves to that regular file, and an atomic
+    write (a temporary renamed over it) replaced /dev/stdout itself as root; run as root it also
+    replaced /dev/full with a regular file and said "written"."""
+    return (str(path).startswith(_SYSTEM_FOLDERS)
+            or os.path.realpath(path).startswith(_SYSTEM_FOLDERS) or _special_file(path))
+
+
 def _special_file(path: Path) -> bool:
-    """Whether ``path`` exists and is no regular file (a device such as /dev/stdout or
-    /dev/null, a FIFO): written in place, never renamed over (an atomic write run as root
-    replaced /dev/full with a regular file and said "written")."""
+    """Whether ``path`` exists (after links) and is a device, a pipe or a socket."""
     import stat
 
     try:
@@ -112,34 +124,58 @@ def _special_file(path: Path) -> bool:
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
+def same_file_as_stdout(path: Path | str) -> bool:
+    """Whether ``path`` is where standard output goes (``--trace /dev/stdout``, or the file it
+    is redirected to): the command's own notes then go to standard error."""
+    try:
+        a, b = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def write_output(path: Path | str, data: str | bytes, what: str = "the file") -> Path:
     """Write a file the user named (``--out``, ``--trace``, a CSV, a README): atomically (a
-    temporary file renamed over ``path``: the previous file survives a crash or a full disk), or
-    in place where ``path`` is a device or pipe (``--trace /dev/stdout``). Any file error is a
-    ``MemLensError`` naming the path and the fix; a folder given for a file is said so."""
+    temporary file renamed over it: the previous file survives a crash or a full disk), or in
+    place where ``path`` is a device or pipe (``--trace /dev/stdout``). A link is followed (the
+    file it names is replaced, the link kept) and an existing file keeps its permissions. Any
+    file error is a ``MemLensError`` naming the path and the fix; a folder given for a file is
+    said so. A closed pipe stays a ``BrokenPipeError`` (the command stops quietly)."""
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    if path.is_dir():
-        raise MemLensError(ErrorKind.STORE, f"{path} is a folder, not a file.",
-                           f"Give a file name for {what} (e.g. {path / 'out.json'}).")
     try:
-        if _special_file(path):
+        if path.is_dir():
+            raise MemLensError(ErrorKind.STORE, f"{path} is a folder, not a file.",
+                               f"Give a file name for {what} (e.g. {path / 'out.json'}).")
+        if _in_place(path):
             with open(path, "wb") as f:
                 f.write(raw)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, raw)
+            target = Path(os.path.realpath(path))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            mode = None
+            with contextlib.suppress(OSError):
+                mode = os.stat(target).st_mode & 0o7777
+            _atomic_write(target, raw, mode)
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         raise MemLensError(ErrorKind.STORE, f"Cannot write {path}: {exc.strerror or exc}.",
                            "Choose a writable folder with free space.") from exc
     return path
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    if _special_file(path):  # (renamed over, a device would be replaced by a regular file)
+def _atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path`` (with
+    ``mode``, or what a new file gets). Never over a device or pipe (it would become a regular
+    file)."""
+    if _special_file(path):
         raise OSError(errno.EINVAL, "not a regular file", str(path))
     fd, tmp = temporary_beside(path)
     try:
+        if mode is not None:
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -168,6 +204,19 @@ def _remove_stale_temporaries(path: Path) -> None:
             pass
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that ``folder`` or its nearest existing parent is, if it is one (a store folder
+    given as a file, or MEMLENS_HOME naming a file); None when the folder can exist (or its
+    name cannot be checked: the error comes where it is used)."""
+    try:
+        here = folder
+        while not here.exists() and here.parent != here:
+            here = here.parent
+        return here if here.exists() and not here.is_dir() else None
+    except OSError:  # a name too long, a folder that cannot be searched
+        return None
+
+
 class RunStore:
     """Saved runs in one folder: ``save``, ``list``, ``load``, ``delete``; no model needed."""
 
@@ -175,6 +224,7 @@ class RunStore:
         self.root = Path(root) if root is not None else default_root()
 
     def _ensure(self) -> None:
+        self.check_root()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -252,10 +302,27 @@ class RunStore:
                 raise MemLensError(ErrorKind.NOT_FOUND, f"Run {run_id} is in the trash.",
                                    "Bring it back with Edit → Restore a deleted run… (or "
                                    f"`memlens restore {run_id}`).")
+            if not path.exists():
+                self.check_root()  # (a store that is a file: said so, not "no run")
+        elif path.suffix != ".json" and not path.exists() and Path(f"{path}.json").is_file():
+            path = Path(f"{path}.json")  # a run file's path without its .json
         return load_run_file(path)
+
+    def check_root(self) -> None:
+        """Raise ``MemLensError(store)`` when the store's folder cannot exist because it, or a
+        folder above it, is a file (such a store read as empty, and saving failed after the
+        work)."""
+        blocker = file_in_the_way(self.root)
+        if blocker is not None:
+            raise MemLensError(
+                ErrorKind.STORE, f"The run store {self.root} cannot be a folder: {blocker} is a "
+                "file.", "Give a folder for the run store (--store DIR or MEMLENS_HOME)"
+                + (f"; a run file opens with `memlens show {blocker}`." if blocker == self.root
+                   else "."))
 
     def list(self) -> list[RunSummary]:
         """Saved runs, newest first; damaged files are skipped (``damaged()`` names them)."""
+        self.check_root()
         return _summaries(self.root)
 
     def damaged(self) -> list[str]:
@@ -268,6 +335,7 @@ class RunStore:
 
     def trashed_runs(self) -> list[RunSummary]:
         """The runs in the trash, newest first, as :meth:`list` gives the saved ones."""
+        self.check_root()
         return _summaries(self.trash_root)
 
     def delete(self, run_id: str) -> None:
@@ -386,6 +454,7 @@ class RunStore:
     def _move(self, run_id: str, source: Path, target: Path, what: str, hint: str) -> Path:
         json_path = source / f"{run_id}.json"
         if not _is_plain_id(run_id) or not json_path.is_file():
+            self.check_root()
             raise MemLensError(ErrorKind.NOT_FOUND, f"No {what} with id {run_id!r}.", hint)
         maps = source / f"{run_id}.attn.safetensors"
         moving = [json_path] + ([maps] if maps.exists() else [])
@@ -420,6 +489,7 @@ class RunStore:
         by a version that cannot read it)."""
         path = self.path_for(run_id)
         if not _is_plain_id(run_id) or not path.is_file():
+            self.check_root()
             in_trash = _is_plain_id(run_id) and (self.trash_root / path.name).is_file()
             raise MemLensError(ErrorKind.NOT_FOUND,
                                f"Run {run_id} is in the trash." if in_trash

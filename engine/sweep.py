@@ -123,7 +123,7 @@ def parse_bytes(text: str, forms: str = SIZE_FORMS) -> int:
                            f"Cannot read the memory size {text!r}.",
                            f"Write {forms}.")
     value = float(m.group(2)) * _UNITS[unit]
-    if m.group(1) or value == 0:
+    if m.group(1) or float(m.group(2)) == 0:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"The memory size {text!r} is not positive.",
                            f"Write {forms}.")
     if value < 1:

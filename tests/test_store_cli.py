@@ -201,7 +201,7 @@ def test_an_unwritable_out_is_refused_first_and_a_failed_save_is_not_called_save
     code = cli.main(["--store", str(blocked / "runs"), *tiny_run])
     out, err = capsys.readouterr()
     # a store under a file is refused before the run (it was found only when saving)
-    assert code == cli.EXIT_USAGE and "\nsaved:" not in out and "[" not in err
+    assert code == cli.EXIT_USAGE and "\nsaved:" not in out and "[" not in err, err
     assert f"{blocked} is a file" in err and "--store DIR" in err
     from engine import store as store_module
 
@@ -719,6 +719,7 @@ def test_the_store_folder_is_never_written_over_and_odd_files_are_named(saved, t
                    outcome='a device or pipe is written in place (never replaced by a file: an '
                            'atomic write as root replaced /dev/full and said "written"); a full '
                            'device is an error; each wrong path is named with the fix')
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_outputs_to_devices_pipes_and_folders_and_stores_that_are_files(saved, tmp_path,
                                                                          capsys, monkeypatch):
     import stat
@@ -751,13 +752,27 @@ def test_outputs_to_devices_pipes_and_folders_and_stores_that_are_files(saved, t
     assert cli.main(root + ["show", str(text)]) == cli.EXIT_FAILED
     assert f"{text} is not a MemLens run: it is not JSON" in capsys.readouterr().err
     # a store that is a file read as an empty store
-    assert cli.main(["--store", str(text), "runs"]) == cli.EXIT_USAGE
+    assert cli.main(["--store", str(text), "runs"]) == cli.EXIT_FAILED
     err = capsys.readouterr().err
     assert f"{text} is a file" in err and f"memlens show {text}" in err
     monkeypatch.setenv("MEMLENS_HOME", str(text))
-    assert cli.main(["runs"]) == cli.EXIT_USAGE
+    assert cli.main(["runs"]) == cli.EXIT_FAILED
     assert "is a file" in capsys.readouterr().err
+    assert cli.main(["optimizations"]) == cli.EXIT_OK  # (a command that uses no store)
     monkeypatch.delenv("MEMLENS_HOME")
+    capsys.readouterr()
+    # a run file's path without its .json opens (as it did)
+    assert cli.main(root + ["show", str(source.path_for(result.run_id))[:-5]]) == cli.EXIT_OK
+    # a link is followed (the link stays, the file it names is replaced) and the mode kept
+    from engine.store import write_output
+
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("old")
+    real.chmod(0o664)
+    link.symlink_to(real)
+    write_output(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o664
     # a device no run takes
     assert cli.main(["optimizations", "--device", "bogus"]) == cli.EXIT_FAILED
     assert "Unknown device 'bogus'" in capsys.readouterr().err
@@ -772,6 +787,26 @@ def test_sizes_out_of_range_are_named_for_what_they_are(text, words):
     with pytest.raises(MemLensError) as info:
         parse_bytes(text)
     assert words in info.value.message and "24GiB" in info.value.hint
+
+
+def test_a_trace_to_standard_output_redirected_to_a_file(saved, tmp_path):
+    """/dev/stdout links to descriptor 1: redirected to a file it resolves to a regular file,
+    and the atomic write renamed a temporary over /dev/stdout itself (as root)."""
+    import subprocess
+    import sys
+
+    source, result = saved
+    if not os.path.islink("/dev/stdout"):
+        pytest.skip("no /dev/stdout link here")
+    target = tmp_path / "trace.json"
+    with open(target, "wb") as out:
+        proc = subprocess.run([sys.executable, "-m", "engine.cli", "--store", str(source.root),
+                               "export", result.run_id, "--trace", "/dev/stdout"],
+                              stdout=out, stderr=subprocess.PIPE, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.islink("/dev/stdout"), "/dev/stdout was replaced"
+    assert json.loads(target.read_text())["traceEvents"]  # the notes went to stderr
+    assert b"written: /dev/stdout" in proc.stderr
 
 
 def test_a_closed_pipe_stops_the_cli_quietly():
