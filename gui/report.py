@@ -711,6 +711,10 @@ def write_pdf(html_text: str, shots: Sequence[Shot], path: Path,
         font = QFont()
         font.setFamilies(list(FONT_FAMILIES[:-1]))
         font.setPointSizeF(9)
+        # No ligatures: a run id's "ff" became one glyph (U+FB00) that a reader copying the id
+        # (or pdftotext) gets instead of the two letters.
+        for tag in ("liga", "clig", "dlig"):
+            font.setFeature(QFont.Tag(tag), 0)
         doc.setDefaultFont(font)
         for name, image in images.items():
             doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl(name), image)
