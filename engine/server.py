@@ -73,7 +73,8 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
 
     ``run``: :func:`engine.runner.execute`; ``estimate``: :func:`engine.estimate.estimate`;
     ``guide``: :func:`engine.guide.run_guide` (``GuideEntryDone`` after each technique, ends
-    with ``GuideFinished``); ``sweep`` and ``fit``: :func:`engine.sweep.sweep` /
+    with ``GuideFinished``; ``extra`` may name its ``workloads`` and ``techniques``, as
+    ``memlens guide --workload/--techniques`` do); ``sweep`` and ``fit``: :func:`engine.sweep.sweep` /
     :func:`engine.sweep.what_fits` with ``extra`` giving their arguments; ``plan``:
     :func:`engine.distributed.plan_inference` (forward, generate: ``devices``, ``per_device``,
     ``cpu_offload``, ``strategy``) or ``plan_training`` (train: ``ranks``, ``per_device``). The engine process and the window's in-process
@@ -85,6 +86,8 @@ def run_job(mode: str, config: RunConfig, listener: Any, cancel: threading.Event
         guide = run_guide(model=config.model, device=config.device, dtype=config.dtype,
                           batch=config.batch, seq=config.seq, new_tokens=config.new_tokens,
                           repeats=config.repeats, listener=listener, cancel=cancel, store=store,
+                          workloads=extra.get("workloads") or ("forward", "generate", "train"),
+                          techniques=extra.get("techniques"),
                           on_entry=lambda g: listener(GuideEntryDone(
                               Guide.from_dict(g.to_dict()))),
                           trust_remote_code=config.trust_remote_code)
