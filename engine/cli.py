@@ -39,6 +39,20 @@ def _dtype(text: str) -> str:
     return value
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the text is made when asked for (it reads package metadata)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None):
+        from . import version_text
+
+        print(version_text())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="memlens",
@@ -46,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                     "Without a command, opens the desktop app.")
     ap.add_argument("--store", type=Path, default=None,
                     help="run store folder (default: $MEMLENS_HOME/runs or the user data dir)")
+    ap.add_argument("--version", action=_VersionAction,
+                    help="print MemLens' version and its libraries', then exit")
     sub = ap.add_subparsers(dest="command")
 
     p = sub.add_parser("profile", help="run a workload and print a per-layer memory table")

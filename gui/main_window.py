@@ -271,6 +271,31 @@ class MainWindow(QMainWindow):
             themes.addAction(action)
             self.theme_actions[name] = action
 
+        help_menu = bar.addMenu("&Help")
+        self.about_action = self._action(help_menu, "&About MemLens", self.show_about)
+
+    def about_text(self) -> str:
+        """What Help → About says: the version and its libraries' (``memlens --version``), and
+        where the saved runs are."""
+        from engine import version_text
+
+        store = self._get_store()
+        where = f"Saved runs: {store.root}" if store is not None else "Saved runs: unavailable"
+        return (f"{version_text()}\n\nMeasures where a transformer model's working memory goes "
+                f"and what each optimization does to it.\n\n{where}")
+
+    def show_about(self) -> Any:
+        """Help → About MemLens: a window-modal box (``open``, not ``exec``: the engine's
+        events keep arriving while it shows)."""
+        from PySide6.QtWidgets import QMessageBox
+
+        box = QMessageBox(QMessageBox.Icon.Information, "About MemLens", self.about_text(),
+                          QMessageBox.StandardButton.Ok, self)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        return box
+
     def _action(self, menu: Any, text: str, slot: Any, shortcut: Any = None) -> QAction:
         action = QAction(text, self)
         if shortcut is not None:

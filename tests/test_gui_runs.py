@@ -339,6 +339,22 @@ def test_keyboard_shortcuts_run_and_cancel(qtbot):
     assert window.run_action.isEnabled() and not window.cancel_action.isEnabled()
 
 
+def test_help_about_names_the_version_and_the_store(qtbot, tmp_path):
+    from engine import __version__
+
+    store = RunStore(tmp_path / "runs")
+    window = make_window(qtbot, FakeEngine(), store=store)
+    from PySide6.QtWidgets import QMessageBox
+
+    window.about_action.trigger()  # (it returns: open(), not exec(), the events keep coming)
+    box = window.findChild(QMessageBox)
+    assert box is not None and box.isVisible()
+    assert box.windowModality() == Qt.WindowModality.WindowModal
+    text = box.text()
+    assert f"memlens {__version__}" in text and "torch " in text and str(store.root) in text
+    box.accept()
+
+
 def test_an_estimate_is_labelled_in_the_table_totals_and_title(qtbot, tmp_path):
     store = RunStore(tmp_path / "runs")
     result = make_result("est-1")

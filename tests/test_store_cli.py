@@ -822,3 +822,13 @@ def test_a_closed_pipe_stops_the_cli_quietly():
         err = proc.stderr.read().decode()
     proc.wait(60)
     assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_version_names_memlens_and_its_libraries(capsys):
+    from engine import __version__
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"memlens {__version__} · torch ") and "Python " in out
