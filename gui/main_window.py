@@ -281,8 +281,10 @@ class MainWindow(QMainWindow):
 
         store = self._get_store()
         where = f"Saved runs: {store.root}" if store is not None else "Saved runs: unavailable"
-        return (f"{version_text()}\n\nMeasures where a transformer model's working memory goes "
-                f"and what each optimization does to it.\n\n{where}")
+        first, _, libraries = version_text().partition(" · ")  # "memlens 0.1.0", the rest
+        return (f"MemLens {first.split()[-1]}\n\nMeasures where a transformer model's working "
+                f"memory goes and what each optimization does to it.\n\n"
+                f"{libraries.replace(' · ', chr(10))}\n\n{where}")
 
     def show_about(self) -> Any:
         """Help → About MemLens: a window-modal box (``open``, not ``exec``: the engine's

@@ -351,7 +351,7 @@ def test_help_about_names_the_version_and_the_store(qtbot, tmp_path):
     assert box is not None and box.isVisible()
     assert box.windowModality() == Qt.WindowModality.WindowModal
     text = box.text()
-    assert f"memlens {__version__}" in text and "torch " in text and str(store.root) in text
+    assert f"MemLens {__version__}" in text and "\ntorch " in text and str(store.root) in text
     box.accept()
 
 
