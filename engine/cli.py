@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="memlens",
         description="Measure where a transformer model's working memory goes. "
-                    "Without a command, opens the desktop app.")
+                    "Without a command, opens the desktop app.",
+        epilog="Exit status: 0 done; 1 the command failed or refused its input (the message "
+               "says why); 2 the command line is wrong; 130 cancelled (Ctrl+C).")
     ap.add_argument("--store", type=Path, default=None,
                     help="run store folder (default: $MEMLENS_HOME/runs or the user data dir)")
     ap.add_argument("--version", action=_VersionAction,
@@ -317,7 +319,7 @@ def _main(argv: list[str] | None) -> int:
             store.check_root()
     except MemLensError as exc:
         _error(exc.message, exc.hint)
-        return EXIT_USAGE
+        return EXIT_FAILED
     try:
         if args.command in ("profile", "estimate", "sweep", "fit", "plan") and \
                 getattr(args, "out", None) is not None:

@@ -1703,15 +1703,19 @@ def run_cli(args: Any) -> int:
     import json
     import sys
 
-    from .cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, _ProgressPrinter, error
+    from .cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, _ProgressPrinter, error
     from .optimizations import parse_spec
 
-    try:
+    try:  # options that contradict the workload: the command line is wrong (exit 2)
         if getattr(args, "opt_set", None):
             raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                                "A plan takes one optimization set, not --opt-set.",
                                "Give the optimizations with --opt ID (repeatable).")
         _refuse_other_workloads_options(args)
+    except MemLensError as exc:
+        error(exc.message, exc.hint)
+        return EXIT_USAGE
+    try:
         seq = args.seq if args.seq is not None else _default_seq(args)
         config = RunConfig(model=args.model, workload=args.workload, batch=args.batch,
                            seq=seq, new_tokens=args.new_tokens, dtype=args.dtype,

@@ -467,7 +467,7 @@ def test_cli_plan_prints_tables_json_and_errors(tmp_path, capsys) -> None:
                          "--replicas, --master-dtype apply to training plans"),
                         (["--workload", "train", "--ranks", "2", "--strategy", "balanced"],
                          "--strategy applies to inference plans")]:
-        assert run_cli(_parse(["plan", "--model", TINY, *argv])) == 1
+        assert run_cli(_parse(["plan", "--model", TINY, *argv])) == 2  # the command line
         err = capsys.readouterr().err
         assert words in err and "hint: Leave" in err, err
     for bad, words in [(["--devices", "0", "--per-device", "80GiB"], "--devices"),
