@@ -61,7 +61,7 @@ def check_label(label: str) -> None:
 def check_device(dev: Any) -> None:
     """A device MemLens runs on (cpu, cuda, cuda:N), else an error naming the fix."""
     if not (isinstance(dev, str) and (dev == "cpu" or dev == "cuda" or (
-            dev.startswith("cuda:") and dev[5:].isdigit()))):
+            dev.startswith("cuda:") and dev[5:].isascii() and dev[5:].isdigit()))):
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Unknown device {dev!r}.",
                            "Use cpu, cuda or cuda:N.")
 
@@ -109,6 +109,10 @@ class RunConfig:
         def bad(what: str, hint: str) -> MemLensError:
             return MemLensError(ErrorKind.INVALID_WORKLOAD, what, hint)
 
+        if not isinstance(self.model, str) or not self.model.strip():
+            # (an empty model read as the current folder: "The folder . has no config.json")
+            raise bad("No model given.", "Choose demo, a preset (preset:NAME), a model folder, "
+                      "a config.json or a Hub id (--model).")
         if self.memory_snapshot and not str(self.device).startswith("cuda"):
             raise bad(f"A CUDA memory snapshot needs a CUDA device (the run's device is "
                       f"{self.device}).", "Use --device cuda, or drop --memory-snapshot; on CPU "

@@ -311,7 +311,7 @@ def parse_count(value: Any, what: str, most: int | None = None, hint: str = "") 
     """``--devices 4`` / ``--ranks 8``: a whole number of at least 1 (and at most ``most``),
     else an error naming it."""
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                            f"The number of {what} must be a whole number of at least 1 "
                            f"(got {value!r}).",

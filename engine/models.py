@@ -96,7 +96,8 @@ def resolve_device(device: str) -> torch.device:
     """Turn ``cpu``, ``cuda`` or ``cuda:N`` into a device, or raise ``NO_DEVICE`` with the fix."""
     if device == "cpu":
         return torch.device("cpu")
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isascii()
+                               and device[5:].isdigit()):
         if not torch.cuda.is_available():
             built = (
                 "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}"

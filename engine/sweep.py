@@ -183,9 +183,11 @@ def parse_int_list(text: str, what: str, option: str | None = None,
         part = part.strip()
         if not part:
             continue
-        if not part.isdigit() or int(part) < 1:
+        # (isdigit alone takes "²", which int() refuses: a traceback from the window)
+        digits = part.isascii() and part.isdigit()
+        if not digits or int(part) < 1:
             said = (f"The {what} list {text!r} has {part}: every value must be at least 1."
-                    if part.isdigit() else f"Cannot read {part!r} in the {what} list {text!r}.")
+                    if digits else f"Cannot read {part!r} in the {what} list {text!r}.")
             raise MemLensError(ErrorKind.INVALID_WORKLOAD, said,
                                f"Give whole numbers of at least 1, separated by commas "
                                f"(e.g. {example}{sample}).")

@@ -832,3 +832,11 @@ def test_version_names_memlens_and_its_libraries(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"memlens {__version__} · torch ") and "Python " in out
+
+
+@pytest.mark.parametrize("command", [["profile"], ["estimate"], ["fit", "--budget", "1GiB"],
+                                     ["plan", "--devices", "2", "--per-device", "1GiB"]])
+def test_an_empty_model_is_named_as_missing(command, capsys):
+    """An empty Model field read as the current folder: "The folder . has no config.json"."""
+    assert cli.main([command[0], "--model", " ", *command[1:]]) == cli.EXIT_FAILED
+    assert "No model given" in capsys.readouterr().err

@@ -446,3 +446,16 @@ def test_options_the_command_would_ignore_are_refused(capsys, argv, words) -> No
     for w in words:
         assert w in err, err
     assert "estimate at seq" not in err and "point 1/" not in err  # refused before any work
+
+
+def test_digits_that_are_not_ascii_are_refused_by_name() -> None:
+    """'²' is a digit to str.isdigit but not to int(): the window showed a traceback."""
+    from engine.config import check_device
+    from engine.distributed import parse_count
+    from engine.sweep import parse_int_list
+
+    for call in (lambda: parse_int_list("12,²", "batch"), lambda: parse_count("²", "devices"),
+                 lambda: check_device("cuda:²")):
+        with pytest.raises(MemLensError) as info:
+            call()
+        assert "²" in info.value.message and info.value.hint
