@@ -76,7 +76,7 @@ class MainWindow(QMainWindow):
         self.current_result: RunResult | None = None
         self._live_attention: AttentionMaps | None = None  # the maps of the run in progress
         self._guide_folder: Path | None = None  # a guide job's files, chosen at its first entry
-        self._job = ""  # the page the running job reports to: "run", "sweep", "fit" or "plan"
+        self._job = ""  # the page the running job reports to: run, guide, sweep, fit or plan
         self._shown: tuple | None = None  # the run on the Current run page (render_result's args)
         self._shown_before: tuple | None = None  # what it showed before the running run cleared it
         self._last_deleted: list[str] = []  # the runs the last Delete moved to the trash
@@ -315,6 +315,8 @@ class MainWindow(QMainWindow):
             return False
         if config.get("mode") == "estimate":
             config = self._as_estimate(config)
+        if config.get("mode") == "guide":
+            return self._start_guide(config)
         self.controller.set_store(self._get_store())
         self._config = dict(config)
         self.workspace.setCurrentIndex(0)
@@ -411,19 +413,19 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _on_samples(self, samples: list) -> None:
-        if not self._closing:
+        if not self._closing and self._job != "guide":  # (the guide's runs: not this page's)
             self.timeline.add_samples(samples)
 
     @Slot(object)
     def _on_layers(self, layers: Sequence) -> None:
-        if self._closing:
+        if self._closing or self._job == "guide":
             return
         self.table.render(layers)
         self.chart.render(layers)
 
     @Slot(object)
     def _on_attention(self, maps: Any) -> None:
-        if self._closing:
+        if self._closing or self._job == "guide":
             return
         count = len(getattr(maps, "maps", {}) or {})
         tokens = len(getattr(maps, "tokens", ()) or ())
@@ -436,9 +438,28 @@ class MainWindow(QMainWindow):
         process, one run each (saved); the Guide page shows the result."""
         config = self._by_length({**self.controls.config(), "mode": "guide",
                                   "optimizations": []}, "The guide")
+        if self.controller.is_running:
+            self.log.warning("A run is already in progress: wait for it or cancel it first.")
+            return False
         self.log.info(f"Guide: every technique on {config['model']} ({config['device']}); "
                       "this takes a few minutes on a small model.")
-        return self.start_run(config)
+        return self._start_guide(config)
+
+    def _start_guide(self, config: dict[str, Any]) -> bool:
+        """Start a guide job: it reports to the Guide page, and the Current run page keeps the
+        run it shows (the guide's own runs are many: they go to the store, not to that page,
+        which was cleared and left saying "Measuring…" for good)."""
+        self.controller.set_store(self._get_store())
+        self._last_stage = ""
+        self._job = "guide"
+        self._guide_folder = None
+        self.guide_panel.starting(f"Running the guide on {config.get('model')} "
+                                  f"({config.get('device')}): the first technique appears here "
+                                  "when it is measured…")
+        self.workspace.setCurrentWidget(self.guide_panel)
+        self.status.show_started(config.get("model", "?"), "guide")
+        self._note_remote_code(config)
+        return self.controller.start(config)
 
     def run_sweep(self) -> bool:
         """Run → Run a sweep: the Sweep & fit page's lengths and batches on the controls' model
@@ -550,8 +571,8 @@ class MainWindow(QMainWindow):
         elif type(event).__name__ == "FitDone":
             self.sweep_panel.add_answer(event.answer)
             self.log.info(f"{event.answer.opt_set}: {event.answer.message}")
-        elif type(event).__name__ == "GuideEntryDone":
-            self.show_guide(event.guide)
+        elif type(event).__name__ == "GuideEntryDone" and event.guide.partial:
+            self.show_guide(event.guide)  # (the last one is the finished guide: shown once)
 
     def save_sweep_dialog(self) -> None:
         record = self.sweep_panel.record
@@ -693,9 +714,15 @@ class MainWindow(QMainWindow):
             self.plan_panel.clear(f"{what}: {message}"
                                   + ("" if cancelled or not hint else f" {hint}"))
             return
-        if self._guide_folder is not None:  # a guide job: what finished stays on its page
-            self.guide_panel.stopped(what)
-            self.refresh_saved_runs()
+        if job == "guide":  # what finished stays on its page; the Current run page is untouched
+            if self._guide_folder is not None:
+                self.guide_panel.stopped(what)
+                self.refresh_saved_runs()
+            else:
+                self.guide_panel.starting(
+                    f"{what} before the first technique was measured: {message}"
+                    + ("" if cancelled or not hint else f" {hint}"))
+            return
         previous, self._shown_before = self._shown_before, None
         if (previous is not None and self._guide_folder is None
                 and kind != "out_of_memory" and not self.chart.labels):  # no layer arrived

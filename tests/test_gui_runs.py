@@ -528,6 +528,7 @@ def test_run_the_guide_from_the_window(qtbot, tmp_path):
     window.controls.set_model("preset:tiny-llama")
     window.controls.seq_spin.setValue(16)
     window.controls.new_tokens_spin.setValue(4)
+    window.render_result(make_result("shown-before"))  # the Current run page keeps it
     failures, so_far = [], []
     window.controller.failed.connect(lambda *args: failures.append(args))
     window.controller.item.connect(lambda e: so_far.append(
@@ -553,6 +554,11 @@ def test_run_the_guide_from_the_window(qtbot, tmp_path):
     assert [n for n, _, _ in so_far] == list(range(1, len(guide.entries) + 1))
     assert so_far[0][1] == len(guide.entries) and "done so far" in so_far[-2][2]
     assert "Partial guide" not in text
+    # The guide reported to its page: the run shown before is still on the Current run page
+    # (it was cleared and left saying "Measuring…"), and the guide was written once.
+    assert window.current_result.run_id == "shown-before"
+    assert window.chart.labels and "Running" not in window.totals.text()
+    assert window.log.text().count("Guide written to") == 1
     buttons = window.guide_panel._compare_buttons
     assert buttons
     # the guide's report, from the Guide page's button (File → Export report does the same)

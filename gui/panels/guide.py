@@ -77,6 +77,10 @@ class GuidePanel(QWidget):
             self.buttons.insertWidget(self.buttons.count() - 1, button)
             self._compare_buttons.append(button)
 
+    def starting(self, text: str) -> None:
+        """A guide job started (or ended before its first technique): say so above the page."""
+        self.message.setText(text)
+
     def stopped(self, why: str) -> None:
         """The guide on show was cut short (cancelled or failed): say so above it."""
         if self.guide is not None and self.guide.partial:
