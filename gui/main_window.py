@@ -485,6 +485,8 @@ class MainWindow(QMainWindow):
         except MemLensError as exc:
             self.status.show_error(exc.message, exc.hint)
             self.log.error(exc.message, exc.hint, "invalid_workload")
+            # the page says it too (it kept showing the previous result, as if it were this one)
+            self.sweep_panel.message.setText(f"Not run: {exc.message} {exc.hint}".strip())
             self.workspace.setCurrentWidget(self.sweep_panel)
             return False
         config.update({"mode": mode, "job": job, "attention_maps": False,
@@ -529,6 +531,8 @@ class MainWindow(QMainWindow):
         except MemLensError as exc:
             self.status.show_error(exc.message, exc.hint)
             self.log.error(exc.message, exc.hint, "invalid_workload")
+            # (the previous plan stayed on show, "fits", beside this refusal)
+            self.plan_panel.clear(f"Not planned: {exc.message} {exc.hint}".strip())
             self.workspace.setCurrentWidget(self.plan_panel)
             return False
         config.update({"mode": "plan", "job": job, "attention_maps": False})

@@ -108,6 +108,7 @@ def test_a_bad_plan_size_is_refused_before_anything_runs(qtbot, tmp_path):
     assert "Cannot read the memory size" in window.status.text()
     assert "80GB" in window.status.text()
     assert "'gpu'" not in window.status.text()  # a budget's words are not sizes
+    assert window.plan_panel.message.text().startswith("Not planned: Memory each: Cannot read")
     window.plan_panel.per_device_edit.setText("80GiB")
     for word in ("none", "0", ""):  # the placeholder's word is accepted, as on the CLI
         window.plan_panel.offload_edit.setText(word)
