@@ -872,11 +872,20 @@ class MainWindow(QMainWindow):
         if store is None:
             return False
         if text is None:
+            from engine.config import MAX_LABEL
+
             current = next((s.label for s in store.list() if s.run_id == run_id), "")
-            text, ok = QInputDialog.getText(self, "Label a run", f"Label of run {run_id}:",
-                                            text=current)
-            if not ok:
-                return False
+            while True:  # a label too long is asked again with the text kept (it was lost)
+                text, ok = QInputDialog.getText(
+                    self, "Label a run",
+                    f"Label of run {run_id} (at most {MAX_LABEL} characters):", text=current)
+                if not ok:
+                    return False
+                if len(one_line(text)) <= MAX_LABEL:
+                    break
+                self.status.show_error(f"The label has {len(one_line(text))} characters; a "
+                                       f"label holds at most {MAX_LABEL}.", "Shorten it.")
+                current = text
         try:
             store.set_label(run_id, text)
         except Exception as exc:  # MemLensError(store / not_found)

@@ -699,8 +699,13 @@ def test_filter_label_delete_and_undo_in_the_saved_runs(qtbot, real_store, monke
     assert len(panel.run_ids()) == 2 and not panel.message.isVisible()
 
     panel.select(["ref"])
-    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("the reference 参考", True))
+    # a label too long is asked again with its text kept (it was refused and lost)
+    asked = []
+    answers_text = iter([("x" * 201, True), ("the reference 参考", True)])
+    monkeypatch.setattr(QInputDialog, "getText",
+                        lambda *a, **k: asked.append(k.get("text")) or next(answers_text))
     qtbot.mouseClick(panel.label_button, Qt.MouseButton.LeftButton)
+    assert asked[1] == "x" * 201  # asked again, the text kept
     assert {s.run_id: s.label for s in real_store.list()}["ref"] == "the reference 参考"
     panel.filter_edit.setText("参考")
     assert panel.run_ids() == ["ref"]
