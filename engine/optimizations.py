@@ -382,7 +382,8 @@ class TorchaoInt4(_TorchaoWeights):
     def check_config(self, workload, device, params):
         return (super().check_config(workload, device, params)
                 or _needs_capability(device, (8, 0), "tinygemm's int4 kernels",
-                                     "4-bit weights on a CPU: quanto-weights:weights=qint4"))
+                                     "on a CPU, quanto-weights:weights=qint4 stores 4-bit "
+                                     "weights"))
 
     @staticmethod
     def _fits(layer: nn.Linear, group: int) -> bool:

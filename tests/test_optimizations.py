@@ -78,8 +78,8 @@ def test_parse_spec():
     ([{"id": "cast"}, {"id": "cast"}], "forward", "cpu", ErrorKind.INVALID_WORKLOAD, "twice"),
     # CUDA-only techniques name the hardware they need and what to use instead
     ([{"id": "torchao-int4"}], "forward", "cpu", ErrorKind.NOT_APPLICABLE,
-     "compute capability 8.0 or newer (tinygemm's int4 kernels); this run is on cpu: 4-bit "
-     "weights on a CPU: quanto-weights:weights=qint4"),
+     "compute capability 8.0 or newer (tinygemm's int4 kernels); this run is on cpu: on a "
+     "CPU, quanto-weights:weights=qint4 stores 4-bit weights"),
     ([{"id": "sparsity-24"}], "generate", "cpu", ErrorKind.NOT_APPLICABLE, "sparse tensor cores"),
     ([{"id": "torchao-fp8", "params": {"activations": "dynamic"}}], "forward", "cpu",
      ErrorKind.NOT_APPLICABLE, "8.9 or newer (fp8 matmuls)"),
