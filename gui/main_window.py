@@ -112,6 +112,7 @@ class MainWindow(QMainWindow):
 
         self.controls.run_requested.connect(self.start_run)
         self.controls.cancel_requested.connect(self.cancel_run)
+        self.controls.note.connect(lambda line: self.log.info(line))
         self.saved_runs.run_activated.connect(self.load_saved_run)
         self.saved_runs.refresh_requested.connect(self.refresh_saved_runs)
         self.saved_runs.compare_requested.connect(self.compare_saved_runs)

@@ -355,6 +355,23 @@ def test_help_about_names_the_version_and_the_store(qtbot, tmp_path):
     box.accept()
 
 
+def test_an_optimization_that_stops_applying_is_unticked_with_a_word_and_comes_back(qtbot):
+    """Checkpointing ticked for train vanished without a word on switching to forward, and
+    stayed unticked on switching back."""
+    window = make_window(qtbot, FakeEngine())
+    controls = window.controls
+    controls.workload_combo.setCurrentText("train")
+    row = controls.optimizations.rows["checkpointing"]
+    row.check.setChecked(True)
+    controls.workload_combo.setCurrentText("forward")
+    assert not row.check.isChecked() and not row.check.isEnabled()
+    assert "Activation checkpointing unticked: it applies to the train" in window.log.text()
+    controls.workload_combo.setCurrentText("train")
+    assert row.check.isChecked()
+    assert "Activation checkpointing ticked again" in window.log.text()
+    assert {"id": "checkpointing"}.items() <= controls.optimizations.selected()[0].items()
+
+
 def test_an_estimate_is_labelled_in_the_table_totals_and_title(qtbot, tmp_path):
     store = RunStore(tmp_path / "runs")
     result = make_result("est-1")

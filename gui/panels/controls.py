@@ -65,6 +65,7 @@ class ControlPanel(QWidget):
 
     run_requested = Signal(object)
     cancel_requested = Signal()
+    note = Signal(str)  # a line for the log: an optimization unticked or ticked again
 
     def __init__(self, model: str = "demo", devices: Sequence[str] | None = None,
                  parent: QWidget | None = None) -> None:
@@ -294,8 +295,9 @@ class ControlPanel(QWidget):
 
     def _update_optimizations(self, *_: Any) -> None:
         if hasattr(self, "optimizations"):
-            self.optimizations.update_applicability(self.workload_combo.currentText(),
-                                                    self.device_combo.currentText())
+            for line in self.optimizations.update_applicability(
+                    self.workload_combo.currentText(), self.device_combo.currentText()):
+                self.note.emit(line)
 
     @Slot()
     def _open_folder(self) -> None:

@@ -94,16 +94,28 @@ class _Row(QWidget):
         for widget in self.params.values():
             widget.setEnabled(on)
 
-    def set_applicable(self, reason: str | None) -> None:
+    def set_applicable(self, reason: str | None) -> str:
+        """Enable or disable the row for the workload and device. A ticked row that stops
+        applying is unticked and remembered, and ticked again when it applies again (it was
+        unticked for good, without a word). Returns "unticked", "ticked again" or ""."""
         self.check.setEnabled(reason is None)
         if reason is None:
             self.check.setToolTip(self.opt.summary)
-        else:
+            if getattr(self, "_wanted", False):
+                self._wanted = False
+                self.check.setChecked(True)
+                return "ticked again"
+            return ""
+        self.check.setToolTip(f"Not available: {reason}.\n{self.opt.summary}")
+        if self.check.isChecked():
             self.check.setChecked(False)
-            self.check.setToolTip(f"Not available: {reason}.\n{self.opt.summary}")
+            self._wanted = True
+            return "unticked"
+        return ""
 
     def reset(self) -> None:
         """Untick, with every parameter back at its default."""
+        self._wanted = False
         self.check.setChecked(False)
         for param in self.opt.params:
             _set_value(self.params[param.name], param.default)
@@ -137,10 +149,20 @@ class OptimizationsPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(box)
 
-    def update_applicability(self, workload: str, device: str) -> None:
-        """Disable what cannot apply, with the engine's reason as tooltip."""
+    def update_applicability(self, workload: str, device: str) -> list[str]:
+        """Disable what cannot apply, with the engine's reason as tooltip; returns a line for
+        each ticked optimization unticked (with the reason) or ticked again."""
+        said = []
         for row in self.rows.values():
-            row.set_applicable(row.opt.check_config(workload, device, row.opt.defaults()))
+            reason = row.opt.check_config(workload, device, row.opt.defaults())
+            change = row.set_applicable(reason)
+            if change == "unticked":
+                said.append(f"{row.opt.name} unticked: it {reason} (ticked again when it "
+                            "applies).")
+            elif change:
+                said.append(f"{row.opt.name} ticked again: it applies to {workload} on "
+                            f"{device}.")
+        return said
 
     def selected(self) -> list[dict[str, Any]]:
         return [spec for row in self.rows.values() if (spec := row.spec()) is not None]
