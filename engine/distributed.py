@@ -693,6 +693,23 @@ def _compress(names: list[str]) -> str:
     return ", ".join(out)
 
 
+def _max_memory_code(max_memory: dict[str, int]) -> str:
+    """``max_memory`` as Python code to paste into ``from_pretrained``: ``{0: '75000MiB', 1:
+    ..., 'cpu': ...}``; GPUs 0..N-1 with one budget as a comprehension (1,024 devices wrote
+    a 17,600-character line)."""
+    def size(v: int) -> str:
+        return f"'{v // 2**20}MiB'" if v >= 2**30 else str(v)
+
+    gpus = [k for k in max_memory if k.isdigit()]
+    same = len({max_memory[k] for k in gpus}) == 1
+    if len(gpus) > 4 and same and gpus == [str(i) for i in range(len(gpus))]:
+        rest = [f"{k!r}: {size(v)}" for k, v in max_memory.items() if not k.isdigit()]
+        return ("{" + f"**{{i: {size(max_memory[gpus[0]])} for i in range({len(gpus)})}}"
+                + "".join(f", {r}" for r in rest) + "}")
+    return "{" + ", ".join(f"{int(k) if k.isdigit() else k!r}: {size(v)}"
+                           for k, v in max_memory.items()) + "}"
+
+
 def _plan_inference(config: RunConfig, n: int, budget: int, cpu: int, strategy: str,
                     placement: str, reserve: str, full_generation: bool, listener: Listener,
                     cancel: threading.Event, store: Any) -> DevicePlan:
@@ -873,10 +890,7 @@ def _inference_notes(plan: DevicePlan, est_config: RunConfig, full_generation: b
             f"Reserve 'runtime': each GPU's weights budget is its size minus the KV cache, "
             f"activations and offloaded weights in transit it runs (the best of "
             f"{plan.iterations} placement(s)). To reproduce the placement: from_pretrained(..., "
-            f"device_map={plan.strategy!r}, max_memory="
-            + "{" + ", ".join(f"{int(k) if k.isdigit() else k!r}: "
-                               + (f"'{v // 2**20}MiB'" if v >= 2**30 else str(v))
-                               for k, v in plan.max_memory.items()) + "}).")
+            f"device_map={plan.strategy!r}, max_memory={_max_memory_code(plan.max_memory)}).")
     else:
         plan.notes.append("Reserve 'none': the weights may fill each device's whole budget (as "
                           "from_pretrained with max_memory equal to the device sizes); the KV "

@@ -508,3 +508,14 @@ def test_tied_embeddings_are_counted_once():
     inference = plan_inference(RunConfig(model="demo", workload="forward", seq=16), 2, "1GiB")
     buffers = sum(b.numel() * b.element_size() for b in real.buffers())
     assert inference.model_weights_bytes == real_bytes + buffers
+
+
+def test_the_max_memory_to_paste_stays_short_and_means_the_same() -> None:
+    """1,024 devices wrote a 17,600-character line; the code pasted must give the same dict."""
+    from engine.distributed import _max_memory_code
+
+    budgets = {**{str(i): 80 * 2**30 for i in range(1024)}, "cpu": 5 * 2**30}
+    code = _max_memory_code(budgets)
+    assert len(code) < 80
+    assert eval(code) == {**{i: "81920MiB" for i in range(1024)}, "cpu": "5120MiB"}  # noqa: S307
+    assert _max_memory_code({"0": 2**31, "1": 2**30}) == "{0: '2048MiB', 1: '1024MiB'}"
