@@ -553,8 +553,9 @@ def plan_inference(config: RunConfig, devices: int | str, per_device: int | str,
     the result None. ``store``: the estimate behind the plan is saved there.
     """
     n = parse_count(devices, "devices", MAX_DEVICES,
-                    f"Give --devices {MAX_DEVICES} or fewer: a model's layers spread over more "
-                    "devices leave most of them empty.")
+                    f"Plan {MAX_DEVICES} devices or fewer (--devices; the GPUs / ranks field "
+                    "in the window): a model's layers spread over more devices leave most of "
+                    "them empty.")
     budget = parse_size(per_device, "--per-device")
     cpu = parse_size(cpu_offload, "--cpu-offload", allow_zero=True) if cpu_offload else 0
     _check_choice(strategy, STRATEGIES, "strategy", "how from_pretrained's device_map names them")
