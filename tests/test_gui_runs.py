@@ -370,6 +370,16 @@ def test_an_optimization_that_stops_applying_is_unticked_with_a_word_and_comes_b
     assert row.check.isChecked()
     assert "Activation checkpointing ticked again" in window.log.text()
     assert {"id": "checkpointing"}.items() <= controls.optimizations.selected()[0].items()
+    # a conflict is said as soon as it is ticked (it was said only after Run)
+    panel = controls.optimizations
+    assert panel.problem.isHidden()
+    controls.workload_combo.setCurrentText("forward")
+    panel.rows["cast"].check.setChecked(True)
+    panel.rows["int8-dynamic"].check.setChecked(True)
+    assert not panel.problem.isHidden()
+    assert "conflicts with" in panel.problem.text() and "separately" in panel.problem.text()
+    panel.rows["cast"].check.setChecked(False)
+    assert panel.problem.isHidden()
 
 
 def test_an_estimate_is_labelled_in_the_table_totals_and_title(qtbot, tmp_path):

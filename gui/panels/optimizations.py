@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
+    QLabel,
     QScrollArea,
     QSpinBox,
     QVBoxLayout,
@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
 )
 
 from engine.optimizations import REGISTRY, Optimization, Param
+
+from .status import ERROR_COLOR
 
 
 def _param_widget(param: Param) -> QWidget:
@@ -138,12 +140,28 @@ class OptimizationsPanel(QWidget):
         self.rows = {opt.id: _Row(opt) for opt in REGISTRY.values()}
         for row in self.rows.values():
             rows_layout.addWidget(row)
+            row.check.toggled.connect(lambda _=False: self._check_selection())
+            for widget in row.params.values():  # (a parameter can make a choice invalid)
+                for name in ("currentIndexChanged", "valueChanged", "toggled"):
+                    signal = getattr(widget, name, None)
+                    if signal is not None:
+                        signal.connect(lambda *_: self._check_selection())
+                        break
+        # What the engine would refuse in the ticked set (a conflict, a value), said as soon as
+        # it is ticked: it was said only after Run.
+        self.problem = QLabel("")
+        self.problem.setWordWrap(True)
+        self.problem.setObjectName("optimizationProblem")
+        self.problem.setStyleSheet(f"color: {ERROR_COLOR};")
+        self.problem.hide()
+        self._where = ("forward", "cpu")
         rows_layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(inner)
-        box_layout = QHBoxLayout(box)
+        box_layout = QVBoxLayout(box)
         box_layout.setContentsMargins(2, 2, 2, 2)
+        box_layout.addWidget(self.problem)
         box_layout.addWidget(scroll)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -153,6 +171,7 @@ class OptimizationsPanel(QWidget):
         """Disable what cannot apply, with the engine's reason as tooltip; returns a line for
         each ticked optimization unticked (with the reason) or ticked again."""
         said = []
+        self._where = (workload, device)
         for row in self.rows.values():
             reason = row.opt.check_config(workload, device, row.opt.defaults())
             change = row.set_applicable(reason)
@@ -162,7 +181,25 @@ class OptimizationsPanel(QWidget):
             elif change:
                 said.append(f"{row.opt.name} ticked again: it applies to {workload} on "
                             f"{device}.")
+        self._check_selection()
         return said
+
+    def _check_selection(self) -> None:
+        """Show what the engine's own check (``engine.optimizations.resolve``) refuses in the
+        ticked set for the workload and device, or nothing."""
+        from engine.errors import MemLensError
+        from engine.optimizations import resolve
+
+        try:
+            resolve(self.selected(), *self._where)
+        except MemLensError as exc:
+            self.problem.setText(f"{exc.message} {exc.hint}".strip())
+            self.problem.show()
+            return
+        except Exception:  # noqa: BLE001 - never let a check break the controls
+            pass
+        self.problem.setText("")
+        self.problem.hide()
 
     def selected(self) -> list[dict[str, Any]]:
         return [spec for row in self.rows.values() if (spec := row.spec()) is not None]
