@@ -529,3 +529,19 @@ def test_table_marks_incomplete_flops_shows_measured_zeros_and_training_columns(
                       "Transient peak", "Latency"}
     panel.clear()
     assert not any(panel.view.isColumnHidden(i) for i in range(len(COLUMNS)))
+
+
+def test_the_memory_axes_carry_no_si_factor_for_a_small_run(qtbot):
+    """A run under 1 MiB read "MiB at peak (x0.001)": pyqtgraph's SI prefix on a MiB axis."""
+    from gui.panels.layer_chart import LayerChartPanel
+
+    result = make_result("small")
+    for layer in result.layers:
+        layer.at_peak = {k: v // 4096 for k, v in layer.at_peak.items()}
+    result.totals.unattributed_bytes //= 4096
+    panel = LayerChartPanel()
+    qtbot.addWidget(panel)
+    panel.resize(800, 400)
+    panel.show()
+    panel.render(result.layers, result.totals)
+    assert "(x" not in panel.plot.getAxis("left").labelString()

@@ -90,6 +90,7 @@ class ComparePanel(QWidget):
         self.bars_plot = self.bars_widget.addPlot(row=0, col=0)
         self.bars_plot.setTitle("Memory at peak by layer", color=theme.current().text)
         self.bars_plot.setLabel("left", "MiB at peak")
+        self.bars_plot.getAxis("left").enableAutoSIPrefix(False)  # (MiB is not an SI unit)
         _style(self.bars_plot)
         self.bars_plot.getViewBox().setMouseEnabled(x=False, y=False)
         self.bars_plot.getViewBox().sigResized.connect(self._apply_ticks)

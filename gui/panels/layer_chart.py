@@ -92,6 +92,8 @@ class LayerChartPanel(QWidget):
         self.plot = self.plot_widget.addPlot(row=0, col=0)
         self.plot.setTitle("Memory at peak by layer", color="#202020")
         self.plot.setLabel("left", "MiB at peak")
+        # (pyqtgraph's SI prefix read "MiB at peak (x0.001)" for a run under 1 MiB)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.showGrid(y=True, alpha=0.25)
         self.plot.setMenuEnabled(False)
         self.plot.getViewBox().setMouseEnabled(x=False, y=False)  # ticks fit the full view

@@ -151,6 +151,7 @@ class TimelinePanel(QWidget):
         self.plot = self.plot_widget.addPlot(row=0, col=0)
         self.plot.setTitle("Memory over time", color="#202020", size="10pt")  # a narrow column
         self.plot.setLabel("left", "MiB")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # (MiB is not an SI unit)
         self.plot.setLabel("bottom", "time", units="s")
         self.plot.showGrid(x=True, y=True, alpha=0.25)
         self.plot.setMenuEnabled(False)
