@@ -642,6 +642,11 @@ def _is_plain_id(run_id: str) -> bool:
     return bool(run_id) and Path(run_id).name == run_id and run_id not in (".", "..")
 
 
+# (the window's File → Open takes files only: the hint names what each place takes)
+_RUN_FILE_HINT = ("Open a run's JSON file; the saved runs are on the Saved runs page "
+                  "(`memlens runs` lists their ids, which the command line also takes).")
+
+
 def load_run_file(path: Path | str) -> RunResult:
     """Read a run JSON, with clear errors for missing, damaged or too-new files."""
     path = Path(path)
@@ -653,10 +658,10 @@ def load_run_file(path: Path | str) -> RunResult:
                            "`memlens runs`).") from exc
     except IsADirectoryError as exc:
         raise MemLensError(ErrorKind.NOT_FOUND, f"{path} is a folder, not a run file.",
-                           "Give a run's JSON file or its id (`memlens runs` lists them).") from exc
+                           _RUN_FILE_HINT) from exc
     except UnicodeDecodeError as exc:  # a picture or other binary file named .json
         raise MemLensError(ErrorKind.STORE, f"{path} is not a MemLens run: it is not text.",
-                           "Give a run's JSON file or its id (`memlens runs` lists them).") from exc
+                           _RUN_FILE_HINT) from exc
     except OSError as exc:
         raise MemLensError(ErrorKind.STORE, f"Cannot read {path}: {exc.strerror or exc}.",
                            "Check the file's permissions.") from exc
@@ -681,8 +686,7 @@ def load_run_file(path: Path | str) -> RunResult:
         if path.suffix != ".json" and isinstance(exc, json.JSONDecodeError):
             # (not a damaged run: a file that never was one, e.g. `memlens show /etc/passwd`)
             raise MemLensError(ErrorKind.STORE, f"{path} is not a MemLens run: it is not JSON.",
-                               "Give a run's JSON file or its id (`memlens runs` lists "
-                               "them).") from exc
+                               _RUN_FILE_HINT) from exc
         raise MemLensError(ErrorKind.STORE, f"The run file {path.name} is damaged ({exc}).",
                            "It cannot be opened; other runs are unaffected.") from exc
 
