@@ -115,9 +115,13 @@ def test_a_cancel_sent_while_the_engine_starts_is_kept_for_its_job():
         cancel = threading.Event()
         cancel.set()  # pressed before the engine was ready
         events = Collector()
+        t0 = time.perf_counter()
         assert proc.execute(LONG, events, cancel) is None
+        # answered at once (it waited for the engine's start: 6.6 s in the window)
+        assert time.perf_counter() - t0 < 1.0
         assert events.failed is not None and events.failed.kind == "cancelled"
         assert not events.of(Finished)
-        assert proc.execute(tiny()) is not None  # the next job runs
+        result = proc.execute(tiny())  # the next job runs: the cancelled one never did
+        assert result is not None and result.config.seq == tiny().seq
     finally:
         proc.close()
