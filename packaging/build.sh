@@ -53,7 +53,8 @@ if ! "$PY" -c "import PyInstaller" 2>/dev/null; then
   "$PY" -m pip install -q -c <(echo "$TORCH_PIN") "$PYINSTALLER_REQ"
 fi
 
-VERSION=$("$PY" -c "import tomllib; print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
+# The version is written once, in engine/__init__.py (pyproject.toml reads it from there).
+VERSION=$("$PY" -c "import engine; print(engine.__version__)")
 ARCH=$(uname -m)
 NAME="memlens-$VERSION-linux-$ARCH"
 WORK=$ROOT/build/pyinstaller
