@@ -184,6 +184,10 @@ def serve(requests: Any, events: Any, control: Any) -> None:
             events.put(("event", job, event))
 
         try:
+            if cancel.is_set():  # cancelled before it began (the client has moved on)
+                from .errors import Cancelled
+
+                raise Cancelled()
             config = RunConfig.from_dict(config_dict)
             preimport_architecture(config.model)  # a new architecture's code stays frozen too
             gc.freeze()

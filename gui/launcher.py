@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(rest)
     if not wants_window(argv):
         return cli_main(argv)
+    if "--version" in argv:  # (`memlens --model demo --version` went to the window's parser)
+        return cli_main(["--version"])
     try:
         from gui.app import main as window_main
     except ImportError as exc:

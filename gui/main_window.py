@@ -487,7 +487,7 @@ class MainWindow(QMainWindow):
             self.status.show_error(exc.message, exc.hint)
             self.log.error(exc.message, exc.hint, "invalid_workload")
             # the page says it too (it kept showing the previous result, as if it were this one)
-            self.sweep_panel.message.setText(f"Not run: {exc.message} {exc.hint}".strip())
+            self.sweep_panel.clear(f"Not run: {exc.message} {exc.hint}".strip())
             self.workspace.setCurrentWidget(self.sweep_panel)
             return False
         config.update({"mode": mode, "job": job, "attention_maps": False,
@@ -671,6 +671,7 @@ class MainWindow(QMainWindow):
     def _on_finished(self, result: RunResult) -> None:
         if self._closing:
             return
+        self._job = ""  # (the job is over: nothing is filtered for it any more)
         if getattr(result, "kind", None) in ("sweep", "fit"):
             self.show_sweep(result)
             return

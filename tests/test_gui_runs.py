@@ -380,6 +380,11 @@ def test_an_optimization_that_stops_applying_is_unticked_with_a_word_and_comes_b
     assert "conflicts with" in panel.problem.text() and "separately" in panel.problem.text()
     panel.rows["cast"].check.setChecked(False)
     assert panel.problem.isHidden()
+    # a run's settings replace the selection: no "ticked again" promise is logged for it
+    before = window.log.text().count("unticked")
+    controls.apply_run_config({"model": "demo", "workload": "train", "optimizations": []})
+    assert window.log.text().count("unticked") == before
+    assert controls.optimizations.selected() == []
 
 
 def test_an_estimate_is_labelled_in_the_table_totals_and_title(qtbot, tmp_path):

@@ -153,6 +153,7 @@ def test_bad_sweep_input_is_refused_before_anything_runs(qtbot, tmp_path):
     assert "--" not in window.status.text()  # the window has fields, not options
     # the page says it too (it kept its previous result as if it were this one's)
     assert page.message.text().startswith("Not run: Cannot read 'x'")
+    assert page.record is None and not page.save_button.isEnabled()  # no old result beneath
     page.seq_edit.setText("12,²")  # a digit to isdigit, not to int(): it raised a traceback
     assert not window.run_sweep()
     assert "Cannot read '²'" in window.status.text()

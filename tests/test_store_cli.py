@@ -840,3 +840,13 @@ def test_an_empty_model_is_named_as_missing(command, capsys):
     """An empty Model field read as the current folder: "The folder . has no config.json"."""
     assert cli.main([command[0], "--model", " ", *command[1:]]) == cli.EXIT_FAILED
     assert "No model given" in capsys.readouterr().err
+
+
+def test_version_after_window_options_is_the_version_not_a_window_error(capsys):
+    """`memlens --model demo --version` went to the window's parser: "unrecognized arguments"."""
+    from engine import __version__
+    from gui.launcher import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--model", "demo", "--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith(f"memlens {__version__}")

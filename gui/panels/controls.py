@@ -220,8 +220,15 @@ class ControlPanel(QWidget):
         if device == "cuda":  # the command line's bare 'cuda' is the first GPU
             device = next((self.device_combo.itemText(i) for i in range(self.device_combo.count())
                            if self.device_combo.itemText(i).startswith("cuda")), device)
-        self.restore({**{key: config.get(key) for key in CONTROLLED if key != "optimizations"},
-                      "prompt": config.get("prompt") or "", "device": device})
+        # (no untick/re-tick lines while a run's settings come in: set_selected below replaces
+        # the whole selection, so "ticked again when it applies" would not be true)
+        self._quiet = True
+        try:
+            self.restore({**{key: config.get(key) for key in CONTROLLED
+                             if key != "optimizations"},
+                          "prompt": config.get("prompt") or "", "device": device})
+        finally:
+            self._quiet = False
         # What the controls hold now, against what the run had: a value a spin box clamps or a
         # choice this machine lacks is named, never changed silently.
         shown = self.config()
@@ -295,8 +302,9 @@ class ControlPanel(QWidget):
 
     def _update_optimizations(self, *_: Any) -> None:
         if hasattr(self, "optimizations"):
-            for line in self.optimizations.update_applicability(
-                    self.workload_combo.currentText(), self.device_combo.currentText()):
+            lines = self.optimizations.update_applicability(
+                self.workload_combo.currentText(), self.device_combo.currentText())
+            for line in [] if getattr(self, "_quiet", False) else lines:
                 self.note.emit(line)
 
     @Slot()

@@ -78,7 +78,15 @@ class GuidePanel(QWidget):
             self._compare_buttons.append(button)
 
     def starting(self, text: str) -> None:
-        """A guide job started (or ended before its first technique): say so above the page."""
+        """A guide job started (or ended before its first technique): the previous guide goes
+        (its buttons would export or compare the old one under the new one's message)."""
+        self.guide = None
+        self.browser.clear()
+        for button in self._compare_buttons:
+            self.buttons.removeWidget(button)
+            button.deleteLater()
+        self._compare_buttons = []
+        self.report_button.setEnabled(False)
         self.message.setText(text)
 
     def stopped(self, why: str) -> None:
