@@ -11,7 +11,10 @@ show`` prints any of them; what takes a single run (File → Open run file, ``co
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -59,9 +62,126 @@ def not_a_run(path: Path, kind: str) -> MemLensError:
         "take run files (memlens profile or estimate).")
 
 
+_KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false",
+               type(None): "null"}
+
+
+def _words(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_words(a) for a in typing.get_args(hint))
+    if origin is list:
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "an object"
+    return _KIND_WORDS.get(hint, str(hint))
+
+
+def _fits(value: Any, hint: Any, where: str) -> None:
+    """TypeError naming ``where`` when JSON ``value`` is not what ``hint`` allows."""
+    if hint is Any:
+        return
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(hint):
+            try:
+                _fits(value, arg, where)
+                return
+            except TypeError as exc:
+                errors.append(exc)
+        deeper = [e for e in errors if not str(e).startswith(f"{where} is ")]
+        if deeper:  # (an object inside names its own field)
+            raise deeper[0]
+        raise TypeError(f"{where} is {_shown(value)}, not {_words(hint)}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise TypeError(f"{where} is {_shown(value)}, not one of "
+                            f"{', '.join(map(repr, typing.get_args(hint)))}")
+        return
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise TypeError(f"{where} is {_shown(value)}, not an object")
+        hints = typing.get_type_hints(hint)
+        for f in dataclasses.fields(hint):
+            if f.name in value:
+                _fits(value[f.name], hints[f.name], f"{where}.{f.name}" if where else f.name)
+        return
+    ok = True
+    if origin in (list, tuple):
+        ok = isinstance(value, list)
+        args = typing.get_args(hint)
+        if ok and args and args[-1] is not Ellipsis and origin is list:
+            for i, item in enumerate(value):
+                _fits(item, args[0], f"{where}[{i}]")
+        elif ok and len(args) == 2 and args[1] is Ellipsis:
+            for i, item in enumerate(value):
+                _fits(item, args[0], f"{where}[{i}]")
+    elif origin is dict:
+        ok = isinstance(value, dict)
+        args = typing.get_args(hint)
+        if ok and len(args) == 2:
+            for key, item in value.items():
+                _fits(item, args[1], f"{where}[{key!r}]")
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:  # (a JSON writer may have written 12.0)
+        ok = (isinstance(value, int) or (isinstance(value, float) and value.is_integer())) \
+            and not isinstance(value, bool)
+    elif hint in (str, bool, type(None)):
+        ok = isinstance(value, hint)
+    if not ok:
+        raise TypeError(f"{where} is {_shown(value)}, not {_words(hint)}")
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_shape(data: dict[str, Any], cls: type) -> None:
+    """TypeError naming the first field of record JSON ``data`` whose value is not of the type
+    ``cls`` (a record dataclass) declares: a hand-edited or foreign file is called damaged by
+    the field at fault (e.g. ``points[3].peak_bytes is "12 GB", not a whole number or null``)
+    instead of by whatever broke later in building it."""
+    _fits(data, cls, "")
+
+
+def record_class(kind: str | None) -> type | None:
+    if kind == "sweep":
+        from .sweep import SweepRecord as cls
+    elif kind == "fit":
+        from .sweep import FitRecord as cls
+    elif kind == "inference_plan":
+        from .distributed import DevicePlan as cls
+    elif kind == "training_plan":
+        from .distributed import ShardPlan as cls
+    elif kind == "distributed_run":
+        from .distributed_run import DistributedRun as cls
+    elif kind == "guide":
+        from .guide import Guide as cls
+    else:
+        return None
+    return cls
+
+
 def from_dict(data: dict[str, Any]) -> Any:
-    """The record object of a record's JSON (a ``MemLensError`` for a newer schema)."""
+    """The record object of a record's JSON (a ``MemLensError`` for a newer schema, TypeError
+    naming the field for a value of the wrong type)."""
     kind = record_kind(data)
+    cls = record_class(kind)
+    try:
+        record = _build(kind, data)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        if cls is not None:
+            check_shape(data, cls)  # (names the field at fault, when a type is)
+        raise
+    if cls is not None:
+        check_shape(data, cls)  # (a value of the wrong type that building took as it was)
+    return record
+
+
+def _build(kind: str | None, data: dict[str, Any]) -> Any:
     if kind == "sweep":
         from .sweep import SweepRecord
 

@@ -938,7 +938,21 @@ def _load_guide(path: Path) -> Any:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Cannot read the guide {path}: {exc}.",
                            "Pass the guide.json that memlens guide wrote; run the guide again "
                            "if the file is damaged.") from exc
-    return Guide.from_dict(data)
+    from engine.records import check_shape
+
+    try:
+        guide = Guide.from_dict(data)
+        check_shape(data, Guide)  # (names a field of the wrong type, which building took)
+        return guide
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        cause: Exception = exc
+        if isinstance(data, dict):
+            try:
+                check_shape(data, Guide)
+            except TypeError as named:
+                cause = named
+        raise MemLensError(ErrorKind.STORE, f"The guide {path} is damaged ({cause}).",
+                           "Run the guide again to write it anew.") from cause
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -341,6 +341,14 @@ def test_guide_report_has_each_workloads_runs_drawn_and_the_guides_text(qapp, sh
     assert launcher.main(["report", "--guide", str(tmp_path / "nowhere"), "--out",
                           str(tmp_path / "x")]) == 1
     assert "No guide at" in capsys.readouterr().err
+    # a guide.json edited by hand: named damaged by the field (it raised a traceback at drawing)
+    edited = json.loads((folder / "guide.json").read_text())
+    edited["entries"][0]["latency_ratio"] = "fast"
+    (tmp_path / "edited.json").write_text(json.dumps(edited), encoding="utf-8")
+    assert launcher.main(["report", "--guide", str(tmp_path / "edited.json"), "--out",
+                          str(tmp_path / "y")]) == 1
+    err = capsys.readouterr().err
+    assert "is damaged (entries[0].latency_ratio is 'fast', not a number or null)" in err, err
 
 
 @pytest.mark.fault(area="data", case="a guide whose runs were deleted from the run store",

@@ -104,6 +104,50 @@ def test_a_hand_edited_run_file_is_named_damaged_and_never_breaks_the_list(saved
     assert store.load(result.run_id).to_dict() == result.to_dict()  # the good one still opens
 
 
+@pytest.mark.fault(area='data', case='a sweep, fit or plan record edited by hand (a value of the '
+                   'wrong type)', outcome='named damaged with the field at fault, e.g. '
+                   '"points[1].peak_bytes is \'12 GB\', not a whole number or null"; show exits 1')
+def test_a_hand_edited_record_names_the_field_at_fault(tmp_path, capsys):
+    """A sweep whose points were not a list said "damaged ('int' object is not iterable)", and a
+    peak given as text opened, then broke the table; every record now names the field."""
+    from engine import records
+    from engine.sweep import FitAnswer, FitRecord, SweepPoint, SweepRecord
+
+    sweep = SweepRecord(model="preset:tiny-llama", workload="forward", seqs=[16, 32], batches=[1],
+                        opt_sets=[{"label": "none", "optimizations": []}],
+                        points=[SweepPoint(seq=16, batch=1, opt_set="none", kind="estimate",
+                                           peak_bytes=1000, categories={"weights": 600}),
+                                SweepPoint(seq=32, batch=1, opt_set="none", kind="estimate",
+                                           peak_bytes=1500, latency_ms=None)])
+    fit = FitRecord(model="preset:tiny-llama", workload="forward", budget_bytes=10**9,
+                    budget_source="given", budget_description="1 GB", batches=[1], opt_sets=[],
+                    answers=[FitAnswer(opt_set="none", batch=1, status="fits", seq=64,
+                                       categories={"weights": 600})])
+    cases = [
+        (sweep.to_dict(), lambda d: d.__setitem__("points", 5), "points is 5, not a list"),
+        (sweep.to_dict(), lambda d: d["points"][1].__setitem__("peak_bytes", "12 GB"),
+         "points[1].peak_bytes is '12 GB', not a whole number or null"),
+        (sweep.to_dict(), lambda d: d.__setitem__("seqs", "16,32"), "seqs is '16,32', not a list"),
+        (fit.to_dict(), lambda d: d["answers"][0]["categories"].__setitem__("weights", "x"),
+         "answers[0].categories['weights'] is 'x', not a whole number"),
+        (fit.to_dict(), lambda d: d["answers"].__setitem__(0, 7), "answers[0] is 7, not an object"),
+    ]
+    for i, (data, edit, words) in enumerate(cases):
+        assert records.from_dict(json.loads(json.dumps(data))) is not None  # unedited: opens
+        edit(data)
+        path = tmp_path / f"edited{i}.json"
+        path.write_text(json.dumps(data), encoding="utf-8")
+        assert cli.main(["show", str(path)]) == cli.EXIT_FAILED, words
+        err = capsys.readouterr().err
+        assert "is damaged" in err and words in err, (words, err)
+    # a newer schema is said so before any field is judged
+    data = dict(sweep.to_dict(), schema_version=99, points=5)
+    with pytest.raises(MemLensError, match="newer MemLens"):
+        records.from_dict(data)
+    for kind in records.RECORD_KINDS:
+        assert records.record_class(kind) is not None, kind
+
+
 def test_runs_lists_optimizations_and_keeps_the_runs_holding_every_word(saved, tmp_path,
                                                                          capsys):
     import shutil
