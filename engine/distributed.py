@@ -298,6 +298,47 @@ def _jsonable(obj: Any) -> Any:
 
 
 # -- argument checks (raise before anything runs) --------------------------------------------------
+def check_devices(devices: Any, field: str = "--devices") -> int:
+    """The inference plan's device count (``MemLensError`` naming ``field`` when it is not
+    1 to MAX_DEVICES)."""
+    return parse_count(devices, "devices", MAX_DEVICES,
+                       f"Plan {MAX_DEVICES} devices or fewer ({field}): a model's layers spread "
+                       "over more devices leave most of them empty.")
+
+
+def check_ranks(ranks: Any, replicas: Any = 1, fields: tuple[str, str] = ("--ranks", "--replicas")
+                ) -> tuple[int, int]:
+    """``(ranks, replicas)`` of a training plan, refused by name (``fields``: how the caller
+    names the two: options, or the window's fields) when replicas do not divide the ranks or a
+    shard group is larger than a plan takes."""
+    rf, pf = fields
+
+    def example(ranks: int, replicas: int) -> str:
+        return (f"{rf} {ranks} {pf} {replicas}" if rf.startswith("--")
+                else f"{ranks} ranks with {replicas} replicas")
+
+    n = parse_count(ranks, "ranks", MAX_RANKS)
+    r = parse_count(replicas, "replicas", n, "There is at most one replica per rank: give "
+                    f"{pf} no more than {rf}.")
+    if n % r:
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"{r} replicas do not divide {n} ranks evenly.",
+                           f"HSDP splits the ranks into equal groups: {pf} must divide "
+                           f"{rf} (e.g. {example(16, 2)} for two groups of 8).")
+    if n // r > MAX_SHARD_RANKS:
+        # the fewest replicas that divide the ranks into small enough groups
+        fewest = next((d for d in range(-(-n // MAX_SHARD_RANKS), min(n, 1 << 16) + 1)
+                       if n % d == 0 and n // d <= MAX_SHARD_RANKS), None)
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"{n // r:,} ranks sharing one copy of the model is more than a plan "
+                           f"takes (at most {MAX_SHARD_RANKS:,} in a shard group).",
+                           f"Split the ranks into HSDP groups of at most {MAX_SHARD_RANKS:,} with "
+                           + (f"{pf} (e.g. {example(n, fewest)})"
+                              if fewest else f"{pf} dividing {rf}")
+                           + ", or plan fewer ranks.")
+    return n, r
+
+
 # The largest counts a plan takes. A plan's work and output grow with them (a row per device; a
 # list of every rank's optimizer state): 100,000 devices ran for minutes without an answer. An
 # inference device_map spreads a model's layers, so more devices than this leave most empty;
@@ -552,10 +593,7 @@ def plan_inference(config: RunConfig, devices: int | str, per_device: int | str,
     Raises ``MemLensError`` for invalid arguments; any later failure is a ``Failed`` event and
     the result None. ``store``: the estimate behind the plan is saved there.
     """
-    n = parse_count(devices, "devices", MAX_DEVICES,
-                    f"Plan {MAX_DEVICES} devices or fewer (--devices; the GPUs / ranks field "
-                    "in the window): a model's layers spread over more devices leave most of "
-                    "them empty.")
+    n = check_devices(devices)
     budget = parse_size(per_device, "--per-device")
     cpu = parse_size(cpu_offload, "--cpu-offload", allow_zero=True) if cpu_offload else 0
     _check_choice(strategy, STRATEGIES, "strategy", "how from_pretrained's device_map names them")
@@ -957,25 +995,7 @@ def plan_training(config: RunConfig, ranks: int | str, per_rank_budget: int | st
     Raises ``MemLensError`` for invalid arguments; later failures are a ``Failed`` event and the
     result None.
     """
-    n = parse_count(ranks, "ranks", MAX_RANKS)
-    r = parse_count(replicas, "replicas", n, "There is at most one replica per rank: give "
-                    "--replicas no more than --ranks.")
-    if n % r:
-        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
-                           f"{r} replicas do not divide {n} ranks evenly.",
-                           "HSDP splits the ranks into equal groups: --replicas must divide "
-                           "--ranks (e.g. --ranks 16 --replicas 2 for two groups of 8).")
-    if n // r > MAX_SHARD_RANKS:
-        # the fewest replicas that divide the ranks into small enough groups
-        fewest = next((d for d in range(-(-n // MAX_SHARD_RANKS), min(n, 1 << 16) + 1)
-                       if n % d == 0 and n // d <= MAX_SHARD_RANKS), None)
-        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
-                           f"{n // r:,} ranks sharing one copy of the model is more than a plan "
-                           f"takes (at most {MAX_SHARD_RANKS:,} in a shard group).",
-                           f"Split the ranks into HSDP groups of at most {MAX_SHARD_RANKS:,} with "
-                           + (f"--replicas (e.g. --ranks {n} --replicas {fewest})"
-                              if fewest else "--replicas dividing --ranks")
-                           + ", or plan fewer ranks.")
+    n, r = check_ranks(ranks, replicas)
     budget = parse_size(per_rank_budget, "--per-device") if per_rank_budget else None
     _check_choice(method, TRAIN_METHODS, "method", "shapes: from the parameter shapes; tracker: "
                   "also PyTorch's FSDPMemTracker on fake tensors")

@@ -221,8 +221,22 @@ def test_training_plan_options_hsdp_and_master_weights(qtbot, tmp_path):
     assert not window.run_plan()
     assert "3 replicas do not divide 4 ranks" in window.status.text()
     assert not window.controller.is_running
+    # the engine's limits, refused before a job starts and naming this page's fields (the spin
+    # box stopped at 4,096 ranks; 2,000 inference GPUs failed only in the engine process)
+    page.devices_spin.setValue(100_000)
+    page.replicas_spin.setValue(1)
+    assert page.devices_spin.value() == 100_000
+    assert not window.run_plan()
+    assert "more than a plan takes" in window.status.text()
+    assert "e.g. 100000 ranks with 8 replicas" in window.status.text()
+    page.replicas_spin.setValue(8)
+    assert page.plan_job("train")["ranks"] == 100_000
     window.controls.set_workload("generate")
     assert not page.replicas_spin.isEnabled() and not page.master_combo.isEnabled()
+    page.devices_spin.setValue(2000)
+    assert not window.run_plan()
+    assert "devices or fewer (GPUs / ranks)" in window.status.text()
+    assert not window.controller.is_running
 
 
 @pytest.mark.slow

@@ -32,8 +32,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.distributed import STRATEGIES, TRAIN_PARTS, parse_size
-from engine.errors import ErrorKind, MemLensError
+from engine.distributed import (MAX_RANKS, STRATEGIES, TRAIN_PARTS, check_devices, check_ranks,
+                                parse_size)
 from engine.format import MISSING, human_bytes
 
 from .axis import keep_legend_fitted, show_placeholder
@@ -81,7 +81,9 @@ class PlanPanel(QWidget):
         self.plan: Any = None
 
         self.devices_spin = QSpinBox()
-        self.devices_spin.setRange(1, 4096)
+        # (the engine's limits: up to MAX_RANKS training ranks; an inference plan of more than
+        # MAX_DEVICES GPUs is refused by the engine with a message naming this field)
+        self.devices_spin.setRange(1, MAX_RANKS)
         self.devices_spin.setValue(2)
         self.devices_spin.setToolTip("GPUs to split the model across (inference), or FSDP2 "
                                      "ranks (training)")
@@ -95,7 +97,7 @@ class PlanPanel(QWidget):
         self.strategy_combo.addItems(STRATEGIES)
         self.strategy_combo.setToolTip("Inference: from_pretrained's device_map strategy")
         self.replicas_spin = QSpinBox()
-        self.replicas_spin.setRange(1, 4096)
+        self.replicas_spin.setRange(1, MAX_RANKS)
         self.replicas_spin.setToolTip("Training: HSDP replica groups; each group holds the model "
                                       "sharded among ranks / replicas ranks (1: plain FSDP2)")
         self.master_combo = QComboBox()
@@ -211,16 +213,14 @@ class PlanPanel(QWidget):
             parse_size(offload, "CPU offload", allow_zero=True)
         job: dict[str, Any] = {"per_device": per_device}
         if workload == "train":
-            ranks, replicas = self.devices_spin.value(), self.replicas_spin.value()
-            if ranks % replicas:
-                raise MemLensError(ErrorKind.INVALID_WORKLOAD,
-                                   f"{replicas} replicas do not divide {ranks} ranks evenly.",
-                                   "HSDP splits the ranks into equal groups: choose replicas "
-                                   "that divide the ranks.")
+            # (the engine's own checks, here so that a refusal comes before any job starts)
+            ranks, replicas = check_ranks(self.devices_spin.value(), self.replicas_spin.value(),
+                                          ("GPUs / ranks", "Replicas (HSDP)"))
             job.update({"ranks": ranks, "replicas": replicas,
                         "master_dtype": self.master_combo.currentData()})
         else:
-            job.update({"devices": self.devices_spin.value(), "cpu_offload": offload or None,
+            job.update({"devices": check_devices(self.devices_spin.value(), "GPUs / ranks"),
+                        "cpu_offload": offload or None,
                         "strategy": self.strategy_combo.currentText()})
         return job
 
