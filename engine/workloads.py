@@ -238,7 +238,8 @@ def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.de
         while step < steps:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            skip = step == 1 and _can_fast_forward(probe, cache, next_ids, steps)
+            skip = step == 1 and _can_fast_forward(probe, cache, next_ids, steps,
+                                                   inputs.input_ids.shape[1] + steps)
             if skip:
                 first_step_flops = _flop_delta(probe, flops_before[0])
                 # The prompt and the first decode step's token are cached; the last step
@@ -280,6 +281,10 @@ def generate(model: nn.Module, inputs: Inputs, new_tokens: int, device: torch.de
 # every step, with the skipped steps' KV bytes and FLOPs filled in from the two ends (exact for
 # an affine sequence; checked against measured runs in tests/test_estimate.py). Caches that
 # re-quantize every so many steps (quanto's residual window) are not affine: every step runs.
+# A sliding-window layer (Mistral's, Gemma's local layers) keeps the last window - 1 positions:
+# until the generation outgrows that it is a dynamic layer, after it every step has one shape;
+# only the first case is fast-forwarded (the steps' KV bytes stop growing where the window
+# fills, which the two ends do not tell), so a generation longer than the window runs every step.
 def _growable_layers() -> dict[type, tuple[str, ...]]:
     """Cache layer classes whose steps are affine -> the attributes holding their states
     (a tuple ``(tensor, scale)`` for fp8's quantized states; none to grow for a static one)."""
@@ -287,6 +292,9 @@ def _growable_layers() -> dict[type, tuple[str, ...]]:
 
     kinds: dict[type, tuple[str, ...]] = {cache_utils.DynamicLayer: ("keys", "values"),
                                           cache_utils.StaticLayer: ()}
+    sliding = getattr(cache_utils, "DynamicSlidingWindowLayer", None)
+    if sliding is not None:
+        kinds[sliding] = ("keys", "values")
     fp8 = getattr(cache_utils, "Fp8QuantizedLayer", None)  # transformers ≥ 5.x
     if fp8 is not None:
         kinds[fp8] = ("_quantized_keys", "_quantized_values")
@@ -294,13 +302,25 @@ def _growable_layers() -> dict[type, tuple[str, ...]]:
 
 
 def _can_fast_forward(probe: MemoryProbe | None, cache: Any, ids: torch.Tensor,
-                      steps: int) -> bool:
+                      steps: int, final_length: int) -> bool:
+    """Whether the decode steps between the first and the last may be skipped: every cache
+    layer grows affinely up to ``final_length`` positions (what the last step holds)."""
     if probe is None or steps < 3 or not is_fake(ids):
         return False
     kinds = _growable_layers()
     layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(type(layer) in kinds and layer.is_initialized
-                                for layer in layers)
+                                and _within_window(layer, final_length) for layer in layers)
+
+
+def _within_window(layer: Any, final_length: int) -> bool:
+    """A sliding-window layer that never drops a position up to ``final_length`` (it keeps
+    ``window - 1``; one recording the past for assisted decoding keeps all: not skipped)."""
+    if not getattr(layer, "is_sliding", False) or not hasattr(layer, "sliding_window"):
+        return True
+    return (not getattr(layer, "record_past", False)
+            and isinstance(layer.sliding_window, int)
+            and final_length <= layer.sliding_window - 1)
 
 
 def _fast_forward(probe: MemoryProbe, cache: Any, length: int) -> None:

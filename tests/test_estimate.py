@@ -191,6 +191,32 @@ def test_long_generation_estimates_skip_middle_steps_exactly(model, attention, o
     assert any("were not run" in x for x in est.limitations) == bool(skipped)
 
 
+@pytest.mark.parametrize(("window", "skipped"), [(64, 6), (20, 0)])
+def test_sliding_window_generation_skips_steps_only_within_the_window(tmp_path, window,
+                                                                      skipped) -> None:
+    """A sliding-window cache (Mistral's) is a growing one until it holds window - 1
+    positions: a generation inside the window skips the middle steps (a 7B Mistral estimate of
+    32 new tokens ran every step, 38 s), one that outgrows it runs every step; both equal the
+    measured run."""
+    import json as _json
+
+    import resources
+
+    data = dict(resources.preset_config("tiny-mistral"))
+    data.pop("_memlens", None)
+    data["sliding_window"] = window
+    path = tmp_path / "config.json"
+    path.write_text(_json.dumps(data), encoding="utf-8")
+    config = _config(str(path), "generate", "sdpa", new_tokens=9)  # 16 + 8 cached at the end
+    real = execute(config, Collector())
+    est = _estimate_ok(_config(str(path), "generate", "sdpa", new_tokens=9))
+    assert (est.generation.get("skipped_decode_steps") or 0) == skipped
+    assert est.totals.peak_bytes == real.totals.peak_bytes
+    assert est.totals.flops == real.totals.flops
+    assert est.generation["kv_bytes_per_step"] == real.generation["kv_bytes_per_step"]
+    assert not _differences(est, real), "\n".join(_differences(est, real))
+
+
 def test_estimate_of_the_demo_folder_matches_its_measured_run() -> None:
     """The demo loads real trained weights and tokenizes sample text; the estimate reads only
     its config.json and uses fake ids of the same length."""
