@@ -178,9 +178,13 @@ class Comparison:
         """A short name per run that tells the runs apart: the user's label (the name they
         gave the run), else the optimizations; then the workload where that repeats, then the
         input size, then the run id's end."""
-        names = [(" ".join((r.config.label or "").split()) or optimizations_text(r.optimizations))
+        # ("unoptimized", not the optimizations column's "none": "[1] none (estimate)" read as
+        # a run of nothing)
+        names = [(" ".join((r.config.label or "").split())
+                  or (optimizations_text(r.optimizations) if r.optimizations else "unoptimized"))
                  + (" (estimate)" if r.is_estimate else "") for r in self.runs]
-        for extra in (lambda r: r.config.workload, input_size, lambda r: r.run_id[-4:]):
+        for extra in (lambda r: r.config.model, lambda r: r.config.workload, input_size,
+                      lambda r: r.run_id[-4:]):
             # An extra is added to a repeated name only where it tells that name's runs apart.
             telling = {n for n in names if len({extra(r) for m, r in zip(names, self.runs)
                                                  if m == n}) > 1}

@@ -80,11 +80,13 @@ class ReportFiles:
 # -- rendering the panels -----------------------------------------------------------------------
 def _grab(widget: Any, height: int | None, path: Path,
           fill: Callable[[], Any] | None = None,
-          fit: Callable[[], int] | None = None) -> Path:
+          fit: Callable[[], int] | None = None,
+          wide: Callable[[], int] | None = None) -> Path:
     """Show ``widget`` offscreen at PANEL_WIDTH × ``height``, call ``fill`` (the panel's
     ``render``: charts fit their labels to the size they have), optionally resize to the
-    height ``fit`` returns (or the widget's preferred height when ``height`` is None), render
-    it to ``path`` and close it."""
+    height ``fit`` returns (or the widget's preferred height when ``height`` is None) and to
+    the width ``wide`` returns when more than PANEL_WIDTH (a table whose columns need more),
+    render it to ``path`` and close it."""
     from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QApplication
 
@@ -104,8 +106,9 @@ def _grab(widget: Any, height: int | None, path: Path,
     if wanted is None and height is None:
         wanted = widget.heightForWidth(PANEL_WIDTH)
         wanted = wanted if wanted > 0 else widget.sizeHint().height()
-    if wanted is not None:
-        widget.resize(PANEL_WIDTH, max(int(wanted), 20))
+    width = max(PANEL_WIDTH, int(wide())) if wide is not None else PANEL_WIDTH
+    if wanted is not None or width != PANEL_WIDTH:
+        widget.resize(width, max(int(wanted), 20) if wanted is not None else widget.height())
         QApplication.processEvents()
     theme.recolor_plots(widget, light)
     if hasattr(widget, "_apply_ticks"):  # the bar charts fit their labels to the final size
@@ -146,6 +149,15 @@ def _table_height(rows: int) -> int:
     return min(30 + 22 * rows + 6, TABLE_PICTURE_MAX_HEIGHT)
 
 
+def _table_width(panel: Any) -> int:
+    """The width the per-layer table's shown columns take at their contents' widths."""
+    view = panel.view
+    view.resizeColumnsToContents()
+    columns = sum(view.columnWidth(i) for i in range(view.model().columnCount())
+                  if not view.isColumnHidden(i))
+    return columns + 2 * view.frameWidth() + 4
+
+
 def _table_rows_shown(rows: int) -> int:
     """How many of ``rows`` the per-layer table's picture holds (its height is capped)."""
     return min(rows, (TABLE_PICTURE_MAX_HEIGHT - 36) // 22)
@@ -171,6 +183,8 @@ def render_run_panels(result: RunResult, folder: Path, prefix: str,
     from .panels.model_tree import ModelTreePanel
     from .panels.timeline import TimelinePanel
     from .panels.totals import TotalsPanel
+
+    from PySide6.QtCore import Qt
 
     estimate = result.estimate is not None
     shots: list[Shot] = []
@@ -198,8 +212,15 @@ def render_run_panels(result: RunResult, folder: Path, prefix: str,
                       "the same run."))
     mark = " (estimate)" if estimate else ""
     table = LayerTablePanel()
-    add("per-layer-table", "Per-layer table" + mark, table, _table_height(len(result.layers)),
-        lambda: table.render(result.layers))
+    # (every column whole, however many a run has: a training run's last column was cut off
+    # behind a scroll bar at the picture's width; the picture is as wide as they need)
+    for bar in (table.view.horizontalScrollBar(), table.view.verticalScrollBar()):
+        bar.setEnabled(False)
+    table.view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    table.view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    shots.append(Shot("per-layer-table", "Per-layer table" + mark, _grab(
+        table, _table_height(len(result.layers)), folder / f"{prefix}-per-layer-table.png",
+        lambda: table.render(result.layers), wide=lambda: _table_width(table))))
     shown = _table_rows_shown(len(result.layers))
     if shown < len(result.layers):
         shots[-1].caption = (f"The first {shown} of {len(result.layers)} rows; the per-layer "
@@ -576,8 +597,9 @@ def _compare_table_html(results: Sequence[RunResult]) -> str:
         # (labels() says "(estimate)" already; a long name keeps its end, which is what tells
         # repeated names apart)
         name = names[i] if len(names[i]) <= 40 else "…" + names[i][-39:]
-        first = (f"<td {nowrap}>[{i}] {_e(name)}"
-                 + f"<br><span class='note'>{_e(run.run_id)}</span></td>")
+        # (the run ids are listed under the table: in the table, a whole id took a third of
+        # the page and squeezed the quality column to a few letters a line)
+        first = f"<td>[{i}] {_e(name)}</td>"
         words = ([f"{run.config.model} · {run.config.workload}"] if len(kinds) > 1 else []) + [
             optimizations_text(run.optimizations)]
         figures = [human_bytes(c.peaks[i]), _signed(c.peaks[i] - c.peaks[0]) if i else
@@ -585,11 +607,12 @@ def _compare_table_html(results: Sequence[RunResult]) -> str:
                    human_ms(c.latency_ms[i]), c.ratio_text(i)]
         rows.append("<tr>" + first + "".join(f"<td>{_e(x)}</td>" for x in words)
                     + "".join(f"<td {nowrap}>{_e(x)}</td>" for x in figures)
-                    + f"<td>{_e(quality_text(run.quality))}</td></tr>")
-    head = "".join(f"<th {nowrap}>{h}</th>" for h in (
-        "run", *(["model · workload"] if len(kinds) > 1 else []), "optimizations", "peak",
-        "Δ peak", "weights", "latency", "× latency vs [0]")) + (
-        "<th>quality (vs its own baseline)</th>")
+                    + f"<td width='22%'>{_e(quality_text(run.quality))}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in (
+        "run", *(["model · workload"] if len(kinds) > 1 else []), "optimizations")) + "".join(
+        f"<th {nowrap}>{h}</th>" for h in ("peak", "Δ peak", "weights", "latency")) + (
+        "<th>× latency vs [0]</th><th width='22%'>quality (vs its own baseline)</th>")
+    ids = "<br>".join(f"[{i}] {_e(run.run_id)}" for i, run in enumerate(c.runs))
     note = (f"Every run: {kinds[0]}. " if len(kinds) == 1 else "")
     if any(c.ratio_noisy(i) for i in range(1, len(c.runs))):
         from engine.results import NOISY_TIMING_SPREAD
@@ -607,6 +630,7 @@ def _compare_table_html(results: Sequence[RunResult]) -> str:
     return (f"<table class='grid' border='1' cellspacing='0' cellpadding='3'>"
             f"<thead><tr>{head}</tr></thead>"
             + "".join(rows) + "</table>"
+            f"<p class='note'>Run ids: <br>{ids}</p>"
             f"<p class='note'>{note}The first run is the reference; each run's bars plus its "
             "unattributed bytes add up to its peak.</p>")
 
@@ -719,6 +743,7 @@ def write_pdf(html_text: str, shots: Sequence[Shot], path: Path,
         for name, image in images.items():
             doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl(name), image)
         doc.setHtml(html_text)
+        _repeat_table_headers(doc)
         doc.setPageSize(QSizeF(rect.width() * 96 / 72, rect.height() * 96 / 72))
         return doc
 
@@ -731,6 +756,42 @@ def write_pdf(html_text: str, shots: Sequence[Shot], path: Path,
         raise MemLensError(ErrorKind.STORE, f"Could not write the PDF {path}.",
                            "Choose a writable folder with free space.")
     return path
+
+
+def _tables(doc: Any) -> list[Any]:
+    from PySide6.QtGui import QTextTable
+
+    out: list[Any] = []
+
+    def visit(frame: Any) -> None:
+        for child in frame.childFrames():
+            if isinstance(child, QTextTable):
+                out.append(child)
+            visit(child)
+
+    visit(doc.rootFrame())
+    return out
+
+
+def _repeat_table_headers(doc: Any) -> int:
+    """A table whose first row is all header cells (bold: ``<th>``, or a Markdown table's
+    header, which Qt imports without a header row) repeats that row at the top of every page
+    it continues on (the guide's ranked tables lost their column names after a page break).
+    Returns the tables changed."""
+    from PySide6.QtGui import QFont
+
+    changed = 0
+    for table in _tables(doc):
+        fmt = table.format()
+        if fmt.headerRowCount() or table.rows() < 3:
+            continue
+        first = [table.cellAt(0, c) for c in range(table.columns())]
+        if all(cell.firstCursorPosition().charFormat().fontWeight() >= QFont.Weight.Bold
+               for cell in first):
+            fmt.setHeaderRowCount(1)
+            table.setFormat(fmt)
+            changed += 1
+    return changed
 
 
 def _keep_headings_with_next(copy: Any, doc: Any, rounds: int = 64) -> int:

@@ -144,6 +144,12 @@ def test_report_compares_runs_and_labels_estimates(qapp, saved, tmp_path):
     assert distinct_colours(QImage(str(files.folder / "compare.png"))) > 30
     text = files.html.read_text(encoding="utf-8")
     assert "Comparison of 3 runs" in text
+    # the run ids are listed under the comparison table, not in it (a whole id squeezed the
+    # quality column to a few letters a line, and a model · workload column off the page)
+    table = text.split("Comparison of 3 runs")[1].split("</table>")[0]
+    assert plain.run_id not in table and "width='22%'" in table
+    ids = text.split("Comparison of 3 runs")[1].split("Run ids:")[1].split("</p>")[0]
+    assert all(f"[{i}] {r.run_id}" in ids for i, r in enumerate([plain, optimized, est]))
     assert ESTIMATE_BANNER in text and "— ESTIMATE</h2>" in text
     assert "Memory at peak by layer (estimate)" in text
     assert text.count("ESTIMATE (fake tensors: no weights, no real memory)") == 1  # its totals
@@ -204,6 +210,34 @@ def test_headings_stay_with_what_follows_them_in_the_pdf(qapp):
     assert all(here == there for here, there in after.values()), after
     assert after["First"] == (0, 0)  # a heading with its text on its page stays
     assert after[stranded[0]][0] == before[stranded[0]][1]  # moved to its text's page
+
+
+def test_pdf_tables_repeat_their_header_and_the_table_picture_has_every_column(qapp,
+                                                                              tmp_path):
+    """A Markdown table (the guide's ranked tables) repeats its header row on every page it
+    continues on; a training run's per-layer picture is as wide as its columns (the last one
+    was cut off behind a scroll bar)."""
+    from PySide6.QtGui import QTextDocument
+
+    from gui.panels.layer_table import LayerTablePanel
+    from gui.report import _repeat_table_headers, _table_width, _tables, render_run_panels
+
+    doc = QTextDocument()
+    doc.setMarkdown("| a | b |\n|---|---|\n" + "".join(f"| {i} | x |\n" for i in range(5)))
+    assert [t.format().headerRowCount() for t in _tables(doc)] == [0]  # as Qt imports it
+    assert _repeat_table_headers(doc) == 1
+    assert [t.format().headerRowCount() for t in _tables(doc)] == [1]
+    doc.setHtml("<table><tr><th>key</th><td>value</td></tr><tr><th>k</th><td>v</td></tr>"
+                "<tr><th>k</th><td>v</td></tr></table>")  # a key-value table has no header
+    assert _repeat_table_headers(doc) == 0
+
+    run = execute(tiny(workload="train", model="preset:tiny-gpt2"), Collector())
+    shot = next(s for s in render_run_panels(run, tmp_path, "run")
+                if s.key == "per-layer-table")
+    panel = LayerTablePanel()
+    panel.resize(1200, 400)
+    panel.render(run.layers)
+    assert QImage(str(shot.path)).width() >= _table_width(panel) > 0
 
 
 # -- Chinese ----------------------------------------------------------------------------------

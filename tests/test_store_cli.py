@@ -402,13 +402,18 @@ def test_comparison_labels_tell_runs_apart_and_name_mixed_workloads():
 
     c = compare([run("r-aaaa", "forward"), run("r-bbbb", "generate"),
                  run("r-cccc", "generate"), run("r-dddd", "forward", optimized=True)])
-    assert c.labels() == ["none · forward", "none · generate · bbbb", "none · generate · cccc",
-                          "cast"]
+    assert c.labels() == ["unoptimized · forward", "unoptimized · generate · bbbb",
+                          "unoptimized · generate · cccc", "cast"]
     assert c.workloads == ["forward", "generate"]
     estimate = run("r-eeee", "forward")
     estimate.estimate = {"method": "fake"}
     assert compare([run("r-ffff", "forward", optimized=True), estimate]).labels() == [
-        "cast", "none (estimate)"]
+        "cast", "unoptimized (estimate)"]
+    # runs of different models are told apart by the model first
+    other = run("r-gggg", "forward")
+    other.config.model = "preset:tiny-gpt2"
+    assert compare([run("r-hhhh", "forward"), other]).labels() == [
+        "unoptimized · demo", "unoptimized · preset:tiny-gpt2"]
     # The user's own label names a run (one line); repeated labels are told apart alike
     named = [run("r-1111", "forward"), run("r-2222", "forward", optimized=True),
              run("r-3333", "forward", optimized=True)]
@@ -683,7 +688,8 @@ def test_comparing_runs_of_different_inputs_says_so(capsys):
     runs = [run("r-aaaa", 128), run("r-bbbb", 6, optimized=True), run("r-cccc", 60)]
     c = compare(runs)
     assert c.sizes == ["b1 s128 +8 new", "b1 s6 +8 new", "b1 s60 +8 new"]
-    assert c.labels() == ["none · b1 s128 +8 new", "kv-cache", "none · b1 s60 +8 new"]
+    assert c.labels() == ["unoptimized · b1 s128 +8 new", "kv-cache",
+                          "unoptimized · b1 s60 +8 new"]
     out = io.StringIO()
     print_comparison(runs, out)
     text = out.getvalue()
