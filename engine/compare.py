@@ -197,6 +197,31 @@ class Comparison:
         ref = self.at_peak[0]
         return [None if a is None or b is None else a - b for a, b in zip(self.at_peak[i], ref)]
 
+    def no_metric_reason(self) -> str:
+        """Why no quality figure is shared (``metric`` is None), from what each run holds."""
+        estimates = [f"[{i}]" for i, r in enumerate(self.runs) if r.is_estimate]
+        without = [f"[{i}]" for i, r in enumerate(self.runs) if not r.is_estimate
+                   and not any(quality_figure(r.quality, key) is not None
+                               for key, _, _ in QUALITY_METRICS)]
+        held = {f"[{i}]": [label for key, label, _ in QUALITY_METRICS
+                           if quality_figure(r.quality, key) is not None]
+                for i, r in enumerate(self.runs)}
+        parts = []
+        if estimates:
+            verb = "is an estimate" if len(estimates) == 1 else "are estimates"
+            parts.append(f"{', '.join(estimates)} {verb} (fake tensors compute no outputs to "
+                         "judge)")
+        if without:
+            parts.append(f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} no "
+                         "quality figure (perplexity needs a tokenizer; KL divergence and "
+                         "cosine similarity exist only for optimized runs)")
+        others = [f"{n} has {h[0]}" for n, h in held.items() if h]
+        if others and (estimates or without):
+            parts.append("only " + "; ".join(others))
+        elif others:
+            parts.append("their figures differ in kind (" + "; ".join(others) + ")")
+        return "No quality figure is shared by these runs: " + "; ".join(parts) + "."
+
     def not_plotted(self) -> list[str]:
         """Run ids the scatter leaves out (no figure for ``metric``)."""
         return [r.run_id for r, q in zip(self.runs, self.quality) if q is None]

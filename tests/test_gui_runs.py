@@ -169,7 +169,21 @@ def test_compare_without_a_shared_quality_metric_says_so(qtbot, tmp_path):
     window = make_window(qtbot, FakeEngine(), store)
     assert window.compare_saved_runs(["a", "b"])
     assert window.compare_panel.scatter.getData()[0].size == 0
-    assert "nothing is plotted" in window.compare_panel.scatter_note.text()
+    note = window.compare_panel.scatter_note.text()
+    assert "Nothing is plotted" in note
+    assert "[1] has cosine similarity" in note, note  # what each holds, not a fixed reason
+    # an estimate beside a measured run: said to be the estimate, not "needs a tokenizer"
+    est = make_result("c")
+    est.estimate = {"method": "fake"}
+    est.quality = None
+    store.save(est)
+    measured = make_result("d")
+    measured.quality = {"perplexity": 28.46}
+    store.save(measured)
+    assert window.compare_saved_runs(["d", "c"])
+    note = window.compare_panel.scatter_note.text()
+    assert "[1] is an estimate" in note and "only [0] has perplexity" in note, note
+    assert "tokenizer" not in note, note
 
 
 def test_baseline_outline_from_a_saved_run_and_from_the_same_run(qtbot, real_store):

@@ -261,9 +261,7 @@ class ComparePanel(QWidget):
         if c.metric is None:
             self.scatter.setData([], [])
             self.scatter_plot.setLabel("left", "quality")
-            self.scatter_note.setText("No quality figure is shared by these runs (perplexity "
-                                      "needs a tokenizer; KL divergence exists only for "
-                                      "optimized runs), so nothing is plotted.")
+            self.scatter_note.setText(c.no_metric_reason() + " Nothing is plotted.")
             return
         spots, missing = [], []
         for i, (run, q) in enumerate(zip(c.runs, c.quality)):
