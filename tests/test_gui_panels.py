@@ -545,3 +545,19 @@ def test_the_memory_axes_carry_no_si_factor_for_a_small_run(qtbot):
     panel.show()
     panel.render(result.layers, result.totals)
     assert "(x" not in panel.plot.getAxis("left").labelString()
+
+
+def test_compare_legend_tells_many_runs_apart():
+    """A guide's fifteen runs a workload: [0] and [10] were the same blue, and names cut at
+    36 characters hid what told two runs apart ("lora:rank=8,targets=attentio…" twice)."""
+    from gui.panels.compare import RUN_COLORS, legend_names, run_color
+
+    assert len({run_color(i) for i in range(15)}) == 15 and len(set(RUN_COLORS)) == 20
+    names = legend_names(["guide: lora:rank=8,targets=attention,mlp + checkpointing:every_n=1",
+                          "guide: lora:rank=8,targets=attention",
+                          "guide: prune-unstructured:amount=0.5,permanent=true"])
+    assert names[1:] == ["lora:rank=8,targets=attention",
+                         "prune-unstructured:amount=0.5,permanent=true"]  # shared "guide: " off
+    assert names[0].startswith("lora:rank=8") and names[0].endswith("every_n=1")
+    assert len(set(names)) == 3 and all(len(n) <= 44 for n in names)
+    assert legend_names(["fwd", "guide: x"]) == ["fwd", "guide: x"]  # nothing shared: as given

@@ -30,8 +30,27 @@ from .axis import fit_bar_labels, keep_legend_fitted, placeholder_text, show_pla
 MIB = 1024.0 * 1024.0
 MIN_QUALITY_SPAN = 0.02  # of the quality value: the scatter's y axis spans at least this
 _TEXT = "#202020"
+# Twenty: a guide compares up to about fifteen runs a workload, and with ten colours its
+# [0] and [10] were the same blue. The second ten are darker kin of the first, told apart
+# side by side.
 RUN_COLORS = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#edc948",
-              "#ff9da7", "#9c755f", "#bab0ac")
+              "#ff9da7", "#9c755f", "#bab0ac",
+              "#1f3b73", "#8c1c13", "#2e6b30", "#a65c00", "#6b3d8a", "#2f7f7a", "#8a7a00",
+              "#c2185b", "#5d4037", "#37474f")
+LEGEND_NAME_CHARS = 44
+
+
+def legend_names(names: list[str]) -> list[str]:
+    """Names for the legend: a prefix every name shares up to ": " ("guide: ") is dropped,
+    and a long name loses its middle, not its end (which is what tells "…targets=attention"
+    from "…targets=attention,mlp")."""
+    if len(names) > 1:
+        head = names[0].split(": ", 1)[0] + ": " if ": " in names[0] else ""
+        if head and all(n.startswith(head) and len(n) > len(head) for n in names):
+            names = [n[len(head):] for n in names]
+    keep = LEGEND_NAME_CHARS - 1
+    return [n if len(n) <= LEGEND_NAME_CHARS else n[:keep // 2] + "…" + n[-(keep - keep // 2):]
+            for n in names]
 TABLE_COLUMNS = ("Run", "Optimizations", "Peak", "Δ peak", "Weights", "Latency", "× latency",
                  "Quality")
 
@@ -213,7 +232,7 @@ class ComparePanel(QWidget):
         self.heights = []
         for item in self._bar_items:
             item.setVisible(False)
-        for i, name in enumerate(c.labels()):
+        for i, name in enumerate(legend_names(c.labels())):
             if delta:
                 values = c.deltas(i) + [c.unattributed[i] - c.unattributed[0]]
             else:
@@ -225,7 +244,7 @@ class ComparePanel(QWidget):
             item.setOpts(x=x[shown] - 0.4 + width * (i + 0.5), height=heights[shown],
                          width=width * 0.92, brush=pg.mkBrush(run_color(i)))
             item.setVisible(True)
-            self.legend.addItem(item, f"[{i}] {name if len(name) <= 36 else name[:35] + '…'}")
+            self.legend.addItem(item, f"[{i}] {name}")
         self.bars_plot.setLabel("left", "Δ MiB at peak" if delta else "MiB at peak")
         self.bars_plot.setTitle("Δ at peak by layer, against [0]" if delta
                                 else "Memory at peak by layer", color=theme.current().text)
