@@ -56,8 +56,12 @@ class ChangeTracker:
         self._last = signatures(model)
         self.touched: dict[str, list[str]] = {}  # module name -> optimization ids, in order
         self.whole_run: list[str] = []  # optimizations that changed no module
+        # optimizations that say they changed modules whose weights and structure stay as they
+        # were (the attention implementation: how they run) -> how many they name
+        self.behaviour_only: dict[str, int] = {}
 
-    def after(self, opt_id: str) -> list[str]:
+    def after(self, opt_id: str, says_touched: int = 0) -> list[str]:
+        """The modules ``opt_id`` changed; ``says_touched``: how many it says it changed."""
         now = signatures(self.model)
         changed = [n for n, sig in now.items() if self._last.get(n) != sig]
         # A module that came with its replaced parent (int8's _packed_params, LoRA's lora_A)
@@ -73,7 +77,9 @@ class ChangeTracker:
             ids = self.touched.setdefault(name, [])
             if opt_id not in ids:
                 ids.append(opt_id)
-        if not changed:
+        if not changed and says_touched:
+            self.behaviour_only[opt_id] = says_touched
+        elif not changed:
             self.whole_run.append(opt_id)
         self._last = now
         return changed
@@ -89,7 +95,8 @@ def _dtypes(tensors: list[torch.Tensor]) -> list[str]:
 
 
 def module_tree(model: nn.Module, tracker: ChangeTracker | None = None) -> dict[str, Any]:
-    """``{"modules": [row, ...], "whole_run": [opt ids]}``, rows in ``named_modules`` order.
+    """``{"modules": [row, ...], "whole_run": [opt ids], "behaviour_only": {opt id: modules}}``,
+    rows in ``named_modules`` order.
 
     A row: ``name`` ("" is the model), ``type`` (class name), ``class_path``, ``depth``, ``parameters`` (elements, including
     children), ``own_parameters``, ``weights_bytes`` (every tensor the module and its children
@@ -131,4 +138,5 @@ def module_tree(model: nn.Module, tracker: ChangeTracker | None = None) -> dict[
             "touched_by": list(touched.get(name, [])),
             "tied_to": tied,
         })
-    return {"modules": rows, "whole_run": list(tracker.whole_run) if tracker else []}
+    return {"modules": rows, "whole_run": list(tracker.whole_run) if tracker else [],
+            "behaviour_only": dict(tracker.behaviour_only) if tracker else {}}

@@ -220,10 +220,11 @@ class Cast(Optimization):
 
     def _apply(self, model, params, hooks, device, record):
         target = _dtype(params["dtype"])
+        # (buffers too: model.to casts them, e.g. the rotary embedding's inv_freq)
         record.modules_touched = sum(
             1 for m in model.modules()
-            if any(p.is_floating_point() and p.dtype != target
-                   for p in m.parameters(recurse=False)))
+            if any(t.is_floating_point() and t.dtype != target
+                   for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]))
         model.to(target)
         if device.type == "cpu" and target == torch.float16:
             record.notes.append("float16 arithmetic is slow on most CPUs; bfloat16 is usually "

@@ -346,7 +346,7 @@ class _Run:
             applied, self.hooks = apply_all(
                 model, chosen, device, self.cancel,
                 lambda f, m: self.progress("optimize", f, m),
-                on_applied=lambda a: changes.after(a.id))
+                on_applied=lambda a: changes.after(a.id, a.modules_touched))
             result.optimizations = [a.to_dict() for a in applied]
             # modules may have been replaced or removed
             tracked = select_layers(model, loss=cfg.workload == "train")

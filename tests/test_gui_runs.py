@@ -248,13 +248,14 @@ def test_model_tree_shows_modules_and_what_changed_them(qtbot):
              "weights_bytes": 32, "dtypes": ["float32"], "devices": ["cpu"], "trainable": 8,
              "touched_by": []},
         ],
-        "whole_run": ["autocast"]}
+        "whole_run": ["autocast"], "behaviour_only": {"attention": 6}}
     result.model_info["parameters"] = 2_621_440  # before int8 packed most of them
     window.render_result(result)
     panel = window.model_panel
     assert panel.module_names() == ["", "model", "model.q_proj", "model.norm"]
     assert "1 changed by an optimization" in panel.summary.text()
     assert "autocast" in panel.summary.text()
+    assert "attention changes how 6 modules run, not their weights" in panel.summary.text()
     # The root counts 100 parameters of the model's 2.62 M: the rest were packed (int8)
     assert "100 of the model's 2.62 M parameters are still parameters" in panel.summary.text()
     panel.changed_only.setChecked(True)

@@ -502,3 +502,19 @@ def test_every_conflict_is_listed_on_both_sides():
     with pytest.raises(MemLensError) as info:
         resolve([{"id": "cast"}, {"id": "torchao-int8"}], "forward", "cpu")
     assert "conflicts with" in info.value.message
+
+
+def test_the_module_tree_and_the_optimizations_count_the_same_modules():
+    """A report said "Attention implementation: 6 modules changed" above a tree that said
+    "Changed no module: attention", and cast changed 57 modules in its table but 58 in the
+    tree (the rotary embedding's float buffer, cast by model.to, was not counted)."""
+    r = run([{"id": "cast", "params": {"dtype": "bfloat16"}},
+             {"id": "attention", "params": {"impl": "eager"}}])
+    tree = r.model_info["module_tree"]
+    counts = {a["id"]: a["modules_touched"] for a in r.optimizations}
+    cast = [m for m in tree["modules"] if "cast" in m["touched_by"]]
+    assert len(cast) == counts["cast"] > 0
+    assert any(m["name"].endswith("rotary_emb") for m in cast)
+    # the attention implementation changes how the attention modules run, not the modules
+    assert counts["attention"] > 0 and "attention" not in tree["whole_run"]
+    assert tree["behaviour_only"] == {"attention": counts["attention"]}

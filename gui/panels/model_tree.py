@@ -145,6 +145,9 @@ class ModelTreePanel(QWidget):
                      "which the Weights column counts")
         if whole:
             text += (f". Changed no module (they act on the whole run): {', '.join(whole)}")
+        for opt_id, count in (record.get("behaviour_only") or {}).items():
+            text += (f". {opt_id} changes how {count} module{'s' if count != 1 else ''} run, "
+                     "not their weights or structure (not highlighted)")
         self.summary.setText(text + ".")
         # Nothing to narrow the tree to when no optimization changed a module.
         self.changed_only.setEnabled(changed > 0)
