@@ -651,10 +651,17 @@ img.shot { border: 1px solid #c8c8c8; }
 """ % ", ".join(f"'{f}'" if " " in f else f for f in FONT_FAMILIES)
 
 
+# Pictures left out of the PDF: the Totals panel is text, printed in full as the Totals
+# section above it; shrunk to the page's width its letters were about 4 pt.
+PDF_OMITS = frozenset({"totals"})
+
+
 def build_html(results: Sequence[RunResult], shots: Mapping[str, Sequence[Shot]],
-               image_src: Callable[[Shot], str], image_width: int | None = None) -> str:
+               image_src: Callable[[Shot], str], image_width: int | None = None,
+               omit: frozenset[str] = frozenset()) -> str:
     """The report as HTML; ``shots`` maps run ids (and ``"compare"``) to their pictures and
-    ``image_src`` gives each picture's ``src`` (a data URI, or a resource name for the PDF)."""
+    ``image_src`` gives each picture's ``src`` (a data URI, or a resource name for the PDF);
+    pictures whose key is in ``omit`` are left out."""
     from engine.compare import compare
 
     width = f" width='{image_width}'" if image_width else " style='max-width:100%'"
@@ -679,6 +686,8 @@ def build_html(results: Sequence[RunResult], shots: Mapping[str, Sequence[Shot]]
 
     def pictures(items: Sequence[Shot]) -> None:
         for shot in items:
+            if shot.key in omit:
+                continue
             out.append(f"<h3>{_e(shot.title)}</h3><p><img class='shot' src='{image_src(shot)}'"
                        f" alt='{_e(shot.title)}'{width}></p>")
             if shot.caption:
@@ -860,8 +869,10 @@ def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = 
         raise MemLensError(ErrorKind.STORE, f"Cannot write {files.html}: {exc.strerror or exc}.",
                            "Choose a writable folder with free space.") from exc
     if pdf:
-        pdf_html = build_html(results, shots, lambda s: s.path.name, image_width=PDF_IMAGE_WIDTH)
-        files.pdf = write_pdf(pdf_html, every, folder / "report.pdf")
+        pdf_html = build_html(results, shots, lambda s: s.path.name, image_width=PDF_IMAGE_WIDTH,
+                              omit=PDF_OMITS)
+        files.pdf = write_pdf(pdf_html, [s for s in every if s.key not in PDF_OMITS],
+                              folder / "report.pdf")
     return files
 
 

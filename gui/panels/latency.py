@@ -214,6 +214,12 @@ class LatencyPanel(QWidget):
 
     def render(self, result: RunResult) -> None:
         self._result = result
+        # (the layers are timed by forward hooks: in a training step their bars are the
+        # forward's; the backward and the optimizer are only in the step's total)
+        train = getattr(getattr(result, "config", None), "workload", "") == "train"
+        self.plot.setTitle("Forward latency by layer (median; the step's backward is not split"
+                           " by layer)" if train else "Latency by layer (median)",
+                           color=theme.current().text, size="9pt")
         self.summary.setText("\n".join(summary_lines(result)))
         self._fit_summary()
         # An estimate has no latency to draw: the sentence above says so, no empty axes.
