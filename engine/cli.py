@@ -171,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("text", help="the new label ('' clears it)")
 
     s = sub.add_parser("show", help="print a saved run's table (RUN_ID or path to a run JSON); "
-                                    "also prints a sweep, fit, plan or distributed run file")
+                                    "also prints a sweep, fit, plan, distributed run or guide file")
     s.add_argument("run")
 
     o = sub.add_parser("optimizations", help="list the optimizations and what applies here")
@@ -927,14 +927,21 @@ def _add_sweep_parsers(sub) -> None:
     add_cli_parser(sub, common)
 
 
+def _opts_contradict(args: argparse.Namespace) -> bool:
+    """--opt beside --opt-set: said so (the caller exits with EXIT_USAGE, as for any options
+    that contradict each other)."""
+    if args.opt and args.opt_set:
+        _error("--opt and --opt-set cannot be combined.",
+               "Give one set with --opt ID (repeatable), or several with --opt-set A+B "
+               "--opt-set none.")
+        return True
+    return False
+
+
 def _opt_sets(args: argparse.Namespace) -> list[list[dict]]:
     from .optimizations import parse_spec
     from .sweep import parse_opt_set
 
-    if args.opt and args.opt_set:
-        raise MemLensError("invalid_workload", "--opt and --opt-set cannot be combined.",
-                           "Give one set with --opt ID (repeatable), or several with "
-                           "--opt-set A+B --opt-set none.")
     if args.opt_set:
         return [parse_opt_set(s) for s in args.opt_set]
     return [[parse_spec(spec) for spec in args.opt]]
@@ -1008,6 +1015,8 @@ def _sweep(args: argparse.Namespace, store) -> int:
 
     seqs = parse_int_list(args.seq, "--seq", "--seq")
     batches = parse_int_list(args.batch, "--batch", "--batch", "1,2,4")
+    if _opts_contradict(args):
+        return EXIT_USAGE
     sets = _opt_sets(args)
     if args.estimate_only and args.measure_below is not None:  # (it was ignored)
         _error("--estimate-only and --measure-below contradict each other.",
@@ -1105,6 +1114,8 @@ def _fit(args: argparse.Namespace, store) -> int:
 
     budget = resolve_budget(args.budget)
     batches = parse_int_list(args.batch, "--batch", "--batch", "1,2,4")
+    if _opts_contradict(args):
+        return EXIT_USAGE
     sets = _opt_sets(args)
     if args.granularity is not None and args.granularity < 1:
         _error(f"The granularity must be at least 1 token (got {args.granularity}).",

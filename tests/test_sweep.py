@@ -297,6 +297,11 @@ def test_cli_fit_at_seq_prints_the_largest_batch(capsys) -> None:
     assert cli.main(["fit", "--model", "preset:tiny-llama", "--budget", "1GiB", "--at-seq",
                      "16", "--batch", "2"]) == cli.EXIT_USAGE
     assert "cannot be combined" in capsys.readouterr().err
+    for command in (["sweep", "--seq", "16", "--estimate-only"],
+                    ["fit", "--budget", "1GiB"]):  # contradicting options: 2, as README says
+        assert cli.main([*command, "--model", "preset:tiny-llama", "--opt", "cast",
+                         "--opt-set", "none"]) == cli.EXIT_USAGE, command
+        assert "--opt and --opt-set cannot be combined" in capsys.readouterr().err
 
 
 def test_a_fit_from_a_newer_memlens_is_refused() -> None:
