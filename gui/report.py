@@ -75,6 +75,7 @@ class ReportFiles:
     html: Path
     pdf: Path | None = None
     images: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # a guide's runs not in the run store
 
 
 # -- rendering the panels -----------------------------------------------------------------------
@@ -910,13 +911,17 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
             shots.append(shot)
             charts[workload] = shot.path.name
     text = markdown(guide, charts)
+    where = getattr(store, "root", None)
     for workload, ids in missing.items():
-        text = text.replace(f"## {workload}\n", f"## {workload}\n\nNot in the run store, so not "
-                            f"in the picture: {', '.join(ids)}.\n", 1)
+        text = text.replace(f"## {workload}\n", f"## {workload}\n\nNot in the run store"
+                            + (f" {where}" if where is not None else "")
+                            + f", so not in the picture: {', '.join(ids)} (the guide saved its "
+                            "runs in the store it ran with).\n", 1)
     doc = QTextDocument()
     doc.setMarkdown(text)
     body = doc.toHtml()
-    files = ReportFiles(folder=folder, html=folder / "guide.html", images=[s.path for s in shots])
+    files = ReportFiles(folder=folder, html=folder / "guide.html", images=[s.path for s in shots],
+                        missing=[i for ids in missing.values() for i in ids])
     page = body
     for shot in shots:
         page = page.replace(f'src="{shot.path.name}"', f'src="{_data_uri(shot)}" '
@@ -1079,4 +1084,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         buffer.write(f"written: {files.pdf}\n")
     buffer.write(f"pictures: {len(files.images)} PNG(s) in {files.folder}\n")
     sys.stdout.write(buffer.getvalue())
+    if files.missing:
+        drawn = "none of them" if not files.images else "the rest"
+        print(f"memlens: note: {len(files.missing)} of the guide's runs are not in the run store "
+              f"{store.root}, so the report draws {drawn}; give the store the guide ran with "
+              "(--store DIR, or the same MEMLENS_HOME).", file=sys.stderr)
     return 0

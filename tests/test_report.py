@@ -388,7 +388,7 @@ def test_guide_report_has_each_workloads_runs_drawn_and_the_guides_text(qapp, sh
 @pytest.mark.fault(area="data", case="a guide whose runs were deleted from the run store",
                    outcome="the guide's report is still written, and names the runs it could "
                            "not draw under their workload")
-def test_guide_report_names_runs_missing_from_the_store(qapp, short_guide, tmp_path):
+def test_guide_report_names_runs_missing_from_the_store(qapp, short_guide, tmp_path, capsys):
     import shutil as _shutil
 
     from gui.report import write_guide_report
@@ -400,9 +400,17 @@ def test_guide_report_names_runs_missing_from_the_store(qapp, short_guide, tmp_p
     gone = guide.ranked("forward")[0].run_id
     partial_store.delete(gone)
     files = write_guide_report(guide, tmp_path / "partial", partial_store)
-    assert f"Not in the run store, so not in the picture: {gone}" in _plain(
-        files.html.read_text(encoding="utf-8"))
+    assert (f"Not in the run store {copy_root}, so not in the picture: {gone} (the guide saved "
+            "its runs in the store it ran with)") in _plain(files.html.read_text(encoding="utf-8"))
     assert [p.name for p in files.images] == ["guide-forward.png", "guide-train.png"]
+    assert files.missing == [gone]
+    # from the command line with a store that has none of them (README's guide, run elsewhere):
+    # written, and a note says why the report has no pictures and what to give
+    assert launcher.main(["report", "--guide", str(_folder), "--store", str(tmp_path / "empty"),
+                          "--out", str(tmp_path / "none")]) == 0
+    captured = capsys.readouterr()
+    assert "pictures: 0 PNG(s)" in captured.out
+    assert "so the report draws none of them; give the store the guide ran with" in captured.err
 
 
 def _plain(html_text: str) -> str:
