@@ -1463,8 +1463,7 @@ def print_report(result: RunResult, out: TextIO) -> None:
             w(f"first (warm-up) pass {timing['warmup_ms'][0]:.1f} ms: one-time costs such as "
               "lazy initialisation or compilation\n")
     if est is not None:
-        spent = sum(est.get(k) or 0 for k in ("build_seconds", "warmup_seconds", "pass_seconds"))
-        w(f"estimate made in {spent:.2f} s "
+        w(f"estimate made in {result.estimate_seconds:.2f} s "
           f"(build {est.get('build_seconds', 0):.2f} s, "
           + (f"warm-up step {est['warmup_seconds']:.2f} s, " if est.get("warmup_seconds") else "")
           + f"memory pass {est.get('pass_seconds', 0):.2f} s); weights "

@@ -179,6 +179,15 @@ class RunResult:
     def is_estimate(self) -> bool:
         return self.estimate is not None
 
+    @property
+    def estimate_seconds(self) -> float | None:
+        """An estimate's own time: the build, the warm-up step and the memory pass (the run's
+        ``duration_s`` also holds importing the libraries and saving)."""
+        if self.estimate is None:
+            return None
+        return sum(float(self.estimate.get(k) or 0)
+                   for k in ("build_seconds", "warmup_seconds", "pass_seconds"))
+
     def layer(self, name: str) -> LayerStats:
         for layer in self.layers:
             if layer.name == name:

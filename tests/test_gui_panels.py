@@ -561,3 +561,21 @@ def test_compare_legend_tells_many_runs_apart():
     assert names[0].startswith("lora:rank=8") and names[0].endswith("every_n=1")
     assert len(set(names)) == 3 and all(len(n) <= 44 for n in names)
     assert legend_names(["fwd", "guide: x"]) == ["fwd", "guide: x"]  # nothing shared: as given
+
+
+def test_an_estimates_totals_give_the_time_the_command_line_gives():
+    """The report said "run took 4.4 s" where `memlens show` said "estimate made in 1.34 s":
+    both now give the estimate's own time, the window's with the whole run's beside it."""
+    from engine.config import RunConfig
+    from engine.results import RunResult
+    from gui.panels.totals import totals_lines
+
+    run = RunResult(config=RunConfig(), run_id="e", duration_s=4.4,
+                    estimate={"build_seconds": 0.25, "warmup_seconds": 0.0,
+                              "pass_seconds": 1.09})
+    assert run.estimate_seconds == pytest.approx(1.34)
+    text = "\n".join(totals_lines(run))
+    assert "estimate made in 1.3 s of a 4.4 s run" in text, text
+    assert "run took" not in text
+    measured = RunResult(config=RunConfig(), run_id="m", duration_s=4.4)
+    assert "run took 4.4 s" in "\n".join(totals_lines(measured))

@@ -62,7 +62,12 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
         speed.append(f"process RSS peak in the memory pass {human_bytes(t.process_rss_peak_bytes)}")
     if t.cuda_reserved_peak_bytes is not None:
         speed.append(f"CUDA reserved peak {human_bytes(t.cuda_reserved_peak_bytes)}")
-    if result.duration_s:
+    made = getattr(result, "estimate_seconds", None)
+    if made is not None:  # (the figure the command line prints)
+        speed.append(f"estimate made in {human_seconds(made)}"
+                     + (f" of a {human_seconds(result.duration_s)} run (libraries, saving)"
+                        if result.duration_s else ""))
+    elif result.duration_s:
         speed.append(f"run took {human_seconds(result.duration_s)}")
     lines.append(" · ".join(speed))
     if t.load_peak_bytes is not None or t.steady_bytes is not None:
