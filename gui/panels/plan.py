@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -68,6 +68,22 @@ def _item(text: str, right: bool = False) -> QTableWidgetItem:
     return item
 
 
+class _CountSpin(QSpinBox):
+    """A spin box for counts up to MAX_RANKS that asks for the width of a few digits only: Qt
+    sizes a spin box for its largest value, and seven digits on two boxes made the window's
+    minimum wider than a 1024-pixel screen."""
+
+    def _narrow(self, size: QSize) -> QSize:
+        return QSize(min(size.width(), self.fontMetrics().horizontalAdvance("0" * 4) + 29),
+                     size.height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return self._narrow(super().sizeHint())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return self._narrow(super().minimumSizeHint())
+
+
 class PlanPanel(QWidget):
     """Inputs for a plan and its result. Emits ``plan_requested()``; the window builds the job
     with :meth:`plan_job` and the controls' model, workload, sizes and dtype."""
@@ -80,7 +96,7 @@ class PlanPanel(QWidget):
         super().__init__(parent)
         self.plan: Any = None
 
-        self.devices_spin = QSpinBox()
+        self.devices_spin = _CountSpin()
         # (the engine's limits: up to MAX_RANKS training ranks; an inference plan of more than
         # MAX_DEVICES GPUs is refused by the engine with a message naming this field)
         self.devices_spin.setRange(1, MAX_RANKS)
@@ -96,7 +112,7 @@ class PlanPanel(QWidget):
         self.strategy_combo = QComboBox()
         self.strategy_combo.addItems(STRATEGIES)
         self.strategy_combo.setToolTip("Inference: from_pretrained's device_map strategy")
-        self.replicas_spin = QSpinBox()
+        self.replicas_spin = _CountSpin()
         self.replicas_spin.setRange(1, MAX_RANKS)
         self.replicas_spin.setToolTip("Training: HSDP replica groups; each group holds the model "
                                       "sharded among ranks / replicas ranks (1: plain FSDP2)")
