@@ -171,7 +171,9 @@ class Optimization:
     def check_config(self, workload: str, device: str, params: dict[str, Any]) -> str | None:
         """Why this cannot apply to ``workload`` on ``device`` (None when it can)."""
         if workload not in self.workloads:
-            return f"applies to the {' and '.join(self.workloads)} workload(s), not {workload}"
+            plural = "s" if len(self.workloads) > 1 else ""
+            return (f"applies to the {' and '.join(self.workloads)} workload{plural}, not "
+                    f"{workload}")
         kind = "cuda" if device.startswith("cuda") else device
         if kind not in self.devices:
             return f"needs {' or '.join(self.devices)} (this run is on {device})"
@@ -179,6 +181,11 @@ class Optimization:
 
     def check_model(self, model: nn.Module, params: dict[str, Any]) -> str | None:
         """Why this cannot apply to this model (None when it can)."""
+        return None
+
+    def check_with(self, params: dict[str, Any], ids: list[str]) -> str | None:
+        """Why these ``params`` cannot go with the other optimizations chosen (``ids``): a
+        conflict that depends on a parameter (None when there is none)."""
         return None
 
     def apply(self, model: nn.Module, params: dict[str, Any], hooks: RunHooks,
@@ -252,7 +259,9 @@ class Autocast(Optimization):
 
 # -- quantization -------------------------------------------------------------------------------------
 class Int8Dynamic(Optimization):
-    conflicts = ("cast", "prune-unstructured", "torchao-int8")
+    # (autocast: quantized::linear_dynamic takes float32 activations only, and autocast hands
+    # it bfloat16 or float16 ones: "expected scalar type Float but found BFloat16")
+    conflicts = ("cast", "prune-unstructured", "torchao-int8", "autocast")
     id = "int8-dynamic"
     name = "int8 dynamic quantization"
     summary = ("Linear weights stored as int8, activations quantized on the fly "
@@ -376,8 +385,10 @@ class TorchaoInt4(_TorchaoWeights):
                "(torchao Int4WeightOnlyConfig, tinygemm's tile-packed layout); CUDA only.")
     params = (Param("group_size", "choice", "128", ("32", "64", "128", "256"),
                     help="input features sharing one scale and zero point"),)
+    # (structured pruning after quantization: the packed weights have no norm to rank
+    # channels or heads by; like the int8 techniques)
     conflicts = ("int8-dynamic", "torchao-int8", "torchao-fp8", "quanto-weights",
-                 "prune-unstructured", "sparsity-24", "cast")
+                 "prune-unstructured", "sparsity-24", "cast", "prune-ffn", "prune-heads")
     inner = "the packed 4-bit data and the per-group scales and zero points"
 
     def check_config(self, workload, device, params):
@@ -429,8 +440,9 @@ class TorchaoFloat8(_TorchaoWeights):
                "dynamic also quantizes activations and needs fp8 matmuls (CUDA 8.9+).")
     params = (Param("activations", "choice", "weight-only", ("weight-only", "dynamic"),
                     help="dynamic: fp8 activations and fp8 matmuls (torch._scaled_mm)"),)
+    # (prune-ffn / prune-heads after it: Float8Tensor has no linalg_vector_norm to rank by)
     conflicts = ("int8-dynamic", "torchao-int8", "torchao-int4", "quanto-weights",
-                 "prune-unstructured", "sparsity-24", "cast")
+                 "prune-unstructured", "sparsity-24", "cast", "prune-ffn", "prune-heads")
     inner = "the float8 data and the per-row scales"
 
     def check_config(self, workload, device, params):
@@ -1147,6 +1159,14 @@ class KVCache(Optimization):
                     "is in CPU memory already")
         return super().check_config(workload, device, params)
 
+    def check_with(self, params, ids):
+        # (check_model sees the model before sliding-window makes its layers local)
+        if params["policy"] in ("fp8", "quanto-int4", "quanto-int2") and "sliding-window" in ids:
+            return (f"with policy {params['policy']} cannot go with sliding-window: quantized "
+                    "caches need every layer to use full attention, and sliding-window makes "
+                    "them local")
+        return None
+
     def check_model(self, model, params):
         if params["policy"] in ("fp8", "quanto-int4", "quanto-int2"):
             types = getattr(model.config, "layer_types", None) or []
@@ -1313,6 +1333,11 @@ def resolve(selected: list[dict[str, Any]], workload: str, device: str
         if clash:
             raise MemLensError(ErrorKind.NOT_APPLICABLE,
                                f"{opt.id} conflicts with {', '.join(clash)}.",
+                               "Run them separately and compare the runs.")
+    for opt, params in chosen:
+        reason = opt.check_with(params, ids)
+        if reason:
+            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.name} ({opt.id}) {reason}.",
                                "Run them separately and compare the runs.")
     return chosen
 

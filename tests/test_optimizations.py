@@ -518,3 +518,28 @@ def test_the_module_tree_and_the_optimizations_count_the_same_modules():
     # the attention implementation changes how the attention modules run, not the modules
     assert counts["attention"] > 0 and "attention" not in tree["whole_run"]
     assert tree["behaviour_only"] == {"attention": counts["attention"]}
+
+
+def test_combinations_that_crashed_are_refused_before_anything_loads():
+    """Found by running every pair on tiny models: each crashed with an internal error in the
+    optimize or quality stage. Now refused by name, with the other choice named."""
+    from engine.errors import MemLensError
+    from engine.optimizations import resolve
+
+    for selected, workload, words in [
+        # quantized::linear_dynamic takes float32 only; autocast gave it bfloat16
+        ([{"id": "autocast"}, {"id": "int8-dynamic"}], "forward", "int8-dynamic"),
+        # Float8Tensor has no linalg_vector_norm to rank channels or heads by
+        ([{"id": "torchao-fp8"}, {"id": "prune-ffn"}], "forward", "prune-ffn"),
+        ([{"id": "torchao-fp8"}, {"id": "prune-heads"}], "generate", "prune-heads"),
+        # the model check ran before sliding-window made the layers local
+        ([{"id": "sliding-window", "params": {"window": 4}},
+          {"id": "kv-cache", "params": {"policy": "fp8"}}], "generate", "sliding-window"),
+    ]:
+        with pytest.raises(MemLensError) as info:
+            resolve(selected, workload, "cpu")
+        assert info.value.kind == "not_applicable" and words in info.value.message, selected
+    # a full-attention cache with sliding-window still goes
+    assert len(resolve([{"id": "sliding-window", "params": {"window": 4}},
+                        {"id": "kv-cache", "params": {"policy": "static"}}],
+                       "generate", "cpu")) == 2
