@@ -562,7 +562,8 @@ class PruneUnstructured(Optimization):
                "save no memory; until made permanent the mask and original weight add memory.")
     category = "pruning"
     params = (
-        Param("amount", "float", 0.5, minimum=0.0, maximum=0.99, help="fraction zeroed"),
+        # (an amount of 0 zeroes nothing: a run that measures no technique at all)
+        Param("amount", "float", 0.5, minimum=0.01, maximum=0.99, help="fraction zeroed"),
         Param("permanent", "bool", False,
               help="prune.remove: fold the mask into the weight (dense, same size)"),
     )
@@ -901,6 +902,12 @@ class Checkpointing(Optimization):
     def check_model(self, model, params):
         if not getattr(model, "supports_gradient_checkpointing", False):
             return f"{type(model).__name__} does not support activation checkpointing"
+        from .layers import _blocks
+
+        found = _blocks(model)
+        if found and params["every_n"] > len(found[1]):
+            return (f"every_n={params['every_n']} is more than its {len(found[1])} blocks, so "
+                    f"no block would be checkpointed: give every_n ≤ {len(found[1])}")
         return None
 
     def _apply(self, model, params, hooks, device, record):

@@ -543,3 +543,19 @@ def test_combinations_that_crashed_are_refused_before_anything_loads():
     assert len(resolve([{"id": "sliding-window", "params": {"window": 4}},
                         {"id": "kv-cache", "params": {"policy": "static"}}],
                        "generate", "cpu")) == 2
+
+
+def test_choices_that_measure_nothing_are_refused():
+    """prune-unstructured with amount 0 zeroed nothing, and checkpointing every 1000th block of
+    a 2-block model checkpointed none: both ran as if a technique had been measured."""
+    from engine.errors import MemLensError
+    from engine.optimizations import REGISTRY, parse_spec
+
+    with pytest.raises(MemLensError, match="amount must be ≥ 0.01"):
+        REGISTRY["prune-unstructured"].parse_params(parse_spec("prune-unstructured:amount=0")
+                                                    ["params"])
+    events = Collector()
+    assert execute(tiny(workload="train", optimizations=[
+        {"id": "checkpointing", "params": {"every_n": 1000}}]), events) is None
+    message = events.failed.message
+    assert "every_n=1000 is more than its" in message and "no block" in message, message
