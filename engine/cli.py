@@ -1442,6 +1442,10 @@ def print_report(result: RunResult, out: TextIO) -> None:
     if t.unattributed_detail:
         w("  unattributed: " + ", ".join(f"{k} {human_bytes(v)}"
                                          for k, v in t.unattributed_detail.items()) + "\n")
+    from .modeltree import tied_notes
+
+    for note in tied_notes(info.get("module_tree"), [x.name for x in result.layers]):
+        w(f"  {note}\n")
     if t.latency_ms is not None:
         timing = result.timing or {}
         w(f"latency {t.plain_latency_ms:.2f} ms plain, {t.latency_ms:.2f} ms with live hooks on "

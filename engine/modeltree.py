@@ -140,3 +140,17 @@ def module_tree(model: nn.Module, tracker: ChangeTracker | None = None) -> dict[
         })
     return {"modules": rows, "whole_run": list(tracker.whole_run) if tracker else [],
             "behaviour_only": dict(tracker.behaviour_only) if tracker else {}}
+
+
+def tied_notes(tree: dict[str, Any] | None, rows: list[str]) -> list[str]:
+    """One sentence per row of the per-layer table (``rows``: their names) whose weights are
+    another module's (a head tied to the embeddings shows 0 B of weights, which reads as a
+    missing figure without it)."""
+    out = []
+    for module in (tree or {}).get("modules") or []:
+        tied = module.get("tied_to") or []
+        if module.get("name") in rows and tied:
+            out.append(f"{module['name']} shares its weights with {', '.join(tied)}: they are "
+                       "counted once, there")
+    return out
+

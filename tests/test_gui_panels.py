@@ -579,3 +579,23 @@ def test_an_estimates_totals_give_the_time_the_command_line_gives():
     assert "run took" not in text
     measured = RunResult(config=RunConfig(), run_id="m", duration_s=4.4)
     assert "run took 4.4 s" in "\n".join(totals_lines(measured))
+
+
+def test_a_tied_head_says_where_its_weights_are_counted():
+    """The per-layer tables showed the tied head's weights as 0 B with nothing to say why."""
+    import io
+
+    from engine.cli import print_report
+    from engine.runner import execute
+    from gui.panels.totals import totals_lines
+
+    from .helpers import Collector, tiny
+
+    run = execute(tiny(model="preset:tiny-gpt2", workload="forward", seq=8), Collector())
+    head = next(x for x in run.layers if x.name == "lm_head")
+    assert head.weights_bytes == 0
+    words = "lm_head shares its weights with transformer.wte: they are counted once, there"
+    out = io.StringIO()
+    print_report(run, out)
+    assert words in out.getvalue()
+    assert words in "\n".join(totals_lines(run))

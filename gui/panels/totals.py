@@ -39,6 +39,10 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
     ]
     lines.append("at peak: " + " · ".join(f"{name} {human_bytes(value)}"
                                          for name, value in categories if value))
+    from engine.modeltree import tied_notes
+
+    lines.extend(tied_notes((getattr(result, "model_info", None) or {}).get("module_tree"),
+                            [x.name for x in result.layers]))
     lines.append("input: " + inputs_text(result))
     generated = (getattr(result, "generation", None) or {}).get("text")
     if generated:
