@@ -183,6 +183,13 @@ class Optimization:
         """Why this cannot apply to this model (None when it can)."""
         return None
 
+    @property
+    def named(self) -> str:
+        """The name and id for a message: "Cast weights (cast)"; a name with its own
+        parenthesis keeps one level ("LoRA adapters, peft (lora)", not "(peft) (lora)")."""
+        name = self.name.replace(" (", ", ").replace(")", "") if "(" in self.name else self.name
+        return f"{name} ({self.id})"
+
     def check_with(self, params: dict[str, Any], ids: list[str]) -> str | None:
         """Why these ``params`` cannot go with the other optimizations chosen (``ids``): a
         conflict that depends on a parameter (None when there is none)."""
@@ -1327,7 +1334,7 @@ def resolve(selected: list[dict[str, Any]], workload: str, device: str
         params = opt.parse_params(dict(entry.get("params") or {}))
         reason = opt.check_config(workload, device, params)
         if reason:
-            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.name} ({opt.id}) {reason}.",
+            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.named} {reason}.",
                                "Remove it, or change the workload or device.")
         chosen.append((opt, params))
     ids = [o.id for o, _ in chosen]
@@ -1344,7 +1351,7 @@ def resolve(selected: list[dict[str, Any]], workload: str, device: str
     for opt, params in chosen:
         reason = opt.check_with(params, ids)
         if reason:
-            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.name} ({opt.id}) {reason}.",
+            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.named} {reason}.",
                                "Run them separately and compare the runs.")
     return chosen
 
@@ -1356,7 +1363,7 @@ def check_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]
     for opt, params in chosen:
         reason = opt.check_model(model, params)
         if reason:
-            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.name} ({opt.id}) does not apply "
+            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.named} does not apply "
                                f"to this model: {reason}.", "Remove it from the run.")
 
 

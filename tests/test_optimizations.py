@@ -539,6 +539,9 @@ def test_combinations_that_crashed_are_refused_before_anything_loads():
         with pytest.raises(MemLensError) as info:
             resolve(selected, workload, "cpu")
         assert info.value.kind == "not_applicable" and words in info.value.message, selected
+    with pytest.raises(MemLensError) as info:  # one level of parentheses, a workload named once
+        resolve([{"id": "lora"}], "forward", "cpu")
+    assert info.value.message == "LoRA adapters, peft (lora) applies to the train workload, not forward."
     # a full-attention cache with sliding-window still goes
     assert len(resolve([{"id": "sliding-window", "params": {"window": 4}},
                         {"id": "kv-cache", "params": {"policy": "static"}}],
