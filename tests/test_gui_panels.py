@@ -545,6 +545,28 @@ def test_the_memory_axes_carry_no_si_factor_for_a_small_run(qtbot):
     panel.show()
     panel.render(result.layers, result.totals)
     assert "(x" not in panel.plot.getAxis("left").labelString()
+    assert "MiB at peak" in panel.plot.getAxis("left").labelString()
+    # a 70B-sized run reads in GiB (its axis ran to 9,000 "MiB at peak"); the bars stay MiB
+    for layer in result.layers:
+        layer.at_peak = {k: v * 4096 * 10_000 for k, v in layer.at_peak.items()}
+    panel.render(result.layers, result.totals)
+    axis = panel.plot.getAxis("left")
+    assert "GiB at peak" in axis.labelString() and axis.scale == 1 / 1024
+    panel.log_check.setChecked(True)  # log ticks are decades of MiB
+    assert "MiB at peak (log)" in axis.labelString() and axis.scale == 1.0
+    from engine.compare import compare
+    from gui.panels.compare import ComparePanel
+
+    other = make_result("big-2")
+    for layer in other.layers:
+        layer.at_peak = {k: v * 4096 * 10_000 for k, v in layer.at_peak.items()}
+    view = ComparePanel()
+    qtbot.addWidget(view)
+    view.resize(900, 500)
+    view.show()
+    view.render(compare([result, other]))
+    bars = view.bars_plot.getAxis("left")
+    assert "GiB at peak" in bars.labelString() and bars.scale == 1 / 1024
 
 
 def test_compare_legend_tells_many_runs_apart():

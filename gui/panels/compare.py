@@ -26,6 +26,7 @@ from engine.format import MISSING, human_bytes, human_ms, short_layer_label
 
 from .. import theme
 from .axis import fit_bar_labels, keep_legend_fitted, placeholder_text, show_placeholder
+from .layer_chart import GIB_AXIS_FROM
 
 MIB = 1024.0 * 1024.0
 MIN_QUALITY_SPAN = 0.02  # of the quality value: the scatter's y axis spans at least this
@@ -245,13 +246,18 @@ class ComparePanel(QWidget):
                          width=width * 0.92, brush=pg.mkBrush(run_color(i)))
             item.setVisible(True)
             self.legend.addItem(item, f"[{i}] {name}")
-        self.bars_plot.setLabel("left", "Δ MiB at peak" if delta else "MiB at peak")
+
         self.bars_plot.setTitle("Δ at peak by layer, against [0]" if delta
                                 else "Memory at peak by layer", color=theme.current().text)
         finite = np.concatenate([h[~np.isnan(h)] for h in self.heights]) if self.heights else []
         low = min(0.0, float(np.min(finite))) if len(finite) else 0.0
         high = max(0.0, float(np.max(finite))) if len(finite) else 1.0
         span = (high - low) or 1.0
+        # (the bars stay in MiB; a large model's axis reads in GiB, as the layer chart's)
+        gib = max(high, -low) >= GIB_AXIS_FROM
+        self.bars_plot.getAxis("left").setScale(1 / 1024 if gib else 1.0)
+        unit = "GiB" if gib else "MiB"
+        self.bars_plot.setLabel("left", f"Δ {unit} at peak" if delta else f"{unit} at peak")
         self.bars_plot.setYRange(low - 0.04 * span * (low < 0), high + 0.08 * span, padding=0)
         self.bars_plot.setXRange(-0.6, len(self.labels) - 0.4, padding=0)
         self._apply_ticks()

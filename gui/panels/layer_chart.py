@@ -26,6 +26,7 @@ from .. import theme
 from .axis import fit_bar_labels, keep_legend_fitted, placeholder_text, show_placeholder
 
 MIB = 1024.0 * 1024.0
+GIB_AXIS_FROM = 2048.0  # MiB: the tallest bar from which the axis reads in GiB
 EMPTY_TEXT = ("No run yet.\nRun measures the chosen model;\nEstimate works it out without "
               "loading weights.")
 
@@ -292,13 +293,18 @@ class LayerChartPanel(QWidget):
             left.setTicks([[(float(k), _decade(k)) for k in range(int(math.ceil(floor)),
                                                                   int(math.floor(high)) + 1)],
                            []])
+            left.setScale(1.0)
             self.plot.setLabel("left", "MiB at peak (log)")
             self.plot.setYRange(floor, high, padding=0)
         else:
             left.setTicks(None)
-            self.plot.setLabel("left", "MiB at peak")
+            top = max(float(positive.max()) if count and positive.size else 0.0, outline_top)
+            # The bars stay in MiB; past GIB_AXIS_FROM MiB the axis reads in GiB (a 70B
+            # estimate's axis ran to 9,000 "MiB at peak").
+            gib = top >= GIB_AXIS_FROM
+            left.setScale(1 / 1024 if gib else 1.0)
+            self.plot.setLabel("left", "GiB at peak" if gib else "MiB at peak")
             if count:
-                top = max(float(positive.max()) if positive.size else 0.0, outline_top)
                 bottom = float(negative.min()) if negative.size else 0.0
                 self.plot.setYRange(min(bottom, 0.0), max(top, 1e-6) * 1.08, padding=0)
 
