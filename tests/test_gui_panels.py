@@ -621,3 +621,21 @@ def test_a_tied_head_says_where_its_weights_are_counted():
     print_report(run, out)
     assert words in out.getvalue()
     assert words in "\n".join(totals_lines(run))
+
+
+def test_timeline_names_phases_too_short_for_their_band(qtbot):
+    """A report's timeline showed the memory and timing passes as unnamed slivers after a long
+    load: a phase whose name does not fit on its band is named under the chart, with its times."""
+    from gui.panels.timeline import TimelinePanel
+
+    panel = TimelinePanel()
+    qtbot.addWidget(panel)
+    panel.resize(800, 300)
+    panel.show()
+    t = [i * 0.01 for i in range(400)]
+    phase = ["load"] * 390 + ["memory"] * 5 + ["timing"] * 5
+    assert panel.set_timeline({"t": t, "phase": phase, "rss_bytes": [1 << 20] * 400})
+    qtbot.waitUntil(lambda: panel.phase_note.isVisible(), timeout=2000)
+    note = panel.phase_note.text()
+    assert "memory 3.90–3.95 s" in note and "timing 3.95–3.99 s" in note, note
+    assert "load" not in note  # named on its band

@@ -208,7 +208,14 @@ class TimelinePanel(QWidget):
         self.gpu_note.setStyleSheet(f"color: {theme.current().axis};")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        # Phases too narrow to carry their name on the band are named here, with their times
+        # (a report's picture showed the memory and timing passes as unnamed slivers).
+        self.phase_note = QLabel()
+        self.phase_note.setWordWrap(True)
+        self.phase_note.setStyleSheet(f"color: {theme.current().axis};")
+        self.phase_note.setVisible(False)
         layout.addWidget(self.plot_widget)
+        layout.addWidget(self.phase_note)
         layout.addWidget(self.gpu_note)
         self.plot.getViewBox().sigRangeChanged.connect(self._place_phase_labels)
         self.plot.getViewBox().sigResized.connect(self._place_phase_labels)
@@ -341,6 +348,7 @@ class TimelinePanel(QWidget):
     def theme_changed(self, new: theme.Theme) -> None:
         """Called by ``theme.apply``: the phase bands take the new theme's colours."""
         self.gpu_note.setStyleSheet(f"color: {new.axis};")
+        self.phase_note.setStyleSheet(f"color: {new.axis};")
         self._phase_key = ()  # draw the bands afresh
         last = self._last_draw_ms
         self._redraw()
@@ -360,15 +368,22 @@ class TimelinePanel(QWidget):
         (x0, x1), (_, top) = viewbox.viewRange()
         px_per_s = viewbox.width() / (x1 - x0) if x1 > x0 else 0.0
         metrics = QFontMetrics(self.font())
+        unnamed = []
         for (name, start, end), label in zip(spans, self._bands[1::2], strict=False):
             fits = (end - start) * px_per_s >= metrics.horizontalAdvance(name) + 8
             text = name if fits else ""
+            if not fits and name:
+                unnamed.append(f"{name} {start:.2f}–{end:.2f} s")
             if label.toPlainText() != text:
                 label.setText(text)
             # Hung from the top edge of the view (the anchor is the text's top left), above
             # the curves' highest point, which autoranging keeps a little below that edge.
             if label.pos().x() != start or label.pos().y() != top:
                 label.setPos(start, top)
+        note = ("Phases too short to name on the chart: " + " · ".join(unnamed)) if unnamed else ""
+        if self.phase_note.text() != note:
+            self.phase_note.setText(note)
+            self.phase_note.setVisible(bool(note))
 
     def hideEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
         if self._redraw_timer.isActive():
