@@ -1323,8 +1323,11 @@ def format_spec(selected: dict[str, Any]) -> str:
 def resolve(selected: list[dict[str, Any]], workload: str, device: str
             ) -> list[tuple[Optimization, dict[str, Any]]]:
     """Validate a run's optimizations before anything loads: ids, parameters, conflicts and
-    what can be decided without the model. Raises ``MemLensError`` naming each problem."""
+    what can be decided without the model. Raises ``MemLensError`` naming each problem (every
+    one found, not only the first: a choice refused for one reason came back refused for the
+    next)."""
     chosen: list[tuple[Optimization, dict[str, Any]]] = []
+    problems: list[tuple[str, str]] = []  # (message, hint)
     for entry in selected:
         ident = entry.get("id") if isinstance(entry, dict) else None
         opt = REGISTRY.get(str(ident))
@@ -1334,25 +1337,34 @@ def resolve(selected: list[dict[str, Any]], workload: str, device: str
         params = opt.parse_params(dict(entry.get("params") or {}))
         reason = opt.check_config(workload, device, params)
         if reason:
-            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.named} {reason}.",
-                               "Remove it, or change the workload or device.")
+            problems.append((f"{opt.named} {reason}.",
+                             "Remove it, or change the workload or device."))
         chosen.append((opt, params))
     ids = [o.id for o, _ in chosen]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"{', '.join(dup)} chosen twice.",
                            "Pick each optimization once.")
+    told: set[frozenset[str]] = set()
     for opt, _ in chosen:
-        clash = [o for o in opt.conflicts if o in ids]
+        clash = [o for o in opt.conflicts if o in ids and frozenset((opt.id, o)) not in told]
         if clash:
-            raise MemLensError(ErrorKind.NOT_APPLICABLE,
-                               f"{opt.id} conflicts with {', '.join(clash)}.",
-                               "Run them separately and compare the runs.")
+            told.update(frozenset((opt.id, o)) for o in clash)
+            problems.append((f"{opt.id} conflicts with {', '.join(clash)}.",
+                             "Run them separately and compare the runs."))
     for opt, params in chosen:
         reason = opt.check_with(params, ids)
         if reason:
-            raise MemLensError(ErrorKind.NOT_APPLICABLE, f"{opt.named} {reason}.",
-                               "Run them separately and compare the runs.")
+            problems.append((f"{opt.named} {reason}.",
+                             "Run them separately and compare the runs."))
+    if len(problems) == 1:
+        raise MemLensError(ErrorKind.NOT_APPLICABLE, *problems[0])
+    if problems:
+        hints = list(dict.fromkeys(hint for _, hint in problems))
+        raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                           f"{len(problems)} problems: "
+                           + " ".join(message for message, _ in problems),
+                           " ".join(hints))
     return chosen
 
 

@@ -542,6 +542,14 @@ def test_combinations_that_crashed_are_refused_before_anything_loads():
     with pytest.raises(MemLensError) as info:  # one level of parentheses, a workload named once
         resolve([{"id": "lora"}], "forward", "cpu")
     assert info.value.message == "LoRA adapters, peft (lora) applies to the train workload, not forward."
+    with pytest.raises(MemLensError) as info:  # every problem, not only the first
+        resolve([{"id": "lora"}, {"id": "checkpointing"}, {"id": "autocast"},
+                 {"id": "int8-dynamic"}], "forward", "cpu")
+    message = info.value.message
+    assert message.startswith("3 problems: ") and "(lora) applies to the train" in message
+    assert "(checkpointing) applies to the train" in message
+    assert message.count("conflicts with") == 1, message  # a pair is said once
+    assert "Remove it" in info.value.hint and "separately" in info.value.hint
     # a full-attention cache with sliding-window still goes
     assert len(resolve([{"id": "sliding-window", "params": {"window": 4}},
                         {"id": "kv-cache", "params": {"policy": "static"}}],
