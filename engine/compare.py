@@ -215,7 +215,7 @@ class Comparison:
             parts.append(f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} no "
                          "quality figure (perplexity needs a tokenizer; KL divergence and "
                          "cosine similarity exist only for optimized runs)")
-        others = [f"{n} has {h[0]}" for n, h in held.items() if h]
+        others = [f"{n} has {' and '.join(h)}" for n, h in held.items() if h]
         if others and (estimates or without):
             parts.append("only " + "; ".join(others))
         elif others:

@@ -170,6 +170,7 @@ class Entry:
 class Guide:
     model: str
     device: str
+    FILE_OPTIONAL = ("device",)  # (from_dict reads a guide.json without one: engine.records)
     entries: list[Entry] = field(default_factory=list)
     seq: int = 0
     new_tokens: int = 0

@@ -341,6 +341,16 @@ class _TorchaoWeights(Optimization):
                             f"are {self.inner}")
 
 
+def _pruned_after(opt_id: str, ids: list[str]) -> str | None:
+    """Structured pruning applied after ``opt_id``'s quantized weights: they have no norm to
+    rank channels or heads by (Float8Tensor: no linalg_vector_norm); pruning first works."""
+    later = [i for i in ids[ids.index(opt_id) + 1:] if i in ("prune-ffn", "prune-heads")]
+    if later:
+        return (f"comes before {', '.join(later)}, which would rank the quantized weights by "
+                f"their norm: put {' and '.join(later)} first (prune, then quantize)")
+    return None
+
+
 class TorchaoInt8(_TorchaoWeights):
     id = "torchao-int8"
     name = "torchao int8 quantization"
@@ -392,11 +402,12 @@ class TorchaoInt4(_TorchaoWeights):
                "(torchao Int4WeightOnlyConfig, tinygemm's tile-packed layout); CUDA only.")
     params = (Param("group_size", "choice", "128", ("32", "64", "128", "256"),
                     help="input features sharing one scale and zero point"),)
-    # (structured pruning after quantization: the packed weights have no norm to rank
-    # channels or heads by; like the int8 techniques)
     conflicts = ("int8-dynamic", "torchao-int8", "torchao-fp8", "quanto-weights",
-                 "prune-unstructured", "sparsity-24", "cast", "prune-ffn", "prune-heads")
+                 "prune-unstructured", "sparsity-24", "cast")
     inner = "the packed 4-bit data and the per-group scales and zero points"
+
+    def check_with(self, params, ids):
+        return _pruned_after(self.id, ids)
 
     def check_config(self, workload, device, params):
         return (super().check_config(workload, device, params)
@@ -447,10 +458,12 @@ class TorchaoFloat8(_TorchaoWeights):
                "dynamic also quantizes activations and needs fp8 matmuls (CUDA 8.9+).")
     params = (Param("activations", "choice", "weight-only", ("weight-only", "dynamic"),
                     help="dynamic: fp8 activations and fp8 matmuls (torch._scaled_mm)"),)
-    # (prune-ffn / prune-heads after it: Float8Tensor has no linalg_vector_norm to rank by)
     conflicts = ("int8-dynamic", "torchao-int8", "torchao-int4", "quanto-weights",
-                 "prune-unstructured", "sparsity-24", "cast", "prune-ffn", "prune-heads")
+                 "prune-unstructured", "sparsity-24", "cast")
     inner = "the float8 data and the per-row scales"
+
+    def check_with(self, params, ids):
+        return _pruned_after(self.id, ids)
 
     def check_config(self, workload, device, params):
         reason = super().check_config(workload, device, params)
@@ -909,12 +922,6 @@ class Checkpointing(Optimization):
     def check_model(self, model, params):
         if not getattr(model, "supports_gradient_checkpointing", False):
             return f"{type(model).__name__} does not support activation checkpointing"
-        from .layers import _blocks
-
-        found = _blocks(model)
-        if found and params["every_n"] > len(found[1]):
-            return (f"every_n={params['every_n']} is more than its {len(found[1])} blocks, so "
-                    f"no block would be checkpointed: give every_n ≤ {len(found[1])}")
         return None
 
     def _apply(self, model, params, hooks, device, record):
@@ -931,7 +938,9 @@ class Checkpointing(Optimization):
         from .layers import _blocks
 
         found = _blocks(model)
-        record.modules_touched = len(found[1]) // params["every_n"] if found else 0
+        # (transformers checkpoints the blocks whose index is a multiple of every_n: block 0
+        # always, so a count rounded up)
+        record.modules_touched = -(-len(found[1]) // params["every_n"]) if found else 0
 
 
 def _trainable(model: nn.Module) -> str:
@@ -1356,7 +1365,8 @@ def resolve(selected: list[dict[str, Any]], workload: str, device: str
         reason = opt.check_with(params, ids)
         if reason:
             problems.append((f"{opt.named} {reason}.",
-                             "Run them separately and compare the runs."))
+                             "Change the order as it says, or run them separately and compare "
+                             "the runs."))
     if len(problems) == 1:
         raise MemLensError(ErrorKind.NOT_APPLICABLE, *problems[0])
     if problems:

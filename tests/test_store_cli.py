@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -104,8 +105,8 @@ def test_a_hand_edited_run_file_is_named_damaged_and_never_breaks_the_list(saved
     assert store.load(result.run_id).to_dict() == result.to_dict()  # the good one still opens
 
 
-@pytest.mark.fault(area='data', case='a sweep, fit or plan record edited by hand (a value of the '
-                   'wrong type)', outcome='named damaged with the field at fault, e.g. '
+@pytest.mark.fault(area='data', case='a sweep, fit, plan or distributed run record edited by hand '
+                   '(a value of the wrong type, a field removed)', outcome='named damaged with the field at fault, e.g. '
                    '"points[1].peak_bytes is \'12 GB\', not a whole number or null"; show exits 1')
 def test_a_hand_edited_record_names_the_field_at_fault(tmp_path, capsys):
     """A sweep whose points were not a list said "damaged ('int' object is not iterable)", and a
@@ -140,6 +141,28 @@ def test_a_hand_edited_record_names_the_field_at_fault(tmp_path, capsys):
         assert cli.main(["show", str(path)]) == cli.EXIT_FAILED, words
         err = capsys.readouterr().err
         assert "is damaged" in err and words in err, (words, err)
+    # a training plan and a measured distributed run, as MemLens writes them, open; edited,
+    # they are named by the field too, and a field they cannot do without is said missing
+    from engine.config import RunConfig
+    from engine.distributed import plan_training
+    from engine.distributed_run import DistributedRun, RankRow
+
+    plan = plan_training(RunConfig(model="preset:tiny-llama", workload="train", seq=16), 2)
+    run = DistributedRun(run_id="d", created="2026-12-07T00:00:00+00:00",
+                         config={"model": "preset:tiny-llama"}, world_size=2, backend="gloo",
+                         recipe="fully_shard",
+                         ranks=[RankRow(rank=0, world_size=2, device="cpu", peak_bytes=10)])
+    more = [(plan.to_dict(), lambda d: d["groups"].__setitem__(0, "x"),
+             "groups[0] is 'x', not an object"),
+            (run.to_dict(), lambda d: d["ranks"][0].__setitem__("peak_bytes", [1]),
+             "ranks[0].peak_bytes is [1], not a whole number"),
+            (sweep.to_dict(), lambda d: d.pop("seqs"), "seqs is missing")]
+    for i, (data, edit, words) in enumerate(more):
+        data = json.loads(json.dumps(data))
+        assert records.from_dict(data) is not None
+        edit(data)
+        with pytest.raises(TypeError, match=re.escape(words)):
+            records.from_dict(data)
     # a newer schema is said so before any field is judged
     data = dict(sweep.to_dict(), schema_version=99, points=5)
     with pytest.raises(MemLensError, match="newer MemLens"):
