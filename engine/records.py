@@ -111,13 +111,10 @@ def _fits(value: Any, hint: Any, where: str) -> None:
                 raise TypeError(f"{where + '.' if where else ''}{name} is missing")
         return
     ok = True
-    if origin in (list, tuple):
+    if origin in (list, tuple):  # (JSON has lists only; list[X] and tuple[X, ...] check X)
         ok = isinstance(value, list)
-        args = typing.get_args(hint)
-        if ok and args and args[-1] is not Ellipsis and origin is list:
-            for i, item in enumerate(value):
-                _fits(item, args[0], f"{where}[{i}]")
-        elif ok and len(args) == 2 and args[1] is Ellipsis:
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if ok and len(args) == 1:
             for i, item in enumerate(value):
                 _fits(item, args[0], f"{where}[{i}]")
     elif origin is dict:
