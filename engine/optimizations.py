@@ -252,6 +252,9 @@ class Autocast(Optimization):
                "saves activation memory, not weight memory.")
     category = "precision"
     params = (Param("dtype", "choice", "bfloat16", ("bfloat16", "float16")),)
+    # In either order: after a cast no float32 weight is left for autocast to lower (the
+    # check_model below), and a cast after autocast leaves it lowering nothing.
+    conflicts = ("cast",)
 
     def check_model(self, model, params):
         if not any(p.dtype == torch.float32 for p in model.parameters()):
@@ -276,6 +279,9 @@ class Int8Dynamic(Optimization):
     category = "quantization"
     workloads = ("forward", "generate")
     devices = ("cpu",)
+
+    def check_with(self, params, ids):
+        return _pruned_after(self.id, ids)
 
     def check_model(self, model, params):
         if not _linears(model):
@@ -341,13 +347,17 @@ class _TorchaoWeights(Optimization):
                             f"are {self.inner}")
 
 
-def _pruned_after(opt_id: str, ids: list[str]) -> str | None:
-    """Structured pruning applied after ``opt_id``'s quantized weights: they have no norm to
-    rank channels or heads by (Float8Tensor: no linalg_vector_norm); pruning first works."""
+def _pruned_after(opt_id: str, ids: list[str], what: str = "quantized weights",
+                  order: str = "prune, then quantize") -> str | None:
+    """Structured pruning applied after ``opt_id``'s quantized weights fails or does nothing,
+    measured on the demo model: torchao's tensor subclasses have no norm to rank channels or
+    heads by (Int8Tensor, Float8Tensor: no linalg_vector_norm); quantize_dynamic's modules are
+    no longer nn.Linear, so nothing is found to prune; slicing quanto's QLinear gives float
+    weights back. Pruning first works with each of them."""
     later = [i for i in ids[ids.index(opt_id) + 1:] if i in ("prune-ffn", "prune-heads")]
     if later:
-        return (f"comes before {', '.join(later)}, which would rank the quantized weights by "
-                f"their norm: put {' and '.join(later)} first (prune, then quantize)")
+        return (f"comes before {', '.join(later)}, which cannot prune {what}: put "
+                f"{' and '.join(later)} first ({order})")
     return None
 
 
@@ -360,6 +370,9 @@ class TorchaoInt8(_TorchaoWeights):
                     help="weight-only keeps float activations; dynamic quantizes them too"),)
     conflicts = ("int8-dynamic", "prune-unstructured", "cast")
     inner = "the int8 data and the per-row scales"
+
+    def check_with(self, params, ids):
+        return _pruned_after(self.id, ids)
 
     def _config(self, params):
         from torchao.quantization import (
@@ -544,11 +557,14 @@ class QuantoWeights(Optimization):
     params = (Param("weights", "choice", "qint8", ("qint8", "qint4", "qint2"),
                     help="qint4/qint2 keep a float scale and shift per group of inputs"),)
     workloads = ("forward", "generate")
-    # Other quantizers and casts would act on the quantized tensors; the pruning techniques
-    # slice or mask weight matrices that are no longer plain tensors; under autocast quanto's
-    # linear fails (optimum-quanto 0.2.7: "expected scalar type BFloat16 but found Float").
-    conflicts = ("int8-dynamic", "torchao-int8", "cast", "autocast", "prune-unstructured",
-                 "prune-ffn", "prune-heads")
+    # Other quantizers and casts would act on the quantized tensors; unstructured pruning
+    # masks weight matrices that are no longer plain tensors (structured pruning works when it
+    # comes first: check_with); under autocast quanto's linear fails (optimum-quanto 0.2.7:
+    # "expected scalar type BFloat16 but found Float").
+    conflicts = ("int8-dynamic", "torchao-int8", "cast", "autocast", "prune-unstructured")
+
+    def check_with(self, params, ids):
+        return _pruned_after(self.id, ids)
 
     def check_config(self, workload, device, params):
         return (_missing("optimum.quanto", "optimum-quanto")
@@ -763,7 +779,6 @@ class PruneFFN(Optimization):
     category = "pruning"
     params = (Param("amount", "float", 0.25, minimum=0.01, maximum=0.95,
                     help="fraction of intermediate channels removed"),)
-    conflicts = ("int8-dynamic", "torchao-int8")
 
     def check_model(self, model, params):
         return None if _mlp_triples(model) else (
@@ -795,7 +810,6 @@ class PruneHeads(Optimization):
     category = "pruning"
     params = (Param("groups", "int", 1, minimum=1, maximum=1024,
                     help="KV head groups removed in every attention layer"),)
-    conflicts = ("int8-dynamic", "torchao-int8")
 
     @staticmethod
     def _attentions(model: nn.Module) -> list[nn.Module]:
@@ -1030,6 +1044,12 @@ class LoRA(Optimization):
                                                  "qkv_proj"):
                 names.append(leaf)
         return sorted(set(names))
+
+    def check_with(self, params, ids):
+        # peft wraps each target Linear in a LoRA layer: structured pruning after it finds no
+        # plain q/k/v/o (or MLP) Linear to slice.
+        return _pruned_after(self.id, ids, "layers wrapped with adapters",
+                             "prune, then add adapters")
 
     def check_model(self, model, params):
         return None if self._targets(model, params["targets"]) else (
@@ -1404,6 +1424,16 @@ def apply_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]
             raise Cancelled()
         if progress is not None:
             progress(i / len(chosen), f"applying {opt.name}")
+        if i:
+            # Checked again on the model the earlier ones changed: a technique that no longer
+            # finds what it acts on would otherwise apply to nothing and say nothing.
+            reason = opt.check_model(model, params)
+            if reason:
+                before = ", ".join(o.id for o, _ in chosen[:i])
+                raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                                   f"{opt.named} does not apply after {before}: {reason}.",
+                                   f"Each technique acts on the model the earlier ones left: "
+                                   f"try {opt.id} first, or remove it from the run.")
         applied.append(opt.apply(model, params, hooks, device))
         if on_applied is not None:
             on_applied(applied[-1])

@@ -73,9 +73,13 @@ def test_quanto_weights_are_counted_by_their_integer_data_and_scales(qtype, bits
 
 def test_quanto_weights_conflict_with_other_quantizers_and_casts():
     pytest.importorskip("optimum.quanto")  # without it, refused for the missing package first
-    for other in ("cast", "autocast", "torchao-int8", "int8-dynamic", "prune-ffn"):
+    for other in ("cast", "autocast", "torchao-int8", "int8-dynamic"):
         e = refused([{"id": "quanto-weights"}, {"id": other}])
         assert "conflicts" in e.message and other in e.message
+    # slicing a QLinear gave float weights back: structured pruning goes first
+    e = refused([{"id": "quanto-weights"}, {"id": "prune-ffn"}])
+    assert "put prune-ffn first (prune, then quantize)" in e.message
+    assert len(resolve([{"id": "prune-heads"}, {"id": "quanto-weights"}], "forward", "cpu")) == 2
     e = refused([{"id": "quanto-weights"}], workload="train")
     assert "not train" in e.message
 

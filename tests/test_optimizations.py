@@ -552,10 +552,59 @@ def test_combinations_that_crashed_are_refused_before_anything_loads():
     assert "Remove it" in info.value.hint and "separately" in info.value.hint
     # pruning first, then quantizing, works (the pruned weights are quantized)
     assert len(resolve([{"id": "prune-ffn"}, {"id": "torchao-fp8"}], "forward", "cpu")) == 2
+    # after int8-dynamic, prune-ffn found no nn.Linear and pruned nothing, silently; after
+    # torchao-int8 it crashed (no norm for Int8Tensor); after LoRA, prune-heads found no plain
+    # projection: each is refused in that order, before anything loads
+    for first, later, workload in (("int8-dynamic", "prune-ffn", "forward"),
+                                   ("torchao-int8", "prune-heads", "generate"),
+                                   ("lora", "prune-heads", "train")):
+        with pytest.raises(MemLensError) as info:
+            resolve([{"id": first}, {"id": later}], workload, "cpu")
+        assert f"put {later} first" in info.value.message, info.value.message
+        assert len(resolve([{"id": later}, {"id": first}], workload, "cpu")) == 2
+    # autocast has nothing to lower once the weights are cast, in either order
+    for pair in (["cast", "autocast"], ["autocast", "cast"]):
+        with pytest.raises(MemLensError, match="conflicts with"):
+            resolve([{"id": i} for i in pair], "forward", "cpu")
     # a full-attention cache with sliding-window still goes
     assert len(resolve([{"id": "sliding-window", "params": {"window": 4}},
                         {"id": "kv-cache", "params": {"policy": "static"}}],
                        "generate", "cpu")) == 2
+
+
+def test_pruning_before_int8_dynamic_quantizes_the_pruned_weights():
+    pruned = run([{"id": "prune-ffn", "params": {"amount": 0.25}}])
+    both = run([{"id": "prune-ffn", "params": {"amount": 0.25}}, {"id": "int8-dynamic"}])
+    quantized = both.optimizations[1]
+    assert quantized["weights_bytes_before"] == pruned.optimizations[0]["weights_bytes_after"]
+    only_int8 = run([{"id": "int8-dynamic"}]).optimizations[0]
+    # every Linear is quantized, pruned ones included, and the pruned channels stay gone
+    assert quantized["modules_touched"] == only_int8["modules_touched"] > 0
+    saved_by_pruning = (pruned.optimizations[0]["weights_bytes_before"]
+                        - pruned.optimizations[0]["weights_bytes_after"])
+    # int8: the pruned channels' float32 bytes shrink to a quarter too
+    assert only_int8["weights_bytes_after"] - quantized["weights_bytes_after"] == saved_by_pruning // 4
+    assert both.totals.reconciles()
+
+
+def test_a_technique_that_no_longer_applies_after_an_earlier_one_is_refused():
+    """apply_all checks each technique again on the model the earlier ones changed, so one that
+    would find nothing to act on is refused instead of touching nothing and saying nothing (the
+    resolve-time rules cover the known pairs; this is the net under them)."""
+    import torch
+
+    from engine.config import RunConfig
+    from engine.models import load_model
+    from engine.optimizations import REGISTRY, apply_all
+
+    model = load_model(RunConfig(model="preset:tiny-llama", seq=8)).model
+    chosen = [(REGISTRY["lora"], REGISTRY["lora"].defaults()),
+              (REGISTRY["prune-heads"], REGISTRY["prune-heads"].defaults())]
+    with pytest.raises(MemLensError) as info:
+        apply_all(model, chosen, torch.device("cpu"))
+    assert info.value.kind == "not_applicable"
+    assert "(prune-heads) does not apply after lora" in info.value.message
+    assert "try prune-heads first" in info.value.hint
 
 
 def test_choices_that_measure_nothing_are_refused():
