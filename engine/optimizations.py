@@ -1308,9 +1308,11 @@ class Compile(Optimization):
                             "that time is reported as compile_seconds, apart from the latency")
 
 
+# The order is the app's order of application (it applies the ticked ones top to bottom), so it
+# is one every order rule accepts: pruning before quantizing and adapting (_pruned_after).
 REGISTRY: dict[str, Optimization] = {o.id: o for o in (
-    Cast(), Autocast(), Int8Dynamic(), TorchaoInt8(), TorchaoInt4(), TorchaoFloat8(),
-    QuantoWeights(), PruneUnstructured(), Sparsity24(), PruneFFN(), PruneHeads(), DropBlocks(),
+    Cast(), Autocast(), PruneUnstructured(), Sparsity24(), PruneFFN(), PruneHeads(), DropBlocks(),
+    Int8Dynamic(), TorchaoInt8(), TorchaoInt4(), TorchaoFloat8(), QuantoWeights(),
     Attention(), SlidingWindow(), Checkpointing(),
     FreezeBase(), LoRA(), LowBitOptimizer(), KVCache(), Compile(),
 )}

@@ -395,6 +395,15 @@ def test_an_optimization_that_stops_applying_is_unticked_with_a_word_and_comes_b
     assert "conflicts with" in panel.problem.text() and "separately" in panel.problem.text()
     panel.rows["cast"].check.setChecked(False)
     assert panel.problem.isHidden()
+    # the app applies top to bottom: quantizing and pruning both ticked go prune-first, which
+    # works (quantize-first was refused with "put prune-ffn first", which the app cannot do)
+    panel.rows["int8-dynamic"].check.setChecked(False)
+    panel.rows["torchao-int8"].check.setChecked(True)
+    panel.rows["prune-ffn"].check.setChecked(True)
+    assert panel.problem.isHidden(), panel.problem.text()
+    assert [e["id"] for e in panel.selected()] == ["prune-ffn", "torchao-int8"]
+    panel.rows["torchao-int8"].check.setChecked(False)
+    panel.rows["prune-ffn"].check.setChecked(False)
     # a run's settings replace the selection: no "ticked again" promise is logged for it
     before = window.log.text().count("unticked")
     controls.apply_run_config({"model": "demo", "workload": "train", "optimizations": []})

@@ -572,6 +572,19 @@ def test_combinations_that_crashed_are_refused_before_anything_loads():
                        "generate", "cpu")) == 2
 
 
+def test_the_registry_order_is_one_every_order_rule_accepts():
+    """The app applies what is ticked in registry order, and has no way to reorder: no pair in
+    that order may be refused for its order ("put X first")."""
+    import itertools
+
+    for a, b in itertools.combinations(REGISTRY, 2):
+        for workload in ("forward", "generate", "train"):
+            try:
+                resolve([{"id": a}, {"id": b}], workload, "cpu")
+            except MemLensError as exc:
+                assert " first (" not in exc.message, (a, b, exc.message)
+
+
 def test_pruning_before_int8_dynamic_quantizes_the_pruned_weights():
     pruned = run([{"id": "prune-ffn", "params": {"amount": 0.25}}])
     both = run([{"id": "prune-ffn", "params": {"amount": 0.25}}, {"id": "int8-dynamic"}])
