@@ -476,15 +476,23 @@ class _Run:
 
     def _inputs(self, model: torch.nn.Module, device: torch.device) -> wl.Inputs:
         cfg = self.config
+
+        def check(length: int, prompt: bool) -> None:
+            wl.check_positions(model, length, "Generation" if cfg.workload == "generate"
+                               else "The input",
+                               cfg.new_tokens if cfg.workload == "generate" else 0,
+                               prompt=prompt)
+            if cfg.workload == "train":
+                wl.check_train_length(model, length, prompt=prompt)
+
+        if not cfg.prompt:
+            # Before the ids are made: batch 4096 × seq 1,000,000 asked for 32.8 GB of ids and
+            # failed as "out of memory" when the cause was the model's 512 positions.
+            check(cfg.seq, prompt=False)
         inputs = wl.make_inputs(model, self.loaded.tokenizer, cfg.batch, cfg.seq, cfg.prompt,
                                 device, cfg.seed)
-        length = inputs.input_ids.shape[1]
-        wl.check_positions(model, length, "Generation" if cfg.workload == "generate"
-                           else "The input",
-                           cfg.new_tokens if cfg.workload == "generate" else 0,
-                           prompt=inputs.source == "prompt")
-        if cfg.workload == "train":
-            wl.check_train_length(model, length, prompt=inputs.source == "prompt")
+        if cfg.prompt:
+            check(inputs.input_ids.shape[1], prompt=True)
         return inputs
 
     def _plain_pass(self, model: torch.nn.Module, inputs: wl.Inputs, device: torch.device,

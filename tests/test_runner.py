@@ -45,6 +45,8 @@ def test_event_order_and_final_result():
     (dict(workload="forward", new_tokens=-5), "New tokens cannot be negative"),
     (dict(workload="train", seq=1), "needs at least 2 tokens"),
     (dict(seq=100_000), "positions"),
+    # checked before the ids are made: these were 32.8 GB of ids, "out of memory during load"
+    (dict(batch=4096, seq=1_000_000), "1000000 positions"),
     (dict(workload="generate", seq=250, new_tokens=20), "positions"),
     (dict(workload="dance"), "Unknown workload"),
     (dict(device="tpu"), "Unknown device"),
