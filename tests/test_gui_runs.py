@@ -941,3 +941,28 @@ def test_nearly_equal_qualities_are_not_spread_over_the_whole_axis(qtbot):
     assert high - low >= MIN_QUALITY_SPAN * 28.4615 and low < 28.4585 < 28.4615 < high
     tip = panel.table.horizontalHeaderItem(7).toolTip()
     assert "against its own unoptimized model" in tip and "not against [0]" in tip
+
+
+def test_the_log_follows_lines_added_while_its_page_was_hidden(qtbot):
+    """Lines logged while another page showed (compare, sweep, plan, guide) left the log stuck
+    above them, and "failed (see the log)" pointed at nothing visible; a reader who scrolled up
+    is left where they were."""
+    window = make_window(qtbot, FakeEngine())
+    bar = window.log.view.verticalScrollBar()
+    for i in range(40):
+        window.log.info(f"line {i}")
+    qtbot.waitUntil(lambda: bar.maximum() > 0)
+    assert bar.value() == bar.maximum()
+    window.workspace.setCurrentWidget(window.runs_tab)
+    for i in range(10):
+        window.log.error(f"hidden failure {i} " + "long text " * 20, "a hint")
+    window.workspace.setCurrentIndex(0)
+    qtbot.waitUntil(lambda: bar.value() == bar.maximum() > 0)
+    bar.setValue(0)  # the reader scrolls up: new lines do not pull them down
+    window.workspace.setCurrentWidget(window.runs_tab)
+    window.log.info("one more")
+    window.workspace.setCurrentIndex(0)
+    qtbot.wait(50)
+    assert bar.value() == 0
+    window.log.info("and another, visible")
+    assert bar.value() == 0

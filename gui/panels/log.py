@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import time
 
+from PySide6.QtCore import QTimer
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QPlainTextEdit, QVBoxLayout, QWidget
 
@@ -26,6 +27,9 @@ class LogPanel(QWidget):
         font.setPointSizeF(max(self.font().pointSizeF(), 7.0))
         self.view.setFont(font)
         self.view.setPlaceholderText("Messages and warnings appear here.")
+        self._at_end_when_hidden = True  # (where the reader was when the page was left)
+        self._follow_on_show = False
+        self._value_when_hidden = 0
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.view)
@@ -48,4 +52,34 @@ class LogPanel(QWidget):
 
     def _append(self, rich: str) -> None:
         stamp = time.strftime("%H:%M:%S")
+        bar = self.view.verticalScrollBar()
+        # Follow new lines unless the reader has scrolled up. Qt follows only while the view is
+        # shown: lines added while its page was hidden (compare, sweep, plan, the guide) left
+        # it stuck above them, with "failed (see the log)" pointing below the visible part.
+        shown = self.view.isVisible()
+        follow = bar.value() >= bar.maximum() - 1 if shown else self._at_end_when_hidden
         self.view.appendHtml(f'<span style="color:#808080">{stamp}</span> {rich}')
+        if follow:
+            self._to_end()
+            self._follow_on_show = not self.view.isVisible()
+
+    def _to_end(self) -> None:
+        bar = self.view.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+    def hideEvent(self, event) -> None:  # noqa: N802 - Qt override
+        bar = self.view.verticalScrollBar()
+        self._at_end_when_hidden = bar.value() >= bar.maximum() - 1
+        self._value_when_hidden = bar.value()
+        super().hideEvent(event)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        # After the layout has given the view its size (the range is known only then): to the
+        # end when following, else back where the reader was (the relayout moved them).
+        if self._follow_on_show:
+            self._follow_on_show = False
+            QTimer.singleShot(0, self._to_end)
+        elif not self._at_end_when_hidden:
+            value = self._value_when_hidden
+            QTimer.singleShot(0, lambda: self.view.verticalScrollBar().setValue(value))
