@@ -609,7 +609,7 @@ def _sweep(config, seqs, batches, opt_sets, listener, cancel, store, measure_lim
                 point.reason = (
                     f"measured: estimated peak {human_bytes(point.estimated_peak_bytes)} ≤ "
                     f"{human_bytes(measure_limit_bytes)}" if point.estimated_peak_bytes is not None
-                    else "measured (no estimate: " + (point.error or "") + ")")
+                    else "measured; " + (point.error or "not estimated"))
                 point.latency_ms = result.totals.plain_latency_ms
                 point.tokens_per_s = result.totals.tokens_per_s
                 point.error = None

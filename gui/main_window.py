@@ -168,6 +168,12 @@ class MainWindow(QMainWindow):
         details_layout.setContentsMargins(0, 0, 0, 0)
         details_layout.addWidget(self.totals)
         details_layout.addWidget(self.table, 1)
+        # the table keeps its header, five rows and its scroll bar; the totals above it scroll
+        # instead (they had pushed it down to one row)
+        view = self.table.view
+        self.table.setMinimumHeight(view.horizontalHeader().sizeHint().height()
+                                    + 5 * view.verticalHeader().defaultSectionSize()
+                                    + view.horizontalScrollBar().sizeHint().height() + 4)
         vertical = QSplitter(Qt.Orientation.Vertical)
         vertical.addWidget(plots)
         vertical.addWidget(details)
@@ -555,7 +561,8 @@ class MainWindow(QMainWindow):
         self.workspace.setCurrentWidget(self.plan_panel)
         fits = plan.fits
         self.status.show_finished("Plan finished (estimate): " + (
-            "no budget to check" if fits is None else "fits" if fits else "does not fit") + ".")
+            "no budget to check" if fits is None else "fits" if fits else "does not fit") + ".",
+            good=fits is not False)
         for note in plan.notes:
             self.log.info(note)
 
@@ -616,7 +623,7 @@ class MainWindow(QMainWindow):
             self.status.show_finished(
                 f"Sweep finished: {len(kinds)} points, {kinds.count('measured')} measured, "
                 f"{kinds.count('estimate')} estimated" + (f", {failed} failed" if failed else "")
-                + ".")
+                + ".", good=not failed)
             for warning in record.warnings:
                 self.log.warning(warning)
         else:

@@ -801,6 +801,51 @@ def test_timeline_legend_moves_to_the_corner_where_it_hides_no_curve(qtbot):
     assert panel.legend_hides == 0, panel.legend_corner
 
 
+def test_a_legend_too_big_for_its_chart_is_hidden_and_its_entries_go_in_the_tooltip(qtbot):
+    """At 1024 × 700 a four-row legend left the bars a 20-pixel strip, and the timeline's
+    legend covered half its curves and the time axis."""
+    from gui.panels.layer_chart import LayerChartPanel
+    from gui.panels.timeline import TimelinePanel
+
+    result = make_result()
+    chart = LayerChartPanel()
+    qtbot.addWidget(chart)
+    chart.resize(420, 600)
+    chart.show()
+    chart.render(result.layers, result.totals)
+    qtbot.waitUntil(lambda: chart.legend.isVisible())
+    assert chart.plot_widget.toolTip() == ""
+    chart.resize(420, 120)  # two rows of legend would take over a third
+    qtbot.waitUntil(lambda: not chart.legend.isVisible())
+    assert chart.legend.maximumHeight() == 0  # its row gives the plot the room
+    tip = chart.plot_widget.toolTip()
+    assert tip.startswith("Legend (hidden") and "weights" in tip and "activations" in tip
+    chart.resize(900, 600)
+    qtbot.waitUntil(lambda: chart.legend.isVisible())
+    assert chart.legend.maximumHeight() > 1000 and chart.plot_widget.toolTip() == ""
+
+    timeline = TimelinePanel()
+    qtbot.addWidget(timeline)
+    timeline.resize(420, 320)
+    timeline.show()
+    qtbot.waitExposed(timeline)
+    timeline.set_timeline({"t": [0.5 * i for i in range(21)], "phase": ["memory"] * 21,
+                           "rss_bytes": [(100 + i) << 20 for i in range(21)]})
+    view = timeline.plot.getViewBox()
+    qtbot.waitUntil(lambda: view.viewRange()[0][1] > 9, timeout=2000)
+    timeline._place_legend()
+    assert timeline.legend.isVisible()
+    timeline.resize(200, 150)
+    qtbot.wait(50)
+    timeline._place_legend()
+    assert not timeline.legend.isVisible()
+    assert "process RSS" in timeline.plot_widget.toolTip()
+    timeline.resize(420, 320)
+    qtbot.wait(50)
+    timeline._place_legend()
+    assert timeline.legend.isVisible() and timeline.plot_widget.toolTip() == ""
+
+
 def test_timeline_phase_labels_never_overlap_as_the_run_grows(qtbot):
     """A phase wide on screen when it began narrows as the run goes on: its label must go then
     (the window once printed 'loadqualitymemory' run together after a run)."""

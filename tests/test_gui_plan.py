@@ -87,6 +87,10 @@ def test_an_fsdp2_training_plan(qtbot, tmp_path):
     assert plan.total_bytes == sum(plan.parts.values())
     text = page.text()
     assert "FSDP2 on 2 ranks" in text and "does NOT fit" in text
+    from gui.panels.status import HINT_COLOR
+
+    # not good news: in the warning colour, not the success green
+    assert "does not fit" in window.status.text() and HINT_COLOR in window.status.label.text()
     assert "sharded parameters (padded)" in text
     # A budget far above the bars does not flatten them: the legend gives it instead.
     page.per_device_edit.setText("80GiB")

@@ -464,3 +464,14 @@ def test_digits_that_are_not_ascii_are_refused_by_name() -> None:
         with pytest.raises(MemLensError) as info:
             call()
         assert "²" in info.value.message and info.value.hint
+
+
+def test_a_point_that_cannot_be_estimated_is_measured_and_says_why_once(tmp_path) -> None:
+    """It read "measured (no estimate: not estimated: Estimation cannot apply …)"."""
+    record = sweep(tiny(workload="forward"), [16], [1], [[{"id": "int8-dynamic"}]],
+                   store=RunStore(tmp_path / "runs"), measure_limit_bytes=1 << 40)
+    assert record is not None
+    (point,) = record.points
+    assert point.kind == "measured" and point.estimated_peak_bytes is None
+    assert point.reason.startswith("measured; not estimated: ")
+    assert point.reason.lower().count("estimat") == 2, point.reason  # "not estimated", "Estimation"

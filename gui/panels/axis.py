@@ -174,6 +174,10 @@ def fit_legend_columns(legend: Any, width: float) -> int:
     return columns
 
 
+MAX_LEGEND_SHARE = 0.34  # of the chart widget's height
+QWIDGETSIZE_MAX = (1 << 24) - 1
+
+
 class _LegendFitter(QObject):
     """Refits a legend's columns when its widget is resized or an entry is added."""
 
@@ -197,6 +201,35 @@ class _LegendFitter(QObject):
 
     def fit(self) -> None:
         fit_legend_columns(self.legend, self.widget.width() - 12)
+        self._cap_height()
+
+    def _cap_height(self) -> None:
+        """Hide the legend while it would take more than ``MAX_LEGEND_SHARE`` of the widget's
+        height: at 1024 × 700 a four-row legend left a 20-pixel plot. The widget's tooltip then
+        holds the legend's entries, and the panels keep their own colour key (the Show boxes,
+        the coloured run names, the parts table)."""
+        items = list(getattr(self.legend, "items", []))
+        columns = max(getattr(self.legend, "columnCount", 1), 1)
+        rows = -(-len(items) // columns)
+        row_height = max((max(sample.boundingRect().height(), label.boundingRect().height())
+                          for sample, label in items), default=0.0)
+        height = rows * (row_height + max(self.legend.layout.verticalSpacing(), 0.0))
+        fits = height <= MAX_LEGEND_SHARE * self.widget.height()
+        hidden = bool(items) and not fits
+        if hidden == (not self.legend.isVisible()):
+            if hidden:
+                self.widget.setToolTip(self._entries(items))
+            return
+        self.legend.setVisible(not hidden)
+        # (a hidden item keeps its row in a QGraphicsGridLayout: give the row no height)
+        self.legend.setMaximumHeight(0 if hidden else QWIDGETSIZE_MAX)
+        self.widget.setToolTip(self._entries(items) if hidden else "")
+
+    @staticmethod
+    def _entries(items: list) -> str:
+        names = [getattr(label, "text", "") for _sample, label in items]
+        return ("Legend (hidden: the chart is too small for it; enlarge the window or drag "
+                "the divider): " + "; ".join(n for n in names if n))
 
 
 def keep_legend_fitted(legend: Any, widget: Any) -> None:

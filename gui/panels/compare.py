@@ -75,11 +75,13 @@ def _style(plot: pg.PlotItem) -> None:
 
 
 # The scatter's y axis per quality metric (engine.compare.QUALITY_METRICS), with its unit.
+# Short: the panel is a third of the page wide, and the note under it names the metric in full
+# ("KL after training (nats/token) (x0.001" was cut off at the default window size).
 _AXIS_LABELS = {
-    "generated_token_agreement": "generated tokens the same (share)",
-    "after_training.kl_divergence": "KL after training (nats/token)",
+    "generated_token_agreement": "same tokens (share)",
+    "after_training.kl_divergence": "KL trained (nats/tok)",
     "perplexity": "perplexity",
-    "kl_divergence": "KL divergence (nats/token)",
+    "kl_divergence": "KL (nats/token)",
     "cosine_similarity": "cosine similarity",
 }
 
@@ -125,6 +127,10 @@ class ComparePanel(QWidget):
         self.scatter_plot = self.scatter_widget.addPlot(row=0, col=0)
         self.scatter_plot.setTitle("Memory vs quality", color=theme.current().text)
         self.scatter_plot.setLabel("bottom", "peak MiB")
+        # (a "×0.001" prefix made a KL of 0.033 read as 33, and cut the label off)
+        self.scatter_plot.getAxis("left").enableAutoSIPrefix(False)
+        # room above and beside the points for their "[0]" labels, which were clipped
+        self.scatter_plot.getViewBox().setDefaultPadding(0.15)
         _style(self.scatter_plot)
         self.scatter_plot.showGrid(x=True, y=True, alpha=0.25)
         self.scatter = pg.ScatterPlotItem(size=11, pen=pg.mkPen("#303030"))
@@ -325,7 +331,7 @@ class ComparePanel(QWidget):
         self.scatter_plot.setLabel("left", axis)
         note = f"y: {c.metric_label} ({c.metric_better} is better); x: measured peak."
         if missing:
-            note += f" Not plotted (no {axis}): {', '.join(missing)}."
+            note += f" Not plotted (no {c.metric_label}): {', '.join(missing)}."
         self.scatter_note.setText(note)
         self.scatter_plot.enableAutoRange()
         ys = [spot["pos"][1] for spot in spots]

@@ -60,12 +60,14 @@ class StatusPanel(QWidget):
             text += f" · {html.escape(message)}"
         self._show(text)
 
-    def show_finished(self, text: str) -> None:
+    def show_finished(self, text: str, good: bool = True) -> None:
+        """Done; ``good=False`` for an answer that is not good news ("does not fit"), which
+        read as success in green."""
         self._stop_bar(full=True)
         from .. import theme
 
         ok = DARK_OK_COLOR if theme.current().name == "dark" else OK_COLOR
-        self._show(f'<span style="color:{ok}">{html.escape(text)}</span>')
+        self._show(f'<span style="color:{ok if good else HINT_COLOR}">{html.escape(text)}</span>')
 
     def show_error(self, message: str, hint: str = "") -> None:
         self._stop_bar(full=False)

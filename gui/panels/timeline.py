@@ -19,6 +19,7 @@ from engine.format import to_mib
 
 from .. import theme
 
+LEGEND_MAX_SHARE = 0.3  # of the view's area: above it the legend is hidden (see _place_legend)
 # Where the memory legend may sit, in order of preference: (its corner, the plot's corner,
 # offset in pixels). The top corners keep clear of the phase names hung from the top edge.
 LEGEND_CORNERS = (((1, 1), (1, 1), (-10, -10)), ((0, 1), (0, 1), (10, -10)),
@@ -462,6 +463,17 @@ class TimelinePanel(QWidget):
         width, height = viewbox.width(), viewbox.height()
         box = self.legend.boundingRect()
         if width <= 0 or height <= 0 or box.width() <= 0:
+            return
+        # In a small window the legend covered half the curves and the time axis: hidden while
+        # it would take over a third of the view, its lines then in the plot's tooltip.
+        crowded = box.width() * box.height() > LEGEND_MAX_SHARE * width * height
+        if crowded == self.legend.isVisible():
+            self.legend.setVisible(not crowded)
+            self.plot_widget.setToolTip(
+                "Legend (hidden: the chart is too small for it): " + "; ".join(
+                    self.legend_text(f) for f, _, _ in SERIES if f in self._legend_shown)
+                if crowded else "")
+        if crowded:
             return
         (x0, x1), (y0, y1) = viewbox.viewRange()
         if x1 <= x0 or y1 <= y0:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 import re
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from engine.aggregate import reconciliation_line
 from engine.compare import optimizations_text
@@ -111,10 +111,24 @@ class TotalsPanel(QWidget):
         self.label.setTextFormat(Qt.TextFormat.RichText)
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # A run with optimizations has ten lines or more: in a small window they pushed the
+        # per-layer table down to one row and were cut off themselves. They scroll now, and
+        # take only the height they need when there is room.
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.label)
+        self.scroll.setMinimumHeight(2 * self.fontMetrics().lineSpacing())
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.label)
+        layout.addWidget(self.scroll)
         self._plain = "No run yet."
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        """As tall as the text at the current width (a scroll area's own hint ignores it)."""
+        width = max(self.width(), 200)
+        return QSize(width, self.label.heightForWidth(width) + 4)
 
     def text(self) -> str:
         return self._plain
@@ -132,7 +146,9 @@ class TotalsPanel(QWidget):
             parts.append(f'<span style="color:{ERROR_COLOR}">{html.escape(warning)}</span>')
         self._plain = "\n".join(lines)
         self.label.setText("<br>".join(parts))
+        self.updateGeometry()
 
     def clear(self, text: str = "No run yet.") -> None:
         self._plain = text
         self.label.setText(html.escape(text))
+        self.updateGeometry()
