@@ -1126,9 +1126,42 @@ def _trap_warnings(result: RunResult) -> None:
     _noise_warnings(result)
 
 
+SUB_ROW_EXCESS = 1.25  # the sub-rows' sum over their block's latency that is called out
+
+
+def _sub_row_warning(result: RunResult) -> None:
+    """Say so when a block's attention/MLP rows add up to clearly more than the block: they
+    come from the detailed pass, the block from the live one, so on a noisy machine a 1.5 ms
+    block showed a 5.2 ms attention row under it, with nothing to explain it."""
+    # The detailed pass's extra hooks slow what it times (most on a launch-bound GPU): rows
+    # are called out only beyond what that explains.
+    detailed = (result.timing or {}).get("detailed_overhead")
+    live = result.totals.instrumentation_overhead
+    allowed = SUB_ROW_EXCESS * max(1.0, detailed / live if detailed and live else 1.0)
+    children: dict[str, float] = {}
+    for layer in result.layers:
+        if layer.parent is not None and layer.latency_ms is not None:
+            children[layer.parent] = children.get(layer.parent, 0.0) + layer.latency_ms
+    over = [(layer.name, layer.latency_ms, children[layer.name]) for layer in result.layers
+            if layer.latency_ms and layer.name in children
+            and children[layer.name] > allowed * layer.latency_ms]
+    if not over:
+        return
+    name, block, parts = max(over, key=lambda o: o[2] / o[1])
+    result.warnings.append(
+        f"In {len(over)} block(s) the attention/MLP latencies add up to more than the block's "
+        f"own (worst: {name}, {parts:.2f} ms of rows under a {block:.2f} ms block). The rows come "
+        "from a separate pass that hooks every module, the blocks from the live pass; the two "
+        "disagree by more than that pass's own overhead explains only when the timings are "
+        "noisy. Rerun with more timing passes "
+        f"(now {result.config.repeats}; Timing passes in the window, --repeats N).")
+
+
 def _noise_warnings(result: RunResult) -> None:
     """Say so when the plain timing passes of this run (or of its baseline) disagree widely:
-    with few repeats one disturbed pass moves the median, and the latency ratio with it."""
+    with few repeats one disturbed pass moves the median, and the latency ratio with it; and
+    when the sub-rows of a block disagree with it (``_sub_row_warning``)."""
+    _sub_row_warning(result)
     cfg = result.config
     for who, times in (("", (result.timing or {}).get("plain_ms")),
                        ("the unoptimized baseline's ", (result.baseline or {}).get("plain_ms"))):

@@ -264,3 +264,37 @@ def test_too_many_new_tokens_are_refused_with_a_count_that_fits():
                              repeats=1, warmup=0), events) is None
     assert "(100 input tokens + 600 new tokens)" in events.failed.message
     assert "Generate at most 412 new tokens after this input" in events.failed.hint
+
+
+def test_sub_rows_that_add_up_past_their_block_are_called_out():
+    """A 1.5 ms block showed a 5.2 ms attention row under it (the rows come from a separate,
+    noisy pass) with nothing to explain it."""
+    from engine.runner import _sub_row_warning
+
+    events = Collector()
+    result = execute(tiny(repeats=1), events)
+    assert result is not None, events.failed
+    result.warnings.clear()
+    blocks = {layer.name: layer for layer in result.layers if layer.kind == "block"}
+    _sub_row_warning(result)  # (whatever this run's noise did, the figures are set below)
+    result.warnings.clear()
+    for layer in result.layers:
+        if layer.name in blocks:
+            layer.latency_ms = 1.0
+        elif layer.parent in blocks:
+            layer.latency_ms = 0.3
+    result.timing["detailed_overhead"] = result.totals.instrumentation_overhead = 1.0
+    _sub_row_warning(result)
+    assert result.warnings == []  # rows within their block
+    first = next(iter(blocks))
+    attention = next(x for x in result.layers if x.parent == first and x.kind == "attention")
+    attention.latency_ms = 5.2
+    _sub_row_warning(result)
+    (warning,) = result.warnings
+    assert warning.startswith("In 1 block(s)") and f"worst: {first}, 5.50 ms" in warning
+    assert "--repeats" in warning
+    # what the detailed pass's own hooks explain is not called out
+    result.warnings.clear()
+    result.timing["detailed_overhead"] = 6.0
+    _sub_row_warning(result)
+    assert result.warnings == []
