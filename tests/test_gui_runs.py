@@ -415,10 +415,22 @@ def test_an_estimate_is_labelled_in_the_table_totals_and_title(qtbot, tmp_path):
     store = RunStore(tmp_path / "runs")
     result = make_result("est-1")
     result.estimate = {"method": "fake tensors"}
+    result.config.label = "guide: lora:rank=8,alpha=16,targets=attention + checkpointing"
+    result.optimizations = [
+        {"id": "lora", "name": "LoRA", "params": {"rank": 8, "alpha": 16,
+                                                  "targets": "attention"}},
+        {"id": "checkpointing", "name": "Activation checkpointing", "params": {"every_n": 1}}]
     store.save(result)
     window = make_window(qtbot, FakeEngine(), store)
     model = window.saved_runs.view.model()
     assert model.index(0, KIND_COLUMN).data() == "estimate"
+    # the peak is in view at the default window size (it was cut off behind the optimizations)
+    view = window.saved_runs.view
+    window.workspace.setCurrentWidget(window.runs_tab)
+    qtbot.waitUntil(lambda: view.viewport().width() > 100)
+    right = view.columnViewportPosition(PEAK_COLUMN) + view.columnWidth(PEAK_COLUMN)
+    assert 0 <= view.columnViewportPosition(PEAK_COLUMN) and right <= view.viewport().width()
+    window.workspace.setCurrentIndex(0)
     assert window.load_saved_run("est-1")
     assert window.totals.text().startswith("ESTIMATE")
     assert "ESTIMATE" in window.windowTitle()

@@ -43,21 +43,23 @@ COLUMNS: tuple[tuple[str, Any, Any, str], ...] = (
     ("Kind", lambda s: str(getattr(s, "kind", "") or "measured"),
      lambda s: str(getattr(s, "kind", "") or "measured"),
      "measured, or estimate (fake tensors: no weights, no real memory, no latency)"),
-    ("Optimizations", lambda s: str(getattr(s, "optimizations", "") or "none"),
-     lambda s: str(getattr(s, "optimizations", "") or ""), "Applied in order"),
-    ("Device", lambda s: " ".join(x for x in (getattr(s, "device", ""), getattr(s, "dtype", ""))
-                                  if x) or MISSING,
-     lambda s: f"{getattr(s, 'device', '')} {getattr(s, 'dtype', '')}", "Device and dtype"),
     ("Peak", lambda s: human_bytes(s.peak_bytes), lambda s: s.peak_bytes if s.peak_bytes
      is not None else -1, "Measured peak of the run"),
     ("Latency", lambda s: human_ms(s.latency_ms) or MISSING,
      lambda s: s.latency_ms if s.latency_ms is not None else -1.0,
      "The plain pass: no hooks (the Latency tab also gives the instrumented one)"),
+    ("Optimizations", lambda s: str(getattr(s, "optimizations", "") or "none"),
+     lambda s: str(getattr(s, "optimizations", "") or ""), "Applied in order"),
+    ("Device", lambda s: " ".join(x for x in (getattr(s, "device", ""), getattr(s, "dtype", ""))
+                                  if x) or MISSING,
+     lambda s: f"{getattr(s, 'device', '')} {getattr(s, 'dtype', '')}", "Device and dtype"),
     ("Quality", lambda s: str(getattr(s, "quality", "") or MISSING),
      lambda s: str(getattr(s, "quality", "") or ""),
      "KL divergence from the unoptimized model, perplexity, or cosine similarity"),
 )
-# The label names a run the user's way: it sits beside the model, not off-screen at the end.
+# The label names a run the user's way: it sits beside the model, not off-screen at the end;
+# the peak and latency come before the long optimizations list (the peak was cut off at the
+# default window size).
 COLUMNS = (COLUMNS[:2]
            + (("Label", lambda s: str(getattr(s, "label", "") or ""),
                lambda s: str(getattr(s, "label", "")), "Your name for the run (Label…)"),)
