@@ -846,6 +846,30 @@ def test_a_legend_too_big_for_its_chart_is_hidden_and_its_entries_go_in_the_tool
     assert timeline.legend.isVisible() and timeline.plot_widget.toolTip() == ""
 
 
+def test_the_show_boxes_take_short_names_before_they_scroll(qtbot):
+    """A training step's six categories scrolled at the default window size ("optimizer
+    sta…" cut off); short names fit, with the full name in the tooltip."""
+    from gui.panels.layer_chart import LayerChartPanel
+
+    result = make_result()
+    for layer in result.layers:
+        layer.at_peak = dict(layer.at_peak, gradients=KIB, optimizer_state=2 * KIB)
+    chart = LayerChartPanel()
+    qtbot.addWidget(chart)
+    chart.resize(1400, 400)
+    chart.show()
+    chart.render(result.layers, result.totals)
+    boxes = {b.property("category"): b for b in chart._toggles.values()}
+    qtbot.waitUntil(lambda: boxes["optimizer_state"].text() == "optimizer state")
+    chart.resize(620, 400)  # the Memory by layer tab's width in a 1280-pixel window
+    qtbot.waitUntil(lambda: boxes["optimizer_state"].text() == "optimizer")
+    strip = chart.toggles_strip
+    assert strip.widget().sizeHint().width() <= strip.viewport().width()  # no scrolling
+    assert boxes["optimizer_state"].toolTip() == "Show optimizer state"
+    chart.resize(1400, 400)
+    qtbot.waitUntil(lambda: boxes["optimizer_state"].text() == "optimizer state")
+
+
 def test_timeline_phase_labels_never_overlap_as_the_run_grows(qtbot):
     """A phase wide on screen when it began narrows as the run goes on: its label must go then
     (the window once printed 'loadqualitymemory' run together after a run)."""

@@ -46,6 +46,13 @@ def category_label(category: str) -> str:
     return category.replace("_", " ")
 
 
+# The Show boxes' short names, used only when the full ones do not fit the row (a training
+# step's six categories scrolled, "optimizer sta…" cut at the default window size); each box's
+# tooltip keeps the full name.
+SHORT_LABELS = {"activations": "activ.", "optimizer_state": "optimizer", "temporaries": "temp.",
+                UNATTRIBUTED: "unattr.", "gradients": "grads", "kv_cache": "KV"}
+
+
 def _exact(mib: float) -> str:
     n = int(round(mib * MIB))
     return f"{human_bytes(n)} ({n:,} bytes)"
@@ -71,7 +78,16 @@ class _Strip(QScrollArea):
         self.fit()
 
     def fit(self) -> None:
-        """As tall as the row, plus the scroll bar when the row does not fit."""
+        """As tall as the row, plus the scroll bar when the row does not fit even with the
+        short names."""
+        boxes = [b for b in self.widget().findChildren(QCheckBox) if b.property("category")]
+        for short in (False, True):
+            for box in boxes:
+                category = box.property("category")
+                box.setText(SHORT_LABELS.get(category, category_label(category)) if short
+                            else category_label(category))
+            if self.widget().sizeHint().width() <= self.viewport().width():
+                break
         need = self.widget().sizeHint()
         bar = (self.horizontalScrollBar().sizeHint().height()
                if need.width() > self.viewport().width() else 0)
@@ -210,6 +226,8 @@ class LayerChartPanel(QWidget):
         for category in self.stacks:
             if category not in self._toggles:
                 box = QCheckBox(category_label(category))
+                box.setProperty("category", category)
+                box.setToolTip(f"Show {category_label(category)}")
                 box.setChecked(category not in self.hidden)
                 box.setStyleSheet(f"QCheckBox {{ color: {CATEGORY_COLORS.get(category, '')}; }}"
                                   if category in CATEGORY_COLORS else "")
