@@ -199,3 +199,21 @@ def test_a_training_sweep_names_the_step_phase_of_each_peak(qtbot):
     panel.render_sweep(record)
     note = panel.table.item(0, SWEEP_COLUMNS.index("Note")).text()
     assert note.startswith("peak in the optimizer step"), note
+
+
+def test_a_failed_search_leaves_the_page_in_its_plain_layout(qtbot):
+    """A fit that failed left the fit's title, its columns and no latency chart beside
+    "No sweep yet"."""
+    from gui.panels.sweep import SWEEP_COLUMNS, SweepPanel
+
+    panel = SweepPanel()
+    qtbot.addWidget(panel)
+    panel.start("fit", "Searching…")
+    assert panel.latency_widget.isHidden()
+    panel.clear("Failed: the budget is too small.")
+    headers = [panel.table.horizontalHeaderItem(c).text()
+               for c in range(panel.table.columnCount())]
+    assert headers == list(SWEEP_COLUMNS)
+    assert not panel.latency_widget.isHidden()
+    assert panel.memory_plot.titleLabel.text == "Peak memory"
+    assert panel.message.text() == "Failed: the budget is too small."

@@ -291,6 +291,12 @@ class SweepPanel(QWidget):
         self._mode = ""
         self.memory_plot.clear()
         self.latency_plot.clear()
+        # back to the page's plain layout: a failed search left the fit's title, its columns
+        # and no latency chart beside "No sweep yet"
+        _style(self.memory_plot, "Peak memory", "MiB", "sequence length")
+        self.latency_widget.setVisible(True)
+        self.table.setColumnCount(len(SWEEP_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(SWEEP_COLUMNS))
         self._placeholders(placeholder or SWEEP_EMPTY)
         self.legend.clear()
         self.table.setRowCount(0)
