@@ -1168,6 +1168,19 @@ class LowBitOptimizer(Optimization):
 
 
 # -- KV cache -----------------------------------------------------------------------------------------
+def _cache_layer_types(config: Any) -> list[str]:
+    """The cache layer types transformers will build for ``config``: its own reading
+    (``get_layer_types_and_kwargs``), which infers sliding layers from ``sliding_window`` when
+    the config lists no ``layer_types`` (Mistral), as QuantizedCache's check does."""
+    text = config.get_text_config(decoder=True)
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+
+        return list(get_layer_types_and_kwargs(text)[0])
+    except (ImportError, AttributeError, TypeError):  # an older transformers: the listed types
+        return list(getattr(text, "layer_types", None) or [])
+
+
 class KVCache(Optimization):
     id = "kv-cache"
     name = "KV cache policy"
@@ -1212,9 +1225,14 @@ class KVCache(Optimization):
 
     def check_model(self, model, params):
         if params["policy"] in ("fp8", "quanto-int4", "quanto-int2"):
-            types = getattr(model.config, "layer_types", None) or []
-            if any(t != "full_attention" for t in types):
-                return "quantized caches need every layer to use full attention"
+            other = sorted({t for t in _cache_layer_types(model.config) if t != "full_attention"})
+            if other:
+                window = getattr(model.config.get_text_config(decoder=True), "sliding_window",
+                                 None)
+                return ("quantized caches need every layer to use full attention; this model "
+                        f"has {', '.join(other)} layers"
+                        + (f" (its config sets sliding_window={window})" if window else "")
+                        + ": pick policy dynamic or static")
         return None
 
     def _apply(self, model, params, hooks, device, record):

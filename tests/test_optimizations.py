@@ -633,3 +633,23 @@ def test_choices_that_measure_nothing_are_refused():
     # blocks whose index is a multiple of every_n): one block, counted as one, not 2 // 1000
     r = run([{"id": "checkpointing", "params": {"every_n": 1000}}], workload="train")
     assert r.optimizations[0]["modules_touched"] == 1
+
+
+def test_a_quantized_cache_on_a_model_with_a_sliding_window_in_its_config_is_refused(tmp_path):
+    """Mistral lists no layer_types, only sliding_window: transformers builds sliding cache
+    layers from it, and QuantizedCache raised, shown as an internal error (a MemLens bug)."""
+    import resources
+
+    data = dict(resources.preset_config("tiny-mistral"))
+    data.pop("_memlens", None)
+    data["sliding_window"] = 64
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    events = Collector()
+    assert execute(tiny(model=str(path), workload="generate", seq=16, new_tokens=2,
+                        optimizations=[{"id": "kv-cache", "params": {"policy": "fp8"}}]),
+                   events) is None
+    failed = events.failed
+    assert failed.kind == "not_applicable", failed
+    assert "sliding_attention layers (its config sets sliding_window=64)" in failed.message
+    assert "pick policy dynamic or static" in failed.message
