@@ -489,6 +489,8 @@ class _Loader:
         self.step("Estimating the size (meta device, no memory used)", 0.1)
         try:
             need = estimate_param_bytes(hf_config, dtype, trust_remote_code=remote)
+        except MemLensError:  # (a refusal of the model kind, already worded)
+            raise
         except Exception as exc:
             raise _install_problem(exc, where) or MemLensError(
                 ErrorKind.INVALID_MODEL,
@@ -610,6 +612,8 @@ class _Loader:
             raise
         except MemLensError:
             raise
+        except MemLensError:  # (a refusal of the model kind, already worded)
+            raise
         except Exception as exc:
             raise self._attention_or_invalid(exc, str(folder)) from exc
         del state_dict
@@ -704,6 +708,8 @@ class _Loader:
                     **self._attention_kwargs(),
                 )
         except (_OutOfMemory, MemoryError):
+            raise
+        except MemLensError:  # (a refusal of the model kind, already worded)
             raise
         except Exception as exc:
             if _is_network_error(exc) or isinstance(exc, OSError):
@@ -946,6 +952,16 @@ def _model_class(hf_config: Any) -> tuple[Any, bool]:
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
+    if getattr(hf_config, "is_encoder_decoder", False):
+        # Its forward needs decoder inputs as well as the encoder's; fed input_ids alone, T5
+        # raised "You must specify exactly one of input_ids or inputs_embeds", shown as a bug.
+        kind = getattr(hf_config, "model_type", "") or "this model"
+        raise MemLensError(
+            ErrorKind.NOT_APPLICABLE,
+            f"{kind} is an encoder-decoder model: MemLens's workloads run decoder-only "
+            "(Llama, Mistral, Qwen, GPT-2, …) and encoder-only (BERT) models, which take the "
+            "input ids alone; an encoder-decoder also needs the decoder's inputs.",
+            "Choose a decoder-only or encoder-only model.")
     archs = [a for a in (getattr(hf_config, "architectures", None) or []) if isinstance(a, str)]
     auto_map = getattr(hf_config, "auto_map", None) or {}
     if archs:

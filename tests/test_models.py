@@ -224,6 +224,29 @@ def test_unknown_model_type_is_named(tmp_path: Path) -> None:
     assert err.kind is ErrorKind.INVALID_MODEL and "not-a-real-arch" in err.message
 
 
+@pytest.mark.fault(area='inputs', case='an encoder-decoder model (T5)',
+                   outcome='not_applicable, in profile and estimate alike: says which kinds run')
+def test_an_encoder_decoder_model_is_refused_by_name(tmp_path: Path) -> None:
+    """Fed input ids alone, T5 raised "You must specify exactly one of input_ids or
+    inputs_embeds", reported as a MemLens bug, by profile and estimate alike."""
+    from engine.estimate import estimate
+
+    from .helpers import Collector
+
+    file = tmp_path / "config.json"
+    file.write_text(json.dumps({
+        "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "d_model": 32,
+        "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 1, "num_decoder_layers": 1,
+        "vocab_size": 64, "decoder_start_token_id": 0, "pad_token_id": 0,
+        "is_encoder_decoder": True}), encoding="utf-8")
+    err = _error(str(file))
+    assert err.kind is ErrorKind.NOT_APPLICABLE
+    assert err.message.startswith("t5 is an encoder-decoder model") and "decoder-only" in err.hint
+    events = Collector()
+    assert estimate(RunConfig(model=str(file), seq=8), events) is None
+    assert events.failed.kind == "not_applicable" and "encoder-decoder" in events.failed.message
+
+
 @pytest.mark.fault(area='environment', case='a library that fails while it is imported (a package missing its data files)',
                    outcome="environment: names the import's error and says the installation is at fault, not the model")
 @pytest.mark.parametrize("model", ["preset:tiny-llama", "demo"])
