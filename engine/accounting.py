@@ -222,16 +222,22 @@ class TensorAccountant(TorchDispatchMode):
         self.peak_breakdown = dict(self.live)
         self.phase_peaks.clear()
 
-    # -- the dispatch hook ------------------------------------------------------------------------
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
-        out = func(*args, **(kwargs or {}))
+    def note_op(self, packet: Any) -> str | None:
+        """Record ``packet`` as run by the current owner, and return that owner (also for an
+        operator a stand-in replaced without dispatching it, so the FLOP check sees it)."""
         owner = self.owner_fn()
-        packet = func._overloadpacket
         seen = self.ops_seen.get(packet)
         if seen is None:
             self.ops_seen[packet] = {owner}
         elif owner not in seen:
             seen.add(owner)
+        return owner
+
+    # -- the dispatch hook ------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        out = func(*args, **(kwargs or {}))
+        packet = func._overloadpacket
+        owner = self.note_op(packet)
         category = None
         flat, _ = tree_flatten(out)
         for t in (leaf for x in flat if isinstance(x, torch.Tensor) for leaf in leaves(x)):

@@ -24,7 +24,7 @@ import gc
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -246,16 +246,25 @@ def _as_in_a_real_run() -> Iterator[None]:
     then gets a materialised mask instead of ``is_causal`` (and repeats K/V heads for it).
     MemLens' inputs are always one unpadded sequence per row, for which the real check returns
     None: under fake tensors that answer is given here, after the same tensors were computed.
+
+    Mixture-of-experts layers go through :func:`_fake_grouped_mm` (see there).
     """
-    try:
-        from transformers import masking_utils
-    except ImportError:  # pragma: no cover - transformers 5 always has it
-        yield
-        return
-    original = getattr(masking_utils, "find_packed_sequence_indices", None)
-    if original is None:
-        yield
-        return
+    with _grouped_mm_in_any_dtype():
+        try:
+            from transformers import masking_utils
+        except ImportError:  # pragma: no cover - transformers 5 always has it
+            yield
+            return
+        original = getattr(masking_utils, "find_packed_sequence_indices", None)
+        if original is None:
+            yield
+            return
+        with _patched(masking_utils, "find_packed_sequence_indices",
+                      _not_packed_when_fake(original)):
+            yield
+
+
+def _not_packed_when_fake(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def find_packed_sequence_indices(position_ids: Any, *args: Any, **kwargs: Any) -> Any:
@@ -264,11 +273,76 @@ def _as_in_a_real_run() -> Iterator[None]:
             return None
         return found
 
-    masking_utils.find_packed_sequence_indices = find_packed_sequence_indices
+    return find_packed_sequence_indices
+
+
+@contextlib.contextmanager
+def _patched(owner: Any, name: str, replacement: Any) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
     try:
         yield
     finally:
-        masking_utils.find_packed_sequence_indices = original
+        setattr(owner, name, original)
+
+
+class _FakeGroupedMM(torch.autograd.Function):
+    """``torch._grouped_mm(a (S, K), b (E, K, N), offs) -> (S, N)`` on fake tensors of any
+    float dtype, with what the real operator's autograd does on the CPU (logged op by op): it
+    keeps ``a`` only when ``b`` needs a gradient and ``b`` only when ``a`` does; backward makes
+    b's gradient as a contiguous (E, N, K) grouped mm, transposed, then a's (S, K)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a if b.requires_grad else None, b if a.requires_grad else None)
+        ctx.shapes = (a.shape, b.shape)
+        return a.new_empty((a.shape[0], b.shape[-1]))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (a_shape, (e, k, n)) = ctx.shapes
+        grad_b = (grad.new_empty((e, n, k)).transpose(-2, -1) if ctx.needs_input_grad[1]
+                  else None)
+        grad_a = grad.new_empty(a_shape) if ctx.needs_input_grad[0] else None
+        return grad_a, grad_b, None
+
+
+@contextlib.contextmanager
+def _grouped_mm_in_any_dtype() -> Iterator[None]:
+    """PyTorch's fake (meta) kernel of ``_grouped_mm`` accepts bfloat16 only, while its CPU
+    kernel, which a real run uses, takes float32 and float16 too: a mixture-of-experts model
+    (Mixtral, Qwen3-MoE) estimated in float32 failed inside transformers' experts layer. For
+    fake tensors in another dtype, transformers' dispatcher gets :class:`_FakeGroupedMM`, which
+    allocates what the real operator does (checked against real CPU runs in the tests); real
+    tensors and bfloat16 take the original path. Hand-written because no library offers the
+    operator's fake kernel for these dtypes."""
+    try:
+        from transformers.integrations import moe
+    except ImportError:  # an older transformers: no grouped experts
+        yield
+        return
+    original = getattr(moe, "_grouped_mm", None)
+    can_use = getattr(moe, "_can_use_grouped_mm", None)
+    if original is None or can_use is None:
+        yield
+        return
+
+    @functools.wraps(original)
+    def _grouped_mm(input: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> Any:
+        if (is_fake(weight) and weight.dtype != torch.bfloat16 and weight.dim() == 3
+                and input.dim() == 2 and can_use(input, weight, offs)):
+            from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+            from .accounting import TensorAccountant
+
+            for mode in _get_current_dispatch_mode_stack():  # (FLOPs: see note_op)
+                if isinstance(mode, TensorAccountant):
+                    mode.note_op(torch.ops.aten._grouped_mm)
+            return _FakeGroupedMM.apply(input.to(weight.dtype), weight, offs)
+        return original(input, weight, offs)
+
+    with _patched(moe, "_grouped_mm", _grouped_mm):
+        yield
 
 
 class _EstimateRun(_Run):
