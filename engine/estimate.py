@@ -225,14 +225,21 @@ def _fake_tensor_error(exc: BaseException, stage: str, model: str) -> MemLensErr
             break
     step = {"build": "building it", "warmup": "its warm-up step",
             "memory": "its memory pass"}.get(stage, stage or "the workload")
+    if "modeling_rope_utils" in where:
+        # (dynamic rope scaling compares the largest position with the cached length: a value)
+        hint = ("This model's rope scaling reads the positions' values as it runs. Measure it "
+                "in a real run (memlens profile), or estimate a copy of its config.json without "
+                "rope_scaling (the scaling changes only the rotary frequencies, a buffer of "
+                "head_dim / 2 numbers per model).")
+    else:
+        hint = ("Measure a smaller config of the same architecture in a real run (memlens "
+                "profile), or try another attention implementation, eager or sdpa (the "
+                "Attention implementation optimization; --attention); operators without a "
+                "fake-tensor implementation are listed in PyTorch's issue tracker.")
     return MemLensError(
         ErrorKind.NOT_APPLICABLE,
         f"Estimation cannot run {model} on fake tensors ({step}): the operator {op} {why}"
-        f"{where}.",
-        "Measure a smaller config of the same architecture in a real run (memlens profile), "
-        "or try another attention implementation, eager or sdpa (the Attention implementation "
-        "optimization; --attention); operators without a fake-tensor implementation are "
-        "listed in PyTorch's issue tracker.")
+        f"{where}.", hint)
 
 
 @contextlib.contextmanager

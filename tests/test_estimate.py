@@ -508,3 +508,22 @@ def test_a_mixture_of_experts_estimate_in_float32_matches_its_measured_run(workl
     assert not _differences(est, real), "\n".join(_differences(est, real))
     # the experts' matmuls have no FLOP formula: said in both, not silently missing
     assert any("aten._grouped_mm" in w for w in est.warnings), est.warnings
+
+
+def test_dynamic_rope_scaling_is_refused_with_a_fix_that_applies(tmp_path):
+    """Its refusal told the user to try another attention implementation, which changes
+    nothing: the rope scaling reads the positions' values."""
+    import json as _json
+
+    import resources
+
+    data = dict(resources.preset_config("tiny-llama"))
+    data.pop("_memlens", None)
+    data["rope_scaling"] = {"rope_type": "dynamic", "factor": 2.0}
+    path = tmp_path / "config.json"
+    path.write_text(_json.dumps(data), encoding="utf-8")
+    events = Collector()
+    assert estimate(_config(str(path), "forward"), events) is None
+    failed = events.failed
+    assert failed.kind == "not_applicable" and "modeling_rope_utils" in failed.message
+    assert "without rope_scaling" in failed.hint and "attention" not in failed.hint
