@@ -477,6 +477,19 @@ def test_a_message_that_wraps_does_not_move_the_pages_below_the_status_line(qtbo
     assert window.status.label.heightForWidth(window.status.label.width()) > \
         window.status.label.fontMetrics().lineSpacing() * 1.5  # it does wrap to two lines
     assert window.workspace.mapTo(window, window.workspace.rect().topLeft()).y() == top
+    from PySide6.QtCore import Qt
+
+    label = window.status.label
+    window.status.show_error("Out of memory.", "Lower the batch.")
+    assert label.alignment() & Qt.AlignmentFlag.AlignVCenter  # it fits: centred
+    # longer than three lines: from the top, cut at a line's edge (centred, a fourth line
+    # showed cut through its letters at both ends)
+    window.status.show_error("Cannot read the memory size 'lots'. " * 12, "Write 24GiB. " * 10)
+    assert label.alignment() & Qt.AlignmentFlag.AlignTop
+    assert label.height() < 4 * label.fontMetrics().lineSpacing() - label.fontMetrics().ascent()
+    assert "'lots'" in label.toolTip()  # the whole of it
+    window.status.show_finished("Done.")
+    assert label.alignment() & Qt.AlignmentFlag.AlignVCenter
 
 
 def test_engine_exception_is_reported_not_raised(qtbot):

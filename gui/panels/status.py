@@ -23,7 +23,7 @@ class StatusPanel(QWidget):
         # push the pages below down and back up as the run goes on. A longer one is whole in
         # the tooltip and in the log.
         self.label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
-        self.label.setFixedHeight(3 * self.label.fontMetrics().lineSpacing() + 4)
+        self.label.setFixedHeight(3 * self.label.fontMetrics().lineSpacing())
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1000)
         self.progress_bar.setValue(0)
@@ -41,6 +41,21 @@ class StatusPanel(QWidget):
     def _show(self, rich: str) -> None:
         self.label.setText(rich)
         self.label.setToolTip(_plain(rich))
+        self._align()
+
+    def _align(self) -> None:
+        """Centred while the text fits its three lines; from the top when it is longer, so the
+        first lines show whole and the rest is cut at a line's edge (centred, a fourth line
+        showed cut through its letters at the top and the bottom)."""
+        spacing = self.label.fontMetrics().lineSpacing()
+        need = self.label.heightForWidth(max(self.label.width(), 1))
+        longer = need - self.label.height() > spacing // 2  # (a fourth line, not a margin)
+        vertical = Qt.AlignmentFlag.AlignTop if longer else Qt.AlignmentFlag.AlignVCenter
+        self.label.setAlignment(Qt.AlignmentFlag.AlignLeft | vertical)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._align()
 
     def show_started(self, model: str, workload: str) -> None:
         self.progress_bar.setRange(0, 0)  # busy until the first progress event
