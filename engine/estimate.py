@@ -229,8 +229,9 @@ def _fake_tensor_error(exc: BaseException, stage: str, model: str) -> MemLensErr
         # (dynamic rope scaling compares the largest position with the cached length: a value)
         hint = ("This model's rope scaling reads the positions' values as it runs. Measure it "
                 "in a real run (memlens profile), or estimate a copy of its config.json without "
-                "rope_scaling (the scaling changes only the rotary frequencies, a buffer of "
-                "head_dim / 2 numbers per model).")
+                "the scaling: no rope_scaling, or rope_type \"default\" in rope_parameters (the "
+                "scaling changes only the rotary frequencies, a buffer of head_dim / 2 "
+                "numbers).")
     else:
         hint = ("Measure a smaller config of the same architecture in a real run (memlens "
                 "profile), or try another attention implementation, eager or sdpa (the "
@@ -296,12 +297,14 @@ def _patched(owner: Any, name: str, replacement: Any) -> Iterator[None]:
 class _FakeGroupedMM(torch.autograd.Function):
     """``torch._grouped_mm(a (S, K), b (E, K, N), offs) -> (S, N)`` on fake tensors of any
     float dtype, with what the real operator's autograd does on the CPU (logged op by op): it
-    keeps ``a`` only when ``b`` needs a gradient and ``b`` only when ``a`` does; backward makes
+    keeps ``a`` only when ``b`` needs a gradient, ``b`` only when ``a`` does, and ``offs``
+    when either does; backward makes
     b's gradient as a contiguous (E, N, K) grouped mm, transposed, then a's (S, K)."""
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a if b.requires_grad else None, b if a.requires_grad else None)
+        ctx.save_for_backward(a if b.requires_grad else None, b if a.requires_grad else None,
+                              offs if a.requires_grad or b.requires_grad else None)
         ctx.shapes = (a.shape, b.shape)
         return a.new_empty((a.shape[0], b.shape[-1]))
 

@@ -612,8 +612,6 @@ class _Loader:
             raise
         except MemLensError:
             raise
-        except MemLensError:  # (a refusal of the model kind, already worded)
-            raise
         except Exception as exc:
             raise self._attention_or_invalid(exc, str(folder)) from exc
         del state_dict
@@ -708,8 +706,6 @@ class _Loader:
                     **self._attention_kwargs(),
                 )
         except (_OutOfMemory, MemoryError):
-            raise
-        except MemLensError:  # (a refusal of the model kind, already worded)
             raise
         except Exception as exc:
             if _is_network_error(exc) or isinstance(exc, OSError):

@@ -669,6 +669,12 @@ class Sparsity24(Optimization):
     conflicts = ("int8-dynamic", "torchao-int8", "torchao-int4", "torchao-fp8",
                  "quanto-weights", "prune-unstructured")
 
+    def check_with(self, params, ids):
+        # (structured pruning reads the weights with .float(), which a SparseSemiStructured
+        # tensor refuses: torch's semi_sparse_to_copy copies only to the CPU)
+        return _pruned_after(self.id, ids, "semi-structured sparse weights",
+                             "prune, then sparsify")
+
     def check_config(self, workload, device, params):
         return (super().check_config(workload, device, params)
                 or _needs_capability(device, (8, 0), "sparse tensor cores",
@@ -973,6 +979,12 @@ class FreezeBase(Optimization):
     params = (Param("train_last_blocks", "int", 0, minimum=0, maximum=1000,
                     help="blocks kept trainable besides the head"),)
     workloads = ("train",)
+
+    def check_with(self, params, ids):
+        # prune_linear_layer makes new Linears whose weights require gradients: pruned after
+        # the freeze, those layers came back trainable, with gradients and optimizer state
+        return _pruned_after(self.id, ids, "frozen layers without unfreezing them",
+                             "prune, then freeze")
 
     def _head(self, model: nn.Module) -> list[nn.Parameter]:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -1327,9 +1339,10 @@ class Compile(Optimization):
 
 
 # The order is the app's order of application (it applies the ticked ones top to bottom), so it
-# is one every order rule accepts: pruning before quantizing and adapting (_pruned_after).
+# is one every order rule accepts: structured pruning before sparsifying, quantizing, adapting
+# and freezing (_pruned_after).
 REGISTRY: dict[str, Optimization] = {o.id: o for o in (
-    Cast(), Autocast(), PruneUnstructured(), Sparsity24(), PruneFFN(), PruneHeads(), DropBlocks(),
+    Cast(), Autocast(), PruneUnstructured(), PruneFFN(), PruneHeads(), DropBlocks(), Sparsity24(),
     Int8Dynamic(), TorchaoInt8(), TorchaoInt4(), TorchaoFloat8(), QuantoWeights(),
     Attention(), SlidingWindow(), Checkpointing(),
     FreezeBase(), LoRA(), LowBitOptimizer(), KVCache(), Compile(),
@@ -1434,8 +1447,9 @@ def apply_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]
               progress: Callable[[float, str], None] | None = None,
               on_applied: Callable[[Applied], None] | None = None
               ) -> tuple[list[Applied], RunHooks]:
-    """Check each optimization against the loaded model, then apply them in order
-    (``on_applied`` is called after each one, e.g. to see which modules it changed)."""
+    """Check each optimization against the loaded model, then apply them in order, checking
+    each again on the model the earlier ones changed (``on_applied`` is called after each one,
+    e.g. to see which modules it changed)."""
     check_all(model, chosen)
     hooks = RunHooks()
     applied = []
@@ -1452,8 +1466,9 @@ def apply_all(model: nn.Module, chosen: list[tuple[Optimization, dict[str, Any]]
                 before = ", ".join(o.id for o, _ in chosen[:i])
                 raise MemLensError(ErrorKind.NOT_APPLICABLE,
                                    f"{opt.named} does not apply after {before}: {reason}.",
-                                   f"Each technique acts on the model the earlier ones left: "
-                                   f"try {opt.id} first, or remove it from the run.")
+                                   "Each technique acts on the model the earlier ones left: "
+                                   "change its settings as the reason says, or remove it from "
+                                   "the run.")
         applied.append(opt.apply(model, params, hooks, device))
         if on_applied is not None:
             on_applied(applied[-1])

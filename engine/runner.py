@@ -317,7 +317,8 @@ class _Run:
 
         if chosen:
             # A technique that does not apply to this model is refused before anything is
-            # measured (apply_all checks again, on the same unmodified model).
+            # measured (apply_all checks again: the first one on this unmodified model, each
+            # later one on the model the earlier ones changed, which only applying can show).
             check_all(model, chosen)
             # The unoptimized baseline, measured in this run on the same inputs, so the deltas
             # are ratios taken on one machine in one sitting. Training steps change the weights:

@@ -628,8 +628,10 @@ class MainWindow(QMainWindow):
                 self.log.warning(warning)
         else:
             self.sweep_panel.render_fit(record)
-            self.status.show_finished(f"What fits {record.budget_description}: "
-                                      f"{len(record.answers)} answer(s), estimated.")
+            found = sum(a.status in ("fits", "limit") for a in record.answers)
+            self.status.show_finished(
+                f"What fits {record.budget_description}: {len(record.answers)} answer(s), "
+                "estimated" + ("" if found else "; nothing fits") + ".", good=bool(found))
         self.workspace.setCurrentWidget(self.sweep_panel)
         self.refresh_saved_runs()
 

@@ -833,6 +833,10 @@ def test_a_legend_too_big_for_its_chart_is_hidden_and_its_entries_go_in_the_tool
     assert chart.legend.maximumHeight() == 0  # its row gives the plot the room
     tip = chart.plot_widget.toolTip()
     assert tip.startswith("Legend (hidden") and "weights" in tip and "activations" in tip
+    chart.clear()  # no entries: no tooltip of old ones over the empty chart
+    assert chart.plot_widget.toolTip() == ""
+    chart.render(result.layers, result.totals)
+    qtbot.waitUntil(lambda: not chart.legend.isVisible())
     chart.resize(900, 600)
     qtbot.waitUntil(lambda: chart.legend.isVisible())
     assert chart.legend.maximumHeight() > 1000 and chart.plot_widget.toolTip() == ""

@@ -217,3 +217,19 @@ def test_a_failed_search_leaves_the_page_in_its_plain_layout(qtbot):
     assert not panel.latency_widget.isHidden()
     assert panel.memory_plot.titleLabel.text == "Peak memory"
     assert panel.message.text() == "Failed: the budget is too small."
+
+
+def test_a_fit_where_nothing_fits_is_not_shown_as_success(qtbot, tmp_path):
+    """"What fits …: 1 answer(s)" was green when the answer was that the weights alone
+    exceed the budget."""
+    from engine.sweep import Budget, what_fits
+    from gui.panels.status import HINT_COLOR, OK_COLOR
+
+    from .helpers import tiny
+
+    record = what_fits(tiny(workload="forward"), Budget(1024, "given", "1 KiB"), [1])
+    assert record is not None and record.answers[0].status == "weights_exceed"
+    window = make_window(qtbot, tmp_path)
+    window.show_sweep(record)
+    assert "nothing fits" in window.status.text()
+    assert HINT_COLOR in window.status.label.text() and OK_COLOR not in window.status.label.text()

@@ -45,8 +45,6 @@ def test_event_order_and_final_result():
     (dict(workload="forward", new_tokens=-5), "New tokens cannot be negative"),
     (dict(workload="train", seq=1), "needs at least 2 tokens"),
     (dict(seq=100_000), "positions"),
-    # checked before the ids are made: these were 32.8 GB of ids, "out of memory during load"
-    (dict(batch=4096, seq=1_000_000), "1000000 positions"),
     (dict(workload="generate", seq=250, new_tokens=20), "positions"),
     (dict(workload="dance"), "Unknown workload"),
     (dict(device="tpu"), "Unknown device"),
@@ -59,6 +57,21 @@ def test_absurd_workloads_are_refused_clearly(overrides, fragment):
     failed = events.failed
     assert failed is not None and failed.kind == ErrorKind.INVALID_WORKLOAD.value
     assert fragment in failed.message and failed.hint
+
+
+def test_a_sequence_beyond_the_positions_is_refused_before_the_ids_are_made(monkeypatch):
+    """Batch 4096 × seq 1,000,000 made 32.8 GB of ids first and failed as "out of memory
+    during load"; the ids are now made only for a length the model supports."""
+    from engine import workloads
+
+    def made(*args, **kwargs):
+        raise AssertionError("the input ids were made before the positions were checked")
+
+    monkeypatch.setattr(workloads, "make_inputs", made)
+    events = Collector()
+    assert execute(tiny(batch=4096, seq=1_000_000), events) is None
+    assert events.failed.kind == ErrorKind.INVALID_WORKLOAD.value
+    assert "1000000 positions" in events.failed.message
 
 
 @pytest.mark.fault(area='environment', case='--device cuda on a machine without a GPU',

@@ -193,6 +193,14 @@ class _LegendFitter(QObject):
             return result
 
         legend.addItem = add_and_fit
+        clear = legend.clear
+
+        def clear_and_fit(*args: Any, **kwargs: Any) -> Any:
+            result = clear(*args, **kwargs)
+            self.fit()  # (an empty legend: shown again, and the tooltip of its entries goes)
+            return result
+
+        legend.clear = clear_and_fit
 
     def eventFilter(self, _obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
         if event.type() == QEvent.Type.Resize:
@@ -217,8 +225,7 @@ class _LegendFitter(QObject):
         fits = height <= MAX_LEGEND_SHARE * self.widget.height()
         hidden = bool(items) and not fits
         if hidden == (not self.legend.isVisible()):
-            if hidden:
-                self.widget.setToolTip(self._entries(items))
+            self.widget.setToolTip(self._entries(items) if hidden else "")
             return
         self.legend.setVisible(not hidden)
         # (a hidden item keeps its row in a QGraphicsGridLayout: give the row no height)

@@ -294,6 +294,7 @@ class SweepPanel(QWidget):
         # back to the page's plain layout: a failed search left the fit's title, its columns
         # and no latency chart beside "No sweep yet"
         _style(self.memory_plot, "Peak memory", "MiB", "sequence length")
+        self.memory_plot.getAxis("bottom").setTickSpacing()  # (a batch fit's whole-batch ticks)
         self.latency_widget.setVisible(True)
         self.table.setColumnCount(len(SWEEP_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(SWEEP_COLUMNS))

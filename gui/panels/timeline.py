@@ -465,15 +465,17 @@ class TimelinePanel(QWidget):
         if width <= 0 or height <= 0 or box.width() <= 0:
             return
         # In a small window the legend covered half the curves and the time axis: hidden while
-        # it would take over a third of the view, its lines then in the plot's tooltip.
+        # it would take more than LEGEND_MAX_SHARE of the view, its lines (kept current: they
+        # hold the peaks) then in the plot's tooltip.
         crowded = box.width() * box.height() > LEGEND_MAX_SHARE * width * height
         if crowded == self.legend.isVisible():
             self.legend.setVisible(not crowded)
+            if not crowded:
+                self.plot_widget.setToolTip("")
+        if crowded:
             self.plot_widget.setToolTip(
                 "Legend (hidden: the chart is too small for it): " + "; ".join(
-                    self.legend_text(f) for f, _, _ in SERIES if f in self._legend_shown)
-                if crowded else "")
-        if crowded:
+                    self.legend_text(f) for f, _, _ in SERIES if f in self._legend_shown))
             return
         (x0, x1), (y0, y1) = viewbox.viewRange()
         if x1 <= x0 or y1 <= y0:
