@@ -658,3 +658,16 @@ def test_a_quantized_cache_on_a_model_with_a_sliding_window_in_its_config_is_ref
     assert failed.kind == "not_applicable", failed
     assert "sliding_attention layers (its config sets sliding_window=64)" in failed.message
     assert "pick policy dynamic or static" in failed.message
+
+
+def test_the_readme_table_lists_the_registry_in_its_order():
+    """README's table is the app's order of application; it lagged behind the registry."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("<!-- registry:start -->"):text.index("<!-- registry:end -->")]
+    rows = re.findall(r"^\| `([^`]+)` \| (.*) \|$", table, re.M)
+    assert [ident for ident, _ in rows] == list(REGISTRY)
+    for ident, summary in rows:
+        assert summary == REGISTRY[ident].summary, ident
