@@ -83,7 +83,7 @@ def test_runs_table_shows_optimizations_and_quality_and_sorts(qtbot, real_store)
     model = panel.view.model()
     headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
     assert headers == ["Created", "Model", "Label", "Workload", "Input", "Kind",
-                       "Optimizations", "Device", "Peak", "Latency", "Quality"]
+                       "Peak", "Latency", "Optimizations", "Device", "Quality"]
     col = {title: i for i, title in enumerate(headers)}
     rows = {model.index(r, 0).data(Qt.ItemDataRole.UserRole):
             [model.index(r, c).data() for c in range(model.columnCount())]
