@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                     "Without a command, opens the desktop app.",
         epilog="Exit status: 0 done; 1 the command failed or refused its input (the message "
                "says why); 2 the command line is wrong; 130 cancelled (Ctrl+C).")
-    ap.add_argument("--store", type=Path, default=None,
+    ap.add_argument("--store", type=_store_path, default=None,
                     help="run store folder (default: $MEMLENS_HOME/runs or the user data dir)")
     ap.add_argument("--version", action=_VersionAction,
                     help="print MemLens' version and its libraries', then exit")
@@ -235,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     # `memlens profile --store DIR` works as well as `memlens --store DIR profile`: SUPPRESS
     # keeps the leading option's value when the command does not repeat it.
     for command in sub.choices.values():
-        command.add_argument("--store", type=Path, default=argparse.SUPPRESS,
+        command.add_argument("--store", type=_store_path, default=argparse.SUPPRESS,
                              help="run store folder (the same as `memlens --store DIR ...`)")
     sub.add_parser("gui", help="open the desktop app (options: --model, --workload, --run, "
                               "--screenshot PATH, --quit-after-ms N; `memlens --self-test` "
@@ -284,10 +284,24 @@ def _join_negative_sizes(argv: list[str]) -> list[str]:
     return out
 
 
+def _store_path(text: str) -> Path:
+    # An empty path was the current folder: runs saved among its files, and any JSON there
+    # listed as a run.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give the run store's folder, or leave --store "
+                                         "out for the default store")
+    return Path(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The headless commands. ``python -m engine.cli`` with no command prints the help."""
     try:
         return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl+C before a command's own handler is in place (while torch imports, in the first
+        # seconds): it printed a 30-line traceback from inside `import torch`.
+        print("memlens: cancelled.", file=sys.stderr)
+        return EXIT_CANCELLED
     except BrokenPipeError:
         # The reader closed the pipe (`memlens runs | head`): stop quietly, as Unix tools do,
         # rather than print a traceback. stdout goes to /dev/null so that the interpreter's
@@ -357,7 +371,11 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "show":
             from .records import print_record, read
 
-            if Path(args.run).suffix == ".json":  # a run, or a sweep, fit, plan, FSDP2 run
+            given = Path(args.run)
+            # a run, or a sweep, fit, plan, FSDP2 run: any file given by its path ("sweep.JSON",
+            # or saved without the extension, was looked up as a run id and refused with a hint
+            # to run this same command)
+            if given.suffix.lower() == ".json" or (args.run and given.is_file()):
                 kind, record = read(args.run)
                 if kind is not None:
                     print_record(kind, record, sys.stdout)
@@ -829,17 +847,25 @@ def _profile_distributed(args: argparse.Namespace, store) -> int:
         _error(f"--distributed needs at least 1 process (got {args.distributed}).",
                "Use --distributed 2 (or the number of GPUs).")
         return EXIT_USAGE
-    unsupported = [flag for flag, on in (("--attention-maps", args.attention_maps),
-                                         ("--memory-snapshot", args.memory_snapshot)) if on]
+    # Each rank runs its own training step with its own settings: these flags of a one-device
+    # run had no effect there, and were dropped without a word.
+    unsupported = [flag for flag, on in (
+        ("--attention-maps", args.attention_maps), ("--memory-snapshot", args.memory_snapshot),
+        ("--no-save", args.no_save), ("--detailed", args.detailed),
+        ("--prompt", args.prompt is not None), ("--repeats", args.repeats != 3),
+        ("--warmup", args.warmup != 1), ("--sample-hz", args.sample_hz != 20.0)) if on]
     if unsupported:
-        _error(f"{', '.join(unsupported)} cannot be combined with --distributed yet.",
+        _error(f"{', '.join(unsupported)} cannot be combined with --distributed yet: each rank "
+               "measures one training step of --seq tokens, with no timing passes or "
+               "sampler, and the record is always written.",
                "Leave them out, or measure them on one device without --distributed.")
         return EXIT_USAGE
     from .distributed import _check_optimizations
     from .optimizations import parse_spec
 
     config = RunConfig(model=args.model, workload="train", batch=args.batch, seq=args.seq,
-                       device=args.device, dtype=args.dtype, seed=args.seed,
+                       device=args.device, dtype=args.dtype, seed=args.seed, label=args.label,
+                       attention_impl=args.attention_impl,
                        trust_remote_code=args.trust_remote_code,
                        optimizations=[parse_spec(spec) for spec in args.opt])
     _check_optimizations(config)  # refused here, before any process starts
@@ -1112,6 +1138,11 @@ def print_sweep(record, out: TextIO) -> None:
 def _fit(args: argparse.Namespace, store) -> int:
     from .sweep import DEFAULT_MAX_BATCH, parse_int_list, resolve_budget, what_fits
 
+    if args.budget is not None and not args.budget.strip():
+        # (an empty --budget fell back to the default budget without a word)
+        _error("--budget is empty.", "Give a size (e.g. 24GiB), 'gpu' or 'ram', or leave "
+               "--budget out for the detected GPU (else the available RAM).")
+        return EXIT_USAGE
     budget = resolve_budget(args.budget)
     batches = parse_int_list(args.batch, "--batch", "--batch", "1,2,4")
     if _opts_contradict(args):

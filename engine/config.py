@@ -141,6 +141,10 @@ class RunConfig:
             if isinstance(value, int) and value > MAX_PASSES:
                 raise bad(f"{name} {value} is more than a measurement needs (at most "
                           f"{MAX_PASSES}).", f"Use {option} {MAX_PASSES} or less.")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            # (torch.manual_seed overflowed past 64 bits: reported as a MemLens bug)
+            raise bad(f"The seed must be a whole number from 0 to {2 ** 63 - 1} (got "
+                      f"{self.seed}).", "Use --seed 0 or another number in that range.")
         if self.workload == "generate" and (not isinstance(self.new_tokens, int) or self.new_tokens < 1):
             raise bad(f"New tokens must be at least 1 for generation (got {self.new_tokens}).",
                       "Use --new-tokens 1 or more.")

@@ -183,6 +183,11 @@ def test_profile_distributed_refuses_what_it_cannot_measure(capsys):
     assert "cannot apply cast" in capsys.readouterr().err
     assert cli.main(["profile", "--workload", "train", "--master-dtype", "fp32"]) == cli.EXIT_USAGE
     assert "--distributed N" in capsys.readouterr().err
+    # one-device settings it would drop without a word are refused by name
+    assert cli.main(["profile", "--workload", "train", "--distributed", "2", "--no-save",
+                     "--repeats", "5", "--prompt", "hi"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--no-save, --prompt, --repeats cannot be combined with --distributed" in err
 
 
 @pytest.mark.slow

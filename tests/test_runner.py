@@ -47,6 +47,8 @@ def test_event_order_and_final_result():
     (dict(seq=100_000), "positions"),
     (dict(workload="generate", seq=250, new_tokens=20), "positions"),
     (dict(workload="dance"), "Unknown workload"),
+    (dict(seed=10 ** 23), "The seed must be"),  # (overflowed torch.manual_seed: "a bug")
+    (dict(seed=-1), "The seed must be"),
     (dict(device="tpu"), "Unknown device"),
 ])
 @pytest.mark.fault(area='inputs', case="batch 0, negative tokens, a sequence beyond the model's positions, unknown workload or device",

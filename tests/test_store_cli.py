@@ -381,6 +381,13 @@ def test_records_are_shown_and_refused_where_a_run_is_expected(tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.startswith("ESTIMATE — FSDP2 training plan: preset:tiny-llama on 2 ranks")
     assert "sharded parameters (padded)" in out
+    # by its path whatever its extension (it was looked up as a run id, and refused with a
+    # hint to run this same command)
+    for name in ("PLAN.JSON", "plan-saved"):
+        other = tmp_path / name
+        other.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+        assert cli.main(["show", str(other)]) == cli.EXIT_OK
+        assert capsys.readouterr().out == out
     with pytest.raises(MemLensError) as info:
         load_run_file(path)
     assert "is an FSDP2 training plan" in info.value.message and "not a single run" in \
@@ -923,3 +930,25 @@ def test_version_after_window_options_is_the_version_not_a_window_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--model", "demo", "--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith(f"memlens {__version__}")
+
+
+def test_ctrl_c_before_a_command_is_under_way_ends_quietly(monkeypatch, capsys):
+    """Ctrl+C in the first seconds (while torch imports) printed a 30-line traceback."""
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_main", interrupted)
+    assert cli.main(["runs"]) == cli.EXIT_CANCELLED
+    assert capsys.readouterr().err == "memlens: cancelled.\n"
+
+
+def test_empty_store_and_budget_are_refused_not_taken_as_defaults(capsys):
+    """--store '' was the current folder (runs saved among its files, any JSON listed as a
+    run); --budget '' fell back to the default budget without a word."""
+    for argv in (["--store", "", "runs"], ["runs", "--store", ""]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == cli.EXIT_USAGE
+        assert "--store: empty" in capsys.readouterr().err
+    assert cli.main(["fit", "--budget", "  "]) == cli.EXIT_USAGE
+    assert "--budget is empty" in capsys.readouterr().err
