@@ -705,7 +705,7 @@ class _ProgressPrinter:
 
 
 def _optimizations(args: argparse.Namespace) -> int:
-    from .optimizations import REGISTRY
+    from .optimizations import REGISTRY, must_follow
 
     device = args.device
     if device is None:
@@ -722,6 +722,7 @@ def _optimizations(args: argparse.Namespace) -> int:
             d = opt.describe()
             d["applies"] = {w: opt.check_config(w, device, opt.defaults()) or "yes"
                             for w in workloads}
+            d["after"] = must_follow(opt)
             out.append(d)
         print(json.dumps(out, indent=1))
         return EXIT_OK
@@ -738,6 +739,9 @@ def _optimizations(args: argparse.Namespace) -> int:
             print(f"    {w}: {'applies' if reason is None else 'no — ' + reason}")
         if opt.conflicts:
             print(f"    conflicts with: {', '.join(opt.conflicts)}")
+        if after := must_follow(opt):
+            print(f"    order: after {' and '.join(after)} when chosen with them "
+                  f"(--opt {after[0]} --opt {opt.id})")
         print()
     print("use: memlens profile --opt ID[:key=value,...] (repeatable)")
     return EXIT_OK

@@ -1356,6 +1356,13 @@ for _opt in REGISTRY.values():
 del _opt
 
 
+def must_follow(opt: Optimization) -> list[str]:
+    """The techniques that must come before ``opt`` when both are chosen (its order rules,
+    read from its own check_with), for the listing."""
+    return [other for other in REGISTRY if other != opt.id
+            and f"put {other} first" in (opt.check_with(opt.defaults(), [opt.id, other]) or "")]
+
+
 def parse_spec(spec: str) -> dict[str, Any]:
     """``ID[:key=value,...]`` -> ``{"id": ID, "params": {...}}`` (values stay strings)."""
     ident, _, rest = spec.partition(":")

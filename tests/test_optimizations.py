@@ -268,6 +268,9 @@ def test_cli_optimizations_and_compare(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "checkpointing" in out and "train: applies" in out
     assert "int8-dynamic" in out and "not train" in out
+    # the order rules are listed with the techniques they bind (they were said only on refusal)
+    assert ("order: after prune-ffn and prune-heads when chosen with them (--opt prune-ffn "
+            "--opt lora)") in out
     store = ["--store", str(tmp_path)]
     assert cli.main(store + ["profile", "--model", "demo", "--seq", "32", "--repeats", "1"]) == 0
     assert cli.main(store + ["profile", "--model", "demo", "--seq", "32", "--repeats", "1",
