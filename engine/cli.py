@@ -1256,7 +1256,7 @@ def print_fit(record, out: TextIO) -> None:
 
 def _move_runs(store, command: str, run_ids: list[str]) -> int:
     """``delete`` (to the trash) or ``restore`` each run; every id is tried, failures named."""
-    failed = 0
+    failed = moved = 0
     for run_id in dict.fromkeys(run_ids):  # (an id given twice is moved once)
         try:
             path = store.trash(run_id) if command == "delete" else store.restore(run_id)
@@ -1264,8 +1264,9 @@ def _move_runs(store, command: str, run_ids: list[str]) -> int:
             _error(exc.message, exc.hint)
             failed += 1
             continue
+        moved += 1
         print(f"{run_id}: moved to {path.parent}")
-    if command == "delete" and failed < len(run_ids):
+    if command == "delete" and moved:  # (counted moves: "nope nope" moved nothing)
         print("`memlens restore RUN_ID` brings a run back; `memlens runs --trash` lists them.")
     return EXIT_FAILED if failed else EXIT_OK
 

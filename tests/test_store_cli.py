@@ -952,3 +952,11 @@ def test_empty_store_and_budget_are_refused_not_taken_as_defaults(capsys):
         assert "--store: empty" in capsys.readouterr().err
     assert cli.main(["fit", "--budget", "  "]) == cli.EXIT_USAGE
     assert "--budget is empty" in capsys.readouterr().err
+
+
+def test_deleting_nothing_promises_no_restore(tmp_path, capsys):
+    """"delete nope nope" said "`memlens restore RUN_ID` brings a run back" though nothing
+    moved (the ids were counted before their duplicates went)."""
+    assert cli.main(["--store", str(tmp_path), "delete", "nope", "nope"]) == cli.EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert "restore" not in out and err.count("No saved run with id 'nope'") == 1
