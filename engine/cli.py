@@ -467,8 +467,12 @@ def _guide(args: argparse.Namespace, store) -> int:
         _error(problem, "Give --readme a Markdown file holding the two markers <!-- guide:start "
                "--> and <!-- guide:end -->, in that order, where the guide should go.")
         return EXIT_USAGE  # said before the guide runs, not after its minutes of work
+    created = not args.out.exists()
     try:
         args.out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        _error(f"{args.out} is a file, not a folder.", "Give --out a folder (new or existing).")
+        return EXIT_USAGE
     except OSError as exc:
         _error(f"Cannot create {args.out}: {exc.strerror or exc}.", "Choose a writable folder.")
         return EXIT_FAILED
@@ -512,6 +516,8 @@ def _guide(args: argparse.Namespace, store) -> int:
     if "error" in out:
         exc = out["error"]
         _error(exc.message, exc.hint)
+        if created and not any(args.out.iterdir()):
+            args.out.rmdir()  # (a refused guide left an empty folder behind)
         if out.get("kept"):
             print(f"memlens: the {out['kept']} technique(s) that finished are in "
                   f"{args.out / 'guide.md'} (marked partial).", file=sys.stderr)

@@ -394,3 +394,17 @@ def test_a_bad_readme_target_is_refused_before_the_guide_runs(tmp_path, capsys, 
                          "--out", str(tmp_path / "g"), "--readme", str(target)])
         assert code == cli.EXIT_USAGE
         assert words in capsys.readouterr().err, target
+
+
+def test_a_refused_guide_leaves_no_empty_folder_and_a_file_is_not_a_folder(tmp_path, capsys):
+
+    out = tmp_path / "guide-out"
+    assert cli.main(["--store", str(tmp_path / "runs"), "guide", "--model",
+                     str(tmp_path / "no-such-model"), "--out", str(out)]) == cli.EXIT_FAILED
+    assert "No such file or folder" in capsys.readouterr().err
+    assert not out.exists()  # (it was left behind, empty)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x", encoding="utf-8")
+    assert cli.main(["--store", str(tmp_path / "runs"), "guide", "--out",
+                     str(afile)]) == cli.EXIT_USAGE
+    assert "is a file, not a folder" in capsys.readouterr().err  # (it said "File exists")
