@@ -530,3 +530,29 @@ def test_dynamic_rope_scaling_is_refused_with_a_fix_that_applies(tmp_path):
     failed = events.failed
     assert failed.kind == "not_applicable" and "modeling_rope_utils" in failed.message
     assert "no rope_scaling, or rope_type" in failed.hint and "attention" not in failed.hint
+
+
+@pytest.mark.parametrize("seq", [12, 24])  # within and past original_max_position_embeddings
+def test_a_longrope_estimate_matches_its_measured_run_row_by_row(seq, tmp_path):
+    """longrope's first forward keeps a long_inv_freq tensor: the measured run has it from its
+    reference pass, the estimate made it in its memory pass and counted it as an activation
+    (model.rotary_emb: 64 bytes of weights against 96 measured)."""
+    import json as _json
+
+    path = tmp_path / "config.json"
+    path.write_text(_json.dumps({
+        "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": 64,
+        "intermediate_size": 128, "max_position_embeddings": 256,
+        "original_max_position_embeddings": 16, "num_attention_heads": 4,
+        "num_hidden_layers": 2, "num_key_value_heads": 2, "vocab_size": 256,
+        "pad_token_id": 0, "tie_word_embeddings": False,
+        "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8,
+                         "long_factor": [2.0] * 8}}), encoding="utf-8")
+    config = _config(str(path), "forward", dtype="float32", seq=seq)
+    real = execute(config, Collector())
+    assert real is not None
+    est = _estimate_ok(config)
+    rows = {layer.name: layer for layer in real.layers}
+    for layer in est.layers:
+        assert layer.at_peak == rows[layer.name].at_peak, layer.name
+    assert est.totals.peak_bytes == real.totals.peak_bytes
