@@ -1770,6 +1770,7 @@ def run_cli(args: Any) -> int:
                 raise MemLensError(ErrorKind.INVALID_WORKLOAD,
                                    "An FSDP2 training plan needs the number of ranks.",
                                    "Add --ranks N (e.g. --ranks 8).")
+            check_ranks(ranks, args.replicas)  # (before the model's seconds of building)
             work = lambda: plan_training(  # noqa: E731
                 config, ranks, args.per_device, master_dtype=args.master_dtype,
                 prefetch=args.prefetch, reshard_after_forward=not args.no_reshard_after_forward,
@@ -1781,6 +1782,7 @@ def run_cli(args: Any) -> int:
                                    "An inference plan needs the devices and their memory.",
                                    "Add --devices N --per-device SIZE (e.g. --devices 4 "
                                    "--per-device 80GiB).")
+            check_devices(args.devices)  # (before the model's seconds of building)
             work = lambda: plan_inference(  # noqa: E731
                 config, args.devices, args.per_device, args.cpu_offload, args.strategy,
                 placement=args.placement, reserve=args.reserve,
