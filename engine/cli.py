@@ -1152,7 +1152,7 @@ def _fit(args: argparse.Namespace, store) -> int:
         # (an empty --budget fell back to the default budget without a word)
         _error("--budget is empty.", "Give a size (e.g. 24GiB), 'gpu' or 'ram', or leave "
                "--budget out for the detected GPU (else the available RAM).")
-        return EXIT_USAGE
+        return EXIT_FAILED  # (a refused value, as --budget 0 is)
     budget = resolve_budget(args.budget)
     batches = parse_int_list(args.batch, "--batch", "--batch", "1,2,4")
     if _opts_contradict(args):

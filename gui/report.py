@@ -1015,8 +1015,17 @@ def _load_guide(path: Path) -> Any:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Cannot read the guide {path}: {exc}.",
                            "Pass the guide.json that memlens guide wrote; run the guide again "
                            "if the file is damaged.") from exc
-    from engine.records import check_shape
+    from engine.records import RECORD_KINDS, check_shape, record_kind
 
+    kind = record_kind(data)
+    if kind != "guide":
+        # ("The file is not a MemLens guide." named neither the file nor what it is)
+        what = (RECORD_KINDS[kind] if kind else "a run" if isinstance(data, dict)
+                and "totals" in data else None)
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"{path} is {what}, not a guide." if what else
+                           f"{path} is not a MemLens guide (nor any MemLens record).",
+                           "Pass the guide.json that memlens guide --out DIR wrote (or DIR).")
     try:
         guide = Guide.from_dict(data)
         check_shape(data, Guide)  # (names a field of the wrong type, which building took)

@@ -383,6 +383,14 @@ def test_guide_report_has_each_workloads_runs_drawn_and_the_guides_text(qapp, sh
                           str(tmp_path / "y")]) == 1
     err = capsys.readouterr().err
     assert "is damaged (entries[0].latency_ratio is 'fast', not a number or null)" in err, err
+    # another record, or any JSON, given as a guide: named, with what it is
+    (tmp_path / "sweep.json").write_text(json.dumps({"kind": "sweep", "points": []}),
+                                         encoding="utf-8")
+    (tmp_path / "other.json").write_text("[1, 2]", encoding="utf-8")
+    for name, words in (("sweep.json", "is a sweep"), ("other.json", "is not a MemLens guide")):
+        assert launcher.main(["report", "--guide", str(tmp_path / name), "--out",
+                              str(tmp_path / "z")]) == 1
+        assert f"{tmp_path / name} {words}" in capsys.readouterr().err
 
 
 @pytest.mark.fault(area="data", case="a guide whose runs were deleted from the run store",

@@ -950,7 +950,7 @@ def test_empty_store_and_budget_are_refused_not_taken_as_defaults(capsys):
             cli.main(argv)
         assert info.value.code == cli.EXIT_USAGE
         assert "--store: empty" in capsys.readouterr().err
-    assert cli.main(["fit", "--budget", "  "]) == cli.EXIT_USAGE
+    assert cli.main(["fit", "--budget", "  "]) == cli.EXIT_FAILED  # (as --budget 0)
     assert "--budget is empty" in capsys.readouterr().err
 
 
