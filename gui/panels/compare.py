@@ -331,7 +331,8 @@ class ComparePanel(QWidget):
         self.scatter_plot.setLabel("left", axis)
         note = f"y: {c.metric_label} ({c.metric_better} is better); x: measured peak."
         if missing:
-            note += f" Not plotted (no {c.metric_label}): {', '.join(missing)}."
+            # (the metric is named once: said twice, the note squeezed the chart above it)
+            note += f" Not plotted, without that figure: {', '.join(missing)}."
         self.scatter_note.setText(note)
         self.scatter_plot.enableAutoRange()
         ys = [spot["pos"][1] for spot in spots]
