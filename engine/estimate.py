@@ -255,7 +255,7 @@ def _as_in_a_real_run() -> Iterator[None]:
     MemLens' inputs are always one unpadded sequence per row, for which the real check returns
     None: under fake tensors that answer is given here, after the same tensors were computed.
 
-    Mixture-of-experts layers go through :func:`_fake_grouped_mm` (see there).
+    Mixture-of-experts layers go through :func:`_grouped_mm_in_any_dtype` (see there).
     """
     with _grouped_mm_in_any_dtype():
         try:
@@ -273,6 +273,7 @@ def _as_in_a_real_run() -> Iterator[None]:
 
 
 def _not_packed_when_fake(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``find_packed_sequence_indices`` answering None for fake positions (see above)."""
 
     @functools.wraps(original)
     def find_packed_sequence_indices(position_ids: Any, *args: Any, **kwargs: Any) -> Any:
@@ -322,8 +323,8 @@ class _FakeGroupedMM(torch.autograd.Function):
     """``torch._grouped_mm(a (S, K), b (E, K, N), offs) -> (S, N)`` on fake tensors of any
     float dtype, with what the real operator's autograd does on the CPU (logged op by op): it
     keeps ``a`` only when ``b`` needs a gradient, ``b`` only when ``a`` does, and ``offs``
-    when either does; backward makes
-    b's gradient as a contiguous (E, N, K) grouped mm, transposed, then a's (S, K)."""
+    when either does; backward makes b's gradient as a contiguous (E, N, K) grouped mm,
+    transposed, then a's (S, K)."""
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
@@ -363,8 +364,10 @@ def _grouped_mm_in_any_dtype() -> Iterator[None]:
 
     @functools.wraps(original)
     def _grouped_mm(input: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> Any:
-        if (is_fake(weight) and weight.dtype != torch.bfloat16 and weight.dim() == 3
-                and input.dim() == 2 and can_use(input, weight, offs)):
+        # (CPU only: the fake kernel mirrors CUDA's checks, in aten/native/cuda/Blas.cpp, so
+        # for a modelled CUDA device it keeps the say, rather than the stand-in guessing)
+        if (is_fake(weight) and weight.device.type == "cpu" and weight.dtype != torch.bfloat16
+                and weight.dim() == 3 and input.dim() == 2 and can_use(input, weight, offs)):
             from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
             from .accounting import TensorAccountant
