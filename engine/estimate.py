@@ -26,6 +26,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest.mock import patch
 
 import torch
 
@@ -267,8 +268,8 @@ def _as_in_a_real_run() -> Iterator[None]:
         if original is None:
             yield
             return
-        with _patched(masking_utils, "find_packed_sequence_indices",
-                      _not_packed_when_fake(original)):
+        with patch.object(masking_utils, "find_packed_sequence_indices",
+                          _not_packed_when_fake(original)):
             yield
 
 
@@ -307,16 +308,6 @@ def _prime_lazy_rope(model: torch.nn.Module, input_ids: torch.Tensor) -> None:
                 module(probe, positions)
         except TypeError:  # another signature: left to the memory pass, as before
             continue
-
-
-@contextlib.contextmanager
-def _patched(owner: Any, name: str, replacement: Any) -> Iterator[None]:
-    original = getattr(owner, name)
-    setattr(owner, name, replacement)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
 
 
 class _FakeGroupedMM(torch.autograd.Function):
@@ -378,7 +369,7 @@ def _grouped_mm_in_any_dtype() -> Iterator[None]:
             return _FakeGroupedMM.apply(input.to(weight.dtype), weight, offs)
         return original(input, weight, offs)
 
-    with _patched(moe, "_grouped_mm", _grouped_mm):
+    with patch.object(moe, "_grouped_mm", _grouped_mm):
         yield
 
 
