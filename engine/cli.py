@@ -71,9 +71,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="demo | demo-encoder | PATH (folder or config.json) | HUB_ID | preset:NAME")
     p.add_argument("--workload", choices=WORKLOADS, default="forward")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=128,
-                   help="sequence length (for generate: prompt length)")
-    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--seq", type=int, default=None,
+                   help="sequence length (for generate: prompt length; with --prompt, the "
+                        "prompt's tokens; default: 128)")
+    p.add_argument("--new-tokens", type=int, default=None,
+                   help="generate: tokens after the prompt (default: 32)")
     p.add_argument("--prompt", default=None, help="prompt text (default: sample text or random ids)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", type=_dtype, default="auto",
@@ -84,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="capture attention maps (one extra forward with eager attention)")
     p.add_argument("--detailed", action="store_true",
                    help="CUDA: per-module allocator peaks (slower)")
-    p.add_argument("--memory-snapshot", type=Path, default=None, metavar="FILE",
+    p.add_argument("--memory-snapshot", type=_path_arg, default=None, metavar="FILE",
                    help="CUDA: record the allocator's history during the memory pass into this "
                         "pickle (opens in pytorch.org/memory_viz)")
     p.add_argument("--repeats", type=int, default=3, help="timing passes (median)")
@@ -96,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="apply an optimization (repeatable); see `memlens optimizations`")
     p.add_argument("--label", default="")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="also write the run JSON here")
+    p.add_argument("--out", type=_path_arg, default=None, help="also write the run JSON here")
     p.add_argument("--no-save", action="store_true", help="do not add the run to the store")
     p.add_argument("--distributed", type=int, default=None, metavar="N",
                    help="train: FSDP2 on N local processes launched with torchrun (gloo on CPU, "
@@ -124,8 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, default=1)
     e.add_argument("--seq", type=int, default=128,
                    help="sequence length (for generate: prompt length)")
-    e.add_argument("--new-tokens", type=int, default=32,
-                   help="generate: tokens after the prompt (each decode step is one more pass)")
+    e.add_argument("--new-tokens", type=int, default=None,
+                   help="generate: tokens after the prompt (each decode step is one more pass; "
+                        "default: 32)")
     e.add_argument("--dtype", type=_dtype, default="auto",
                    help=f"{' | '.join(DTYPES)} (or fp32, bf16, fp16); auto = what profile "
                         "would use (float32 for presets and configs)")
@@ -140,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="estimate rank 0 of N ranks of tensor parallelism (the architecture's "
                         "own plan in transformers; PyTorch DTensor on a fake process group)")
     e.add_argument("--label", default="")
-    e.add_argument("--out", type=Path, default=None, help="also write the estimate JSON here")
+    e.add_argument("--out", type=_path_arg, default=None, help="also write the estimate JSON here")
     e.add_argument("--save", action="store_true",
                    help="add the estimate to the run store (listed as an estimate by `runs`)")
     e.add_argument("--json", action="store_true", help="print the JSON instead of the table")
@@ -189,16 +192,16 @@ def _parser() -> argparse.ArgumentParser:
                     "timeline.csv; --trace FILE writes a Chrome/Perfetto trace (phases, "
                     "per-layer median spans, memory counters) that ui.perfetto.dev opens.")
     x.add_argument("run", help="RUN_ID from the store or a path to a run JSON")
-    x.add_argument("--csv", type=Path, default=None, metavar="DIR",
+    x.add_argument("--csv", type=_path_arg, default=None, metavar="DIR",
                    help="folder for layers.csv and timeline.csv")
-    x.add_argument("--trace", type=Path, default=None, metavar="FILE",
+    x.add_argument("--trace", type=_path_arg, default=None, metavar="FILE",
                    help="trace JSON file (Trace Event Format)")
 
     rp = sub.add_parser(
         "report", help="HTML (and PDF) report of saved runs, with the app's panels as pictures "
                        "(needs the GUI libraries; runs headless)")
     rp.add_argument("runs", nargs="+", help="RUN_ID or path; several runs add a comparison")
-    rp.add_argument("--out", type=Path, required=True, help="output folder")
+    rp.add_argument("--out", type=_path_arg, required=True, help="output folder")
     rp.add_argument("--pdf", action="store_true", help="also write report.pdf")
 
     g = sub.add_parser(
@@ -218,17 +221,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
     g.add_argument("--seq", type=int, default=128,
                    help="sequence length; for generate, the prompt's (default: %(default)s)")
-    g.add_argument("--new-tokens", type=int, default=16,
-                   help="tokens each generate run adds (default: %(default)s)")
+    g.add_argument("--new-tokens", type=int, default=None,
+                   help="tokens each generate run adds (default: 16)")
     g.add_argument("--repeats", type=int, default=3,
                    help="timing passes per run, whose median is the latency (default: "
                         "%(default)s)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="let a model whose config has auto_map run its own Python code "
                         "(only for a source you trust)")
-    g.add_argument("--out", type=Path, required=True,
+    g.add_argument("--out", type=_path_arg, required=True,
                    help="folder for guide.md, guide.json and the charts (runs go to the store)")
-    g.add_argument("--readme", type=Path, default=None,
+    g.add_argument("--readme", type=_path_arg, default=None,
                    help="also put the guide between <!-- guide:start --> and <!-- guide:end --> "
                         "in this Markdown file (chart paths relative to it)")
 
@@ -284,6 +287,33 @@ def _join_negative_sizes(argv: list[str]) -> list[str]:
     return out
 
 
+def _path_arg(text: str) -> Path:
+    # ``Path("")`` is ``Path(".")``: an empty --out/--csv/--trace (an unset shell variable)
+    # wrote into the current folder instead of being refused.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a file or folder path")
+    return Path(text)
+
+
+def _unused_options(args: argparse.Namespace) -> None:
+    """Fill the defaults of options that only some workloads use, and say on stderr when one
+    was given but has no effect: ``--new-tokens 64`` on a forward run, or ``--seq 512`` beside
+    ``--prompt`` (the prompt's tokens set the length), were dropped without a word."""
+    if hasattr(args, "new_tokens"):
+        workloads = str(getattr(args, "workload", "") or "").split(",")
+        if args.new_tokens is None:
+            args.new_tokens = 16 if args.command == "guide" else 32
+        elif "generate" not in workloads:
+            print(f"memlens: note: --new-tokens {args.new_tokens} is ignored: only the generate "
+                  "workload adds tokens.", file=sys.stderr)
+    if args.command == "profile":
+        if args.seq is None:
+            args.seq = 128
+        elif args.prompt is not None:
+            print(f"memlens: note: --seq {args.seq} is ignored: the length is the --prompt "
+                  "text's tokens.", file=sys.stderr)
+
+
 def _store_path(text: str) -> Path:
     # An empty path was the current folder: runs saved among its files, and any JSON there
     # listed as a run.
@@ -318,6 +348,7 @@ def _main(argv: list[str] | None) -> int:
     argv = _join_negative_sizes(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
+    _unused_options(args)
     if args.command is None or args.command == "gui":
         parser.print_help()
         print("\nThe desktop app starts with the installed `memlens` command (no subcommand).")
@@ -900,8 +931,9 @@ def _add_sweep_parsers(sub) -> None:
         p.add_argument("--model", default="demo",
                        help="preset:NAME | PATH (config.json or a folder with one) | demo")
         p.add_argument("--workload", choices=WORKLOADS, default="forward")
-        p.add_argument("--new-tokens", type=int, default=32,
-                       help="generate: tokens after the prompt (each is one more pass)")
+        p.add_argument("--new-tokens", type=int, default=None,
+                       help="generate: tokens after the prompt (each is one more pass; "
+                            "default: 32)")
         p.add_argument("--dtype", type=_dtype, default="auto",
                        help=f"{' | '.join(DTYPES)} (or fp32, bf16, fp16)")
         p.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
@@ -915,7 +947,7 @@ def _add_sweep_parsers(sub) -> None:
                        help="allow a config's own Python code to run (only for sources you trust)")
         p.add_argument("--save", action="store_true",
                        help="add each point's run or estimate to the run store (ids in the JSON)")
-        p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+        p.add_argument("--out", type=_path_arg, default=None, help="also write the JSON here")
         p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
 
     sw = sub.add_parser(

@@ -960,3 +960,43 @@ def test_deleting_nothing_promises_no_restore(tmp_path, capsys):
     assert cli.main(["--store", str(tmp_path), "delete", "nope", "nope"]) == cli.EXIT_FAILED
     out, err = capsys.readouterr()
     assert "restore" not in out and err.count("No saved run with id 'nope'") == 1
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["export", "RUN", "--csv", ""], "--csv"), (["export", "RUN", "--trace", " "], "--trace"),
+    (["report", "RUN", "--out", ""], "--out"), (["profile", "--out", ""], "--out"),
+    (["estimate", "--out", ""], "--out"), (["guide", "--out", ""], "--out")])
+def test_empty_output_paths_are_refused_not_taken_as_the_current_folder(argv, option, capsys,
+                                                                        tmp_path):
+    """``Path("")`` is ``Path(".")``: an unset shell variable in ``--csv "$DIR"`` wrote the
+    export among the current folder's files."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--store", str(tmp_path)] + argv)
+    assert info.value.code == cli.EXIT_USAGE
+    assert f"{option}: empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_options_the_workload_does_not_use_are_named_not_dropped(tmp_path, capsys):
+    """--new-tokens on a forward run, and --seq beside --prompt, had no effect and said
+    nothing; the defaults still apply when they are left out."""
+    import argparse
+
+    ns = argparse.Namespace(command="estimate", workload="forward", new_tokens=64)
+    cli._unused_options(ns)
+    assert "--new-tokens 64 is ignored" in capsys.readouterr().err
+    ns = argparse.Namespace(command="guide", workload="forward,generate", new_tokens=None)
+    cli._unused_options(ns)
+    assert ns.new_tokens == 16 and capsys.readouterr().err == ""
+    ns = argparse.Namespace(command="profile", workload="generate", new_tokens=None, seq=512,
+                            prompt="hello")
+    cli._unused_options(ns)
+    assert ns.new_tokens == 32 and "--seq 512 is ignored" in capsys.readouterr().err
+    ns = argparse.Namespace(command="profile", workload="forward", new_tokens=None, seq=None,
+                            prompt=None)
+    cli._unused_options(ns)
+    assert (ns.new_tokens, ns.seq) == (32, 128) and capsys.readouterr().err == ""
+    # through the command line: a real run that still works, with the note on stderr
+    assert cli.main(["--store", str(tmp_path), "estimate", "--seq", "8",
+                     "--new-tokens", "4"]) == cli.EXIT_OK
+    assert "--new-tokens 4 is ignored" in capsys.readouterr().err
