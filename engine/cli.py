@@ -910,7 +910,9 @@ def _profile_distributed(args: argparse.Namespace, store) -> int:
                        trust_remote_code=args.trust_remote_code,
                        optimizations=[parse_spec(spec) for spec in args.opt])
     _check_optimizations(config)  # refused here, before any process starts
-    out = args.out if args.out is not None else Path(store.root).parent / "distributed"
+    from .store import distributed_folder
+
+    out = args.out if args.out is not None else distributed_folder(store.root)
     master = None if args.master_dtype in (None, "auto") else args.master_dtype
     run, path, _ = launch(config, args.distributed, out=out, master_dtype=master,
                           replicas=args.replicas)
@@ -1373,6 +1375,8 @@ def _runs(store, as_json: bool, trash: bool = False, words: list[str] | None = N
         if not trash and held:
             print(f"the trash holds {held} run(s), {human_bytes(size)} (`memlens runs --trash`; "
                   "`memlens restore RUN_ID` brings one back)")
+        if not trash:
+            _distributed_line(store)
         return EXIT_OK
     wanted = " ".join(words or [])
     if not runs:
@@ -1398,7 +1402,26 @@ def _runs(store, as_json: bool, trash: bool = False, words: list[str] | None = N
               f"{s.input or MISSING:<{size}} {human_bytes(s.peak_bytes):>11} {lat:>10}  "
               f"{s.optimizations or 'none':<{opts}}  {s.model}{label}")
     print(_usage_line(store, trash))
+    if not trash:
+        _distributed_line(store)
     return EXIT_OK
+
+
+def _distributed_line(store) -> None:
+    """Measured distributed runs are written beside the store, not in it (one record holds
+    every rank): `memlens runs` said nothing of them, so a run made with `profile
+    --distributed` seemed lost."""
+    from .store import distributed_folder
+
+    folder = distributed_folder(store.root)
+    try:
+        files = sorted((p for p in folder.glob("*.json") if not p.name.startswith(".")),
+                       key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return
+    if files:
+        print(f"{len(files)} measured distributed run(s) in {folder}, newest {files[-1].name} "
+              "(`memlens show FILE` prints one; the app opens it with File → Open run file…)")
 
 
 def _state_dtypes(training: dict) -> str:

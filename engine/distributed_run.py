@@ -521,10 +521,10 @@ def new_run_id(world: int, created: _dt.datetime | None = None) -> str:
 
 def write_run(run: DistributedRun, out: Path | str | None) -> Path:
     """Write the record atomically: ``out`` a ``.json`` file, a folder (``RUN_ID.json`` in it),
-    or None (``distributed/`` in the run store's folder)."""
-    from .store import _atomic_write, default_root
+    or None (``distributed/`` beside the run store)."""
+    from .store import _atomic_write, distributed_folder
 
-    path = Path(out) if out is not None else default_root() / "distributed"
+    path = Path(out) if out is not None else distributed_folder()
     if path.suffix != ".json":
         path.mkdir(parents=True, exist_ok=True)
         path = path / f"{run.run_id}.json"
@@ -636,7 +636,7 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
 
     from .errors import ErrorKind, MemLensError
     from .optimizations import format_spec
-    from .store import default_root
+    from .store import distributed_folder
 
     if not isinstance(nproc, int) or nproc < 1:
         raise MemLensError(ErrorKind.INVALID_WORKLOAD, f"Ranks must be 1 or more (got {nproc!r}).",
@@ -648,7 +648,7 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
                            "--distributed.")
     _check_processes(nproc, config.device)
     run_id = new_run_id(nproc)
-    target = Path(out) if out is not None else default_root() / "distributed"
+    target = Path(out) if out is not None else distributed_folder()
     if target.suffix != ".json":
         target = target / f"{run_id}.json"
     if master_port is None:

@@ -41,6 +41,12 @@ def default_root() -> Path:
     return base / "memlens" / "runs"
 
 
+def distributed_folder(store_root: Path | str | None = None) -> Path:
+    """Where measured distributed runs are written when no --out is given: ``distributed/``
+    beside the run store (they are records of every rank, not runs the store lists)."""
+    return Path(store_root if store_root is not None else default_root()).parent / "distributed"
+
+
 @dataclass(frozen=True)
 class RunSummary:
     run_id: str

@@ -1000,3 +1000,23 @@ def test_options_the_workload_does_not_use_are_named_not_dropped(tmp_path, capsy
     assert cli.main(["--store", str(tmp_path), "estimate", "--seq", "8",
                      "--new-tokens", "4"]) == cli.EXIT_OK
     assert "--new-tokens 4 is ignored" in capsys.readouterr().err
+
+
+def test_runs_names_the_distributed_records_beside_the_store(tmp_path, capsys):
+    """`profile --distributed` writes its record beside the store (every rank in one file);
+    `memlens runs` said nothing of it, so the run seemed lost. The launcher run directly
+    (`torchrun -m engine.distributed_run`) wrote inside the store instead: both now agree."""
+    from engine.store import default_root, distributed_folder
+
+    root = tmp_path / "runs"
+    assert cli.main(["--store", str(root), "runs"]) == cli.EXIT_OK
+    assert "distributed" not in capsys.readouterr().out
+    folder = distributed_folder(root)
+    assert folder == tmp_path / "distributed"
+    folder.mkdir()
+    (folder / "fsdp2-2x-20261207-000000-1.json").write_text("{}")
+    assert cli.main(["--store", str(root), "runs"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert f"1 measured distributed run(s) in {folder}" in out
+    assert "fsdp2-2x-20261207-000000-1.json" in out and "memlens show FILE" in out
+    assert distributed_folder() == default_root().parent / "distributed"
