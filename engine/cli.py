@@ -887,7 +887,7 @@ def _profile_distributed(args: argparse.Namespace, store) -> int:
     if args.distributed < 1:
         _error(f"--distributed needs at least 1 process (got {args.distributed}).",
                "Use --distributed 2 (or the number of GPUs).")
-        return EXIT_USAGE
+        return EXIT_FAILED
     # Each rank runs its own training step with its own settings: these flags of a one-device
     # run had no effect there, and were dropped without a word.
     unsupported = [flag for flag, on in (
@@ -1195,11 +1195,11 @@ def _fit(args: argparse.Namespace, store) -> int:
     if args.granularity is not None and args.granularity < 1:
         _error(f"The granularity must be at least 1 token (got {args.granularity}).",
                "Use --granularity 1 or more, or leave it out.")
-        return EXIT_USAGE
+        return EXIT_FAILED
     if args.max_batch is not None and args.max_batch < 1:
         _error(f"The largest batch must be at least 1 (got {args.max_batch}).",
                "Use --max-batch 1 or more, or leave it out.")
-        return EXIT_USAGE
+        return EXIT_FAILED
     if args.at_seq is not None and args.batch != "1":
         _error("--batch and --at-seq cannot be combined: --at-seq searches the batch.",
                "Give --batch to find the longest sequence per batch, or --at-seq to find the "

@@ -1020,3 +1020,13 @@ def test_runs_names_the_distributed_records_beside_the_store(tmp_path, capsys):
     assert f"1 measured distributed run(s) in {folder}" in out
     assert "fsdp2-2x-20261207-000000-1.json" in out and "memlens show FILE" in out
     assert distributed_folder() == default_root().parent / "distributed"
+
+
+@pytest.mark.parametrize("argv", [
+    ["profile", "--batch", "0"], ["fit", "--granularity", "0"], ["fit", "--max-batch", "0"],
+    ["profile", "--workload", "train", "--distributed", "0"]])
+def test_a_refused_value_exits_1_as_the_help_says(argv, capsys, tmp_path):
+    """The help: 1 when a command refused its input, 2 when the command line is wrong.
+    --batch 0 gave 1 but --granularity 0, --max-batch 0 and --distributed 0 gave 2."""
+    assert cli.main(["--store", str(tmp_path)] + argv) == cli.EXIT_FAILED
+    assert "hint:" in capsys.readouterr().err
