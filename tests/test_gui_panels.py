@@ -295,6 +295,10 @@ def test_latency_panel_renders_bars_decode_and_overhead(qtbot):
     np.testing.assert_array_equal(panel.decode_ms, [3.0, 2.9, 3.1, 2.8])
     panel.sub_rows_check.setChecked(False)
     assert panel.bars["layer"].isVisible() and not panel.bars["attention"].isVisible()
+    # Below 1 ms pyqtgraph's SI prefix made the axis "ms (x0.001)": a bar at 800 meant 0.8 ms.
+    for plot in (panel.plot, panel.decode_plot):
+        axis = plot.getAxis("left")
+        assert not axis.autoSIPrefix and axis.labelString().count("ms") == 1
     panel.clear()
     assert panel.labels == [] and not panel.decode_shown
 

@@ -978,3 +978,30 @@ def test_the_log_follows_lines_added_while_its_page_was_hidden(qtbot):
     assert bar.value() == 0
     window.log.info("and another, visible")
     assert bar.value() == 0
+
+
+def test_the_log_keeps_following_after_the_window_grows_and_shrinks(qtbot):
+    """The follow test read the scroll bar when a line arrived: after the window was maximised
+    and restored (or a splitter moved) the bar stood short of its new end, and new lines
+    (a refusal, a cancel) went on below the visible part with no one having scrolled up."""
+    window = make_window(qtbot, FakeEngine())
+    window.resize(1024, 700)
+    bar = window.log.view.verticalScrollBar()
+    for i in range(30):
+        window.log.info(f"line {i}")
+    qtbot.waitUntil(lambda: bar.maximum() > 0 and bar.value() == bar.maximum())
+    window.resize(1600, 1000)
+    qtbot.wait(50)
+    window.resize(1024, 700)
+    qtbot.wait(50)
+    for i in range(5):
+        window.log.info(f"after the resize {i}")
+    qtbot.waitUntil(lambda: bar.value() == bar.maximum())
+    assert window.log.following
+    bar.setValue(bar.maximum() // 2)  # the reader scrolls up: left there
+    assert not window.log.following
+    window.log.info("one more")
+    assert bar.value() == bar.maximum() // 2 or bar.value() < bar.maximum()
+    bar.setValue(bar.maximum())  # and back to the end: followed again
+    window.log.info("followed")
+    qtbot.waitUntil(lambda: bar.value() == bar.maximum())

@@ -114,6 +114,8 @@ class LatencyPanel(QWidget):
             "on top-level layers only; attention and MLP sub-rows come from the separate pass "
             "that hooks every module (its overhead is in the text above).")
         self.plot.setLabel("left", "ms")
+        # (pyqtgraph's SI prefix read "ms (x0.001)" below 1 ms: a bar at 800 meant 0.8 ms)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.showGrid(y=True, alpha=0.25)
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
@@ -140,6 +142,7 @@ class LatencyPanel(QWidget):
         self.decode_plot = self.decode_widget.getPlotItem()
         self.decode_plot.setTitle("Decode per step", color=theme.current().text, size="9pt")
         self.decode_plot.setLabel("left", "ms")
+        self.decode_plot.getAxis("left").enableAutoSIPrefix(False)
         self.decode_plot.setLabel("bottom", "step")
         self.decode_plot.showGrid(x=True, y=True, alpha=0.25)
         self.decode_plot.setMenuEnabled(False)

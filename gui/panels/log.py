@@ -27,9 +27,15 @@ class LogPanel(QWidget):
         font.setPointSizeF(max(self.font().pointSizeF(), 7.0))
         self.view.setFont(font)
         self.view.setPlaceholderText("Messages and warnings appear here.")
-        self._at_end_when_hidden = True  # (where the reader was when the page was left)
-        self._follow_on_show = False
+        # Whether the view follows new lines: true until the reader scrolls up, again when they
+        # scroll back to the end. Kept as a flag, not read from the scroll bar when a line
+        # arrives: a window grown then shrunk (maximise, restore, a splitter) left the bar short
+        # of its new end, and the log stopped following with no one having scrolled.
+        self._following = True
         self._value_when_hidden = 0
+        bar = self.view.verticalScrollBar()
+        bar.valueChanged.connect(self._on_value_changed)
+        bar.rangeChanged.connect(self._on_range_changed)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.view)
@@ -52,34 +58,38 @@ class LogPanel(QWidget):
 
     def _append(self, rich: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        bar = self.view.verticalScrollBar()
-        # Follow new lines unless the reader has scrolled up. Qt follows only while the view is
-        # shown: lines added while its page was hidden (compare, sweep, plan, the guide) left
-        # it stuck above them, with "failed (see the log)" pointing below the visible part.
-        shown = self.view.isVisible()
-        follow = bar.value() >= bar.maximum() - 1 if shown else self._at_end_when_hidden
         self.view.appendHtml(f'<span style="color:#808080">{stamp}</span> {rich}')
-        if follow:
+        # Lines added while the page is hidden (compare, sweep, plan, the guide) are followed
+        # when it shows again: "failed (see the log)" pointed below the visible part.
+        if self._following:
             self._to_end()
-            self._follow_on_show = not self.view.isVisible()
+
+    @property
+    def following(self) -> bool:
+        return self._following
+
+    def _on_value_changed(self, value: int) -> None:
+        if self.view.isVisible():  # (a hidden view's relayout is not the reader scrolling)
+            self._following = value >= self.view.verticalScrollBar().maximum() - 1
+
+    def _on_range_changed(self, _low: int, high: int) -> None:
+        if self._following:
+            self.view.verticalScrollBar().setValue(high)
 
     def _to_end(self) -> None:
         bar = self.view.verticalScrollBar()
         bar.setValue(bar.maximum())
 
     def hideEvent(self, event) -> None:  # noqa: N802 - Qt override
-        bar = self.view.verticalScrollBar()
-        self._at_end_when_hidden = bar.value() >= bar.maximum() - 1
-        self._value_when_hidden = bar.value()
+        self._value_when_hidden = self.view.verticalScrollBar().value()
         super().hideEvent(event)
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
         # After the layout has given the view its size (the range is known only then): to the
         # end when following, else back where the reader was (the relayout moved them).
-        if self._follow_on_show:
-            self._follow_on_show = False
+        if self._following:
             QTimer.singleShot(0, self._to_end)
-        elif not self._at_end_when_hidden:
+        else:
             value = self._value_when_hidden
             QTimer.singleShot(0, lambda: self.view.verticalScrollBar().setValue(value))
