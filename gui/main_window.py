@@ -113,6 +113,9 @@ class MainWindow(QMainWindow):
         self.controls.run_requested.connect(self.start_run)
         self.controls.cancel_requested.connect(self.cancel_run)
         self.controls.note.connect(lambda line: self.log.info(line))
+        self.controls.runnable_changed.connect(self.run_action.setEnabled)
+        self.run_action.setEnabled(self.controls.runnable)
+        self.controls.edited.connect(self._on_settings_edited)
         self.saved_runs.run_activated.connect(self.load_saved_run)
         self.saved_runs.refresh_requested.connect(self.refresh_saved_runs)
         self.saved_runs.compare_requested.connect(self.compare_saved_runs)
@@ -392,11 +395,16 @@ class MainWindow(QMainWindow):
             self.log.info("Cancelling the run…")
             self.controller.cancel()
 
+    @Slot()
+    def _on_settings_edited(self) -> None:
+        if not self.controller.is_running:
+            self.status.clear_error()
+
     @Slot(bool)
     def _on_running_changed(self, running: bool) -> None:
         if not self._closing:
             self.controls.set_running(running)
-            self.run_action.setEnabled(not running)
+            self.run_action.setEnabled(self.controls.runnable)
             self.guide_action.setEnabled(not running)
             self.guide_panel.run_button.setEnabled(not running)
             self.sweep_action.setEnabled(not running)

@@ -393,8 +393,22 @@ def test_an_optimization_that_stops_applying_is_unticked_with_a_word_and_comes_b
     panel.rows["int8-dynamic"].check.setChecked(True)
     assert not panel.problem.isHidden()
     assert "conflicts with" in panel.problem.text() and "separately" in panel.problem.text()
+    # Run and Estimate wait until it is resolved (clicking Run only turned the status into
+    # the same refusal), the reason in their tooltips
+    assert not controls.run_button.isEnabled() and not controls.estimate_button.isEnabled()
+    assert not window.run_action.isEnabled()
+    assert "conflicts with" in controls.run_button.toolTip()
+    window.status.show_error("cast conflicts with int8-dynamic.", "Run them separately.")
     panel.rows["cast"].check.setChecked(False)
     assert panel.problem.isHidden()
+    assert controls.run_button.isEnabled() and controls.estimate_button.isEnabled()
+    assert window.run_action.isEnabled() and "conflicts" not in controls.run_button.toolTip()
+    # the red line named a conflict no longer there: it goes (the log keeps it)
+    assert "conflicts" not in window.status.text() and "in the log" in window.status.text()
+    controls.set_running(True)
+    assert not controls.run_button.isEnabled()
+    controls.set_running(False)
+    assert controls.run_button.isEnabled()
     # the app applies top to bottom: quantizing and pruning both ticked go prune-first, which
     # works (quantize-first was refused with "put prune-ffn first", which the app cannot do)
     panel.rows["int8-dynamic"].check.setChecked(False)

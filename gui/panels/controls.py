@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -66,11 +67,19 @@ class ControlPanel(QWidget):
     run_requested = Signal(object)
     cancel_requested = Signal()
     note = Signal(str)  # a line for the log: an optimization unticked or ticked again
+    # Whether Run and Estimate can start: nothing running and nothing the engine would refuse
+    # in the ticked optimizations (Run stayed enabled beside the red conflict, and clicking it
+    # only turned the window's status into the same refusal).
+    runnable_changed = Signal(bool)
+    edited = Signal()  # a setting changed by the user (a stale error in the status can go)
 
     def __init__(self, model: str = "demo", devices: Sequence[str] | None = None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         box = QGroupBox("Run")
+        # The form keeps its height: the optimizations list below scrolls instead (a conflict's
+        # two lines above that list squeezed the spin boxes flat in a 700-pixel window).
+        box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
         form = QFormLayout(box)
 
         self.model_combo = QComboBox()
@@ -160,6 +169,16 @@ class ControlPanel(QWidget):
 
         self.optimizations = OptimizationsPanel()
         self.device_combo.currentTextChanged.connect(self._update_optimizations)
+        self._running = False
+        self._run_tip = self.run_button.toolTip()
+        self._estimate_tip = self.estimate_button.toolTip()
+        self.optimizations.problem_changed.connect(lambda _text: self._update_buttons())
+        for signal in (self.model_combo.currentTextChanged, self.workload_combo.currentTextChanged,
+                       self.batch_spin.valueChanged, self.seq_spin.valueChanged,
+                       self.prompt_edit.textChanged, self.new_tokens_spin.valueChanged,
+                       self.device_combo.currentTextChanged, self.dtype_combo.currentTextChanged,
+                       self.optimizations.problem_changed):
+            signal.connect(lambda *_: self.edited.emit())
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -277,9 +296,23 @@ class ControlPanel(QWidget):
             self.workload_combo.setCurrentIndex(index)
 
     def set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
-        self.estimate_button.setEnabled(not running)
+        self._running = running
         self.cancel_button.setEnabled(running)
+        self._update_buttons()
+
+    @property
+    def runnable(self) -> bool:
+        return not self._running and not self.optimizations.problem_text()
+
+    def _update_buttons(self) -> None:
+        problem = self.optimizations.problem_text()
+        was = self.run_button.isEnabled()
+        for button, tip in ((self.run_button, self._run_tip),
+                            (self.estimate_button, self._estimate_tip)):
+            button.setEnabled(self.runnable)
+            button.setToolTip(f"Not yet: {problem}" if problem and not self._running else tip)
+        if was != self.runnable:
+            self.runnable_changed.emit(self.runnable)
 
     # -- slots ----------------------------------------------------------------------------------
     @Slot()

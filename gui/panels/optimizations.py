@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from PySide6.QtCore import Signal
+
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -131,6 +133,10 @@ class _Row(QWidget):
 class OptimizationsPanel(QWidget):
     """Checkboxes and parameters for every registered optimization."""
 
+    # What the engine would refuse in the ticked set ("" when nothing): the Run and Estimate
+    # buttons wait until it is resolved.
+    problem_changed = Signal(str)
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         box = QGroupBox("Optimizations")
@@ -190,16 +196,21 @@ class OptimizationsPanel(QWidget):
         from engine.errors import MemLensError
         from engine.optimizations import resolve
 
+        text = ""
         try:
             resolve(self.selected(), *self._where)
         except MemLensError as exc:
-            self.problem.setText(f"{exc.message} {exc.hint}".strip())
-            self.problem.show()
-            return
+            text = f"{exc.message} {exc.hint}".strip()
         except Exception:  # noqa: BLE001 - never let a check break the controls
             pass
-        self.problem.setText("")
-        self.problem.hide()
+        changed = text != self.problem.text()
+        self.problem.setText(text)
+        self.problem.setVisible(bool(text))
+        if changed:
+            self.problem_changed.emit(text)
+
+    def problem_text(self) -> str:
+        return self.problem.text()
 
     def selected(self) -> list[dict[str, Any]]:
         return [spec for row in self.rows.values() if (spec := row.spec()) is not None]

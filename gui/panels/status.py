@@ -24,6 +24,7 @@ class StatusPanel(QWidget):
         # the tooltip and in the log.
         self.label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         self.label.setFixedHeight(3 * self.label.fontMetrics().lineSpacing())
+        self.showing_error = False
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1000)
         self.progress_bar.setValue(0)
@@ -38,7 +39,8 @@ class StatusPanel(QWidget):
         """The status as plain text (for tests and accessibility)."""
         return _plain(self.label.text())
 
-    def _show(self, rich: str) -> None:
+    def _show(self, rich: str, error: bool = False) -> None:
+        self.showing_error = error
         self.label.setText(rich)
         self.label.setToolTip(_plain(rich))
         self._align()
@@ -89,7 +91,14 @@ class StatusPanel(QWidget):
         text = f'<span style="color:{ERROR_COLOR}"><b>{html.escape(message)}</b></span>'
         if hint:
             text += f' <span style="color:{HINT_COLOR}">{html.escape(hint)}</span>'
-        self._show(text)
+        self._show(text, error=True)
+
+    def clear_error(self) -> None:
+        """A setting changed after a refusal or a failure: the red line described settings
+        that are no longer the window's (it stayed after the conflict it named was resolved).
+        The log keeps the message."""
+        if self.showing_error:
+            self.show_message("Ready. (The last attempt's error is in the log.)")
 
     def show_message(self, text: str) -> None:
         self._stop_bar(full=False)
