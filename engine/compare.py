@@ -146,21 +146,33 @@ class Comparison:
     latency_ratio: list[float | None] = field(default_factory=list)  # against the first run
     # slowest / fastest of each run's plain timing passes (None: fewer than two passes)
     latency_spread: list[float | None] = field(default_factory=list)
+    # Each run against the unoptimized model measured in the same run (the guide's runs, each
+    # with its own baseline and none unoptimized), not against the first run: ``peak_delta``
+    # and ``latency_ratio`` then say what the run's optimizations did, as the guide's table.
+    against_own: bool = False
+    peak_delta: list[int | None] = field(default_factory=list)
+
+    def tag(self, i: int) -> str:
+        """Run ``i``'s mark in the charts and tables: ``[0]`` (the reference), or the rank
+        ``#1`` against their own baselines (a guide's table numbers them from 1)."""
+        return f"#{i + 1}" if self.against_own else f"[{i}]"
 
     def ratio_noisy(self, i: int) -> bool:
         """Run ``i``'s latency ratio rests on timing passes (its own or the reference's) that
         disagree too much to trust it (the runs' own warnings say by how much); False where
         the run has no ratio."""
+        spreads = ([self.latency_spread[i]] if self.against_own
+                   else [self.latency_spread[i], self.latency_spread[0]])
         return self.latency_ratio[i] is not None and any(
-            (s or 0) > NOISY_TIMING_SPREAD
-            for s in (self.latency_spread[i], self.latency_spread[0]))
+            (s or 0) > NOISY_TIMING_SPREAD for s in spreads)
 
     def ratio_text(self, i: int) -> str:
         """"×0.88", with " (noisy)" when :meth:`ratio_noisy`; "—" without a ratio."""
         ratio = self.latency_ratio[i]
         if ratio is None:
             return MISSING
-        return f"×{ratio:.2f}" + (" (noisy)" if i and self.ratio_noisy(i) else "")
+        return f"×{ratio:.2f}" + (" (noisy)" if (i or self.against_own) and self.ratio_noisy(i)
+                                  else "")
 
     @property
     def different_models(self) -> bool:
@@ -199,11 +211,11 @@ class Comparison:
 
     def no_metric_reason(self) -> str:
         """Why no quality figure is shared (``metric`` is None), from what each run holds."""
-        estimates = [f"[{i}]" for i, r in enumerate(self.runs) if r.is_estimate]
-        without = [f"[{i}]" for i, r in enumerate(self.runs) if not r.is_estimate
+        estimates = [self.tag(i) for i, r in enumerate(self.runs) if r.is_estimate]
+        without = [self.tag(i) for i, r in enumerate(self.runs) if not r.is_estimate
                    and not any(quality_figure(r.quality, key) is not None
                                for key, _, _ in QUALITY_METRICS)]
-        held = {f"[{i}]": [label for key, label, _ in QUALITY_METRICS
+        held = {self.tag(i): [label for key, label, _ in QUALITY_METRICS
                            if quality_figure(r.quality, key) is not None]
                 for i, r in enumerate(self.runs)}
         parts = []
@@ -252,11 +264,13 @@ def reference_first(runs: Sequence[RunResult], preferred: str | None = None
     return runs, "the first run"
 
 
-def compare(runs: Sequence[RunResult]) -> Comparison:
-    """Align ``runs`` (two or more; the first is the reference) bar by bar."""
+def compare(runs: Sequence[RunResult], against_own: bool = False) -> Comparison:
+    """Align ``runs`` (two or more; the first is the reference) bar by bar. With
+    ``against_own``, each run's peak and latency are set against the unoptimized model
+    measured in the same run (``RunResult.baseline``; ``None`` where it has none)."""
     if not runs:
         raise ValueError("compare() needs at least one run")
-    comparison = Comparison(runs=list(runs))
+    comparison = Comparison(runs=list(runs), against_own=against_own)
     per_run: list[dict[str, int]] = []
     for r in runs:
         groups = {g.name: g.total_bytes for g in group_layers(r.layers)}
@@ -274,9 +288,18 @@ def compare(runs: Sequence[RunResult]) -> Comparison:
     comparison.unattributed = [r.totals.unattributed_bytes for r in runs]
     comparison.peaks = [r.totals.peak_bytes for r in runs]
     comparison.latency_ms = [r.totals.plain_latency_ms for r in runs]
-    ref_ms = comparison.latency_ms[0]
-    comparison.latency_ratio = [ms / ref_ms if ms and ref_ms else None
-                                for ms in comparison.latency_ms]
+    if against_own:
+        bases = [r.baseline or {} for r in runs]
+        comparison.peak_delta = [p - b["peak_bytes"] if isinstance(b.get("peak_bytes"), int)
+                                 else None for p, b in zip(comparison.peaks, bases)]
+        comparison.latency_ratio = [
+            ms / b["plain_latency_ms"] if ms and b.get("plain_latency_ms") else None
+            for ms, b in zip(comparison.latency_ms, bases)]
+    else:
+        ref_ms = comparison.latency_ms[0]
+        comparison.peak_delta = [p - comparison.peaks[0] for p in comparison.peaks]
+        comparison.latency_ratio = [ms / ref_ms if ms and ref_ms else None
+                                    for ms in comparison.latency_ms]
     comparison.latency_spread = [timing_spread((r.timing or {}).get("plain_ms")) for r in runs]
     for key, label, better in QUALITY_METRICS:
         values = [quality_figure(r.quality, key) for r in runs]

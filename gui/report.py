@@ -251,7 +251,9 @@ def render_run_panels(result: RunResult, folder: Path, prefix: str,
 
 
 def render_compare_panel(results: Sequence[RunResult], folder: Path,
-                         name: str = "compare.png") -> Shot:
+                         name: str = "compare.png", against_own: bool = False) -> Shot:
+    """The compare view of ``results``; ``against_own`` (the guide's picture) sets each run
+    against its own unoptimized model, numbered #1… as the guide's table, not against [0]."""
     from engine.compare import compare
 
     from .panels.compare import ComparePanel
@@ -277,7 +279,7 @@ def render_compare_panel(results: Sequence[RunResult], folder: Path,
         return max(message, 20) + plots + rows + panel.splitter.handleWidth() + 12
 
     path = _grab(panel, PANEL_HEIGHTS["compare"], folder / name,
-                 lambda: panel.render(compare(results)), fit)
+                 lambda: panel.render(compare(results, against_own=against_own)), fit)
     return Shot("compare", "Compare view", path)
 
 
@@ -906,7 +908,8 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
                     missing.setdefault(workload, []).append(entry.run_id or entry.label)
             if not results:
                 continue
-            shot = render_compare_panel(results, folder, f"guide-{workload}.png")
+            shot = render_compare_panel(results, folder, f"guide-{workload}.png",
+                                        against_own=True)
             shot.title = f"{workload}: the runs side by side"
             shots.append(shot)
             charts[workload] = shot.path.name

@@ -1019,3 +1019,33 @@ def test_the_log_keeps_following_after_the_window_grows_and_shrinks(qtbot):
     bar.setValue(bar.maximum())  # and back to the end: followed again
     window.log.info("followed")
     qtbot.waitUntil(lambda: bar.value() == bar.maximum())
+
+
+def test_the_guide_picture_sets_each_run_against_its_own_unoptimized_model(qtbot):
+    """The guide's runs each carry their own baseline, and none is unoptimized: its picture
+    set every technique against the first-ranked one ("Δ peak +576 KiB" for a run the guide's
+    table said saved 6 MiB) and numbered them [0]… where the table says #1…."""
+    from engine.compare import compare
+    from gui.panels.compare import TABLE_COLUMNS, ComparePanel
+
+    a, b = optimized("a", factor=0.25), optimized("b", factor=0.5)
+    for run, base_ms in ((a, 6.0), (b, 2.0)):
+        run.baseline = {"peak_bytes": run.totals.peak_bytes + 4096, "plain_latency_ms": base_ms}
+    first = compare([a, b])
+    assert first.peak_delta == [0, b.totals.peak_bytes - a.totals.peak_bytes]
+    own = compare([a, b], against_own=True)
+    assert own.peak_delta == [-4096, -4096]
+    assert own.latency_ratio == [pytest.approx(0.5), pytest.approx(1.5)]
+    assert (own.tag(0), own.tag(1)) == ("#1", "#2")
+    panel = ComparePanel()
+    qtbot.addWidget(panel)
+    panel.render(own)
+    column = TABLE_COLUMNS.index("Δ peak")
+    assert [panel.table.item(r, column).text() for r in (0, 1)] == ["−4.00 KiB"] * 2
+    assert panel.table.item(0, 0).text().startswith("#1 ")
+    assert "unoptimized model measured in the same run" in panel.message.text()
+    assert panel.delta_check.isHidden() and "reference" not in panel.message.text()
+    assert "own unoptimized" in panel.table.horizontalHeaderItem(column).toolTip()
+    panel.render(first)  # the window's compare: [0] the reference again
+    assert panel.table.item(0, column).text() == "reference"
+    assert not panel.delta_check.isHidden()

@@ -52,6 +52,10 @@ def legend_names(names: list[str]) -> list[str]:
     keep = LEGEND_NAME_CHARS - 1
     return [n if len(n) <= LEGEND_NAME_CHARS else n[:keep // 2] + "…" + n[-(keep - keep // 2):]
             for n in names]
+LATENCY_HEADER_TIP = (
+    "Plain latency against [0]'s, runs made apart (machine load between them is in it); an "
+    "optimized run's own ratio, against its unoptimized model timed in the same run, is on its "
+    "Current run page")
 TABLE_COLUMNS = ("Run", "Optimizations", "Peak", "Δ peak", "Weights", "Latency", "× latency",
                  "Quality")
 
@@ -147,9 +151,7 @@ class ComparePanel(QWidget):
             "Each run's own figures: KL divergence against its own unoptimized model, measured "
             "in the same run (not against [0]); perplexity on the quality text")
         self.table.horizontalHeaderItem(TABLE_COLUMNS.index("× latency")).setToolTip(
-            "Plain latency against [0]'s, runs made apart (machine load between them is in "
-            "it); an optimized run's own ratio, against its unoptimized model timed in the same "
-            "run, is on its Current run page")
+            LATENCY_HEADER_TIP)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
@@ -206,9 +208,25 @@ class ComparePanel(QWidget):
         """``why``: how the reference (the first run) was chosen, said after its id."""
         self.comparison = comparison
         runs = comparison.runs
-        text = (f"Comparing {len(runs)} runs; [0] {runs[0].run_id} is the reference"
-                f"{f' ({why})' if why else ''}. Each run's bars plus its unattributed bytes add "
-                "up to its peak.")
+        if comparison.against_own:
+            # (no run is a reference: Δ against [0] would set the guide's techniques against
+            # its first-ranked one, contradicting the guide's own table)
+            text = (f"{len(runs)} runs, ranked as in the guide's table; each one's Δ peak and "
+                    "× latency are against the unoptimized model measured in the same run. "
+                    "Each run's bars plus its unattributed bytes add up to its peak.")
+            self.delta_check.setChecked(False)
+        else:
+            text = (f"Comparing {len(runs)} runs; [0] {runs[0].run_id} is the reference"
+                    f"{f' ({why})' if why else ''}. Each run's bars plus its unattributed "
+                    "bytes add up to its peak.")
+        self.delta_check.setVisible(not comparison.against_own)
+        own = comparison.against_own
+        self.table.horizontalHeaderItem(TABLE_COLUMNS.index("Δ peak")).setToolTip(
+            "Peak minus its own unoptimized model's, measured in the same run" if own
+            else "Peak minus [0]'s")
+        self.table.horizontalHeaderItem(TABLE_COLUMNS.index("× latency")).setToolTip(
+            "Plain latency against its own unoptimized model's, timed in the same run" if own
+            else LATENCY_HEADER_TIP)
         if comparison.different_models:
             text += " Different models: bars are matched by layer name."
         if len(comparison.workloads) > 1:
@@ -251,7 +269,7 @@ class ComparePanel(QWidget):
             item.setOpts(x=x[shown] - 0.4 + width * (i + 0.5), height=heights[shown],
                          width=width * 0.92, brush=pg.mkBrush(run_color(i)))
             item.setVisible(True)
-            self.legend.addItem(item, f"[{i}] {name}")
+            self.legend.addItem(item, f"{c.tag(i)} {name}")
 
         self.bars_plot.setTitle("Δ at peak by layer, against [0]" if delta
                                 else "Memory at peak by layer", color=theme.current().text)
@@ -297,7 +315,7 @@ class ComparePanel(QWidget):
         spots, missing = [], []
         for i, (run, q) in enumerate(zip(c.runs, c.quality)):
             if q is None:
-                missing.append(f"[{i}]")
+                missing.append(c.tag(i))
                 continue
             spots.append({"pos": (c.peaks[i] / MIB, q), "brush": pg.mkBrush(run_color(i)),
                           "data": i})
@@ -321,7 +339,8 @@ class ComparePanel(QWidget):
                 self._point_labels.append(label)
                 self.scatter_plot.addItem(label)
             label = self._point_labels[n]
-            label.setText(f"[{','.join(map(str, indices))}]")
+            label.setText(f"#{','.join(str(i + 1) for i in indices)}" if c.against_own
+                          else f"[{','.join(map(str, indices))}]")
             # right of the point in the left half, left of it in the right half: never clipped
             label.setAnchor((1, 1) if xs and pos[0] > (min(xs) + max(xs)) / 2 else (0, 1))
             label.setPos(*pos)
@@ -355,10 +374,10 @@ class ComparePanel(QWidget):
         self.table.setRowCount(len(c.runs))
         for i, run in enumerate(c.runs):
             cells = (
-                f"[{i}] {run.run_id}",
+                f"{c.tag(i)} {run.run_id}",
                 optimizations_text(run.optimizations),
                 human_bytes(c.peaks[i]),
-                _signed_bytes(c.peaks[i] - c.peaks[0]) if i else "reference",
+                _signed_bytes(c.peak_delta[i]) if i or c.against_own else "reference",
                 human_bytes(run.totals.model_weights_bytes),
                 human_ms(c.latency_ms[i]) or MISSING,
                 c.ratio_text(i),
@@ -371,7 +390,8 @@ class ComparePanel(QWidget):
                 if j in (2, 3):
                     item.setToolTip(f"{c.peaks[i]:,} bytes")
                 if j == 6:
-                    item.setToolTip(NOISY_TIP if i and c.ratio_noisy(i) else
-                                    "Plain latency against run [0]'s")
+                    item.setToolTip(NOISY_TIP if (i or c.against_own) and c.ratio_noisy(i)
+                                    else "Plain latency against its own unoptimized model's"
+                                    if c.against_own else "Plain latency against run [0]'s")
                 self.table.setItem(i, j, item)
         self.table.resizeColumnsToContents()
