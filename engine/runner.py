@@ -1122,8 +1122,15 @@ def _trap_warnings(result: RunResult) -> None:
             result.warnings.append(f"With {names} the peak rose by {d['peak_bytes'] / 2**20:.2f} "
                                    "MiB over the unoptimized baseline.")
         if d["latency_ratio"] and d["latency_ratio"] > 1.1:
-            result.warnings.append(f"With {names} the workload ran ×{d['latency_ratio']:.2f} "
-                                   "slower than the unoptimized baseline on this device.")
+            # Stated as a fact it contradicted the noisy-latency warning beside it (×26 slower
+            # from passes ×40 apart): said with its doubt when either side's passes disagree.
+            noisy = any((timing_spread(times) or 0) > NOISY_TIMING_SPREAD for times in (
+                (result.timing or {}).get("plain_ms"), (result.baseline or {}).get("plain_ms")))
+            result.warnings.append(
+                f"With {names} the workload ran ×{d['latency_ratio']:.2f} slower than the "
+                "unoptimized baseline on this device"
+                + (", by timing passes too far apart to trust (the noisy-latency warning says "
+                   "how far): rerun before relying on it." if noisy else "."))
     _noise_warnings(result)
 
 

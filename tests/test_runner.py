@@ -223,6 +223,29 @@ def test_noisy_timing_passes_are_reported_not_hidden_in_the_median():
     assert "the unoptimized baseline's 3 plain timing passes" in w and "latency ratio" in w, w
 
 
+def test_slower_is_said_with_its_doubt_when_the_passes_disagree():
+    """"ran ×26.49 slower" was stated as a fact beside the warning that its passes were ×40
+    apart; with steady passes it stays a plain statement."""
+    from engine.config import RunConfig
+    from engine.results import RunResult, Totals
+    from engine.runner import _trap_warnings
+
+    def slower(plain):
+        r = RunResult(config=RunConfig(repeats=len(plain)), timing={"plain_ms": plain},
+                      totals=Totals(plain_latency_ms=sorted(plain)[len(plain) // 2]),
+                      baseline={"plain_ms": [4.0, 4.1, 4.0], "peak_bytes": 1 << 20},
+                      optimizations=[{"name": "pruning", "weights_bytes_before": 10,
+                                      "weights_bytes_after": 10, "modules_touched": 0}],
+                      deltas={"latency_ratio": 2.0, "peak_bytes": 0})
+        _trap_warnings(r)
+        return [w for w in r.warnings if "slower" in w]
+
+    (w,) = slower([8.0, 8.1, 8.2])
+    assert w.endswith("slower than the unoptimized baseline on this device."), w
+    (w,) = slower([8.0, 320.0, 8.2])
+    assert "too far apart to trust" in w and "rerun" in w, w
+
+
 def test_run_list_shows_the_plain_latency_like_the_run_itself(tmp_path):
     """The saved-runs list (window and `memlens runs`) gives the plain pass's latency, as the
     run's totals and the compare view do, not the pass with live hooks."""
