@@ -449,7 +449,10 @@ def _totals_html(result: RunResult) -> str:
             f"{human_bytes(tr.get('gradient_bytes'))}, optimizer state "
             f"{human_bytes(tr.get('optimizer_state_bytes'))}; forward "
             f"{human_ms(tr.get('forward_ms'))}, backward {human_ms(tr.get('backward_ms'))}, "
-            f"optimizer {human_ms(tr.get('optimizer_ms'))}</li>")
+            f"optimizer {human_ms(tr.get('optimizer_ms'))}"
+            + (f" = {human_ms(tr['step_ms'])}, from {_e(tr['phases_from'])}, with live hooks"
+               if tr.get("step_ms") and tr.get("phases_from") else "")
+            + "</li>")
     a = result.attention
     if a and a.get("captured"):
         from .panels.attention import capture_text
