@@ -18,8 +18,8 @@ from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
 from .compare import optimizations_text
-from .format import (MISSING, bytes_against, human_bytes, kv_cache_text, overhead,
-                     quality_parts, si_number, tokens_per_s_text)
+from .format import (MISSING, bytes_against, human_bytes, kv_cache_text, layer_passes_text,
+                     overhead, quality_parts, si_number, tokens_per_s_text)
 from .results import RunResult
 from .store import write_output
 
@@ -1520,6 +1520,8 @@ def print_report(result: RunResult, out: TextIO) -> None:
     if result.training:
         w("(ms and FLOPs: each layer's forward; the total row's: the whole step, forward + "
           "backward + optimizer)\n")
+    if passes := layer_passes_text(result):
+        w(f"(ms and FLOPs: each layer over {passes}; output: its largest call's, the prefill's)\n")
     if t.latency_ms is not None and t.plain_latency_ms is not None:
         w(f"(the total row's ms is the pass timed with the layers' hooks, as each row is; "
           f"without them it took {t.plain_latency_ms:.3f} ms, the latency given below)\n")

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ErrorKind, MemLensError
+from .format import layer_passes_text
 from .results import CATEGORIES, LayerStats, RunResult
 from .store import write_output
 
@@ -317,7 +318,9 @@ def trace_events(result: RunResult) -> dict[str, Any]:
     threads: list[tuple[int, str, list[dict[str, Any]]]] = []
     if top:
         spans, end_ns = _spans_end_to_end(top, start_ns, _LAYOUT_PID, 1, "layer")
-        threads.append((1, "top-level layers (live-hooks pass, median ms)", spans))
+        passes = layer_passes_text(result)
+        threads.append((1, "top-level layers (live-hooks pass, median ms"
+                        + (f"; each over {passes}" if passes else "") + ")", spans))
         # Sub-rows (attention, MLP) start with their parent's span, after the previous sub-row.
         starts = {e["args"]["layer"]: int(round(e["ts"] * 1000)) for e in spans}
         sub_spans, at_ns = [], start_ns

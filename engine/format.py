@@ -261,3 +261,18 @@ def tokens_per_s_text(tokens_per_s: float | None, workload: str) -> str:
     run's tokens over its whole latency."""
     return f"{si_number(tokens_per_s)} tokens/s" + (" decoding" if workload == "generate" else "")
 
+
+
+def layer_passes_text(result: Any) -> str:
+    """What a generation's per-layer latency and FLOPs cover: every forward of the call
+    (``"the prefill and 5 decode forwards, summed"``), while its output bytes are the
+    prefill's; "" for other workloads. (Beside "Decode per step 2.3 ms" a layer's 6 ms read as
+    one forward's.)"""
+    cfg = getattr(result, "config", None)
+    gen = getattr(result, "generation", None) or {}
+    if getattr(cfg, "workload", "") != "generate" or getattr(result, "estimate", None):
+        return ""
+    steps = gen.get("decode_ms_per_step")
+    n = len(steps) if steps else max(int(getattr(cfg, "new_tokens", 1) or 1) - 1, 0)
+    return (f"the prefill and {n} decode forward{'s' if n != 1 else ''}, summed" if n
+            else "the prefill")

@@ -43,7 +43,7 @@ from typing import Any
 from engine.compare import optimizations_text
 from engine.errors import ErrorKind, MemLensError
 from engine.format import (MISSING, human_bytes, human_count, human_flops, human_ms,
-                           human_seconds, kv_cache_text, quality_parts)
+                           human_seconds, kv_cache_text, layer_passes_text, quality_parts)
 from engine.results import RunResult
 
 PANEL_WIDTH = 1200  # every picture is this many pixels wide
@@ -521,6 +521,10 @@ def _layer_table_html(result: RunResult) -> str:
     if result.training:
         notes.append("A training step's rows time and count each layer's forward; the peak "
                      "row's latency and FLOPs are the whole step (forward, backward, optimizer).")
+    if passes := layer_passes_text(result):
+        notes.append(f"A generation's rows time and count each layer over {passes} (its "
+                     "output bytes are its largest call's, the prefill's); the decode steps alone "
+                     "are timed in the latency chart.")
     if any(layer.flops_complete is False for layer in result.layers) or t.flops_uncounted_ops:
         notes.append(FLOPS_INCOMPLETE + ".")
     if left_out:

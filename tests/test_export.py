@@ -363,3 +363,30 @@ def test_exports_and_saved_runs_get_the_usual_file_permissions(runs, tmp_path):
              RunStore(tmp_path / "runs").save(result)]
     for path in paths:
         assert stat.S_IMODE(path.stat().st_mode) == NEW_FILE_MODE, path
+
+
+def test_a_generations_layer_figures_say_they_cover_every_forward(runs, capsys):
+    """A generation's per-layer latency and FLOPs sum the prefill and every decode forward
+    (layer 0 at 6 ms beside "Decode per step 2.3 ms"), while its output bytes are the
+    prefill's; the table footnote, the report's note and the trace's thread say so."""
+    import io
+
+    from engine.cli import print_report
+    from engine.export import trace_events
+    from engine.format import layer_passes_text
+
+    store, out = runs
+    gen = out["generate"]
+    n = len(gen.generation["decode_ms_per_step"])
+    assert n == gen.config.new_tokens - 1
+    top = [layer for layer in gen.layers if layer.depth == 0 and layer.latency_ms]
+    assert sum(layer.latency_ms for layer in top) > gen.generation["prefill_ms"] * 0.9
+    text = layer_passes_text(gen)
+    assert text == f"the prefill and {n} decode forwards, summed"
+    assert layer_passes_text(out["train"]) == ""
+    threads = [e["args"]["name"] for e in trace_events(gen)["traceEvents"]
+               if e.get("name") == "thread_name"]
+    assert any(text in name for name in threads), threads
+    printed = io.StringIO()
+    print_report(gen, printed)
+    assert f"each layer over {text}" in printed.getvalue()

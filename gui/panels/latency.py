@@ -25,7 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.format import human_ms, overhead, si_number, short_layer_label, tokens_per_s_text
+from engine.format import (human_ms, layer_passes_text, overhead, si_number, short_layer_label,
+                           tokens_per_s_text)
 from engine.results import LayerStats, RunResult
 
 from .. import theme
@@ -220,8 +221,11 @@ class LatencyPanel(QWidget):
         # (the layers are timed by forward hooks: in a training step their bars are the
         # forward's; the backward and the optimizer are only in the step's total)
         train = getattr(getattr(result, "config", None), "workload", "") == "train"
+        passes = layer_passes_text(result)
         self.plot.setTitle("Forward latency by layer (median; the step's backward is not split"
-                           " by layer)" if train else "Latency by layer (median)",
+                           " by layer)" if train else
+                           f"Latency by layer over {passes} (median)" if passes
+                           else "Latency by layer (median)",
                            color=theme.current().text, size="9pt")
         self.summary.setText("\n".join(summary_lines(result)))
         self._fit_summary()
