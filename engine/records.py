@@ -57,10 +57,13 @@ def record_kind(data: Any) -> str | None:
 
 
 def not_a_run(path: Path, kind: str) -> MemLensError:
+    # (a guide has its own report: the hint named only `show` for it)
+    report = (f"; its report: `memlens report --guide {path} --out DIR`" if kind == "guide"
+              else "")
     return MemLensError(
         ErrorKind.NOT_APPLICABLE, f"{path.name} is {RECORD_KINDS[kind]}, not a single run.",
-        f"Print it with `memlens show {path}`. Opening, comparing, exporting and reporting "
-        "take run files (memlens profile or estimate).")
+        f"Print it with `memlens show {path}`{report}. Opening, comparing, exporting and "
+        "reporting take run files (memlens profile or estimate).")
 
 
 _KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false",

@@ -952,6 +952,9 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
 
 def _writable(out_dir: Path | str) -> Path:
     folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():  # ("File exists", "choose a writable folder")
+        raise MemLensError(ErrorKind.STORE, f"{folder} is a file, not a folder.",
+                           "Give --out a folder (new or existing) for the report's files.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".memlens-write-test"

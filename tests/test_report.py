@@ -309,6 +309,11 @@ def test_cli_report_errors(qapp, saved, tmp_path, capsys):
                           str(blocker / "sub")]) == 1
     err = capsys.readouterr().err
     assert "Cannot write the report" in err and "writable folder" in err
+    # --out an existing file: said so ("File exists" with "choose a writable folder" was not)
+    assert launcher.main(["--store", str(store.root), "report", plain.run_id, "--out",
+                          str(blocker)]) == 1
+    err = capsys.readouterr().err
+    assert f"{blocker} is a file, not a folder" in err and "Give --out a folder" in err
     with pytest.raises(SystemExit) as info:  # --out is required
         launcher.main(["report", plain.run_id])
     assert info.value.code == 2

@@ -1030,3 +1030,12 @@ def test_a_refused_value_exits_1_as_the_help_says(argv, capsys, tmp_path):
     --batch 0 gave 1 but --granularity 0, --max-batch 0 and --distributed 0 gave 2."""
     assert cli.main(["--store", str(tmp_path)] + argv) == cli.EXIT_FAILED
     assert "hint:" in capsys.readouterr().err
+
+
+def test_a_guide_passed_as_a_run_names_its_own_report_command(tmp_path):
+    """`memlens report guide.json` pointed only at `memlens show`; a guide has its report."""
+    from engine.records import not_a_run
+
+    exc = not_a_run(tmp_path / "guide.json", "guide")
+    assert f"memlens report --guide {tmp_path / 'guide.json'} --out DIR" in exc.hint
+    assert "--guide" not in not_a_run(tmp_path / "s.json", "sweep").hint
