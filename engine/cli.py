@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS, RunConfig
+from .config import ATTENTION_IMPLS, DTYPE_ALIASES, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
 from .compare import optimizations_text
@@ -26,7 +26,7 @@ from .store import write_output
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_DTYPE_ALIASES = DTYPE_ALIASES
 
 
 def _dtype(text: str) -> str:

@@ -12,6 +12,8 @@ CONFIG_SCHEMA_VERSION = 1
 
 WORKLOADS = ("forward", "generate", "train")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Short names taken wherever a dtype is (--dtype, an optimization's dtype=...).
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 ATTENTION_IMPLS = ("auto", "eager", "sdpa", "flex_attention")
 # Why flex attention is refused (--attention and the attention optimization alike).
 FLEX_UNMEASURABLE = (

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .accounting import is_fake
+from .config import DTYPE_ALIASES
 from .errors import Cancelled, ErrorKind, MemLensError
 from .layers import module_weight_tensors, unique_nbytes
 from .quiet import quiet_import
@@ -66,6 +67,11 @@ class Param:
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{self.name} must be {_KIND_WORDS.get(self.kind, self.kind)}, "
                              f"got {value!r}") from exc
+        if self.choices and value not in self.choices and isinstance(value, str):
+            # (--dtype took bf16 while dtype=bf16 here was refused)
+            alias = DTYPE_ALIASES.get(value.lower())
+            if alias in self.choices:
+                value = alias
         if self.choices and value not in self.choices:
             raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, "
                              f"got {value!r}")

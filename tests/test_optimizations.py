@@ -674,3 +674,16 @@ def test_the_readme_table_lists_the_registry_in_its_order():
     assert [ident for ident, _ in rows] == list(REGISTRY)
     for ident, summary in rows:
         assert summary == REGISTRY[ident].summary, ident
+
+
+def test_an_optimizations_dtype_takes_the_short_names_that_dtype_takes():
+    """--dtype bf16 was taken but --opt cast:dtype=bf16 refused."""
+    from engine.optimizations import parse_spec, resolve
+
+    ((_, params),) = resolve([parse_spec("cast:dtype=bf16")], "forward", "cpu")
+    assert params["dtype"] == "bfloat16"
+    ((_, params),) = resolve([parse_spec("autocast:dtype=FP16")], "forward", "cpu")
+    assert params["dtype"] == "float16"
+    with pytest.raises(MemLensError) as info:
+        resolve([parse_spec("cast:dtype=fp64")], "forward", "cpu")
+    assert "must be one of" in info.value.message
