@@ -95,7 +95,8 @@ class LayerStats:
     transient_peak_bytes: int | None = None
     latency_ms: float | None = None
     flops: int | None = None
-    flops_complete: bool | None = None  # False: an op without a FLOP formula ran here
+    # True: every operator counted; False: one without a FLOP formula ran here; None: not counted
+    flops_complete: bool | None = None
     at_peak: dict[str, int] = field(default_factory=dict)
 
     @property

@@ -677,6 +677,11 @@ class _Run:
             for layer in layers:
                 if layer.name in incomplete:
                     layer.flops_complete = False
+        # Counted with every operator's formula: said, so that an empty cell (layers.csv)
+        # means only "not counted", not also "complete".
+        for layer in layers:
+            if layer.flops is not None and layer.flops_complete is None:
+                layer.flops_complete = True
         if gen is not None:
             result.generation = {
                 "prompt_tokens": int(inputs.input_ids.shape[1]),

@@ -287,7 +287,7 @@ def test_flops_match_hand_counts_including_gqa_attention(forward_run):
     projections = 2 * tokens * hidden * (2 * heads * d + 2 * kv_heads * d)  # q, o + k, v
     sdpa = 4 * b * heads * s * s * d  # QK^T and PV with K/V broadcast to the query heads
     assert attn.flops == projections + sdpa
-    assert attn.flops_complete is None and not r.totals.flops_uncounted_ops
+    assert attn.flops_complete is True and not r.totals.flops_uncounted_ops
     assert r.totals.flops == sum(layer.flops or 0 for layer in r.layers if layer.depth == 0)
 
 
