@@ -605,6 +605,13 @@ def test_an_estimates_totals_give_the_time_the_command_line_gives():
     assert "run took" not in text
     measured = RunResult(config=RunConfig(), run_id="m", duration_s=4.4)
     assert "run took 4.4 s" in "\n".join(totals_lines(measured))
+    # an under-counted FLOP total is marked as the table's rows are (it read as complete)
+    measured.totals.flops = 29_900_000
+    assert "29.9 MFLOP" in "\n".join(totals_lines(measured))
+    assert "*" not in "\n".join(totals_lines(measured))
+    measured.totals.flops_uncounted_ops = ["quantized.linear_dynamic"]
+    assert ("29.9 MFLOP* (under-counted: no FLOP formula for quantized.linear_dynamic)"
+            in "\n".join(totals_lines(measured)))
 
 
 def test_a_tied_head_says_where_its_weights_are_counted():

@@ -61,7 +61,11 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
     if timing and t.tokens_per_s is not None:
         speed.append(tokens_per_s_text(t.tokens_per_s, result.config.workload))  # as on Latency
     if t.flops is not None:
-        speed.append(human_flops(t.flops))
+        # (the table marked the rows "*" while the total read as a complete count)
+        missed = list(t.flops_uncounted_ops or [])
+        speed.append(human_flops(t.flops) + (
+            f"* (under-counted: no FLOP formula for {', '.join(missed[:3])}"
+            f"{' and more' if len(missed) > 3 else ''})" if missed else ""))
     if t.process_rss_peak_bytes is not None:
         speed.append(f"process RSS peak in the memory pass {human_bytes(t.process_rss_peak_bytes)}")
     if t.cuda_reserved_peak_bytes is not None:
