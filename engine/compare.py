@@ -339,8 +339,8 @@ def print_comparison(runs: list[RunResult], out: TextIO) -> None:
         w(f"\n(noisy: that run's or [0]'s timing passes were more than ×{NOISY_TIMING_SPREAD:g} "
           "apart, so the latency ratio may be off; their warnings say how far)\n")
     if any((r.quality or {}).get("kl_divergence") is not None for r in runs):
-        w("\n(quality: a run's KL is against its own unoptimized model, measured in the same "
-          "run, not against [0])\n")
+        w("\n(quality: a run's KL, in nats per token, is against its own unoptimized model, "
+          "measured in the same run, not against [0])\n")
     own = [(i, (r.deltas or {}).get("latency_ratio")) for i, r in enumerate(runs) if i]
     own = [(i, x) for i, x in own if x is not None]
     if own:

@@ -78,6 +78,7 @@ LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
 # The rest of a LayerStats record, after the GUI's columns.
 _EXTRA_COLUMNS = ("parent", "depth", "parameters", "flops_complete")
 FIGURES_COLUMN = "figures"  # "measured" or "estimate" on every row: a file read alone says so
+TIME_COLUMN = "t_s"  # timeline.csv's time: seconds since the run started
 UNATTRIBUTED_ROW = "(unattributed)"  # the last row: what no layer holds at the peak
 _AT_PEAK_PREFIX = "at_peak."
 
@@ -216,7 +217,8 @@ def timeline_csv(result: RunResult) -> str:
     rows = []
     for i in range(n):
         rows.append([(timeline[c][i] if i < len(timeline[c]) else None) for c in columns])
-    return _csv_text(columns, rows)
+    # (every other column names its unit: rss_bytes, gpu_power_w; "t" alone did not)
+    return _csv_text([TIME_COLUMN if c == "t" else c for c in columns], rows)
 
 
 def write_timeline_csv(result: RunResult, path: Path | str) -> Path:
@@ -227,7 +229,7 @@ def read_timeline_csv(path: Path | str) -> dict[str, list[Any]]:
     """A columnar timeline (as ``RunResult.timeline``) from :func:`write_timeline_csv`'s CSV."""
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
-        header = next(reader, [])
+        header = ["t" if c == TIME_COLUMN else c for c in next(reader, [])]
         columns: dict[str, list[Any]] = {c: [] for c in header}
         for row in reader:
             for c, text in zip(header, row):

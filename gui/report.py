@@ -621,7 +621,8 @@ def _compare_table_html(results: Sequence[RunResult]) -> str:
     head = "".join(f"<th>{h}</th>" for h in (
         "run", *(["model · workload"] if len(kinds) > 1 else []), "optimizations")) + "".join(
         f"<th {nowrap}>{h}</th>" for h in ("peak", "Δ peak", "weights", "latency")) + (
-        "<th>× latency vs [0]</th><th width='22%'>quality (vs its own baseline)</th>")
+        "<th>× latency vs [0]</th><th width='22%'>quality (vs its own baseline; KL in nats "
+        "per token)</th>")
     ids = "<br>".join(f"[{i}] {_e(run.run_id)}" for i, run in enumerate(c.runs))
     note = (f"Every run: {kinds[0]}. " if len(kinds) == 1 else "")
     if any(c.ratio_noisy(i) for i in range(1, len(c.runs))):

@@ -204,6 +204,11 @@ def test_timeline_csv_round_trips(runs, tmp_path):
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert {row["gpu_used_bytes"] for row in rows} == {""}
+    # the time column names its unit as the others do (a file read alone: "t" in what?)
+    assert list(rows[0])[0] == "t_s" and float(rows[0]["t_s"]) == result.timeline["t"][0]
+    older = tmp_path / "older.csv"  # a file written before the rename still reads back
+    older.write_text(path.read_text().replace("t_s,", "t,", 1))
+    assert read_timeline_csv(older) == result.timeline
 
 
 # -- trace --------------------------------------------------------------------------------------

@@ -148,8 +148,8 @@ class ComparePanel(QWidget):
         self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
         # The table's deltas are against [0]; a run's KL is against its own unoptimized model.
         self.table.horizontalHeaderItem(TABLE_COLUMNS.index("Quality")).setToolTip(
-            "Each run's own figures: KL divergence against its own unoptimized model, measured "
-            "in the same run (not against [0]); perplexity on the quality text")
+            "Each run's own figures: KL divergence (nats per token) against its own unoptimized "
+            "model, measured in the same run (not against [0]); perplexity on the quality text")
         self.table.horizontalHeaderItem(TABLE_COLUMNS.index("× latency")).setToolTip(
             LATENCY_HEADER_TIP)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
