@@ -18,8 +18,8 @@ from .config import ATTENTION_IMPLS, DTYPE_ALIASES, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
 from .compare import optimizations_text
-from .format import (MISSING, bytes_against, human_bytes, kv_cache_text, layer_passes_text,
-                     overhead, quality_parts, si_number, tokens_per_s_text)
+from .format import (MISSING, bytes_against, bytes_change, human_bytes, kv_cache_text,
+                     layer_passes_text, overhead, quality_parts, si_number, tokens_per_s_text)
 from .results import RunResult
 from .store import write_output
 
@@ -1612,8 +1612,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
     d, base = result.deltas, result.baseline
     if d and base:
         lat = d.get("latency_ratio")
-        w(f"vs the unoptimized baseline measured in this run: peak {human_bytes(base['peak_bytes'])}"
-          f" → {human_bytes(t.peak_bytes)} ({_signed(d['peak_bytes'])}), weights "
+        before, after, change = bytes_change(base["peak_bytes"], t.peak_bytes)
+        w(f"vs the unoptimized baseline measured in this run: peak {before} → {after} "
+          f"({change}), weights "
           f"{_signed(d['model_weights_bytes'])}, latency ×{lat:.2f}\n" if lat else "\n")
     q = result.quality
     parts = quality_parts(q)

@@ -276,3 +276,23 @@ def layer_passes_text(result: Any) -> str:
     n = len(steps) if steps else max(int(getattr(cfg, "new_tokens", 1) or 1) - 1, 0)
     return (f"the prefill and {n} decode forward{'s' if n != 1 else ''}, summed" if n
             else "the prefill")
+
+
+def bytes_change(before: int | float | None, after: int | float | None) -> tuple[str, str, str]:
+    """``before``, ``after`` and the signed change, in the larger figure's unit with the same
+    two decimals: "10.03 MiB → 5.01 MiB (−5.02 MiB)". Each in its own three figures read
+    "10.0 MiB → 5.01 MiB (−5.01 MiB)", which does not add up."""
+    if _is_missing(before) or _is_missing(after):
+        return human_bytes(before), human_bytes(after), MISSING
+    delta = after - before
+    sign = "+" if delta > 0 else "−" if delta < 0 else "±"
+    big = max(abs(before), abs(after))
+    if big < 1024:
+        return f"{int(before)} B", f"{int(after)} B", f"{sign}{int(abs(delta))} B"
+    scale, unit = 1.0, _BINARY_UNITS[0]
+    for unit in _BINARY_UNITS[1:]:
+        scale *= 1024.0
+        if big / scale < 1024 or unit == _BINARY_UNITS[-1]:
+            break
+    return (f"{before / scale:.2f} {unit}", f"{after / scale:.2f} {unit}",
+            f"{sign}{abs(delta) / scale:.2f} {unit}")

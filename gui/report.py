@@ -42,8 +42,9 @@ from typing import Any
 
 from engine.compare import optimizations_text
 from engine.errors import ErrorKind, MemLensError
-from engine.format import (MISSING, human_bytes, human_count, human_flops, human_ms,
-                           human_seconds, kv_cache_text, layer_passes_text, quality_parts)
+from engine.format import (MISSING, bytes_change, human_bytes, human_count, human_flops,
+                           human_ms, human_seconds, kv_cache_text, layer_passes_text,
+                           quality_parts)
 from engine.results import RunResult
 
 PANEL_WIDTH = 1200  # every picture is this many pixels wide
@@ -560,13 +561,12 @@ def _optimizations_html(result: RunResult) -> str:
     base, d, t = result.baseline, result.deltas or {}, result.totals
     if base:
         ratio = d.get("latency_ratio")
+        peak = bytes_change(base.get("peak_bytes"), t.peak_bytes)
+        weights = bytes_change(base.get("model_weights_bytes"), t.model_weights_bytes)
         parts.append(
             "<p>Against the unoptimized model measured in the same run: peak "
-            f"{_e(human_bytes(base.get('peak_bytes')))} → {_e(human_bytes(t.peak_bytes))} "
-            f"(Δ {_e(_signed(d.get('peak_bytes')))}), weights "
-            f"{_e(human_bytes(base.get('model_weights_bytes')))} → "
-            f"{_e(human_bytes(t.model_weights_bytes))} "
-            f"(Δ {_e(_signed(d.get('model_weights_bytes')))}), latency "
+            f"{_e(peak[0])} → {_e(peak[1])} (Δ {_e(peak[2])}), weights "
+            f"{_e(weights[0])} → {_e(weights[1])} (Δ {_e(weights[2])}), latency "
             f"{_e(f'×{ratio:.2f}' if ratio is not None else MISSING)}.</p>")
     q = result.quality or {}
     quality = quality_parts(q)

@@ -1039,3 +1039,14 @@ def test_a_guide_passed_as_a_run_names_its_own_report_command(tmp_path):
     exc = not_a_run(tmp_path / "guide.json", "guide")
     assert f"memlens report --guide {tmp_path / 'guide.json'} --out DIR" in exc.hint
     assert "--guide" not in not_a_run(tmp_path / "s.json", "sweep").hint
+
+
+def test_a_before_and_after_pair_is_written_in_one_unit_that_adds_up():
+    """"peak 10.0 MiB → 5.01 MiB (−5.01 MiB)": each figure rounded on its own did not add up."""
+    from engine.format import MISSING, bytes_change
+
+    assert bytes_change(10.034 * 2**20, 5.014 * 2**20) == ("10.03 MiB", "5.01 MiB", "−5.02 MiB")
+    assert bytes_change(1.5 * 2**30, 700 * 2**20) == ("1.50 GiB", "0.68 GiB", "−0.82 GiB")
+    assert bytes_change(100, 150) == ("100 B", "150 B", "+50 B")
+    assert bytes_change(2048, 2048) == ("2.00 KiB", "2.00 KiB", "±0.00 KiB")
+    assert bytes_change(None, 5)[2] == MISSING
