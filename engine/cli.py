@@ -71,11 +71,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="demo | demo-encoder | PATH (folder or config.json) | HUB_ID | preset:NAME")
     p.add_argument("--workload", choices=WORKLOADS, default="forward")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=None,
+    p.add_argument("--seq", type=int, default=128, action=_Given,
                    help="sequence length (for generate: prompt length; with --prompt, the "
-                        "prompt's tokens; default: 128)")
-    p.add_argument("--new-tokens", type=int, default=None,
-                   help="generate: tokens after the prompt (default: 32)")
+                        "prompt's tokens; default: %(default)s)")
+    p.add_argument("--new-tokens", type=int, default=32, action=_Given,
+                   help="generate: tokens after the prompt (default: %(default)s)")
     p.add_argument("--prompt", default=None, help="prompt text (default: sample text or random ids)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", type=_dtype, default="auto",
@@ -126,9 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, default=1)
     e.add_argument("--seq", type=int, default=128,
                    help="sequence length (for generate: prompt length)")
-    e.add_argument("--new-tokens", type=int, default=None,
+    e.add_argument("--new-tokens", type=int, default=32, action=_Given,
                    help="generate: tokens after the prompt (each decode step is one more pass; "
-                        "default: 32)")
+                        "default: %(default)s)")
     e.add_argument("--dtype", type=_dtype, default="auto",
                    help=f"{' | '.join(DTYPES)} (or fp32, bf16, fp16); auto = what profile "
                         "would use (float32 for presets and configs)")
@@ -221,8 +221,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
     g.add_argument("--seq", type=int, default=128,
                    help="sequence length; for generate, the prompt's (default: %(default)s)")
-    g.add_argument("--new-tokens", type=int, default=None,
-                   help="tokens each generate run adds (default: 16)")
+    g.add_argument("--new-tokens", type=int, default=16, action=_Given,
+                   help="tokens each generate run adds (default: %(default)s)")
     g.add_argument("--repeats", type=int, default=3,
                    help="timing passes per run, whose median is the latency (default: "
                         "%(default)s)")
@@ -295,23 +295,27 @@ def _path_arg(text: str) -> Path:
     return Path(text)
 
 
+class _Given(argparse.Action):
+    """Stores the value and notes that the option was given (``args.given``): one left at its
+    default and one given with the default's value are told apart."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.__dict__.setdefault("given", set()).add(self.dest)
+
+
 def _unused_options(args: argparse.Namespace) -> None:
-    """Fill the defaults of options that only some workloads use, and say on stderr when one
-    was given but has no effect: ``--new-tokens 64`` on a forward run, or ``--seq 512`` beside
-    ``--prompt`` (the prompt's tokens set the length), were dropped without a word."""
-    if hasattr(args, "new_tokens"):
-        workloads = str(getattr(args, "workload", "") or "").split(",")
-        if args.new_tokens is None:
-            args.new_tokens = 16 if args.command == "guide" else 32
-        elif "generate" not in workloads:
-            print(f"memlens: note: --new-tokens {args.new_tokens} is ignored: only the generate "
-                  "workload adds tokens.", file=sys.stderr)
-    if args.command == "profile":
-        if args.seq is None:
-            args.seq = 128
-        elif args.prompt is not None:
-            print(f"memlens: note: --seq {args.seq} is ignored: the length is the --prompt "
-                  "text's tokens.", file=sys.stderr)
+    """Say on stderr when an option was given but has no effect: ``--new-tokens 64`` on a
+    forward run, or ``--seq 512`` beside ``--prompt`` (the prompt's tokens set the length),
+    were dropped without a word."""
+    given = getattr(args, "given", set())
+    workloads = str(getattr(args, "workload", "") or "").split(",")
+    if "new_tokens" in given and "generate" not in workloads:
+        print(f"memlens: note: --new-tokens {args.new_tokens} is ignored: only the generate "
+              "workload adds tokens.", file=sys.stderr)
+    if "seq" in given and getattr(args, "prompt", None) is not None:
+        print(f"memlens: note: --seq {args.seq} is ignored: the length is the --prompt "
+              "text's tokens.", file=sys.stderr)
 
 
 def _store_path(text: str) -> Path:
@@ -933,9 +937,9 @@ def _add_sweep_parsers(sub) -> None:
         p.add_argument("--model", default="demo",
                        help="preset:NAME | PATH (config.json or a folder with one) | demo")
         p.add_argument("--workload", choices=WORKLOADS, default="forward")
-        p.add_argument("--new-tokens", type=int, default=None,
+        p.add_argument("--new-tokens", type=int, default=32, action=_Given,
                        help="generate: tokens after the prompt (each is one more pass; "
-                            "default: 32)")
+                            "default: %(default)s)")
         p.add_argument("--dtype", type=_dtype, default="auto",
                        help=f"{' | '.join(DTYPES)} (or fp32, bf16, fp16)")
         p.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",

@@ -289,7 +289,7 @@ def test_cli_optimizations_and_compare(tmp_path, capsys):
     # the cast run's own in-process ratio is given beside the ratio between the saved runs
     cast = RunStore(tmp_path).load(ids[0])
     assert f"[1] ×{cast.deltas['latency_ratio']:.2f}; the ratio above" in out, out
-    assert "KL is against its own unoptimized model" in out
+    assert "KL, in nats per token, is against its own unoptimized model" in out
     # An estimate among the compared runs says so on its line (only its run id did).
     assert cli.main(store + ["estimate", "--model", "demo", "--seq", "32", "--save"]) == 0
     estimate_id = next(s.run_id for s in RunStore(tmp_path).list() if s.run_id not in ids)

@@ -979,23 +979,21 @@ def test_empty_output_paths_are_refused_not_taken_as_the_current_folder(argv, op
 
 def test_options_the_workload_does_not_use_are_named_not_dropped(tmp_path, capsys):
     """--new-tokens on a forward run, and --seq beside --prompt, had no effect and said
-    nothing; the defaults still apply when they are left out."""
-    import argparse
-
-    ns = argparse.Namespace(command="estimate", workload="forward", new_tokens=64)
-    cli._unused_options(ns)
+    nothing; left out (their defaults), nothing is said."""
+    parse = cli._parser().parse_args
+    args = parse(["estimate", "--new-tokens", "64"])
+    cli._unused_options(args)
     assert "--new-tokens 64 is ignored" in capsys.readouterr().err
-    ns = argparse.Namespace(command="guide", workload="forward,generate", new_tokens=None)
-    cli._unused_options(ns)
-    assert ns.new_tokens == 16 and capsys.readouterr().err == ""
-    ns = argparse.Namespace(command="profile", workload="generate", new_tokens=None, seq=512,
-                            prompt="hello")
-    cli._unused_options(ns)
-    assert ns.new_tokens == 32 and "--seq 512 is ignored" in capsys.readouterr().err
-    ns = argparse.Namespace(command="profile", workload="forward", new_tokens=None, seq=None,
-                            prompt=None)
-    cli._unused_options(ns)
-    assert (ns.new_tokens, ns.seq) == (32, 128) and capsys.readouterr().err == ""
+    for argv in (["estimate"], ["guide", "--out", "x", "--workload", "forward,generate",
+                                "--new-tokens", "8"],
+                 ["profile", "--workload", "generate", "--new-tokens", "32", "--seq", "128"]):
+        cli._unused_options(parse(argv))
+        assert capsys.readouterr().err == "", argv
+    args = parse(["profile", "--prompt", "hello", "--seq", "128"])  # (given, default's value)
+    cli._unused_options(args)
+    assert "--seq 128 is ignored" in capsys.readouterr().err
+    assert (parse(["profile"]).seq, parse(["profile"]).new_tokens) == (128, 32)
+    assert parse(["guide", "--out", "x"]).new_tokens == 16
     # through the command line: a real run that still works, with the note on stderr
     assert cli.main(["--store", str(tmp_path), "estimate", "--seq", "8",
                      "--new-tokens", "4"]) == cli.EXIT_OK
