@@ -276,6 +276,14 @@ def _fill(entry: Entry, result: Any) -> None:
                       "plain_latency_ms": t.plain_latency_ms}
     if getattr(t, "compile_seconds", None) is not None:
         entry.measured["compile_seconds"] = t.compile_seconds
+    applied = list(result.optimizations or [])
+    if len(applied) == 1 and applied[0].get("changed_bytes_before"):
+        # (the claim's ratio is over what the technique changed: int8 Linear weights a quarter
+        # of float32, beside a tied embedding it leaves as it was)
+        entry.measured["changed_weights"] = {
+            "modules": applied[0].get("modules_changed"),
+            "before": applied[0]["changed_bytes_before"],
+            "after": applied[0].get("changed_bytes_after")}
     entry.baseline["parameters"] = base.get("parameters")
     # Where the unoptimized peak goes (the guide's line above each workload's table).
     entry.baseline["at_peak"] = {part: base.get(key) for part, key in _PEAK_PARTS
@@ -313,6 +321,13 @@ def expected_ratio(entry: Entry) -> tuple[float, float] | None:
     return expected if isinstance(expected, tuple) else None
 
 
+def expected_ratio_of_changed(entry: Entry) -> bool:
+    """The claim's ratio is judged over the modules the technique changed, not the whole
+    model: a quantization's (its bytes per element against the float weights it replaced),
+    not fp8's, whose claim is already one byte per parameter of the whole model."""
+    return MAGNITUDES.get(entry.specs[0].split(":", 1)[0]) != "fp8-weights"
+
+
 def verdict(entry: Entry) -> str:
     """The claim against the numbers: its direction, then the amount where it names one."""
     key = _QUANTITY_KEYS[entry.claimed_quantity]
@@ -326,6 +341,9 @@ def verdict(entry: Entry) -> str:
     expected = expected_ratio(entry)
     if expected is None or not before:
         return "as claimed"
+    changed = entry.measured.get("changed_weights") if key == "model_weights_bytes" else None
+    if changed and changed.get("after") is not None and expected_ratio_of_changed(entry):
+        before, after = changed["before"], changed["after"]
     ratio, (low, high) = after / before, expected
     if low * (1 - MAGNITUDE_TOLERANCE) <= ratio <= high * (1 + MAGNITUDE_TOLERANCE):
         return "as claimed"
@@ -363,9 +381,19 @@ def note(entry: Entry) -> str:
             parts.append(f"Measured {entry.claimed_quantity}: {b[key]:.2f} → {m[key]:.2f} ms "
                          f"({_pct(m[key], b[key])}): {entry.verdict}.")
         else:
+            changed = m.get("changed_weights") if key == "model_weights_bytes" else None
+            over = ""
+            if (changed and changed.get("after") is not None and len(entry.specs) == 1
+                    and expected_ratio(entry) and expected_ratio_of_changed(entry)):
+                rest = b[key] - changed["before"]
+                over = (f"; over the {changed['modules']} module(s) it changed "
+                        f"{human_bytes(changed['before'])} → {human_bytes(changed['after'])} "
+                        f"(×{changed['after'] / changed['before']:.2f})"
+                        + (f", beside {human_bytes(rest)} it left as it was" if rest > 0
+                           else ""))
             parts.append(f"Measured {entry.claimed_quantity.replace('_', ' ')}: "
                          f"{human_bytes(b[key])} → {human_bytes(m[key])} "
-                         f"({_pct(m[key], b[key])}): {entry.verdict}.")
+                         f"({_pct(m[key], b[key])}){over}: {entry.verdict}.")
     if key != "peak_bytes" and b.get("peak_bytes") is not None:
         parts.append(f"Peak {human_bytes(b['peak_bytes'])} → {human_bytes(m['peak_bytes'])} "
                      f"({_pct(m['peak_bytes'], b['peak_bytes'])}).")

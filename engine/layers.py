@@ -296,17 +296,20 @@ def weights_dtype(model: nn.Module) -> str | None:
 def unique_nbytes(tensors: list[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors`` (shared storages counted once; wrapper
     subclasses such as torchao's quantized weights counted by their inner tensors)."""
+    return sum(storage_nbytes(tensors).values())
+
+
+def storage_nbytes(tensors: list[torch.Tensor]) -> dict[Any, int]:
+    """The distinct storages behind ``tensors``, each with its bytes (as :func:`unique_nbytes`
+    counts them); merged across calls made at one moment, shared storages still count once."""
     from .accounting import leaves, storage_key
 
-    seen: set[int] = set()
-    total = 0
+    out: dict[Any, int] = {}
     for t in (leaf for x in tensors for leaf in leaves(x)):
         if t.is_meta:
-            total += t.numel() * t.element_size()
+            out[("meta", id(t))] = t.numel() * t.element_size()
             continue
         key = storage_key(t)
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.untyped_storage().nbytes()
-    return total
+        if key not in out:
+            out[key] = t.untyped_storage().nbytes()
+    return out

@@ -27,7 +27,7 @@ from torch import nn
 from .accounting import is_fake
 from .config import DTYPE_ALIASES
 from .errors import Cancelled, ErrorKind, MemLensError
-from .layers import module_weight_tensors, unique_nbytes
+from .layers import module_weight_tensors, storage_nbytes, unique_nbytes
 from .quiet import quiet_import
 
 
@@ -116,11 +116,25 @@ class Applied:
     modules_touched: int = 0
     weights_bytes_before: int = 0
     weights_bytes_after: int = 0
+    # The modules whose own weight bytes it changed, and their bytes before and after (shared
+    # storages once): a claim such as "int8 is a quarter of float32" holds over these, while
+    # the whole model's ratio also holds what it left alone (a tied embedding, norms).
+    modules_changed: int = 0
+    changed_bytes_before: int = 0
+    changed_bytes_after: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+def _own_storages(model: nn.Module) -> dict[str, dict[Any, int]]:
+    """Each module's own weight storages (not its children's) with their bytes. Every tensor is
+    held until all are keyed: a packed weight is unpacked into a temporary, and a freed one's
+    address, reused by the next, made two modules' weights one storage."""
+    held = {name: module_weight_tensors(module) for name, module in model.named_modules()}
+    return {name: storage_nbytes(tensors) for name, tensors in held.items()}
 
 
 def weights_bytes(model: nn.Module) -> int:
@@ -204,11 +218,23 @@ class Optimization:
     def apply(self, model: nn.Module, params: dict[str, Any], hooks: RunHooks,
               device: torch.device) -> Applied:
         before = weights_bytes(model)
+        own_before = _own_storages(model)
         t0 = time.perf_counter()
         record = Applied(self.id, self.name, dict(params), weights_bytes_before=before)
         self._apply(model, params, hooks, device, record)
         record.seconds = time.perf_counter() - t0
         record.weights_bytes_after = weights_bytes(model)
+        own_after = _own_storages(model)
+        changed = [name for name in own_before.keys() | own_after.keys()
+                   if sum(own_before.get(name, {}).values())
+                   != sum(own_after.get(name, {}).values())]
+        record.modules_changed = len(changed)
+        for own, field_name in ((own_before, "changed_bytes_before"),
+                                (own_after, "changed_bytes_after")):
+            merged: dict[Any, int] = {}
+            for name in changed:
+                merged.update(own.get(name, {}))
+            setattr(record, field_name, sum(merged.values()))
         return record
 
     def _apply(self, model: nn.Module, params: dict[str, Any], hooks: RunHooks,

@@ -244,6 +244,42 @@ def test_verdicts_weigh_the_amount_a_claim_names():
     assert verdict(entry("cast:dtype=bfloat16", 1000, 1200)) == "contrary to the claim"
 
 
+def test_a_quantization_claim_is_judged_over_the_modules_it_changed():
+    """int8 Linear weights went exactly ×0.25 (8.16 → 2.04 MiB) but the guide said "partly:
+    ×0.37", the whole model's ratio, which holds a tied embedding no technique touches. The
+    run now records the bytes of the modules each technique changed; the note gives both."""
+    import torch
+
+    from engine.config import RunConfig
+    from engine.guide import Entry, note, verdict
+    from engine.models import load_model
+    from engine.optimizations import RunHooks, parse_spec, resolve
+
+    model = load_model(RunConfig(model="preset:tiny-llama")).model
+    ((opt, params),) = resolve([parse_spec("int8-dynamic")], "forward", "cpu")
+    applied = opt.apply(model, params, RunHooks(), torch.device("cpu"))
+    assert applied.modules_changed == applied.modules_touched > 0
+    assert applied.changed_bytes_after / applied.changed_bytes_before == pytest.approx(0.25,
+                                                                                        abs=0.01)
+    assert applied.weights_bytes_after / applied.weights_bytes_before > 0.3  # embeddings stay
+    e = Entry(workload="forward", specs=["int8-dynamic"], claimed_quantity="weights",
+              claim="int8 weights are a quarter of float32",
+              baseline={"model_weights_bytes": applied.weights_bytes_before},
+              measured={"model_weights_bytes": applied.weights_bytes_after,
+                        "changed_weights": {"modules": applied.modules_changed,
+                                            "before": applied.changed_bytes_before,
+                                            "after": applied.changed_bytes_after}})
+    e.verdict = verdict(e)
+    assert e.verdict == "as claimed"
+    text = note(e)
+    assert f"over the {applied.modules_changed} module(s) it changed" in text and "(×0.25)" in text
+    assert "it left as it was" in text
+    # fp8's claim is one byte per parameter of the whole model: not re-based
+    e.specs = ["torchao-fp8"]
+    e.baseline["parameters"] = applied.weights_bytes_before // 4
+    assert "over the" not in note(e)
+
+
 @pytest.mark.fault(area="inputs", case="memlens guide on a missing model or with batch 0",
                    outcome="refused once, before any run, with the cause and the fix; exit 1 or 2 "
                            "and no guide written")
