@@ -751,8 +751,9 @@ class _Run:
             return out
 
         for r in range(cfg.repeats):
-            self.progress(stage, r / cfg.repeats,
-                          f"{'baseline ' if stage == 'baseline' else ''}timing pass "
+            # (the stage, "baseline" or "timing", is shown beside the message: "baseline 0% ·
+            # baseline timing pass 1/1" said it twice)
+            self.progress(stage, r / cfg.repeats, "timing pass "
                           f"{r + 1}/{cfg.repeats}")
             wl.sync(device)
             t0 = time.perf_counter()

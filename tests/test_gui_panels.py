@@ -143,7 +143,8 @@ def test_attention_panel_renders_the_grid_and_the_capture_line(qtbot):
     assert tuple(panel.grid_images[1][3].levels) == pytest.approx(panel.grid_levels)
     caption = panel.caption_text()
     assert caption.startswith("Captured with eager attention (the run used sdpa): one extra "
-                              "forward of 12.3 ms vs 8.10 ms, peak 1.20 MiB vs 922 KiB.")
+                              "forward, 12.3 ms and peak 1.20 MiB, against 8.10 ms and 922 KiB "
+                              "for a plain forward measured beside it.")
     assert "2 layers × 4 heads" in caption and "downsampled" not in caption
     # The large view starts on layer 0, head 0, with every token labelled (40 <= 64).
     assert panel.selected == (0, 0)
