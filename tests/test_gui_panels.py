@@ -130,6 +130,29 @@ def make_window(qtbot, execute=None, store=None) -> MainWindow:
 
 
 # -- attention panel ---------------------------------------------------------------------------
+def test_a_short_narrow_attention_panel_keeps_its_maps_whole(qtbot):
+    """At 1024 × 700 the tab is about 430 × 250: the four-line caption left the maps a strip,
+    the grid lost its last heads and the colour bar its numbers. There the caption says what
+    the maps hold (the rest in its tooltip) and the entropy bars fold into one line."""
+    panel = make_panel(qtbot)
+    panel.render(make_maps(), capture_info())
+    panel.resize(430, 250)
+    qtbot.waitUntil(lambda: panel.entropy_pane.isHidden())
+    assert not panel.entropy_inline.isHidden()
+    assert panel.entropy_inline.text().startswith("entropy ") and "nats" in panel.entropy_inline.text()
+    assert panel.caption.text().startswith("2 layers × 4 heads") and "hover here" in panel.caption.text()
+    assert panel.caption.toolTip() == panel.caption_text()
+    assert panel.caption_text().startswith("Captured with eager attention")
+    # what pyqtgraph lays out fits each pane (the right of it was cut)
+    for widget, item in ((panel.grid_widget, panel.grid_plot),
+                         (panel.large_widget, panel.colorbar)):
+        assert item.geometry().right() <= widget.width(), (widget, item.geometry())
+    panel.resize(900, 450)
+    qtbot.waitUntil(lambda: not panel.entropy_pane.isHidden())
+    assert panel.entropy_inline.isHidden() and panel.caption.text() == panel.caption_text()
+    assert panel.caption.toolTip() == ""
+
+
 def test_attention_panel_renders_the_grid_and_the_capture_line(qtbot):
     panel = make_panel(qtbot)
     maps = make_maps()

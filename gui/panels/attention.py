@@ -85,22 +85,31 @@ def token_label(token: str, limit: int = 8) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def capture_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None) -> str:
-    """How the maps were captured and what that cost, from the run's ``attention`` record."""
+def shape_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None) -> str:
+    """What the maps hold: "6 layers × 6 heads, batch row 0, 32 tokens." (and a downsampling)."""
+    return capture_text(info, maps, cost=False)
+
+
+def capture_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None,
+                 cost: bool = True) -> str:
+    """How the maps were captured and what that cost, from the run's ``attention`` record
+    (without ``cost``: only what they hold)."""
     parts: list[str] = []
-    if info and info.get("captured"):
+    if not cost:
+        pass
+    elif info and info.get("captured"):
         used = info.get("implementation_used") or "eager"
         original = info.get("original_implementation")
         how = f"Captured with {used} attention"
         if original and original != used:
             how += f" (the run used {original})"
-        cost = info.get("cost") or {}
+        spent = info.get("cost") or {}
         # (the pair is measured side by side in the capture step: "peak 10.0 MiB vs" beside
         # the run's own 9.94 MiB peak read as a contradiction)
-        how += (f": one extra forward, {human_ms(cost.get('forward_ms'))} and peak "
-                f"{human_bytes(cost.get('peak_bytes'))}, against "
-                f"{human_ms(cost.get('plain_forward_ms'))} and "
-                f"{human_bytes(cost.get('plain_peak_bytes'))} for a plain forward measured "
+        how += (f": one extra forward, {human_ms(spent.get('forward_ms'))} and peak "
+                f"{human_bytes(spent.get('peak_bytes'))}, against "
+                f"{human_ms(spent.get('plain_forward_ms'))} and "
+                f"{human_bytes(spent.get('plain_peak_bytes'))} for a plain forward measured "
                 "beside it")
         parts.append(how + ".")
     else:
@@ -123,6 +132,9 @@ def capture_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None) -> 
 
 
 TOP_PERCENTILE = 99.0
+COMPACT_CAPTION_BELOW = 360  # panel height (px) under which the caption keeps to its first line
+NARROW_BELOW = 560  # panel width (px) under which the entropy bars fold away (above the
+# three panes' minimum widths, 500 px: shown, they would hold the panel at that width)
 
 
 def _top(values: np.ndarray) -> float:
@@ -182,6 +194,7 @@ class AttentionPanel(QWidget):
         self.message.setStyleSheet(_message_style(theme.current()))
 
         self.caption = QLabel()
+        self._caption_full = self._caption_short = ""
         self.caption.setWordWrap(True)
         self.caption.setStyleSheet("font-size: 11px;")
         self.caption.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -193,6 +206,7 @@ class AttentionPanel(QWidget):
         self.grid_plot = self.grid_widget.addPlot(row=0, col=0)
         _style(self.grid_plot)
         self.grid_plot.setTitle("Layers × heads", color=theme.current().text, size="9pt")
+        self._narrow = False
         self.grid_widget.setToolTip("Click a tile to show that head in the large view")
         self.grid_plot.setLabel("left", "layer")
         self.grid_plot.setLabel("bottom", "head")
@@ -207,6 +221,9 @@ class AttentionPanel(QWidget):
         self._highlight.setVisible(False)
         self.grid_plot.addItem(self._highlight, ignoreBounds=True)
         self.grid_widget.scene().sigMouseClicked.connect(self._on_grid_clicked)
+        # Every tile in view at any size: with the aspect locked, a pane narrowed after the
+        # maps arrived kept the rows in view and cut the last heads off.
+        grid_view.sigResized.connect(self._fit_grid)
 
         # Selection controls.
         self.layer_spin = QSpinBox()
@@ -234,6 +251,7 @@ class AttentionPanel(QWidget):
         self.colorbar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=_CMAP, interactive=False,
                                         width=12, colorMapMenu=False)
         self.colorbar.axis.setTextPen(_TEXT)
+        self.colorbar.axis.setWidth(32)  # ("0.97" showed as "0." in a narrow pane)
         self.large_widget.addItem(self.colorbar, row=0, col=1)
         large_view.sigResized.connect(self._on_large_view_changed)
         large_view.sigRangeChanged.connect(self._on_large_view_changed)
@@ -250,6 +268,10 @@ class AttentionPanel(QWidget):
                                             brush=BAR_COLOR)
         self.entropy_plot.addItem(self.entropy_bars)
         self.entropy_label = QLabel()
+        self.entropy_inline = QLabel()  # the same figures on one line, while the bars are folded
+        self.entropy_inline.setToolTip("Drag the divider at the right edge, or widen the "
+                                       "window, for the entropy bars of every head")
+        self.entropy_inline.hide()
         self.entropy_label.setWordWrap(True)
         self.entropy_label.setStyleSheet(f"color: {theme.current().axis};")
         tip = ("Entropy of each head's attention rows, −Σ p ln p in nats, averaged over query "
@@ -276,20 +298,25 @@ class AttentionPanel(QWidget):
         controls.addWidget(QLabel("Head"))
         controls.addWidget(self.head_spin)
         controls.addWidget(self.mean_check)
+        controls.addWidget(self.entropy_inline)
         controls.addStretch(1)
-        entropy = QWidget()
+        entropy = self.entropy_pane = QWidget()
         entropy_layout = QVBoxLayout(entropy)
         entropy_layout.setContentsMargins(0, 0, 0, 0)
         entropy_layout.addWidget(self.entropy_widget, 1)
         entropy_layout.addWidget(self.entropy_label)
-        for widget in (self.grid_widget, self.large_widget):
-            widget.setMinimumWidth(120)
-        split = QSplitter(Qt.Orientation.Horizontal)
+        # Room for what pyqtgraph lays out (wider, and the right of it was cut: the last heads
+        # of the grid, the large view's colour bar); in a narrow pane (a 1024-pixel window)
+        # the entropy bars fold away instead (_fit_narrow), their figures said beside the
+        # layer and head boxes.
+        self.grid_widget.setMinimumWidth(170)
+        self.large_widget.setMinimumWidth(222)
+        split = self.split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.grid_widget)
         split.addWidget(self.large_widget)
         split.addWidget(entropy)
-        split.setSizes([190, 320, 130])
-        split.setStretchFactor(0, 2)
+        split.setSizes([160, 360, 110])
+        split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 4)
         split.setStretchFactor(2, 1)
         content = QWidget()
@@ -326,7 +353,31 @@ class AttentionPanel(QWidget):
         return self.message.text() if self.stack.currentIndex() == 0 else ""
 
     def caption_text(self) -> str:
-        return self.caption.text()
+        """The whole caption (shown, or in its tooltip while the panel is short)."""
+        return self._caption_full
+
+    def _fit_caption(self) -> None:
+        """In a short panel (a 700-pixel window) the caption's four lines left the maps a
+        strip: there it says what the maps hold, and the capture's cost and the colour scales
+        are in its tooltip."""
+        compact = bool(self._caption_full) and self.height() < COMPACT_CAPTION_BELOW
+        self.caption.setText(self._caption_short + " Capture cost and colour scales: hover here."
+                             if compact else self._caption_full)
+        self.caption.setToolTip(self._caption_full if compact else "")
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._fit_caption()
+        self._fit_narrow()
+
+    def _fit_narrow(self) -> None:
+        narrow = self.width() < NARROW_BELOW
+        if narrow == self._narrow:
+            return
+        self._narrow = narrow
+        # (hidden, not collapsed: a collapsed pane's minimum width still widened the panel)
+        self.entropy_pane.setVisible(not narrow)
+        self.entropy_inline.setVisible(narrow)
 
     def clear(self, message: str = NO_MAPS) -> None:
         self.maps, self.info, self.layer_ids, self.grid_tiles = None, None, [], []
@@ -337,8 +388,10 @@ class AttentionPanel(QWidget):
         self.large_image.clear()
         self._highlight.setVisible(False)
         self.entropy_bars.setOpts(x0=[0.0], y=[0.0], width=[0.0], brushes=None)
-        self.caption.clear()
+        self._caption_full = self._caption_short = ""
+        self._fit_caption()
         self.entropy_label.clear()
+        self.entropy_inline.clear()
         self.message.setText(message)
         self.stack.setCurrentIndex(0)
 
@@ -358,11 +411,13 @@ class AttentionPanel(QWidget):
         if maps is not self.maps:
             self._set_maps(maps)
         tiles = self.grid_tiles[0].shape[-1] if self.grid_tiles else 0
-        self.caption.setText(capture_text(self.info, maps) +
-                             f" Grid: ≤ {tiles} × {tiles} block means, all tiles on one "
-                             f"scale 0–{self.grid_levels[1]:.3g} (the colour bar is the large "
-                             f"view's; each scale ends at the {TOP_PERCENTILE:.0f}th percentile "
-                             "of its weights above 0, brighter ones saturate).")
+        self._caption_full = (capture_text(self.info, maps) +
+                              f" Grid: ≤ {tiles} × {tiles} block means, all tiles on one "
+                              f"scale 0–{self.grid_levels[1]:.3g} (the colour bar is the large "
+                              f"view's; each scale ends at the {TOP_PERCENTILE:.0f}th "
+                              "percentile of its weights above 0, brighter ones saturate).")
+        self._caption_short = shape_text(self.info, maps)
+        self._fit_caption()
         self.stack.setCurrentIndex(1)
 
     def select(self, layer: int, head: int | None = None) -> None:
@@ -486,8 +541,13 @@ class AttentionPanel(QWidget):
         value = float(self.entropy.mean() if mean else self.entropy[head])
         self.entropy_label.setText(f"Entropy (nats) per head\n{shown}: {value:.2f}\n"
                                    f"uniform ({k} keys): {math.log(k):.2f}")
+        self.entropy_inline.setText(f"entropy {value:.2f} nats (uniform {math.log(k):.2f})")
 
     @Slot()
+    def _fit_grid(self, *_args: object) -> None:
+        if self.grid_tiles:
+            self.grid_plot.getViewBox().autoRange(padding=0.02)
+
     def _on_large_view_changed(self, *_args: object) -> None:
         self._apply_token_ticks()
 
