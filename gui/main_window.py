@@ -500,8 +500,9 @@ class MainWindow(QMainWindow):
         except MemLensError as exc:
             self.status.show_error(exc.message, exc.hint)
             self.log.error(exc.message, exc.hint, "invalid_workload")
-            # the page says it too (it kept showing the previous result, as if it were this one)
-            self.sweep_panel.clear(f"Not run: {exc.message} {exc.hint}".strip())
+            # the page says it too (it kept showing the previous result, as if it were this
+            # one), above the previous result, kept and named as such
+            self.sweep_panel.refuse(f"Not run: {exc.message} {exc.hint}".strip())
             self.workspace.setCurrentWidget(self.sweep_panel)
             return False
         config.update({"mode": mode, "job": job, "attention_maps": False,

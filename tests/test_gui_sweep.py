@@ -132,6 +132,18 @@ def test_what_fits_by_batch_from_the_window(qtbot, tmp_path):
     assert values and all(float(v).is_integer() for v in values), values
     ARTIFACTS.mkdir(exist_ok=True)
     assert window.grab().save(str(ARTIFACTS / "fit_page.png"))
+    # a typing slip in the budget: refused above the answer, which stays and is named the
+    # previous one (clearing it lost the search; keeping it silently passed it off as new)
+    page.budget_edit.setText("banana")
+    assert not window.run_fit()
+    assert page.record is record and page.table.rowCount() > 0
+    assert page.message.text().startswith("Not run: Cannot read the memory size")
+    assert "Below, unchanged: the previous search. ESTIMATE — the largest batch" in \
+        page.message.text()
+    page.budget_edit.setText("bananas")  # again: the previous search is named once
+    assert not window.run_fit()
+    assert page.message.text().count("Below, unchanged") == 1
+    page.budget_edit.setText(str(budget))
     assert FitRecord.from_dict(json.loads(window.save_sweep(tmp_path / "f.json").read_text())
                                ) == record
     # the inputs are remembered for the next session

@@ -305,6 +305,18 @@ class SweepPanel(QWidget):
         if text:
             self.message.setText(text)
 
+    def refuse(self, text: str) -> None:
+        """A sweep or fit refused before it ran (a budget that is not a size): ``text`` says
+        why, above the result already on the page, which is said to be the previous one
+        (clearing it lost a sweep for a typing slip; keeping it silently passed it off as
+        this one's answer)."""
+        if self.record is None:
+            self.clear(text)
+            return
+        kind = "sweep" if self._mode == "sweep" else "search"
+        self.message.setText(f"{text} Below, unchanged: the previous {kind}. "
+                             f"{self._record_message}")
+
     def start(self, mode: str, text: str) -> None:
         """A job has started: empty the page and show ``text``."""
         self.clear(text, "Searching: the answer is drawn when it is found." if mode == "fit"
@@ -346,6 +358,7 @@ class SweepPanel(QWidget):
             text += (f" (limit {human_bytes(record.measure_limit_bytes)} of "
                      f"{human_bytes(record.available_bytes)} available)")
         self.message.setText(text + ".")
+        self._record_message = self.message.text()
         self.latency_widget.setVisible(any(p.latency_ms is not None for p in record.points))
         self.save_button.setEnabled(True)
 
@@ -359,6 +372,7 @@ class SweepPanel(QWidget):
             f"ESTIMATE — the {what} that fits {record.budget_description}, for {record.model} · "
             f"{record.workload} ({len(record.answers)} answer(s), {record.duration_s:.1f} s). "
             + " ".join(record.notes))
+        self._record_message = self.message.text()
         self.save_button.setEnabled(True)
 
     def _curve_key(self, p: Any) -> tuple[str, int]:
