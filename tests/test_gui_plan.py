@@ -97,6 +97,10 @@ def test_an_fsdp2_training_plan(qtbot, tmp_path):
     assert plan_and_wait(qtbot, window) == []
     legend = [label.text for _, label in page.legend.items]
     assert any("budget 80.0 GiB: above the scale" in t for t in legend), legend
+    # whole: "< 0.1%" in the legend's HTML opened a tag that swallowed the rest of the line
+    assert any("(the tallest bar is &lt; 0.1% of it)" in t for t in legend), legend
+    # two devices' rows stay in view in a 700-pixel window (one showed, under the notes)
+    assert page.table.minimumHeight() >= 4 * page.table.fontMetrics().lineSpacing()
     top = page.plot.getViewBox().viewRange()[1][1]
     assert top < 1024, top  # the axis is in KiB or MiB, not up to 80 GiB
 

@@ -5,6 +5,8 @@ here measures.
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Slot
@@ -269,7 +271,8 @@ class ComparePanel(QWidget):
             item.setOpts(x=x[shown] - 0.4 + width * (i + 0.5), height=heights[shown],
                          width=width * 0.92, brush=pg.mkBrush(run_color(i)))
             item.setVisible(True)
-            self.legend.addItem(item, f"{c.tag(i)} {name}")
+            # (escaped: the legend reads HTML, and a run's label is the user's text)
+            self.legend.addItem(item, html.escape(f"{c.tag(i)} {name}"))
 
         self.bars_plot.setTitle("Δ at peak by layer, against [0]" if delta
                                 else "Memory at peak by layer", color=theme.current().text)

@@ -9,6 +9,7 @@ the record; it computes nothing.
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import numpy as np
@@ -182,9 +183,15 @@ class PlanPanel(QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.resizeColumnsToContents()  # the headers whole ("Offload in transit") at once
         show_placeholder(self.plot, PLAN_EMPTY)
+        # Two devices' rows (a row wraps to two lines when it names its modules) stay in view
+        # in a 700-pixel window, where the notes below (which scroll) took the room.
+        line = self.table.fontMetrics().lineSpacing()
+        self.table.setMinimumHeight(self.table.horizontalHeader().sizeHint().height()
+                                    + 4 * (line + 6) + 18)
         self.notes = QPlainTextEdit()
         self.notes.setReadOnly(True)
         self.notes.setMaximumHeight(130)
+        self.notes.setMinimumHeight(3 * line + 12)
 
         lower = QWidget()
         lower_layout = QVBoxLayout(lower)
@@ -334,8 +341,12 @@ class PlanPanel(QWidget):
             top = max(b or 0 for b in budgets)
             self.legend.addItem(pg.PlotDataItem(pen=pg.mkPen("#d62728", width=2,
                                                              style=Qt.PenStyle.DashLine)),
-                                f"{line} {human_bytes(top)}: above the scale (the tallest bar "
-                                f"is {_share(tallest, top)} of it)" if off_scale else line)
+                                # (escaped: the legend reads HTML, and "< 0.1%" opened a tag
+                                # that swallowed the rest of the line)
+                                html.escape(f"{line} {human_bytes(top)}: above the scale")
+                                + html.escape(f"\n(the tallest bar is {_share(tallest, top)} "
+                                              "of it)").replace("\n", "<br>")
+                                if off_scale else html.escape(line))
         self.plot.getAxis("bottom").setTicks([list(enumerate(labels)), []])
         self.plot.setXRange(-0.6, len(labels) - 0.4, padding=0)
         self.plot.setYRange(0, largest / scale * 1.08, padding=0)

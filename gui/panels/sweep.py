@@ -462,9 +462,11 @@ class SweepPanel(QWidget):
         # would flatten them all at the bottom of the scale: it is named, not drawn.
         budget_drawn = bool(budget) and (not top_peak or budget <= 4 * top_peak)
         unit, MIB = byte_unit(max(top_peak, budget if budget_drawn else 0))
+        # (a second line for the budget: on one line the title was wider than a 1024-pixel
+        # window's page, and pyqtgraph cut the plot's right side with it)
         _style(self.memory_plot, "Estimated peak at each tested point (ESTIMATE); ★ the answer"
                + ("" if budget_drawn or not budget else
-                  f"; budget {human_bytes(budget)}: above the scale"), unit, x_name)
+                  f"<br>budget {human_bytes(budget)}: above the scale"), unit, x_name)
         # A batch is a whole number: ticks at whole batches, a round step apart (pyqtgraph's
         # own choice put ticks at 1.5 and 2.5); sequence lengths keep pyqtgraph's ticks.
         bottom = self.memory_plot.getAxis("bottom")
