@@ -215,12 +215,13 @@ class ComparePanel(QWidget):
             # its first-ranked one, contradicting the guide's own table)
             text = (f"{len(runs)} runs, ranked as in the guide's table; each one's Δ peak and "
                     "× latency are against the unoptimized model measured in the same run. "
-                    "Each run's bars plus its unattributed bytes add up to its peak.")
+                    "Each run's bars (in its colour in the table's Run column) plus its "
+                    "unattributed bytes add up to its peak.")
             self.delta_check.setChecked(False)
         else:
             text = (f"Comparing {len(runs)} runs; [0] {runs[0].run_id} is the reference"
-                    f"{f' ({why})' if why else ''}. Each run's bars plus its unattributed "
-                    "bytes add up to its peak.")
+                    f"{f' ({why})' if why else ''}. Each run's bars (in its colour in the "
+                    "table's Run column) plus its unattributed bytes add up to its peak.")
         self.delta_check.setVisible(not comparison.against_own)
         own = comparison.against_own
         self.table.horizontalHeaderItem(TABLE_COLUMNS.index("Δ peak")).setToolTip(
@@ -368,6 +369,10 @@ class ComparePanel(QWidget):
             # far apart; the axis spans at least 2% of the value, centred on them
             mid, half = (max(ys) + min(ys)) / 2, MIN_QUALITY_SPAN * abs(max(ys, key=abs)) / 2
             self.scatter_plot.setYRange(mid - half, mid + half, padding=0.05)
+        elif ys:
+            # room above the highest point for its label ("[2]" was cut at the top edge)
+            span = max(ys) - min(ys)
+            self.scatter_plot.setYRange(min(ys) - 0.1 * span, max(ys) + 0.3 * span, padding=0)
 
     def _render_table(self) -> None:
         c = self.comparison
