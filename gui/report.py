@@ -765,6 +765,8 @@ def write_pdf(html_text: str, shots: Sequence[Shot], path: Path,
         doc.setHtml(html_text)
         _repeat_table_headers(doc)
         doc.setPageSize(QSizeF(rect.width() * 96 / 72, rect.height() * 96 / 72))
+        _fit_table_columns(doc, doc.textWidth() if doc.textWidth() > 0
+                           else rect.width() * 96 / 72 - 2 * doc.documentMargin())
         return doc
 
     # The headings to move are found on a copy laid out for the purpose: a document laid out
@@ -811,6 +813,75 @@ def _repeat_table_headers(doc: Any) -> int:
             fmt.setHeaderRowCount(1)
             table.setFormat(fmt)
             changed += 1
+    return changed
+
+
+def _cell_text(cell: Any) -> str:
+    from PySide6.QtGui import QTextCursor
+
+    cursor = cell.firstCursorPosition()
+    cursor.setPosition(cell.lastCursorPosition().position(), QTextCursor.MoveMode.KeepAnchor)
+    return cursor.selectedText()
+
+
+LONGEST_WORD_SHARE = 0.3  # of a table's width: the most one column's longest word is given
+
+
+def _fit_table_columns(doc: Any, width: float) -> int:
+    """Column widths that keep each column's longest word whole where the page allows: Qt
+    shares a table's width by its cells' text, and a column of ids beside long sentences came
+    out so narrow that "quanto-weights:weights=qint4" broke every few letters (and a header,
+    "optimizat|ions"). A table whose text fits on one line per cell is left as it is. Returns
+    the tables changed."""
+    from PySide6.QtGui import QFont, QFontMetricsF, QTextLength
+
+    changed = 0
+    for table in _tables(doc):
+        n = table.columns()
+        if n < 2:
+            continue
+        fmt = table.format()
+        pad = 2 * (fmt.cellPadding() + fmt.border()) + 2
+        word = [0.0] * n
+        whole = [0.0] * n
+        fixed = [False] * n
+        for r in range(table.rows()):
+            for c in range(n):
+                cell = table.cellAt(r, c)
+                if cell.columnSpan() > 1:
+                    continue
+                font = QFont(doc.defaultFont())
+                if cell.firstCursorPosition().charFormat().fontWeight() >= QFont.Weight.Bold:
+                    font.setBold(True)
+                metrics = QFontMetricsF(font)
+                text = _cell_text(cell)
+                lines = text.split("\u2029") if text else [""]
+                # (a cell that never wraps, white-space: nowrap, is one word as wide as it is)
+                nowrap = cell.firstCursorPosition().block().blockFormat().nonBreakableLines()
+                fixed[c] = fixed[c] or nowrap
+                # (a tenth more: the PDF's glyphs set a little wider than the screen metrics)
+                word[c] = max([word[c]] + [1.1 * metrics.horizontalAdvance(w) + pad
+                                            for line in lines
+                                            for w in ([line] if nowrap else line.split())])
+                whole[c] = max([whole[c]] + [metrics.horizontalAdvance(line) + pad
+                                             for line in lines])
+        room = width - fmt.leftMargin() - fmt.rightMargin() - (n + 1) * fmt.cellSpacing()
+        if sum(whole) <= room or room <= 0:
+            continue
+        # (a very long word, "prune-unstructured:amount=0.5,permanent=false", breaks rather
+        # than take the page from every other column's words)
+        word = [w if f else min(w, LONGEST_WORD_SHARE * room) for w, f in zip(word, fixed)]
+        if sum(word) >= room:  # not every word fits whole: shrink them alike
+            widths = [w * room / sum(word) for w in word]
+        else:  # each word whole, the rest shared by how much more each column would take
+            extra = [max(b - a, 0.0) for a, b in zip(word, whole)]
+            spare = room - sum(word)
+            widths = [a + (spare * e / sum(extra) if sum(extra) else spare / n)
+                      for a, e in zip(word, extra)]
+        fmt.setColumnWidthConstraints([
+            QTextLength(QTextLength.Type.PercentageLength, 100.0 * w / room) for w in widths])
+        table.setFormat(fmt)
+        changed += 1
     return changed
 
 
