@@ -252,31 +252,38 @@ def render_run_panels(result: RunResult, folder: Path, prefix: str,
 
 
 def render_compare_panel(results: Sequence[RunResult], folder: Path,
-                         name: str = "compare.png", against_own: bool = False) -> Shot:
+                         name: str = "compare.png", against_own: bool = False,
+                         table: bool = True) -> Shot:
     """The compare view of ``results``; ``against_own`` (the guide's picture) sets each run
-    against its own unoptimized model, numbered #1… as the guide's table, not against [0]."""
+    against its own unoptimized model, numbered #1… as the guide's table, not against [0].
+    Without ``table``, the charts alone (the guide's own ranked table gives the figures: its
+    13 rows shrunk to the page's width with the charts could not be read on paper)."""
     from engine.compare import compare
 
     from .panels.compare import ComparePanel
 
     panel = ComparePanel()
+    panel.table.setVisible(table)
 
     def fit() -> int:
         """The charts at their usual height and the table at its rows' height: no empty
         space under a short table, no rows cut from a long one."""
-        table = panel.table
-        table.resizeColumnsToContents()
-        for column in range(table.columnCount()):  # long optimization lists wrap instead
-            table.setColumnWidth(column, min(table.columnWidth(column), 320))
-        table.setWordWrap(True)
-        table.resizeRowsToContents()
-        rows = (table.horizontalHeader().height() + 6
-                + sum(table.rowHeight(r) for r in range(table.rowCount())))
-        if table.horizontalHeader().length() > PANEL_WIDTH:
-            rows += table.horizontalScrollBar().sizeHint().height()
         plots = 460
-        panel.splitter.setSizes([plots, rows])
         message = panel.message.heightForWidth(PANEL_WIDTH - panel.delta_check.width() - 12)
+        if not table:
+            panel.splitter.setSizes([plots, 0])
+            return max(message, 20) + plots + 12
+        table_view = panel.table
+        table_view.resizeColumnsToContents()
+        for column in range(table_view.columnCount()):  # long optimization lists wrap instead
+            table_view.setColumnWidth(column, min(table_view.columnWidth(column), 320))
+        table_view.setWordWrap(True)
+        table_view.resizeRowsToContents()
+        rows = (table_view.horizontalHeader().height() + 6
+                + sum(table_view.rowHeight(r) for r in range(table_view.rowCount())))
+        if table_view.horizontalHeader().length() > PANEL_WIDTH:
+            rows += table_view.horizontalScrollBar().sizeHint().height()
+        panel.splitter.setSizes([plots, rows])
         return max(message, 20) + plots + rows + panel.splitter.handleWidth() + 12
 
     path = _grab(panel, PANEL_HEIGHTS["compare"], folder / name,
@@ -988,7 +995,7 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
             if not results:
                 continue
             shot = render_compare_panel(results, folder, f"guide-{workload}.png",
-                                        against_own=True)
+                                        against_own=True, table=False)
             shot.title = f"{workload}: the runs side by side"
             shots.append(shot)
             charts[workload] = shot.path.name

@@ -215,8 +215,7 @@ class ComparePanel(QWidget):
             # its first-ranked one, contradicting the guide's own table)
             text = (f"{len(runs)} runs, ranked as in the guide's table; each one's Δ peak and "
                     "× latency are against the unoptimized model measured in the same run. "
-                    "Each run's bars (in its colour in the table's Run column) plus its "
-                    "unattributed bytes add up to its peak.")
+                    "Each run's bars plus its unattributed bytes add up to its peak.")
             self.delta_check.setChecked(False)
         else:
             text = (f"Comparing {len(runs)} runs; [0] {runs[0].run_id} is the reference"
