@@ -321,13 +321,6 @@ def expected_ratio(entry: Entry) -> tuple[float, float] | None:
     return expected if isinstance(expected, tuple) else None
 
 
-def expected_ratio_of_changed(entry: Entry) -> bool:
-    """The claim's ratio is judged over the modules the technique changed, not the whole
-    model: a quantization's (its bytes per element against the float weights it replaced),
-    not fp8's, whose claim is already one byte per parameter of the whole model."""
-    return MAGNITUDES.get(entry.specs[0].split(":", 1)[0]) != "fp8-weights"
-
-
 def verdict(entry: Entry) -> str:
     """The claim against the numbers: its direction, then the amount where it names one."""
     key = _QUANTITY_KEYS[entry.claimed_quantity]
@@ -342,7 +335,9 @@ def verdict(entry: Entry) -> str:
     if expected is None or not before:
         return "as claimed"
     changed = entry.measured.get("changed_weights") if key == "model_weights_bytes" else None
-    if changed and changed.get("after") is not None and expected_ratio_of_changed(entry):
+    if changed and changed.get("after") is not None:
+        # (fp8's one byte per parameter over the baseline's bytes per parameter holds for the
+        # modules it changed as for the whole model, whose weights share one dtype)
         before, after = changed["before"], changed["after"]
     ratio, (low, high) = after / before, expected
     if low * (1 - MAGNITUDE_TOLERANCE) <= ratio <= high * (1 + MAGNITUDE_TOLERANCE):
@@ -384,7 +379,7 @@ def note(entry: Entry) -> str:
             changed = m.get("changed_weights") if key == "model_weights_bytes" else None
             over = ""
             if (changed and changed.get("after") is not None and len(entry.specs) == 1
-                    and expected_ratio(entry) and expected_ratio_of_changed(entry)):
+                    and expected_ratio(entry)):
                 rest = b[key] - changed["before"]
                 over = (f"; over the {changed['modules']} module(s) it changed "
                         f"{human_bytes(changed['before'])} → {human_bytes(changed['after'])} "
