@@ -309,11 +309,11 @@ def _unused_options(args: argparse.Namespace) -> None:
     forward run, or ``--seq 512`` beside ``--prompt`` (the prompt's tokens set the length),
     were dropped without a word."""
     given = getattr(args, "given", set())
-    workloads = str(getattr(args, "workload", "") or "").split(",")
+    workloads = [w.strip() for w in str(getattr(args, "workload", "") or "").split(",")]
     if "new_tokens" in given and "generate" not in workloads:
         print(f"memlens: note: --new-tokens {args.new_tokens} is ignored: only the generate "
               "workload adds tokens.", file=sys.stderr)
-    if "seq" in given and getattr(args, "prompt", None) is not None:
+    if "seq" in given and getattr(args, "prompt", None):  # (an empty prompt is no prompt)
         print(f"memlens: note: --seq {args.seq} is ignored: the length is the --prompt "
               "text's tokens.", file=sys.stderr)
 
@@ -1617,9 +1617,10 @@ def print_report(result: RunResult, out: TextIO) -> None:
     if d and base:
         lat = d.get("latency_ratio")
         before, after, change = bytes_change(base["peak_bytes"], t.peak_bytes)
+        # (the latency's condition took the whole line with it when there was no ratio)
         w(f"vs the unoptimized baseline measured in this run: peak {before} → {after} "
-          f"({change}), weights "
-          f"{_signed(d['model_weights_bytes'])}, latency ×{lat:.2f}\n" if lat else "\n")
+          f"({change}), weights {_signed(d['model_weights_bytes'])}"
+          + (f", latency ×{lat:.2f}" if lat else "") + "\n")
     q = result.quality
     parts = quality_parts(q)
     if parts:

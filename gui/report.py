@@ -1064,12 +1064,16 @@ def _parser() -> argparse.ArgumentParser:
                     "optimization effects and quality, warnings, and the app's panels as PNGs. "
                     "Several runs add a comparison (the first is the reference).")
     ap.add_argument("runs", nargs="*", help="RUN_ID from the store or a path to a run JSON")
-    ap.add_argument("--guide", type=Path, default=None, metavar="GUIDE_JSON",
+    from engine.cli import _path_arg, _store_path
+
+    # (the command line's own path checks: an empty --out, an unset shell variable, was the
+    # current folder, and the report was written among its files)
+    ap.add_argument("--guide", type=_path_arg, default=None, metavar="GUIDE_JSON",
                     help="instead of runs: a measured guide (the guide.json memlens guide "
                          "wrote, or its folder); its runs are read from the store")
-    ap.add_argument("--out", type=Path, required=True, help="output folder")
+    ap.add_argument("--out", type=_path_arg, required=True, help="output folder")
     ap.add_argument("--pdf", action="store_true", help="also write report.pdf")
-    ap.add_argument("--store", type=Path, default=None,
+    ap.add_argument("--store", type=_store_path, default=None,
                     help="run store folder (default: $MEMLENS_HOME/runs or the user data dir)")
     return ap
 

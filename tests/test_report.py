@@ -309,6 +309,12 @@ def test_cli_report_errors(qapp, saved, tmp_path, capsys):
                           str(blocker / "sub")]) == 1
     err = capsys.readouterr().err
     assert "Cannot write the report" in err and "writable folder" in err
+    # an empty --out (an unset shell variable) was the current folder: refused
+    for argv in (["report", plain.run_id, "--out", ""], ["report", "--guide", "", "--out", "x"],
+                 ["report", plain.run_id, "--out", "x", "--store", " "]):
+        with pytest.raises(SystemExit) as info:
+            launcher.main(argv)
+        assert info.value.code == 2 and ": empty" in capsys.readouterr().err
     # --out an existing file: said so ("File exists" with "choose a writable folder" was not)
     assert launcher.main(["--store", str(store.root), "report", plain.run_id, "--out",
                           str(blocker)]) == 1

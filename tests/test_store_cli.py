@@ -992,6 +992,11 @@ def test_options_the_workload_does_not_use_are_named_not_dropped(tmp_path, capsy
     args = parse(["profile", "--prompt", "hello", "--seq", "128"])  # (given, default's value)
     cli._unused_options(args)
     assert "--seq 128 is ignored" in capsys.readouterr().err
+    # an empty prompt is no prompt (the run takes --seq); a guide's list may have spaces
+    for argv in (["profile", "--prompt", "", "--seq", "4"],
+                 ["guide", "--out", "x", "--workload", "forward, generate", "--new-tokens", "3"]):
+        cli._unused_options(parse(argv))
+        assert capsys.readouterr().err == "", argv
     assert (parse(["profile"]).seq, parse(["profile"]).new_tokens) == (128, 32)
     assert parse(["guide", "--out", "x"]).new_tokens == 16
     # through the command line: a real run that still works, with the note on stderr
@@ -1048,3 +1053,27 @@ def test_a_before_and_after_pair_is_written_in_one_unit_that_adds_up():
     assert bytes_change(100, 150) == ("100 B", "150 B", "+50 B")
     assert bytes_change(2048, 2048) == ("2.00 KiB", "2.00 KiB", "±0.00 KiB")
     assert bytes_change(None, 5)[2] == MISSING
+
+
+def test_the_baseline_line_stays_when_there_is_no_latency_ratio():
+    """The latency's condition took the whole "vs the unoptimized baseline" line (peak and
+    weights too) with it when the run had no latency ratio."""
+    import io
+
+    from engine.cli import print_report
+    from engine.config import RunConfig
+    from engine.results import RunResult, Totals
+
+    run = RunResult(config=RunConfig(), run_id="r", totals=Totals(peak_bytes=90 << 20),
+                    baseline={"peak_bytes": 100 << 20},
+                    deltas={"peak_bytes": -(10 << 20), "model_weights_bytes": -(4 << 20),
+                            "latency_ratio": None})
+    out = io.StringIO()
+    print_report(run, out)
+    line = next(x for x in out.getvalue().splitlines() if x.startswith("vs the unoptimized"))
+    assert "100.00 MiB → 90.00 MiB (−10.00 MiB), weights −4.00 MiB" in line
+    assert "latency" not in line
+    run.deltas["latency_ratio"] = 1.25
+    out = io.StringIO()
+    print_report(run, out)
+    assert "weights −4.00 MiB, latency ×1.25" in out.getvalue()
