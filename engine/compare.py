@@ -151,18 +151,25 @@ class Comparison:
     # and ``latency_ratio`` then say what the run's optimizations did, as the guide's table.
     against_own: bool = False
     peak_delta: list[int | None] = field(default_factory=list)
+    # each run's rank in the guide's table (``#rank``), when ``against_own``: a run missing
+    # from the store must not renumber the ones after it
+    ranks: list[int] = field(default_factory=list)
 
     def tag(self, i: int) -> str:
         """Run ``i``'s mark in the charts and tables: ``[0]`` (the reference), or the rank
         ``#1`` against their own baselines (a guide's table numbers them from 1)."""
-        return f"#{i + 1}" if self.against_own else f"[{i}]"
+        if not self.against_own:
+            return f"[{i}]"
+        return f"#{self.ranks[i] if i < len(self.ranks) else i + 1}"
 
     def ratio_noisy(self, i: int) -> bool:
         """Run ``i``'s latency ratio rests on timing passes (its own or the reference's) that
         disagree too much to trust it (the runs' own warnings say by how much); False where
         the run has no ratio."""
-        spreads = ([self.latency_spread[i]] if self.against_own
-                   else [self.latency_spread[i], self.latency_spread[0]])
+        # (against its own baseline, that baseline's passes count, not run [0]'s)
+        spreads = ([self.latency_spread[i],
+                    timing_spread((self.runs[i].baseline or {}).get("plain_ms"))]
+                   if self.against_own else [self.latency_spread[i], self.latency_spread[0]])
         return self.latency_ratio[i] is not None and any(
             (s or 0) > NOISY_TIMING_SPREAD for s in spreads)
 
@@ -264,13 +271,15 @@ def reference_first(runs: Sequence[RunResult], preferred: str | None = None
     return runs, "the first run"
 
 
-def compare(runs: Sequence[RunResult], against_own: bool = False) -> Comparison:
+def compare(runs: Sequence[RunResult], against_own: bool = False,
+            ranks: Sequence[int] | None = None) -> Comparison:
     """Align ``runs`` (two or more; the first is the reference) bar by bar. With
     ``against_own``, each run's peak and latency are set against the unoptimized model
     measured in the same run (``RunResult.baseline``; ``None`` where it has none)."""
     if not runs:
         raise ValueError("compare() needs at least one run")
-    comparison = Comparison(runs=list(runs), against_own=against_own)
+    comparison = Comparison(runs=list(runs), against_own=against_own,
+                            ranks=list(ranks) if ranks is not None else [])
     per_run: list[dict[str, int]] = []
     for r in runs:
         groups = {g.name: g.total_bytes for g in group_layers(r.layers)}

@@ -34,6 +34,7 @@ import base64
 import html
 import io
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,7 +254,7 @@ def render_run_panels(result: RunResult, folder: Path, prefix: str,
 
 def render_compare_panel(results: Sequence[RunResult], folder: Path,
                          name: str = "compare.png", against_own: bool = False,
-                         table: bool = True) -> Shot:
+                         table: bool = True, ranks: Sequence[int] | None = None) -> Shot:
     """The compare view of ``results``; ``against_own`` (the guide's picture) sets each run
     against its own unoptimized model, numbered #1… as the guide's table, not against [0].
     Without ``table``, the charts alone (the guide's own ranked table gives the figures: its
@@ -287,7 +288,8 @@ def render_compare_panel(results: Sequence[RunResult], folder: Path,
         return max(message, 20) + plots + rows + panel.splitter.handleWidth() + 12
 
     path = _grab(panel, PANEL_HEIGHTS["compare"], folder / name,
-                 lambda: panel.render(compare(results, against_own=against_own)), fit)
+                 lambda: panel.render(compare(results, against_own=against_own, ranks=ranks)),
+                 fit)
     return Shot("compare", "Compare view", path)
 
 
@@ -840,7 +842,7 @@ def _fit_table_columns(doc: Any, width: float) -> int:
     out so narrow that "quanto-weights:weights=qint4" broke every few letters (and a header,
     "optimizat|ions"). A table whose text fits on one line per cell is left as it is. Returns
     the tables changed."""
-    from PySide6.QtGui import QFont, QFontMetricsF, QTextLength
+    from PySide6.QtGui import QFontMetricsF, QTextLength
 
     changed = 0
     for table in _tables(doc):
@@ -857,12 +859,13 @@ def _fit_table_columns(doc: Any, width: float) -> int:
                 cell = table.cellAt(r, c)
                 if cell.columnSpan() > 1:
                     continue
-                font = QFont(doc.defaultFont())
-                if cell.firstCursorPosition().charFormat().fontWeight() >= QFont.Weight.Bold:
-                    font.setBold(True)
+                # (the cell's own font: the per-layer table sets a smaller size per cell)
+                # (what the cell sets, the rest from the document's font)
+                font = cell.firstCursorPosition().charFormat().font().resolve(doc.defaultFont())
                 metrics = QFontMetricsF(font)
                 text = _cell_text(cell)
-                lines = text.split("\u2029") if text else [""]
+                # (paragraphs and <br> line breaks: each line is measured apart)
+                lines = re.split("[\u2028\u2029]", text) if text else [""]
                 # (a cell that never wraps, white-space: nowrap, is one word as wide as it is)
                 nowrap = cell.firstCursorPosition().block().blockFormat().nonBreakableLines()
                 fixed[c] = fixed[c] or nowrap
@@ -986,16 +989,17 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
     missing: dict[str, list[str]] = {}
     with theme.drawing_with("light"):
         for workload in guide.workloads():
-            results = []
-            for entry in guide.ranked(workload):
+            results, ranks = [], []
+            for rank, entry in enumerate(guide.ranked(workload), 1):
                 try:
                     results.append(store.load(entry.run_id))
+                    ranks.append(rank)  # (the table's number, whatever is missing before it)
                 except (MemLensError, OSError, ValueError, KeyError):
                     missing.setdefault(workload, []).append(entry.run_id or entry.label)
             if not results:
                 continue
             shot = render_compare_panel(results, folder, f"guide-{workload}.png",
-                                        against_own=True, table=False)
+                                        against_own=True, table=False, ranks=ranks)
             shot.title = f"{workload}: the runs side by side"
             shots.append(shot)
             charts[workload] = shot.path.name

@@ -1049,3 +1049,11 @@ def test_the_guide_picture_sets_each_run_against_its_own_unoptimized_model(qtbot
     panel.render(first)  # the window's compare: [0] the reference again
     assert panel.table.item(0, column).text() == "reference"
     assert not panel.delta_check.isHidden()
+    # a run missing from the store does not renumber the rest (#1 and #3, as the table)
+    assert compare([a, b], against_own=True, ranks=[1, 3]).tag(1) == "#3"
+    # noisy against its own baseline's passes, not run [0]'s
+    b.timing = {"plain_ms": [3.0, 3.1, 3.0]}
+    b.baseline["plain_ms"] = [2.0, 9.0, 2.1]
+    assert compare([a, b], against_own=True).ratio_noisy(1)
+    b.baseline["plain_ms"] = [2.0, 2.1, 2.0]
+    assert not compare([a, b], against_own=True).ratio_noisy(1)

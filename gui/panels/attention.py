@@ -543,11 +543,11 @@ class AttentionPanel(QWidget):
                                    f"uniform ({k} keys): {math.log(k):.2f}")
         self.entropy_inline.setText(f"entropy {value:.2f} nats (uniform {math.log(k):.2f})")
 
-    @Slot()
     def _fit_grid(self, *_args: object) -> None:
         if self.grid_tiles:
             self.grid_plot.getViewBox().autoRange(padding=0.02)
 
+    @Slot()
     def _on_large_view_changed(self, *_args: object) -> None:
         self._apply_token_ticks()
 

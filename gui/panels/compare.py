@@ -93,6 +93,8 @@ _AXIS_LABELS = {
 
 NOISY_TIP = ("Noisy: the timing passes of this run or of run [0] were far apart (their "
              "warnings say how far), so this ratio may be off; rerun with more timing passes")
+OWN_NOISY_TIP = ("Noisy: the timing passes of this run or of its unoptimized baseline were far "
+                 "apart (its warnings say how far), so this ratio may be off")
 SELECT_TEXT = "Select two or more saved runs in the table and press Compare selected."
 BARS_EMPTY = "No comparison yet.\nEach compared run's bars\nappear here side by side."
 SCATTER_EMPTY = "Peak memory against quality\nof each compared run."
@@ -213,9 +215,11 @@ class ComparePanel(QWidget):
         if comparison.against_own:
             # (no run is a reference: Δ against [0] would set the guide's techniques against
             # its first-ranked one, contradicting the guide's own table)
-            text = (f"{len(runs)} runs, ranked as in the guide's table; each one's Δ peak and "
-                    "× latency are against the unoptimized model measured in the same run. "
-                    "Each run's bars plus its unattributed bytes add up to its peak.")
+            figures = ("each one's Δ peak and × latency (below) are against the unoptimized "
+                       "model measured in the same run" if self.table.isVisibleTo(self) else
+                       "their figures are in the guide's table")
+            text = (f"{len(runs)} runs, ranked as in the guide's table; {figures}. Each run's "
+                    "bars plus its unattributed bytes add up to its peak.")
             self.delta_check.setChecked(False)
         else:
             text = (f"Comparing {len(runs)} runs; [0] {runs[0].run_id} is the reference"
@@ -342,7 +346,7 @@ class ComparePanel(QWidget):
                 self._point_labels.append(label)
                 self.scatter_plot.addItem(label)
             label = self._point_labels[n]
-            label.setText(f"#{','.join(str(i + 1) for i in indices)}" if c.against_own
+            label.setText("#" + ",".join(c.tag(i)[1:] for i in indices) if c.against_own
                           else f"[{','.join(map(str, indices))}]")
             # right of the point in the left half, left of it in the right half: never clipped
             label.setAnchor((1, 1) if xs and pos[0] > (min(xs) + max(xs)) / 2 else (0, 1))
@@ -397,7 +401,8 @@ class ComparePanel(QWidget):
                 if j in (2, 3):
                     item.setToolTip(f"{c.peaks[i]:,} bytes")
                 if j == 6:
-                    item.setToolTip(NOISY_TIP if (i or c.against_own) and c.ratio_noisy(i)
+                    item.setToolTip((OWN_NOISY_TIP if c.against_own else NOISY_TIP)
+                                    if (i or c.against_own) and c.ratio_noisy(i)
                                     else "Plain latency against its own unoptimized model's"
                                     if c.against_own else "Plain latency against run [0]'s")
                 self.table.setItem(i, j, item)
