@@ -1417,15 +1417,17 @@ def _distributed_line(store) -> None:
     --distributed` seemed lost."""
     from .store import distributed_folder
 
-    folder = distributed_folder(store.root)
-    try:
-        files = sorted((p for p in folder.glob("*.json") if not p.name.startswith(".")),
-                       key=lambda p: p.stat().st_mtime)
-    except OSError:
-        return
-    if files:
-        print(f"{len(files)} measured distributed run(s) in {folder}, newest {files[-1].name} "
-              "(`memlens show FILE` prints one; the app opens it with File → Open run file…)")
+    # (and where `torchrun -m engine.distributed_run` wrote them before: inside the store)
+    for folder in (distributed_folder(store.root), Path(store.root) / "distributed"):
+        try:
+            files = sorted((p for p in folder.glob("*.json") if not p.name.startswith(".")),
+                           key=lambda p: p.stat().st_mtime)
+        except OSError:
+            continue
+        if files:
+            print(f"{len(files)} measured distributed run(s) in {folder}, newest "
+                  f"{files[-1].name} (`memlens show FILE` prints one; the app opens it with "
+                  "File → Open run file…)")
 
 
 def _state_dtypes(training: dict) -> str:

@@ -270,7 +270,7 @@ def layer_passes_text(result: Any) -> str:
     one forward's.)"""
     cfg = getattr(result, "config", None)
     gen = getattr(result, "generation", None) or {}
-    if getattr(cfg, "workload", "") != "generate" or getattr(result, "estimate", None):
+    if getattr(cfg, "workload", "") != "generate" or getattr(result, "estimate", None) is not None:
         return ""
     steps = gen.get("decode_ms_per_step")
     n = len(steps) if steps else max(int(getattr(cfg, "new_tokens", 1) or 1) - 1, 0)
@@ -294,5 +294,10 @@ def bytes_change(before: int | float | None, after: int | float | None) -> tuple
         scale *= 1024.0
         if big / scale < 1024 or unit == _BINARY_UNITS[-1]:
             break
+    small = min((abs(v) for v in (before, after) if v), default=0)
+    if small and small / scale < 0.01 and unit != _BINARY_UNITS[1]:
+        # (one unit down rather than "1.50 GiB → 0.00 GiB" for a 5 MiB result)
+        scale /= 1024.0
+        unit = _BINARY_UNITS[_BINARY_UNITS.index(unit) - 1]
     return (f"{before / scale:.2f} {unit}", f"{after / scale:.2f} {unit}",
             f"{sign}{abs(delta) / scale:.2f} {unit}")

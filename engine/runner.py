@@ -810,8 +810,7 @@ class _Run:
             # The phases of one step, the hooked step of median length: medians taken phase by
             # phase came from different steps and did not add up (23.7 ms plain beside
             # forward 5.2 + backward 7.2 + optimizer 19.4 ms).
-            ordered = sorted(steps, key=lambda s: s.forward_ms + s.backward_ms + s.optimizer_ms)
-            step = ordered[(len(ordered) - 1) // 2]
+            step = median_step(steps)
             result.training.update({
                 "forward_ms": step.forward_ms, "backward_ms": step.backward_ms,
                 "optimizer_ms": step.optimizer_ms,
@@ -1144,6 +1143,13 @@ def _trap_warnings(result: RunResult) -> None:
                 + (", by timing passes too far apart to trust (the noisy-latency warning says "
                    "how far): rerun before relying on it." if noisy else "."))
     _noise_warnings(result)
+
+
+def median_step(steps: list[Any]) -> Any:
+    """The training step of median length (forward + backward + optimizer; the lower of the
+    two middle ones for an even count), whose phases are reported together."""
+    ordered = sorted(steps, key=lambda s: s.forward_ms + s.backward_ms + s.optimizer_ms)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 SUB_ROW_EXCESS = 1.25  # the sub-rows' sum over their block's latency that is called out

@@ -343,6 +343,19 @@ def test_the_training_phases_come_from_one_step_and_add_up_to_it():
     forward 5.2 + backward 7.2 + optimizer 19.4 ms, with nothing saying where they came from."""
     from engine.runner import execute
 
+    from types import SimpleNamespace
+
+    from engine.runner import median_step
+
+    def step(f, b, o):
+        return SimpleNamespace(forward_ms=f, backward_ms=b, optimizer_ms=o)
+
+    # phase by phase the medians are 5, 7 and 19 ms (taken from two different steps: 31 ms,
+    # a step that never happened); the step of median length (36 of 28, 36, 50 ms) is whole
+    steps = [step(5.0, 30.0, 1.0), step(2.0, 7.0, 19.0), step(9.0, 1.0, 40.0)]
+    assert median_step(steps) is steps[0]
+    assert median_step(steps[:2]) is steps[1]  # (28 < 36 ms: the lower middle of two)
+
     result = execute(tiny(workload="train", repeats=3))
     tr = result.training
     assert tr["forward_ms"] > 0 and tr["backward_ms"] > 0 and tr["optimizer_ms"] > 0

@@ -1023,6 +1023,11 @@ def test_runs_names_the_distributed_records_beside_the_store(tmp_path, capsys):
     assert f"1 measured distributed run(s) in {folder}" in out
     assert "fsdp2-2x-20261207-000000-1.json" in out and "memlens show FILE" in out
     assert distributed_folder() == default_root().parent / "distributed"
+    # a record the launcher wrote before, inside the store, is named too
+    (root / "distributed").mkdir(parents=True)
+    (root / "distributed" / "fsdp2-4x-20261201-000000-2.json").write_text("{}")
+    assert cli.main(["--store", str(root), "runs"]) == cli.EXIT_OK
+    assert f"1 measured distributed run(s) in {root / 'distributed'}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [
@@ -1052,6 +1057,8 @@ def test_a_before_and_after_pair_is_written_in_one_unit_that_adds_up():
     assert bytes_change(1.5 * 2**30, 700 * 2**20) == ("1.50 GiB", "0.68 GiB", "−0.82 GiB")
     assert bytes_change(100, 150) == ("100 B", "150 B", "+50 B")
     assert bytes_change(2048, 2048) == ("2.00 KiB", "2.00 KiB", "±0.00 KiB")
+    # a result a few hundred times smaller: one unit down, not "0.00 GiB"
+    assert bytes_change(1.5 * 2**30, 5 * 2**20) == ("1536.00 MiB", "5.00 MiB", "−1531.00 MiB")
     assert bytes_change(None, 5)[2] == MISSING
 
 

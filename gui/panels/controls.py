@@ -170,6 +170,7 @@ class ControlPanel(QWidget):
         self.optimizations = OptimizationsPanel()
         self.device_combo.currentTextChanged.connect(self._update_optimizations)
         self._running = False
+        self._last_runnable = True
         self._run_tip = self.run_button.toolTip()
         self._estimate_tip = self.estimate_button.toolTip()
         self.optimizations.problem_changed.connect(lambda _text: self._update_buttons())
@@ -306,12 +307,13 @@ class ControlPanel(QWidget):
 
     def _update_buttons(self) -> None:
         problem = self.optimizations.problem_text()
-        was = self.run_button.isEnabled()
         for button, tip in ((self.run_button, self._run_tip),
                             (self.estimate_button, self._estimate_tip)):
             button.setEnabled(self.runnable)
             button.setToolTip(f"Not yet: {problem}" if problem and not self._running else tip)
-        if was != self.runnable:
+        # (a flag, not the button's state: a disabled parent makes every button read disabled)
+        if self._last_runnable != self.runnable:
+            self._last_runnable = self.runnable
             self.runnable_changed.emit(self.runnable)
 
     # -- slots ----------------------------------------------------------------------------------
