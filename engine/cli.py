@@ -1081,6 +1081,17 @@ def _finish(args: argparse.Namespace, printer: Any, what: str, show: Any, work: 
         show(record, sys.stdout)
         if args.out is not None:
             _written(args.out)
+    # Nothing answered (every point failed, every search errored): written and shown, but a
+    # script must not read exit 0 as an answer (a BERT generate "fit" printed a row of dashes
+    # and exited 0, where estimate and plan refuse the same input with 1).
+    points = getattr(record, "points", None)
+    answers = getattr(record, "answers", None)
+    if (points is not None and points and all(p.kind == "failed" for p in points)) or (
+            answers is not None and answers and all(a.status == "failed" for a in answers)):
+        print(f"memlens: error: the {what} answered nothing: "
+              + ("every point failed" if points else "every search failed")
+              + " (the reasons are above).", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -475,3 +475,18 @@ def test_a_point_that_cannot_be_estimated_is_measured_and_says_why_once(tmp_path
     assert point.kind == "measured" and point.estimated_peak_bytes is None
     assert point.reason.startswith("measured; not estimated: ")
     assert point.reason.lower().count("estimat") == 2, point.reason  # "not estimated", "Estimation"
+
+
+def test_a_sweep_or_fit_that_answers_nothing_exits_1(tmp_path, capsys):
+    """A BERT generate fit printed a row of dashes and exited 0 (estimate and plan refuse the
+    same input with 1): a script read it as an answer. The record is still written."""
+    from engine import cli
+
+    out = tmp_path / "fit.json"
+    assert cli.main(["--store", str(tmp_path / "runs"), "fit", "--model", "preset:tiny-bert",
+                     "--workload", "generate", "--budget", "1GiB", "--out", str(out)]) == 1
+    assert "the fit answered nothing: every search failed" in capsys.readouterr().err
+    assert out.is_file()
+    assert cli.main(["--store", str(tmp_path / "runs"), "sweep", "--model", "preset:tiny-bert",
+                     "--workload", "generate", "--seq", "16", "--estimate-only"]) == 1
+    assert "the sweep answered nothing: every point failed" in capsys.readouterr().err
