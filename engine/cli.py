@@ -1134,14 +1134,17 @@ def print_sweep(record, out: TextIO) -> None:
       f"{n_est} ESTIMATED (fake tensors: no weights, no real memory, no latency)"
       + (f", {sum(p.kind == 'failed' for p in record.points)} failed" if "failed" in kinds else "")
       + "\n")
-    w(f"rule: {record.measure_rule}: limit {human_bytes(record.measure_limit_bytes)} of "
-      f"{human_bytes(record.available_bytes)} available\n\n")
+    # (with every point estimated there is no limit to give: "limit 0 B of 22.9 GiB")
+    w(f"rule: {record.measure_rule}"
+      + (f": limit {human_bytes(record.measure_limit_bytes)} of "
+         f"{human_bytes(record.available_bytes)} available" if record.measure_limit_bytes
+         else "") + "\n\n")
     train = record.workload == "train"
     sets = len(record.opt_sets) > 1 or record.opt_sets[0]["label"] != "none"
     phased = train and any(p.peak_phase for p in record.points)
     cols = (["opt set"] if sets else []) + [
         "seq", "batch", "kind", "peak", "weights", "activations",
-        "grads+optim" if train else "KV cache", "other", "binding"] + (
+        "grads+optim" if train else "KV cache", "other", "largest part"] + (
         ["peak in"] if phased else []) + ["latency ms", "est. peak", "est/meas"]
     rows = []
     for p in record.points:
@@ -1165,7 +1168,7 @@ def print_sweep(record, out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows + [cols]) for i in range(len(cols))]
     left = 1 if sets else 0
     def fmt(r: list[str]) -> str:
-        return "  ".join(v.ljust(widths[i]) if i < left or cols[i] in ("kind", "binding")
+        return "  ".join(v.ljust(widths[i]) if i < left or cols[i] in ("kind", "largest part")
                          else v.rjust(widths[i]) for i, v in enumerate(r))
 
     line = fmt(cols)
@@ -1174,7 +1177,8 @@ def print_sweep(record, out: TextIO) -> None:
         w(fmt(r).rstrip() + "\n")
     w("\npeak and parts at the peak (other: temporaries"
       + (", KV cache" if train else "") + " and the unattributed rest, so the parts add up to "
-      "the peak); binding: the largest part of the peak; "
+      "the peak); largest part: of the peak (what binds a fit is what grows past the budget: "
+      "memlens fit); "
       + ("peak in: the training step's phase holding it; " if phased else "")
       + "latency: median plain pass (measured points only); est. peak: the estimate made to "
       "decide, beside a measured point\n")

@@ -393,6 +393,12 @@ def _check_choice(value: str, choices: tuple[str, ...], option: str, why: str) -
 def _check_optimizations(config: RunConfig) -> None:
     allowed = PLAN_OPTIMIZATIONS + PLAN_MODEL_OPTIMIZATIONS
     refused = [o.get("id") for o in config.optimizations if o.get("id") not in allowed]
+    if refused == ["cast"]:  # (the general reason below, values and packed formats, is not a cast's)
+        raise MemLensError(
+            ErrorKind.NOT_APPLICABLE,
+            "A distributed plan or run takes the weights' dtype from --dtype, not from a cast "
+            "applied after loading.",
+            "Give the dtype the model is sharded in: --dtype bfloat16 (the window's Dtype).")
     if refused:
         raise MemLensError(
             ErrorKind.NOT_APPLICABLE,
@@ -1765,6 +1771,13 @@ def run_cli(args: Any) -> int:
         printer = _ProgressPrinter(sys.stderr)
         cancel = threading.Event()
         if args.workload == "train":
+            if (args.ranks is not None and args.devices is not None
+                    and args.ranks != args.devices):  # (--devices was dropped without a word)
+                raise MemLensError(
+                    ErrorKind.INVALID_WORKLOAD,
+                    f"--ranks {args.ranks} and --devices {args.devices} disagree: an FSDP2 "
+                    "training plan has one rank per device.",
+                    "Give one of them (--ranks N).")
             ranks = args.ranks if args.ranks is not None else args.devices
             if ranks is None:
                 raise MemLensError(ErrorKind.INVALID_WORKLOAD,

@@ -519,3 +519,17 @@ def test_the_max_memory_to_paste_stays_short_and_means_the_same() -> None:
     assert len(code) < 80
     assert eval(code) == {**{i: "81920MiB" for i in range(1024)}, "cpu": "5120MiB"}  # noqa: S307
     assert _max_memory_code({"0": 2**31, "1": 2**30}) == "{0: '2048MiB', 1: '1024MiB'}"
+
+
+def test_a_training_plan_refuses_ranks_and_devices_that_disagree_and_says_why_not_cast(capsys):
+    """--ranks 2 --devices 4 planned 2 ranks without a word; --opt cast was refused with the
+    reason for quantization (values, packed formats), not a cast's."""
+    from engine import cli
+
+    assert cli.main(["plan", "--model", "preset:tiny-llama", "--workload", "train", "--seq",
+                     "16", "--ranks", "2", "--devices", "4"]) == cli.EXIT_FAILED
+    assert "--ranks 2 and --devices 4 disagree" in capsys.readouterr().err
+    assert cli.main(["plan", "--model", "preset:tiny-llama", "--workload", "train", "--seq",
+                     "16", "--ranks", "2", "--opt", "cast"]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "takes the weights' dtype from --dtype" in err and "packs them" not in err
