@@ -964,3 +964,27 @@ def test_a_theme_switch_recolours_the_timeline_bands_and_secondary_text(qtbot):
         theme.apply("light", panel)
     assert band_colour() == PHASE_COLOURS[0]
     assert _box_colour() == theme.THEMES["light"].base
+
+
+def test_the_baseline_outline_follows_a_theme_switch(qtbot):
+    """Switched to the dark theme with a run shown, the dashed baseline outline (and its legend
+    swatch) stayed near-black on the dark background: it was coloured only when drawn."""
+    from gui import theme
+    from gui.panels.layer_chart import LayerChartPanel
+
+    result = make_result("outlined")
+    panel = LayerChartPanel()
+    qtbot.addWidget(panel)
+    panel.render(result.layers, result.totals)
+    panel.set_outline([layer_bytes * 2 for layer_bytes in range(len(panel.labels))], "baseline")
+
+    def outline() -> str:
+        return panel._outline_item.opts["pen"].color().name()
+
+    assert outline() == theme.THEMES["light"].text
+    try:
+        theme.apply("dark", panel)
+        assert outline() == theme.THEMES["dark"].text
+    finally:
+        theme.apply("light", panel)
+    assert outline() == theme.THEMES["light"].text

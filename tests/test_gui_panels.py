@@ -674,3 +674,7 @@ def test_timeline_names_phases_too_short_for_their_band(qtbot):
     note = panel.phase_note.text()
     assert "memory 3.90–3.95 s" in note and "timing 3.95–3.99 s" in note, note
     assert "load" not in note  # named on its band
+    # an estimate's empty timeline next: the note of the last run's phases goes with them
+    panel.clear("An estimate samples nothing.")
+    qtbot.waitUntil(lambda: not panel.phase_note.isVisible(), timeout=2000)
+    assert panel.phase_note.text() == ""

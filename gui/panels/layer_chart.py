@@ -211,6 +211,13 @@ class LayerChartPanel(QWidget):
         self._sync_toggles()
         self._redraw()
 
+    def theme_changed(self, new: theme.Theme) -> None:
+        """Called by ``theme.apply``: the baseline outline (and its legend swatch) is drawn in
+        the theme's text colour when the chart is drawn; a chart already shown kept the old
+        one, dark on a dark background."""
+        if self.labels:
+            self._redraw()
+
     def set_outline(self, values: Sequence[int | None] | None, label: str = "baseline") -> None:
         """Bytes per bar of a baseline (same order as the bars; ``None``: not measured there)."""
         if values is None or not self.labels:

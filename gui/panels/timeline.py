@@ -363,6 +363,9 @@ class TimelinePanel(QWidget):
         and its label must go rather than run into the next one. Short phases keep their band
         and tooltip."""
         if not self._bands:
+            # (no phases: the last run's note went on naming its phases beside an estimate)
+            self.phase_note.setText("")
+            self.phase_note.setVisible(False)
             return
         spans = self.spans()
         viewbox = self.plot.getViewBox()
