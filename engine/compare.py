@@ -262,8 +262,18 @@ def reference_first(runs: Sequence[RunResult], preferred: str | None = None
     keep their order. The CLI does not call this: there the first run named is the reference."""
     runs = list(runs)
     picks = [(lambda r: r.run_id == preferred, "the chosen baseline")] if preferred else []
-    picks.append((lambda r: not r.optimizations and not r.is_estimate,
-                  "the first unoptimized run"))
+
+    def unoptimized(r: RunResult) -> bool:
+        return not r.optimizations and not r.is_estimate
+
+    workloads = [r.config.workload for r in runs]
+    if len(set(workloads)) > 1:
+        # (a generate run chosen because it came first set every forward run's Δ against
+        # another workload: the workload most of the runs share goes first)
+        common = max(dict.fromkeys(workloads), key=workloads.count)
+        picks.append((lambda r: unoptimized(r) and r.config.workload == common,
+                      f"the first unoptimized {common} run, the workload most of them share"))
+    picks.append((unoptimized, "the first unoptimized run"))
     for matches, why in picks:
         for i, run in enumerate(runs):
             if matches(run):

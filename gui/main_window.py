@@ -123,7 +123,10 @@ class MainWindow(QMainWindow):
         self.saved_runs.settings_requested.connect(self.use_saved_run_settings)
         self.saved_runs.label_requested.connect(lambda run_id: self.label_saved_run(run_id))
         self.saved_runs.delete_requested.connect(lambda ids: self.delete_saved_runs(ids))
-        self.guide_panel.compare_requested.connect(self.compare_saved_runs)
+        # (a guide's runs against their own unoptimized models, as its table: none of them is
+        # unoptimized, and the first-ranked one as [0] showed int8 at "+576 KiB")
+        self.guide_panel.compare_requested.connect(
+            lambda ids: self.compare_saved_runs(ids, against_own=True))
         self.guide_panel.report_requested.connect(self.export_guide_report_dialog)
         self.guide_panel.run_requested.connect(self.run_guide)
         self.sweep_panel.sweep_requested.connect(lambda _=None: self.run_sweep())
@@ -1133,7 +1136,7 @@ class MainWindow(QMainWindow):
         return True
 
     @Slot(object)
-    def compare_saved_runs(self, run_ids: Sequence[str]) -> bool:
+    def compare_saved_runs(self, run_ids: Sequence[str], against_own: bool = False) -> bool:
         from engine.compare import compare, reference_first
 
         runs = []
@@ -1145,6 +1148,12 @@ class MainWindow(QMainWindow):
         if len(runs) < 2:
             self.compare_panel.clear("Select two or more runs to compare.")
             return False
+        if against_own:  # (in the guide's order: #1… as its table)
+            self.compare_panel.render(compare(runs, against_own=True))
+            self.workspace.setCurrentWidget(self.runs_tab)
+            self.log.info(f"Comparing {len(runs)} runs of the guide, each against its own "
+                          "unoptimized model.")
+            return True
         baseline = self._baseline_run.run_id if self._baseline_run is not None else None
         runs, why = reference_first(runs, baseline)
         self.compare_panel.render(compare(runs), why)

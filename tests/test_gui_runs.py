@@ -651,6 +651,10 @@ def test_run_the_guide_from_the_window(qtbot, tmp_path):
     buttons[0].click()
     assert window.workspace.currentWidget() is window.runs_tab
     assert window.compare_panel.comparison is not None
+    # each run against its own unoptimized model, numbered as the guide's table (the first
+    # ranked as [0] set every other technique against it)
+    assert window.compare_panel.comparison.against_own
+    assert window.compare_panel.table.item(0, 0).text().startswith("#1 ")
 
 
 @pytest.mark.slow

@@ -405,8 +405,8 @@ def test_reference_first_prefers_the_chosen_baseline_then_the_unoptimized_run():
     from engine.config import RunConfig
     from engine.results import RunResult
 
-    def run(run_id, optimized=False, estimate=False):
-        return RunResult(config=RunConfig(), run_id=run_id,
+    def run(run_id, optimized=False, estimate=False, workload="forward"):
+        return RunResult(config=RunConfig(workload=workload), run_id=run_id,
                          optimizations=[{"id": "cast"}] if optimized else [],
                          estimate={"method": "fake"} if estimate else None)
 
@@ -419,6 +419,12 @@ def test_reference_first_prefers_the_chosen_baseline_then_the_unoptimized_run():
     assert why == "the chosen baseline"
     ordered, why = reference_first([a, b], preferred="missing")
     assert [r.run_id for r in ordered] == ["a", "b"] and why == "the first run"
+    # mixed workloads: the unoptimized run of the workload most of them share (a generate
+    # run chosen for coming first set both forward runs against another workload)
+    gen = run("gen", workload="generate")
+    ordered, why = reference_first([gen, a, plain])
+    assert [r.run_id for r in ordered] == ["plain", "gen", "a"]
+    assert why == "the first unoptimized forward run, the workload most of them share"
 
 
 def test_comparison_labels_tell_runs_apart_and_name_mixed_workloads():
