@@ -1394,6 +1394,16 @@ class MainWindow(QMainWindow):
                 "Sweep & fit": self.sweep_panel, "Multi-GPU plan": self.plan_panel}
 
     def current_plot(self) -> QWidget:
+        """The plot the user is looking at: the current tab of the Current run page, or the
+        page's own panel on the other pages (Ctrl+S and Copy saved the hidden Current run
+        chart from the Sweep, Plan or compare pages). The Guide page has none: the window."""
+        page = self.workspace.currentWidget()
+        if page is self.runs_tab:
+            return self.compare_panel
+        if page is self.sweep_panel or page is self.plan_panel:
+            return page
+        if page is self.guide_panel:
+            return self
         return self.plot_tabs.currentWidget()
 
     def save_plot_dialog(self, widget: QWidget | None = None) -> None:

@@ -339,6 +339,18 @@ def test_save_and_copy_plot_png(qtbot, tmp_path):
     from PySide6.QtGui import QGuiApplication
 
     assert not QGuiApplication.clipboard().pixmap().isNull()
+    # on another page, its own panel (the hidden Current run chart was saved from there)
+    assert window.current_plot() is window.chart
+    for page, panel in ((window.runs_tab, window.compare_panel),
+                        (window.sweep_panel, window.sweep_panel),
+                        (window.plan_panel, window.plan_panel), (window.guide_panel, window)):
+        window.workspace.setCurrentWidget(page)
+        assert window.current_plot() is panel
+    # Tab leaves every table (it cycled the saved runs' cells: the controls after them could
+    # not be reached from the keyboard)
+    for view in (window.saved_runs.view, window.table.view, window.compare_panel.table,
+                 window.sweep_panel.table, window.plan_panel.table):
+        assert not view.tabKeyNavigation()
 
 
 def test_keyboard_shortcuts_run_and_cancel(qtbot):

@@ -149,6 +149,9 @@ class ComparePanel(QWidget):
         self._show_empty(True)
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        # Tab leaves the table for the next control (it cycled the cells, and the controls
+        # after it could not be reached from the keyboard); arrows still move between cells
+        self.table.setTabKeyNavigation(False)
         self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
         # The table's deltas are against [0]; a run's KL is against its own unoptimized model.
         self.table.horizontalHeaderItem(TABLE_COLUMNS.index("Quality")).setToolTip(

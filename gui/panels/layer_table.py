@@ -143,6 +143,9 @@ class LayerTablePanel(QWidget):
         super().__init__(parent)
         self.model = LayerTableModel(self)
         self.view = QTableView()
+        # Tab leaves the table for the next control (it cycled the cells, and the controls
+        # after it could not be reached from the keyboard); arrows still move between cells
+        self.view.setTabKeyNavigation(False)
         self.view.setModel(self.model)
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)

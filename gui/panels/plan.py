@@ -177,6 +177,9 @@ class PlanPanel(QWidget):
         self.chart.addItem(self.legend, row=1, col=0)
         self._style("Memory per device (ESTIMATE)", "bytes")
         self.table = QTableWidget(0, len(INFERENCE_COLUMNS))
+        # Tab leaves the table for the next control (it cycled the cells, and the controls
+        # after it could not be reached from the keyboard); arrows still move between cells
+        self.table.setTabKeyNavigation(False)
         self.table.setHorizontalHeaderLabels(list(INFERENCE_COLUMNS))
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)

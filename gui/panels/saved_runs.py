@@ -99,6 +99,9 @@ class SavedRunsPanel(QWidget):
         self.proxy.setSourceModel(self.model)
         self.proxy.setSortRole(SORT_ROLE)
         self.view = QTableView()
+        # Tab leaves the table for the next control (it cycled the cells, and the controls
+        # after it could not be reached from the keyboard); arrows still move between cells
+        self.view.setTabKeyNavigation(False)
         self.view.setModel(self.proxy)
         self.view.setSortingEnabled(True)
         self.view.sortByColumn(0, Qt.SortOrder.DescendingOrder)

@@ -189,6 +189,9 @@ class SweepPanel(QWidget):
         self.plots.setSizes([600, 400])
 
         self.table = QTableWidget(0, len(SWEEP_COLUMNS))
+        # Tab leaves the table for the next control (it cycled the cells, and the controls
+        # after it could not be reached from the keyboard); arrows still move between cells
+        self.table.setTabKeyNavigation(False)
         self.table.setHorizontalHeaderLabels(list(SWEEP_COLUMNS))
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
