@@ -319,6 +319,8 @@ class ComparePanel(QWidget):
             label.setVisible(False)
         if c.metric is None:
             self.scatter.setData([], [])
+            # (empty axes, not the last comparison's range: 5–45 MiB beside two 9.94 MiB runs)
+            self.scatter_plot.setRange(xRange=(0.0, 1.0), yRange=(0.0, 1.0), padding=0)
             self.scatter_plot.setLabel("left", "quality")
             self.scatter_note.setText(c.no_metric_reason() + " Nothing is plotted.")
             return
