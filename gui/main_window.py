@@ -884,7 +884,8 @@ class MainWindow(QMainWindow):
         self.render_result(result, maps, reason)
         self.workspace.setCurrentIndex(0)
         self.status.show_message(f"Saved run {run_id}: {result.config.model}, "
-                                 f"{result.config.workload}.")
+                                 f"{result.config.workload}"
+                                 + (" (ESTIMATE)" if result.is_estimate else "") + ".")
         self.log.info(f"Opened saved run {run_id}.")
         return True
 
@@ -903,6 +904,7 @@ class MainWindow(QMainWindow):
                     self, "Label a run",
                     f"Label of run {run_id} (at most {MAX_LABEL} characters):", text=current)
                 if not ok:
+                    self.status.clear_error()  # (the too-long label's red line stayed)
                     return False
                 if len(one_line(text)) <= MAX_LABEL:
                     break
@@ -1151,6 +1153,7 @@ class MainWindow(QMainWindow):
         if against_own:  # (in the guide's order: #1… as its table)
             self.compare_panel.render(compare(runs, against_own=True))
             self.workspace.setCurrentWidget(self.runs_tab)
+            self.status.show_message(f"Comparing {len(runs)} runs of the guide.")
             self.log.info(f"Comparing {len(runs)} runs of the guide, each against its own "
                           "unoptimized model.")
             return True
@@ -1158,6 +1161,9 @@ class MainWindow(QMainWindow):
         runs, why = reference_first(runs, baseline)
         self.compare_panel.render(compare(runs), why)
         self.workspace.setCurrentWidget(self.runs_tab)
+        # (the status still said the last action's line: "Controls set from run…")
+        self.status.show_message(f"Comparing {len(runs)} runs against {runs[0].run_id} "
+                                 f"({why}).")
         self.log.info(f"Comparing {len(runs)} runs against {runs[0].run_id} ({why}): "
                       f"{', '.join(r.run_id for r in runs[1:])}.")
         return True
@@ -1234,7 +1240,8 @@ class MainWindow(QMainWindow):
                            if captured else None)
         self.workspace.setCurrentIndex(0)
         self.status.show_message(f"Run file {Path(path).name}: {result.config.model}, "
-                                 f"{result.config.workload}.")
+                                 f"{result.config.workload}"
+                                 + (" (ESTIMATE)" if result.is_estimate else "") + ".")
         self.log.info(f"Opened run file {path}.")
         self._remember_recent(str(Path(path).resolve()))
         return True

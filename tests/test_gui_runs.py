@@ -158,6 +158,8 @@ def test_compare_puts_the_unoptimized_run_or_the_chosen_baseline_first(qtbot, re
     assert window.compare_saved_runs(["ref", "opt"])
     assert [r.run_id for r in window.compare_panel.comparison.runs] == ["opt", "ref"]
     assert "(the chosen baseline)" in window.compare_panel.message.text()
+    # the status says so (it kept the last action's line)
+    assert window.status.text() == "Comparing 2 runs against opt (the chosen baseline)."
 
 
 def test_compare_without_a_shared_quality_metric_says_so(qtbot, tmp_path):
