@@ -1075,3 +1075,20 @@ def test_the_guide_picture_sets_each_run_against_its_own_unoptimized_model(qtbot
     assert compare([a, b], against_own=True).ratio_noisy(1)
     b.baseline["plain_ms"] = [2.0, 2.1, 2.0]
     assert not compare([a, b], against_own=True).ratio_noisy(1)
+
+
+def test_a_long_label_is_elided_so_the_peak_stays_in_view(qtbot, real_store):
+    """A guide's labels ("guide: lora:rank=8,… + checkpointing") pushed Kind, Peak and
+    Latency out of a 1024-pixel window: the Label column is capped, its tooltip whole."""
+    from gui.panels.saved_runs import COLUMNS, MAX_LABEL_PX
+
+    long = "guide: lora:rank=8,alpha=16,targets=attention + checkpointing:every=1"
+    real_store.set_label("ref", long)
+    window = make_window(qtbot, FakeEngine(), real_store)
+    window.refresh_saved_runs()
+    panel = window.saved_runs
+    label = next(i for i, c in enumerate(COLUMNS) if c[0] == "Label")
+    assert panel.view.columnWidth(label) <= MAX_LABEL_PX
+    row = next(r for r in range(panel.model.rowCount())
+               if panel.model.item(r, label).text() == long)
+    assert long in panel.model.item(row, label).toolTip()

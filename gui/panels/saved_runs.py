@@ -65,6 +65,9 @@ COLUMNS = (COLUMNS[:2]
                lambda s: str(getattr(s, "label", "")), "Your name for the run (Label…)"),)
            + COLUMNS[2:])
 MAX_COLUMN_PX = 260  # a long optimizations list is elided (its cell's tooltip has all of it)
+# A label is elided sooner: the guide's ("guide: lora:rank=8,… + checkpointing") pushed Kind,
+# Peak and Latency out of a 1024-pixel window (its tooltip has all of it)
+MAX_LABEL_PX = 150
 
 
 def summary_text(summary: Any) -> str:
@@ -197,9 +200,11 @@ class SavedRunsPanel(QWidget):
         self.view.setSortingEnabled(True)
         self._show_count()
         self.view.resizeColumnsToContents()
+        label = next(i for i, c in enumerate(COLUMNS) if c[0] == "Label")
         for column in range(self.model.columnCount()):
-            if self.view.columnWidth(column) > MAX_COLUMN_PX:
-                self.view.setColumnWidth(column, MAX_COLUMN_PX)
+            most = MAX_LABEL_PX if column == label else MAX_COLUMN_PX
+            if self.view.columnWidth(column) > most:
+                self.view.setColumnWidth(column, most)
         if selected:
             self.select(sorted(selected), scroll=False)  # a refresh keeps the user's place
         self._selection_changed()
