@@ -1130,7 +1130,7 @@ def print_sweep(record, out: TextIO) -> None:
     w(f"sweep: {record.model} · {record.workload}"
       f"{f' ({record.new_tokens} new tokens)' if record.workload == 'generate' else ''} · "
       f"dtype {record.dtype} · attention {record.attention_impl} · device {record.device}\n")
-    w(f"{len(record.points)} points: {sum(p.kind == 'measured' for p in record.points)} measured, "
+    w(f"{len(record.points)} point{'s' if len(record.points) != 1 else ''}: {sum(p.kind == 'measured' for p in record.points)} measured, "
       f"{n_est} ESTIMATED (fake tensors: no weights, no real memory, no latency)"
       + (f", {sum(p.kind == 'failed' for p in record.points)} failed" if "failed" in kinds else "")
       + "\n")
@@ -1538,11 +1538,12 @@ def print_report(result: RunResult, out: TextIO) -> None:
             w("-" * len(line) + "\n")
         w("  ".join(str(c).ljust(widths[i]) if i < 2 else str(c).rjust(widths[i])
                     for i, c in enumerate(r)) + "\n")
+    timed = "ms and FLOPs" if est is None else "FLOPs"  # (an estimate has no ms column)
     if result.training:
-        w("(ms and FLOPs: each layer's forward; the total row's: the whole step, forward + "
+        w(f"({timed}: each layer's forward; the total row's: the whole step, forward + "
           "backward + optimizer)\n")
     if passes := layer_passes_text(result):
-        w(f"(ms and FLOPs: each layer over {passes}; output: its largest call's, the prefill's)\n")
+        w(f"({timed}: each layer over {passes}; output: its largest call's, the prefill's)\n")
     if t.latency_ms is not None and t.plain_latency_ms is not None:
         w(f"(the total row's ms is the pass timed with the layers' hooks, as each row is; "
           f"without them it took {t.plain_latency_ms:.3f} ms, the latency given below)\n")
@@ -1589,7 +1590,8 @@ def print_report(result: RunResult, out: TextIO) -> None:
     if est is not None:
         w(f"estimate made in {result.estimate_seconds:.2f} s "
           f"(build {est.get('build_seconds', 0):.2f} s, "
-          + (f"warm-up step {est['warmup_seconds']:.2f} s, " if est.get("warmup_seconds") else "")
+          + (f"warm-up step {est['warmup_seconds']:.2f} s, "
+             if (est.get("warmup_seconds") or 0) >= 0.005 else "")  # (no "0.00 s" for none)
           + f"memory pass {est.get('pass_seconds', 0):.2f} s); weights "
           f"{human_bytes(t.steady_bytes)} from the config's shapes; not estimated: latency, "
           "load peak, process RSS\n")

@@ -1239,7 +1239,8 @@ def _training_assumptions(plan: ShardPlan, in_flight: int, blocks: int) -> list[
     mesh = (f"a 2-D mesh (HSDP) of {plan.replicas} replica groups × {group} ranks: each group "
             "holds the whole model sharded among its ranks, gradients are reduce-scattered in "
             "the group and then all-reduced across the groups in place"
-            if plan.replicas > 1 else f"one mesh of {plan.ranks} ranks")
+            if plan.replicas > 1 else f"one mesh of {plan.ranks} rank"
+            + ("s" if plan.ranks != 1 else ""))
     return frozen + [
         f"fully_shard on each of the {blocks} blocks, then on the root (its other parameters: "
         f"embeddings, final norm, head); {mesh}; {mp}: sharded parameters, gradients and "
@@ -1549,7 +1550,8 @@ def _format_inference(plan: DevicePlan) -> str:
 
 def _format_training(plan: ShardPlan) -> str:
     lines = []
-    lines.append(f"ESTIMATE — FSDP2 training plan: {plan.model} on {plan.ranks} ranks"
+    lines.append(f"ESTIMATE — FSDP2 training plan: {plan.model} on {plan.ranks} "
+                 f"rank{'s' if plan.ranks != 1 else ''}"
                  + (f" (HSDP: {plan.replicas} replicas × {plan.ranks // plan.replicas} shards)"
                     if plan.replicas > 1 else "")
                  + (f" × {human_bytes(plan.per_rank_budget_bytes)}"

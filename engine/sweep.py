@@ -653,7 +653,8 @@ def _sweep(config, seqs, batches, opt_sets, listener, cancel, store, measure_lim
         record.points.append(point)
         _emit(listener, PointDone(point, i, len(grid)))
     record.duration_s = round(time.perf_counter() - t0, 3)
-    _emit(listener, Progress("sweep", 1.0, f"{len(grid)} points done"))
+    _emit(listener, Progress("sweep", 1.0,
+                             f"{len(grid)} point{'s' if len(grid) != 1 else ''} done"))
     return record
 
 
