@@ -180,7 +180,7 @@ def test_profile_distributed_refuses_what_it_cannot_measure(capsys):
     # refused before any process starts, naming the fix
     assert cli.main(["profile", "--workload", "train", "--distributed", "2", "--opt",
                      "cast"]) == cli.EXIT_FAILED
-    assert "cannot apply cast" in capsys.readouterr().err
+    assert "takes the weights' dtype from --dtype" in capsys.readouterr().err
     assert cli.main(["profile", "--workload", "train", "--master-dtype", "fp32"]) == cli.EXIT_USAGE
     assert "--distributed N" in capsys.readouterr().err
     # one-device settings it would drop without a word are refused by name
