@@ -85,19 +85,10 @@ def token_label(token: str, limit: int = 8) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def shape_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None) -> str:
-    """What the maps hold: "6 layers × 6 heads, batch row 0, 32 tokens." (and a downsampling)."""
-    return capture_text(info, maps, cost=False)
-
-
-def capture_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None,
-                 cost: bool = True) -> str:
-    """How the maps were captured and what that cost, from the run's ``attention`` record
-    (without ``cost``: only what they hold)."""
-    parts: list[str] = []
-    if not cost:
-        pass
-    elif info and info.get("captured"):
+def capture_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None) -> str:
+    """How the maps were captured and what that cost, from the run's ``attention`` record,
+    then what they hold (:func:`shape_text`)."""
+    if info and info.get("captured"):
         used = info.get("implementation_used") or "eager"
         original = info.get("original_implementation")
         how = f"Captured with {used} attention"
@@ -110,10 +101,15 @@ def capture_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None,
                 f"{human_bytes(spent.get('peak_bytes'))}, against "
                 f"{human_ms(spent.get('plain_forward_ms'))} and "
                 f"{human_bytes(spent.get('plain_peak_bytes'))} for a plain forward measured "
-                "beside it")
-        parts.append(how + ".")
+                "beside it.")
     else:
-        parts.append("Capture details were not recorded.")
+        how = "Capture details were not recorded."
+    return how + " " + shape_text(info, maps)
+
+
+def shape_text(info: Mapping[str, Any] | None, maps: AttentionMaps | None) -> str:
+    """What the maps hold: "6 layers × 6 heads, batch row 0, 32 tokens." (and a downsampling)."""
+    parts: list[str] = []
     layers = len(maps.maps) if maps is not None else (info or {}).get("layers")
     heads = _heads(maps) if maps is not None else (info or {}).get("heads")
     tokens = (info or {}).get("tokens")
