@@ -258,8 +258,14 @@ class MainWindow(QMainWindow):
             run_menu, "&Use the shown run's settings", self.use_shown_run_settings, "Ctrl+U")
         run_menu.addSeparator()
         self.cancel_action = self._action(run_menu, "&Cancel", self.cancel_run, "Ctrl+.")
-        self.cancel_action.setShortcuts([QKeySequence("Ctrl+."), QKeySequence("Escape")])
         self.cancel_action.setEnabled(False)
+        # Escape cancels too, but a guide (minutes of runs) asks first: one stray key press
+        # ended it (Ctrl+. and Run ▸ Cancel are deliberate and do not ask).
+        self.escape_action = QAction("Cancel (Escape)", self)
+        self.escape_action.setShortcut(QKeySequence("Escape"))
+        self.escape_action.triggered.connect(lambda _=False: self.cancel_on_escape())
+        self.escape_action.setEnabled(False)
+        self.addAction(self.escape_action)
 
         view_menu = bar.addMenu("&View")
         for i in range(self.plot_tabs.count()):
@@ -398,6 +404,23 @@ class MainWindow(QMainWindow):
             self.log.info("Cancelling the run…")
             self.controller.cancel()
 
+    def cancel_on_escape(self, ask: Any = None) -> bool:
+        """Escape: cancel the run; a guide asks first, saying what is kept. ``ask`` (title,
+        text) -> bool replaces the question box (tests). True when it cancelled."""
+        if not self.controller.is_running:
+            return False
+        if self._job == "guide":
+            guide = self.guide_panel.guide
+            done = len(guide.entries) if guide is not None else 0
+            kept = (f"The {done} technique{'s' if done != 1 else ''} measured so far stay on "
+                    "the Guide page and in the run store." if done else
+                    "No technique has finished yet.")
+            if not (ask or self._ask)("Cancel the guide?", f"Stop the guide now? {kept}"):
+                self.log.info("The guide goes on (Escape was not confirmed).")
+                return False
+        self.cancel_run()
+        return True
+
     @Slot()
     def _on_settings_edited(self) -> None:
         if not self.controller.is_running:
@@ -419,6 +442,7 @@ class MainWindow(QMainWindow):
             self.sweep_panel.set_running(running)
             self.plan_panel.set_running(running)
             self.cancel_action.setEnabled(running)
+            self.escape_action.setEnabled(running)
 
     @Slot(str, float, str)
     def _on_progress(self, stage: str, fraction: float, message: str) -> None:
@@ -1316,7 +1340,7 @@ class MainWindow(QMainWindow):
                              "compare saved runs first.")
             return
         folder = QFileDialog.getExistingDirectory(self, "Export the report into a folder")
-        if folder:
+        if folder and self._may_replace(folder, "report.html"):
             self.export_report(folder, runs, pdf=True)
 
     def export_report(self, folder: str | Path, runs: Sequence[RunResult] | None = None,
@@ -1366,8 +1390,16 @@ class MainWindow(QMainWindow):
             self.log.warning("No guide yet: Run → Run the guide first.")
             return
         folder = QFileDialog.getExistingDirectory(self, "Export the guide's report into a folder")
-        if folder:
+        if folder and self._may_replace(folder, "guide.html"):
             self.export_guide_report(folder)
+
+    def _may_replace(self, folder: str | Path, name: str) -> bool:
+        """A folder that already holds a report of this kind: ask before writing over it (the
+        previous report's pictures are removed with it, see ``gui.report``)."""
+        if not (Path(folder) / name).exists():
+            return True
+        return self._ask("Replace the report?", f"{Path(folder) / name} already exists. "
+                         "Replace that report (its pictures and PDF too) with this one?")
 
     def export_guide_report(self, folder: str | Path, pdf: bool = True) -> Any:
         """Write guide.html (and guide.pdf): the guide on show with the compare view of each

@@ -33,6 +33,7 @@ import argparse
 import base64
 import html
 import io
+import json
 import os
 import re
 import sys
@@ -78,6 +79,7 @@ class ReportFiles:
     pdf: Path | None = None
     images: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # a guide's runs not in the run store
+    removed: list[str] = field(default_factory=list)  # the previous report's files, not rewritten
 
 
 # -- rendering the panels -----------------------------------------------------------------------
@@ -965,6 +967,7 @@ def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = 
                               omit=PDF_OMITS)
         files.pdf = write_pdf(pdf_html, [s for s in every if s.key not in PDF_OMITS],
                               folder / "report.pdf")
+    files.removed = _tidy(files)
     return files
 
 
@@ -1030,7 +1033,50 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
             sized = sized.replace(f'src="{shot.path.name}"',
                                   f'src="{shot.path.name}" width="{PDF_IMAGE_WIDTH}"')
         files.pdf = write_pdf(sized, shots, folder / "guide.pdf", title="MemLens guide")
+    files.removed = _tidy(files)
     return files
+
+
+MANIFEST = ".memlens-report.json"  # per kind of report, the files it last wrote into the folder
+
+
+def _tidy(files: ReportFiles) -> list[str]:
+    """Remove what the previous report of the same kind (``report.html`` or ``guide.html``) in
+    ``files.folder`` wrote and this one did not (a three-run report's ``run2-*.png`` beside a
+    new one-run report, a ``report.pdf`` left from an export with PDF), then record this
+    report's files. Only names the manifest lists are touched, and only plain files directly
+    in the folder: a user's own files, and the other kind of report, stay. Returns the names
+    removed."""
+    folder = files.folder
+    kind = files.html.name
+    written = {p.name for p in (files.html, files.pdf, *files.images) if p is not None}
+    manifest = folder / MANIFEST
+    try:
+        kinds = json.loads(manifest.read_text(encoding="utf-8"))
+        kinds = kinds if isinstance(kinds, dict) else {}
+    except (OSError, ValueError):
+        kinds = {}
+    before = kinds.get(kind)
+    others = {n for k, names in kinds.items() if k != kind and isinstance(names, list)
+              for n in names if isinstance(n, str)}
+    removed: list[str] = []
+    for name in before if isinstance(before, list) else []:
+        if (not isinstance(name, str) or name in written or name in others
+                or name != Path(name).name or name in (MANIFEST, "", ".", "..")):
+            continue
+        path = folder / name
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(name)
+        except OSError:
+            pass  # a stale picture that stays is no reason to fail the report just written
+    kinds[kind] = sorted(written)
+    try:
+        manifest.write_text(json.dumps(kinds, indent=1), encoding="utf-8")
+    except OSError:
+        pass
+    return removed
 
 
 def _writable(out_dir: Path | str) -> Path:
@@ -1099,7 +1145,6 @@ def _load(spec: str, store: Any) -> tuple[RunResult, Any]:
 
 
 def _load_guide(path: Path) -> Any:
-    import json
 
     from engine.guide import Guide
 

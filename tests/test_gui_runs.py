@@ -366,6 +366,14 @@ def test_keyboard_shortcuts_run_and_cancel(qtbot):
     window.cancel_action.trigger()
     qtbot.waitUntil(lambda: not window.controller.is_running, timeout=5000)
     assert window.run_action.isEnabled() and not window.cancel_action.isEnabled()
+    assert window.escape_action.shortcut().toString() == "Esc"  # a plain run: no question
+    assert not window.escape_action.isEnabled()
+    engine.started.clear()
+    window.run_action.trigger()
+    assert engine.started.wait(5)
+    qtbot.waitUntil(lambda: window.escape_action.isEnabled(), timeout=2000)
+    window.escape_action.trigger()
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=5000)
 
 
 def test_help_about_names_the_version_and_the_store(qtbot, tmp_path):
@@ -689,7 +697,10 @@ def test_a_cancelled_guide_stays_on_its_page(qtbot, tmp_path):
                       "repeats": 1})
     qtbot.waitUntil(lambda: window.guide_panel.guide is not None, timeout=120_000)
     assert window.workspace.currentWidget() is window.guide_panel
-    window.cancel_run()
+    asked: list[str] = []  # Escape asks first during a guide; "no" leaves it running
+    assert not window.cancel_on_escape(ask=lambda _title, text: asked.append(text) or False)
+    assert window.controller.is_running and "measured so far stay" in asked[0]
+    assert window.cancel_on_escape(ask=lambda _title, _text: True)
     qtbot.waitUntil(lambda: not window.controller.is_running, timeout=60_000)
     assert [f[0] for f in failures] == ["cancelled"]
     guide = window.guide_panel.guide

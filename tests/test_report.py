@@ -168,6 +168,33 @@ def test_report_compares_runs_and_labels_estimates(qapp, saved, tmp_path):
     assert "Every run: " in text and "× latency vs [0]" in text
 
 
+def test_a_report_written_again_into_its_folder_leaves_no_stale_files(qapp, saved, tmp_path):
+    """Exporting a one-run report over a three-run one (with PDF) removes the old report's
+    run2-*.png and report.pdf, which would otherwise sit beside it as if they belonged to it;
+    a user's own file and a guide's files in the same folder stay."""
+    _, plain, optimized = saved
+    folder = tmp_path / "out"
+    first = write_report([plain, optimized, _estimate_of(plain)], folder)
+    (folder / "report.pdf").write_bytes(b"%PDF- an older export")
+    from gui import report as report_module
+
+    kinds = __import__("json").loads((folder / report_module.MANIFEST).read_text())
+    kinds["report.html"].append("report.pdf")  # (as an export with --pdf would have listed)
+    kinds["guide.html"] = ["guide.html", "guide-forward.png"]
+    (folder / report_module.MANIFEST).write_text(__import__("json").dumps(kinds))
+    for name in ("guide.html", "guide-forward.png", "notes.txt"):
+        (folder / name).write_text("kept")
+    assert (folder / "run2-memory-by-layer.png").exists()
+    second = write_report([plain], folder)
+    left = {p.name for p in folder.iterdir()}
+    assert not any(n.startswith(("run0-", "run1-", "run2-")) for n in left), left
+    assert "compare.png" not in left and "report.pdf" not in left
+    assert {"guide.html", "guide-forward.png", "notes.txt", "report.html"} <= left
+    assert {p.name for p in second.images} <= left
+    assert "run2-memory-by-layer.png" in second.removed and "report.pdf" in second.removed
+    assert len(first.images) > len(second.images)
+
+
 def test_headings_stay_with_what_follows_them_in_the_pdf(qapp):
     """A heading at the foot of a page ("Limitations" with its list on the next page) moves
     to the next page; nothing else does."""
