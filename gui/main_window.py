@@ -671,17 +671,23 @@ class MainWindow(QMainWindow):
         self.workspace.setCurrentWidget(self.sweep_panel)
         self.refresh_saved_runs()
 
-    def _new_guide_folder(self, guide: Any) -> Path:
-        """Where a guide's files go: ``guides/`` beside the run store, one folder a guide."""
+    def _new_guide_folder(self, guide: Any, opened: str | Path | None = None) -> Path:
+        """Where a guide's files go: ``guides/`` beside the run store, one folder a guide; a
+        guide opened from a file gets one folder per file (opening it again redraws that
+        folder instead of adding another copy)."""
         import datetime as _dt
+        import hashlib
         import re
         import tempfile
 
         store = self._get_store()
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = (Path(store.root).parent / "guides") if getattr(store, "root", None) else Path(
             tempfile.gettempdir()) / "memlens-guides"
-        return base / f"{stamp}-{re.sub(r'[^A-Za-z0-9._-]+', '_', guide.model)[-60:]}"
+        model = re.sub(r'[^A-Za-z0-9._-]+', '_', guide.model)[-60:]
+        if opened is not None:
+            key = hashlib.sha1(str(Path(opened).resolve()).encode()).hexdigest()[:10]
+            return base / f"opened-{key}-{model}"
+        return base / f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{model}"
 
     def show_guide(self, guide: Any) -> bool:
         """Write the guide's files and show them on the Guide page: after each technique while
@@ -1242,7 +1248,7 @@ class MainWindow(QMainWindow):
                 from engine.guide import write_guide
 
                 try:
-                    written, _charts = write_guide(result, self._new_guide_folder(result))
+                    written, _charts = write_guide(result, self._new_guide_folder(result, path))
                 except OSError as exc:
                     self.status.show_error(f"Could not show the guide: {exc}",
                                            "Check the data folder.")

@@ -205,6 +205,10 @@ def test_saved_records_open_on_their_pages(qtbot, tmp_path):
     assert window.workspace.currentWidget() is window.guide_panel
     assert "The measured guide: demo on cpu" in window.guide_panel.text()
     assert "measured guide" in window.status.text()
+    guides = Path(window._get_store().root).parent / "guides"
+    shown = set(guides.iterdir())
+    assert window.open_run_file(guide_path)  # opened again: redrawn in place, not copied
+    assert set(guides.iterdir()) == shown and len(shown) == 1
 
     newer = dict(_distributed_run().to_dict(), schema_version=99)
     newer_path = tmp_path / "newer.json"
