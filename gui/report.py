@@ -617,10 +617,16 @@ def _compare_table_html(results: Sequence[RunResult]) -> str:
     for i, run in enumerate(c.runs):
         # (labels() says "(estimate)" already; a long name keeps its end, which is what tells
         # repeated names apart)
-        name = names[i] if len(names[i]) <= 40 else "…" + names[i][-39:]
+        name = names[i]
+        spec = optimizations_text(run.optimizations) if run.optimizations else ""
+        if spec and not (run.config.label or "").strip() and name.startswith(spec):
+            # (the name is the optimizations column's text: said once, in that column; the
+            # same long spec twice took two fifths of the page from the quality column)
+            name = name[len(spec):].strip(" ·")
+        name = name if len(name) <= 40 else "…" + name[-39:]
         # (the run ids are listed under the table: in the table, a whole id took a third of
         # the page and squeezed the quality column to a few letters a line)
-        first = f"<td>[{i}] {_e(name)}</td>"
+        first = f"<td>[{i}] {_e(name)}</td>" if name else f"<td>[{i}]</td>"
         words = ([f"{run.config.model} · {run.config.workload}"] if len(kinds) > 1 else []) + [
             optimizations_text(run.optimizations)]
         figures = [human_bytes(c.peaks[i]), _signed(c.peaks[i] - c.peaks[0]) if i else

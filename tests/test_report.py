@@ -148,6 +148,7 @@ def test_report_compares_runs_and_labels_estimates(qapp, saved, tmp_path):
     # quality column to a few letters a line, and a model · workload column off the page)
     table = text.split("Comparison of 3 runs")[1].split("</table>")[0]
     assert plain.run_id not in table and "width='22%'" in table
+    assert table.count("cast:dtype=bfloat16") == 1, table  # named once, in its column
     ids = text.split("Comparison of 3 runs")[1].split("Run ids:")[1].split("</p>")[0]
     assert all(f"[{i}] {r.run_id}" in ids for i, r in enumerate([plain, optimized, est]))
     assert ESTIMATE_BANNER in text and "— ESTIMATE</h2>" in text
