@@ -903,9 +903,13 @@ def _fit_table_columns(doc: Any, width: float) -> int:
     return changed
 
 
+KEEP_TABLE_WHOLE = 0.5  # a heading and its table shorter than this share of a page stay together
+
+
 def _keep_headings_with_next(copy: Any, doc: Any, rounds: int = 64) -> int:
     """Move a heading left alone at the foot of a page ("Limitations" with its list on the
-    next page) to the next page. Qt's rich text has no keep-with-next, so ``copy`` (the same
+    next page) to the next page, and with it a short table that would split across the page
+    break (``KEEP_TABLE_WHOLE``). Qt's rich text has no keep-with-next, so ``copy`` (the same
     document, paginated) is laid out and read back: a heading whose next block starts on a
     later page gets a page break before it, and the layout is read again (each break moves
     what follows). The breaks found are then set in ``doc``. Returns the headings moved."""
@@ -928,6 +932,13 @@ def _keep_headings_with_next(copy: Any, doc: Any, rounds: int = 64) -> int:
                 # (the next block's first line: pagination moves lines down within a block)
                 there = layout.blockBoundingRect(nxt).top() + (
                     nxt.layout().lineAt(0).y() if nxt.layout().lineCount() else 0.0)
+                # (a short table after it is kept whole with it: a row of wrapped notes split
+                # across two pages, half of each cell on each)
+                table = QTextCursor(nxt).currentTable()
+                if table is not None:
+                    box = layout.frameBoundingRect(table)
+                    if box.bottom() - here < KEEP_TABLE_WHOLE * height:
+                        there = box.bottom() - 1.0
                 if int(there // height) > int(here // height):
                     QTextCursor(block).mergeBlockFormat(fmt)
                     moved.add(block.position())

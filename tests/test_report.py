@@ -240,6 +240,51 @@ def test_headings_stay_with_what_follows_them_in_the_pdf(qapp):
     assert after[stranded[0]][0] == before[stranded[0]][1]  # moved to its text's page
 
 
+def test_a_short_table_is_not_split_across_pages(qapp):
+    """A heading and a short table of wrapped notes that would cross a page break move to the
+    next page together (each cell was cut in two, half on each page); a table too long for
+    that is left to Qt's pagination."""
+    from PySide6.QtCore import QSizeF
+    from PySide6.QtGui import QTextCursor, QTextDocument
+
+    from gui.report import _keep_headings_with_next
+
+    filler = "".join(f"<p>line {i}</p>" for i in range(6))
+    rows = "".join(f"<tr><td>row {i}</td><td>{'a long note ' * 3}</td></tr>" for i in range(2))
+    long_rows = "".join(f"<tr><td>r{i}</td><td>x</td></tr>" for i in range(40))
+    html_text = (f"<h3>First</h3>{filler}<h3>Short</h3><table border='1'>{rows}</table>"
+                 f"<h3>Long</h3><table border='1'>{long_rows}</table>")
+
+    def document() -> QTextDocument:
+        doc = QTextDocument()
+        doc.setHtml(html_text)
+        doc.setTextWidth(200)
+        doc.setPageSize(QSizeF(200, 12 * 17 + 60))
+        return doc
+
+    def spans(doc: QTextDocument) -> list[tuple[int, int]]:
+        """each table's (first page, last page)"""
+        height, layout = doc.pageSize().height(), doc.documentLayout()
+        doc.pageCount()
+        out, seen, block = [], set(), doc.begin()
+        while block.isValid():
+            table = QTextCursor(block).currentTable()
+            if table is not None and table.firstPosition() not in seen:
+                seen.add(table.firstPosition())
+                box = layout.frameBoundingRect(table)
+                out.append((int(box.top() // height), int((box.bottom() - 1) // height)))
+            block = block.next()
+        return out
+
+    before = spans(document())
+    assert before[0][0] < before[0][1], before  # the case this test is about: split
+    doc = document()
+    _keep_headings_with_next(document(), doc)
+    after = spans(doc)
+    assert after[0][0] == after[0][1] == before[0][1], after
+    assert after[1][0] < after[1][1]  # the long table still runs over pages
+
+
 def test_pdf_tables_repeat_their_header_and_the_table_picture_has_every_column(qapp,
                                                                               tmp_path):
     """A Markdown table (the guide's ranked tables) repeats its header row on every page it
