@@ -280,8 +280,9 @@ class Cast(Optimization):
 class Autocast(Optimization):
     id = "autocast"
     name = "Autocast (mixed precision)"
-    summary = ("Run matmuls in 16 bits while the weights stay float32 (torch.autocast); "
-               "saves activation memory, not weight memory.")
+    summary = ("Run matmuls in 16 bits while the weights stay float32 (torch.autocast): "
+               "16-bit activations, but a 16-bit copy of each weight is kept during the "
+               "pass, so an inference peak can rise; training keeps float32 master weights.")
     category = "precision"
     params = (Param("dtype", "choice", "bfloat16", ("bfloat16", "float16")),)
     # In either order: after a cast no float32 weight is left for autocast to lower (the

@@ -971,8 +971,14 @@ class _Run:
                 seen |= keys
                 fresh.append(v)
                 if v.numel() > 1:  # (a step count is a scalar in float32 whatever the rest)
-                    name = str(v.dtype).replace("torch.", "")
-                    state_dtypes[name] = state_dtypes.get(name, 0) + unique_nbytes([v])
+                    # By the dtypes that hold the bytes: torchao's 8-bit state is a float32
+                    # tensor subclass whose data are uint8 codes and float32 scales.
+                    by_dtype: dict[str, list[torch.Tensor]] = {}
+                    for leaf in leaves(v):
+                        by_dtype.setdefault(str(leaf.dtype).replace("torch.", ""),
+                                            []).append(leaf)
+                    for name, group in by_dtype.items():
+                        state_dtypes[name] = state_dtypes.get(name, 0) + unique_nbytes(group)
             opt[owner] = opt.get(owner, 0) + unique_nbytes(fresh)
             if p.requires_grad and id(p) in probe.grads_seen:
                 # Gradients are freed by the next zero_grad; their size is the parameter's (a

@@ -492,6 +492,9 @@ def test_low_bit_optimizer_state_is_counted_by_its_real_bytes():
     # two moments in one byte per value (plus blockwise scales) instead of four
     assert r.training["optimizer_state_bytes"] < 0.4 * fp32_state
     assert r.totals.optimizer_state_bytes < 0.4 * fp32_state
+    # by the dtypes that hold the bytes (the subclass says float32: "(in float32)" was shown)
+    dtypes = r.training["optimizer_state_dtypes"]
+    assert dtypes.get("uint8", 0) > 0.5 * sum(dtypes.values()), dtypes
     assert any("compiled code" in w for w in r.warnings)
     assert r.totals.reconciles()
 
