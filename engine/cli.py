@@ -18,7 +18,7 @@ from .config import ATTENTION_IMPLS, DTYPE_ALIASES, DTYPES, WORKLOADS, RunConfig
 from .errors import ErrorKind, MemLensError
 from .events import Event, Failed, Finished, LayerStatsReady, Progress
 from .compare import optimizations_text
-from .format import (MISSING, bytes_against, bytes_change, human_bytes, kv_cache_text,
+from .format import (MISSING, against_baseline, bytes_against, human_bytes, kv_cache_text,
                      layer_passes_text, overhead, quality_parts, si_number, tokens_per_s_text)
 from .results import RunResult
 from .store import write_output
@@ -1460,9 +1460,6 @@ def _state_dtypes(training: dict) -> str:
     return text + ")"
 
 
-def _signed(n: int) -> str:
-    return ("+" if n > 0 else "−" if n < 0 else "±") + human_bytes(abs(n))
-
 
 def _cell(value, fmt=human_bytes) -> str:
     return fmt(value) if value is not None else MISSING
@@ -1632,14 +1629,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
           f"{human_bytes(applied['weights_bytes_after'])} in {applied['seconds'] * 1e3:.0f} ms\n")
         for note in applied.get("notes", []):
             w(f"  {note}\n")
-    d, base = result.deltas, result.baseline
-    if d and base:
-        lat = d.get("latency_ratio")
-        before, after, change = bytes_change(base["peak_bytes"], t.peak_bytes)
-        # (the latency's condition took the whole line with it when there was no ratio)
-        w(f"vs the unoptimized baseline measured in this run: peak {before} → {after} "
-          f"({change}), weights {_signed(d['model_weights_bytes'])}"
-          + (f", latency ×{lat:.2f}" if lat else "") + "\n")
+    if result.deltas and result.baseline:
+        w(f"vs the unoptimized baseline measured in this run: "
+          f"{', '.join(against_baseline(result))}\n")
     q = result.quality
     parts = quality_parts(q)
     if parts:

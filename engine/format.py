@@ -301,3 +301,47 @@ def bytes_change(before: int | float | None, after: int | float | None) -> tuple
         unit = _BINARY_UNITS[_BINARY_UNITS.index(unit) - 1]
     return (f"{before / scale:.2f} {unit}", f"{after / scale:.2f} {unit}",
             f"{sign}{abs(delta) / scale:.2f} {unit}")
+
+
+def against_baseline(result: Any) -> list[str]:
+    """A run against the unoptimized model measured in the same run (``result.baseline``),
+    part by part: peak and weights; saved for backward and each training phase's peak (what
+    activation checkpointing lowers, below a peak in the optimizer step that it cannot);
+    the KV cache of a generation; the latency ratio, with its doubt when either side's timing
+    passes disagree. Empty without a baseline. One wording for the CLI, the window and
+    reports."""
+    from .results import NOISY_TIMING_SPREAD, timing_spread
+
+    base, d, t = result.baseline or {}, result.deltas or {}, result.totals
+    if not base:
+        return []
+    out: list[str] = []
+
+    def pair(label: str, before: Any, after: Any) -> None:
+        if _is_missing(before) or _is_missing(after):
+            return
+        a, b, change = bytes_change(before, after)
+        out.append(f"{label} {a} → {b} ({change})")
+
+    pair("peak", base.get("peak_bytes"), t.peak_bytes)
+    pair("weights", base.get("model_weights_bytes"), t.model_weights_bytes)
+    training = getattr(result, "training", None) or {}
+    pair("saved for backward", base.get("saved_for_backward_bytes"),
+         training.get("saved_for_backward_bytes"))
+    phases = base.get("phase_peaks") or {}
+    now = getattr(result, "phase_peaks", None) or {}
+    if training:  # (a forward has one phase: its peak is the peak)
+        for phase in ("forward", "backward", "optimizer"):
+            if phases.get(phase) != now.get(phase):
+                pair(f"{phase} phase peak", phases.get(phase), now.get(phase))
+    if base.get("kv_cache_bytes") or t.kv_cache_bytes:
+        pair("KV cache", base.get("kv_cache_bytes"), t.kv_cache_bytes)
+    ratio = d.get("latency_ratio")
+    if ratio:
+        spreads = [s for s in (timing_spread((getattr(result, "timing", None) or {})
+                                             .get("plain_ms")),
+                               timing_spread(base.get("plain_ms"))) if s]
+        noisy = max(spreads, default=0.0) > NOISY_TIMING_SPREAD
+        out.append(f"latency ×{ratio:.2f}" + (
+            f" (noisy: timing passes up to ×{max(spreads):.1f} apart)" if noisy else ""))
+    return out

@@ -44,7 +44,7 @@ from typing import Any
 
 from engine.compare import optimizations_text
 from engine.errors import ErrorKind, MemLensError
-from engine.format import (MISSING, bytes_change, human_bytes, human_count, human_flops,
+from engine.format import (MISSING, against_baseline, human_bytes, human_count, human_flops,
                            human_ms, human_seconds, kv_cache_text, layer_passes_text,
                            quality_parts)
 from engine.results import RunResult
@@ -569,16 +569,11 @@ def _optimizations_html(result: RunResult) -> str:
         parts.append("<table class='grid' border='1' cellspacing='0' cellpadding='3'><tr>"
                      "<th>optimization</th><th>modules changed</th><th>weights</th>"
                      "<th>applied in</th><th>notes</th></tr>" + "".join(rows) + "</table>")
-    base, d, t = result.baseline, result.deltas or {}, result.totals
+    base, d = result.baseline, result.deltas or {}
     if base:
-        ratio = d.get("latency_ratio")
-        peak = bytes_change(base.get("peak_bytes"), t.peak_bytes)
-        weights = bytes_change(base.get("model_weights_bytes"), t.model_weights_bytes)
-        parts.append(
-            "<p>Against the unoptimized model measured in the same run: peak "
-            f"{_e(peak[0])} → {_e(peak[1])} (Δ {_e(peak[2])}), weights "
-            f"{_e(weights[0])} → {_e(weights[1])} (Δ {_e(weights[2])}), latency "
-            f"{_e(f'×{ratio:.2f}' if ratio is not None else MISSING)}.</p>")
+        parts.append("<p>Against the unoptimized model measured in the same run: "
+                     f"{_e(', '.join(against_baseline(result)))}"
+                     + ("" if d.get("latency_ratio") else f", latency {MISSING}") + ".</p>")
     q = result.quality or {}
     quality = quality_parts(q)
     if quality:

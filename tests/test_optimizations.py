@@ -225,6 +225,19 @@ def test_checkpointing_cuts_saved_activations():
     plain = run([], workload="train", seq=64)
     assert saved < 0.5 * plain.training["saved_for_backward_bytes"]
     assert r.quality["kl_divergence"] == 0.0  # same weights, measured before training
+    # The baseline's saved-for-backward and phase peaks are kept, so the saving is said where
+    # the peak (in the backward or optimizer step) does not move: "saved no memory" was
+    # printed beside a saved-for-backward cut to a sixth.
+    assert r.baseline["saved_for_backward_bytes"] == plain.training["saved_for_backward_bytes"]
+    assert r.deltas["saved_for_backward_bytes"] < 0
+    assert r.baseline["phase_peaks"]["forward"] > r.phase_peaks["forward"]
+    from engine.format import against_baseline
+
+    assert any(p.startswith("saved for backward ") and "(−" in p for p in against_baseline(r))
+    assert not any("saved no memory" in w for w in r.warnings), r.warnings
+    if r.deltas["peak_bytes"] == 0:
+        assert any("lowered saved for backward" in w and "but not the peak" in w
+                   for w in r.warnings), r.warnings
 
 
 def test_freeze_base_keeps_gradients_for_the_head_only():

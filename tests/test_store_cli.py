@@ -1077,16 +1077,23 @@ def test_the_baseline_line_stays_when_there_is_no_latency_ratio():
     from engine.config import RunConfig
     from engine.results import RunResult, Totals
 
-    run = RunResult(config=RunConfig(), run_id="r", totals=Totals(peak_bytes=90 << 20),
-                    baseline={"peak_bytes": 100 << 20},
+    run = RunResult(config=RunConfig(), run_id="r",
+                    totals=Totals(peak_bytes=90 << 20, model_weights_bytes=16 << 20),
+                    baseline={"peak_bytes": 100 << 20, "model_weights_bytes": 20 << 20},
                     deltas={"peak_bytes": -(10 << 20), "model_weights_bytes": -(4 << 20),
                             "latency_ratio": None})
     out = io.StringIO()
     print_report(run, out)
     line = next(x for x in out.getvalue().splitlines() if x.startswith("vs the unoptimized"))
-    assert "100.00 MiB → 90.00 MiB (−10.00 MiB), weights −4.00 MiB" in line
+    assert "100.00 MiB → 90.00 MiB (−10.00 MiB), weights 20.00 MiB → 16.00 MiB (−4.00 MiB)" in line
     assert "latency" not in line
     run.deltas["latency_ratio"] = 1.25
     out = io.StringIO()
     print_report(run, out)
-    assert "weights −4.00 MiB, latency ×1.25" in out.getvalue()
+    assert "(−4.00 MiB), latency ×1.25\n" in out.getvalue()
+    # a ratio from passes far apart says so, a speed-up as much as a slowdown
+    run.deltas["latency_ratio"] = 0.4
+    run.baseline["plain_ms"] = [30.0, 2400.0, 31.0]
+    out = io.StringIO()
+    print_report(run, out)
+    assert "latency ×0.40 (noisy: timing passes up to ×80.0 apart)" in out.getvalue()

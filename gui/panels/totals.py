@@ -10,9 +10,9 @@ from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from engine.aggregate import reconciliation_line
 from engine.compare import optimizations_text
-from engine.format import (PROMPT_EXCERPT, excerpt, human_bytes, human_count, human_flops,
-                           human_ms, human_seconds, inputs_text, overhead, quality_parts,
-                           tokens_per_s_text)
+from engine.format import (PROMPT_EXCERPT, against_baseline, excerpt, human_bytes, human_count,
+                           human_flops, human_ms, human_seconds, inputs_text, overhead,
+                           quality_parts, tokens_per_s_text)
 from engine.results import RunResult
 
 from .status import ERROR_COLOR
@@ -85,12 +85,7 @@ def totals_lines(result: RunResult, speed: bool = True) -> list[str]:
         line = f"optimizations: {optimizations_text(result.optimizations)}"  # as --opt takes
         base, d = result.baseline or {}, result.deltas or {}
         if base and d:
-            line += (f" · vs the baseline measured in this run: peak "
-                     f"{human_bytes(base.get('peak_bytes'))} → {human_bytes(t.peak_bytes)}, "
-                     f"weights {human_bytes(base.get('model_weights_bytes'))} → "
-                     f"{human_bytes(t.model_weights_bytes)}")
-            if d.get("latency_ratio"):
-                line += f", latency ×{d['latency_ratio']:.2f}"
+            line += f" · vs the baseline measured in this run: {', '.join(against_baseline(result))}"
         lines.append(line)
     quality = quality_parts(result.quality)
     if quality:
