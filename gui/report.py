@@ -31,13 +31,17 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import html
 import io
 import json
 import os
 import re
+import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +86,58 @@ class ReportFiles:
     removed: list[str] = field(default_factory=list)  # the previous report's files, not rewritten
 
 
+# -- cancelling, and writing all or nothing --------------------------------------------------------
+# Ctrl+C while Qt renders: Python's KeyboardInterrupt raised inside a paint callback crashed the
+# process (a segfault) or left half a report. ``memlens report`` sets this flag from its signal
+# handler instead, and the report stops at the next panel.
+_INTERRUPTED = threading.Event()
+
+
+def _check_interrupt() -> None:
+    if _INTERRUPTED.is_set():
+        raise MemLensError(ErrorKind.CANCELLED, "The report was cancelled.",
+                           "Nothing was written: the folder's previous report, if any, is as it "
+                           "was. Run it again when ready.")
+
+
+@contextlib.contextmanager
+def _staging(folder: Path) -> Iterator[Path]:
+    """A hidden folder inside ``folder`` the report is written into; :func:`_publish` moves its
+    files out once all are written, so a cancelled or failed report leaves nothing half done
+    (nor half of a previous report overwritten)."""
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".memlens-writing-", dir=folder))
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Cannot write the report to {folder}: "
+                           f"{exc.strerror or exc}.",
+                           "Choose a writable folder with free space.") from exc
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(files: ReportFiles, folder: Path) -> ReportFiles:
+    """Move what was written into the staging folder to ``folder`` (each by a rename in the same
+    file system); returns the files at their final paths."""
+    _check_interrupt()
+
+    def move(path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        final = folder / path.name
+        try:
+            os.replace(path, final)
+        except OSError as exc:
+            raise MemLensError(ErrorKind.STORE, f"Cannot write {final}: {exc.strerror or exc}.",
+                               "Choose a writable folder with free space.") from exc
+        return final
+
+    images = [move(p) for p in files.images]
+    return ReportFiles(folder=folder, html=move(files.html), pdf=move(files.pdf),
+                       images=[p for p in images if p is not None], missing=files.missing)
+
+
 # -- rendering the panels -----------------------------------------------------------------------
 def _grab(widget: Any, height: int | None, path: Path,
           fill: Callable[[], Any] | None = None,
@@ -97,6 +153,7 @@ def _grab(widget: Any, height: int | None, path: Path,
 
     from . import theme
 
+    _check_interrupt()
     light = theme.THEMES["light"]
     widget.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)
     widget.setPalette(theme._palette(light))  # paper is light, whatever the window's theme
@@ -959,26 +1016,30 @@ def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = 
     shots: dict[str, list[Shot]] = {}
     from . import theme
 
-    with theme.drawing_with("light"):  # paper is light, whatever the window's theme
-        for i, r in enumerate(results):
-            prefix = f"run{i}" if len(results) > 1 else "run"
-            shots[r.run_id] = render_run_panels(r, folder, prefix, attention.get(r.run_id))
-        if len(results) > 1:
-            shots["compare"] = [render_compare_panel(results, folder)]
-    every = [s for items in shots.values() for s in items]
-    files = ReportFiles(folder=folder, html=folder / "report.html",
-                        images=[s.path for s in every])
-    text = build_html(results, shots, _data_uri)
-    try:
-        files.html.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise MemLensError(ErrorKind.STORE, f"Cannot write {files.html}: {exc.strerror or exc}.",
-                           "Choose a writable folder with free space.") from exc
-    if pdf:
-        pdf_html = build_html(results, shots, lambda s: s.path.name, image_width=PDF_IMAGE_WIDTH,
-                              omit=PDF_OMITS)
-        files.pdf = write_pdf(pdf_html, [s for s in every if s.key not in PDF_OMITS],
-                              folder / "report.pdf")
+    with _staging(folder) as stage:
+        with theme.drawing_with("light"):  # paper is light, whatever the window's theme
+            for i, r in enumerate(results):
+                prefix = f"run{i}" if len(results) > 1 else "run"
+                shots[r.run_id] = render_run_panels(r, stage, prefix, attention.get(r.run_id))
+            if len(results) > 1:
+                shots["compare"] = [render_compare_panel(results, stage)]
+        every = [s for items in shots.values() for s in items]
+        files = ReportFiles(folder=stage, html=stage / "report.html",
+                            images=[s.path for s in every])
+        text = build_html(results, shots, _data_uri)
+        try:
+            files.html.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise MemLensError(ErrorKind.STORE, f"Cannot write {folder / files.html.name}: "
+                               f"{exc.strerror or exc}.",
+                               "Choose a writable folder with free space.") from exc
+        if pdf:
+            _check_interrupt()
+            pdf_html = build_html(results, shots, lambda s: s.path.name,
+                                  image_width=PDF_IMAGE_WIDTH, omit=PDF_OMITS)
+            files.pdf = write_pdf(pdf_html, [s for s in every if s.key not in PDF_OMITS],
+                                  stage / "report.pdf")
+        files = _publish(files, folder)
     files.removed = _tidy(files)
     return files
 
@@ -999,52 +1060,57 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
     from . import theme
 
     folder = _writable(out_dir)
-    shots: list[Shot] = []
-    charts: dict[str, str] = {}
-    missing: dict[str, list[str]] = {}
-    with theme.drawing_with("light"):
-        for workload in guide.workloads():
-            results, ranks = [], []
-            for rank, entry in enumerate(guide.ranked(workload), 1):
-                try:
-                    results.append(store.load(entry.run_id))
-                    ranks.append(rank)  # (the table's number, whatever is missing before it)
-                except (MemLensError, OSError, ValueError, KeyError):
-                    missing.setdefault(workload, []).append(entry.run_id or entry.label)
-            if not results:
-                continue
-            shot = render_compare_panel(results, folder, f"guide-{workload}.png",
-                                        against_own=True, table=False, ranks=ranks)
-            shot.title = f"{workload}: the runs side by side"
-            shots.append(shot)
-            charts[workload] = shot.path.name
-    text = markdown(guide, charts)
-    where = getattr(store, "root", None)
-    for workload, ids in missing.items():
-        text = text.replace(f"## {workload}\n", f"## {workload}\n\nNot in the run store"
-                            + (f" {where}" if where is not None else "")
-                            + f", so not in the picture: {', '.join(ids)} (the guide saved its "
-                            "runs in the store it ran with).\n", 1)
-    doc = QTextDocument()
-    doc.setMarkdown(text)
-    body = doc.toHtml()
-    files = ReportFiles(folder=folder, html=folder / "guide.html", images=[s.path for s in shots],
-                        missing=[i for ids in missing.values() for i in ids])
-    page = body
-    for shot in shots:
-        page = page.replace(f'src="{shot.path.name}"', f'src="{_data_uri(shot)}" '
-                            "style='max-width:100%'")
-    try:
-        files.html.write_text(page, encoding="utf-8")
-    except OSError as exc:
-        raise MemLensError(ErrorKind.STORE, f"Cannot write {files.html}: {exc.strerror or exc}.",
-                           "Choose a writable folder with free space.") from exc
-    if pdf:
-        sized = body
+    with _staging(folder) as stage:
+        shots: list[Shot] = []
+        charts: dict[str, str] = {}
+        missing: dict[str, list[str]] = {}
+        with theme.drawing_with("light"):
+            for workload in guide.workloads():
+                results, ranks = [], []
+                for rank, entry in enumerate(guide.ranked(workload), 1):
+                    try:
+                        results.append(store.load(entry.run_id))
+                        ranks.append(rank)  # (the table's number, whatever is missing first)
+                    except (MemLensError, OSError, ValueError, KeyError):
+                        missing.setdefault(workload, []).append(entry.run_id or entry.label)
+                if not results:
+                    continue
+                shot = render_compare_panel(results, stage, f"guide-{workload}.png",
+                                            against_own=True, table=False, ranks=ranks)
+                shot.title = f"{workload}: the runs side by side"
+                shots.append(shot)
+                charts[workload] = shot.path.name
+        text = markdown(guide, charts)
+        where = getattr(store, "root", None)
+        for workload, ids in missing.items():
+            text = text.replace(f"## {workload}\n", f"## {workload}\n\nNot in the run store"
+                                + (f" {where}" if where is not None else "")
+                                + f", so not in the picture: {', '.join(ids)} (the guide saved "
+                                "its runs in the store it ran with).\n", 1)
+        doc = QTextDocument()
+        doc.setMarkdown(text)
+        body = doc.toHtml()
+        files = ReportFiles(folder=stage, html=stage / "guide.html",
+                            images=[s.path for s in shots],
+                            missing=[i for ids in missing.values() for i in ids])
+        page = body
         for shot in shots:
-            sized = sized.replace(f'src="{shot.path.name}"',
-                                  f'src="{shot.path.name}" width="{PDF_IMAGE_WIDTH}"')
-        files.pdf = write_pdf(sized, shots, folder / "guide.pdf", title="MemLens guide")
+            page = page.replace(f'src="{shot.path.name}"', f'src="{_data_uri(shot)}" '
+                                "style='max-width:100%'")
+        try:
+            files.html.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise MemLensError(ErrorKind.STORE, f"Cannot write {folder / files.html.name}: "
+                               f"{exc.strerror or exc}.",
+                               "Choose a writable folder with free space.") from exc
+        if pdf:
+            _check_interrupt()
+            sized = body
+            for shot in shots:
+                sized = sized.replace(f'src="{shot.path.name}"',
+                                      f'src="{shot.path.name}" width="{PDF_IMAGE_WIDTH}"')
+            files.pdf = write_pdf(sized, shots, stage / "guide.pdf", title="MemLens guide")
+        files = _publish(files, folder)
     files.removed = _tidy(files)
     return files
 
@@ -1200,7 +1266,17 @@ def _load_guide(path: Path) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``memlens report``: exit 0 when written, 1 on an error (named, with the fix), 2 on
-    wrong arguments."""
+    wrong arguments, 130 when cancelled with Ctrl+C (143 by SIGTERM), nothing written."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # (before the report's own handler: loading the runs, Qt)
+        from engine.cli import error
+
+        error("The report was cancelled.", "Nothing was written. Run it again when ready.")
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if bool(args.runs) == (args.guide is not None):
@@ -1235,6 +1311,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import theme
 
     theme.apply("light")
+    # Ctrl+C (or a scheduler's SIGTERM) sets a flag the report checks between panels; raised
+    # as KeyboardInterrupt inside Qt's painting it crashed the process.
+    import signal
+
+    stopped: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopped.append(signum)
+        _INTERRUPTED.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def cancelled() -> int:
+        return 143 if stopped and stopped[0] == signal.SIGTERM else 130
+
     try:
         if guide is not None:
             files = write_guide_report(guide, args.out, store, pdf=args.pdf)
@@ -1243,7 +1334,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  attention={r.run_id: m for r, m in loaded if m is not None})
     except MemLensError as exc:
         error(exc.message, exc.hint)
-        return 1
+        return cancelled() if exc.kind == ErrorKind.CANCELLED else 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _INTERRUPTED.clear()
+    if stopped:  # during the last step: the files are whole, and that is said
+        error("The report was cancelled as it finished.", f"{files.html} and its pictures are "
+              "whole: keep them or delete them.")
+        return cancelled()
     buffer = io.StringIO()
     buffer.write(f"written: {files.html}\n")
     if files.pdf is not None:

@@ -196,6 +196,48 @@ def test_a_report_written_again_into_its_folder_leaves_no_stale_files(qapp, save
     assert len(first.images) > len(second.images)
 
 
+@pytest.mark.fault(area="interruption", case="Ctrl+C (or SIGTERM) while `memlens report` renders",
+                   outcome="stops at the next panel, exit 130 (143), nothing written; the "
+                   "folder's previous report intact, as after a failed write")
+def test_a_cancelled_report_writes_nothing_and_keeps_the_previous_one(qapp, saved, tmp_path,
+                                                                     monkeypatch):
+    """Ctrl+C in `memlens report` sets a flag the report checks between panels (raised inside
+    Qt's painting it crashed the process, or left half a report); everything is written in a
+    hidden folder and moved into place at the end, so a cancelled or failed report leaves the
+    folder as it was."""
+    from engine.errors import ErrorKind, MemLensError
+    from gui import report as report_module
+
+    _, plain, optimized = saved
+    folder = tmp_path / "out"
+    write_report([plain], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    grabs = []
+    real = report_module._grab
+
+    def grab_then_interrupt(*args, **kwargs):
+        grabs.append(args[2])
+        if len(grabs) == 2:
+            report_module._INTERRUPTED.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(report_module, "_grab", grab_then_interrupt)
+    try:
+        with pytest.raises(MemLensError) as info:
+            write_report([plain, optimized], folder, pdf=True)
+    finally:
+        report_module._INTERRUPTED.clear()
+    assert info.value.kind == ErrorKind.CANCELLED and "Nothing was written" in info.value.hint
+    assert len(grabs) == 2  # it stopped at the panel it was on
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no staging folder
+    # and a report that fails writing leaves the folder as it was too
+    monkeypatch.setattr(report_module, "write_pdf", lambda *a, **k: (_ for _ in ()).throw(
+        MemLensError(ErrorKind.STORE, "disk full", "free some space")))
+    with pytest.raises(MemLensError):
+        write_report([plain, optimized], folder, pdf=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_headings_stay_with_what_follows_them_in_the_pdf(qapp):
     """A heading at the foot of a page ("Limitations" with its list on the next page) moves
     to the next page; nothing else does."""
