@@ -502,6 +502,7 @@ def _guide(args: argparse.Namespace, store) -> int:
         _error(problem, "Give --readme a Markdown file holding the two markers <!-- guide:start "
                "--> and <!-- guide:end -->, in that order, where the guide should go.")
         return EXIT_USAGE  # said before the guide runs, not after its minutes of work
+    refuse_store_folder(args.out, store, "--out", "the guide's files")
     created = not args.out.exists()
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -606,6 +607,17 @@ def _refuse_store_path(path: Path, store, option: str) -> None:
                            "itself: --save, or every measured run).")
 
 
+def refuse_store_folder(folder: Path | str, store, option: str, what: str) -> None:
+    """Refuse ``folder`` (a report's, a guide's, CSV files') when it is the run store's own
+    folder or its trash: the store lists every .json there as a run (a guide.json came up as
+    a damaged run, and `memlens delete guide` moved it to the trash)."""
+    if _inside_store(Path(folder) / "_", store):
+        raise MemLensError(ErrorKind.STORE,
+                           f"{option} {folder} is the run store's folder, where every file is "
+                           f"taken for a saved run: {what} there would be listed as damaged "
+                           "runs.", f"Give {option} another folder than {store.root}.")
+
+
 def _written(path: Path) -> None:
     """Say where a file was written: on standard error when the file is standard output
     (``--out /dev/stdout``), where the line would land inside the JSON."""
@@ -661,6 +673,8 @@ def _export(args: argparse.Namespace, store) -> int:
         return EXIT_USAGE
     if args.trace is not None:
         _refuse_store_path(Path(args.trace), store, "--trace")
+    if args.csv is not None:
+        refuse_store_folder(args.csv, store, "--csv", "the CSV files")
     result = store.load(args.run)
     from .store import same_file_as_stdout
 

@@ -1289,6 +1289,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
     store = RunStore(args.store)
     try:
+        from engine.cli import refuse_store_folder
+
+        refuse_store_folder(args.out, store, "--out", "the report's files")
         loaded = [_load(spec, store) for spec in args.runs]
         guide = _load_guide(args.guide) if args.guide is not None else None
     except MemLensError as exc:

@@ -435,6 +435,12 @@ def test_cli_report_errors(qapp, saved, tmp_path, capsys):
                           str(blocker)]) == 1
     err = capsys.readouterr().err
     assert f"{blocker} is a file, not a folder" in err and "Give --out a folder" in err
+    # the run store's own folder: its files would be listed as damaged runs
+    listed = sorted(p.name for p in store.root.iterdir())
+    assert launcher.main(["--store", str(store.root), "report", plain.run_id, "--out",
+                          str(store.root)]) == 1
+    assert "is the run store's folder" in capsys.readouterr().err
+    assert sorted(p.name for p in store.root.iterdir()) == listed
     with pytest.raises(SystemExit) as info:  # --out is required
         launcher.main(["report", plain.run_id])
     assert info.value.code == 2

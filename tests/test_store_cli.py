@@ -758,8 +758,9 @@ def test_listing_rereads_what_changed_and_forgets_what_went(saved, tmp_path):
 
 @pytest.mark.fault(area='data', case='a record or trace written into the run store folder, or a '
                    'binary file given as a run',
-                   outcome='refused before the work, naming the store; the saved runs stay as '
-                           'they were; a picture named .json is "not text", no traceback')
+                   outcome='refused before the work, naming the store (also a report, guide or '
+                           'CSV folder that is the store); the saved runs stay as they were; a '
+                           'picture named .json is "not text", no traceback')
 def test_the_store_folder_is_never_written_over_and_odd_files_are_named(saved, tmp_path,
                                                                         capsys):
     """`estimate --out STORE/RUN.json` replaced a measured run with an estimate, and `export
@@ -777,6 +778,17 @@ def test_the_store_folder_is_never_written_over_and_odd_files_are_named(saved, t
     assert cli.main(root + ["export", result.run_id, "--trace", str(target)]) == cli.EXIT_FAILED
     err = capsys.readouterr().err
     assert err.count("is in the run store's folder") == 2 and target.read_bytes() == before
+    # folders of files too: CSVs, a guide's files (the store listed guide.json as a damaged
+    # run); the report's in tests/test_report.py
+    listed = sorted(p.name for p in store.root.iterdir())
+    assert cli.main(root + ["export", result.run_id, "--csv", str(store.root)]) == cli.EXIT_FAILED
+    assert cli.main(root + ["guide", "--model", "preset:tiny-llama", "--techniques", "cast",
+                            "--out", str(store.root)]) == cli.EXIT_FAILED
+    assert cli.main(root + ["export", result.run_id, "--csv", str(store.trash_root)]) \
+        == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.count("is the run store's folder") == 3, err
+    assert sorted(p.name for p in store.root.iterdir()) == listed
     # an id given twice is moved once (the second named it missing and exited 1)
     assert cli.main(root + ["delete", result.run_id, result.run_id]) == cli.EXIT_OK
     assert cli.main(root + ["restore", result.run_id, result.run_id]) == cli.EXIT_OK
