@@ -25,7 +25,7 @@ from .compare import optimizations_text, quality_text
 from .errors import ErrorKind, MemLensError
 from .records import not_a_run, record_kind
 from .config import one_line
-from .results import RunResult, SchemaError, check_run_types
+from .results import RunResult, SchemaError, check_run_types, migrate
 
 
 def default_root() -> Path:
@@ -312,7 +312,11 @@ class RunStore:
                 self.check_root()  # (a store that is a file: said so, not "no run")
         elif path.suffix != ".json" and not path.exists() and Path(f"{path}.json").is_file():
             path = Path(f"{path}.json")  # a run file's path without its .json
-        return load_run_file(path)
+        result = load_run_file(path)
+        with contextlib.suppress(OSError):
+            if result.run_id != path.stem and path.parent.resolve() == self.root.resolve():
+                result.run_id = path.stem  # (as the list names it: a copied or renamed file)
+        return result
 
     def check_root(self) -> None:
         """Raise ``MemLensError(store)`` when the store's folder cannot exist because it, or a
@@ -604,6 +608,7 @@ def _summary(path: Path) -> RunSummary | None:
     """One run file's summary, or None when it cannot be read as a run."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        migrate(data)  # (a newer schema, or none: not listed as a run that then cannot open)
         cfg = data.get("config") or {}
         totals = data.get("totals") or {}
         info = data.get("model_info") or {}
@@ -618,7 +623,9 @@ def _summary(path: Path) -> RunSummary | None:
         for key in ("plain_latency_ms", "latency_ms"):
             _typed(totals.get(key), int, float)
         return RunSummary(
-            run_id=data["run_id"], created=data.get("created", ""),
+            # The file's name is the id the store opens it by (`show`, `compare`, the Saved runs
+            # page); a copied or renamed run file keeps its old id inside.
+            run_id=path.stem, created=data.get("created", ""),
             model=cfg.get("model", "?"), workload=cfg.get("workload", "?"),
             peak_bytes=totals.get("peak_bytes"),
             # The plain (unhooked) pass, as the run's own totals and the compare view
@@ -678,10 +685,13 @@ def load_run_file(path: Path | str) -> RunResult:
         kind = record_kind(data)
         if kind is not None:  # a sweep, fit, plan or distributed run: not a run
             raise not_a_run(path, kind)
-        result = RunResult.from_dict(data)  # (a file that is no run at all is said so here)
+        migrate(data)  # (no schema, or a newer one: said so first, with its own hint)
+        # (before building: "layers": "oops" failed inside as "'str' object has no attribute
+        # 'items'", naming no field)
         for key in ("totals", "layers", "config"):
             if not isinstance(data.get(key), dict if key != "layers" else list):
                 raise ValueError(f"no {key}" if key not in data else f"{key} is {data[key]!r}")
+        result = RunResult.from_dict(data)  # (a file that is no run at all is said so here)
         if not data["config"].get("model"):  # (the config's default would name another model)
             raise ValueError("no config.model")
         check_run_types(result)

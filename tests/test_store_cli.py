@@ -66,8 +66,11 @@ def test_damaged_and_future_files_are_explained(saved, tmp_path):
     assert e.value.kind == ErrorKind.NOT_FOUND
 
 
-@pytest.mark.fault(area='data', case='a run file edited by hand (wrong types, missing totals)',
-                   outcome='named damaged with the field at fault; the list, runs and show keep working for the rest')
+@pytest.mark.fault(area='data', case='a run file edited by hand (wrong types, missing totals, a '
+                   'newer or no schema version), or copied under another name',
+                   outcome='named damaged with the field at fault, and not listed as a run that '
+                   'cannot open; a copy is listed and opened by its file name; the list, runs '
+                   'and show keep working for the rest')
 def test_a_hand_edited_run_file_is_named_damaged_and_never_breaks_the_list(saved, tmp_path,
                                                                          capsys):
     """A run file edited by hand ("created": 12345, a number given as text) stopped
@@ -82,7 +85,13 @@ def test_a_hand_edited_run_file_is_named_damaged_and_never_breaks_the_list(saved
              "no-totals": lambda d: d.pop("totals"),
              "at-peak-null": lambda d: d["layers"][0].__setitem__("at_peak", None),
              "warnings-text": lambda d: d.__setitem__("warnings", "oops"),
-             "no-model": lambda d: d["config"].pop("model")}
+             "no-model": lambda d: d["config"].pop("model"),
+             # listed before, then refused by show/compare/the window:
+             "future": lambda d: d.__setitem__("schema_version", 99),
+             "no-schema": lambda d: d.pop("schema_version"),
+             "layers-text": lambda d: d.__setitem__("layers", "oops"),
+             # listed under the id inside it, which no command then found
+             "copied": lambda d: d.__setitem__("run_id", "the-id-it-was-saved-with")}
     for name, edit in edits.items():
         data = result.to_dict()
         data["run_id"] = name
@@ -90,15 +99,18 @@ def test_a_hand_edited_run_file_is_named_damaged_and_never_breaks_the_list(saved
         (store.root / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
     # listed: what opens; the rest is named (a layer's field is checked when the run opens)
     assert sorted(s.run_id for s in store.list()) == sorted(
-        [result.run_id, "at-peak-null", "warnings-text"])
-    assert store.damaged() == ["created-number.json", "no-model.json", "no-totals.json",
+        [result.run_id, "at-peak-null", "warnings-text", "copied"])
+    assert store.damaged() == ["created-number.json", "future.json", "layers-text.json",
+                               "no-model.json", "no-schema.json", "no-totals.json",
                                "peak-text.json"]
+    assert store.load("copied").run_id == "copied"  # opened by the id the list gives
     assert cli.main(["--store", str(store.root), "runs"]) == cli.EXIT_OK
     out, err = capsys.readouterr()
-    assert result.run_id in out and "warning: skipped" in err and "peak-text.json" in err
+    assert result.run_id in out and "warning: skipped 7 file(s)" in err and "and 2 more" in err
     for name, words in [("peak-text", "totals.peak_bytes is '470592'"),
                         ("no-totals", "no totals"), ("at-peak-null", "layers[0].at_peak"),
-                        ("warnings-text", "warnings is 'oops'"), ("no-model", "no config.model")]:
+                        ("warnings-text", "warnings is 'oops'"), ("no-model", "no config.model"),
+                        ("layers-text", "layers is 'oops'")]:
         with pytest.raises(MemLensError) as info:
             store.load(name)
         assert "is damaged" in info.value.message and words in info.value.message, name
