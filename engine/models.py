@@ -732,6 +732,11 @@ class _Loader:
         return {} if impl == "auto" else {"attn_implementation": impl}
 
     def _attention_or_invalid(self, exc: Exception, where: str) -> MemLensError:
+        # (the model's code missing beside a folder's config: transformers names a Hub URL
+        # for it, and the hint blamed the weights)
+        installed = _install_problem(exc, where)
+        if installed is not None:
+            return installed
         text = _first_line(exc)
         if "attn_implementation" in str(exc) or "attention implementation" in str(exc).lower():
             return MemLensError(

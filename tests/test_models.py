@@ -405,9 +405,15 @@ def test_auto_map_needs_opt_in(config_only: Path) -> None:
     err = _error(str(config_only))
     assert err.kind is ErrorKind.REMOTE_CODE
     # Opted in, but the code auto_map names is not there: said so, not a Hub URL.
-    err = _error(str(config_only / "config.json"), trust_remote_code=True)
-    assert err.kind is ErrorKind.REMOTE_CODE and "modeling_x.py" in err.message
-    assert "huggingface.co" not in err.message + err.hint
+    # The folder (with readable weights) the same way: it named a Hub URL and blamed them.
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(config_only / "model.safetensors"))
+    for given in (config_only / "config.json", config_only):
+        err = _error(str(given), trust_remote_code=True)
+        assert err.kind is ErrorKind.REMOTE_CODE and "modeling_x.py" in err.message, given
+        assert "huggingface.co" not in err.message + err.hint
+        assert "weights" not in err.hint
 
 
 def test_a_smaller_dtype_is_suggested_only_where_it_would_fit(monkeypatch) -> None:
