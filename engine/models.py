@@ -168,6 +168,17 @@ def describe_source(model: str) -> str:
             "Check the path. A model is a folder with config.json and weights, a config.json, "
             "'demo', 'preset:ID' or a Hub id such as owner/name.",
         )
+    owner = path.parent
+    if str(owner) not in ("", ".") and owner.is_dir():
+        # ("fx/nowhere" beside a folder fx/ is a mistyped path far more often than a Hub id:
+        # it was looked up on the Hub, and the path was named last in the offline hint)
+        raise MemLensError(
+            ErrorKind.NOT_FOUND,
+            f"No such file or folder: {text} (the folder {owner} is here, {path.name} is not "
+            "in it).",
+            f"Check the path (ls {owner}). To load the Hub model {text} instead, run from a "
+            f"folder without a {owner} folder in it, or download it and pass its folder.",
+        )
     return "hub"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -464,6 +465,18 @@ def test_describe_source(tiny_folder: Path, tmp_path: Path) -> None:
         with pytest.raises(MemLensError) as info:
             describe_source(missing)
         assert info.value.kind is ErrorKind.NOT_FOUND
+    # "fx/nowhere" beside a folder fx/: a mistyped path, said so (it went to the Hub)
+    (tmp_path / "fx").mkdir()
+    monkey_cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        with pytest.raises(MemLensError) as info:
+            describe_source("fx/nowhere")
+        assert info.value.kind is ErrorKind.NOT_FOUND
+        assert "No such file or folder: fx/nowhere" in info.value.message
+        assert describe_source("meta-llama/Llama-3.2-1B") == "hub"  # no such folder here
+    finally:
+        os.chdir(monkey_cwd)
 
 
 def test_resolve_device_and_dtype() -> None:
