@@ -1031,7 +1031,16 @@ def _opt_sets(args: argparse.Namespace) -> list[list[dict]]:
     from .sweep import parse_opt_set
 
     if args.opt_set:
-        return [parse_opt_set(s) for s in args.opt_set]
+        from .sweep import opt_set_label
+
+        sets = [parse_opt_set(s) for s in args.opt_set]
+        labels = [opt_set_label(s) for s in sets]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:  # (each row twice, measured twice)
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                               f"--opt-set {', '.join(twice)} is given more than once.",
+                               "Give each optimization set once.")
+        return sets
     return [[parse_spec(spec) for spec in args.opt]]
 
 

@@ -179,15 +179,25 @@ def parse_int_list(text: str, what: str, option: str | None = None,
     the example values (batches: ``1,2,4``)."""
     example = f"{option} " if option else ""
     values = []
-    for part in str(text).split(","):
-        part = part.strip()
+    parts = [part.strip() for part in str(text).split(",")]
+    if len(parts) > 1 and not parts[-1]:
+        parts.pop()  # (a trailing comma: "512,1024,")
+    for part in parts:
+        if not part and len(parts) > 1:  # ("1,,2" for "1,12,2": two points ran, exit 0)
+            raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                               f"The {what} list {text!r} has an empty value between commas.",
+                               f"Give whole numbers of at least 1, separated by single commas "
+                               f"(e.g. {example}{sample}).")
         if not part:
             continue
         # (isdigit alone takes "²", which int() refuses: a traceback from the window)
         digits = part.isascii() and part.isdigit()
+        negative = part.startswith("-") and part[1:].isascii() and part[1:].isdigit()
         if not digits or int(part) < 1:
+            # ("-1" is read well enough: it is too small, as 0 is)
             said = (f"The {what} list {text!r} has {part}: every value must be at least 1."
-                    if digits else f"Cannot read {part!r} in the {what} list {text!r}.")
+                    if digits or negative else
+                    f"Cannot read {part!r} in the {what} list {text!r}.")
             raise MemLensError(ErrorKind.INVALID_WORKLOAD, said,
                                f"Give whole numbers of at least 1, separated by commas "
                                f"(e.g. {example}{sample}).")
@@ -205,7 +215,13 @@ def parse_opt_set(text: str) -> list[dict[str, Any]]:
     text = text.strip()
     if text.lower() in ("none", "baseline", ""):
         return []
-    return [parse_spec(part) for part in text.split("+") if part.strip()]
+    parts = text.split("+")
+    if any(not part.strip() for part in parts):  # ("cast++autocast": a technique left out?)
+        raise MemLensError(ErrorKind.INVALID_WORKLOAD,
+                           f"The optimization set {text!r} has an empty part between '+' signs.",
+                           "Join the techniques with single '+' signs, e.g. "
+                           "--opt-set checkpointing+freeze-base.")
+    return [parse_spec(part) for part in parts]
 
 
 def opt_set_label(optimizations: list[dict[str, Any]]) -> str:

@@ -400,6 +400,27 @@ def test_size_hints_offer_only_what_each_input_accepts():
     with pytest.raises(MemLensError) as field:
         parse_int_list("", "Batches")
     assert "e.g. 512,1024,2048." in field.value.hint and "--" not in field.value.hint
+    # "1,,2" (for 1,12,2) ran two points and exited 0; a trailing comma is harmless
+    with pytest.raises(MemLensError) as gap:
+        parse_int_list("1,,2", "--batch", "--batch", "1,2,4")
+    assert "empty value between commas" in gap.value.message
+    assert parse_int_list("512,1024,", "--seq") == [512, 1024]
+    with pytest.raises(MemLensError) as negative:  # readable, and too small, as 0 is
+        parse_int_list("4,-1", "--batch")
+    assert "has -1: every value must be at least 1" in negative.value.message
+    from engine.sweep import parse_opt_set
+
+    with pytest.raises(MemLensError) as empty_part:
+        parse_opt_set("cast++autocast")
+    assert "empty part between '+'" in empty_part.value.message
+
+
+def test_an_optimization_set_given_twice_is_refused(capsys):
+    from engine import cli
+
+    assert cli.main(["sweep", "--model", "demo", "--seq", "8", "--estimate-only",
+                     "--opt-set", "none", "--opt-set", "none"]) == cli.EXIT_FAILED
+    assert "--opt-set none is given more than once" in capsys.readouterr().err
 
 
 def test_a_peak_and_its_budget_are_written_with_the_same_digits() -> None:
