@@ -310,7 +310,8 @@ def _unused_options(args: argparse.Namespace) -> None:
     were dropped without a word."""
     given = getattr(args, "given", set())
     workloads = [w.strip() for w in str(getattr(args, "workload", "") or "").split(",")]
-    if "new_tokens" in given and "generate" not in workloads:
+    if "new_tokens" in given and "generate" not in workloads and args.new_tokens >= 0:
+        # (a negative count is refused right after: "ignored" then "cannot be negative")
         print(f"memlens: note: --new-tokens {args.new_tokens} is ignored: only the generate "
               "workload adds tokens.", file=sys.stderr)
     if "seq" in given and getattr(args, "prompt", None):  # (an empty prompt is no prompt)
@@ -638,6 +639,12 @@ def _json_out(path: Path) -> Path:
 
     if _in_place(path):  # a device or pipe (/dev/stdout): written in place, no folder probe
         return path
+    from .store import file_in_the_way
+
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:  # ("File exists" named neither the file nor the fix)
+        raise MemLensError(ErrorKind.STORE, f"Cannot write --out {path}: {blocker} is a file, "
+                           "not a folder.", hint)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = path.parent / f".memlens-write-test-{os.getpid()}"

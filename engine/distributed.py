@@ -1793,8 +1793,13 @@ def run_cli(args: Any) -> int:
                 store=store)
         else:
             if args.devices is None or args.per_device is None:
+                missing = " and ".join(o for o, v in (("--devices", args.devices),
+                                                      ("--per-device", args.per_device))
+                                       if v is None)
                 raise MemLensError(ErrorKind.INVALID_WORKLOAD,
-                                   "An inference plan needs the devices and their memory.",
+                                   "An inference plan needs the devices and their memory: "
+                                   f"{missing} {'is' if ' and ' not in missing else 'are'} "
+                                   "missing.",
                                    "Add --devices N --per-device SIZE (e.g. --devices 4 "
                                    "--per-device 80GiB).")
             check_devices(args.devices)  # (before the model's seconds of building)

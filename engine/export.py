@@ -388,6 +388,13 @@ def export_run(result: RunResult, csv_dir: Path | str | None = None,
     written = []
     if csv_dir is not None:
         folder = Path(csv_dir)
+        from .store import file_in_the_way
+
+        blocker = file_in_the_way(folder)
+        if blocker is not None:  # ("Cannot write …: File exists" named neither)
+            raise MemLensError(ErrorKind.STORE, f"Cannot write the CSV files into {folder}: "
+                               f"{blocker} is a file, not a folder.",
+                               "Give --csv a folder (new or existing).")
         written.append(write_layers_csv(result, folder / LAYERS_CSV))
         if (result.timeline or {}).get("t"):  # an estimate samples nothing: no empty file
             written.append(write_timeline_csv(result, folder / TIMELINE_CSV))

@@ -112,13 +112,14 @@ def execute(config: RunConfig, listener: Listener = lambda e: None,
         if _is_oom(exc):
             _emit(listener, Failed(
                 ErrorKind.OUT_OF_MEMORY.value,
-                f"Out of memory during {run.stage or 'the run'}: {str(exc).splitlines()[0][:300]}",
+                f"Out of memory during {_stage_words(run.stage)}: "
+                f"{str(exc).splitlines()[0][:300]}",
                 "Lower the batch size or sequence length, pick a smaller dtype, or use "
                 "estimation for models that do not fit."))
             return None
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        internal_failure(listener, exc, run.stage or "the run")
+        internal_failure(listener, exc, _stage_words(run.stage))
         return None
     run.cleanup()
     if store is not None:
@@ -1093,6 +1094,17 @@ def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str,
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def _stage_words(stage: str) -> str:
+    """A progress stage as a phrase: "memory" → "the memory pass" ("Out of memory during
+    memory" read as a typo)."""
+    passes = {"memory": "the memory pass", "timing": "the timing passes",
+              "warmup": "the warm-up pass", "baseline": "the unoptimized baseline's passes",
+              "load": "loading the model", "prepare": "preparing the inputs",
+              "optimize": "applying the optimizations", "quality": "the quality check",
+              "compile": "compiling", "attention": "the attention capture"}
+    return passes.get(stage, stage or "the run")
 
 
 def _deltas(result: RunResult) -> None:

@@ -138,6 +138,8 @@ def test_out_of_memory_becomes_a_failed_run_and_the_runner_stays_usable(monkeypa
     assert execute(tiny(workload="forward"), events) is None
     assert events.failed.kind == ErrorKind.OUT_OF_MEMORY.value
     assert "batch" in events.failed.hint.lower()
+    # the stage as words ("Out of memory during memory:" read as a typo)
+    assert events.failed.message.startswith("Out of memory during the "), events.failed.message
     assert _live_models() == before
     monkeypatch.setattr(wl, "forward", real)
     again = Collector()

@@ -277,6 +277,18 @@ def test_an_unwritable_out_is_refused_first_and_a_failed_save_is_not_called_save
     assert not store.exists() or not list(store.glob("*.json"))  # refused before the run
     blocked = tmp_path / "a-file"
     blocked.write_text("")
+    # a file where a folder of the path should be: named ("File exists" named neither)
+    assert cli.main(["--store", str(store), *tiny_run, "--out",
+                     str(blocked / "sub" / "run.json")]) == 1
+    assert f"{blocked} is a file, not a folder" in capsys.readouterr().err
+    from engine.errors import MemLensError
+    from engine.export import export_run
+    from engine.config import RunConfig
+    from engine.results import RunResult
+
+    with pytest.raises(MemLensError) as info:
+        export_run(RunResult(config=RunConfig()), csv_dir=blocked / "csv")
+    assert f"{blocked} is a file, not a folder" in info.value.message
     code = cli.main(["--store", str(blocked / "runs"), *tiny_run])
     out, err = capsys.readouterr()
     # a store under a file is refused before the run (it was found only when saving)
