@@ -24,6 +24,7 @@ from .results import RunResult
 from .store import write_output
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+EXIT_TERMINATED = 143  # SIGTERM: cancelled as by Ctrl+C (128 + 15, as a shell reports it)
 
 
 _DTYPE_ALIASES = DTYPE_ALIASES
@@ -330,13 +331,37 @@ def _store_path(text: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """The headless commands. ``python -m engine.cli`` with no command prints the help."""
+    # SIGTERM (a scheduler's time limit, `kill`) cancels as Ctrl+C does: what finished is kept,
+    # and the exit status is 143. It ended the process silently, mid-save included.
+    import signal
+    import threading
+
+    terminated: list[bool] = []
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        terminated.append(True)
+        raise KeyboardInterrupt
+
+    previous = None
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return _main(argv)
+        code = _main_guarded(argv)
     except KeyboardInterrupt:
         # Ctrl+C before a command's own handler is in place (while torch imports, in the first
         # seconds): it printed a 30-line traceback from inside `import torch`.
         print("memlens: cancelled.", file=sys.stderr)
-        return EXIT_CANCELLED
+        code = EXIT_CANCELLED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return EXIT_TERMINATED if terminated and code == EXIT_CANCELLED else code
+
+
+def _main_guarded(argv: list[str] | None) -> int:
+    try:
+        return _main(argv)
     except BrokenPipeError:
         # The reader closed the pipe (`memlens runs | head`): stop quietly, as Unix tools do,
         # rather than print a traceback. stdout goes to /dev/null so that the interpreter's

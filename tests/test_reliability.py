@@ -232,9 +232,9 @@ def test_a_kill_during_save_leaves_the_previous_run_intact(tmp_path):
     assert not stale.exists() and fresh.exists()
 
 
-def _interrupt_cli(args: list[str], ready, tmp_path) -> tuple[int, str, float]:
-    """Run ``python -m engine.cli ARGS``, send SIGINT (Ctrl+C) once ``ready()`` holds, and
-    return (exit code, stderr, seconds from the signal to the exit)."""
+def _interrupt_cli(args: list[str], ready, tmp_path, signum=None) -> tuple[int, str, float]:
+    """Run ``python -m engine.cli ARGS``, send SIGINT (Ctrl+C; or ``signum``) once ``ready()``
+    holds, and return (exit code, stderr, seconds from the signal to the exit)."""
     import signal
     import subprocess
     import sys
@@ -250,14 +250,14 @@ def _interrupt_cli(args: list[str], ready, tmp_path) -> tuple[int, str, float]:
             time.sleep(0.1)
         assert child.poll() is None, f"ended before the Ctrl+C: {err.read_text()}"
         t0 = time.monotonic()
-        child.send_signal(signal.SIGINT)
+        child.send_signal(signal.SIGINT if signum is None else signum)
         code = child.wait(60)
         return code, err.read_text(), time.monotonic() - t0
 
 
 @pytest.mark.slow
-@pytest.mark.fault(area='interruption', case='Ctrl+C in memlens profile and memlens guide',
-                   outcome='the run is cancelled and waited for (exit 130, nothing half-saved); '
+@pytest.mark.fault(area='interruption', case='Ctrl+C (or SIGTERM) in memlens profile and memlens guide',
+                   outcome='the run is cancelled and waited for (exit 130; 143 for SIGTERM; nothing half-saved); '
                            'a guide keeps every technique that finished, marked partial')
 def test_ctrl_c_in_the_cli_cancels_and_keeps_what_finished(tmp_path):
     from engine import cli
@@ -273,6 +273,15 @@ def test_ctrl_c_in_the_cli_cancels_and_keeps_what_finished(tmp_path):
     assert "The run was cancelled" in err and "Traceback" not in err
     assert took < 20
     assert RunStore(tmp_path / "profile" / "runs").list() == []
+    # SIGTERM (a scheduler's time limit) the same way, exit 143 (it ended silently)
+    import signal
+
+    code, err, took = _interrupt_cli(
+        ["profile", "--model", "preset:tiny-llama", "--workload", "generate", "--new-tokens",
+         "64", "--repeats", "400"], lambda text: "timing" in text or "measure" in text,
+        tmp_path / "profile-term", signal.SIGTERM)
+    assert code == cli.EXIT_TERMINATED == 143, err
+    assert "The run was cancelled" in err and "Traceback" not in err and took < 20
 
     out = tmp_path / "guide" / "g"
     code, err, took = _interrupt_cli(
