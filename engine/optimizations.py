@@ -662,7 +662,10 @@ class PruneUnstructured(Optimization):
                                 f"take {csr} B ({csr / dense:.2f}× dense)")
         if not params["permanent"]:
             record.notes.append("not permanent: each pruned Linear keeps weight_orig, a float "
-                                "weight_mask and a recomputed weight (three dense copies)")
+                                "weight_mask and a recomputed weight (three dense copies); "
+                                "the recomputed weight is made anew in each forward, so at "
+                                "the peak it is counted with the activations (the weights "
+                                "column, counted between passes, holds all three)")
 
     @staticmethod
     def _csr_bytes(layers: list[tuple[str, nn.Linear]]) -> int:
@@ -1389,6 +1392,38 @@ for _opt in REGISTRY.values():
 del _opt
 
 
+QUANTIZERS = ("int8-dynamic", "torchao-int8", "torchao-int4", "torchao-fp8", "quanto-weights")
+
+
+def conflict_reason(a: str, b: str) -> str:
+    """Why techniques ``a`` and ``b`` are refused together ("cast conflicts with autocast."
+    said nothing of why)."""
+    pair = {a, b}
+    if pair == {"cast", "autocast"}:
+        return ("after a cast no float32 weight is left for autocast to lower, and a cast after "
+                "autocast leaves it lowering nothing")
+    if pair == {"autocast", "int8-dynamic"}:
+        return ("int8-dynamic's quantized linear takes float32 activations only, and autocast "
+                "hands it 16-bit ones")
+    if pair == {"autocast", "quanto-weights"}:
+        return "quanto's quantized linear fails under autocast (a dtype mismatch in its matmul)"
+    if pair == {"freeze-base", "lora"}:
+        return ("LoRA freezes the base itself and trains its adapters; freeze-base trains the "
+                "head instead: two fine-tuning setups, not one")
+    if pair <= set(QUANTIZERS):
+        return "both replace the Linear weights with a quantized format of their own"
+    if "cast" in pair:
+        return (f"{(pair - {'cast'}).pop()} sets the weights' formats itself: a cast would act on "
+                "its quantized or sparse tensors")
+    if "prune-unstructured" in pair:
+        return ("unstructured pruning masks plain weight tensors (weight_orig × mask), which "
+                f"{(pair - {'prune-unstructured'}).pop()}'s weights no longer are")
+    if "sparsity-24" in pair:
+        return ("2:4 sparsity stores the weights in PyTorch's semi-structured format, which "
+                f"{(pair - {'sparsity-24'}).pop()} does not take (nor it that one's)")
+    return "they change the same weights in ways that do not compose"
+
+
 def must_follow(opt: Optimization) -> list[str]:
     """The techniques that must come before ``opt`` when both are chosen (its order rules,
     read from its own check_with), for the listing."""
@@ -1452,8 +1487,10 @@ def resolve(selected: list[dict[str, Any]], workload: str, device: str
         clash = [o for o in opt.conflicts if o in ids and frozenset((opt.id, o)) not in told]
         if clash:
             told.update(frozenset((opt.id, o)) for o in clash)
-            problems.append((f"{opt.id} conflicts with {', '.join(clash)}.",
-                             "Run them separately and compare the runs."))
+            for other in clash:
+                problems.append((f"{opt.id} conflicts with {other}: "
+                                 f"{conflict_reason(opt.id, other)}.",
+                                 "Run them separately and compare the runs."))
     for opt, params in chosen:
         reason = opt.check_with(params, ids)
         if reason:

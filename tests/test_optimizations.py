@@ -520,7 +520,14 @@ def test_every_conflict_is_listed_on_both_sides():
             assert opt.id in REGISTRY[other].conflicts, (opt.id, other)
     with pytest.raises(MemLensError) as info:
         resolve([{"id": "cast"}, {"id": "torchao-int8"}], "forward", "cpu")
-    assert "conflicts with" in info.value.message
+    assert "conflicts with torchao-int8: torchao-int8 sets the weights' formats" in \
+        info.value.message
+    # every pair says why ("cast conflicts with autocast." did not)
+    from engine.optimizations import conflict_reason
+
+    for opt in REGISTRY.values():
+        for other in opt.conflicts:
+            assert not conflict_reason(opt.id, other).startswith("they change"), (opt.id, other)
 
 
 def test_the_module_tree_and_the_optimizations_count_the_same_modules():
