@@ -324,12 +324,14 @@ def render_compare_panel(results: Sequence[RunResult], folder: Path,
 
     panel = ComparePanel()
     panel.table.setVisible(table)
+    # (a control, not a figure: on paper its box read as an option, cut at the picture's edge)
+    panel.controls_shown = False
 
     def fit() -> int:
         """The charts at their usual height and the table at its rows' height: no empty
         space under a short table, no rows cut from a long one."""
         plots = 460
-        message = panel.message.heightForWidth(PANEL_WIDTH - panel.delta_check.width() - 12)
+        message = panel.message.heightForWidth(PANEL_WIDTH - 12)
         if not table:
             panel.splitter.setSizes([plots, 0])
             return max(message, 20) + plots + 12
@@ -732,8 +734,10 @@ img.shot { border: 1px solid #c8c8c8; }
 
 
 # Pictures left out of the PDF: the Totals panel is text, printed in full as the Totals
-# section above it; shrunk to the page's width its letters were about 4 pt.
-PDF_OMITS = frozenset({"totals"})
+# section above it; shrunk to the page's width its letters were about 4 pt. The per-layer
+# table's picture likewise: the text's per-layer table has every row (the picture stops at
+# the layers, without the unattributed and peak rows) in letters that can be read on paper.
+PDF_OMITS = frozenset({"totals", "per-layer-table"})
 
 
 def build_html(results: Sequence[RunResult], shots: Mapping[str, Sequence[Shot]],

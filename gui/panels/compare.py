@@ -106,6 +106,7 @@ class ComparePanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.comparison: Comparison | None = None
+        self.controls_shown = True  # False for a report's picture: figures, no check boxes
         self.labels: list[str] = []
         self.heights: list[np.ndarray] = []  # per run: what is drawn (MiB)
 
@@ -228,7 +229,7 @@ class ComparePanel(QWidget):
             text = (f"Comparing {len(runs)} runs; [0] {runs[0].run_id} is the reference"
                     f"{f' ({why})' if why else ''}. Each run's bars (in its colour in the "
                     "table's Run column) plus its unattributed bytes add up to its peak.")
-        self.delta_check.setVisible(not comparison.against_own)
+        self.delta_check.setVisible(self.controls_shown and not comparison.against_own)
         own = comparison.against_own
         self.table.horizontalHeaderItem(TABLE_COLUMNS.index("Δ peak")).setToolTip(
             "Peak minus its own unoptimized model's, measured in the same run" if own
