@@ -1657,8 +1657,9 @@ def print_report(result: RunResult, out: TextIO) -> None:
     g = result.generation
     if g:
         steps = g.get("decode_ms_per_step")
+        # (timed in the hooked passes: beside the plain latency they need not add up to it)
         timing = (f"prefill {g['prefill_ms']:.2f} ms, decode {sum(steps or [0]):.2f} ms for "
-                  f"{len(steps or [])} steps" if g.get("prefill_ms") is not None
+                  f"{len(steps or [])} steps (with live hooks)" if g.get("prefill_ms") is not None
                   else f"{g.get('new_tokens', '?')} new tokens (not timed)")
         w(f"generation: {timing}; {kv_cache_text(g)}; tensor-accounting peak prefill "
           f"{human_bytes(g.get('prefill_peak_bytes'))}, decode "

@@ -68,7 +68,7 @@ def summary_lines(result: RunResult) -> list[str]:
         lines.append(f"generation: prefill {human_ms(gen.get('prefill_ms'))}, decode "
                      f"{human_ms(float(np.median(steps)) if steps else None)} per step (median "
                      f"of {len(steps)} steps), {si_number(gen.get('decode_tokens_per_s'))} "
-                     "tokens/s")
+                     "tokens/s (timed in the passes with live hooks)")
     warm = [w for w in (timing.get("warmup_ms") or []) if w is not None]
     one_time = ("one-time costs (kernel selection, lazy initialisation, compilation): first "
                 f"warm-up pass {human_ms(warm[0] if warm else None)}")
