@@ -181,6 +181,11 @@ def _parser() -> argparse.ArgumentParser:
     o = sub.add_parser("optimizations", help="list the optimizations and what applies here")
     o.add_argument("--workload", choices=WORKLOADS, default=None)
     o.add_argument("--device", default=None)
+    o.add_argument("--model", default=None, type=_path_arg,
+                   help="also check each technique against this model (built on fake tensors: "
+                        "no weights, no memory): demo, preset:ID, a folder or a config.json")
+    o.add_argument("--dtype", type=_dtype, default="auto",
+                   help="the model's dtype for --model (as profile's)")
     o.add_argument("--json", action="store_true")
 
     c = sub.add_parser("compare", help="per-layer and total deltas between saved runs")
@@ -803,17 +808,51 @@ def _optimizations(args: argparse.Namespace) -> int:
 
     check_device(device)  # ("bogus" was listed, every line saying it needs cpu or cuda)
     workloads = [args.workload] if args.workload else list(WORKLOADS)
+    model = None
+    if args.model is not None:
+        from .estimate import build_shapes_only
+
+        model = build_shapes_only(RunConfig(model=str(args.model), dtype=args.dtype))
+
+    def verdict(opt: Any, workload: str, params: dict | None = None) -> str | None:
+        """Why ``opt`` (with ``params``, else its defaults) does not apply: the workload and
+        device, then the model."""
+        params = opt.defaults() if params is None else params
+        reason = opt.check_config(workload, device, params)
+        if reason is None and model is not None:
+            reason = opt.check_model(model, params)
+        return reason
+
+    def other_choices(opt: Any, workload: str) -> tuple[list[str], list[str]]:
+        """The values of its choice parameters, other than the default, that apply and that
+        are refused ("kv-cache generate: applies" hid that policy=offloaded needs CUDA;
+        "attention: no, the model already uses sdpa" hid that impl=eager applies)."""
+        good, refused = [], []
+        for p in opt.params:
+            for value in p.choices or ():
+                if value == p.default:
+                    continue
+                why = verdict(opt, workload, {**opt.defaults(), p.name: value})
+                if why:
+                    refused.append(f"{p.name}={value}: {why}")
+                else:
+                    good.append(f"{p.name}={value}")
+        return good, refused
+
     if args.json:
         out = []
         for opt in REGISTRY.values():
             d = opt.describe()
-            d["applies"] = {w: opt.check_config(w, device, opt.defaults()) or "yes"
-                            for w in workloads}
+            d["applies"] = {w: verdict(opt, w) or "yes" for w in workloads}
+            d["applies_with"] = {w: other_choices(opt, w)[0] for w in workloads}
+            d["refused_values"] = {w: other_choices(opt, w)[1] for w in workloads}
             d["after"] = must_follow(opt)
             out.append(d)
         print(json.dumps(out, indent=1))
         return EXIT_OK
-    print(f"optimizations on {device} (workloads: {', '.join(workloads)})\n")
+    against = f", checked against {args.model} (fake tensors)" if model is not None else (
+        "; --model MODEL also checks each against a model")
+    print(f"optimizations on {device} (workloads: {', '.join(workloads)}){against}\n")
     for opt in REGISTRY.values():
         print(f"{opt.id}  —  {opt.name} [{opt.category}]")
         print(f"    {opt.summary}")
@@ -822,8 +861,17 @@ def _optimizations(args: argparse.Namespace) -> int:
                    f" {p.minimum}..{p.maximum}" if p.minimum is not None else "")
             print(f"    {p.name} ({p.kind}{rng}, default {p.default}){': ' + p.help if p.help else ''}")
         for w in workloads:
-            reason = opt.check_config(w, device, opt.defaults())
-            print(f"    {w}: {'applies' if reason is None else 'no — ' + reason}")
+            reason = verdict(opt, w)
+            good, refused = other_choices(opt, w)
+            if reason is None:
+                print(f"    {w}: applies")
+                for value in refused:
+                    print(f"      but not {value}")
+            elif good and not reason.startswith("applies to the "):
+                print(f"    {w}: applies with {', '.join(good)} (not with the default: "
+                      f"{reason})")
+            else:
+                print(f"    {w}: no — {reason}")
         if opt.conflicts:
             print(f"    conflicts with: {', '.join(opt.conflicts)}")
         if after := must_follow(opt):

@@ -198,6 +198,26 @@ def estimate(config: RunConfig, listener: Listener = lambda e: None,
     return result
 
 
+def build_shapes_only(config: RunConfig) -> Any:
+    """``config``'s model built on fake tensors (its shapes and dtypes, no weights, no memory):
+    what ``memlens optimizations --model`` checks each technique against. Hub ids are refused
+    as estimation refuses them (a local config is read)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .models import describe_source, preimport_architecture
+    from .quiet import quiet_import
+
+    if describe_source(config.model) == "hub":
+        raise MemLensError(ErrorKind.NOT_APPLICABLE,
+                           f"Checking against a model reads a local config, and {config.model!r} "
+                           "is a Hub id.", ESTIMATE_SOURCES)
+    with quiet_import():
+        preimport_architecture(config.model)
+    run = _EstimateRun(config, lambda event: None, threading.Event())
+    run.fake_mode = FakeTensorMode()
+    return run._build(torch.device("cpu")).model
+
+
 def _fake_tensor_error(exc: BaseException, stage: str, model: str) -> MemLensError | None:
     """A clear error for what FakeTensorMode cannot run, naming the operator and the code line."""
     from torch._subclasses import fake_tensor as ft

@@ -284,6 +284,19 @@ def test_cli_optimizations_and_compare(tmp_path, capsys):
     # the order rules are listed with the techniques they bind (they were said only on refusal)
     assert ("order: after prune-ffn and prune-heads when chosen with them (--opt prune-ffn "
             "--opt lora)") in out
+    # --model checks each technique against the model too (built on fake tensors), and a
+    # choice refused here is named under a technique that applies with its default
+    assert cli.main(["optimizations", "--workload", "generate", "--device", "cpu", "--model",
+                     "preset:tiny-llama"]) == 0
+    out = capsys.readouterr().out
+    assert "checked against preset:tiny-llama" in out
+    sections = {block.split("  —  ")[0]: block for block in out.split("\n\n")}
+    assert "generate: applies with impl=eager (not with the default: the model already uses " \
+        "sdpa)" in sections["attention"]
+    assert "no — LlamaForCausalLM has no sliding-window setting" in sections["sliding-window"]
+    assert "but not policy=offloaded: offloaded needs a CUDA device" in sections["kv-cache"]
+    assert cli.main(["optimizations", "--model", "no/such/place/x"]) == cli.EXIT_FAILED
+    assert "No such file or folder" in capsys.readouterr().err
     store = ["--store", str(tmp_path)]
     assert cli.main(store + ["profile", "--model", "demo", "--seq", "32", "--repeats", "1"]) == 0
     assert cli.main(store + ["profile", "--model", "demo", "--seq", "32", "--repeats", "1",
