@@ -41,6 +41,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,11 +101,18 @@ def _check_interrupt() -> None:
                            "was. Run it again when ready.")
 
 
+STALE_STAGING_S = 3600  # a staging folder this old is a killed report's, not one being written
+
+
 @contextlib.contextmanager
 def _staging(folder: Path) -> Iterator[Path]:
     """A hidden folder inside ``folder`` the report is written into; :func:`_publish` moves its
     files out once all are written, so a cancelled or failed report leaves nothing half done
     (nor half of a previous report overwritten)."""
+    for old in folder.glob(".memlens-writing-*"):  # a report killed outright (SIGKILL) left it
+        with contextlib.suppress(OSError):
+            if old.is_dir() and time.time() - old.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(old, ignore_errors=True)
     try:
         stage = Path(tempfile.mkdtemp(prefix=".memlens-writing-", dir=folder))
     except OSError as exc:

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -210,7 +211,12 @@ def test_a_cancelled_report_writes_nothing_and_keeps_the_previous_one(qapp, save
 
     _, plain, optimized = saved
     folder = tmp_path / "out"
+    killed = folder / ".memlens-writing-killed"  # a report killed outright an hour ago
+    killed.mkdir(parents=True)
+    (killed / "run-model.png").write_bytes(b"x")
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
     write_report([plain], folder)
+    assert not killed.exists()
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     grabs = []
     real = report_module._grab
