@@ -236,8 +236,16 @@ def quality_parts(q: dict | None) -> list[str]:
     if q.get("top1_agreement") is not None:
         parts.append(f"top-1 agreement {q['top1_agreement']:.1%}")
     if q.get("perplexity") is not None:
+        interval = q.get("perplexity_ratio_interval")
+        spread = ""
+        if interval and q.get("baseline_perplexity"):
+            lo, hi = interval
+            ratio = q["perplexity"] / q["baseline_perplexity"]
+            within = ": within the text's noise" if lo <= 1.0 <= hi else ""
+            spread = (f"; ×{ratio:.3f}, about ×{lo:.3f}–×{hi:.3f} at 95% over "
+                      f"{q.get('predictions', '?')} predictions{within}")
         parts.append(f"perplexity {q['perplexity']:.2f}" + (
-            f" (baseline {q['baseline_perplexity']:.2f})"
+            f" (baseline {q['baseline_perplexity']:.2f}{spread})"
             if q.get("baseline_perplexity") is not None and q.get("kl_divergence") is not None
             else ""))
     if q.get("generated_token_agreement") is not None:
