@@ -322,7 +322,8 @@ def test_cli_export_errors(runs, tmp_path, capsys):
     assert cli.main(["--store", str(store.root), "export", run_id, "--csv",
                      str(blocker / "sub")]) == cli.EXIT_FAILED
     err = capsys.readouterr().err
-    assert "Cannot write" in err and "writable folder" in err
+    assert "Cannot write" in err and f"{blocker} is a file, not a folder" in err
+    assert "Give --csv a folder" in err
 
 
 def test_export_never_reads_qt():
