@@ -300,6 +300,8 @@ class _Run:
             else:
                 totals.load_source = "steady: tensor bytes of the loaded weights (no RSS peak here)"
         result.warnings.extend(self.loaded.warnings)
+        if not cuda:
+            self._check_activations_fit(model, device)
 
         tracked = select_layers(model, loss=cfg.workload == "train")
         inputs = self._inputs(model, device)
@@ -989,6 +991,62 @@ class _Run:
                     leaf.numel() * leaf.element_size() for leaf in leaves(p))
         return grads, opt, state_dtypes
 
+    def _check_activations_fit(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Refuse a CPU run whose workload would not fit in the memory available (the loader
+        checks the weights alone): a CUDA allocator raises out of memory cleanly, but the
+        kernel's out-of-memory killer ends a CPU process that overcommitted without a word.
+        A rough bound on the activations (generous: a few dozen hidden-sized tensors a token
+        and layer, the logits, eager attention's scores) decides whether to look closer; only
+        then is the workload estimated on fake tensors (seconds), and the estimate decides."""
+        from .models import _available_bytes, _gib
+
+        cfg = self.config
+        available = _available_bytes(device)
+        hf = getattr(model, "config", None)
+        hf = getattr(hf, "get_text_config", lambda: hf)() if hf is not None else None
+        hidden = getattr(hf, "hidden_size", None)
+        layers = getattr(hf, "num_hidden_layers", None)
+        if available is None or not isinstance(hidden, int) or not isinstance(layers, int):
+            return
+        heads = getattr(hf, "num_attention_heads", None) or 1
+        vocab = getattr(hf, "vocab_size", None) or 0
+        seq = cfg.seq + (cfg.new_tokens if cfg.workload == "generate" else 0)
+        tokens = cfg.batch * seq
+        rough = 4 * (tokens * (48 * hidden * layers + 3 * vocab)
+                     + 3 * layers * cfg.batch * heads * seq * seq)
+        if rough < ACTIVATION_CHECK_SHARE * available:
+            return
+        from dataclasses import replace
+
+        from .estimate import estimate
+
+        self.progress("prepare", None, "estimating the workload's peak first: its activations "
+                      "may not fit in the memory available")
+        try:
+            est = estimate(replace(cfg, device="cpu", attention_maps=False, prompt=None),
+                           cancel=self.cancel)
+        except MemLensError:
+            raise
+        except Exception:  # noqa: BLE001 - no estimate, no refusal: the run goes ahead
+            est = None
+        if self.cancel.is_set():
+            raise Cancelled()
+        if est is None:
+            return
+        weights = est.totals.model_weights_bytes or 0
+        above = (est.totals.peak_bytes or 0) - weights
+        available = _available_bytes(device) or available  # (the weights are loaded by now)
+        if above > ACTIVATION_LIMIT * available:
+            raise MemLensError(
+                ErrorKind.TOO_LARGE,
+                f"This {cfg.workload} would need about {_gib(above)} above the weights "
+                f"(estimated peak {_gib(est.totals.peak_bytes)}), and {device} has "
+                f"{_gib(available)} available (the limit is {ACTIVATION_LIMIT:.0%} of that): "
+                "the system could end the process before an out-of-memory error.",
+                f"Lower the batch ({cfg.batch}) or the sequence ({cfg.seq}), or see where it "
+                f"goes without running it: memlens estimate --model {cfg.model} --workload "
+                f"{cfg.workload} --batch {cfg.batch} --seq {cfg.seq}.")
+
     def _decode(self, ids: list[int]) -> str | None:
         tok = self.loaded.tokenizer if self.loaded else None
         if tok is None:
@@ -1094,6 +1152,14 @@ def _baseline_summary(scratch: RunResult, layers: list[LayerStats]) -> dict[str,
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+# A CPU run whose rough activation bound passes this share of the available memory is
+# estimated on fake tensors before it runs (_Run._check_activations_fit).
+ACTIVATION_CHECK_SHARE = 0.25
+# ... and refused when the estimate's bytes above the weights pass this share of what is then
+# available (the estimate counts tensors as the run does; the rest is the allocator's margin).
+ACTIVATION_LIMIT = 0.7
 
 
 def _stage_words(stage: str) -> str:

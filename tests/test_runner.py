@@ -364,3 +364,29 @@ def test_the_training_phases_come_from_one_step_and_add_up_to_it():
     assert tr["forward_ms"] + tr["backward_ms"] + tr["optimizer_ms"] == \
         pytest.approx(tr["step_ms"])
     assert tr["phases_from"] == "the hooked step of median length (3 timed)"
+
+
+@pytest.mark.fault(area='resources', case='a CPU workload whose activations would not fit in the '
+                   'memory available (the weights do)',
+                   outcome='estimated on fake tensors after the load and refused before the '
+                   'memory pass, naming the estimate, the memory available and the fix (the '
+                   "kernel's out-of-memory killer ends an overcommitted process without a word)")
+def test_a_cpu_workload_too_large_for_memory_is_refused_before_it_runs(monkeypatch):
+    from engine import models
+    from engine.estimate import estimate
+
+    config = tiny(workload="forward", batch=64, seq=64)
+    peak = estimate(config).totals.peak_bytes
+    monkeypatch.setattr(models, "_available_bytes", lambda device: peak)  # the weights fit
+    events = Collector()
+    assert execute(config, events) is None
+    failed = events.failed
+    assert failed.kind == ErrorKind.TOO_LARGE.value, failed
+    assert "above the weights" in failed.message and "available" in failed.message
+    assert "memlens estimate --model preset:tiny-llama" in failed.hint
+    stages = [e.message for e in events.events if type(e).__name__ == "Progress"]
+    assert any("estimating the workload's peak first" in m for m in stages)
+    assert not any(m.startswith("timing pass") for m in stages)
+    # with room (or a rough bound far below the memory) it runs as before
+    monkeypatch.setattr(models, "_available_bytes", lambda device: 20 * peak)
+    assert execute(config, Collector()) is not None
