@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Measure where a transformer model's working memory goes. "
                     "Without a command, opens the desktop app.",
         epilog="Exit status: 0 done; 1 the command failed or refused its input (the message "
-               "says why); 2 the command line is wrong; 130 cancelled (Ctrl+C).")
+               "says why); 2 the command line is wrong; 130 cancelled (Ctrl+C), 143 by SIGTERM. "
+               "`memlens --self-test [--out DIR]` checks an installation end to end.")
     ap.add_argument("--store", type=_store_path, default=None,
                     help="run store folder (default: $MEMLENS_HOME/runs or the user data dir)")
     ap.add_argument("--version", action=_VersionAction,
@@ -91,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="CUDA: record the allocator's history during the memory pass into this "
                         "pickle (opens in pytorch.org/memory_viz)")
     p.add_argument("--repeats", type=int, default=3, help="timing passes (median)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch's CPU threads for the work (default: torch's, every core); "
+                        "--threads 1 steadies timings on a machine busy with other work")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--sample-hz", type=float, default=20.0)
     p.add_argument("--trust-remote-code", action="store_true",
@@ -122,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
                     "activations, KV cache, transient peaks, FLOPs and the peak, labelled as an "
                     "estimate. Latency is not estimated.")
     e.add_argument("--model", default="demo",
-                   help="preset:NAME | PATH (config.json or a folder with one) | demo")
+                   help="preset:NAME | PATH (config.json or a folder with one) | demo | "
+                        "demo-encoder")
     e.add_argument("--workload", choices=WORKLOADS, default="forward")
     e.add_argument("--batch", type=int, default=1)
     e.add_argument("--seq", type=int, default=128,
@@ -232,6 +237,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--repeats", type=int, default=3,
                    help="timing passes per run, whose median is the latency (default: "
                         "%(default)s)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch's CPU threads for the work (default: torch's, every core); "
+                        "--threads 1 steadies timings on a machine busy with other work")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="let a model whose config has auto_map run its own Python code "
                         "(only for a source you trust)")
@@ -384,6 +392,15 @@ def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _unused_options(args)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            _error(f"--threads must be at least 1 (got {threads}).",
+                   "Give --threads 1 or more, or leave it out for torch's default.")
+            return EXIT_FAILED
+        import torch
+
+        torch.set_num_threads(threads)
     if args.command is None or args.command == "gui":
         parser.print_help()
         print("\nThe desktop app starts with the installed `memlens` command (no subcommand).")
@@ -1029,7 +1046,8 @@ def _add_sweep_parsers(sub) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="demo",
-                       help="preset:NAME | PATH (config.json or a folder with one) | demo")
+                       help="preset:NAME | PATH (config.json or a folder with one) | demo | "
+                        "demo-encoder")
         p.add_argument("--workload", choices=WORKLOADS, default="forward")
         p.add_argument("--new-tokens", type=int, default=32, action=_Given,
                        help="generate: tokens after the prompt (each is one more pass; "
@@ -1063,6 +1081,9 @@ def _add_sweep_parsers(sub) -> None:
     sw.add_argument("--batch", default="1", help="batch sizes, comma-separated")
     sw.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (measured points)")
     sw.add_argument("--repeats", type=int, default=3, help="timing passes per measured point")
+    sw.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="torch's CPU threads for the work (default: torch's, every core); "
+                         "--threads 1 steadies timings on a machine busy with other work")
     sw.add_argument("--estimate-only", action="store_true", help="estimate every point")
     sw.add_argument("--measure-below", default=None, metavar="SIZE",
                     help="measure points whose estimated peak is at most SIZE (e.g. 2GiB) "

@@ -1670,7 +1670,8 @@ def _common_options(p: Any) -> None:
     from .config import ATTENTION_IMPLS, DTYPES, WORKLOADS
 
     p.add_argument("--model", default="demo",
-                   help="preset:NAME | PATH (config.json or a folder with one) | demo")
+                   help="preset:NAME | PATH (config.json or a folder with one) | demo | "
+                        "demo-encoder")
     p.add_argument("--workload", choices=WORKLOADS, default="forward")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--dtype", type=_dtype, default="auto", help=" | ".join(DTYPES))

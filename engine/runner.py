@@ -1162,6 +1162,20 @@ ACTIVATION_CHECK_SHARE = 0.25
 ACTIVATION_LIMIT = 0.7
 
 
+def _busy_note(result: RunResult) -> str:
+    """" The machine was busy: …" when the load average at the run's start was near the cores
+    torch's threads use (threads spinning on cores another process holds ran a 17 ms forward
+    in 930 ms); "" otherwise."""
+    cpu = (result.environment or {}).get("cpu") or {}
+    load, cores = cpu.get("load_average_1m"), cpu.get("usable_cores") or cpu.get("logical_cores")
+    threads = cpu.get("torch_threads")
+    if load is None or not cores or not threads or load < 0.75 * cores:
+        return ""
+    return (f" The machine was busy (load average {load:g} on {cores} cores, torch using "
+            f"{threads} thread{'s' if threads != 1 else ''}): fewer threads steady the timings "
+            "(--threads 1 on the command line).")
+
+
 def _stage_words(stage: str) -> str:
     """A progress stage as a phrase: "memory" → "the memory pass" ("Out of memory during
     memory" read as a typo)."""
@@ -1320,4 +1334,5 @@ def _noise_warnings(result: RunResult) -> None:
             f"Latency is noisy: {who}{len(times)} plain timing passes took {min(times):.2f} to "
             f"{max(times):.2f} ms (×{spread:.1f} apart), so the median"
             f"{ratio} may be off. Rerun on a quieter machine or with more timing passes (now "
-            f"{cfg.repeats}; Timing passes in the window, --repeats N on the command line).")
+            f"{cfg.repeats}; Timing passes in the window, --repeats N on the command line)."
+            + _busy_note(result))

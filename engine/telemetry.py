@@ -705,6 +705,10 @@ def environment(device: str) -> dict[str, Any]:
         ram: int | None = int(psutil.virtual_memory().total)
     except Exception:  # noqa: BLE001
         ram = None
+    try:  # how busy the machine was: other work on the cores slows and scatters CPU timings
+        load: float | None = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        load = None
 
     gpu = nvml()
     env: dict[str, Any] = {
@@ -718,6 +722,8 @@ def environment(device: str) -> dict[str, Any]:
             "logical_cores": os.cpu_count(),
             "physical_cores": physical,
             "usable_cores": affinity,
+            "torch_threads": torch.get_num_threads() if torch is not None else None,
+            "load_average_1m": load,
         },
         "ram_total_bytes": ram,
         "device": str(device),

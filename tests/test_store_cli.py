@@ -1133,3 +1133,32 @@ def test_the_baseline_line_stays_when_there_is_no_latency_ratio():
     out = io.StringIO()
     print_report(run, out)
     assert "latency ×0.40 (noisy: timing passes up to ×80.0 apart)" in out.getvalue()
+
+
+def test_threads_option_and_a_busy_machine_is_named(tmp_path, capsys):
+    """On a 2-core machine busy with other work, torch's default threads ran the demo's 17 ms
+    forward in 930 ms: --threads N sets them, the run records them with the load average,
+    and a noisy-latency warning names a busy machine."""
+    import torch
+
+    from engine.config import RunConfig
+    from engine.results import RunResult
+    from engine.runner import _busy_note
+
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["--store", str(tmp_path), "profile", "--model", "preset:tiny-llama",
+                         "--seq", "8", "--repeats", "1", "--threads", "1", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["environment"]["cpu"]["torch_threads"] == 1
+        assert "load_average_1m" in data["environment"]["cpu"]
+        assert cli.main(["profile", "--model", "demo", "--threads", "0"]) == cli.EXIT_FAILED
+        assert "--threads must be at least 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+    busy = RunResult(config=RunConfig(), environment={"cpu": {
+        "load_average_1m": 2.1, "usable_cores": 2, "torch_threads": 2}})
+    assert "The machine was busy (load average 2.1 on 2 cores, torch using 2 threads)" in \
+        _busy_note(busy)
+    busy.environment["cpu"]["load_average_1m"] = 0.4
+    assert _busy_note(busy) == ""
