@@ -53,7 +53,9 @@ def byte_unit(largest: float) -> tuple[str, float]:
 SWEEP_COLUMNS = ("Set", "Seq", "Batch", "Kind", "Peak", "Largest part", "Latency", "Note")
 FIT_COLUMNS = ("Set", "At", "Answer", "Est. peak", "Next tested", "Its peak", "Binding",
                "Largest part", "Estimates", "Says")
-FIT_AXES = (("seq", "Longest sequence per batch"), ("batch", "Largest batch per sequence"))
+# (short items: "Longest sequence per b…" was cut at 1024 px; the whole phrase is the tooltip)
+FIT_AXES = (("seq", "Longest sequence", "The longest sequence that fits, for each batch size"),
+            ("batch", "Largest batch", "The largest batch that fits, for each sequence length"))
 
 
 def integer_step(span: float, most: int = 8) -> int:
@@ -133,8 +135,13 @@ class SweepPanel(QWidget):
         self.axis_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.axis_combo.setMinimumContentsLength(12)
-        for axis, text in FIT_AXES:
+        for axis, text, tip in FIT_AXES:
             self.axis_combo.addItem(text, axis)
+            self.axis_combo.setItemData(self.axis_combo.count() - 1, tip,
+                                        Qt.ItemDataRole.ToolTipRole)
+        self.axis_combo.currentIndexChanged.connect(
+            lambda i: self.axis_combo.setToolTip(FIT_AXES[i][2] if i >= 0 else ""))
+        self.axis_combo.setToolTip(FIT_AXES[0][2])
         self.fit_button = QPushButton("Find what fits")
         self.fit_button.setToolTip("Search over estimates for what fits the budget")
         self.save_button = QPushButton("Save JSON…")
