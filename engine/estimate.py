@@ -198,6 +198,20 @@ def estimate(config: RunConfig, listener: Listener = lambda e: None,
     return result
 
 
+def quiet_estimate(config: RunConfig, cancel: threading.Event | None = None
+                   ) -> RunResult | None:
+    """An estimate for the runner's own use (does the workload fit?): no events, nothing
+    logged; None when it cannot be made (a technique it cannot apply, an architecture fake
+    tensors do not run), and the caller goes on without it."""
+    run = _EstimateRun(config, lambda event: None, cancel or threading.Event())
+    try:
+        return run.go()
+    except Exception:  # noqa: BLE001 - no estimate: the run is not refused for it
+        return None
+    finally:
+        run.cleanup()
+
+
 def build_shapes_only(config: RunConfig) -> Any:
     """``config``'s model built on fake tensors (its shapes and dtypes, no weights, no memory):
     what ``memlens optimizations --model`` checks each technique against. Hub ids are refused

@@ -300,11 +300,11 @@ class _Run:
             else:
                 totals.load_source = "steady: tensor bytes of the loaded weights (no RSS peak here)"
         result.warnings.extend(self.loaded.warnings)
-        if not cuda:
-            self._check_activations_fit(model, device)
 
         tracked = select_layers(model, loss=cfg.workload == "train")
         inputs = self._inputs(model, device)
+        if not cuda:
+            self._check_workload_fits(model, device, int(inputs.input_ids.shape[1]))
         result.model_info = self._model_info(model, tracked, device)
         result.model_info["module_tree"] = module_tree(model)
         result.environment = environment(str(device))
@@ -991,14 +991,18 @@ class _Run:
                     leaf.numel() * leaf.element_size() for leaf in leaves(p))
         return grads, opt, state_dtypes
 
-    def _check_activations_fit(self, model: torch.nn.Module, device: torch.device) -> None:
+    def _check_workload_fits(self, model: torch.nn.Module, device: torch.device,
+                             length: int) -> None:
         """Refuse a CPU run whose workload would not fit in the memory available (the loader
         checks the weights alone): a CUDA allocator raises out of memory cleanly, but the
         kernel's out-of-memory killer ends a CPU process that overcommitted without a word.
-        A rough bound on the activations (generous: a few dozen hidden-sized tensors a token
-        and layer, the logits, eager attention's scores) decides whether to look closer; only
-        then is the workload estimated on fake tensors (seconds), and the estimate decides."""
-        from .models import _available_bytes, _gib
+        ``length`` is the input's tokens (a prompt's, not the Sequence setting it replaces).
+        A rough upper bound (activations, logits, eager attention's scores, a KV cache and,
+        for training, gradients, AdamW state and the baseline's copy of the weights) decides
+        whether to look closer; only then is the workload estimated on fake tensors (seconds):
+        the unoptimized baseline, which an optimized run also measures, and the optimized one,
+        the larger deciding."""
+        from .models import _available_bytes, _gib, estimate_command
 
         cfg = self.config
         available = _available_bytes(device)
@@ -1008,44 +1012,52 @@ class _Run:
         layers = getattr(hf, "num_hidden_layers", None)
         if available is None or not isinstance(hidden, int) or not isinstance(layers, int):
             return
+        inter = getattr(hf, "intermediate_size", None) or 4 * hidden
         heads = getattr(hf, "num_attention_heads", None) or 1
         vocab = getattr(hf, "vocab_size", None) or 0
-        seq = cfg.seq + (cfg.new_tokens if cfg.workload == "generate" else 0)
+        weights = unique_nbytes(module_weight_tensors(model, recurse=True))
+        train = cfg.workload == "train"
+        seq = length + (cfg.new_tokens if cfg.workload == "generate" else 0)
         tokens = cfg.batch * seq
-        rough = 4 * (tokens * (48 * hidden * layers + 3 * vocab)
-                     + 3 * layers * cfg.batch * heads * seq * seq)
+        live = layers if train else 2  # (a forward frees each block's activations)
+        eager = getattr(hf, "_attn_implementation", None) == "eager"
+        rough = 4 * (tokens * ((16 * hidden + 3 * inter) * live + 3 * vocab)
+                     + (2 * cfg.batch * heads * seq * seq * live if eager else 0)
+                     + (2 * layers * hidden * tokens if cfg.workload == "generate" else 0))
+        if train:
+            rough += 4 * weights  # gradients, AdamW's two moments, the baseline's copy
         if rough < ACTIVATION_CHECK_SHARE * available:
             return
         from dataclasses import replace
 
-        from .estimate import estimate
+        from .estimate import quiet_estimate
 
-        self.progress("prepare", None, "estimating the workload's peak first: its activations "
-                      "may not fit in the memory available")
-        try:
-            est = estimate(replace(cfg, device="cpu", attention_maps=False, prompt=None),
-                           cancel=self.cancel)
-        except MemLensError:
-            raise
-        except Exception:  # noqa: BLE001 - no estimate, no refusal: the run goes ahead
-            est = None
-        if self.cancel.is_set():
-            raise Cancelled()
-        if est is None:
+        self.progress("prepare", None, "checking that the workload fits the memory available "
+                      "(an estimate on fake tensors)")
+        shape = replace(cfg, device="cpu", attention_maps=False, prompt=None, seq=length)
+        peaks = []
+        for opts in ([[]] + ([cfg.optimizations] if cfg.optimizations else [])):
+            est = quiet_estimate(replace(shape, optimizations=opts), self.cancel)
+            if self.cancel.is_set():
+                raise Cancelled()
+            if est is not None:
+                peaks.append(est.totals.peak_bytes - (est.totals.model_weights_bytes or 0))
+        if not peaks:
             return
-        weights = est.totals.model_weights_bytes or 0
-        above = (est.totals.peak_bytes or 0) - weights
+        above = max(peaks) + (weights if train and cfg.optimizations else 0)
         available = _available_bytes(device) or available  # (the weights are loaded by now)
         if above > ACTIVATION_LIMIT * available:
+            sizes = (f"the batch ({cfg.batch}) or the prompt ({length} tokens)" if cfg.prompt
+                     else f"the batch ({cfg.batch}) or the sequence ({cfg.seq})")
             raise MemLensError(
                 ErrorKind.TOO_LARGE,
                 f"This {cfg.workload} would need about {_gib(above)} above the weights "
-                f"(estimated peak {_gib(est.totals.peak_bytes)}), and {device} has "
-                f"{_gib(available)} available (the limit is {ACTIVATION_LIMIT:.0%} of that): "
-                "the system could end the process before an out-of-memory error.",
-                f"Lower the batch ({cfg.batch}) or the sequence ({cfg.seq}), or see where it "
-                f"goes without running it: memlens estimate --model {cfg.model} --workload "
-                f"{cfg.workload} --batch {cfg.batch} --seq {cfg.seq}.")
+                f"(estimated{', the unoptimized baseline included' if cfg.optimizations else ''}"
+                f"), and {device} has {_gib(available)} available (the limit is "
+                f"{ACTIVATION_LIMIT:.0%} of that): the system could end the process before an "
+                "out-of-memory error.",
+                f"Lower {sizes}, or see where it goes without running it: "
+                f"{estimate_command(replace(shape, prompt=None))}.")
 
     def _decode(self, ids: list[int]) -> str | None:
         tok = self.loaded.tokenizer if self.loaded else None

@@ -372,21 +372,38 @@ def test_the_training_phases_come_from_one_step_and_add_up_to_it():
                    'memory pass, naming the estimate, the memory available and the fix (the '
                    "kernel's out-of-memory killer ends an overcommitted process without a word)")
 def test_a_cpu_workload_too_large_for_memory_is_refused_before_it_runs(monkeypatch):
+    from dataclasses import replace
+
     from engine import models
     from engine.estimate import estimate
 
-    config = tiny(workload="forward", batch=64, seq=64)
-    peak = estimate(config).totals.peak_bytes
-    monkeypatch.setattr(models, "_available_bytes", lambda device: peak)  # the weights fit
+    for config in (tiny(workload="forward", batch=64, seq=64),
+                   # training: gradients and AdamW state too, and the unoptimized baseline an
+                   # optimized run measures first (the estimate of the optimized one alone
+                   # let it through)
+                   tiny(workload="train", batch=8, seq=64,
+                        optimizations=[{"id": "freeze-base"}])):
+        base = estimate(replace(config, optimizations=[]))
+        room = base.totals.peak_bytes  # the weights fit, the workload does not
+        monkeypatch.setattr(models, "_available_bytes", lambda device, room=room: room)
+        events = Collector()
+        assert execute(config, events) is None
+        failed = events.failed
+        assert failed.kind == ErrorKind.TOO_LARGE.value, failed
+        assert "above the weights" in failed.message and "available" in failed.message
+        assert "memlens estimate --model preset:tiny-llama" in failed.hint
+        assert f"--workload {config.workload}" in failed.hint
+        stages = [e.message for e in events.events if type(e).__name__ == "Progress"]
+        assert any("checking that the workload fits" in m for m in stages)
+        assert not any(m.startswith("timing pass") for m in stages)
+    # with room it runs as before
+    monkeypatch.setattr(models, "_available_bytes", lambda device: 40 * room)
+    assert execute(tiny(workload="forward", batch=64, seq=64), Collector()) is not None
+    # a prompt's tokens are the length, not the Sequence setting it replaces
+    prompt = tiny(model="demo", workload="forward", batch=64, seq=512, prompt="a short prompt")
+    short = estimate(replace(prompt, prompt=None, seq=8)).totals.peak_bytes
+    monkeypatch.setattr(models, "_available_bytes", lambda device: 3 * short)
     events = Collector()
-    assert execute(config, events) is None
-    failed = events.failed
-    assert failed.kind == ErrorKind.TOO_LARGE.value, failed
-    assert "above the weights" in failed.message and "available" in failed.message
-    assert "memlens estimate --model preset:tiny-llama" in failed.hint
-    stages = [e.message for e in events.events if type(e).__name__ == "Progress"]
-    assert any("estimating the workload's peak first" in m for m in stages)
-    assert not any(m.startswith("timing pass") for m in stages)
-    # with room (or a rough bound far below the memory) it runs as before
-    monkeypatch.setattr(models, "_available_bytes", lambda device: 20 * peak)
-    assert execute(config, Collector()) is not None
+    assert execute(prompt, events) is not None, events.failed  # (512 tokens would not fit)
+    assert any("checking that the workload fits" in e.message for e in events.events
+               if type(e).__name__ == "Progress")
