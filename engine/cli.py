@@ -655,7 +655,8 @@ def _refuse_store_path(path: Path, store, option: str) -> None:
                            "itself: --save, or every measured run).")
 
 
-def refuse_store_folder(folder: Path | str, store, option: str, what: str) -> None:
+def refuse_store_folder(folder: Path | str, store, option: str, what: str,
+                        hint: str | None = None) -> None:
     """Refuse ``folder`` (a report's, a guide's, CSV files') when it is the run store's own
     folder or its trash: the store lists every .json there as a run (a guide.json came up as
     a damaged run, and `memlens delete guide` moved it to the trash)."""
@@ -663,7 +664,7 @@ def refuse_store_folder(folder: Path | str, store, option: str, what: str) -> No
         raise MemLensError(ErrorKind.STORE,
                            f"{option} {folder} is the run store's folder, where every file is "
                            f"taken for a saved run: {what} there would be listed as damaged "
-                           "runs.", f"Give {option} another folder than {store.root}.")
+                           "runs.", hint or f"Give {option} another folder than {store.root}.")
 
 
 def _written(path: Path) -> None:

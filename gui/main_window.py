@@ -1378,6 +1378,11 @@ class MainWindow(QMainWindow):
             if maps is not None:
                 attention[run.run_id] = maps
         try:
+            from engine.cli import refuse_store_folder
+
+            if getattr(store, "trash_root", None) is not None:  # (else: damaged runs)
+                refuse_store_folder(folder, store, "The folder", "the report's files",
+                                    f"Choose another folder than {store.root}.")
             files = write_report(runs, Path(folder), pdf=pdf, attention=attention)
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc)
@@ -1418,7 +1423,13 @@ class MainWindow(QMainWindow):
         self.status.show_message(f"Writing the guide's report into {folder}…")
         QGuiApplication.processEvents()
         try:
-            files = write_guide_report(guide, Path(folder), self._get_store(), pdf=pdf)
+            from engine.cli import refuse_store_folder
+
+            store = self._get_store()
+            if getattr(store, "trash_root", None) is not None:
+                refuse_store_folder(folder, store, "The folder", "the report's files",
+                                    f"Choose another folder than {store.root}.")
+            files = write_guide_report(guide, Path(folder), store, pdf=pdf)
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc)
             hint = getattr(exc, "hint", "") or "Choose a writable folder."

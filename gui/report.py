@@ -126,24 +126,47 @@ def _staging(folder: Path) -> Iterator[Path]:
 
 
 def _publish(files: ReportFiles, folder: Path) -> ReportFiles:
-    """Move what was written into the staging folder to ``folder`` (each by a rename in the same
-    file system); returns the files at their final paths."""
+    """Move what was written into the staging folder to ``folder`` (renames in one file
+    system), the HTML last; a file in the way that cannot be replaced (a folder of that name,
+    a PDF held open by a viewer on Windows) puts back every file already replaced, so the
+    folder holds the previous report or the new one, never a mix. Returns the files at their
+    final paths."""
     _check_interrupt()
+    stage = files.html.parent
+    previous = stage / ".previous"
+    order = [p for p in (*files.images, files.pdf, files.html) if p is not None]
+    done: list[tuple[Path, Path | None]] = []  # (final path, the previous file kept aside)
 
-    def move(path: Path | None) -> Path | None:
-        if path is None:
-            return None
+    def undo() -> None:
+        for final, kept in reversed(done):
+            with contextlib.suppress(OSError):
+                if kept is not None:
+                    os.replace(kept, final)
+                else:
+                    final.unlink()
+
+    for path in order:
         final = folder / path.name
+        kept: Path | None = None
         try:
+            if final.is_dir() and not final.is_symlink():
+                raise IsADirectoryError(21, "a folder of that name is in the way", str(final))
+            if final.exists() or final.is_symlink():
+                previous.mkdir(exist_ok=True)
+                kept = previous / path.name
+                os.replace(final, kept)
+            done.append((final, kept))
             os.replace(path, final)
         except OSError as exc:
-            raise MemLensError(ErrorKind.STORE, f"Cannot write {final}: {exc.strerror or exc}.",
-                               "Choose a writable folder with free space.") from exc
-        return final
-
-    images = [move(p) for p in files.images]
-    return ReportFiles(folder=folder, html=move(files.html), pdf=move(files.pdf),
-                       images=[p for p in images if p is not None], missing=files.missing)
+            undo()
+            raise MemLensError(ErrorKind.STORE, f"Cannot write {final}: {exc.strerror or exc}; "
+                               "the folder keeps the previous report.",
+                               "Close a viewer that holds the file open, or choose another "
+                               "folder.") from exc
+    by_name = {p.name: folder / p.name for p in order}
+    return ReportFiles(folder=folder, html=by_name[files.html.name],
+                       pdf=by_name[files.pdf.name] if files.pdf is not None else None,
+                       images=[by_name[p.name] for p in files.images], missing=files.missing)
 
 
 # -- rendering the panels -----------------------------------------------------------------------
@@ -1127,7 +1150,9 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
     return files
 
 
-MANIFEST = ".memlens-report.json"  # per kind of report, the files it last wrote into the folder
+# Per kind of report, the files it last wrote into the folder (JSON, but not named .json: a run
+# store lists every .json file as a run)
+MANIFEST = ".memlens-report"
 
 
 def _tidy(files: ReportFiles) -> list[str]:

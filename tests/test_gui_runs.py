@@ -528,6 +528,11 @@ def test_export_report_from_the_window_covers_the_run_or_the_comparison(qtbot, r
     both = window.export_report(tmp_path / "two", pdf=False)
     assert "ref" in both.html.read_text(encoding="utf-8")
     assert any("compare" in p.name for p in both.images)
+    # the run store's own folder is refused (its files would be listed as damaged runs)
+    listed = sorted(p.name for p in real_store.root.iterdir())
+    assert window.export_report(real_store.root, pdf=False) is None
+    assert "is the run store's folder" in window.status.text()
+    assert sorted(p.name for p in real_store.root.iterdir()) == listed
     window.set_theme("light")
 
 

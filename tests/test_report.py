@@ -242,6 +242,15 @@ def test_a_cancelled_report_writes_nothing_and_keeps_the_previous_one(qapp, save
     with pytest.raises(MemLensError):
         write_report([plain, optimized], folder, pdf=True)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # a file in the way found only when the new files move in (a folder named report.pdf;
+    # on Windows a PDF a viewer holds open): the files already replaced are put back
+    monkeypatch.undo()
+    (folder / "report.pdf").mkdir()
+    with pytest.raises(MemLensError) as info:
+        write_report([plain, optimized], folder, pdf=True)
+    assert "keeps the previous report" in info.value.message
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert {p.name for p in folder.iterdir() if p.is_dir()} == {"report.pdf"}
 
 
 def test_headings_stay_with_what_follows_them_in_the_pdf(qapp):
