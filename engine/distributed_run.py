@@ -632,7 +632,6 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
     ``out``: a ``.json`` file or a folder (default: ``distributed/`` in the run store's folder).
     Raises ``MemLensError`` when the launch fails, with the ranks' last output."""
     import socket
-    import subprocess
 
     from .errors import ErrorKind, MemLensError
     from .optimizations import format_spec
@@ -675,7 +674,7 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
     root = Path(__file__).resolve().parent.parent
     full_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(root), full_env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = _run_torchrun(cmd, full_env, timeout)
     output = proc.stdout + proc.stderr
     run = None
     if target.exists():
@@ -693,6 +692,27 @@ def launch(config: RunConfig, nproc: int, out: Path | str | None = None, *,
                          f"the record was saved: {_failure_summary(output)}")
         write_run(run, target)
     return run, target, proc.stdout
+
+
+def _run_torchrun(cmd: list[str], env: dict[str, str], timeout: float | None) -> Any:
+    """``subprocess.run`` for torchrun, but a Ctrl+C or SIGTERM here (KeyboardInterrupt) or a
+    timeout ends it with SIGTERM, which torchrun passes on to its workers: subprocess.run
+    killed it with SIGKILL, and the workers (each in a session of its own) ran on, orphaned."""
+    import subprocess
+
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except (KeyboardInterrupt, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.communicate()
+            raise
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _failure_summary(output: str) -> str:

@@ -249,7 +249,7 @@ def _fake_torchrun(monkeypatch, code: int, output: str, write: bool) -> None:
 
     from engine.distributed_run import DistributedRun, write_run
 
-    def fake(cmd, **kw):
+    def fake(cmd, env=None, timeout=None):
         if write:
             args = dict(zip(cmd[:-1], cmd[1:]))
             write_run(DistributedRun(run_id=args["--run-id"], created="now", config={},
@@ -257,7 +257,9 @@ def _fake_torchrun(monkeypatch, code: int, output: str, write: bool) -> None:
                       args["--out"])
         return subprocess.CompletedProcess(cmd, code, "", output)
 
-    monkeypatch.setattr(subprocess, "run", fake)
+    import engine.distributed_run as distributed_run
+
+    monkeypatch.setattr(distributed_run, "_run_torchrun", fake)
 
 
 @pytest.mark.fault(area='resources', case='a rank of a distributed run fails, or aborts at exit '
@@ -278,3 +280,27 @@ def test_a_failed_rank_is_named_and_a_saved_run_is_kept(tmp_path, monkeypatch) -
     assert "ValueError: the shards do not fit" in message and "exitcode -6" in message
     assert "ChildFailedError" not in message
     assert not (tmp_path / "failed.json").exists()
+
+
+def test_torchrun_is_ended_with_sigterm_which_it_passes_to_its_workers(tmp_path) -> None:
+    """subprocess.run killed torchrun with SIGKILL on Ctrl+C, SIGTERM or a timeout, and its
+    workers (each in a session of its own) ran on; it is sent SIGTERM, which torchrun
+    forwards to them, and waited for."""
+    import subprocess
+    import sys
+    import time
+
+    from engine.distributed_run import _run_torchrun
+
+    marker = tmp_path / "terminated"
+    script = ("import pathlib, signal, sys, time\n"
+              f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(marker)!r})"
+              ".write_text('SIGTERM'), sys.exit(3)))\n"
+              "time.sleep(60)\n")
+    t0 = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        _run_torchrun([sys.executable, "-c", script], dict(os.environ), timeout=2)
+    assert time.monotonic() - t0 < 20
+    assert marker.read_text() == "SIGTERM"  # (not SIGKILL: torchrun would forward it)
+    done = _run_torchrun([sys.executable, "-c", "print('ok')"], dict(os.environ), timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "ok"
