@@ -282,7 +282,17 @@ class RunStore:
 
         path = self.attention_path(run_id)
         if not path.is_file():
-            return None
+            # A run file copied or renamed in the store keeps the maps file it was saved with
+            # (its record names it): the copy is opened by its file name, the maps by theirs.
+            try:
+                data = json.loads(self.path_for(run_id).read_text(encoding="utf-8"))
+                named = str(((data.get("attention") or {}) if isinstance(data, dict)
+                             else {}).get("file") or "")
+            except (OSError, ValueError, AttributeError):
+                named = ""
+            if not named or Path(named).name != named or not (self.root / named).is_file():
+                return None
+            path = self.root / named
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}

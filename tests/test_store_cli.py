@@ -1162,3 +1162,19 @@ def test_threads_option_and_a_busy_machine_is_named(tmp_path, capsys):
         _busy_note(busy)
     busy.environment["cpu"]["load_average_1m"] = 0.4
     assert _busy_note(busy) == ""
+
+
+def test_a_copied_run_keeps_its_attention_maps(tmp_path):
+    """A run file copied under another name in the store is opened by that name; its maps
+    file keeps the original's name, which the record gives (the copy showed no maps)."""
+    import shutil
+
+    store = RunStore(tmp_path / "runs")
+    result = execute(tiny(workload="forward", attention_maps=True), Collector(), store=store)
+    assert result is not None and store.load_attention(result.run_id) is not None
+    shutil.copy(store.path_for(result.run_id), store.root / "my-copy.json")
+    copy = store.load("my-copy")
+    assert copy.run_id == "my-copy"
+    maps = store.load_attention("my-copy")
+    assert maps is not None and maps.maps.keys() == store.load_attention(result.run_id).maps.keys()
+    assert store.load_attention("no-such-run") is None
