@@ -311,25 +311,16 @@ def bytes_change(before: int | float | None, after: int | float | None) -> tuple
             f"{sign}{abs(delta) / scale:.2f} {unit}")
 
 
-def against_baseline(result: Any) -> list[str]:
-    """A run against the unoptimized model measured in the same run (``result.baseline``),
-    part by part: peak and weights; saved for backward and each training phase's peak (what
-    activation checkpointing lowers, below a peak in the optimizer step that it cannot);
-    the KV cache of a generation; the latency ratio, with its doubt when either side's timing
-    passes disagree. Empty without a baseline. One wording for the CLI, the window and
-    reports."""
-    from .results import NOISY_TIMING_SPREAD, timing_spread
-
-    base, d, t = result.baseline or {}, result.deltas or {}, result.totals
-    if not base:
-        return []
-    out: list[str] = []
+def baseline_pairs(result: Any) -> list[tuple[str, int, int]]:
+    """(part, baseline's bytes, this run's) for what :func:`against_baseline` says: peak,
+    weights, saved for backward, the training phase peaks that moved, the KV cache; parts
+    either side did not record are left out."""
+    base, t = result.baseline or {}, result.totals
+    out: list[tuple[str, int, int]] = []
 
     def pair(label: str, before: Any, after: Any) -> None:
-        if _is_missing(before) or _is_missing(after):
-            return
-        a, b, change = bytes_change(before, after)
-        out.append(f"{label} {a} → {b} ({change})")
+        if not (_is_missing(before) or _is_missing(after)):
+            out.append((label, before, after))
 
     pair("peak", base.get("peak_bytes"), t.peak_bytes)
     pair("weights", base.get("model_weights_bytes"), t.model_weights_bytes)
@@ -344,6 +335,25 @@ def against_baseline(result: Any) -> list[str]:
                 pair(f"{phase} phase peak", phases.get(phase), now.get(phase))
     if base.get("kv_cache_bytes") or t.kv_cache_bytes:
         pair("KV cache", base.get("kv_cache_bytes"), t.kv_cache_bytes)
+    return out
+
+
+def against_baseline(result: Any) -> list[str]:
+    """A run against the unoptimized model measured in the same run (``result.baseline``),
+    part by part: peak and weights; saved for backward and each training phase's peak (what
+    activation checkpointing lowers, below a peak in the optimizer step that it cannot);
+    the KV cache of a generation; the latency ratio, with its doubt when either side's timing
+    passes disagree. Empty without a baseline. One wording for the CLI, the window and
+    reports."""
+    from .results import NOISY_TIMING_SPREAD, timing_spread
+
+    base, d = result.baseline or {}, result.deltas or {}
+    if not base:
+        return []
+    out: list[str] = []
+    for label, before, after in baseline_pairs(result):
+        a, b, change = bytes_change(before, after)
+        out.append(f"{label} {a} → {b} ({change})")
     ratio = d.get("latency_ratio")
     if ratio:
         spreads = [s for s in (timing_spread((getattr(result, "timing", None) or {})

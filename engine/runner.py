@@ -1181,7 +1181,9 @@ def _busy_note(result: RunResult) -> str:
     cpu = (result.environment or {}).get("cpu") or {}
     load, cores = cpu.get("load_average_1m"), cpu.get("usable_cores") or cpu.get("logical_cores")
     threads = cpu.get("torch_threads")
-    if load is None or not cores or not threads or load < 0.75 * cores:
+    # (the load average counts this process too: in a guide or a sweep, its own earlier runs
+    # kept about ``threads`` cores busy; what is left is other work)
+    if load is None or not cores or not threads or load - threads < 0.75:
         return ""
     return (f" The machine was busy (load average {load:g} on {cores} cores, torch using "
             f"{threads} thread{'s' if threads != 1 else ''}): fewer threads steady the timings "
@@ -1229,10 +1231,16 @@ def _parts_that_fell(result: RunResult) -> list[str]:
     """The parts of the memory that fell against the baseline, "saved for backward 5.73 MiB →
     0.92 MiB (−4.81 MiB)", from :func:`engine.format.against_baseline` (peak, weights and
     latency left out)."""
-    from .format import against_baseline
+    from .format import baseline_pairs, bytes_change
 
-    return [part for part in against_baseline(result)
-            if not part.startswith(("peak ", "weights ", "latency ")) and "(−" in part]
+    out = []
+    for label, before, after in baseline_pairs(result):
+        # (a fall within tensor accounting's noise is no saving: 64 KiB, or 1% of the part)
+        if label in ("peak", "weights") or before - after <= max(64 << 10, 0.01 * before):
+            continue
+        a, b, change = bytes_change(before, after)
+        out.append(f"{label} {a} → {b} ({change})")
+    return out
 
 
 def _trap_warnings(result: RunResult) -> None:

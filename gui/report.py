@@ -1360,6 +1360,10 @@ def _main(argv: Sequence[str] | None) -> int:
     def stop(signum: int, _frame: Any) -> None:
         stopped.append(signum)
         _INTERRUPTED.set()
+        # A second one ends the process at once (a render that hangs could not be stopped).
+        signal.signal(signum, signal.SIG_DFL)
+        sys.stderr.write("memlens: stopping the report at the next panel "
+                         "(press Ctrl+C again to quit at once)\n")
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 

@@ -1157,10 +1157,10 @@ def test_threads_option_and_a_busy_machine_is_named(tmp_path, capsys):
     finally:
         torch.set_num_threads(before)
     busy = RunResult(config=RunConfig(), environment={"cpu": {
-        "load_average_1m": 2.1, "usable_cores": 2, "torch_threads": 2}})
-    assert "The machine was busy (load average 2.1 on 2 cores, torch using 2 threads)" in \
+        "load_average_1m": 3.1, "usable_cores": 2, "torch_threads": 2}})
+    assert "The machine was busy (load average 3.1 on 2 cores, torch using 2 threads)" in \
         _busy_note(busy)
-    busy.environment["cpu"]["load_average_1m"] = 0.4
+    busy.environment["cpu"]["load_average_1m"] = 2.2  # this process's own two threads
     assert _busy_note(busy) == ""
 
 
@@ -1178,3 +1178,17 @@ def test_a_copied_run_keeps_its_attention_maps(tmp_path):
     maps = store.load_attention("my-copy")
     assert maps is not None and maps.maps.keys() == store.load_attention(result.run_id).maps.keys()
     assert store.load_attention("no-such-run") is None
+
+
+def test_a_part_that_fell_within_noise_is_not_called_lowered():
+    """'lowered saved for backward 5.73 MiB → 5.73 MiB (−0.00 MiB)' read as a saving."""
+    from engine.config import RunConfig
+    from engine.results import RunResult, Totals
+    from engine.runner import _parts_that_fell
+
+    run = RunResult(config=RunConfig(workload="train"), totals=Totals(peak_bytes=50 << 20),
+                    baseline={"peak_bytes": 50 << 20, "saved_for_backward_bytes": 6_000_000},
+                    training={"saved_for_backward_bytes": 5_999_000})
+    assert _parts_that_fell(run) == []
+    run.training["saved_for_backward_bytes"] = 1_000_000
+    assert _parts_that_fell(run) == ["saved for backward 5.72 MiB → 0.95 MiB (−4.77 MiB)"]
