@@ -1061,13 +1061,7 @@ def write_report(results: Sequence[RunResult], out_dir: Path | str, pdf: bool = 
         every = [s for items in shots.values() for s in items]
         files = ReportFiles(folder=stage, html=stage / "report.html",
                             images=[s.path for s in every])
-        text = build_html(results, shots, _data_uri)
-        try:
-            files.html.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise MemLensError(ErrorKind.STORE, f"Cannot write {folder / files.html.name}: "
-                               f"{exc.strerror or exc}.",
-                               "Choose a writable folder with free space.") from exc
+        _write_html(files.html, build_html(results, shots, _data_uri), folder)
         if pdf:
             _check_interrupt()
             pdf_html = build_html(results, shots, lambda s: s.path.name,
@@ -1132,12 +1126,7 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
         for shot in shots:
             page = page.replace(f'src="{shot.path.name}"', f'src="{_data_uri(shot)}" '
                                 "style='max-width:100%'")
-        try:
-            files.html.write_text(page, encoding="utf-8")
-        except OSError as exc:
-            raise MemLensError(ErrorKind.STORE, f"Cannot write {folder / files.html.name}: "
-                               f"{exc.strerror or exc}.",
-                               "Choose a writable folder with free space.") from exc
+        _write_html(files.html, page, folder)
         if pdf:
             _check_interrupt()
             sized = body
@@ -1148,6 +1137,16 @@ def write_guide_report(guide: Any, out_dir: Path | str, store: Any, pdf: bool = 
         files = _publish(files, folder)
     files.removed = _tidy(files)
     return files
+
+
+def _write_html(path: Path, text: str, folder: Path) -> None:
+    """Write a report's HTML into its staging folder; an error names where it was going."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise MemLensError(ErrorKind.STORE, f"Cannot write {folder / path.name}: "
+                           f"{exc.strerror or exc}.",
+                           "Choose a writable folder with free space.") from exc
 
 
 # Per kind of report, the files it last wrote into the folder (JSON, but not named .json: a run

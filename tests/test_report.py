@@ -253,10 +253,22 @@ def test_a_cancelled_report_writes_nothing_and_keeps_the_previous_one(qapp, save
     assert {p.name for p in folder.iterdir() if p.is_dir()} == {"report.pdf"}
 
 
+def _small_pages(html_text: str):
+    """``html_text`` in a QTextDocument paginated into small pages (200 units wide, about 14
+    lines high), for the pagination tests."""
+    from PySide6.QtCore import QSizeF
+    from PySide6.QtGui import QTextDocument
+
+    doc = QTextDocument()
+    doc.setHtml(html_text)
+    doc.setTextWidth(200)
+    doc.setPageSize(QSizeF(200, 12 * 17 + 60))
+    return doc
+
+
 def test_headings_stay_with_what_follows_them_in_the_pdf(qapp):
     """A heading at the foot of a page ("Limitations" with its list on the next page) moves
     to the next page; nothing else does."""
-    from PySide6.QtCore import QSizeF
     from PySide6.QtGui import QTextDocument
 
     from gui.report import _keep_headings_with_next
@@ -266,11 +278,7 @@ def test_headings_stay_with_what_follows_them_in_the_pdf(qapp):
                  f"<h3>Kept</h3><p>short</p>")
 
     def document() -> QTextDocument:
-        doc = QTextDocument()
-        doc.setHtml(html_text)
-        doc.setTextWidth(200)
-        doc.setPageSize(QSizeF(200, 12 * 17 + 60))
-        return doc
+        return _small_pages(html_text)
 
     def pages(doc: QTextDocument) -> dict[str, tuple[int, int]]:
         """heading -> (its page, the page of its next block's first line)"""
@@ -301,7 +309,6 @@ def test_a_short_table_is_not_split_across_pages(qapp):
     """A heading and a short table of wrapped notes that would cross a page break move to the
     next page together (each cell was cut in two, half on each page); a table too long for
     that is left to Qt's pagination."""
-    from PySide6.QtCore import QSizeF
     from PySide6.QtGui import QTextCursor, QTextDocument
 
     from gui.report import _keep_headings_with_next
@@ -313,11 +320,7 @@ def test_a_short_table_is_not_split_across_pages(qapp):
                  f"<h3>Long</h3><table border='1'>{long_rows}</table>")
 
     def document() -> QTextDocument:
-        doc = QTextDocument()
-        doc.setHtml(html_text)
-        doc.setTextWidth(200)
-        doc.setPageSize(QSizeF(200, 12 * 17 + 60))
-        return doc
+        return _small_pages(html_text)
 
     def spans(doc: QTextDocument) -> list[tuple[int, int]]:
         """each table's (first page, last page)"""
