@@ -326,6 +326,7 @@ def render_run_panels(result: RunResult, folder: Path, prefix: str,
             lambda: timeline.set_timeline(result.timeline))
     if any(layer.latency_ms is not None for layer in result.layers):
         latency = LatencyPanel()
+        latency.sub_rows_check.setVisible(False)  # (a control; the sub-rows are drawn)
         add("latency", "Latency", latency, PANEL_HEIGHTS["latency"],
             lambda: latency.render(result))
     if attention is not None and getattr(attention, "maps", None):

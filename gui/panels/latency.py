@@ -284,6 +284,9 @@ class LatencyPanel(QWidget):
         top = float(finite.max()) if finite.size else 1.0
         self.decode_plot.setYRange(0.0, max(top, 1e-6) * 1.1, padding=0)
         self.decode_plot.setXRange(0.5, self.decode_ms.size + 0.5, padding=0)
+        # whole steps only (pyqtgraph's own ticks put 1.5, 2.5, … between them)
+        step = max(1, int(np.ceil(self.decode_ms.size / 10)))
+        self.decode_plot.getAxis("bottom").setTickSpacing(major=step, minor=step)
         self.decode_widget.setVisible(True)
 
     @Slot(object)
