@@ -238,7 +238,8 @@ def quality_parts(q: dict | None) -> list[str]:
     if q.get("perplexity") is not None:
         interval = q.get("perplexity_ratio_interval")
         spread = ""
-        if interval and q.get("baseline_perplexity"):
+        if interval and q.get("baseline_perplexity") and interval[1] - interval[0] > 1e-9:
+            # (identical predictions, a zero-width interval: nothing to say about noise)
             lo, hi = interval
             ratio = q["perplexity"] / q["baseline_perplexity"]
             within = ": within the text's noise" if lo <= 1.0 <= hi else ""

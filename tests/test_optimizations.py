@@ -749,3 +749,5 @@ def test_a_perplexity_change_comes_with_its_interval():
     assert q["predictions"] == q["tokens"] - 1
     text = "; ".join(quality_parts(q))
     assert "at 95% over" in text and f"{q['predictions']} predictions" in text
+    same = dict(q, perplexity=q["baseline_perplexity"], perplexity_ratio_interval=[1.0, 1.0])
+    assert "at 95%" not in "; ".join(quality_parts(same))  # identical: no noise to speak of
