@@ -1057,7 +1057,7 @@ class _Run:
                 f"{ACTIVATION_LIMIT:.0%} of that): the system could end the process before an "
                 "out-of-memory error.",
                 f"Lower {sizes}, or see where it goes without running it: "
-                f"{estimate_command(replace(shape, prompt=None))}.")
+                f"{estimate_command(shape)}.")
 
     def _decode(self, ids: list[int]) -> str | None:
         tok = self.loaded.tokenizer if self.loaded else None
@@ -1167,7 +1167,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 # A CPU run whose rough activation bound passes this share of the available memory is
-# estimated on fake tensors before it runs (_Run._check_activations_fit).
+# estimated on fake tensors before it runs (_Run._check_workload_fits).
 ACTIVATION_CHECK_SHARE = 0.25
 # ... and refused when the estimate's bytes above the weights pass this share of what is then
 # available (the estimate counts tensors as the run does; the rest is the allocator's margin).
@@ -1175,9 +1175,9 @@ ACTIVATION_LIMIT = 0.7
 
 
 def _busy_note(result: RunResult) -> str:
-    """" The machine was busy: …" when the load average at the run's start was near the cores
-    torch's threads use (threads spinning on cores another process holds ran a 17 ms forward
-    in 930 ms); "" otherwise."""
+    """" The machine was busy: …" when the load average, less this process's own threads, says
+    other work held most of a core (torch's threads spinning on cores another process holds ran
+    a 17 ms forward in 930 ms); "" otherwise."""
     cpu = (result.environment or {}).get("cpu") or {}
     load, cores = cpu.get("load_average_1m"), cpu.get("usable_cores") or cpu.get("logical_cores")
     threads = cpu.get("torch_threads")
