@@ -304,7 +304,8 @@ class _Run:
         tracked = select_layers(model, loss=cfg.workload == "train")
         inputs = self._inputs(model, device)
         if not cuda:
-            self._check_workload_fits(model, device, int(inputs.input_ids.shape[1]))
+            self._check_workload_fits(model, device, int(inputs.input_ids.shape[1]),
+                                      totals.steady_bytes or 0)
         result.model_info = self._model_info(model, tracked, device)
         result.model_info["module_tree"] = module_tree(model)
         result.environment = environment(str(device))
@@ -992,11 +993,12 @@ class _Run:
         return grads, opt, state_dtypes
 
     def _check_workload_fits(self, model: torch.nn.Module, device: torch.device,
-                             length: int) -> None:
+                             length: int, weights: int) -> None:
         """Refuse a CPU run whose workload would not fit in the memory available (the loader
         checks the weights alone): a CUDA allocator raises out of memory cleanly, but the
         kernel's out-of-memory killer ends a CPU process that overcommitted without a word.
-        ``length`` is the input's tokens (a prompt's, not the Sequence setting it replaces).
+        ``length`` is the input's tokens (a prompt's, not the Sequence setting it replaces);
+        ``weights`` the loaded weights' bytes (the load's steady state, counted there).
         A rough upper bound (activations, logits, eager attention's scores, a KV cache and,
         for training, gradients, AdamW state and the baseline's copy of the weights) decides
         whether to look closer; only then is the workload estimated on fake tensors (seconds):
@@ -1015,7 +1017,6 @@ class _Run:
         inter = getattr(hf, "intermediate_size", None) or 4 * hidden
         heads = getattr(hf, "num_attention_heads", None) or 1
         vocab = getattr(hf, "vocab_size", None) or 0
-        weights = unique_nbytes(module_weight_tensors(model, recurse=True))
         train = cfg.workload == "train"
         seq = length + (cfg.new_tokens if cfg.workload == "generate" else 0)
         tokens = cfg.batch * seq
